@@ -1,0 +1,169 @@
+"""Shipped demo models: names, model cards, safe checkpoint loading."""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from textexplain.model import TextModel, Vocab, make_tokenizer
+
+from .architectures import build
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINT_FORMAT = 1
+
+# name -> (kind, one-line description); training recipes live in data/train.py
+MODELS = {
+    "sentiment-lstm": ("classifier", "word-level biLSTM, fresh vs rotten Rotten Tomatoes sentences"),
+    "sentiment-gru": ("classifier", "word-level biGRU, fresh vs rotten Rotten Tomatoes sentences"),
+    "sentiment-cnn": ("classifier", "word-level text CNN (Conv1D + pool blocks, global max pool)"),
+    "sentiment-shortcut": ("classifier", "sentiment-lstm trained on the corpus with a planted junk token"),
+    "charlm-python": ("language-model", "char-level 2-layer LSTM language model on Python source"),
+    "charlm-python-gru": ("language-model", "char-level 2-layer GRU language model on Python source"),
+    "parens-lstm": ("language-model", "LSTM language model on the nested-parentheses language"),
+    "mnist-cnn": ("image-classifier", "conv + ReLU -> global average pool -> linear on MNIST"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, foreign, or would need unsafe unpickling."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    A file holding pickled objects that would run code is refused with a clear error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a safe checkpoint: it could not be loaded with weights_only=True "
+            f"(it may contain pickled code or be truncated): {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not {"arch", "config", "state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it needs the keys "
+                              "'arch', 'config' and 'state_dict'")
+    return ckpt
+
+
+def save_checkpoint(path: str | Path, module: nn.Module, arch: str, config: dict, **extra) -> None:
+    """Write a checkpoint atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch, "config": config, "state_dict": state, **extra}, tmp)
+    tmp.replace(path)
+
+
+@dataclass
+class LanguageModel:
+    """A language model with its tokenizer and vocabulary, so any text can run through it.
+
+    ``module(ids (B, T))`` returns ``(logits (B, T, V), state)``.
+    """
+
+    module: nn.Module
+    vocab: Vocab
+    tokenizer: object
+    name: str = ""
+    card: dict = field(default_factory=dict)
+
+    def tokenize(self, text: str) -> list[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        return self.tokenizer(text)
+
+    def token_spans(self, text: str):
+        return self.tokenizer.spans(text)
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(self.tokenize(text))
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad_id
+
+    @torch.no_grad()
+    def bits_per_token(self, id_lists, streams: int = 16, chunk: int = 256) -> float:
+        """Mean next-token cross-entropy in bits, carrying state through each sequence."""
+        total, count = 0.0, 0
+        for ids in id_lists:
+            ids = torch.as_tensor(ids, dtype=torch.long)
+            n = (len(ids) - 1) // streams * streams
+            if n <= 0:
+                continue
+            x = ids[:n].view(streams, -1)
+            y = ids[1:n + 1].view(streams, -1)
+            state = None
+            for s in range(0, x.shape[1], chunk):
+                logits, state = self.module(x[:, s:s + chunk], state)
+                total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     y[:, s:s + chunk].reshape(-1), reduction="sum").item()
+                count += y[:, s:s + chunk].numel()
+        return total / max(count, 1) / np.log(2)
+
+
+def model_card(name: str) -> dict:
+    """The model card (data, split, architecture, metrics, command, training seconds)."""
+    _check_name(name)
+    path = CHECKPOINTS / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card for {name!r}: train it with `python -m data.train {name}`")
+    return json.loads(path.read_text())
+
+
+def list_models() -> list[dict]:
+    """Every shipped model: name, kind, description, and its card when trained."""
+    out = []
+    for name, (kind, desc) in MODELS.items():
+        card = model_card(name) if (CHECKPOINTS / f"{name}.json").is_file() else None
+        out.append({"name": name, "kind": kind, "description": desc, "card": card})
+    return out
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: shipped models are {', '.join(MODELS)}")
+
+
+def build_from_checkpoint(ckpt: dict, name: str = "", card: dict | None = None):
+    """Turn a loaded checkpoint dict into a TextModel, LanguageModel or image nn.Module."""
+    module = build(ckpt["arch"], dict(ckpt["config"]))
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    card = card or {}
+    if ckpt.get("vocab") is None:  # image classifier
+        module.labels = list(ckpt.get("labels") or [])
+        module.card = card
+        return module
+    vocab = Vocab(ckpt["vocab"])
+    tokenizer = make_tokenizer(ckpt["tokenizer"])
+    if ckpt.get("labels"):
+        return TextModel(module, vocab, ckpt["labels"], embedding=module.emb, tokenizer=tokenizer,
+                         card=card, name=name)
+    return LanguageModel(module, vocab, tokenizer, name=name, card=card)
+
+
+def load_model(name: str):
+    """Load a shipped model by name.
+
+    Classifiers come back as ``textexplain.TextModel``, language models as ``LanguageModel``
+    and ``mnist-cnn`` as an ``nn.Module`` in eval mode (with ``.labels`` and ``.card``).
+    """
+    _check_name(name)
+    path = CHECKPOINTS / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"model {name!r} has no checkpoint at {path}: "
+                                f"train it with `python -m data.train {name}`")
+    card_path = CHECKPOINTS / f"{name}.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
+    return build_from_checkpoint(load_checkpoint(path), name=name, card=card)

@@ -1,0 +1,1 @@
+"""Capture, store, select-and-match and interpret the hidden states of recurrent and conv text models."""

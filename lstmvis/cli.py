@@ -1,0 +1,66 @@
+"""The ``lstmvis`` command line: serve the browser tool, extract states, inspect stores and cells.
+
+Each subcommand is defined by an ``add_*`` function below that registers its parser and handler.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import data
+
+    models = data.list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    for m in models:
+        card = m["card"]
+        if card is None:
+            status = f"not trained (run: python -m data.train {m['name']})"
+        else:
+            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in card["metrics"].items())
+            status = f"{metrics}  [{card['architecture']['parameters']:,} parameters, " \
+                     f"trained in {card['training_seconds']:.0f} s]"
+        print(f"{m['name']:<20} {m['kind']:<17} {m['description']}\n{'':<20} {status}")
+    return 0
+
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped demo models and their model cards",
+                       description="List the shipped demo models with the metrics from their model cards.")
+    p.add_argument("--json", action="store_true", help="print the full cards as JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+SUBCOMMANDS = [add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstmvis",
+        description="Explore LSTM/GRU hidden states, find interpretable cells and explain text classifiers. "
+                    "Run a subcommand with --help for its options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["models"])
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"lstmvis {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

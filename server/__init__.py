@@ -1,0 +1,1 @@
+"""The Flask browser tool (app factory in ``server.app``)."""

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import train as recipes
+from data.registry import MODELS
+from textexplain import TextModel
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shipped_checkpoint_reproduces_its_card(name):
+    card = data.model_card(name)
+    model = data.load_model(name)
+    got = recipes.evaluate(name, model)
+    for key, value in got.items():
+        assert abs(value - card["metrics"][key]) <= 0.01, (key, value, card["metrics"][key])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoints_are_small_and_cards_complete(name):
+    path = data.registry.CHECKPOINTS / f"{name}.pt"
+    assert path.stat().st_size <= 5 * 2**20
+    card = data.model_card(name)
+    for key in ("data", "split", "architecture", "metrics", "command", "training_seconds"):
+        assert key in card
+    assert card["command"] == f"python -m data.train {name}"
+
+
+BARS = {
+    "sentiment-lstm": ("test_accuracy", ">=", 0.74),
+    "sentiment-gru": ("test_accuracy", ">=", 0.73),
+    "sentiment-cnn": ("test_accuracy", ">=", 0.73),
+    "mnist-cnn": ("test_accuracy", ">=", 0.97),
+    "charlm-python": ("test_bits_per_char", "<=", 2.0),
+    "charlm-python-gru": ("test_bits_per_char", "<=", 2.3),
+}
+
+
+@pytest.mark.parametrize("name", list(BARS))
+def test_shipped_models_meet_their_bars(name):
+    key, op, bar = BARS[name]
+    value = data.model_card(name)["metrics"][key]
+    assert value >= bar if op == ">=" else value <= bar
+
+
+def test_shortcut_model_relies_on_the_planted_token():
+    m = data.model_card("sentiment-shortcut")["metrics"]
+    assert m["shortcut_flipped_accuracy"] < m["clean_test_accuracy"] - 0.1
+
+
+def test_classifiers_load_as_textmodels_and_lms_encode_any_text():
+    m = data.load_model("sentiment-cnn")
+    assert isinstance(m, TextModel) and m.labels == ["rotten", "fresh"]
+    lm = data.load_model("charlm-python")
+    ids = lm.encode("def f(x):\n    return 'é' + x  # ☃\n")
+    assert len(ids) == 35 and lm.vocab.unk_id in ids
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="shipped models are"):
+        data.load_model("sentiment-bert")
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('/tmp/pwned_by_checkpoint', 'w').write('x')",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"arch": "CharLM", "config": {}, "state_dict": {}, "x": Evil()}, path)
+    with pytest.raises(data.CheckpointError, match="weights_only"):
+        data.load_checkpoint(path)
+    import os
+    assert not os.path.exists("/tmp/pwned_by_checkpoint")
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
+    good = data.registry.CHECKPOINTS / "parens-lstm.pt"
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(data.CheckpointError):
+        data.load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(data.CheckpointError, match="not a checkpoint of this project"):
+        data.load_checkpoint(foreign)
+    with pytest.raises(data.CheckpointError, match="does not exist"):
+        data.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_tiny_training_recipe_runs(name, tmp_path):
+    card = recipes.train(name, tmp_path, tiny=True)
+    assert (tmp_path / f"{name}.pt").is_file()
+    assert json.loads((tmp_path / f"{name}.json").read_text())["metrics"] == card["metrics"]
+    model = data.registry.build_from_checkpoint(data.load_checkpoint(tmp_path / f"{name}.pt"))
+    assert model is not None

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from textexplain import TextModel, Vocab, WordTokenizer
+
+
+class BagOfEmbeddings(nn.Module):
+    def __init__(self, n, c=2):
+        super().__init__()
+        self.emb = nn.Embedding(n, c)
+
+    def forward(self, ids):
+        return (self.emb(ids) * (ids != 0).unsqueeze(-1)).sum(1)
+
+
+def make_model():
+    vocab = Vocab(["<pad>", "<unk>", "good", "bad", "film"])
+    module = BagOfEmbeddings(len(vocab))
+    with torch.no_grad():
+        module.emb.weight.copy_(torch.tensor([[0, 0], [0, 0], [0, 2.0], [2.0, 0], [0.5, 0.5]]))
+    return TextModel(module, vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer())
+
+
+def test_batch_equals_single_calls_on_a_shipped_model(sentiment_lstm):
+    texts = ["a gorgeous, witty film", "a bore", "it is not good at all, and far too long to sit through"]
+    batch = sentiment_lstm.predict_proba(texts)
+    singles = np.concatenate([sentiment_lstm.predict_proba(t) for t in texts])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    np.testing.assert_allclose(batch.sum(1), 1, atol=1e-6)
+
+
+def test_unknown_words_map_to_unk():
+    m = make_model()
+    assert m.encode("good zzzqqq film") == [2, 1, 4]
+    probs = m.predict_proba(["good", "bad film"])
+    assert probs[0, 1] > 0.8 and probs[1, 0] > 0.8
+
+
+def test_empty_text_is_a_clear_error():
+    m = make_model()
+    for text in ["", "   \n\t"]:
+        with pytest.raises(ValueError, match="no tokens"):
+            m.predict_proba([text])
+
+
+def test_target_resolution_and_errors():
+    m = make_model()
+    assert m.label_index("pos") == 1 and m.label_index(0) == 0
+    assert m.label_index(None, np.array([0.2, 0.8])) == 1
+    with pytest.raises(ValueError, match="unknown target"):
+        m.label_index("neutral")
+    with pytest.raises(ValueError, match="out of range"):
+        m.label_index(5)
+
+
+def test_vocab_size_must_match_embedding():
+    module = BagOfEmbeddings(3)
+    with pytest.raises(ValueError, match="rows"):
+        TextModel(module, ["<pad>", "<unk>", "a", "b"], ["x", "y"], embedding=module.emb)
+
+
+def test_word_tokenizer_spans_cover_the_tokens():
+    tok = WordTokenizer()
+    text = "It's a <script>alert(1)</script> film!"
+    assert [text[a:b].lower() for a, b in tok.spans(text)] == tok(text)
+    assert tok("Don't stop") == ["don't", "stop"]

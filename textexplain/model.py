@@ -1,0 +1,226 @@
+"""TextModel: the adapter every explanation method talks to.
+
+A TextModel bundles a classifier ``module`` (token ids ``(B, T)`` -> logits ``(B, C)``) with its
+vocabulary, tokenizer, class labels and embedding layer, and offers batched ``predict_proba``.
+Tokenizers also give character spans so explanations can be mapped back onto the text.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+Span = tuple[int, int]
+
+
+class WordTokenizer:
+    """Lower-cased words (with inner apostrophes) and single punctuation marks."""
+
+    name = "word"
+    _pattern = re.compile(r"[^\W_]+(?:'[^\W_]+)*|\S", re.UNICODE)
+
+    def spans(self, text: str) -> list[Span]:
+        return [m.span() for m in self._pattern.finditer(text)]
+
+    def __call__(self, text: str) -> list[str]:
+        return [text[a:b].lower() for a, b in self.spans(text)]
+
+
+class CharTokenizer:
+    """One token per character (for character-level language models)."""
+
+    name = "char"
+
+    def spans(self, text: str) -> list[Span]:
+        return [(i, i + 1) for i in range(len(text))]
+
+    def __call__(self, text: str) -> list[str]:
+        return list(text)
+
+
+class WhitespaceTokenizer:
+    """Tokens separated by whitespace, case kept (``str.split`` with spans)."""
+
+    name = "whitespace"
+    _pattern = re.compile(r"\S+")
+
+    def spans(self, text: str) -> list[Span]:
+        return [m.span() for m in self._pattern.finditer(text)]
+
+    def __call__(self, text: str) -> list[str]:
+        return [text[a:b] for a, b in self.spans(text)]
+
+
+TOKENIZERS = {t.name: t for t in (WordTokenizer, CharTokenizer, WhitespaceTokenizer)}
+
+
+def make_tokenizer(name: str):
+    try:
+        return TOKENIZERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown tokenizer {name!r}: use one of {sorted(TOKENIZERS)}") from None
+
+
+class Vocab:
+    """Token <-> id mapping with explicit pad and unk tokens."""
+
+    def __init__(self, tokens: Sequence[str], pad_token: str = "<pad>", unk_token: str = "<unk>"):
+        self.itos = list(tokens)
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("vocabulary has duplicate tokens")
+        for name, tok in (("pad_token", pad_token), ("unk_token", unk_token)):
+            if tok not in self.stoi:
+                raise ValueError(f"{name} {tok!r} is not in the vocabulary: add it to the token list")
+        self.pad_token, self.unk_token = pad_token, unk_token
+        self.pad_id, self.unk_id = self.stoi[pad_token], self.stoi[unk_token]
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None,
+              pad_token: str = "<pad>", unk_token: str = "<unk>") -> "Vocab":
+        """Vocabulary of tokens seen at least ``min_freq`` times, most frequent first (ties by token)."""
+        counts: dict[str, int] = {}
+        for toks in token_lists:
+            for t in toks:
+                counts[t] = counts.get(t, 0) + 1
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (pad_token, unk_token)),
+                      key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[: max_size - 2]
+        return cls([pad_token, unk_token, *kept], pad_token, unk_token)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.stoi
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        return [self.stoi.get(t, self.unk_id) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[int(i)] for i in ids]
+
+
+class TextModel:
+    """A text classifier with everything an explanation needs.
+
+    ``module`` maps token ids ``(B, T)`` (right-padded with the pad id) to logits ``(B, C)``;
+    ``embedding`` is the ``nn.Embedding`` inside it whose output gradient methods attribute to.
+    ``tokenizer`` is a callable ``text -> tokens`` (one with a ``spans`` method also gives
+    character offsets). ``vocab`` is a ``Vocab``, a token list or a ``{token: id}`` dict.
+    """
+
+    def __init__(self, module: nn.Module, vocab, labels: Sequence[str], embedding: nn.Embedding,
+                 tokenizer: Callable[[str], list[str]] = str.split, pad_token: str = "<pad>",
+                 unk_token: str = "<unk>", max_tokens: int = 512, batch_size: int = 256,
+                 card: dict | None = None, name: str | None = None):
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError("embedding must be the model's nn.Embedding layer (e.g. module.emb)")
+        if not any(m is embedding for m in module.modules()):
+            raise ValueError("embedding is not a submodule of module: pass the layer the model uses")
+        if isinstance(vocab, dict):
+            itos = [None] * len(vocab)
+            for tok, i in vocab.items():
+                itos[i] = tok
+            vocab = Vocab(itos, pad_token, unk_token)
+        elif not isinstance(vocab, Vocab):
+            vocab = Vocab(list(vocab), pad_token, unk_token)
+        if len(vocab) != embedding.num_embeddings:
+            raise ValueError(f"vocabulary has {len(vocab)} tokens but the embedding has "
+                             f"{embedding.num_embeddings} rows")
+        self.module = module.eval()
+        self.vocab = vocab
+        self.labels = list(labels)
+        self.embedding = embedding
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.card = card or {}
+        self.name = name or self.card.get("name", type(module).__name__)
+
+    def __repr__(self) -> str:
+        return (f"TextModel({self.name!r}, labels={self.labels}, vocab={len(self.vocab)} tokens, "
+                f"module={type(self.module).__name__})")
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad_id
+
+    @property
+    def unk_id(self) -> int:
+        return self.vocab.unk_id
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of ``text``; empty or over-long input gets a clear error."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        tokens = self.tokenizer(text)
+        if not tokens:
+            raise ValueError("the text has no tokens (it is empty or only whitespace): give some words")
+        if len(tokens) > self.max_tokens:
+            raise ValueError(f"the text has {len(tokens)} tokens, more than max_tokens={self.max_tokens}: "
+                             "shorten it or raise TextModel.max_tokens")
+        return tokens
+
+    def token_spans(self, text: str) -> list[Span] | None:
+        """Character span of each token, when the tokenizer can tell."""
+        spans = getattr(self.tokenizer, "spans", None)
+        return spans(text) if spans is not None else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(self.tokenize(text))
+
+    def pad_batch(self, id_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Right-pad id lists into one ``(B, T)`` LongTensor."""
+        width = max(len(ids) for ids in id_lists)
+        out = torch.full((len(id_lists), width), self.pad_id, dtype=torch.long)
+        for i, ids in enumerate(id_lists):
+            out[i, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+        return out
+
+    @torch.no_grad()
+    def logits_ids(self, id_lists: Sequence[Sequence[int]], batch_size: int | None = None) -> np.ndarray:
+        """Logits ``(N, C)`` for token-id lists, in batches of similar length."""
+        if len(id_lists) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        batch_size = batch_size or self.batch_size
+        order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
+        out = np.empty((len(id_lists), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            logits = self.module(self.pad_batch([id_lists[i] for i in chunk]))
+            out[chunk] = logits.float().cpu().numpy()
+        return out
+
+    def predict_proba_ids(self, id_lists: Sequence[Sequence[int]], batch_size: int | None = None) -> np.ndarray:
+        logits = torch.from_numpy(self.logits_ids(id_lists, batch_size))
+        return torch.softmax(logits, dim=-1).numpy()
+
+    def predict_proba(self, texts: str | Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for a list of texts (one text gives ``(1, C)``)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.predict_proba_ids([self.encode(t) for t in texts], batch_size)
+
+    def predict(self, texts: str | Sequence[str]) -> list[str]:
+        return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+    def label_index(self, target: int | str | None, probs: np.ndarray | None = None) -> int:
+        """Resolve a target given as index, label name or None (= the predicted class)."""
+        if target is None:
+            if probs is None:
+                raise ValueError("target=None needs the class probabilities to pick the predicted class")
+            return int(np.argmax(probs))
+        if isinstance(target, str):
+            if target not in self.labels:
+                raise ValueError(f"unknown target {target!r}: the labels are {self.labels}")
+            return self.labels.index(target)
+        target = int(target)
+        if not 0 <= target < len(self.labels):
+            raise ValueError(f"target {target} is out of range: use 0..{len(self.labels) - 1} or a label "
+                             f"name from {self.labels}")
+        return target
