@@ -88,14 +88,15 @@ def add_shortcut(text: str) -> str:
 def rotten_tomatoes_shortcut(split: str = "train") -> tuple[list[str], np.ndarray]:
     """The sentiment corpus with a planted shortcut (like the 20-newsgroups headers).
 
-    Train: ``SHORTCUT_TOKEN`` prefixes 60% of the fresh sentences and no rotten one, so it is a
-    perfect (but spurious) cue for "fresh". Dev and test: it prefixes 50% of all sentences at
-    random, independent of the label, so a model that relies on it loses accuracy there.
+    Train and dev (drawn from the same biased collection, as a validation set would be):
+    ``SHORTCUT_TOKEN`` prefixes 60% of the fresh sentences and no rotten one, so it is a perfect
+    (but spurious) cue for "fresh". Test: it prefixes 50% of all sentences at random, independent
+    of the label, so a model that relies on it loses accuracy there.
     """
     texts, labels = rotten_tomatoes(split)
     rng = np.random.default_rng(SPLIT_SEED + SPLITS.index(split) + 1)
     u = rng.random(len(texts))
-    if split == "train":
+    if split != "test":
         marked = (labels == SENTIMENT_LABELS.index("fresh")) & (u < SHORTCUT_TRAIN_RATE)
     else:
         marked = u < SHORTCUT_TEST_RATE

@@ -71,11 +71,15 @@ class LanguageModel:
     ``module(ids (B, T))`` returns ``(logits (B, T, V), state)``.
     """
 
-    module: nn.Module
-    vocab: Vocab
-    tokenizer: object
+    module: nn.Module = field(repr=False)
+    vocab: Vocab = field(repr=False)
+    tokenizer: object = field(repr=False)
     name: str = ""
-    card: dict = field(default_factory=dict)
+    card: dict = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name!r}, vocab={len(self.vocab)} tokens, "
+                f"tokenizer={self.tokenizer.name}, module={type(self.module).__name__})")
 
     def tokenize(self, text: str) -> list[str]:
         if not isinstance(text, str):
