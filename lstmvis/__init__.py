@@ -1,1 +1,2 @@
 """Capture, store, select-and-match and interpret the hidden states of recurrent and conv text models."""
+from .store import StateStore, StoreError

@@ -1,0 +1,504 @@
+"""StateStore: hidden states of a whole corpus on disk (HDF5), read lazily.
+
+All sequences are flattened into one token stream with explicit sequence offsets (LSTMVis has no
+boundaries). One 2-D array ``(N_tokens, n_cells)`` per source (e.g. ``rnn.l1.c``), token ids, the
+vocabulary, optional per-token meta tracks, per-sequence original text and per-token character
+spans, and the model card the states came from.
+
+File layout (``format = "lstmvis-state-store"``, ``version = 1``)::
+
+    /                 attrs: format, version, complete, n_tokens, n_sequences
+    /vocab            uint8 JSON list of tokens (index = token id)
+    /card             uint8 JSON object (model card, extraction settings)
+    /token_ids        (N,) int32
+    /offsets          (S + 1,) int64, offsets[0] = 0, offsets[-1] = N
+    /states/<source>  (N, D) float32 or float16; group attr ``sources`` keeps their order
+    /meta/<name>      (N,) numbers, or int32 codes with attr ``categories`` (JSON) for strings
+    /text_bytes       uint8 UTF-8 of all sequence texts; /text_offsets (S + 1,) byte offsets
+    /spans            (N, 2) int64 character span of each token within its sequence text
+
+Writes are atomic: a store is written to a temporary file in the same folder, marked
+``complete`` and renamed into place, so a killed write never leaves a store that opens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT = "lstmvis-state-store"
+VERSION = 1
+CHUNK_BYTES = 1 << 20
+
+
+class StoreError(ValueError):
+    """A state store is missing, foreign, truncated, incomplete or inconsistent."""
+
+
+def _json_blob(obj) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
+
+
+def _read_json_blob(ds) -> object:
+    return json.loads(ds[()].tobytes().decode("utf-8"))
+
+
+def check_source_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"invalid source or meta name {name!r}: use a non-empty string without '/'")
+    return name
+
+
+def state_chunks(n_rows: int, n_cells: int, itemsize: int) -> tuple[int, int]:
+    """Row-block chunks of about 1 MiB: cheap row slices and bounded column scans."""
+    rows = max(1, min(max(n_rows, 1), CHUNK_BYTES // max(1, n_cells * itemsize)))
+    return rows, max(1, n_cells)
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_text_datasets(f: h5py.File, texts: Sequence[str]) -> None:
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    text_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=text_offsets[1:])
+    f.create_dataset("text_bytes", data=np.frombuffer(b"".join(encoded), dtype=np.uint8))
+    f.create_dataset("text_offsets", data=text_offsets)
+
+
+def write_meta_dataset(group: h5py.Group, name: str, values) -> None:
+    check_source_name(name)
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"meta track {name!r} must be 1-D (one value per token), got shape {arr.shape}")
+    if arr.dtype.kind in "USO":
+        categories, codes = np.unique(arr.astype(str), return_inverse=True)
+        ds = group.create_dataset(name, data=codes.astype(np.int32))
+        ds.attrs["categories"] = json.dumps([str(c) for c in categories])
+    elif arr.dtype.kind in "biuf":
+        group.create_dataset(name, data=arr)
+    else:
+        raise TypeError(f"meta track {name!r} has dtype {arr.dtype}: use numbers, booleans or strings")
+
+
+class StateStore:
+    """A read-only, lazily loaded store of per-token hidden states (see the module docstring).
+
+    Open with ``StateStore.open(path)``; create with ``StateStore.from_arrays(...)`` or
+    ``lstmvis.extract(...)``. Positions are global token indices into the flattened stream.
+    """
+
+    def __init__(self, path: str | Path, _file: h5py.File):
+        self.path = Path(path)
+        self._f = _file
+        self._states_group = _file["states"]
+        self.sources: list[str] = json.loads(self._states_group.attrs["sources"])
+        self.n_tokens = int(_file.attrs["n_tokens"])
+        self.offsets = np.asarray(_file["offsets"][()], dtype=np.int64)
+        self.n_sequences = len(self.offsets) - 1
+        self.vocab: list[str] = _read_json_blob(_file["vocab"])
+        self.card: dict = _read_json_blob(_file["card"]) if "card" in _file else {}
+        self._token_ids = _file["token_ids"]
+        self._meta = _file["meta"] if "meta" in _file else None
+        self.meta_names: list[str] = json.loads(self._meta.attrs["names"]) if self._meta is not None else []
+        self._text_offsets = np.asarray(_file["text_offsets"][()], dtype=np.int64) if "text_offsets" in _file else None
+        self._spans = _file["spans"] if "spans" in _file else None
+        self._vocab_array = np.array(self.vocab, dtype=object)
+
+    # ------------------------------------------------------------------ opening and validation
+    @classmethod
+    def open(cls, path: str | Path) -> "StateStore":
+        """Open a store lazily; a missing, foreign, truncated or incomplete file gives a clear error."""
+        path = Path(path)
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")
+            hint = (f" (an unfinished extraction is at {partial}: rerun the same `extract` to resume it)"
+                    if partial.exists() else ": create one with `lstmvis extract` or StateStore.from_arrays")
+            raise FileNotFoundError(f"no state store at {path}{hint}")
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a state store file (for an LSTMVis project folder "
+                             "use `lstmvis import-lstmvis DIR --out STORE`)")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise StoreError(f"{path} is not a readable HDF5 file: it is truncated, corrupt or not a state "
+                             f"store ({exc})") from None
+        try:
+            cls._validate(path, f)
+            return cls(path, f)
+        except BaseException:
+            f.close()
+            raise
+
+    @staticmethod
+    def _validate(path: Path, f: h5py.File) -> None:
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path} is an HDF5 file but not an lstmvis state store (no format attribute "
+                             f"{FORMAT!r}); to read an LSTMVis project use `lstmvis import-lstmvis DIR --out STORE`")
+        version = int(f.attrs.get("version", -1))
+        if version > VERSION or version < 1:
+            raise StoreError(f"{path} has store format version {version}; this lstmvis reads version {VERSION}: "
+                             "upgrade lstmvis or re-extract")
+        if not bool(f.attrs.get("complete", False)):
+            raise StoreError(f"{path} is an incomplete store (its extraction did not finish): rerun the "
+                             "extraction to resume or recreate it")
+        missing = [k for k in ("vocab", "token_ids", "offsets", "states") if k not in f]
+        if missing:
+            raise StoreError(f"{path} is damaged: it lacks {', '.join(missing)}; recreate the store")
+        n = int(f.attrs["n_tokens"])
+        offsets = f["offsets"][()]
+        if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n
+                or np.any(np.diff(offsets) < 0)):
+            raise StoreError(f"{path} is damaged: sequence offsets do not cover the {n} tokens")
+        if f["token_ids"].shape != (n,):
+            raise StoreError(f"{path} is damaged: token_ids has shape {f['token_ids'].shape}, expected ({n},)")
+        group = f["states"]
+        for name in json.loads(group.attrs.get("sources", "[]")):
+            if name not in group or group[name].ndim != 2 or group[name].shape[0] != n:
+                raise StoreError(f"{path} is damaged: states of {name!r} are missing or not ({n}, cells)")
+        if "meta" in f:
+            for name in json.loads(f["meta"].attrs.get("names", "[]")):
+                if name not in f["meta"] or f["meta"][name].shape != (n,):
+                    raise StoreError(f"{path} is damaged: meta track {name!r} is missing or not ({n},)")
+        if "spans" in f and f["spans"].shape != (n, 2):
+            raise StoreError(f"{path} is damaged: spans has shape {f['spans'].shape}, expected ({n}, 2)")
+        if "text_offsets" in f and f["text_offsets"].shape != offsets.shape:
+            raise StoreError(f"{path} is damaged: it has texts for a different number of sequences")
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def from_arrays(cls, path: str | Path, states: Mapping[str, np.ndarray], tokens: Sequence[str] | None = None,
+                    offsets: Sequence[int] | None = None, *, token_ids: Sequence[int] | None = None,
+                    vocab: Sequence[str] | None = None, meta: Mapping[str, np.ndarray] | None = None,
+                    card: dict | None = None, texts: Sequence[str] | None = None,
+                    spans: np.ndarray | None = None, dtype: str | None = None) -> "StateStore":
+        """Write a store from in-memory arrays (atomically) and open it.
+
+        ``states``: ``{source: (N, D) array}``. Give ``tokens`` (one string per position) or
+        ``token_ids`` + ``vocab``. ``offsets``: sequence starts, ``len = n_sequences + 1``,
+        ``offsets[0] = 0``, ``offsets[-1] = N`` (default: one sequence). ``meta``: ``{name: (N,)}``.
+        ``texts``: each sequence's original text; ``spans``: ``(N, 2)`` character spans of the
+        tokens within their sequence's text. ``dtype``: ``"float32"`` or ``"float16"`` (default:
+        float16 arrays stay float16, anything else becomes float32).
+        """
+        if not states:
+            raise ValueError("states is empty: give at least one {source: (N, D) array}")
+        token_ids, vocab = _ids_and_vocab(tokens, token_ids, vocab)
+        n = len(token_ids)
+        offsets = np.array([0, n] if offsets is None else offsets, dtype=np.int64)
+        writer = StoreWriter(path, n_tokens=n, offsets=offsets, vocab=vocab, card=card)
+        try:
+            writer.write_tokens(0, token_ids)
+            for name, arr in states.items():
+                arr = np.asarray(arr)
+                if arr.ndim != 2 or arr.shape[0] != n:
+                    raise ValueError(f"states[{name!r}] has shape {arr.shape}: expected ({n}, n_cells), one row "
+                                     "per token")
+                ds_dtype = dtype or ("float16" if arr.dtype == np.float16 else "float32")
+                writer.add_source(name, arr.shape[1], ds_dtype)
+                writer.write_states(name, 0, arr)
+            for name, values in (meta or {}).items():
+                writer.add_meta(name, values)
+            if texts is not None:
+                writer.set_texts(texts)
+                if spans is None:
+                    spans = spans_by_search(texts, [vocab[i] for i in token_ids], offsets)
+            if spans is not None:
+                writer.set_spans(spans)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return cls.open(path)
+
+    # ------------------------------------------------------------------ reading
+    def _check_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
+        start = 0 if start is None else int(start)
+        stop = self.n_tokens if stop is None else int(stop)
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"token range [{start}, {stop}) is outside the store's 0..{self.n_tokens}")
+        return start, stop
+
+    def dataset(self, source: str) -> h5py.Dataset:
+        """The lazy ``(N, D)`` h5py dataset of a source (for index builders and column scans)."""
+        if source not in self.sources:
+            raise KeyError(f"unknown source {source!r}: the store has {', '.join(self.sources)}")
+        return self._states_group[source]
+
+    def n_cells(self, source: str) -> int:
+        return int(self.dataset(source).shape[1])
+
+    def states(self, source: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """States of ``source`` for positions ``[start, stop)`` as float32 ``(T, D)``."""
+        start, stop = self._check_range(start, stop)
+        return np.asarray(self.dataset(source)[start:stop], dtype=np.float32)
+
+    def token_ids(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        start, stop = self._check_range(start, stop)
+        return np.asarray(self._token_ids[start:stop], dtype=np.int64)
+
+    def tokens(self, start: int | None = None, stop: int | None = None) -> list[str]:
+        return self._vocab_array[self.token_ids(start, stop)].tolist()
+
+    def meta(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """A meta track for ``[start, stop)``: numbers, or strings for categorical tracks."""
+        if name not in self.meta_names:
+            raise KeyError(f"unknown meta track {name!r}: the store has {self.meta_names or 'none'}")
+        start, stop = self._check_range(start, stop)
+        ds = self._meta[name]
+        values = ds[start:stop]
+        if "categories" in ds.attrs:
+            return np.array(json.loads(ds.attrs["categories"]), dtype=object)[values]
+        return values
+
+    def sequence_of(self, position: int | np.ndarray) -> int | np.ndarray:
+        """Index of the sequence holding a position (or an array of positions)."""
+        pos = np.asarray(position)
+        if np.any(pos < 0) or np.any(pos >= self.n_tokens):
+            raise IndexError(f"position {position} is outside the store's 0..{self.n_tokens - 1}")
+        seq = np.searchsorted(self.offsets, pos, side="right") - 1
+        return int(seq) if seq.ndim == 0 else seq
+
+    def sequence_bounds(self, i: int) -> tuple[int, int]:
+        """``(start, stop)`` token positions of sequence ``i``."""
+        i = self._check_sequence(i)
+        return int(self.offsets[i]), int(self.offsets[i + 1])
+
+    def _check_sequence(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.n_sequences:
+            raise IndexError(f"sequence {i} is outside 0..{self.n_sequences - 1}")
+        return i
+
+    @property
+    def has_texts(self) -> bool:
+        return self._text_offsets is not None
+
+    def sequence_text(self, i: int) -> str:
+        """The original text of sequence ``i``.
+
+        Stores written by ``extract`` keep the exact text. Without stored texts, the tokens
+        joined by single spaces stand in (and ``token_spans`` point into that text).
+        """
+        i = self._check_sequence(i)
+        if self._text_offsets is None:
+            return " ".join(self.tokens(*self.sequence_bounds(i)))
+        a, b = self._text_offsets[i], self._text_offsets[i + 1]
+        return self._f["text_bytes"][a:b].tobytes().decode("utf-8", "surrogatepass")
+
+    def token_spans(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """``(T, 2)`` character spans of tokens ``[start, stop)`` within their own sequence's text."""
+        start, stop = self._check_range(start, stop)
+        if self._spans is not None:
+            return np.asarray(self._spans[start:stop], dtype=np.int64)
+        out = np.zeros((stop - start, 2), dtype=np.int64)
+        if stop == start:
+            return out
+        for seq in range(self.sequence_of(start), self.sequence_of(stop - 1) + 1):
+            a, b = self.sequence_bounds(seq)
+            lengths = np.array([len(t) for t in self.tokens(a, b)], dtype=np.int64)
+            begins = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+            lo, hi = max(a, start), min(b, stop)
+            out[lo - start:hi - start, 0] = begins[lo - a:hi - a]
+            out[lo - start:hi - start, 1] = begins[lo - a:hi - a] + lengths[lo - a:hi - a]
+        return out
+
+    # ------------------------------------------------------------------ select & match (lstmvis.match)
+    def select(self, *args, **kwargs):
+        """Cells on over a token range: see ``lstmvis.match.select``."""
+        from .match import select
+
+        return select(self, *args, **kwargs)
+
+    def match(self, *args, **kwargs):
+        """Runs elsewhere where the selected cells are on: see ``lstmvis.match.match``."""
+        from .match import match
+
+        return match(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ housekeeping
+    def info(self) -> dict:
+        """A summary: sizes, sources with cells and dtype, meta tracks, model name."""
+        return {
+            "path": str(self.path), "n_tokens": self.n_tokens, "n_sequences": self.n_sequences,
+            "vocab_size": len(self.vocab),
+            "sources": {s: {"cells": self.n_cells(s), "dtype": str(self.dataset(s).dtype)} for s in self.sources},
+            "meta": list(self.meta_names), "has_texts": self.has_texts, "model": self.card.get("name"),
+        }
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "StateStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return (f"StateStore({str(self.path)!r}, {self.n_tokens} tokens, {self.n_sequences} sequences, "
+                f"sources={self.sources})")
+
+
+def _ids_and_vocab(tokens, token_ids, vocab) -> tuple[np.ndarray, list[str]]:
+    if tokens is not None and token_ids is not None:
+        raise ValueError("give either tokens or token_ids + vocab, not both")
+    if tokens is not None:
+        if isinstance(tokens, str):
+            raise TypeError("tokens must be a list of strings (one per position), not one string")
+        if vocab is not None:
+            raise ValueError("vocab goes with token_ids; with tokens the vocabulary is built for you")
+        index: dict[str, int] = {}
+        ids = np.fromiter((index.setdefault(str(t), len(index)) for t in tokens), dtype=np.int64, count=len(tokens))
+        return ids, list(index)
+    if token_ids is None or vocab is None:
+        raise ValueError("give tokens (one string per position) or token_ids together with vocab")
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    vocab = [str(t) for t in vocab]
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(vocab)):
+        raise ValueError(f"token_ids must lie in 0..{len(vocab) - 1} (the vocabulary size)")
+    return ids, vocab
+
+
+def spans_by_search(texts: Sequence[str], tokens: Sequence[str], offsets: np.ndarray) -> np.ndarray:
+    """Character spans found by locating each token in its text after the previous one.
+
+    Tries the exact token, then a case-insensitive match (lower-casing tokenizers).
+    """
+    spans = np.zeros((len(tokens), 2), dtype=np.int64)
+    for seq, text in enumerate(texts):
+        folded, cursor = text.lower(), 0
+        for pos in range(offsets[seq], offsets[seq + 1]):
+            tok = tokens[pos]
+            at = text.find(tok, cursor)
+            if at < 0:
+                at = folded.find(tok.lower(), cursor)
+            if at < 0:
+                raise ValueError(f"token {tok!r} (position {pos}) is not in the text of sequence {seq} after "
+                                 f"character {cursor}: pass spans=(N, 2) character spans explicitly")
+            spans[pos] = at, at + len(tok)
+            cursor = at + len(tok)
+    return spans
+
+
+class StoreWriter:
+    """Writes a store into a temporary file and renames it into place on ``finish``.
+
+    With ``partial_path`` the temporary file has a fixed name, so an interrupted extraction can
+    be reopened by ``resume`` and continued.
+    """
+
+    def __init__(self, path: str | Path, n_tokens: int, offsets: np.ndarray, vocab: Sequence[str],
+                 card: dict | None = None, partial_path: Path | None = None):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder: give a file path for the store, e.g. states.h5")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"folder {self.path.parent} does not exist: create it first")
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if (offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n_tokens
+                or np.any(np.diff(offsets) < 0)):
+            raise ValueError(f"offsets must start at 0, never decrease and end at the token count {n_tokens} "
+                             "(length = number of sequences + 1)")
+        self.n_tokens = n_tokens
+        self.tmp = partial_path or temp_path_for(self.path)
+        self.f = h5py.File(self.tmp, "w")
+        self.f.attrs["format"] = FORMAT
+        self.f.attrs["version"] = VERSION
+        self.f.attrs["complete"] = False
+        self.f.attrs["n_tokens"] = n_tokens
+        self.f.attrs["n_sequences"] = len(offsets) - 1
+        self.f.create_dataset("vocab", data=_json_blob(list(vocab)))
+        self.f.create_dataset("card", data=_json_blob(card or {}))
+        self.f.create_dataset("offsets", data=offsets)
+        id_dtype = np.int32 if len(vocab) < 2 ** 31 else np.int64
+        self.f.create_dataset("token_ids", shape=(n_tokens,), dtype=id_dtype)
+        self.f.create_group("states").attrs["sources"] = "[]"
+
+    @classmethod
+    def resume(cls, path: str | Path, partial_path: Path) -> "StoreWriter":
+        """Reopen an unfinished store written with ``partial_path``."""
+        self = cls.__new__(cls)
+        self.path, self.tmp = Path(path), partial_path
+        self.f = h5py.File(partial_path, "r+")
+        if self.f.attrs.get("format") != FORMAT:
+            self.f.close()
+            raise StoreError(f"{partial_path} is not an unfinished state store")
+        self.n_tokens = int(self.f.attrs["n_tokens"])
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return json.loads(self.f["states"].attrs["sources"])
+
+    def add_source(self, name: str, n_cells: int, dtype: str = "float32") -> None:
+        check_source_name(name)
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        sources = self.sources
+        if name in sources:
+            raise ValueError(f"source {name!r} is given twice")
+        itemsize = np.dtype(dtype).itemsize
+        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype,
+                                        chunks=state_chunks(self.n_tokens, n_cells, itemsize)
+                                        if self.n_tokens else None)
+        self.f["states"].attrs["sources"] = json.dumps(sources + [name])
+
+    def write_tokens(self, start: int, ids: np.ndarray) -> None:
+        self.f["token_ids"][start:start + len(ids)] = ids
+
+    def write_states(self, name: str, start: int, arr: np.ndarray) -> None:
+        if len(arr):
+            self.f["states"][name][start:start + len(arr)] = arr
+
+    def add_meta(self, name: str, values) -> None:
+        group = self.f.require_group("meta")
+        names = json.loads(group.attrs.get("names", "[]"))
+        if name in names:
+            raise ValueError(f"meta track {name!r} is given twice")
+        if len(values) != self.n_tokens:
+            raise ValueError(f"meta track {name!r} has {len(values)} values: expected one per token ({self.n_tokens})")
+        write_meta_dataset(group, name, values)
+        group.attrs["names"] = json.dumps(names + [name])
+
+    def set_texts(self, texts: Sequence[str]) -> None:
+        if len(texts) != self.f.attrs["n_sequences"]:
+            raise ValueError(f"texts has {len(texts)} entries: expected one per sequence "
+                             f"({self.f.attrs['n_sequences']})")
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be strings (one original text per sequence)")
+        write_text_datasets(self.f, texts)
+
+    def set_spans(self, spans) -> None:
+        spans = np.asarray(spans, dtype=np.int64)
+        if spans.shape != (self.n_tokens, 2):
+            raise ValueError(f"spans has shape {spans.shape}: expected ({self.n_tokens}, 2), one (start, end) "
+                             "per token")
+        self.f.create_dataset("spans", data=spans)
+
+    def set_card(self, card: dict) -> None:
+        del self.f["card"]
+        self.f.create_dataset("card", data=_json_blob(card))
+
+    def finish(self) -> None:
+        """Mark complete, close, and rename into place (atomic)."""
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
