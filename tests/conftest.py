@@ -22,3 +22,31 @@ def mnist_cnn():
     import data
 
     return data.load_model("mnist-cnn")
+
+
+class _BagOfWeights(torch.nn.Module):
+    """Analytic classifier: logit(class 1) - logit(class 0) = sum of one weight per token."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.emb = torch.nn.Embedding(len(weights), 1, padding_idx=0)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.tensor(weights, dtype=torch.float32)[:, None])
+
+    def forward(self, ids):
+        s = self.emb(ids).sum(dim=(1, 2))
+        return torch.stack([-s / 2, s / 2], dim=1)
+
+
+@pytest.fixture
+def bag_model():
+    """Factory: ``bag_model({"good": 2.0, "bad": -1.5, ...})`` -> TextModel whose p(class 1) is
+    sigmoid(sum of the weights of its tokens); pad and unk weigh 0. Exact token ranking known."""
+    from textexplain import TextModel
+
+    def make(weights: dict[str, float], labels=("neg", "pos")) -> TextModel:
+        tokens = ["<pad>", "<unk>", *weights]
+        module = _BagOfWeights([0.0, 0.0, *weights.values()])
+        return TextModel(module, tokens, list(labels), embedding=module.emb, name="bag-of-weights")
+
+    return make

@@ -1,0 +1,378 @@
+"""Faithfulness of token explanations: does the model really depend on the tokens ranked first?
+
+Every metric removes or keeps tokens in the order an explanation ranks them (highest score
+first) and watches the probability of the explained class ``p = p(target | ids)``:
+
+* **comprehensiveness** (ERASER, higher is better): AOPC of ``p(x) - p(x without the top k)``
+  over the bins ``k = ceil(f * n)`` for ``f`` in ``bins`` (default 10%..50%).
+* **sufficiency** (ERASER, lower is better): AOPC of ``p(x) - p(only the top k)``.
+* **deletion curve / AUC** (lower is better): ``p`` after removing the top 0..n tokens one by one,
+  area under the curve over the removed fraction in [0, 1].
+* **insertion curve / AUC** (higher is better): ``p`` after keeping only the top 0..n tokens.
+* **Kendall tau with leave-one-out** (higher is better): rank agreement between the scores and
+  ``p(x) - p(x without token i)``.
+
+Removal deletes the token (``removal="delete"``, as ERASER does) or replaces it with the unk
+token (``removal="unk"``); an input with every token deleted is the single pad token. All
+perturbed inputs of one explanation (or of many, in ``evaluate``) go to the model in one batched,
+de-duplicated call to ``TextModel.predict_proba_ids``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .explanation import Explanation
+from .model import TextModel
+
+AOPC_BINS = (0.1, 0.2, 0.3, 0.4, 0.5)
+REMOVALS = ("delete", "unk")
+# metric -> True when higher is better (for tables and figures)
+METRICS = {
+    "comprehensiveness": True,
+    "sufficiency": False,
+    "deletion_auc": False,
+    "insertion_auc": True,
+    "loo_kendall_tau": True,
+}
+
+
+def rank_tokens(scores: Sequence[float]) -> np.ndarray:
+    """Token positions from most to least important (highest score first, ties by position)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.argsort(-scores, kind="stable")
+
+
+def _check_inputs(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
+                  bins: Sequence[float], removal: str) -> tuple[list[int], np.ndarray]:
+    if not isinstance(model, TextModel):
+        raise TypeError(f"model must be a textexplain.TextModel, got {type(model).__name__}")
+    ids = [int(i) for i in token_ids]
+    scores = np.asarray(scores, dtype=np.float64)
+    if not ids:
+        raise ValueError("the explanation has no tokens: faithfulness needs at least one token")
+    if scores.shape != (len(ids),):
+        raise ValueError(f"scores have shape {scores.shape}, expected ({len(ids)},): one score per token")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinity: fix the explanation before measuring it")
+    if not 0 <= int(target) < len(model.labels):
+        raise ValueError(f"target {target} is out of range: use 0..{len(model.labels) - 1}")
+    if removal not in REMOVALS:
+        raise ValueError(f"unknown removal {removal!r}: use one of {REMOVALS}")
+    if not bins or any(not 0 < f <= 1 for f in bins):
+        raise ValueError(f"bins must be fractions in (0, 1], got {tuple(bins)}")
+    return ids, scores
+
+
+def _bin_sizes(n: int, bins: Sequence[float]) -> list[int]:
+    """Number of top tokens in each bin: ceil(f * n), so every bin holds at least one token."""
+    return [min(n, max(1, math.ceil(f * n - 1e-9))) for f in bins]
+
+
+def _curve_steps(n: int, curve_points: int | None) -> list[int]:
+    """How many top tokens are removed (or kept) at each point of the curves."""
+    if curve_points is None or curve_points >= n + 1:
+        return list(range(n + 1))
+    if curve_points < 2:
+        raise ValueError("curve_points must be at least 2 (the start and the end of the curve)")
+    return sorted(set(np.round(np.linspace(0, n, curve_points)).astype(int).tolist()))
+
+
+@dataclass
+class _Plan:
+    """The perturbed inputs one explanation needs, as indices into a shared request list."""
+
+    ids: list[int]
+    scores: np.ndarray
+    target: int
+    bins: tuple[float, ...]
+    ks: list[int]
+    steps: list[int]
+    full: int = -1
+    comp: list[int] = field(default_factory=list)
+    suff: list[int] = field(default_factory=list)
+    deletion: list[int] = field(default_factory=list)
+    insertion: list[int] = field(default_factory=list)
+    loo: list[int] = field(default_factory=list)
+
+
+class _Requests:
+    """De-duplicated list of token-id sequences to score in one batched model call."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[int, ...], int] = {}
+        self.seqs: list[tuple[int, ...]] = []
+
+    def add(self, ids: Sequence[int]) -> int:
+        key = tuple(ids)
+        if key not in self.index:
+            self.index[key] = len(self.seqs)
+            self.seqs.append(key)
+        return self.index[key]
+
+
+def _without(model: TextModel, ids: list[int], drop: np.ndarray, removal: str) -> list[int]:
+    """``ids`` with the positions in the boolean mask ``drop`` removed (deleted or set to unk)."""
+    if removal == "unk":
+        return [model.unk_id if d else i for i, d in zip(ids, drop)]
+    kept = [i for i, d in zip(ids, drop) if not d]
+    return kept or [model.pad_id]
+
+
+def _plan(model: TextModel, requests: _Requests, ids: list[int], scores: np.ndarray, target: int,
+          bins: Sequence[float], removal: str, curve_points: int | None) -> _Plan:
+    n = len(ids)
+    order = rank_tokens(scores)
+    plan = _Plan(ids, scores, int(target), tuple(float(f) for f in bins), _bin_sizes(n, bins),
+                 _curve_steps(n, curve_points))
+    plan.full = requests.add(ids)
+
+    def top_mask(k: int) -> np.ndarray:
+        mask = np.zeros(n, dtype=bool)
+        mask[order[:k]] = True
+        return mask
+
+    for k in plan.ks:
+        plan.comp.append(requests.add(_without(model, ids, top_mask(k), removal)))
+        plan.suff.append(requests.add(_without(model, ids, ~top_mask(k), removal)))
+    for k in plan.steps:
+        plan.deletion.append(requests.add(_without(model, ids, top_mask(k), removal)))
+        plan.insertion.append(requests.add(_without(model, ids, ~top_mask(k), removal)))
+    for i in range(n):
+        drop = np.zeros(n, dtype=bool)
+        drop[i] = True
+        plan.loo.append(requests.add(_without(model, ids, drop, removal)))
+    return plan
+
+
+def _area(fractions: np.ndarray, values: np.ndarray) -> float:
+    """Trapezoid area under a curve sampled at ``fractions`` (0..1)."""
+    if len(values) < 2:
+        return float(values[0]) if len(values) else float("nan")
+    return float(np.sum((values[1:] + values[:-1]) * np.diff(fractions)) / 2)
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall tau-b of two score vectors; NaN when it is undefined (under 2 tokens or a constant)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def _result(plan: _Plan, probs: np.ndarray, removal: str) -> dict[str, Any]:
+    p = probs[:, plan.target]
+    p_full = float(p[plan.full])
+    comp = p_full - p[plan.comp]
+    suff = p_full - p[plan.suff]
+    n = len(plan.ids)
+    fractions = np.asarray(plan.steps, dtype=np.float64) / n
+    deletion, insertion = p[plan.deletion], p[plan.insertion]
+    loo = p_full - p[plan.loo]
+    return {
+        "comprehensiveness": float(comp.mean()),
+        "sufficiency": float(suff.mean()),
+        "deletion_auc": _area(fractions, deletion),
+        "insertion_auc": _area(fractions, insertion),
+        "loo_kendall_tau": kendall_tau(plan.scores, loo),
+        "target": plan.target,
+        "prob": p_full,
+        "bins": list(plan.bins),
+        "bin_sizes": list(plan.ks),
+        "comprehensiveness_bins": comp.tolist(),
+        "sufficiency_bins": suff.tolist(),
+        "curve_fractions": fractions.tolist(),
+        "deletion_curve": deletion.tolist(),
+        "insertion_curve": insertion.tolist(),
+        "leave_one_out": loo.tolist(),
+        "removal": removal,
+    }
+
+
+def evaluate_scores(model: TextModel, items: Sequence[tuple[Sequence[int], Sequence[float], int]], *,
+                    bins: Sequence[float] = AOPC_BINS, removal: str = "delete",
+                    curve_points: int | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
+    """Faithfulness metrics for many ``(token_ids, scores, target)`` triples in one batched pass.
+
+    Returns one dict per item (see the module docstring for the keys). Perturbed inputs shared
+    between items (the full text, an empty text) are scored once.
+    """
+    requests, plans = _Requests(), []
+    for ids, scores, target in items:
+        ids, scores = _check_inputs(model, ids, scores, target, bins, removal)
+        plans.append(_plan(model, requests, ids, scores, int(target), bins, removal, curve_points))
+    if not plans:
+        return []
+    probs = model.predict_proba_ids([list(s) for s in requests.seqs], batch_size)
+    out = [_result(plan, probs, removal) for plan in plans]
+    for r in out:
+        r["n_model_inputs"] = len(requests.seqs)
+    return out
+
+
+def faithfulness_scores(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
+                        **options) -> dict[str, Any]:
+    """All faithfulness metrics of one ranking of ``token_ids`` (given by ``scores``) for ``target``.
+
+    Needs nothing but the model, so any attribution (or a hand-made ranking) can be measured.
+    ``options``: ``bins``, ``removal``, ``curve_points``, ``batch_size`` as in ``evaluate_scores``.
+    """
+    return evaluate_scores(model, [(token_ids, scores, target)], **options)[0]
+
+
+def faithfulness(model: TextModel, explanation: Explanation, *, store: bool = True, **options) -> dict[str, Any]:
+    """Faithfulness metrics of one ``Explanation`` for its own target class.
+
+    With ``store=True`` the metrics are also saved in ``explanation.metrics`` (under the same keys).
+    """
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"explanation must be a textexplain.Explanation, got {type(explanation).__name__}")
+    result = faithfulness_scores(model, explanation.token_ids, explanation.scores, explanation.target, **options)
+    if store:
+        explanation.metrics.update(result)
+    return result
+
+
+def evaluate(model: TextModel, explanations: Sequence[Explanation], *, store: bool = True,
+             **options) -> list[dict[str, Any]]:
+    """Faithfulness metrics of many explanations, all perturbations in one batched model call."""
+    for e in explanations:
+        if not isinstance(e, Explanation):
+            raise TypeError(f"explanations must be textexplain.Explanation objects, got {type(e).__name__}")
+    results = evaluate_scores(model, [(e.token_ids, e.scores, e.target) for e in explanations], **options)
+    if store:
+        for e, r in zip(explanations, results):
+            e.metrics.update(r)
+    return results
+
+
+def comprehensiveness(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
+                      **options) -> float:
+    """ERASER comprehensiveness AOPC (higher = the top tokens matter more)."""
+    return faithfulness_scores(model, token_ids, scores, target, **options)["comprehensiveness"]
+
+
+def sufficiency(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
+                **options) -> float:
+    """ERASER sufficiency AOPC (lower = the top tokens alone suffice)."""
+    return faithfulness_scores(model, token_ids, scores, target, **options)["sufficiency"]
+
+
+def leave_one_out(model: TextModel, token_ids: Sequence[int], target: int, removal: str = "delete") -> np.ndarray:
+    """``p(target | x) - p(target | x without token i)`` for every position i."""
+    ids, _ = _check_inputs(model, token_ids, np.zeros(len(token_ids)), target, AOPC_BINS, removal)
+    seqs = [ids] + [_without(model, ids, np.arange(len(ids)) == i, removal) for i in range(len(ids))]
+    p = model.predict_proba_ids(seqs)[:, int(target)]
+    return p[0] - p[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report over a dataset sample
+
+ExplainBatch = Callable[..., list[Explanation]]
+
+
+@dataclass
+class FaithfulnessReport:
+    """Per-text faithfulness metrics of several methods on one model, with summary, table, figure."""
+
+    model_name: str
+    rows: list[dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(r["method"] for r in self.rows))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per method and metric: mean, standard deviation, median and count (NaNs left out)."""
+        out = []
+        for method in self.methods:
+            for metric in METRICS:
+                v = np.array([r[metric] for r in self.rows if r["method"] == method], dtype=np.float64)
+                v = v[np.isfinite(v)]
+                out.append({"method": method, "metric": metric, "n": int(v.size),
+                            "mean": float(v.mean()) if v.size else float("nan"),
+                            "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+                            "median": float(np.median(v)) if v.size else float("nan")})
+        return out
+
+    def to_markdown(self) -> str:
+        """Table: one row per method, ``mean ± std`` per metric (arrows say which way is better)."""
+        cells = {(s["method"], s["metric"]): s for s in self.summary()}
+        head = ["method"] + [f"{m} {'↑' if up else '↓'}" for m, up in METRICS.items()] + ["n", "s/expl."]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in self.methods:
+            n = sum(r["method"] == method for r in self.rows)
+            secs = self.seconds.get(method)
+            row = [method] + [f"{cells[method, m]['mean']:.3f} ± {cells[method, m]['std']:.3f}" for m in METRICS]
+            row += [str(n), f"{secs / n:.3f}" if secs is not None and n else "-"]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines)
+
+    def figure(self):
+        """Plotly box plots: one panel per metric, one box per method."""
+        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go
+
+        titles = [f"{m} ({'higher' if up else 'lower'} is better)" for m, up in METRICS.items()]
+        fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=titles)
+        for col, metric in enumerate(METRICS, start=1):
+            for method in self.methods:
+                vals = [r[metric] for r in self.rows if r["method"] == method]
+                fig.add_trace(go.Box(y=vals, name=method, legendgroup=method, showlegend=col == 1,
+                                     boxmean=True), row=1, col=col)
+        fig.update_layout(title=f"Faithfulness of token explanations: {self.model_name}",
+                          height=420, width=320 * len(METRICS), template="plotly_white")
+        fig.update_xaxes(showticklabels=False)
+        return fig
+
+
+def random_scores(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ranking: the baseline every method should beat."""
+    return rng.standard_normal(n)
+
+
+def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequence[str], *,
+                        method_params: dict[str, dict] | None = None, include_random: bool = True,
+                        seed: int = 0, explain_batch: ExplainBatch | None = None, progress: bool = True,
+                        **options) -> FaithfulnessReport:
+    """Explain ``texts`` with each method (predicted class) and measure every explanation.
+
+    ``methods`` are names for ``textexplain.explain_batch``; ``method_params`` maps a method to its
+    keyword arguments. ``include_random`` adds a seeded random ranking as a baseline row.
+    ``options`` go to ``evaluate_scores`` (``bins``, ``removal``, ``curve_points``).
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    if explain_batch is None:
+        from .explain import explain_batch
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: give at least one text to evaluate")
+    method_params = method_params or {}
+    unknown = set(method_params) - set(methods)
+    if unknown:
+        raise ValueError(f"method_params names methods not in methods: {sorted(unknown)}")
+    rows, seconds = [], {}
+    reference: list[Explanation] | None = None
+    for method in tqdm(list(methods), desc=f"faithfulness {model.name}", disable=not progress):
+        start = time.perf_counter()
+        expls = explain_batch(model, texts, method=method, **method_params.get(method, {}))
+        seconds[method] = time.perf_counter() - start
+        reference = reference or expls
+        results = evaluate_scores(model, [(e.token_ids, e.scores, e.target) for e in expls], **options)
+        rows += [{"method": method, "text_index": i, **r} for i, r in enumerate(results)]
+    if include_random and reference is not None:
+        rng = np.random.default_rng(seed)
+        items = [(e.token_ids, random_scores(len(e.token_ids), rng), e.target) for e in reference]
+        rows += [{"method": "random", "text_index": i, **r}
+                 for i, r in enumerate(evaluate_scores(model, items, **options))]
+    return FaithfulnessReport(model.name, rows, seconds)
