@@ -1,5 +1,10 @@
 """Token-level explanations of text classifiers, with faithfulness and sanity checks."""
+from .base import Explainer
+from .explain import METHODS, explain, explain_batch
 from .explanation import Explanation
+from .gradient import Gradient, GradientXInput
+from .integrated_gradients import IntegratedGradients
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
 
-__all__ = ["CharTokenizer", "Explanation", "TextModel", "Vocab", "WhitespaceTokenizer", "WordTokenizer"]
+__all__ = ["CharTokenizer", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
+           "METHODS", "explain", "explain_batch", "TextModel", "Vocab", "WhitespaceTokenizer", "WordTokenizer"]

@@ -14,7 +14,8 @@ class Explanation:
     ``signed`` says whether scores carry direction (positive = evidence for the target) or are
     magnitudes. ``delta`` is the completeness gap ``sum(scores) - (F(x) - F(x'))`` for methods that
     promise completeness (Integrated Gradients, SHAP), else None. ``metrics`` holds faithfulness
-    numbers once computed.
+    numbers once computed. ``info`` holds what the method observed (model name, logits, number of
+    model evaluations, F(x) and F(baseline), surrogate fit), as opposed to ``params`` (its settings).
     """
 
     text: str
@@ -30,6 +31,7 @@ class Explanation:
     params: dict[str, Any] = field(default_factory=dict)
     delta: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)

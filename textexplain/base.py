@@ -1,0 +1,289 @@
+"""Shared machinery of every explanation method.
+
+``Explainer`` is the template: ``explain(text, target)`` tokenizes, asks the subclass for scores
+(``_attribute``) and wraps them in an ``Explanation``. The helpers here are the only place that
+touches the model: running it with the embedding-layer output substituted
+(``forward_at_embeddings``), resolving targets, and reducing per-dimension attributions to one
+score per token.
+
+Thread safety: methods keep no per-call state on ``self`` or on the model. Substituting the
+embedding output uses a forward hook that is registered and removed inside the call and only acts
+in the thread that registered it, so concurrent calls (the server) on one model do not see each
+other's embeddings and plain predictions running meanwhile are untouched.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .explanation import Explanation
+from .model import TextModel
+
+OUTPUTS = ("logit", "proba")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One tokenized text, ready for a method."""
+
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    spans: list[tuple[int, int]] | None
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """Token ids as a ``(1, T)`` LongTensor."""
+        return torch.tensor([self.token_ids], dtype=torch.long)
+
+
+@dataclass
+class Attribution:
+    """What a method computes for one text: scores, the logits of the unperturbed input, extras."""
+
+    scores: np.ndarray
+    logits: np.ndarray
+    target: int
+    delta: float | None = None
+    info: dict[str, Any] | None = None
+
+
+def check_model(model: TextModel) -> None:
+    """Refuse models an explanation cannot be trusted on, with the fix in the message."""
+    if not isinstance(model, TextModel):
+        raise TypeError(f"model must be a textexplain.TextModel, got {type(model).__name__}: wrap your "
+                        "classifier with textexplain.TextModel(module, vocab, labels, embedding=...)")
+    if model.module.training:
+        raise ValueError("the model is in training mode (dropout makes every explanation different): "
+                         "call model.module.eval() first")
+
+
+def resolve_target(model: TextModel, target: int | str | None, logits: np.ndarray) -> int:
+    """Class index for ``target`` (index, label name, or None = the predicted class)."""
+    return model.label_index(target, np.asarray(logits))
+
+
+def select_output(logits: torch.Tensor, target: int, output: str) -> torch.Tensor:
+    """The scalar each row explains: the target logit or the target probability."""
+    if output == "logit":
+        return logits[:, target]
+    return torch.softmax(logits, dim=-1)[:, target]
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported: use one of {', '.join(map(repr, choices))}")
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def embed(model: TextModel, ids: torch.Tensor) -> torch.Tensor:
+    """The embedding layer's output for ``ids``, detached (no autograd history)."""
+    with torch.no_grad():
+        return model.embedding(ids).detach()
+
+
+@contextmanager
+def substituted_embeddings(model: TextModel, embeddings: torch.Tensor):
+    """Within the block, the model's embedding layer returns ``embeddings`` -- in this thread only.
+
+    The hook is removed on exit, also on error. Calls from other threads pass through unchanged.
+    """
+    owner = threading.get_ident()
+
+    def hook(module, inputs, output):
+        if threading.get_ident() != owner:
+            return None
+        if output.shape != embeddings.shape:
+            raise ValueError(f"the embedding layer produced shape {tuple(output.shape)} but the substitute has "
+                             f"{tuple(embeddings.shape)}: the module must call its embedding once on the ids")
+        return embeddings
+
+    handle = model.embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def forward_at_embeddings(model: TextModel, ids: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, C)`` of the module run on ``ids`` with its embedding output replaced.
+
+    The ids still decide everything the module derives from them (lengths, padding masks), so a
+    pad-embedding baseline keeps the sequence length.
+    """
+    with substituted_embeddings(model, embeddings):
+        logits = model.module(ids)
+    if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
+        raise ValueError(f"the module returned shape {tuple(logits.shape)}: a classifier must map ids (B, T) "
+                         "to logits (B, C)")
+    return logits
+
+
+def baseline_embeddings(model: TextModel, ids: torch.Tensor, baseline: str | Sequence[int] | int) -> torch.Tensor:
+    """Reference embeddings for ``ids (1, T)``: ``"pad"``, ``"zero"``, ``"unk"``, a token id or T ids."""
+    if isinstance(baseline, str):
+        if baseline == "zero":
+            return torch.zeros_like(embed(model, ids))
+        if baseline == "pad":
+            return embed(model, torch.full_like(ids, model.pad_id))
+        if baseline == "unk":
+            return embed(model, torch.full_like(ids, model.unk_id))
+        raise ValueError(f"baseline={baseline!r} is not supported: use 'pad', 'zero', 'unk', a token id or "
+                         "a list of token ids as long as the text")
+    if isinstance(baseline, (int, np.integer)):
+        base_ids = torch.full_like(ids, int(baseline))
+    else:
+        base_ids = torch.as_tensor(list(baseline), dtype=torch.long).reshape(1, -1)
+        if base_ids.shape != ids.shape:
+            raise ValueError(f"the baseline has {base_ids.shape[1]} token ids but the text has {ids.shape[1]} "
+                             "tokens: give one id per token")
+    if base_ids.min() < 0 or base_ids.max() >= model.embedding.num_embeddings:
+        raise ValueError(f"baseline token ids must lie in 0..{model.embedding.num_embeddings - 1}")
+    return embed(model, base_ids)
+
+
+def reduce_dims(attributions: torch.Tensor, reduce: str) -> np.ndarray:
+    """Per-token score from ``(T, E)`` attributions: signed ``"sum"`` or unsigned ``"l2"`` norm."""
+    if reduce == "sum":
+        out = attributions.sum(-1)
+    elif reduce == "l2":
+        out = attributions.norm(dim=-1)
+    else:
+        raise ValueError(f"reduce={reduce!r} is not supported: use 'sum' (signed) or 'l2' (unsigned)")
+    return out.detach().double().numpy()
+
+
+def gradient_sum(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, weights: Sequence[float],
+                 target: int | str | None, output: str, internal_batch_size: int | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray, int]:
+    """``sum_k weights[k] * dF/d(embeddings)`` at each row of ``rows (K, T, E)`` for ``ids (1, T)``.
+
+    Row 0 must be the unperturbed text: its logits resolve ``target`` (None = predicted) after the
+    first forward pass, so one pass serves the prediction and the gradients. Rows with weight 0
+    are evaluated only (e.g. the baseline for a completeness check). Rows run in chunks of
+    ``internal_batch_size``. Only the embeddings get gradients (``torch.autograd.grad``): the
+    model's parameters and their ``.grad`` are never touched. Returns the gradient sum ``(T, E)``,
+    the logits of every row ``(K, C)`` and the target index.
+    """
+    n_rows = rows.shape[0]
+    chunk = n_rows if internal_batch_size is None else max(1, int(internal_batch_size))
+    weights_t = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=rows.dtype)
+    total = torch.zeros(rows.shape[1:], dtype=rows.dtype)
+    all_logits = []
+    for start in range(0, n_rows, chunk):
+        part = rows[start:start + chunk].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = forward_at_embeddings(model, ids.expand(part.shape[0], -1), part)
+            if start == 0:
+                target = resolve_target(model, target, logits[0].detach().double().numpy())
+            w = weights_t[start:start + part.shape[0]]
+            if bool((w != 0).any()):
+                objective = (select_output(logits, target, output) * w).sum()
+                (grad,) = torch.autograd.grad(objective, part)
+                total += grad.sum(0)
+        all_logits.append(logits.detach().double().numpy())
+    return total, np.concatenate(all_logits), target
+
+
+def logits_of(model: TextModel, token_ids: Sequence[int]) -> np.ndarray:
+    """Logits ``(C,)`` of one unperturbed text."""
+    return model.logits_ids([list(token_ids)])[0].astype(np.float64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+class Explainer:
+    """Base of every method: constructor = model + hyperparameters, ``explain`` does the work.
+
+    Subclasses set ``name`` and ``signed`` and implement ``_attribute(prepared, target)``.
+    """
+
+    name: str = ""
+    signed: bool = True
+
+    def __init__(self, model: TextModel):
+        check_model(model)
+        self.model = model
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters given to the constructor (scikit-learn style)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "model")]
+        return {p: _plain(getattr(self, p)) for p in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({self.model.name!r}, {args})"
+
+    def prepare(self, text: str) -> Prepared:
+        tokens = self.model.tokenize(text)
+        return Prepared(text, tokens, self.model.vocab.encode(tokens), self.model.token_spans(text))
+
+    def explain(self, text: str, target: int | str | None = None) -> Explanation:
+        """Explain the model's output for ``target`` (index, label or None = predicted) on ``text``."""
+        check_model(self.model)
+        prepared = self.prepare(text)
+        result = self._attribute(prepared, target)
+        logits = np.asarray(result.logits, dtype=np.float64)
+        info = {"model": self.model.name, "logits": logits.tolist(), **(result.info or {})}
+        return Explanation(text=prepared.text, tokens=prepared.tokens, token_ids=prepared.token_ids,
+                           scores=result.scores, method=self.name, target=result.target,
+                           labels=list(self.model.labels), probs=softmax(logits), signed=self.signed,
+                           spans=prepared.spans, params=self.get_params(), delta=result.delta, info=info)
+
+    def explain_batch(self, texts: Sequence[str], target: int | str | None | Sequence[int | str | None] = None,
+                      progress: bool | None = None) -> list[Explanation]:
+        """Explain many texts; ``target`` is one target for all or one per text."""
+        if isinstance(texts, str):
+            raise TypeError("explain_batch takes a list of texts; use explain() for one text")
+        texts = list(texts)
+        targets = _targets_per_text(target, len(texts))
+        from tqdm.auto import tqdm
+
+        return [self.explain(t, tg) for t, tg in
+                tqdm(list(zip(texts, targets)), desc=self.name, disable=_no_progress(progress, len(texts)))]
+
+    def _attribute(self, prepared: Prepared, target: int | str | None) -> Attribution:
+        raise NotImplementedError
+
+
+def _targets_per_text(target, n: int) -> list:
+    if target is None or isinstance(target, (str, int, np.integer)):
+        return [target] * n
+    target = list(target)
+    if len(target) != n:
+        raise ValueError(f"got {len(target)} targets for {n} texts: give one target per text or a single one")
+    return target
+
+
+def _no_progress(progress: bool | None, n: int) -> bool | None:
+    """tqdm's ``disable``: forced on/off, or automatic (only on a terminal, only for long work)."""
+    if progress is None:
+        return None if n > 8 else True
+    return not progress
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of a hyperparameter value."""
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,51 @@
+"""One-call entry points: ``explain(model, text, method=...)`` and ``explain_batch``."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Explainer
+from .explanation import Explanation
+from .gradient import Gradient, GradientXInput
+from .integrated_gradients import IntegratedGradients
+from .model import TextModel
+
+METHODS: dict[str, type[Explainer]] = {
+    cls.name: cls for cls in (Gradient, GradientXInput, IntegratedGradients)
+}
+
+
+def method_class(method: str) -> type[Explainer]:
+    """The explainer class registered under ``method``."""
+    try:
+        return METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}") from None
+
+
+def make_explainer(model: TextModel, method: str, **params: Any) -> Explainer:
+    """``METHODS[method](model, **params)`` with a clear error for a misspelt hyperparameter."""
+    cls = method_class(method)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(f"{method} does not take {', '.join(map(repr, unknown))}: its parameters are "
+                        f"{', '.join(accepted) or 'none'}")
+    return cls(model, **params)
+
+
+def explain(model: TextModel, text: str, method: str = "integrated_gradients",
+            target: int | str | None = None, **params: Any) -> Explanation:
+    """Explain ``model``'s output for ``target`` (None = predicted class) on ``text``.
+
+    ``params`` are the method's hyperparameters, e.g. ``explain(m, text, "shap", seed=1)``.
+    """
+    return make_explainer(model, method, **params).explain(text, target)
+
+
+def explain_batch(model: TextModel, texts: Sequence[str], method: str = "integrated_gradients",
+                  target: int | str | None | Sequence[int | str | None] = None, progress: bool | None = None,
+                  **params: Any) -> list[Explanation]:
+    """Explain many texts with one method; ``target`` is one for all or one per text."""
+    return make_explainer(model, method, **params).explain_batch(texts, target, progress=progress)
