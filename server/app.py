@@ -1,0 +1,216 @@
+"""The Flask app factory, its security defaults, and the ``lstmvis serve`` command.
+
+Adding a page and its API is one new module plus one line in :data:`BLUEPRINTS`. The module
+defines ``blueprint`` (a ``flask.Blueprint``) and, for pages that belong in the navigation bar
+and on the landing page, ``PAGES``: a list of ``{"endpoint", "title", "summary"}`` dicts.
+API views use :func:`server.validation.api`; they reach models and stores through
+:func:`resources` (``with resources().model(name) as m: ...``; ``resources().store(name)``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import math
+import os
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Flask, current_app, send_file
+from flask.json.provider import DefaultJSONProvider
+
+from .resources import Resources
+from .validation import api, openapi_document, register_error_handlers
+
+# Modules that define ``blueprint`` (and optionally ``PAGES``), registered in this order.
+BLUEPRINTS = [
+    "server.pages",
+    "server.states_api",
+]
+
+DEFAULT_PORT = 8765
+DEFAULT_CONFIG = {
+    "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,  # request size limit (bytes); an image upload fits easily
+    "DEMO_BUILD": "background",  # background | sync | off: when demo stores that are missing get built
+    "MODEL_POOL_SIZE": 2,  # private copies of each model lent to concurrent requests
+    "LSTMVIS_CACHE": None,  # where demo stores are cached (default: $LSTMVIS_CACHE or ~/.cache/lstmvis)
+    "DEMO": None,  # build and serve the demo stores (default: only when no data directory is given)
+    "PROGRESS": True,  # progress bar on stderr while demo stores build
+    "RESOURCES": None,  # a ready Resources object to share (tests, benchmarks)
+    "JSON_DIGITS": 5,  # floats in state arrays are rounded to this many decimals
+}
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "connect-src 'self'; font-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'self'")
+
+
+class NumpyJSONProvider(DefaultJSONProvider):
+    """JSON that understands numpy scalars and arrays, and writes NaN/inf as null (valid JSON)."""
+
+    sort_keys = False
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            if o.dtype.kind == "f" and not np.isfinite(o).all():
+                return np.where(np.isfinite(o), o, None).tolist()
+            return o.tolist()
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o) if math.isfinite(o) else None
+        if isinstance(o, np.bool_):
+            return bool(o)
+        if isinstance(o, Path):
+            return str(o)
+        return DefaultJSONProvider.default(o)
+
+
+def resources() -> Resources:
+    """The registry of models and stores of the app handling this request."""
+    return current_app.extensions["lstmvis"]
+
+
+core = Blueprint("core", __name__)
+
+
+@core.get("/api/openapi.json")
+@api(summary="This OpenAPI 3.1 document, generated from the request models", tag="meta")
+def openapi():
+    """The OpenAPI document of every JSON endpoint."""
+    return openapi_document(current_app)
+
+
+@core.get("/api/status")
+@api(summary="Loaded models and stores, and the state of the demo build", tag="meta")
+def status():
+    """Which models and stores are loaded, and whether demo stores are still building."""
+    return resources().summary()
+
+
+@core.get("/static/vendor/plotly.min.js")
+def plotly_js():
+    """plotly.js from the installed plotly package: no CDN, nothing downloads."""
+    import plotly
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    return send_file(path, mimetype="text/javascript", max_age=7 * 24 * 3600, conditional=True)
+
+
+def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = None) -> Flask:
+    """Build the Flask app.
+
+    ``data_dir=None`` serves the bundled demo (shipped models, demo stores built once and cached);
+    a directory serves the state stores (``*.h5``) and checkpoints (``*.pt``) found inside it.
+    ``config`` overrides :data:`DEFAULT_CONFIG` and any Flask setting.
+    """
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.json = NumpyJSONProvider(app)
+    app.config.update(DEFAULT_CONFIG)
+    app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False,
+                      SEND_FILE_MAX_AGE_DEFAULT=3600)
+    app.config.update(config or {})
+    app.config["DATA_DIR"] = str(Path(data_dir).resolve()) if data_dir is not None else None
+
+    res = app.config["RESOURCES"]
+    if res is None:
+        res = Resources(data_dir, cache_dir=app.config["LSTMVIS_CACHE"], demo=app.config["DEMO"],
+                        build=app.config["DEMO_BUILD"], pool_size=app.config["MODEL_POOL_SIZE"],
+                        progress=app.config["PROGRESS"])
+    app.extensions["lstmvis"] = res
+
+    register_error_handlers(app)
+    app.register_blueprint(core)
+    nav: list[dict] = []
+    for module_name in BLUEPRINTS:
+        module = importlib.import_module(module_name)
+        app.register_blueprint(module.blueprint)
+        nav.extend(getattr(module, "PAGES", ()))
+    app.config["NAV_PAGES"] = nav
+
+    @app.context_processor
+    def _nav():
+        return {"nav_pages": nav}
+
+    @app.after_request
+    def _security_headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        return resp
+
+    return app
+
+
+# ------------------------------------------------------------------------------------- serving
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
+    """A threaded WSGI server (werkzeug's, without reloader or debugger); port 0 picks a free one."""
+    from werkzeug.serving import make_server as _make
+    return _make(host, port, app, threaded=True)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host):
+        print("\n" + "!" * 78 + f"\nWARNING: serving on {args.host}, reachable from other machines.\n"
+              "Anyone who can reach this port can run the models and read every store in the data\n"
+              "directory. There is no authentication. Use --host 127.0.0.1 unless you mean it.\n"
+              + "!" * 78 + "\n", file=sys.stderr)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data}: no such directory")
+    config = {"LSTMVIS_CACHE": args.cache} if args.cache else {}
+    app = create_app(args.data, config)
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                         f"choose another port with --port") from None
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{shown_host}:{server.server_port}/"
+    what = f"the stores and models in {args.data}" if args.data else "the bundled demo"
+    print(f"lstmvis: serving {what} at {url}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    if not args.no_browser:
+        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("lstmvis: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_serve(sub) -> None:
+    """Register ``lstmvis serve`` on the CLI's subparsers."""
+    p = sub.add_parser(
+        "serve", help="open the browser tool (no arguments: the bundled demo)",
+        description="Serve the browser tool: the hidden-state explorer, cell discovery, text-CNN filters and "
+                    "the explanation pages. With no arguments it serves the bundled demo (shipped models; demo "
+                    "state stores are built once, with a progress bar, and cached in $LSTMVIS_CACHE or "
+                    "~/.cache/lstmvis). With --data DIR it serves the *.h5 state stores and *.pt checkpoints "
+                    "in DIR. It listens on 127.0.0.1 only, unless --host says otherwise.")
+    p.add_argument("--data", metavar="DIR", help="serve the stores and checkpoints in DIR instead of the demo")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; "
+                   "0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else "
+                   "exposes the tool to the network)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    p.add_argument("--cache", metavar="DIR", help="where demo stores are cached (default $LSTMVIS_CACHE or "
+                   "~/.cache/lstmvis)")
+    p.set_defaults(func=_cmd_serve)
+

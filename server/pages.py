@@ -1,0 +1,52 @@
+"""The HTML pages of the lstmvis side: landing page, hidden-state explorer, cell discovery, text CNN.
+
+Pages are thin Jinja shells; the data arrive through the JSON API, and every token is put on
+the page with ``textContent`` (never as HTML), so text from stores or users cannot inject markup.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from .app import resources
+
+blueprint = Blueprint("pages", __name__)
+
+# Navigation bar and landing page entries, in order.
+PAGES = [
+    {"endpoint": "pages.explorer", "title": "Explorer",
+     "summary": "LSTMVis select and match: brush a phrase in the text, get the cells that are on over it, "
+                "and find every other place in the corpus where the same cells fire."},
+    {"endpoint": "pages.cells", "title": "Cells",
+     "summary": "Find interpretable cells: rank every cell against a hypothesis (inside quotes, bracket "
+                "depth, comments, a regex, ...), then see a cell over the text, its top contexts and its gate "
+                "saturation, and explain what in the input drives it."},
+    {"endpoint": "pages.textcnn", "title": "Text CNN",
+     "summary": "What each Conv1D filter of a text CNN detects: its top-activating n-grams over a corpus."},
+]
+
+
+def _page_data(**extra) -> dict:
+    """What every page's script needs at start: stores (with their state) and models."""
+    res = resources()
+    return {"status": res.summary(), **extra}
+
+
+@blueprint.get("/")
+def landing():
+    res = resources()
+    return render_template("landing.html", status=res.summary())
+
+
+@blueprint.get("/explorer")
+def explorer():
+    return render_template("explorer.html", page_data=_page_data())
+
+
+@blueprint.get("/cells")
+def cells():
+    return render_template("cells.html", page_data=_page_data())
+
+
+@blueprint.get("/textcnn")
+def textcnn():
+    return render_template("textcnn.html", page_data=_page_data())

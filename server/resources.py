@@ -1,0 +1,386 @@
+"""The server's registry of models and state stores, loaded lazily and safely across threads.
+
+Two sources of resources:
+
+* the bundled demo: the shipped models (``data.load_model``) and small demo stores built once
+  from them with ``lstmvis.extract`` and cached outside the package directory
+  (``$LSTMVIS_CACHE``, else ``$XDG_CACHE_HOME/lstmvis``, else ``~/.cache/lstmvis``);
+* ``--data DIR``: the user's state stores (``*.h5``) and checkpoints (``*.pt`` with an optional
+  ``*.json`` card), every path confined to DIR.
+
+Models are handed out through :meth:`Resources.model`, a context manager that lends each request
+its own copy of the model (a small pool), so hooks registered by one request can never record
+another request's forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .validation import ApiError
+
+# Bump when the demo stores' recipe changes, so stale caches are rebuilt.
+DEMO_FORMAT = 1
+
+
+def cache_root() -> Path:
+    """Where built demo stores live: never inside the installed package."""
+    env = os.environ.get("LSTMVIS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lstmvis"
+
+
+def confine(root: Path, candidate: str | os.PathLike) -> Path:
+    """``candidate`` resolved (symlinks followed) and proven to lie inside ``root``.
+
+    Raises ApiError(403) for anything that escapes: absolute paths elsewhere, ``..``, or
+    symlinks pointing outside.
+    """
+    root = Path(root).resolve()
+    p = Path(candidate)
+    resolved = (p if p.is_absolute() else root / p).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ApiError(403, f"path {str(candidate)!r} is outside the data directory")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------- models
+
+class ModelEntry:
+    """One model: loaded on first use, then lent out as private copies from a small pool."""
+
+    def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
+                 card: dict | None = None, pool_size: int = 2):
+        self.name, self.kind, self.description, self.card = name, kind, description, card or {}
+        self._loader = loader
+        self._pool_size = max(1, pool_size)
+        self._lock = threading.Lock()
+        self._base: Any = None
+        self._made = 0
+        self._free: queue.LifoQueue = queue.LifoQueue()
+
+    @property
+    def loaded(self) -> bool:
+        return self._base is not None
+
+    def _instance(self) -> Any:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._base is None:
+                self._base = self._loader()
+            if self._made < self._pool_size:
+                # The first borrower gets the loaded object; later ones private deep copies.
+                inst = self._base if self._made == 0 else copy.deepcopy(self._base)
+                self._made += 1
+                return inst
+        return self._free.get()  # all copies busy: wait for one
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Any]:
+        inst = self._instance()
+        try:
+            yield inst
+        finally:
+            self._free.put(inst)
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "description": self.description,
+                "loaded": self.loaded, "card": self.card or None}
+
+
+# --------------------------------------------------------------------------------------- stores
+
+@dataclass
+class StoreEntry:
+    """One state store: opened lazily; a demo store may still be building."""
+
+    name: str
+    path: Path
+    title: str = ""
+    description: str = ""
+    model: str | None = None
+    status: str = "ready"  # ready | queued | building | error | unavailable
+    message: str = ""
+    _store: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def open(self):
+        if self.status != "ready":
+            if self.status in ("queued", "building"):
+                raise ApiError(503, f"store {self.name!r} is still being built; try again in a few seconds",
+                               retry_after=2)
+            raise ApiError(409, f"store {self.name!r} is not available: {self.message}")
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from lstmvis import StateStore
+                    self._store = StateStore.open(self.path)
+        return self._store
+
+    def info(self, detail: bool = False) -> dict:
+        out = {"name": self.name, "title": self.title or self.name, "description": self.description,
+               "model": self.model, "status": self.status, "message": self.message}
+        if self.status == "ready":
+            s = self.open()
+            out.update(sources=list(s.sources), n_tokens=int(s.n_tokens), n_sequences=int(s.n_sequences),
+                       meta=list(s.meta_names), cells={src: int(s.n_cells(src)) for src in s.sources})
+            if detail:
+                out["card"] = s.card
+                out["char_level"] = all(len(t) <= 1 for t in s.vocab)
+                out["has_texts"] = bool(s.has_texts)
+        return out
+
+
+# ----------------------------------------------------------------------------------- demo recipe
+
+@dataclass(frozen=True)
+class DemoStore:
+    """How one demo store is built from a shipped model and a shipped corpus."""
+
+    name: str
+    model: str
+    title: str
+    description: str
+    corpus: Callable[[], tuple[list[str], dict]]  # -> (texts, extract keyword arguments)
+
+
+def _parens_corpus() -> tuple[list[str], dict]:
+    import numpy as np
+
+    import data
+    seqs = data.parens("test", n_sequences=100)
+    texts = ["".join(toks) for toks, _ in seqs]
+    depth = np.concatenate([d for _, d in seqs]).astype(np.float32)
+    return texts, {"meta": {"depth": depth}}
+
+
+def _python_corpus() -> tuple[list[str], dict]:
+    import data
+    files, texts, total = data.python_source("test"), [], 0
+    for _, src in files:  # a few whole test-split files, about 120k characters
+        if total >= 120_000:
+            break
+        texts.append(src)
+        total += len(src)
+    return texts, {}
+
+
+def _sentiment_corpus() -> tuple[list[str], dict]:
+    import numpy as np
+
+    import data
+    texts, labels = data.rotten_tomatoes("test")
+    texts, labels = texts[:600], labels[:600]
+    model_tok = data.load_model("sentiment-lstm").tokenize
+    label_track = np.concatenate([np.full(len(model_tok(t)), l, dtype=np.float32) for t, l in zip(texts, labels)])
+    return texts, {"meta": {"label": label_track}}
+
+
+DEMO_STORES = [
+    DemoStore("parens", "parens-lstm", "Nested parentheses",
+              "LSTMVis's own demo: an LSTM language model on the nested-parentheses language; "
+              "the 'depth' meta track is the true nesting depth.", _parens_corpus),
+    DemoStore("sentiment", "sentiment-lstm", "Movie-review sentences",
+              "The biLSTM sentiment classifier over Rotten Tomatoes test sentences; "
+              "the 'label' meta track is the sentence's gold label (0 rotten, 1 fresh).", _sentiment_corpus),
+    DemoStore("python-code", "charlm-python", "Python source, character by character",
+              "Karpathy-style: a 2-layer char-level LSTM language model over CPython standard-library "
+              "test files: look for quote, comment, indentation and bracket cells.", _python_corpus),
+]
+
+
+def _checkpoint_digest(model: str) -> str | None:
+    from data.registry import CHECKPOINTS
+    path = CHECKPOINTS / f"{model}.pt"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------------------------- registry
+
+class Resources:
+    """All models and stores the server knows, with thread-safe lazy loading."""
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+                 demo: bool | None = None, build: str = "background", pool_size: int = 2,
+                 progress: bool = True):
+        if build not in ("background", "sync", "off"):
+            raise ValueError(f"build must be 'background', 'sync' or 'off', got {build!r}")
+        self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"--data {data_dir}: not a directory")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+        self.demo = (self.data_dir is None) if demo is None else demo
+        self.pool_size = pool_size
+        self.progress = progress
+        self.models: dict[str, ModelEntry] = {}
+        self.stores: dict[str, StoreEntry] = {}
+        self._build_thread: threading.Thread | None = None
+        self._register_shipped_models()
+        if self.data_dir is not None:
+            self._register_user_dir(self.data_dir)
+        if self.demo:
+            self._register_demo_stores()
+            if build == "sync":
+                self.build_demo()
+            elif build == "background":
+                self._build_thread = threading.Thread(target=self.build_demo, name="demo-build", daemon=True)
+                self._build_thread.start()
+
+    # -- models
+    def _register_shipped_models(self) -> None:
+        import data
+        from data.registry import CHECKPOINTS
+        for m in data.list_models():
+            if not (CHECKPOINTS / f"{m['name']}.pt").is_file():
+                continue
+            self.models[m["name"]] = ModelEntry(m["name"], m["kind"], m["description"],
+                                                functools.partial(data.load_model, m["name"]),
+                                                card=m["card"], pool_size=self.pool_size)
+
+    def model_entry(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ApiError(404, f"unknown model {name!r}; loaded models: {known}") from None
+
+    def model(self, name: str):
+        """``with resources.model(name) as m:`` -- a copy of the model private to this request."""
+        return self.model_entry(name).use()
+
+    # -- stores
+    def store_entry(self, name: str) -> StoreEntry:
+        try:
+            return self.stores[name]
+        except KeyError:
+            known = ", ".join(sorted(self.stores)) or "none"
+            raise ApiError(404, f"unknown store {name!r}; stores: {known}") from None
+
+    def store(self, name: str):
+        return self.store_entry(name).open()
+
+    # -- user data directory
+    def _register_user_dir(self, root: Path) -> None:
+        from data.registry import build_from_checkpoint
+        from data import load_checkpoint
+        for path in sorted(root.rglob("*")):
+            try:
+                path = confine(root, path)
+            except ApiError:
+                continue  # a symlink leading out of the data directory is ignored
+            if not path.is_file():
+                continue
+            name = path.relative_to(root).with_suffix("").as_posix()
+            if path.suffix in (".h5", ".hdf5"):
+                self.stores[name] = StoreEntry(name, path, title=name, description=f"{path.name} in --data")
+                try:
+                    card = self.stores[name].open().card or {}
+                except Exception as exc:  # a broken file must not keep the others from loading
+                    self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
+                    continue
+                if isinstance(card, dict) and isinstance(card.get("model"), str):
+                    self.stores[name].model = card["model"]
+            elif path.suffix == ".pt":
+                card_path = path.with_suffix(".json")
+                card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
+
+                def load(path=path, name=name, card=card):
+                    return build_from_checkpoint(load_checkpoint(path), name=name, card=card)
+                self.models[name] = ModelEntry(name, card.get("kind", "user model"),
+                                               card.get("description", f"{path.name} in --data"),
+                                               load, card=card, pool_size=self.pool_size)
+
+    # -- bundled demo
+    def _demo_path(self, spec: DemoStore, digest: str) -> Path:
+        key = hashlib.sha256(f"{DEMO_FORMAT}:{spec.name}:{spec.model}:{digest}".encode()).hexdigest()[:16]
+        return self.cache_dir / "demo" / f"{spec.name}-{key}.h5"
+
+    def _register_demo_stores(self) -> None:
+        for spec in DEMO_STORES:
+            digest = _checkpoint_digest(spec.model)
+            if digest is None:
+                entry = StoreEntry(spec.name, Path(), spec.title, spec.description, spec.model,
+                                   status="unavailable",
+                                   message=f"model {spec.model} is not trained: python -m data.train {spec.model}")
+            else:
+                path = self._demo_path(spec, digest)
+                entry = StoreEntry(spec.name, path, spec.title, spec.description, spec.model,
+                                   status="ready" if path.is_file() else "queued")
+            self.stores[spec.name] = entry
+
+    def build_demo(self) -> None:
+        """Build every queued demo store once (progress bar on stderr); others wait on a file lock."""
+        todo = [(s, self.stores[s.name]) for s in DEMO_STORES if self.stores[s.name].status == "queued"]
+        if not todo:
+            return
+        from tqdm.auto import tqdm
+        (self.cache_dir / "demo").mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / "demo" / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another server process may be building the same stores
+            bar = tqdm(todo, desc="lstmvis: building demo stores (once)", unit="store", disable=not self.progress)
+            for spec, entry in bar:
+                bar.set_postfix_str(spec.name)
+                if entry.path.is_file():
+                    entry.status = "ready"
+                    continue
+                entry.status = "building"
+                t0 = time.perf_counter()
+                try:
+                    self._build_one(spec, entry.path)
+                except Exception as exc:  # keep serving the other stores; say what failed
+                    entry.status, entry.message = "error", f"building failed: {type(exc).__name__}: {exc}"
+                    continue
+                entry.status = "ready"
+                entry.message = f"built in {time.perf_counter() - t0:.1f} s"
+
+    def _build_one(self, spec: DemoStore, path: Path) -> None:
+        import torch
+
+        import lstmvis
+        texts, kwargs = spec.corpus()
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        try:
+            with self.model(spec.model) as model, torch.no_grad():
+                store = lstmvis.extract(model, texts, tmp, progress=False,
+                                        card={"model": spec.model, "demo": spec.name}, **kwargs)
+            close = getattr(store, "close", None)
+            if close:
+                close()
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def wait_demo(self, timeout: float | None = None) -> bool:
+        """Block until the background demo build has finished (for tests and benchmarks)."""
+        if self._build_thread is not None:
+            self._build_thread.join(timeout)
+            return not self._build_thread.is_alive()
+        return True
+
+    def summary(self) -> dict:
+        return {"mode": "demo" if self.demo else "data", "data_dir": str(self.data_dir) if self.data_dir else None,
+                "models": [m.info() for m in self.models.values()],
+                "stores": [s.info() for s in self.stores.values()]}

@@ -1,0 +1,229 @@
+"""JSON API over state stores: tokens, states, select & match, search, cell discovery, text CNN.
+
+Every view validates its parameters with a pydantic model (``server.validation.api``) and calls
+the library (``lstmvis.match``, ``lstmvis.cells``, ``lstmvis.textcnn``) for the real work.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Literal
+
+import numpy as np
+from flask import Blueprint, current_app
+from pydantic import Field, model_validator
+
+from .app import resources
+from .validation import ApiError, CsvInts, Params, api
+
+blueprint = Blueprint("states_api", __name__, url_prefix="/api")
+
+MAX_WINDOW = 2000  # tokens per /tokens or /states request
+MAX_VALUES = 400_000  # states values per /states request (tokens x cells)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _store(name: str):
+    return resources().store(name)
+
+
+def _source(store, source: str) -> str:
+    if source not in store.sources:
+        raise ApiError(404, f"unknown source {source!r} in this store; sources: {', '.join(store.sources)}")
+    return source
+
+
+def _window(store, start: int, stop: int | None, limit: int = MAX_WINDOW) -> tuple[int, int]:
+    stop = min(start + limit, store.n_tokens) if stop is None else stop
+    if start >= store.n_tokens and store.n_tokens:
+        raise ApiError(400, f"start={start} is past the end of the store ({store.n_tokens} tokens)")
+    if stop > store.n_tokens:
+        raise ApiError(400, f"stop={stop} is past the end of the store ({store.n_tokens} tokens)")
+    if stop < start:
+        raise ApiError(400, f"stop={stop} is before start={start}")
+    if stop - start > limit:
+        raise ApiError(400, f"the range [{start}, {stop}) has {stop - start} tokens; ask for at most {limit}")
+    return start, stop
+
+
+def _cells(store, source: str, cells: list[int] | None) -> list[int] | None:
+    if cells is None:
+        return None
+    n = store.n_cells(source)
+    bad = [c for c in cells if not 0 <= c < n]
+    if bad:
+        raise ApiError(400, f"cells {bad[:10]} are out of range: source {source!r} has cells 0..{n - 1}")
+    return sorted(set(cells))
+
+
+def _round(arr: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(arr, dtype=np.float64), current_app.config["JSON_DIGITS"])
+
+
+def _sequences(store, start: int, stop: int) -> list[dict]:
+    """The sequences overlapping ``[start, stop)``: index and token bounds."""
+    if stop <= start:
+        return []
+    first, last = store.sequence_of(start), store.sequence_of(stop - 1)
+    return [{"index": i, "start": int(store.offsets[i]), "stop": int(store.offsets[i + 1])}
+            for i in range(first, last + 1)]
+
+
+def _meta(store, start: int, stop: int) -> dict:
+    return {name: store.meta(name, start, stop) for name in store.meta_names}
+
+
+def _context(store, position: int, length: int, left: int, right: int) -> dict:
+    """Tokens around a run, clipped to the run's own sequence."""
+    seq = store.sequence_of(position)
+    a, b = store.sequence_bounds(seq)
+    lo, hi = max(a, position - left), min(b, position + length + right)
+    return {"start": lo, "stop": hi, "tokens": store.tokens(lo, hi), "sequence": seq}
+
+
+# -------------------------------------------------------------------------------------- models
+
+class Window(Params):
+    start: int = Field(0, ge=0, description="first token position (global index into the store)")
+    stop: int | None = Field(None, ge=0, description=f"one past the last position (default start+{MAX_WINDOW})")
+
+
+class StatesQuery(Window):
+    source: str = Field(description="state source, e.g. rnn.l0.h")
+    cells: CsvInts | None = Field(None, description="only these cells (comma-separated); default all")
+
+
+class SelectQuery(Params):
+    source: str = Field(description="state source")
+    start: int = Field(ge=0, description="first brushed position")
+    stop: int = Field(ge=1, description="one past the last brushed position")
+    threshold: float = Field(0.3, ge=-1e6, le=1e6, description="a cell is on at a step when its value >= threshold")
+    pad_left: int = Field(1, ge=0, le=100, description="steps before the range where the cell must be off")
+    pad_right: int = Field(0, ge=0, le=100, description="steps after the range where the cell must be off")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must be greater than start ({self.start})")
+        return self
+
+
+class SearchQuery(Params):
+    q: str = Field(min_length=1, max_length=200, description="text to find (a regular expression with regex=true)")
+    regex: bool = Field(False, description="treat q as a regular expression")
+    case: bool = Field(False, description="case-sensitive")
+    limit: int = Field(50, ge=1, le=500, description="at most this many hits")
+
+
+# ---------------------------------------------------------------------------------- endpoints
+
+@blueprint.get("/stores")
+@api(summary="All state stores with their sources, sizes and build status", tag="stores")
+def stores():
+    """Every store the server knows: name, title, model, status, sources and cell counts."""
+    return {"stores": [s.info() for s in resources().stores.values()]}
+
+
+@blueprint.get("/stores/<store>")
+@api(summary="One store: sizes, sources, meta tracks and model card", tag="stores")
+def store_info(store: str):
+    """Details of one store, including its model card."""
+    entry = resources().store_entry(store)
+    entry.open()
+    return entry.info(detail=True)
+
+
+@blueprint.get("/stores/<store>/tokens")
+@api(Window, summary="Tokens, sequence bounds and meta tracks of a range of positions", tag="stores")
+def tokens(store: str, params: Window):
+    """Tokens of ``[start, stop)`` with the sequences they belong to and every meta track."""
+    s = _store(store)
+    start, stop = _window(s, params.start, params.stop)
+    return {"start": start, "stop": stop, "n_tokens": s.n_tokens, "tokens": s.tokens(start, stop),
+            "sequences": _sequences(s, start, stop), "meta": _meta(s, start, stop)}
+
+
+@blueprint.get("/stores/<store>/states")
+@api(StatesQuery, summary="Cell values of one source over a range (cell-major)", tag="stores")
+def states(store: str, params: StatesQuery):
+    """``values[i][t]`` is cell ``cells[i]`` at position ``start + t`` (rounded)."""
+    s = _store(store)
+    source = _source(s, params.source)
+    start, stop = _window(s, params.start, params.stop)
+    cells = _cells(s, source, params.cells)
+    n = len(cells) if cells is not None else s.n_cells(source)
+    if (stop - start) * n > MAX_VALUES:
+        raise ApiError(400, f"{stop - start} tokens x {n} cells is too much for one request (at most "
+                            f"{MAX_VALUES} values): ask for fewer tokens or fewer cells")
+    arr = s.states(source, start, stop)
+    if cells is not None:
+        arr = arr[:, cells]
+    return {"source": source, "start": start, "stop": stop, "n_cells": s.n_cells(source),
+            "cells": cells if cells is not None else list(range(arr.shape[1])),
+            "values": _round(arr.T), "min": float(arr.min()) if arr.size else None,
+            "max": float(arr.max()) if arr.size else None}
+
+
+@blueprint.get("/stores/<store>/select")
+@api(SelectQuery, summary="Cells that are on over a range and off in its padding (LSTMVis select)", tag="match")
+def select(store: str, params: SelectQuery):
+    """The cells >= threshold at every step of ``[start, stop)`` and < threshold at the padding steps."""
+    s = _store(store)
+    source = _source(s, params.source)
+    _window(s, params.start, params.stop, limit=s.n_tokens)
+    cells = s.select(source, params.start, params.stop, threshold=params.threshold,
+                     pad_left=params.pad_left, pad_right=params.pad_right)
+    return {"source": source, "start": params.start, "stop": params.stop, "threshold": params.threshold,
+            "pad_left": params.pad_left, "pad_right": params.pad_right, "cells": [int(c) for c in cells]}
+
+
+# -- text search over the token stream (one joined string per store, built once and cached)
+
+class _SearchIndex:
+    """The store's token stream as one string, with each character mapped back to its token."""
+
+    def __init__(self, store):
+        toks = store.tokens()
+        self.char_level = all(len(t) <= 1 for t in store.vocab)
+        sep = "" if self.char_level else " "
+        self.text = sep.join(toks)
+        lengths = np.fromiter((len(t) + len(sep) for t in toks), dtype=np.int64, count=len(toks))
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(toks) else np.zeros(0, np.int64)
+
+    def token_at(self, char: int) -> int:
+        return int(np.searchsorted(self.starts, char, side="right") - 1)
+
+
+_search_indexes: dict[str, _SearchIndex] = {}
+_search_lock = threading.Lock()
+
+
+def _search_index(name: str, store) -> _SearchIndex:
+    key = f"{id(resources())}:{name}"
+    with _search_lock:
+        if key not in _search_indexes:
+            _search_indexes[key] = _SearchIndex(store)
+        return _search_indexes[key]
+
+
+@blueprint.get("/stores/<store>/search")
+@api(SearchQuery, summary="Find a phrase (or regular expression) in the store's text", tag="stores")
+def search(store: str, params: SearchQuery):
+    """Positions where the text occurs; word-level stores are searched as tokens joined by spaces."""
+    s = _store(store)
+    index = _search_index(store, s)
+    flags = 0 if params.case else re.IGNORECASE
+    try:
+        pattern = re.compile(params.q if params.regex else re.escape(params.q), flags)
+    except re.error as exc:
+        raise ApiError(400, f"q is not a valid regular expression: {exc}") from None
+    hits = []
+    for m in pattern.finditer(index.text):
+        if m.end() == m.start():
+            continue
+        a, b = index.token_at(m.start()), index.token_at(m.end() - 1) + 1
+        hits.append({"position": a, "length": b - a, **_context(s, a, b - a, 5, 5)})
+        if len(hits) >= params.limit:
+            break
+    return {"q": params.q, "hits": hits, "truncated": len(hits) >= params.limit}

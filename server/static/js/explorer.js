@@ -1,0 +1,384 @@
+// Hidden-state explorer: LSTMVis select (brush a range -> cells) and match (find the cells' pattern elsewhere).
+// The whole view state lives in the URL (store, source, pos, w, threshold, brush, pad, match).
+"use strict";
+
+(function () {
+  const $ = id => document.getElementById(id);
+  const PLOT_MARGIN = { l: 48, r: 16, t: 8, b: 22 };
+  const SEQ_COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+
+  const data = LV.pageData();
+  const url = LV.readUrl();
+  const state = {
+    store: url.store || "",
+    source: url.source || "",
+    pos: Math.max(0, parseInt(url.pos || "0", 10) || 0),
+    w: Math.min(300, Math.max(10, parseInt(url.w || "0", 10) || 0)) || 0,
+    threshold: Number.isFinite(parseFloat(url.threshold)) ? parseFloat(url.threshold) : 0.3,
+    brush: LV.intList(url.brush).length === 2 ? LV.intList(url.brush) : null,
+    pad: LV.intList(url.pad).length === 2 ? LV.intList(url.pad) : [1, 0],
+    match: url.match === "1",
+  };
+  let info = null;        // the current store's /api/stores/<name>
+  let windowData = null;  // {tokens, states, meta, sequences, start, stop}
+  let cells = [];         // selected cells
+  let hidden = new Set(); // cells toggled off in the chip list (view only)
+  let foundPositions = new Set();
+  let request = 0;        // guards against out-of-order responses
+
+  const stores = LV.readyStores(data.status || {});
+  const note = LV.pendingStoresNote(data.status || {});
+  if (note) { $("pending-note").textContent = note; $("pending-note").hidden = false; }
+
+  function saveUrl() {
+    LV.writeUrl({ store: state.store, source: state.source, pos: state.pos, w: state.w,
+                  threshold: state.threshold, brush: state.brush, pad: state.pad, match: state.match ? 1 : "" });
+  }
+
+  function defaultWidth() {
+    return info && info.char_level ? 100 : 40;
+  }
+
+  // ------------------------------------------------------------------ loading
+  async function chooseStore(name) {
+    if (!stores.length) { LV.showError("No state store is ready yet." + (note ? " " + note : "")); return; }
+    state.store = LV.fillSelect($("store"), stores.map(s => ({ value: s.name, label: `${s.title} (${s.name})` })), name);
+    info = await LV.api(`/api/stores/${encodeURIComponent(state.store)}`);
+    info.char_level = !!info.char_level;
+    state.source = LV.fillSelect($("source"), info.sources.map(s => ({ value: s, label: `${s} (${info.cells[s]} cells)` })),
+                                 state.source);
+    if (!state.w) state.w = defaultWidth();
+    $("width").value = state.w;
+  }
+
+  async function loadWindow() {
+    const my = ++request;
+    state.pos = Math.max(0, Math.min(state.pos, Math.max(0, info.n_tokens - 1)));
+    const start = state.pos, stop = Math.min(info.n_tokens, state.pos + state.w);
+    $("pos").value = state.pos;
+    const [tok, st] = await Promise.all([
+      LV.api(`/api/stores/${encodeURIComponent(state.store)}/tokens`, { start, stop }),
+      LV.api(`/api/stores/${encodeURIComponent(state.store)}/states`, { source: state.source, start, stop }),
+    ]);
+    if (my !== request) return;
+    windowData = { start, stop, tokens: tok.tokens, sequences: tok.sequences, meta: tok.meta,
+                   values: st.values, cellIds: st.cells };
+    renderTokens();
+    renderMeta();
+    drawLinePlot();
+    saveUrl();
+  }
+
+  // ------------------------------------------------------------------ line plot of all cells
+  function drawLinePlot() {
+    const w = windowData;
+    const T = w.tokens.length;
+    const sel = new Set(cells.filter(c => !hidden.has(c)));
+    const xs = [], ys = [], cd = [], sx = [], sy = [], scd = [];
+    w.values.forEach((row, i) => {
+      const cell = w.cellIds[i];
+      const [X, Y, C] = sel.has(cell) ? [sx, sy, scd] : [xs, ys, cd];
+      for (let t = 0; t < T; t++) { X.push(t); Y.push(row[t]); C.push(cell); }
+      X.push(null); Y.push(null); C.push(null);
+    });
+    const traces = [
+      { x: xs, y: ys, customdata: cd, type: "scatter", mode: "lines", name: "cells",
+        line: { color: "rgba(120,130,150,0.28)", width: 1 }, hovertemplate: "cell %{customdata}: %{y:.3f}<extra></extra>" },
+      { x: sx, y: sy, customdata: scd, type: "scatter", mode: "lines", name: "selected",
+        line: { color: "#f28e2b", width: 2 }, hovertemplate: "selected cell %{customdata}: %{y:.3f}<extra></extra>" },
+    ];
+    const shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: state.threshold, y1: state.threshold,
+                      line: { color: "#1399e4", width: 2, dash: "dash" }, editable: true }];
+    if (state.brush) {
+      const [a, b] = state.brush;
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: a - w.start - 0.5, x1: b - w.start - 0.5, y0: 0, y1: 1,
+                    fillcolor: "rgba(242,142,43,0.10)", line: { width: 0 }, editable: false, layer: "below" });
+    }
+    const layout = {
+      margin: PLOT_MARGIN, showlegend: false, hovermode: "closest", dragmode: false,
+      xaxis: { range: [-0.5, T - 0.5], showticklabels: false, zeroline: false, fixedrange: true },
+      yaxis: { zeroline: true, zerolinecolor: "#ccc", fixedrange: true, title: { text: state.source, font: { size: 11 } } },
+      shapes,
+    };
+    const config = { ...LV.plotConfig, edits: { shapePosition: true }, displayModeBar: false };
+    Plotly.react("lineplot", traces, layout, config);
+  }
+
+  function onRelayout(ev) {
+    const y = ev["shapes[0].y0"] ?? ev["shapes[0].y1"];
+    if (y === undefined) return;
+    setThreshold(Math.round(y * 1000) / 1000);
+  }
+
+  // ------------------------------------------------------------------ token row with brush
+  function gridTemplate(n) {
+    return { gridTemplateColumns: `repeat(${n}, minmax(0, 1fr))`,
+             paddingLeft: `${PLOT_MARGIN.l}px`, paddingRight: `${PLOT_MARGIN.r}px` };
+  }
+
+  function renderTokens() {
+    const w = windowData, row = LV.clear($("tokens"));
+    Object.assign(row.style, gridTemplate(w.tokens.length));
+    row.classList.toggle("tokens-vertical", !info.char_level);
+    const seqStarts = new Set(w.sequences.map(s => s.start));
+    w.tokens.forEach((tok, t) => {
+      const pos = w.start + t;
+      row.append(LV.el("div", { class: "tok" + (seqStarts.has(pos) ? " seq-start" : ""),
+                                title: `${JSON.stringify(tok)} @ ${pos}`, dataset: { pos: String(pos) } },
+                       LV.tokenLabel(tok)));
+    });
+    paintTokens();
+  }
+
+  /** Brush/padding marks, search hits, and the LSTMVis shading: how many selected cells are on at each token. */
+  function paintTokens() {
+    const w = windowData;
+    if (!w) return;
+    const sel = cells.filter(c => !hidden.has(c));
+    const rowsOfSel = sel.map(c => w.cellIds.indexOf(c)).filter(i => i >= 0);
+    const [a, b] = state.brush || [-1, -1];
+    const [pl, pr] = state.pad;
+    $("tokens").querySelectorAll(".tok").forEach((node, t) => {
+      const pos = w.start + t;
+      node.classList.toggle("brushed", pos >= a && pos < b);
+      node.classList.toggle("padded", state.brush !== null && ((pos >= a - pl && pos < a) || (pos >= b && pos < b + pr)));
+      node.classList.toggle("found", foundPositions.has(pos));
+      let on = 0;
+      for (const i of rowsOfSel) if (w.values[i][t] >= state.threshold) on++;
+      const frac = rowsOfSel.length ? on / rowsOfSel.length : 0;
+      node.style.background = rowsOfSel.length ? LV.sequential(frac) : "";
+      node.style.color = frac > 0.65 ? "#fff" : "";
+    });
+  }
+
+  let dragFrom = null;
+  function tokenAt(ev) {
+    const node = ev.target.closest(".tok");
+    return node ? parseInt(node.dataset.pos, 10) : null;
+  }
+  function onDown(ev) {
+    const p = tokenAt(ev);
+    if (p === null) return;
+    ev.preventDefault();
+    dragFrom = p;
+    state.brush = [p, p + 1];
+    paintTokens();
+  }
+  function onMove(ev) {
+    if (dragFrom === null) return;
+    const p = tokenAt(ev);
+    if (p === null) return;
+    state.brush = [Math.min(dragFrom, p), Math.max(dragFrom, p) + 1];
+    paintTokens();
+  }
+  function onUp() {
+    if (dragFrom === null) return;
+    dragFrom = null;
+    runSelect().catch(e => LV.showError(e.message));
+  }
+
+  // ------------------------------------------------------------------ meta tracks
+  function renderMeta() {
+    const box = LV.clear($("meta-tracks"));
+    const w = windowData;
+    for (const [name, values] of Object.entries(w.meta || {})) {
+      const nums = values.filter(v => typeof v === "number");
+      const numeric = nums.length === values.length;
+      const lo = numeric ? Math.min(...nums) : 0, hi = numeric ? Math.max(...nums) : 1;
+      const cats = numeric ? [] : [...new Set(values.map(String))];
+      const row = LV.el("div", { class: "meta-track", style: gridTemplate(values.length), dataset: { meta: name } });
+      values.forEach((v, t) => {
+        const bg = numeric ? LV.sequential(hi > lo ? (v - lo) / (hi - lo) : 0.5)
+                           : SEQ_COLORS[cats.indexOf(String(v)) % SEQ_COLORS.length];
+        row.append(LV.el("div", { class: "meta-cell", title: `${name} = ${v} @ ${w.start + t}`, style: { background: bg } }));
+      });
+      box.append(LV.el("div", { class: "meta-label", style: { paddingLeft: `${PLOT_MARGIN.l}px` } },
+                       `${name}` + (numeric ? ` (${lo} .. ${hi})` : "")), row);
+    }
+  }
+
+  // ------------------------------------------------------------------ select
+  async function runSelect() {
+    LV.clearError();
+    if (!state.brush) { cells = []; renderCells(); return; }
+    const [start, stop] = state.brush;
+    const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/select`, {
+      source: state.source, start, stop, threshold: state.threshold, pad_left: state.pad[0], pad_right: state.pad[1] });
+    cells = r.cells;
+    hidden = new Set();
+    renderCells();
+    saveUrl();
+    if (state.match) await runMatch();
+  }
+
+  function renderCells() {
+    const chips = LV.clear($("cell-chips"));
+    for (const c of cells) {
+      chips.append(LV.el("span", { class: "chip" + (hidden.has(c) ? " off" : ""), title: "click to hide/show in the plot",
+                                   dataset: { cell: String(c) },
+                                   onclick: () => { hidden.has(c) ? hidden.delete(c) : hidden.add(c); renderCells(); } },
+                         String(c)));
+    }
+    $("cell-count").textContent = `(${cells.length})`;
+    $("brush-label").textContent = state.brush ? `[${state.brush[0]}, ${state.brush[1]})` : "none";
+    $("match").disabled = !cells.length;
+    if (windowData) { drawLinePlot(); paintTokens(); }
+  }
+
+  function setThreshold(v) {
+    if (!Number.isFinite(v) || v === state.threshold) return;
+    state.threshold = v;
+    $("threshold").value = v;
+    saveUrl();
+    if (state.brush) runSelect().catch(e => LV.showError(e.message));
+    else if (windowData) { drawLinePlot(); paintTokens(); }
+  }
+
+  // ------------------------------------------------------------------ match
+  async function runMatch() {
+    const active = cells.filter(c => !hidden.has(c));
+    if (!active.length) { $("match-view").hidden = true; state.match = false; saveUrl(); return; }
+    $("match-summary").textContent = "searching…";
+    $("match-view").hidden = false;
+    const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/match`, {
+      source: state.source, cells: active, threshold: state.threshold,
+      pad_left: state.pad[0], pad_right: state.pad[1], left: 3, right: info.char_level ? 25 : 12 });
+    state.match = true;
+    saveUrl();
+    renderMatches(r, active.length);
+  }
+
+  function renderMatches(r, nCells) {
+    $("match-summary").textContent = `${r.matches.length} shown of ${r.n_runs} runs, ${nCells} cells, ` +
+      `ranked by cells shared, then fewest extra cells on, then length`;
+    const table = LV.clear($("word-matrix"));
+    table.append(LV.el("tr", {}, LV.el("td", { class: "meta" }, "#"), LV.el("td", { class: "meta" }, "position"),
+                       LV.el("td", { class: "meta", title: "selected cells on over the whole run / all cells on over it" }, "∩ / ∪"),
+                       LV.el("td", { class: "meta", colspan: 40 }, "context")));
+    const left = r.left;
+    const heat = [], heatText = [];
+    r.matches.forEach((m, i) => {
+      const tr = LV.el("tr", { dataset: { position: String(m.position) }, title: "click to show this position above",
+                               onclick: () => jumpTo(m.position, [m.position, m.position + m.length]) });
+      tr.append(LV.el("td", { class: "meta" }, String(i + 1)), LV.el("td", { class: "meta" }, String(m.position)),
+                LV.el("td", { class: "meta" }, `${m.intersection} / ${m.union}`));
+      const pad = left - (m.position - m.context.start);  // blank cells so every match starts in the same column
+      for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
+      const hrow = new Array(pad).fill(null), trow = new Array(pad).fill("");
+      m.context.tokens.forEach((tok, k) => {
+        const pos = m.context.start + k, frac = m.context.counts[k] / nCells;
+        const inMatch = pos >= m.position && pos < m.position + m.length;
+        tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${m.context.counts[k]} of ${nCells} cells on @ ${pos}`,
+                                style: { background: LV.sequential(frac), color: frac > 0.65 ? "#fff" : "" } },
+                        LV.tokenLabel(tok)));
+        hrow.push(m.context.counts[k]); trow.push(tok);
+      });
+      table.append(tr);
+      heat.push(hrow); heatText.push(trow);
+    });
+    const hist = r.length_histogram || [];
+    Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i), y: hist, marker: { color: "#1399e4" },
+                                   hovertemplate: "length %{x}: %{y} runs<extra></extra>" }],
+                 { margin: { l: 48, r: 10, t: 28, b: 36 }, title: { text: "Length of all runs found", font: { size: 13 } },
+                   xaxis: { title: { text: "run length (tokens)" } }, yaxis: { title: { text: "runs" } } }, LV.plotConfig);
+    const width = Math.max(1, ...heat.map(h => h.length));
+    const z = heat.map(h => h.concat(new Array(width - h.length).fill(null)));
+    const text = heatText.map(h => h.concat(new Array(width - h.length).fill("")));
+    Plotly.react("match-heatmap", [{ type: "heatmap", z, text, zmin: 0, zmax: nCells,
+                                     colorscale: [[0, "#ffffff"], [1, "#1399e4"]],
+                                     hovertemplate: "%{text}: %{z} cells on<extra></extra>" }],
+                 { margin: { l: 36, r: 10, t: 28, b: 30 }, title: { text: "Selected cells on per token (rows = matches)", font: { size: 13 } },
+                   yaxis: { autorange: "reversed", title: { text: "match" } }, xaxis: { title: { text: "token (matches aligned at their start)" } } },
+                 LV.plotConfig);
+  }
+
+  // ------------------------------------------------------------------ navigation and search
+  function jumpTo(position, brush) {
+    state.pos = Math.max(0, position - Math.floor(state.w / 4));
+    if (brush) state.brush = brush;
+    loadWindow().then(() => brush ? runSelectKeepMatch() : null).catch(e => LV.showError(e.message));
+    window.scrollTo({ top: 0, behavior: "smooth" });
+  }
+
+  async function runSelectKeepMatch() {
+    const keep = state.match;
+    state.match = false;
+    await runSelect();
+    state.match = keep;
+    saveUrl();
+  }
+
+  async function runSearch() {
+    const q = $("search").value.trim();
+    const box = LV.clear($("search-results"));
+    foundPositions = new Set();
+    if (!q) { paintTokens(); return; }
+    const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/search`, { q, regex: $("search-regex").checked, limit: 50 });
+    if (!r.hits.length) box.append(LV.el("span", { class: "muted" }, "no hits"));
+    for (const h of r.hits) {
+      for (let p = h.position; p < h.position + h.length; p++) foundPositions.add(p);
+      const snippet = h.tokens.map(LV.tokenLabel).join(info.char_level ? "" : " ");
+      box.append(LV.el("button", { type: "button", title: `position ${h.position}`, dataset: { position: String(h.position) },
+                                   onclick: () => jumpTo(h.position) }, snippet.slice(0, 60)));
+    }
+    if (r.truncated) box.append(LV.el("span", { class: "muted" }, "first 50 shown"));
+    paintTokens();
+  }
+
+  // ------------------------------------------------------------------ wiring
+  function wire() {
+    $("controls").addEventListener("submit", ev => ev.preventDefault());
+    $("store").addEventListener("change", async () => {
+      state.source = ""; state.brush = null; state.pos = 0; state.w = 0; state.match = false; cells = [];
+      $("match-view").hidden = true;
+      await chooseStore($("store").value);
+      await loadWindow();
+      renderCells();
+    });
+    $("source").addEventListener("change", async () => {
+      state.source = $("source").value;
+      await loadWindow();
+      await runSelect();
+    });
+    $("threshold").addEventListener("change", () => setThreshold(parseFloat($("threshold").value)));
+    const padChange = () => {
+      state.pad = [Math.max(0, parseInt($("pad-left").value, 10) || 0), Math.max(0, parseInt($("pad-right").value, 10) || 0)];
+      saveUrl();
+      runSelect().catch(e => LV.showError(e.message));
+    };
+    $("pad-left").addEventListener("change", padChange);
+    $("pad-right").addEventListener("change", padChange);
+    $("go").addEventListener("click", () => { state.pos = parseInt($("pos").value, 10) || 0; loadWindow().catch(e => LV.showError(e.message)); });
+    $("pos").addEventListener("keydown", ev => { if (ev.key === "Enter") $("go").click(); });
+    $("prev").addEventListener("click", () => { state.pos = Math.max(0, state.pos - Math.floor(state.w / 2)); loadWindow().catch(e => LV.showError(e.message)); });
+    $("next").addEventListener("click", () => { state.pos += Math.floor(state.w / 2); loadWindow().catch(e => LV.showError(e.message)); });
+    $("width").addEventListener("change", () => {
+      state.w = Math.min(300, Math.max(10, parseInt($("width").value, 10) || 40));
+      loadWindow().then(paintTokens).catch(e => LV.showError(e.message));
+    });
+    $("search-go").addEventListener("click", () => runSearch().catch(e => LV.showError(e.message)));
+    $("search").addEventListener("keydown", ev => { if (ev.key === "Enter") { ev.preventDefault(); $("search-go").click(); } });
+    $("clear-brush").addEventListener("click", () => {
+      state.brush = null; state.match = false; cells = []; $("match-view").hidden = true; renderCells(); saveUrl();
+    });
+    $("match").addEventListener("click", () => runMatch().catch(e => LV.showError(e.message)));
+    const row = $("tokens");
+    row.addEventListener("mousedown", onDown);
+    row.addEventListener("mouseover", onMove);
+    window.addEventListener("mouseup", onUp);
+    $("lineplot").on("plotly_relayout", onRelayout);
+  }
+
+  async function start() {
+    $("threshold").value = state.threshold;
+    $("pad-left").value = state.pad[0];
+    $("pad-right").value = state.pad[1];
+    await chooseStore(state.store);
+    await loadWindow();
+    wire();
+    await runSelect();
+    renderCells();
+  }
+
+  start().catch(e => LV.showError(e.message));
+})();
