@@ -4,7 +4,12 @@ from .explain import METHODS, explain, explain_batch
 from .explanation import Explanation
 from .gradient import Gradient, GradientXInput
 from .integrated_gradients import IntegratedGradients
+from .kernel_shap import Shap
+from .lime_text import Lime
+from .occlusion import Occlusion
+from .smoothgrad import SmoothGrad
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
 
 __all__ = ["CharTokenizer", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
-           "METHODS", "explain", "explain_batch", "TextModel", "Vocab", "WhitespaceTokenizer", "WordTokenizer"]
+           "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
+           "WordTokenizer", "explain", "explain_batch"]

@@ -9,10 +9,14 @@ from .base import Explainer
 from .explanation import Explanation
 from .gradient import Gradient, GradientXInput
 from .integrated_gradients import IntegratedGradients
+from .kernel_shap import Shap
+from .lime_text import Lime
 from .model import TextModel
+from .occlusion import Occlusion
+from .smoothgrad import SmoothGrad
 
 METHODS: dict[str, type[Explainer]] = {
-    cls.name: cls for cls in (Gradient, GradientXInput, IntegratedGradients)
+    cls.name: cls for cls in (Gradient, GradientXInput, IntegratedGradients, SmoothGrad, Occlusion, Lime, Shap)
 }
 
 

@@ -1,0 +1,171 @@
+"""Shapley values of tokens: exact by enumeration for short texts, KernelSHAP above.
+
+The players are token positions; a coalition keeps its tokens and masks the others with the
+stated baseline (``mask``, default the pad embedding with the length kept). ``v(S)`` is the
+target output. Exact values enumerate all ``2^M`` coalitions. KernelSHAP (Lundberg & Lee 2017)
+solves the Shapley-kernel weighted least squares with the efficiency constraint
+``sum(phi) = v(all) - v(none)`` enforced exactly: subset sizes whose expected share of the
+budget covers them are enumerated completely, the rest are sampled in complementary pairs.
+"""
+from __future__ import annotations
+
+from math import comb, factorial
+
+import numpy as np
+
+from .base import check_choice, check_positive_int
+from .model import TextModel
+from .perturb import DEFAULT_MAX_BATCH_TOKENS, PerturbationExplainer, rng
+
+MAX_EXACT_TOKENS = 20
+
+
+def all_coalitions(n: int) -> np.ndarray:
+    """Keep-masks ``(2^n, n)``; row ``c`` keeps token ``i`` when bit ``i`` of ``c`` is set."""
+    codes = np.arange(2 ** n)
+    return ((codes[:, None] >> np.arange(n)) & 1).astype(bool)
+
+
+def exact_shapley(n: int, value) -> tuple[np.ndarray, float, float]:
+    """Exact Shapley values from ``value(keep_masks)`` on all coalitions; also v(none), v(all)."""
+    v = value(all_coalitions(n))
+    codes = np.arange(2 ** n)
+    sizes = _popcount(codes)
+    weight = np.array([factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)])
+    phi = np.empty(n)
+    for i in range(n):
+        without = codes[((codes >> i) & 1) == 0]
+        phi[i] = np.dot(weight[sizes[without]], v[without | (1 << i)] - v[without])
+    return phi, float(v[0]), float(v[-1])
+
+
+def _popcount(codes: np.ndarray) -> np.ndarray:
+    counts = np.zeros_like(codes)
+    c = codes.copy()
+    while c.any():
+        counts += c & 1
+        c >>= 1
+    return counts
+
+
+def kernel_coalitions(n: int, budget: int, generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Coalitions (keep-masks, without the empty and full ones) and their Shapley-kernel weights.
+
+    At most ``budget - 2`` distinct coalitions. A pair of sizes ``k, n-k`` is enumerated when the
+    budget share its kernel weight earns covers all its subsets; the remaining sizes are sampled
+    in complementary pairs, duplicates adding weight instead of evaluations.
+    """
+    left = budget - 2
+    if left >= 2 ** n - 2:
+        keep = all_coalitions(n)[1:-1]
+        k = keep.sum(1)
+        return keep, (n - 1) / (comb_array(n, k) * k * (n - k))
+    size_weight = np.array([(n - 1) / (k * (n - k)) for k in range(1, n)])
+    masks: list[np.ndarray] = []
+    weights: list[float] = []
+    weight_left = size_weight.sum()
+    pairs = [(k, n - k) for k in range(1, n // 2 + 1)]
+    sampled_from = []
+    for index, (k, k_other) in enumerate(pairs):
+        sizes = (k,) if k == k_other else (k, k_other)
+        count = sum(comb(n, s) for s in sizes)
+        mass = sum(size_weight[s - 1] for s in sizes)
+        if count <= left and left * mass / weight_left >= count - 1e-8:
+            for s in sizes:
+                for subset in _subsets(n, s):
+                    masks.append(subset)
+                    weights.append(size_weight[s - 1] / comb(n, s))
+            left -= count
+            weight_left -= mass
+        else:
+            sampled_from = [s for kk, ko in pairs[index:] for s in ((kk,) if kk == ko else (kk, ko))]
+            break
+    if sampled_from and left > 0:
+        p = np.array([size_weight[s - 1] for s in sampled_from])
+        p /= p.sum()
+        counts: dict[bytes, list] = {}
+        attempts = 0
+        while len(counts) < left and attempts < 50 * budget:
+            attempts += 1
+            s = sampled_from[generator.choice(len(p), p=p)]
+            keep = np.zeros(n, dtype=bool)
+            keep[generator.choice(n, s, replace=False)] = True
+            pair = [(m.tobytes(), m) for m in (keep, ~keep)]
+            new = {key for key, _ in pair if key not in counts}
+            if len(counts) + len(new) > left:
+                break
+            for key, m in pair:
+                counts.setdefault(key, [m, 0])[1] += 1
+        total = sum(c for _, c in counts.values())
+        for m, c in counts.values():
+            masks.append(m)
+            weights.append(weight_left * c / total)
+    return np.array(masks, dtype=bool).reshape(-1, n), np.asarray(weights)
+
+
+def comb_array(n: int, ks: np.ndarray) -> np.ndarray:
+    return np.array([comb(n, int(k)) for k in ks], dtype=np.float64)
+
+
+def _subsets(n: int, size: int):
+    from itertools import combinations
+
+    for chosen in combinations(range(n), size):
+        keep = np.zeros(n, dtype=bool)
+        keep[list(chosen)] = True
+        yield keep
+
+
+def constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -> np.ndarray:
+    """``argmin sum_j w_j (y_j - z_j . phi)^2`` subject to ``sum(phi) = total`` (KKT system)."""
+    n = z.shape[1]
+    zw = z.T * w
+    kkt = np.zeros((n + 1, n + 1))
+    kkt[:n, :n] = 2 * zw @ z
+    kkt[:n, n] = kkt[n, :n] = 1.0
+    rhs = np.concatenate([2 * zw @ y, [total]])
+    solution = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+    return solution[:n]
+
+
+class Shap(PerturbationExplainer):
+    """Shapley values of the tokens (signed; they add up to ``v(all) - v(none)``).
+
+    ``algorithm="auto"`` enumerates exactly when the text has at most ``exact_max_tokens``
+    tokens (``2^M`` model evaluations) and runs KernelSHAP with ``budget`` distinct model
+    evaluations above (default ``2M + 2048``). ``delta`` = ``sum(scores) - (v(all) - v(none))``
+    (zero up to rounding: efficiency holds by construction).
+    """
+
+    name = "shap"
+
+    def __init__(self, model: TextModel, budget: int | None = None, algorithm: str = "auto",
+                 exact_max_tokens: int = 14, seed: int = 0, mask: str | int = "pad", output: str = "logit",
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+        super().__init__(model, mask, output, max_batch_tokens)
+        check_choice("algorithm", algorithm, ("auto", "exact", "kernel"))
+        if budget is not None:
+            check_positive_int("budget", budget, minimum=4)
+        self.exact_max_tokens = check_positive_int("exact_max_tokens", exact_max_tokens)
+        if self.exact_max_tokens > MAX_EXACT_TOKENS:
+            raise ValueError(f"exact_max_tokens={exact_max_tokens} would need 2^{exact_max_tokens} model calls: "
+                             f"use at most {MAX_EXACT_TOKENS}")
+        self.budget, self.algorithm, self.seed = budget, algorithm, int(seed)
+
+    def _scores(self, n_tokens: int, value):
+        exact = self.algorithm == "exact" or (self.algorithm == "auto" and n_tokens <= self.exact_max_tokens)
+        if exact and n_tokens > MAX_EXACT_TOKENS:
+            raise ValueError(f"exact Shapley values for {n_tokens} tokens need 2^{n_tokens} model calls: use "
+                             f"algorithm='kernel' (or 'auto') for texts over {MAX_EXACT_TOKENS} tokens")
+        if exact or n_tokens == 1:
+            phi, v_none, v_all = exact_shapley(n_tokens, value)
+            info = {"algorithm": "exact"}
+        else:
+            budget = self.budget if self.budget is not None else 2 * n_tokens + 2048
+            ends = value(np.array([np.zeros(n_tokens, bool), np.ones(n_tokens, bool)]))
+            v_none, v_all = float(ends[0]), float(ends[1])
+            keep, weights = kernel_coalitions(n_tokens, budget, rng(self.seed))
+            phi = constrained_wls(keep.astype(np.float64), value(keep) - v_none, weights, v_all - v_none)
+            info = {"algorithm": "kernel", "n_coalitions": int(len(keep)) + 2}
+        delta = float(phi.sum() - (v_all - v_none))
+        return phi, delta, {**info, "f_input": v_all, "f_baseline": v_none}

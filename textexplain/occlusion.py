@@ -1,0 +1,50 @@
+"""Occlusion: how much the output drops when a window of tokens is masked."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import check_positive_int
+from .model import TextModel
+from .perturb import DEFAULT_MAX_BATCH_TOKENS, PerturbationExplainer
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Token ranges ``[start, stop)`` of width ``window`` every ``stride`` tokens; the last one ends
+    at the text's end so every token is covered."""
+    if window >= n_tokens:
+        return [(0, n_tokens)]
+    starts = list(range(0, n_tokens - window + 1, stride))
+    if starts[-1] != n_tokens - window:
+        starts.append(n_tokens - window)
+    return [(s, s + window) for s in starts]
+
+
+class Occlusion(PerturbationExplainer):
+    """Score of a token = mean over the windows covering it of ``F(x) - F(x with the window masked)``.
+
+    With ``window=1`` this is leave-one-out. ``mask`` says what a masked token becomes (see
+    ``textexplain.perturb``: ``"pad"`` embedding with the length kept, ``"unk"``, ``"delete"`` or a
+    token id). Signed: positive = the token supports the target.
+    """
+
+    name = "occlusion"
+
+    def __init__(self, model: TextModel, window: int = 1, stride: int = 1, mask: str | int = "pad",
+                 output: str = "logit", max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+        super().__init__(model, mask, output, max_batch_tokens)
+        self.window = check_positive_int("window", window)
+        self.stride = check_positive_int("stride", stride)
+
+    def _scores(self, n_tokens: int, value):
+        spans = windows(n_tokens, self.window, self.stride)
+        keep = np.ones((len(spans) + 1, n_tokens), dtype=bool)
+        for row, (a, b) in enumerate(spans, start=1):
+            keep[row, a:b] = False
+        values = value(keep)
+        drops = values[0] - values[1:]
+        total = np.zeros(n_tokens)
+        count = np.zeros(n_tokens)
+        for drop, (a, b) in zip(drops, spans):
+            total[a:b] += drop
+            count[a:b] += 1
+        return total / count, None, {"n_windows": len(spans)}
