@@ -36,7 +36,13 @@ def add_models(sub) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-SUBCOMMANDS = [add_models]
+def add_serve(sub) -> None:
+    from server.app import add_serve as add
+
+    add(sub)
+
+
+SUBCOMMANDS = [add_models, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["models"])
+    if args.command is None:  # a bare `lstmvis` opens the bundled demo in the browser
+        args = parser.parse_args(["serve"])
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -75,9 +75,9 @@ def _raw_params(multi: frozenset[str]) -> tuple[dict, str]:
             values = request.args.getlist(key)
             raw[key] = values if key in multi or len(values) > 1 else values[0]
         return raw, "query parameters"
-    if not request.data:
-        return {}, "JSON body"
     if not request.is_json:
+        if not request.content_length and not request.data:
+            return {}, "JSON body"
         raise ApiError(415, "send the body as JSON with the header Content-Type: application/json")
     body = request.get_json(silent=True)
     if body is None:

@@ -1,0 +1,91 @@
+"""Helpers for the server tests: a toy store with known answers, a live server in a thread,
+and the bundled demo built once per test session into the repository's .cache folder."""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+# Demo stores for tests are cached inside the repository's (git-ignored) .cache folder.
+TEST_CACHE = REPO / ".cache" / "lstmvis-test"
+
+# Three sequences; "cat sat" occurs three times.
+TOY_TEXTS = ["the cat sat on the mat", "a cat sat here and a cat ran", "dogs sat the cat sat down"]
+
+
+def toy_states(tokens: list[str]) -> np.ndarray:
+    """Four cells with known on/off patterns (threshold 0.3):
+
+    * cell 0 is on exactly over each "cat sat" (both tokens), off elsewhere;
+    * cell 1 is on at every "cat", off elsewhere;
+    * cell 2 is always on (so a selection with left padding never includes it);
+    * cell 3 is always off.
+    """
+    n = len(tokens)
+    x = np.zeros((n, 4), dtype=np.float32)
+    x[:, 0] = -0.5
+    for i, t in enumerate(tokens):
+        if t == "cat":
+            x[i, 1] = 0.8
+            if i + 1 < n and tokens[i + 1] == "sat":
+                x[i, 0] = x[i + 1, 0] = 0.9
+    x[:, 2] = 0.6
+    x[:, 3] = 0.1
+    return x
+
+
+def make_toy_store(path: Path):
+    from lstmvis import StateStore
+
+    seqs = [t.split() for t in TOY_TEXTS]
+    tokens = [t for s in seqs for t in s]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+    states = toy_states_by_sequence(seqs)
+    label = np.concatenate([np.full(len(s), i % 2, dtype=np.int64) for i, s in enumerate(seqs)])
+    return StateStore.from_arrays(path, {"rnn.l0.h": states, "rnn.l0.c": -states}, tokens=tokens, offsets=offsets,
+                                  meta={"label": label}, card={"name": "toy"}, texts=TOY_TEXTS)
+
+
+def toy_states_by_sequence(seqs: list[list[str]]) -> np.ndarray:
+    return np.concatenate([toy_states(s) for s in seqs])
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Serve ``app`` on 127.0.0.1 on a free port in a background thread; yields the base URL."""
+    from server.app import make_server
+
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+_demo_lock = threading.Lock()
+_demo = None
+
+
+def demo_resources():
+    """The bundled demo's Resources, built (once per session) into TEST_CACHE."""
+    global _demo
+    with _demo_lock:
+        if _demo is None:
+            from server.resources import Resources
+            os.environ.setdefault("LSTMVIS_CACHE", str(TEST_CACHE))
+            _demo = Resources(None, cache_dir=TEST_CACHE, build="sync", progress=False)
+        return _demo
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"

@@ -1,0 +1,260 @@
+"""The app factory's infrastructure: JSON errors, validation, OpenAPI, security defaults, CLI."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import requests
+from pydantic import Field
+
+from conftest_server import TOY_TEXTS, live_server, make_toy_store
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    make_toy_store(d / "toy.h5").close()
+    (d / "sub").mkdir()
+    make_toy_store(d / "sub" / "nested.h5").close()
+    outside = tmp_path_factory.mktemp("outside")
+    make_toy_store(outside / "secret.h5").close()
+    os.symlink(outside / "secret.h5", d / "escape.h5")  # points out of the data directory
+    (d / "broken.h5").write_bytes(b"not hdf5")
+    return d
+
+
+@pytest.fixture(scope="module")
+def app(data_dir):
+    from server.app import create_app
+    return create_app(data_dir, {"TESTING": True})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def error_of(resp, status):
+    assert resp.status_code == status, resp.data
+    assert resp.is_json, resp.content_type
+    err = resp.get_json()["error"]
+    assert err["status"] == status and err["message"]
+    return err["message"]
+
+
+def test_landing_lists_pages_models_and_stores(client):
+    resp = client.get("/")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    for page in ("Explorer", "Cells", "Text CNN"):
+        assert page in html
+    assert "sentiment-lstm" in html  # a shipped model
+    assert 'data-store="toy"' in html and 'data-store="sub/nested"' in html
+
+
+def test_data_dir_paths_are_confined(client, data_dir):
+    names = [s["name"] for s in client.get("/api/status").get_json()["stores"]]
+    assert "escape" not in names, "a symlink leading out of the data directory must be ignored"
+    broken = [s for s in client.get("/api/stores").get_json()["stores"] if s["name"] == "broken"][0]
+    assert broken["status"] == "error" and "cannot open" in broken["message"]
+    # a store that failed to open answers with a JSON error, never a 500
+    error_of(client.get("/api/stores/broken/tokens"), 409)
+    # path-like names never reach the file system
+    for name in ("..%2Foutside", "%2Fetc%2Fpasswd", "..", "escape"):
+        assert client.get(f"/api/stores/{name}/tokens").status_code in (404,)
+
+
+def test_confine_rejects_escapes(tmp_path):
+    from server.resources import confine
+    from server.validation import ApiError
+    (tmp_path / "a").mkdir()
+    assert confine(tmp_path, "a") == (tmp_path / "a").resolve()
+    for bad in ("..", "../x", "/etc/passwd", "a/../../x"):
+        with pytest.raises(ApiError):
+            confine(tmp_path, bad)
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("get", "/no/such/page", 404),
+    ("get", "/api/nope", 404),
+    ("post", "/api/status", 405),
+    ("delete", "/api/stores", 405),
+])
+def test_routing_errors_are_json(client, method, path, status):
+    error_of(getattr(client, method)(path), status)
+
+
+def _app_with_test_endpoint(data_dir):
+    """An app with one extra validated POST endpoint, registered the way new pages plug in."""
+    from flask import Blueprint
+
+    from server.app import create_app
+    from server.validation import Params, api
+
+    class Body(Params):
+        n: int = Field(ge=0, le=10)
+        name: str = Field(min_length=1)
+
+    bp = Blueprint("testbp", __name__, url_prefix="/api/test")
+
+    @bp.post("/echo")
+    @api(Body, summary="echo")
+    def echo(params: Body):
+        return {"n": params.n, "name": params.name}
+
+    @bp.get("/boom")
+    @api()
+    def boom():
+        raise RuntimeError("secret internal detail")
+
+    app = create_app(data_dir, {"TESTING": True, "MAX_CONTENT_LENGTH": 1000})
+    app.register_blueprint(bp)
+    return app
+
+
+def test_json_body_validation_names_the_problem(data_dir):
+    client = _app_with_test_endpoint(data_dir).test_client()
+    assert client.post("/api/test/echo", json={"n": 3, "name": "x"}).get_json() == {"n": 3, "name": "x"}
+    msg = error_of(client.post("/api/test/echo", json={"n": 99, "name": "x"}), 400)
+    assert "n" in msg and "less than or equal to 10" in msg
+    msg = error_of(client.post("/api/test/echo", json={"name": "x"}), 400)
+    assert "n: Field required" in msg
+    msg = error_of(client.post("/api/test/echo", json={"n": 1, "name": "x", "evil": 1}), 400)
+    assert "evil: unknown parameter" in msg
+    error_of(client.post("/api/test/echo", data="{not json", content_type="application/json"), 400)
+    error_of(client.post("/api/test/echo", data="[1, 2]", content_type="application/json"), 400)
+    error_of(client.post("/api/test/echo", data="n=1", content_type="application/x-www-form-urlencoded"), 415)
+    msg = error_of(client.post("/api/test/echo", data=b"{" + b" " * 2000 + b"}", content_type="application/json"), 413)
+    assert "1000 bytes" in msg
+    assert app_limit_default() <= 16 * 1024 * 1024
+
+
+def app_limit_default() -> int:
+    from server.app import DEFAULT_CONFIG
+    return DEFAULT_CONFIG["MAX_CONTENT_LENGTH"]
+
+
+def test_unexpected_errors_reveal_nothing(data_dir):
+    client = _app_with_test_endpoint(data_dir).test_client()
+    msg = error_of(client.get("/api/test/boom"), 500)
+    assert "secret" not in msg and "Traceback" not in msg
+
+
+def test_query_validation(client):
+    msg = error_of(client.get("/api/stores/toy/tokens?start=-1"), 400)
+    assert "start" in msg and "greater than or equal to 0" in msg
+    msg = error_of(client.get("/api/stores/toy/tokens?start=abc"), 400)
+    assert "start" in msg and "integer" in msg
+    msg = error_of(client.get("/api/stores/toy/tokens?bogus=1"), 400)
+    assert "bogus: unknown parameter" in msg
+
+
+def test_openapi_document_covers_every_api_route(app, client):
+    doc = client.get("/api/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    api_rules = {r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/")}
+    documented = set(doc["paths"])
+    for rule in api_rules:
+        path = rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        assert path in documented, f"{rule} is missing from the OpenAPI document"
+    tokens = doc["paths"]["/api/stores/{store}/tokens"]["get"]
+    names = {p["name"] for p in tokens["parameters"]}
+    assert {"store", "start", "stop"} <= names
+
+
+def test_security_headers_and_no_debugger(app, client):
+    assert app.debug is False
+    resp = client.get("/")
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+def test_plotly_is_served_from_the_installed_package(client):
+    resp = client.get("/static/vendor/plotly.min.js")
+    assert resp.status_code == 200 and resp.mimetype == "text/javascript"
+    assert b"plotly" in resp.data[:2000].lower() and len(resp.data) > 1_000_000
+    resp.close()
+
+
+def test_pages_render(client):
+    for path in ("/", "/explorer", "/cells", "/textcnn"):
+        resp = client.get(path)
+        assert resp.status_code == 200 and resp.mimetype == "text/html", path
+        assert "plotly.min.js" in resp.get_data(as_text=True) or path == "/"
+
+
+def test_live_server_answers_concurrently(app):
+    from concurrent.futures import ThreadPoolExecutor
+    with live_server(app) as base:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: requests.get(f"{base}/api/stores/toy/tokens?start={i}&stop={i + 3}",
+                                                           timeout=10).json()["tokens"], range(8)))
+    tokens = " ".join(TOY_TEXTS).split()
+    assert results == [tokens[i:i + 3] for i in range(8)]
+
+
+# -------------------------------------------------------------------------------- the CLI
+
+def test_serve_cli_parses_and_defaults_to_loopback():
+    from lstmvis.cli import build_parser
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.data is None and args.no_browser is False
+    args = build_parser().parse_args(["serve", "--data", "d", "--port", "0", "--host", "0.0.0.0", "--no-browser"])
+    assert (args.data, args.port, args.host, args.no_browser) == ("d", 0, "0.0.0.0", True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
+    import server.app
+    from lstmvis import cli
+    seen = {}
+
+    def fake_create_app(data_dir=None, config=None):
+        seen["data_dir"] = data_dir
+        return "app"
+
+    def fake_make_server(app, host, port):
+        seen.update(app=app, host=host, port=port)
+        raise _Stop()
+    monkeypatch.setattr(server.app, "create_app", fake_create_app)
+    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    with pytest.raises(_Stop):
+        cli.main([])
+    assert seen == {"data_dir": None, "app": "app", "host": "127.0.0.1", "port": server.app.DEFAULT_PORT}
+
+
+def test_serve_refuses_a_missing_data_dir(capsys, tmp_path):
+    from lstmvis import cli
+    assert cli.main(["serve", "--data", str(tmp_path / "nope"), "--no-browser"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_serve_warns_loudly_off_loopback(monkeypatch, capsys, tmp_path):
+    import server.app
+    from lstmvis import cli
+
+    def fake_make_server(app, host, port):
+        raise _Stop()
+    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    with pytest.raises(_Stop):
+        cli.main(["serve", "--data", str(tmp_path), "--host", "0.0.0.0", "--no-browser"])
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "0.0.0.0" in err
+
+
+def test_is_loopback():
+    from server.app import is_loopback
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+def test_status_is_valid_json(client):
+    status = client.get("/api/status").get_json()
+    json.dumps(status)
+    assert status["mode"] == "data"
