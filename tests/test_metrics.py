@@ -91,16 +91,17 @@ def test_kendall_tau_undefined_cases():
     assert metrics.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
-def test_unk_removal_equals_delete_when_unk_weighs_zero(model, bag_model):
+def test_masks_agree_when_unk_and_pad_weigh_zero(model, bag_model):
     ids, scores = true_scores(model, "a b c d e f")
-    d = metrics.faithfulness_scores(model, ids, scores, target=1, removal="delete")
-    u = metrics.faithfulness_scores(model, ids, scores, target=1, removal="unk")
-    for key in metrics.METRICS:
-        assert d[key] == pytest.approx(u[key], abs=1e-6)
+    d = metrics.faithfulness_scores(model, ids, scores, target=1, mask="delete")
+    for mask in ("unk", "pad", "<unk>"):
+        u = metrics.faithfulness_scores(model, ids, scores, target=1, mask=mask)
+        for key in metrics.METRICS:
+            assert d[key] == pytest.approx(u[key], abs=1e-6)
     heavy_unk = bag_model(WEIGHTS)
     with torch.no_grad():
         heavy_unk.embedding.weight[heavy_unk.unk_id] = -5.0
-    u2 = metrics.faithfulness_scores(heavy_unk, ids, scores, target=1, removal="unk")
+    u2 = metrics.faithfulness_scores(heavy_unk, ids, scores, target=1, mask="unk")
     assert u2["comprehensiveness"] > d["comprehensiveness"]  # each unk now pulls p(1) down further
 
 
@@ -117,17 +118,23 @@ def test_explanation_gets_metrics_stored(model):
     assert e2.metrics == {}
 
 
-def test_many_explanations_in_one_model_call(model):
+def test_one_batched_pass_per_explanation(model):
     calls = []
     forward = model.module.forward
     model.module.forward = lambda ids: (calls.append(ids.shape), forward(ids))[1]
-    items = [true_scores(model, t) + (1,) for t in ("a b c d", "e f g", "a b c d", "h i j a b")]
-    results = metrics.evaluate_scores(model, items, batch_size=10_000)
+    ids, scores = true_scores(model, "a b c d e f g h")
+    r = metrics.faithfulness_scores(model, ids, scores, target=1, max_batch_tokens=100_000)
     assert len(calls) == 1
-    assert results[0] == results[2]
-    n_unique = calls[0][0]
-    assert n_unique == results[0]["n_model_inputs"]
-    assert n_unique < sum(3 * len(ids) + 13 for ids, _, _ in items)  # duplicates scored once
+    assert calls[0][0] == r["n_model_evaluations"]
+    assert r["n_model_evaluations"] < 1 + 2 * 5 + 2 * 9 + 8  # duplicates (e.g. the full text) scored once
+    texts = ("a b c d", "e f g", "h i j a b")
+    expls = [Explanation(text=t, tokens=t.split(), token_ids=true_scores(model, t)[0],
+                         scores=true_scores(model, t)[1], method="hand", target=1, labels=model.labels,
+                         probs=[0.5, 0.5]) for t in texts]
+    calls.clear()
+    results = metrics.evaluate(model, expls, max_batch_tokens=100_000)
+    assert len(calls) == len(texts)
+    assert [e.metrics["comprehensiveness"] for e in expls] == [r["comprehensiveness"] for r in results]
 
 
 def test_curve_points_subsample(model):
@@ -143,15 +150,13 @@ def test_curve_points_subsample(model):
     (dict(scores=[1.0, 2.0]), "one score per token"),
     (dict(scores=[1.0, np.nan, 0.0]), "NaN"),
     (dict(target=5), "out of range"),
-    (dict(removal="mask"), "unknown removal"),
+    (dict(mask="mask"), "mask="),
     (dict(bins=(0.0, 0.5)), "fractions"),
 ])
 def test_bad_input_is_refused(model, kwargs, match):
     args = dict(token_ids=model.encode("a b c"), scores=[1.0, 2.0, 3.0], target=1) | kwargs
-    removal = args.pop("removal", "delete")
-    bins = args.pop("bins", metrics.AOPC_BINS)
     with pytest.raises(ValueError, match=match):
-        metrics.faithfulness_scores(model, removal=removal, bins=bins, **args)
+        metrics.faithfulness_scores(model, **args)
 
 
 def test_shipped_model_leave_one_out_beats_random(sentiment_lstm):

@@ -12,10 +12,10 @@ first) and watches the probability of the explained class ``p = p(target | ids)`
 * **Kendall tau with leave-one-out** (higher is better): rank agreement between the scores and
   ``p(x) - p(x without token i)``.
 
-Removal deletes the token (``removal="delete"``, as ERASER does) or replaces it with the unk
-token (``removal="unk"``); an input with every token deleted is the single pad token. All
-perturbed inputs of one explanation (or of many, in ``evaluate``) go to the model in one batched,
-de-duplicated call to ``TextModel.predict_proba_ids``.
+Tokens are removed through the perturbation methods' ``MaskedModel`` (``mask="delete"`` by
+default, as ERASER does; ``"pad"``, ``"unk"`` or a token id replace them instead); an input with
+every token deleted is the single pad token. All perturbed inputs of one explanation go to the
+model in one batched, de-duplicated pass.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .base import softmax
 from .explanation import Explanation
 from .model import TextModel
+from .perturb import DEFAULT_MAX_BATCH_TOKENS, MaskedModel, resolve_mask
 
 AOPC_BINS = (0.1, 0.2, 0.3, 0.4, 0.5)
-REMOVALS = ("delete", "unk")
 # metric -> True when higher is better (for tables and figures)
 METRICS = {
     "comprehensiveness": True,
@@ -49,7 +50,7 @@ def rank_tokens(scores: Sequence[float]) -> np.ndarray:
 
 
 def _check_inputs(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
-                  bins: Sequence[float], removal: str) -> tuple[list[int], np.ndarray]:
+                  bins: Sequence[float], mask: str | int) -> tuple[list[int], np.ndarray]:
     if not isinstance(model, TextModel):
         raise TypeError(f"model must be a textexplain.TextModel, got {type(model).__name__}")
     ids = [int(i) for i in token_ids]
@@ -60,10 +61,9 @@ def _check_inputs(model: TextModel, token_ids: Sequence[int], scores: Sequence[f
         raise ValueError(f"scores have shape {scores.shape}, expected ({len(ids)},): one score per token")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or infinity: fix the explanation before measuring it")
-    if not 0 <= int(target) < len(model.labels):
-        raise ValueError(f"target {target} is out of range: use 0..{len(model.labels) - 1}")
-    if removal not in REMOVALS:
-        raise ValueError(f"unknown removal {removal!r}: use one of {REMOVALS}")
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < len(model.labels):
+        raise ValueError(f"target {target!r} is out of range: use a class index 0..{len(model.labels) - 1}")
+    resolve_mask(model, mask)
     if not bins or any(not 0 < f <= 1 for f in bins):
         raise ValueError(f"bins must be fractions in (0, 1], got {tuple(bins)}")
     return ids, scores
@@ -83,73 +83,6 @@ def _curve_steps(n: int, curve_points: int | None) -> list[int]:
     return sorted(set(np.round(np.linspace(0, n, curve_points)).astype(int).tolist()))
 
 
-@dataclass
-class _Plan:
-    """The perturbed inputs one explanation needs, as indices into a shared request list."""
-
-    ids: list[int]
-    scores: np.ndarray
-    target: int
-    bins: tuple[float, ...]
-    ks: list[int]
-    steps: list[int]
-    full: int = -1
-    comp: list[int] = field(default_factory=list)
-    suff: list[int] = field(default_factory=list)
-    deletion: list[int] = field(default_factory=list)
-    insertion: list[int] = field(default_factory=list)
-    loo: list[int] = field(default_factory=list)
-
-
-class _Requests:
-    """De-duplicated list of token-id sequences to score in one batched model call."""
-
-    def __init__(self) -> None:
-        self.index: dict[tuple[int, ...], int] = {}
-        self.seqs: list[tuple[int, ...]] = []
-
-    def add(self, ids: Sequence[int]) -> int:
-        key = tuple(ids)
-        if key not in self.index:
-            self.index[key] = len(self.seqs)
-            self.seqs.append(key)
-        return self.index[key]
-
-
-def _without(model: TextModel, ids: list[int], drop: np.ndarray, removal: str) -> list[int]:
-    """``ids`` with the positions in the boolean mask ``drop`` removed (deleted or set to unk)."""
-    if removal == "unk":
-        return [model.unk_id if d else i for i, d in zip(ids, drop)]
-    kept = [i for i, d in zip(ids, drop) if not d]
-    return kept or [model.pad_id]
-
-
-def _plan(model: TextModel, requests: _Requests, ids: list[int], scores: np.ndarray, target: int,
-          bins: Sequence[float], removal: str, curve_points: int | None) -> _Plan:
-    n = len(ids)
-    order = rank_tokens(scores)
-    plan = _Plan(ids, scores, int(target), tuple(float(f) for f in bins), _bin_sizes(n, bins),
-                 _curve_steps(n, curve_points))
-    plan.full = requests.add(ids)
-
-    def top_mask(k: int) -> np.ndarray:
-        mask = np.zeros(n, dtype=bool)
-        mask[order[:k]] = True
-        return mask
-
-    for k in plan.ks:
-        plan.comp.append(requests.add(_without(model, ids, top_mask(k), removal)))
-        plan.suff.append(requests.add(_without(model, ids, ~top_mask(k), removal)))
-    for k in plan.steps:
-        plan.deletion.append(requests.add(_without(model, ids, top_mask(k), removal)))
-        plan.insertion.append(requests.add(_without(model, ids, ~top_mask(k), removal)))
-    for i in range(n):
-        drop = np.zeros(n, dtype=bool)
-        drop[i] = True
-        plan.loo.append(requests.add(_without(model, ids, drop, removal)))
-    return plan
-
-
 def _area(fractions: np.ndarray, values: np.ndarray) -> float:
     """Trapezoid area under a curve sampled at ``fractions`` (0..1)."""
     if len(values) < 2:
@@ -165,70 +98,66 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.kendalltau(a, b).statistic)
 
 
-def _result(plan: _Plan, probs: np.ndarray, removal: str) -> dict[str, Any]:
-    p = probs[:, plan.target]
-    p_full = float(p[plan.full])
-    comp = p_full - p[plan.comp]
-    suff = p_full - p[plan.suff]
-    n = len(plan.ids)
-    fractions = np.asarray(plan.steps, dtype=np.float64) / n
-    deletion, insertion = p[plan.deletion], p[plan.insertion]
-    loo = p_full - p[plan.loo]
+def faithfulness_scores(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int, *,
+                        bins: Sequence[float] = AOPC_BINS, mask: str | int = "delete",
+                        curve_points: int | None = None,
+                        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> dict[str, Any]:
+    """All faithfulness metrics of one ranking of ``token_ids`` (given by ``scores``) for ``target``.
+
+    Needs nothing but the model, so any attribution (or a hand-made ranking) can be measured.
+    Every perturbed input (AOPC bins, both curves, leave-one-out) is one keep-mask; they all go
+    through the perturbation methods' ``MaskedModel`` in one batched, de-duplicated pass.
+    ``mask``: ``"delete"`` (ERASER), ``"pad"``, ``"unk"`` or a token id, as in the perturbation
+    methods. ``curve_points`` subsamples the curves of long texts (default: every token).
+    """
+    ids, scores = _check_inputs(model, token_ids, scores, target, bins, mask)
+    target = int(target)
+    n = len(ids)
+    order = rank_tokens(scores)
+    ks, steps = _bin_sizes(n, bins), _curve_steps(n, curve_points)
+    top = np.zeros((n + 1, n), dtype=bool)  # top[k] marks the k highest-ranked tokens
+    for k in range(1, n + 1):
+        top[k] = top[k - 1]
+        top[k, order[k - 1]] = True
+    keep = np.concatenate([
+        np.ones((1, n), dtype=bool),   # the full text
+        ~top[ks], top[ks],             # comprehensiveness (top k removed), sufficiency (top k kept)
+        ~top[steps], top[steps],       # deletion and insertion curves
+        ~np.eye(n, dtype=bool),        # leave-one-out
+    ])
+    masked = MaskedModel(model, ids, mask, max_batch_tokens, progress=False)
+    p = softmax(masked.logits(keep))[:, target]
+    p_full = float(p[0])
+    comp, suff, deletion, insertion, loo = np.split(
+        p[1:], np.cumsum([len(ks), len(ks), len(steps), len(steps)]))
+    comp, suff, loo = p_full - comp, p_full - suff, p_full - loo
+    fractions = np.asarray(steps, dtype=np.float64) / n
     return {
         "comprehensiveness": float(comp.mean()),
         "sufficiency": float(suff.mean()),
         "deletion_auc": _area(fractions, deletion),
         "insertion_auc": _area(fractions, insertion),
-        "loo_kendall_tau": kendall_tau(plan.scores, loo),
-        "target": plan.target,
+        "loo_kendall_tau": kendall_tau(scores, loo),
+        "target": target,
         "prob": p_full,
-        "bins": list(plan.bins),
-        "bin_sizes": list(plan.ks),
+        "bins": [float(f) for f in bins],
+        "bin_sizes": ks,
         "comprehensiveness_bins": comp.tolist(),
         "sufficiency_bins": suff.tolist(),
         "curve_fractions": fractions.tolist(),
         "deletion_curve": deletion.tolist(),
         "insertion_curve": insertion.tolist(),
         "leave_one_out": loo.tolist(),
-        "removal": removal,
+        "mask": mask,
+        "n_model_evaluations": masked.n_evaluations,
     }
-
-
-def evaluate_scores(model: TextModel, items: Sequence[tuple[Sequence[int], Sequence[float], int]], *,
-                    bins: Sequence[float] = AOPC_BINS, removal: str = "delete",
-                    curve_points: int | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
-    """Faithfulness metrics for many ``(token_ids, scores, target)`` triples in one batched pass.
-
-    Returns one dict per item (see the module docstring for the keys). Perturbed inputs shared
-    between items (the full text, an empty text) are scored once.
-    """
-    requests, plans = _Requests(), []
-    for ids, scores, target in items:
-        ids, scores = _check_inputs(model, ids, scores, target, bins, removal)
-        plans.append(_plan(model, requests, ids, scores, int(target), bins, removal, curve_points))
-    if not plans:
-        return []
-    probs = model.predict_proba_ids([list(s) for s in requests.seqs], batch_size)
-    out = [_result(plan, probs, removal) for plan in plans]
-    for r in out:
-        r["n_model_inputs"] = len(requests.seqs)
-    return out
-
-
-def faithfulness_scores(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
-                        **options) -> dict[str, Any]:
-    """All faithfulness metrics of one ranking of ``token_ids`` (given by ``scores``) for ``target``.
-
-    Needs nothing but the model, so any attribution (or a hand-made ranking) can be measured.
-    ``options``: ``bins``, ``removal``, ``curve_points``, ``batch_size`` as in ``evaluate_scores``.
-    """
-    return evaluate_scores(model, [(token_ids, scores, target)], **options)[0]
 
 
 def faithfulness(model: TextModel, explanation: Explanation, *, store: bool = True, **options) -> dict[str, Any]:
     """Faithfulness metrics of one ``Explanation`` for its own target class.
 
     With ``store=True`` the metrics are also saved in ``explanation.metrics`` (under the same keys).
+    ``options`` as in ``faithfulness_scores``.
     """
     if not isinstance(explanation, Explanation):
         raise TypeError(f"explanation must be a textexplain.Explanation, got {type(explanation).__name__}")
@@ -239,16 +168,17 @@ def faithfulness(model: TextModel, explanation: Explanation, *, store: bool = Tr
 
 
 def evaluate(model: TextModel, explanations: Sequence[Explanation], *, store: bool = True,
-             **options) -> list[dict[str, Any]]:
-    """Faithfulness metrics of many explanations, all perturbations in one batched model call."""
+             progress: bool | None = None, **options) -> list[dict[str, Any]]:
+    """Faithfulness metrics of many explanations (one batched pass each), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    explanations = list(explanations)
     for e in explanations:
         if not isinstance(e, Explanation):
             raise TypeError(f"explanations must be textexplain.Explanation objects, got {type(e).__name__}")
-    results = evaluate_scores(model, [(e.token_ids, e.scores, e.target) for e in explanations], **options)
-    if store:
-        for e, r in zip(explanations, results):
-            e.metrics.update(r)
-    return results
+    disable = (None if len(explanations) > 8 else True) if progress is None else not progress
+    return [faithfulness(model, e, store=store, **options)
+            for e in tqdm(explanations, desc="faithfulness", disable=disable)]
 
 
 def comprehensiveness(model: TextModel, token_ids: Sequence[int], scores: Sequence[float], target: int,
@@ -263,11 +193,11 @@ def sufficiency(model: TextModel, token_ids: Sequence[int], scores: Sequence[flo
     return faithfulness_scores(model, token_ids, scores, target, **options)["sufficiency"]
 
 
-def leave_one_out(model: TextModel, token_ids: Sequence[int], target: int, removal: str = "delete") -> np.ndarray:
+def leave_one_out(model: TextModel, token_ids: Sequence[int], target: int, mask: str | int = "delete") -> np.ndarray:
     """``p(target | x) - p(target | x without token i)`` for every position i."""
-    ids, _ = _check_inputs(model, token_ids, np.zeros(len(token_ids)), target, AOPC_BINS, removal)
-    seqs = [ids] + [_without(model, ids, np.arange(len(ids)) == i, removal) for i in range(len(ids))]
-    p = model.predict_proba_ids(seqs)[:, int(target)]
+    ids, _ = _check_inputs(model, token_ids, np.zeros(len(token_ids)), target, AOPC_BINS, mask)
+    keep = np.concatenate([np.ones((1, len(ids)), dtype=bool), ~np.eye(len(ids), dtype=bool)])
+    p = softmax(MaskedModel(model, ids, mask, progress=False).logits(keep))[:, int(target)]
     return p[0] - p[1:]
 
 
@@ -346,7 +276,7 @@ def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequenc
 
     ``methods`` are names for ``textexplain.explain_batch``; ``method_params`` maps a method to its
     keyword arguments. ``include_random`` adds a seeded random ranking as a baseline row.
-    ``options`` go to ``evaluate_scores`` (``bins``, ``removal``, ``curve_points``).
+    ``options`` go to ``faithfulness_scores`` (``bins``, ``mask``, ``curve_points``).
     """
     import time
 
@@ -368,11 +298,12 @@ def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequenc
         expls = explain_batch(model, texts, method=method, **method_params.get(method, {}))
         seconds[method] = time.perf_counter() - start
         reference = reference or expls
-        results = evaluate_scores(model, [(e.token_ids, e.scores, e.target) for e in expls], **options)
-        rows += [{"method": method, "text_index": i, **r} for i, r in enumerate(results)]
+        rows += [{"method": method, "text_index": i,
+                  **faithfulness_scores(model, e.token_ids, e.scores, e.target, **options)}
+                 for i, e in enumerate(expls)]
     if include_random and reference is not None:
         rng = np.random.default_rng(seed)
-        items = [(e.token_ids, random_scores(len(e.token_ids), rng), e.target) for e in reference]
-        rows += [{"method": "random", "text_index": i, **r}
-                 for i, r in enumerate(evaluate_scores(model, items, **options))]
+        rows += [{"method": "random", "text_index": i,
+                  **faithfulness_scores(model, e.token_ids, random_scores(len(e.token_ids), rng), e.target, **options)}
+                 for i, e in enumerate(reference)]
     return FaithfulnessReport(model.name, rows, seconds)

@@ -279,6 +279,7 @@ def randomization_check(model: TextModel, texts: Sequence[str], methods, *, mode
         raise ValueError("texts is empty: give at least one text to explain")
     explainers = _explainers(methods, method_params)
     base = copy.deepcopy(model)  # the user's model is never explained, randomized or re-moded here
+    base.module.eval()
     layers = parameter_layers(base, texts[0])
     probs = base.predict_proba(texts)
     targets = [base.label_index(target, p) for p in probs]
