@@ -1,2 +1,3 @@
 """Capture, store, select-and-match and interpret the hidden states of recurrent and conv text models."""
+from .capture import Recorder
 from .store import StateStore, StoreError

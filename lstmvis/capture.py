@@ -1,0 +1,521 @@
+"""Recorder: exact per-step hidden states, cell states and gates of PyTorch recurrent modules.
+
+A fused ``nn.LSTM`` only returns the last layer's h_t and the final (h_n, c_n). While a
+``Recorder`` is active, every recorded ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` runs layer by layer
+through the same fused kernel (``num_layers=1`` per call, which gives bitwise the same outputs as
+the multi-layer call), so h_t of every layer comes from the kernel itself. From each layer's
+input x_t and h_{t-1} all gates of all steps follow from one matmul per weight matrix
+(``gates = x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``); the LSTM cell state is the cheap
+elementwise recurrence ``c_t = f_t * c_{t-1} + i_t * g_t``. The module returns exactly what it
+would have returned (same kernel, same inter-layer dropout in training mode).
+
+``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` called in a user loop are recorded per call
+(one time step each) and ``nn.Conv1d`` outputs are recorded as they are.
+
+Source names (one per recorded tensor):
+
+* ``{module}.l{layer}.{kind}`` for recurrent modules and cells (cells are layer 0), with
+  ``reverse.`` before the kind for the backward direction: ``rnn.l0.h``, ``rnn.l1.reverse.c``.
+  Kinds: ``h`` (the layer output h_t, projected when ``proj_size > 0``), ``c`` (LSTM cell state),
+  ``gate_i``, ``gate_f``, ``gate_g``, ``gate_o`` (LSTM, after sigmoid/tanh), ``gate_r``,
+  ``gate_z``, ``gate_n`` (GRU, after sigmoid/tanh; ``n`` is the candidate state).
+* ``{module}.conv`` for ``nn.Conv1d``: the pre-activation output, as ``(B, T_out, C)``.
+
+``{module}`` is the qualified name inside the recorded model (``named_modules``), or the class
+name in lower case when the recorded model is itself the RNN (``lstm.l0.h``).
+
+Every recorded tensor is batch-first ``(B, T, D)`` in the caller's batch order, whatever the
+module's ``batch_first`` and whether the input was packed; steps beyond a sequence's length are
+zero and ``Recorder.lengths`` gives the valid lengths. The reverse direction runs over each
+sequence's valid steps only, as the fused kernel does on packed input.
+
+Thread safety: a Recorder records only forward passes made by the thread that entered it; other
+threads calling the same model meanwhile run it unchanged and unrecorded.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+LSTM_GATES = ("gate_i", "gate_f", "gate_g", "gate_o")
+GRU_GATES = ("gate_r", "gate_z", "gate_n")
+KINDS = ("h", "c", *LSTM_GATES, *GRU_GATES, "conv")
+KIND_ALIASES = {"gates": LSTM_GATES + GRU_GATES, "all": KINDS}
+RNN_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+CELL_TYPES = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+_STANDARD_FORWARDS = {nn.LSTM.forward, nn.GRU.forward, nn.RNN.forward}
+
+
+def parse_kinds(kinds: str | Iterable[str]) -> frozenset[str]:
+    """Kinds from names or aliases (``gates``, ``all``), e.g. ``"h,c,gates"``."""
+    if isinstance(kinds, str):
+        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    out: set[str] = set()
+    for kind in kinds:
+        if kind in KIND_ALIASES:
+            out.update(KIND_ALIASES[kind])
+        elif kind in KINDS:
+            out.add(kind)
+        else:
+            raise ValueError(f"unknown kind {kind!r}: use {', '.join(KINDS)} or the aliases gates, all")
+    if not out:
+        raise ValueError("no kinds to record: give at least one of h, c, gates, conv")
+    return frozenset(out)
+
+
+def source_name(module_name: str, layer: int, kind: str, reverse: bool = False) -> str:
+    return f"{module_name}.l{layer}.{'reverse.' if reverse else ''}{kind}"
+
+
+class Recorder:
+    """Records hidden states, cell states, gates and Conv1d outputs inside ``module``.
+
+    ``kinds``: any of ``h, c, gate_i, gate_f, gate_g, gate_o, gate_r, gate_z, gate_n, conv`` or the
+    aliases ``gates`` and ``all``. ``modules``: qualified names, module types or instances to
+    record (default: every supported module). ``layers``: recurrent layer indices to record
+    (default: all). ``detach``: drop the autograd graph of recorded tensors (set ``False`` to
+    take gradients of a cell's activation). Use as a context manager::
+
+        rec = Recorder(model, kinds="h,c,gates")
+        with rec:
+            logits = model(ids)
+        rec.states["rnn.l1.c"]      # (B, T, H)
+    """
+
+    def __init__(self, module: nn.Module, kinds: str | Iterable[str] = ("h", "c", "gates", "conv"),
+                 modules: Sequence[str | type | nn.Module] | None = None, layers: Iterable[int] | None = None,
+                 detach: bool = True):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Recorder needs an nn.Module, got {type(module).__name__} (for a data.LanguageModel "
+                            "or textexplain.TextModel pass its .module)")
+        self.module = module
+        self.kinds = parse_kinds(kinds)
+        self.layers = None if layers is None else frozenset(int(k) for k in layers)
+        self.detach = detach
+        self.targets = self._find_targets(modules)
+        self._lock = threading.Lock()
+        self._thread: int | None = None
+        self._handles: list = []
+        self._calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    # ------------------------------------------------------------------ discovery
+    def _find_targets(self, modules) -> dict[str, nn.Module]:
+        named = {}
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, RNN_TYPES + CELL_TYPES) or (isinstance(sub, nn.Conv1d) and "conv" in self.kinds):
+                named[name or type(sub).__name__.lower()] = sub
+        if modules is not None:
+            chosen = {}
+            for sel in modules:
+                hits = {n: m for n, m in named.items()
+                        if (isinstance(sel, str) and n == sel) or (isinstance(sel, type) and isinstance(m, sel))
+                        or (isinstance(sel, nn.Module) and m is sel)}
+                if not hits:
+                    raise ValueError(f"modules entry {sel!r} matches no recordable module: the recordable ones are "
+                                     f"{', '.join(named) or 'none'}")
+                chosen.update(hits)
+            named = {n: m for n, m in named.items() if n in chosen}
+        rnn_kinds = self.kinds - {"conv"}
+        named = {n: m for n, m in named.items() if (isinstance(m, nn.Conv1d) and "conv" in self.kinds)
+                 or (not isinstance(m, nn.Conv1d) and rnn_kinds)}
+        if not named:
+            raise ValueError(f"no nn.LSTM/GRU/RNN, LSTMCell/GRUCell/RNNCell or nn.Conv1d to record in "
+                             f"{type(self.module).__name__} for kinds {sorted(self.kinds)}")
+        for name, m in named.items():
+            if isinstance(m, RNN_TYPES) and type(m).forward not in _STANDARD_FORWARDS:
+                raise TypeError(f"{name} ({type(m).__name__}) overrides forward(), so its steps cannot be recorded "
+                                "exactly: leave it out with modules=[...]")
+        return named
+
+    @property
+    def sources_expected(self) -> list[str]:
+        """Names of the sources this Recorder will produce, in recording order (before any call)."""
+        out = []
+        for name, m in self.targets.items():
+            if isinstance(m, nn.Conv1d):
+                out.append(f"{name}.conv")
+                continue
+            n_layers = m.num_layers if isinstance(m, RNN_TYPES) else 1
+            n_dirs = 2 if getattr(m, "bidirectional", False) else 1
+            for layer in range(n_layers):
+                if self.layers is not None and layer not in self.layers:
+                    continue
+                for d in range(n_dirs):
+                    out += [source_name(name, layer, kind, d == 1) for kind in _kinds_of(m, self.kinds)]
+        return out
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "Recorder":
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("this Recorder is already recording (in this or another thread): "
+                                   "create one Recorder per thread")
+            self._thread = threading.get_ident()
+        try:
+            self._calls = {}
+            for name, m in self.targets.items():
+                if isinstance(m, RNN_TYPES):
+                    _install_dispatch(m, self, name)
+                    self._handles.append(_DispatchHandle(m, self))
+                elif isinstance(m, CELL_TYPES):
+                    self._handles.append(m.register_forward_hook(self._cell_hook(name), with_kwargs=True))
+                else:
+                    self._handles.append(m.register_forward_hook(self._conv_hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        try:
+            while self._handles:
+                self._handles.pop().remove()
+        finally:
+            with self._lock:
+                self._thread = None
+
+    @property
+    def recording(self) -> bool:
+        return self._thread is not None
+
+    def _mine(self) -> bool:
+        return self._thread == threading.get_ident()
+
+    # ------------------------------------------------------------------ results
+    def emit(self, source: str, values: torch.Tensor, lengths: torch.Tensor) -> None:
+        if self.detach:
+            values = values.detach()
+        self._calls.setdefault(source, []).append((values, lengths))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self._calls)
+
+    def calls(self, source: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every recorded call of a source: ``[(values (B, T, D), lengths (B,)), ...]``."""
+        if source not in self._calls:
+            raise KeyError(f"nothing recorded for {source!r}: recorded are {', '.join(self._calls) or 'none'}")
+        return list(self._calls[source])
+
+    @property
+    def states(self) -> dict[str, torch.Tensor]:
+        """``{source: (B, T, D)}``; several calls (chunks, cell steps) are joined along time."""
+        return {s: self._joined(s)[0] for s in self._calls}
+
+    @property
+    def lengths(self) -> dict[str, torch.Tensor]:
+        """``{source: (B,)}`` number of valid steps per sequence."""
+        return {s: self._joined(s)[1] for s in self._calls}
+
+    def _joined(self, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+        calls = self._calls[source]
+        if len(calls) == 1:
+            return calls[0]
+        if len({v.shape[0] for v, _ in calls}) != 1:
+            raise ValueError(f"{source} was called with different batch sizes: read rec.calls({source!r})")
+        for values, lengths in calls[:-1]:
+            if bool((lengths != values.shape[1]).any()):
+                raise ValueError(f"{source} has padded steps inside a call that is not the last one, so the calls "
+                                 f"cannot be joined along time: read rec.calls({source!r})")
+        return torch.cat([v for v, _ in calls], 1), sum(lengths for _, lengths in calls)
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (keeps recording if active)."""
+        self._calls = {}
+
+    # ------------------------------------------------------------------ cell and conv hooks
+    def _cell_hook(self, name: str):
+        def hook(m, args, kwargs, output):
+            if not self._mine():
+                return
+            x = args[0]
+            hx = args[1] if len(args) > 1 else kwargs.get("hx")
+            _record_cell(self, name, m, x, hx, output)
+        return hook
+
+    def _conv_hook(self, name: str):
+        def hook(m, args, output):
+            if self._mine():
+                out = output if output.dim() == 3 else output.unsqueeze(0)
+                lengths = torch.full((out.shape[0],), out.shape[2], dtype=torch.long)
+                self.emit(f"{name}.conv", out.transpose(1, 2), lengths)
+        return hook
+
+
+def _kinds_of(m: nn.Module, kinds: frozenset[str]) -> list[str]:
+    """The requested kinds that module ``m`` has, in canonical order."""
+    if isinstance(m, (nn.LSTM, nn.LSTMCell)):
+        own = ("h", "c", *LSTM_GATES)
+    elif isinstance(m, (nn.GRU, nn.GRUCell)):
+        own = ("h", *GRU_GATES)
+    else:
+        own = ("h",)
+    return [k for k in own if k in kinds]
+
+
+# ---------------------------------------------------------------------- recurrent cells (per call)
+def _record_cell(rec: Recorder, name: str, m: nn.Module, x: torch.Tensor, hx, output) -> None:
+    kinds = _kinds_of(m, rec.kinds)
+    unbatched = x.dim() == 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    h_new = output[0] if isinstance(m, nn.LSTMCell) else output
+    c_new = output[1] if isinstance(m, nn.LSTMCell) else None
+    if unbatched:
+        h_new = h_new.unsqueeze(0)
+        c_new = c_new.unsqueeze(0) if c_new is not None else None
+    values = {"h": h_new, "c": c_new}
+    gate_kinds = [k for k in kinds if k.startswith("gate_")]
+    if gate_kinds:
+        h_prev = hx[0] if isinstance(m, nn.LSTMCell) and hx is not None else hx
+        if h_prev is None:
+            h_prev = x.new_zeros(x.shape[0], m.hidden_size)
+        elif unbatched:
+            h_prev = h_prev.unsqueeze(0)
+        gi = F.linear(x, m.weight_ih, m.bias_ih)
+        gh = F.linear(h_prev, m.weight_hh, m.bias_hh)
+        values.update(_lstm_gates(gi + gh) if isinstance(m, nn.LSTMCell) else _gru_gates(gi, gh))
+    lengths = torch.ones(x.shape[0], dtype=torch.long)
+    for kind in kinds:
+        rec.emit(source_name(name, 0, kind), values[kind].unsqueeze(1), lengths)
+
+
+def _lstm_gates(pre: torch.Tensor) -> dict[str, torch.Tensor]:
+    i, f, g, o = pre.chunk(4, -1)
+    return {"gate_i": torch.sigmoid(i), "gate_f": torch.sigmoid(f), "gate_g": torch.tanh(g), "gate_o": torch.sigmoid(o)}
+
+
+def _gru_gates(gi: torch.Tensor, gh: torch.Tensor) -> dict[str, torch.Tensor]:
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = gh.chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    return {"gate_r": r, "gate_z": torch.sigmoid(i_z + h_z), "gate_n": torch.tanh(i_n + r * h_n)}
+
+
+# ---------------------------------------------------------------------- fused modules (per layer)
+_DISPATCH_LOCK = threading.Lock()
+
+
+class _Dispatch:
+    """Replaces ``module.forward`` while at least one Recorder records it.
+
+    Calls from a thread with an active Recorder on this module run the layer-by-layer recording
+    forward; all other calls run the module's own forward unchanged.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.previous = module.__dict__.get("forward")  # an instance-level forward set by someone else
+        self.recorders: dict[Recorder, str] = {}
+
+    def original(self, *args, **kwargs):
+        if self.previous is not None:
+            return self.previous(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        active = [(r, name) for r, name in list(self.recorders.items()) if r._mine()]
+        if not active:
+            return self.original(*args, **kwargs)
+        return _recording_forward(self.module, active, *args, **kwargs)
+
+
+def _install_dispatch(m: nn.Module, rec: Recorder, name: str) -> None:
+    with _DISPATCH_LOCK:
+        dispatch = m.__dict__.get("forward")
+        if not isinstance(dispatch, _Dispatch):
+            dispatch = _Dispatch(m)
+            m.__dict__["forward"] = dispatch
+        dispatch.recorders[rec] = name
+
+
+class _DispatchHandle:
+    def __init__(self, m: nn.Module, rec: Recorder):
+        self.m, self.rec = m, rec
+
+    def remove(self) -> None:
+        with _DISPATCH_LOCK:
+            dispatch = self.m.__dict__.get("forward")
+            if not isinstance(dispatch, _Dispatch):
+                return
+            dispatch.recorders.pop(self.rec, None)
+            if not dispatch.recorders:
+                if dispatch.previous is not None:
+                    self.m.__dict__["forward"] = dispatch.previous
+                else:
+                    del self.m.__dict__["forward"]
+
+
+def _recording_forward(m: nn.RNNBase, active: list[tuple[Recorder, str]], input, hx=None):
+    """``m.forward(input, hx)`` run one layer at a time through the fused kernel, recording."""
+    is_lstm = m.mode == "LSTM"
+    kernel = _KERNELS[m.mode]
+    n_dirs = 2 if m.bidirectional else 1
+    out_size = m.proj_size if is_lstm and m.proj_size > 0 else m.hidden_size
+    if hasattr(m, "_update_flat_weights"):
+        m._update_flat_weights()
+    packed = isinstance(input, PackedSequence)
+    unbatched, batch_sizes, sorted_idx, unsorted_idx = False, None, None, None
+    if packed:
+        data, batch_sizes, sorted_idx, unsorted_idx = input
+        batch = int(batch_sizes[0])
+        ref = data
+    else:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(m).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        unbatched = input.dim() == 2
+        batch_dim = 0 if m.batch_first else 1
+        if unbatched:
+            input = input.unsqueeze(batch_dim)
+        batch = input.size(batch_dim)
+        ref = input
+    n_states = m.num_layers * n_dirs
+    if hx is None:
+        h0 = ref.new_zeros(n_states, batch, out_size)
+        c0 = ref.new_zeros(n_states, batch, m.hidden_size) if is_lstm else None
+    else:
+        h0, c0 = hx if is_lstm else (hx, None)
+        want_dim = 2 if unbatched else 3
+        if h0.dim() != want_dim or (is_lstm and c0.dim() != want_dim):
+            raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, hx should also be "
+                               f"{want_dim}-D")
+        if unbatched:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if is_lstm else None
+    m.check_forward_args(data if packed else input, (h0, c0) if is_lstm else h0, batch_sizes)
+    h0_run = h0 if sorted_idx is None else h0.index_select(1, sorted_idx)
+    c0_run = None if c0 is None else (c0 if sorted_idx is None else c0.index_select(1, sorted_idx))
+
+    wanted = {}  # layer -> kinds requested by any active recorder
+    for rec, _ in active:
+        kinds = _kinds_of(m, rec.kinds)
+        for layer in range(m.num_layers):
+            if kinds and (rec.layers is None or layer in rec.layers):
+                wanted.setdefault(layer, set()).update(kinds)
+
+    weights = m._flat_weights
+    per_dir = len(weights) // n_states
+    layer_in = data if packed else input
+    padded_in, lengths = None, None
+    h_n, c_n = [], []
+    for layer in range(m.num_layers):
+        params = weights[layer * n_dirs * per_dir:(layer + 1) * n_dirs * per_dir]
+        sl = slice(layer * n_dirs, (layer + 1) * n_dirs)
+        hx_layer = (h0_run[sl], c0_run[sl]) if is_lstm else h0_run[sl]
+        if packed:
+            result = kernel(layer_in, batch_sizes, hx_layer, params, m.bias, 1, 0.0, False, m.bidirectional)
+        else:
+            result = kernel(layer_in, hx_layer, params, m.bias, 1, 0.0, False, m.bidirectional, m.batch_first)
+        out = result[0]
+        h_n.append(result[1])
+        if is_lstm:
+            c_n.append(result[2])
+        if layer in wanted:
+            kinds = wanted[layer]
+            need_input = any(k != "h" for k in kinds)
+            if need_input and padded_in is None:
+                padded_in, lengths = _batch_major(m, layer_in, batch_sizes, sorted_idx, unsorted_idx)
+            padded_out, lengths = _batch_major(m, out, batch_sizes, sorted_idx, unsorted_idx)
+            _record_layer(m, active, layer, kinds, padded_in, padded_out, lengths, params, per_dir,
+                          h0[sl], c0[sl] if is_lstm else None)
+        else:
+            padded_out = None
+        next_in = out
+        if layer < m.num_layers - 1 and m.training and m.dropout > 0:
+            next_in = F.dropout(out, m.dropout, training=True)
+            padded_out = None
+        layer_in, padded_in = next_in, padded_out
+
+    hidden = torch.cat(h_n, 0)
+    if is_lstm:
+        hidden = (hidden, torch.cat(c_n, 0))
+    if packed:
+        return PackedSequence(layer_in, batch_sizes, sorted_idx, unsorted_idx), m.permute_hidden(hidden, unsorted_idx)
+    if unbatched:
+        layer_in = layer_in.squeeze(0 if m.batch_first else 1)
+        hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+    return layer_in, hidden
+
+
+def _batch_major(m, x, batch_sizes, sorted_idx, unsorted_idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's input or output as ``(B, T, F)`` in the caller's batch order, with lengths."""
+    if batch_sizes is not None:
+        padded, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes, sorted_idx, unsorted_idx),
+                                              batch_first=True)
+        return padded, lengths
+    x = x if m.batch_first else x.transpose(0, 1)
+    return x, torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+
+
+def _flip_valid(x: torch.Tensor, lengths: torch.Tensor, full: bool) -> torch.Tensor:
+    """Reverse each sequence's valid steps in place of time (padding stays where it is)."""
+    if full:
+        return x.flip(1)
+    steps = torch.arange(x.shape[1], device=x.device)[None, :]
+    lens = lengths.to(x.device)[:, None]
+    index = torch.where(steps < lens, lens - 1 - steps, steps)
+    return x.gather(1, index[:, :, None].expand_as(x))
+
+
+def _record_layer(m, active, layer, kinds, x, out, lengths, params, per_dir, h0, c0) -> None:
+    """Compute and hand the requested kinds of one layer (both directions) to the recorders."""
+    n_dirs = 2 if m.bidirectional else 1
+    size = out.shape[-1] // n_dirs
+    full = bool((lengths == out.shape[1]).all())
+    mask = None if full else (torch.arange(out.shape[1])[None, :] < lengths[:, None]).to(out.device)[:, :, None]
+    for d in range(n_dirs):
+        h = out[..., d * size:(d + 1) * size]
+        values = {"h": h}
+        if kinds - {"h"}:
+            w = params[d * per_dir:(d + 1) * per_dir]
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if m.bias else (None, None)
+            xd, hd = (x, h) if d == 0 else (_flip_valid(x, lengths, full), _flip_valid(h, lengths, full))
+            # in the direction's own time order, h_{t-1} is the previous step (h0 before the first)
+            h_prev = torch.cat([h0[d].unsqueeze(1), hd[:, :-1]], 1)
+            gi = F.linear(xd, w_ih, b_ih)
+            gh = F.linear(h_prev, w_hh, b_hh)
+            if m.mode == "LSTM":
+                gates = _lstm_gates(gi.add_(gh))
+                if "c" in kinds:
+                    gates["c"] = _cell_recurrence(gates["gate_f"], gates["gate_i"] * gates["gate_g"], c0[d])
+            else:
+                gates = _gru_gates(gi, gh)
+            for kind, v in gates.items():
+                if kind in kinds:
+                    values[kind] = v if d == 0 else _flip_valid(v, lengths, full)
+        for rec, name in active:
+            if rec.layers is not None and layer not in rec.layers:
+                continue
+            for kind in _kinds_of(m, rec.kinds):
+                v = values[kind]
+                if mask is not None and kind != "h":
+                    v = v * mask
+                rec.emit(source_name(name, layer, kind, d == 1), v, lengths)
+
+
+def _cell_recurrence(f: torch.Tensor, ig: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """``c_t = f_t * c_{t-1} + ig_t`` over ``(B, T, H)`` with ``c_{-1} = c0``."""
+    steps = f.shape[1]
+    if torch.is_grad_enabled() and (f.requires_grad or ig.requires_grad or c0.requires_grad):
+        out, prev = [], c0
+        for t in range(steps):
+            prev = torch.addcmul(ig[:, t], f[:, t], prev)
+            out.append(prev)
+        return torch.stack(out, 1)
+    f_t = f.transpose(0, 1).contiguous()
+    ig_t = ig.transpose(0, 1).contiguous()
+    c = torch.empty_like(ig_t)
+    prev = c0
+    for t in range(steps):
+        prev = torch.addcmul(ig_t[t], f_t[t], prev, out=c[t])
+    return c.transpose(0, 1)
