@@ -1,0 +1,260 @@
+"""Select and match against a brute-force reference that enumerates every interval of every sequence."""
+import os
+
+import numpy as np
+import pytest
+
+from lstmvis.match import (MatchIndex, build_index, float_keys, match, runs, select, threshold_keys)
+from lstmvis.store import StateStore
+
+LEVELS = np.round(np.linspace(-1, 1, 21), 2)  # few distinct values: many ties at the threshold
+
+
+def _store(tmp_path, n=160, d=6, n_seq=5, seed=0, dtype=np.float16, name="s.h5"):
+    rng = np.random.default_rng(seed)
+    # smooth-ish values on a coarse grid, so cells stay on for a while and thresholds hit stored values
+    walk = np.cumsum(rng.choice([-2, -1, 0, 0, 1, 2], size=(n, d)), axis=0)
+    values = LEVELS[np.clip(10 + walk % 21 - 10, 0, 20)].astype(dtype)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=n_seq - 1, replace=False))
+    offsets = np.concatenate([[0], cuts, [n]])
+    tokens = [f"t{i % 7}" for i in range(n)]
+    store = StateStore.from_arrays(tmp_path / name, {"rnn.l0.h": values}, tokens=tokens, offsets=offsets)
+    return store, values.astype(np.float64), offsets
+
+
+def _on(x, threshold, sign):
+    pos, neg = x >= threshold, x <= -threshold
+    return {"positive": pos, "negative": neg, "both": np.concatenate([pos, neg], axis=-1)}[sign]
+
+
+def _bounds(offsets, pos):
+    seq = int(np.searchsorted(offsets, pos, side="right") - 1)
+    return seq, int(offsets[seq]), int(offsets[seq + 1])
+
+
+def brute_select(x, offsets, start, stop, threshold, pad_left, pad_right, sign):
+    _, a, b = _bounds(offsets, start)
+    on = _on(x, threshold, sign)
+    keep = on[start:stop].all(axis=0)
+    for t in list(range(max(a, start - pad_left), start)) + list(range(stop, min(b, stop + pad_right))):
+        keep &= ~on[t]
+    return np.flatnonzero(keep)
+
+
+def brute_match(x, offsets, cells, threshold, pad_left, pad_right, sign, top, min_length=2, phrase_length=None):
+    on = _on(x, threshold, sign)
+    cells = np.unique(cells)
+    count = on[:, cells].sum(axis=1)
+    found = []
+    for seq in range(len(offsets) - 1):
+        a, b = int(offsets[seq]), int(offsets[seq + 1])
+        for s in range(a, b):
+            for e in range(s + 1, b + 1):
+                length = e - s
+                if (length != phrase_length) if phrase_length is not None else (length < min_length):
+                    continue
+                inside = count[s:e].min()
+                neighbours = max(count[s - 1] if s > a else -1, count[e] if e < b else -1)
+                if inside < 1 or inside <= neighbours:  # not a maximal run at any level
+                    continue
+                cprime = brute_select(x, offsets, s, e, threshold, pad_left, pad_right, sign)
+                inter = len(np.intersect1d(cells, cprime))
+                if inter:
+                    found.append((-inter, len(np.union1d(cells, cprime)), -length, s, e, cprime))
+    found.sort(key=lambda r: r[:4])
+    run_lengths = []
+    for seq in range(len(offsets) - 1):
+        a, b = int(offsets[seq]), int(offsets[seq + 1])
+        length = 0
+        for t in range(a, b):
+            if count[t] == len(cells):
+                length += 1
+            elif length:
+                run_lengths.append(length)
+                length = 0
+        if length:
+            run_lengths.append(length)
+    return found[:top], count, np.bincount(np.array(run_lengths, dtype=int), minlength=1)
+
+
+def _check_same(result, expected, count, histogram):
+    got = [(-h.intersection, h.union, -h.length, h.start, h.stop) for h in result.hits]
+    assert got == [r[:5] for r in expected]
+    for h, r in zip(result.hits, expected):
+        np.testing.assert_array_equal(h.cells, r[5])
+    np.testing.assert_array_equal(result.counts, count)
+    np.testing.assert_array_equal(result.length_histogram, histogram)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_select_and_match_equal_brute_force(tmp_path, seed):
+    rng = np.random.default_rng(100 + seed)
+    sign = ["positive", "negative", "both"][seed % 3]
+    dtype = np.float16 if seed < 4 else np.float32
+    store, x, offsets = _store(tmp_path, seed=seed, dtype=dtype, d=12 + seed)
+    with store:
+        n_queries = 0
+        for _ in range(60):
+            start = int(rng.integers(0, store.n_tokens))
+            _, a, b = _bounds(offsets, start)
+            stop = int(rng.integers(start + 1, min(b, start + 4) + 1))
+            threshold = float(rng.choice([0.3, 0.2, 0.5, 0.25, 0.0, 0.7, -0.1]))
+            pad_left, pad_right = int(rng.integers(0, 3)), int(rng.integers(0, 2))
+            cells = select(store, "rnn.l0.h", start, stop, threshold, pad_left, pad_right, sign)
+            np.testing.assert_array_equal(cells, brute_select(x, offsets, start, stop, threshold, pad_left,
+                                                              pad_right, sign))
+            if len(cells) == 0:
+                continue
+            top = int(rng.choice([1, 3, 50]))
+            phrase = int(rng.choice([0, 0, 2, 3])) or None
+            result = match(store, "rnn.l0.h", cells, threshold, pad_left, pad_right, sign, top=top,
+                           phrase_length=phrase)
+            _check_same(result, *brute_match(x, offsets, cells, threshold, pad_left, pad_right, sign, top,
+                                             phrase_length=phrase))
+            n_queries += 1
+        assert n_queries >= 10
+
+
+def test_arbitrary_cell_sets_and_min_length(tmp_path):
+    store, x, offsets = _store(tmp_path, seed=7, d=8)
+    rng = np.random.default_rng(7)
+    with store:
+        for _ in range(12):
+            cells = rng.choice(8, size=int(rng.integers(1, 9)), replace=False)
+            min_length = int(rng.integers(1, 4))
+            result = match(store, "rnn.l0.h", cells, 0.3, 1, 1, top=20, min_length=min_length)
+            _check_same(result, *brute_match(x, offsets, cells, 0.3, 1, 1, "positive", 20, min_length))
+
+
+def test_every_cell_selected(tmp_path):
+    store, x, offsets = _store(tmp_path, seed=3, d=4)
+    with store:
+        cells = np.arange(4)
+        result = match(store, "rnn.l0.h", cells, 0.1, top=100)
+        _check_same(result, *brute_match(x, offsets, cells, 0.1, 1, 0, "positive", 100))
+        assert all(h.union == 4 for h in result.hits)
+
+
+def test_selection_at_sequence_start_and_end(tmp_path):
+    store, x, offsets = _store(tmp_path, seed=4, d=6)
+    with store:
+        for seq in range(store.n_sequences):
+            a, b = store.sequence_bounds(seq)
+            for start, stop in ((a, min(a + 2, b)), (max(a, b - 2), b)):
+                got = select(store, "rnn.l0.h", start, stop, 0.3, pad_left=2, pad_right=2)
+                np.testing.assert_array_equal(got, brute_select(x, offsets, start, stop, 0.3, 2, 2, "positive"))
+        # padding at a sequence start is dropped, not read from the previous sequence
+        a = int(offsets[1])
+        values = np.asarray(store.states("rnn.l0.h", a - 1, a + 1))
+        alone = np.flatnonzero(values[1] >= 0.3)
+        np.testing.assert_array_equal(select(store, "rnn.l0.h", a, a + 1, 0.3, pad_left=1), alone)
+
+
+def test_no_match_crosses_a_sequence_boundary(tmp_path):
+    n = 40
+    values = np.full((n, 2), 0.9, dtype=np.float16)  # every cell on everywhere
+    offsets = [0, 10, 10, 25, 40]  # with an empty sequence
+    with StateStore.from_arrays(tmp_path / "b.h5", {"a.h": values}, tokens=["x"] * n, offsets=offsets) as store:
+        result = match(store, "a.h", [0, 1], top=10)
+        assert [(h.start, h.stop, h.sequence) for h in result.hits] == [(10, 25, 2), (25, 40, 3), (0, 10, 0)]
+        assert result.length_histogram[10] == 1 and result.length_histogram[15] == 2
+
+
+def test_threshold_outside_the_data_range(tmp_path):
+    store, x, offsets = _store(tmp_path, seed=5)
+    with store:
+        assert select(store, "rnn.l0.h", 3, 5, threshold=2.0).size == 0
+        result = match(store, "rnn.l0.h", [0, 1], threshold=2.0)
+        assert result.hits == [] and not result.counts.any()
+        low = match(store, "rnn.l0.h", [0, 1], threshold=-2.0, top=100)  # every cell on everywhere
+        assert sorted((h.start, h.stop) for h in low.hits) == [(int(offsets[i]), int(offsets[i + 1]))
+                                                               for i in range(5) if offsets[i + 1] - offsets[i] >= 2]
+        assert (low.counts == 2).all()
+
+
+def test_clear_errors(tmp_path):
+    store, _, offsets = _store(tmp_path, seed=6)
+    b = int(offsets[1])
+    with store:
+        with pytest.raises(ValueError, match="no cells selected"):
+            match(store, "rnn.l0.h", [])
+        with pytest.raises(ValueError, match="crosses the end of sequence"):
+            select(store, "rnn.l0.h", b - 1, b + 1)
+        with pytest.raises(ValueError, match="non-empty"):
+            select(store, "rnn.l0.h", 5, 5)
+        with pytest.raises(ValueError, match="sign"):
+            select(store, "rnn.l0.h", 1, 3, sign="abs")
+        with pytest.raises(ValueError, match="finite"):
+            match(store, "rnn.l0.h", [1], threshold=float("nan"))
+        with pytest.raises(ValueError, match=r"0\.\.5"):
+            match(store, "rnn.l0.h", [6])
+        with pytest.raises(ValueError, match=r"2 x cells"):
+            match(store, "rnn.l0.h", [12], sign="both")
+        with pytest.raises(KeyError, match="unknown source"):
+            match(store, "rnn.l9.h", [1])
+        with pytest.raises(ValueError, match="pad_left"):
+            select(store, "rnn.l0.h", 1, 3, pad_left=-1)
+        with pytest.raises(TypeError, match="integer"):
+            match(store, "rnn.l0.h", [0.5])
+    values = np.zeros((5, 2), dtype=np.float32)
+    values[3, 1] = np.nan
+    with StateStore.from_arrays(tmp_path / "nan.h5", {"a.h": values}, tokens=["x"] * 5) as bad:
+        with pytest.raises(ValueError, match="NaN"):
+            match(bad, "a.h", [0])
+
+
+def test_store_methods_delegate(tmp_path):
+    store, _, _ = _store(tmp_path, seed=1)
+    with store:
+        cells = store.select("rnn.l0.h", 10, 12, threshold=0.2)
+        assert cells.tolist() == select(store, "rnn.l0.h", 10, 12, threshold=0.2).tolist()
+        if len(cells):
+            assert store.match("rnn.l0.h", cells, threshold=0.2).to_dict() == \
+                match(store, "rnn.l0.h", cells, threshold=0.2).to_dict()
+
+
+def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
+    store, _, _ = _store(tmp_path, seed=2)
+    folder = tmp_path / "s.h5.index"
+    with store:
+        first = build_index(store)["rnn.l0.h"]
+        assert folder.is_dir()
+        files = sorted(p.name for p in folder.iterdir())
+        mtimes = {p: os.stat(folder / p).st_mtime_ns for p in files}
+        assert MatchIndex.load(store, "rnn.l0.h") is first
+        assert first.nbytes == 2 * store.dataset("rnn.l0.h").size * 2
+    from lstmvis import match as match_module
+
+    match_module._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
+    with StateStore.open(tmp_path / "s.h5") as again:
+        MatchIndex.load(again, "rnn.l0.h")
+        assert {p: os.stat(folder / p).st_mtime_ns for p in files} == mtimes
+    # a different store written at the same path: the index is rebuilt, stale files removed
+    store2, x2, offsets2 = _store(tmp_path, seed=9)
+    with store2:
+        result = match(store2, "rnn.l0.h", [0, 1], top=5)
+        _check_same(result, *brute_match(x2, offsets2, [0, 1], 0.3, 1, 0, "positive", 5))
+        assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 2
+
+
+def test_float_keys_sort_like_the_floats():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float16, np.float32, np.float64):
+        x = np.concatenate([rng.standard_normal(2000) * 10, [0.0, -0.0, np.inf, -np.inf, 1e-8, -1e-8]]).astype(dtype)
+        keys = float_keys(x)
+        assert keys.dtype.itemsize == np.dtype(dtype).itemsize
+        i, j = rng.integers(0, len(x), (2, 20000))
+        np.testing.assert_array_equal(keys[i] < keys[j], x[i] < x[j])
+        np.testing.assert_array_equal(keys[i] == keys[j], x[i] == x[j])
+        for threshold in [0.3, -0.3, 0.0, *x[:50].astype(np.float64), 1e6, -1e6, 0.1 + 1e-12]:
+            k_pos, k_neg = threshold_keys(float(threshold), np.dtype(dtype))
+            exact = x.astype(np.float64)  # numpy would compare float16 with a float16-rounded threshold
+            np.testing.assert_array_equal(keys >= k_pos, exact >= threshold)
+            np.testing.assert_array_equal(keys <= k_neg, exact <= -threshold)
+
+
+def test_runs_split_at_sequence_starts():
+    mask = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
+    starts, stops = runs(mask, np.array([2, 3, 7]))
+    assert list(zip(starts, stops)) == [(0, 2), (2, 3), (3, 4), (5, 7), (7, 11)]
+    assert [len(a) for a in runs(np.zeros(0, dtype=bool), np.array([]))] == [0, 0]
