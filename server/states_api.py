@@ -94,6 +94,11 @@ class StatesQuery(Window):
     cells: CsvInts | None = Field(None, description="only these cells (comma-separated); default all")
 
 
+Sign = Literal["positive", "negative", "both"]
+SIGN_HELP = ("when a cell is on: positive (value >= threshold, as LSTMVis), negative (value <= -threshold), or "
+             "both (cell ids D..2D-1 stand for cells 0..D-1 on negatively)")
+
+
 class SelectQuery(Params):
     source: str = Field(description="state source")
     start: int = Field(ge=0, description="first brushed position")
@@ -101,12 +106,27 @@ class SelectQuery(Params):
     threshold: float = Field(0.3, ge=-1e6, le=1e6, description="a cell is on at a step when its value >= threshold")
     pad_left: int = Field(1, ge=0, le=100, description="steps before the range where the cell must be off")
     pad_right: int = Field(0, ge=0, le=100, description="steps after the range where the cell must be off")
+    sign: Sign = Field("positive", description=SIGN_HELP)
 
     @model_validator(mode="after")
     def _order(self):
         if self.stop <= self.start:
             raise ValueError(f"stop ({self.stop}) must be greater than start ({self.start})")
         return self
+
+
+class MatchQuery(Params):
+    source: str = Field(description="state source")
+    cells: CsvInts = Field(min_length=1, max_length=4096, description="selected cell ids (comma-separated)")
+    threshold: float = Field(0.3, ge=-1e6, le=1e6, description="a cell is on at a step when its value >= threshold")
+    pad_left: int = Field(1, ge=0, le=100, description="steps before a run where the cells must be off")
+    pad_right: int = Field(0, ge=0, le=100, description="steps after a run where the cells must be off")
+    sign: Sign = Field("positive", description=SIGN_HELP)
+    top: int = Field(50, ge=1, le=500, description="number of ranked matches returned")
+    min_length: int = Field(2, ge=1, le=1000, description="shortest run that counts as a match")
+    phrase_length: int | None = Field(None, ge=1, le=1000, description="only runs of exactly this length")
+    left: int = Field(3, ge=0, le=100, description="context tokens shown before each match")
+    right: int = Field(10, ge=0, le=200, description="context tokens shown after each match")
 
 
 class SearchQuery(Params):
@@ -173,9 +193,49 @@ def select(store: str, params: SelectQuery):
     source = _source(s, params.source)
     _window(s, params.start, params.stop, limit=s.n_tokens)
     cells = s.select(source, params.start, params.stop, threshold=params.threshold,
-                     pad_left=params.pad_left, pad_right=params.pad_right)
+                     pad_left=params.pad_left, pad_right=params.pad_right, sign=params.sign)
     return {"source": source, "start": params.start, "stop": params.stop, "threshold": params.threshold,
-            "pad_left": params.pad_left, "pad_right": params.pad_right, "cells": [int(c) for c in cells]}
+            "pad_left": params.pad_left, "pad_right": params.pad_right, "sign": params.sign,
+            "n_cells": s.n_cells(source), "cells": [int(c) for c in cells]}
+
+
+_index_locks: dict[tuple[str, str], threading.Lock] = {}
+_index_locks_guard = threading.Lock()
+
+
+def _ensure_index(store, source: str) -> None:
+    """Build a source's match index once, even when several requests ask for it at the same time."""
+    from lstmvis.match import MatchIndex
+
+    key = (str(store.path), source)
+    with _index_locks_guard:
+        lock = _index_locks.setdefault(key, threading.Lock())
+    with lock:
+        MatchIndex.load(store, source, progress=False)
+
+
+@blueprint.get("/stores/<store>/match")
+@api(MatchQuery, summary="Runs elsewhere where the selected cells are on, ranked as LSTMVis does", tag="match")
+def match(store: str, params: MatchQuery):
+    """Ranked by cells shared (|C∩C'| desc), then fewest extra cells on (|C∪C'| asc), then length.
+
+    Each hit has its context tokens and, per context token, how many selected cells are on there.
+    ``length_histogram[L]`` counts the maximal runs (all selected cells on) of length L.
+    """
+    s = _store(store)
+    source = _source(s, params.source)
+    n_virtual = s.n_cells(source) * (2 if params.sign == "both" else 1)
+    bad = [c for c in params.cells if not 0 <= c < n_virtual]
+    if bad:
+        raise ApiError(400, f"cells {bad[:10]} are out of range: source {source!r} has cell ids 0..{n_virtual - 1}"
+                            f" for sign={params.sign}")
+    _ensure_index(s, source)
+    result = s.match(source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
+                     pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
+                     phrase_length=params.phrase_length, context=(params.left, params.right))
+    out = result.to_dict()
+    out.update(left=params.left, right=params.right, n_runs=int(result.length_histogram.sum()))
+    return out
 
 
 # -- text search over the token stream (one joined string per store, built once and cached)

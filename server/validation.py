@@ -33,8 +33,11 @@ class Params(BaseModel):
 
 
 def _split_csv(value: Any) -> Any:
+    """``"1,5 7"`` or ``["1,5", "7"]`` (repeated query keys) -> ``["1", "5", "7"]``."""
     if isinstance(value, str):
         return [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [part for v in value for part in _split_csv(v)]
     return value
 
 
@@ -129,6 +132,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _pydantic_error(exc: ValidationError):
         return validation_error(exc, "request")
+
+    @app.errorhandler(ValueError)
+    @app.errorhandler(IndexError)
+    def _library_refusal(exc: Exception):
+        # The libraries refuse bad input (a brush across a sequence end, a range past the end, ...)
+        # with ValueError/IndexError and a message naming the fix: that is the client's 400.
+        current_app.logger.info("refused %s %s: %s", request.method, request.path, exc)
+        return error_response(400, str(exc).strip("'\"") or type(exc).__name__)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -90,7 +90,7 @@ const LV = (() => {
       if (v === undefined || v === null || v === "" || (Array.isArray(v) && !v.length)) continue;
       q.set(k, Array.isArray(v) ? v.join(",") : String(v));
     }
-    const url = `${window.location.pathname}?${q.toString()}`;
+    const url = `${window.location.pathname}?${q.toString().replace(/%2C/g, ",")}`;
     if (url !== window.location.pathname + window.location.search) history.replaceState(null, "", url);
   }
 

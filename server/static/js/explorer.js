@@ -13,11 +13,12 @@
     store: url.store || "",
     source: url.source || "",
     pos: Math.max(0, parseInt(url.pos || "0", 10) || 0),
-    w: Math.min(300, Math.max(10, parseInt(url.w || "0", 10) || 0)) || 0,
+    w: url.w ? Math.min(300, Math.max(10, parseInt(url.w, 10) || 40)) : 0,
     threshold: Number.isFinite(parseFloat(url.threshold)) ? parseFloat(url.threshold) : 0.3,
     brush: LV.intList(url.brush).length === 2 ? LV.intList(url.brush) : null,
     pad: LV.intList(url.pad).length === 2 ? LV.intList(url.pad) : [1, 0],
     match: url.match === "1",
+    sign: ["positive", "negative", "both"].includes(url.sign) ? url.sign : "positive",
   };
   let info = null;        // the current store's /api/stores/<name>
   let windowData = null;  // {tokens, states, meta, sequences, start, stop}
@@ -32,7 +33,8 @@
 
   function saveUrl() {
     LV.writeUrl({ store: state.store, source: state.source, pos: state.pos, w: state.w,
-                  threshold: state.threshold, brush: state.brush, pad: state.pad, match: state.match ? 1 : "" });
+                  threshold: state.threshold, brush: state.brush, pad: state.pad, match: state.match ? 1 : "",
+                  sign: state.sign === "positive" ? "" : state.sign });
   }
 
   function defaultWidth() {
@@ -69,11 +71,22 @@
     saveUrl();
   }
 
+  // ------------------------------------------------------------------ cell ids and signs
+  // With sign "both", ids D..2D-1 mean cells 0..D-1 on negatively (as lstmvis.match defines them).
+  function nCells() { return windowData ? windowData.cellIds.length : 0; }
+  function baseCell(id) { return id % nCells(); }
+  function negativeId(id) { return state.sign === "negative" || (state.sign === "both" && id >= nCells()); }
+  function cellLabel(id) { return negativeId(id) ? `\u2212${baseCell(id)}` : String(baseCell(id)); }
+  function isOn(id, t) {
+    const v = windowData.values[baseCell(id)][t];
+    return negativeId(id) ? v <= -state.threshold : v >= state.threshold;
+  }
+
   // ------------------------------------------------------------------ line plot of all cells
   function drawLinePlot() {
     const w = windowData;
     const T = w.tokens.length;
-    const sel = new Set(cells.filter(c => !hidden.has(c)));
+    const sel = new Set(cells.filter(c => !hidden.has(c)).map(baseCell));
     const xs = [], ys = [], cd = [], sx = [], sy = [], scd = [];
     w.values.forEach((row, i) => {
       const cell = w.cellIds[i];
@@ -87,8 +100,13 @@
       { x: sx, y: sy, customdata: scd, type: "scatter", mode: "lines", name: "selected",
         line: { color: "#f28e2b", width: 2 }, hovertemplate: "selected cell %{customdata}: %{y:.3f}<extra></extra>" },
     ];
-    const shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: state.threshold, y1: state.threshold,
+    const lineY = state.sign === "negative" ? -state.threshold : state.threshold;
+    const shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: lineY, y1: lineY,
                       line: { color: "#1399e4", width: 2, dash: "dash" }, editable: true }];
+    if (state.sign === "both") {
+      shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: -state.threshold, y1: -state.threshold,
+                    line: { color: "#1399e4", width: 1, dash: "dot" }, editable: false });
+    }
     if (state.brush) {
       const [a, b] = state.brush;
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: a - w.start - 0.5, x1: b - w.start - 0.5, y0: 0, y1: 1,
@@ -107,7 +125,9 @@
   function onRelayout(ev) {
     const y = ev["shapes[0].y0"] ?? ev["shapes[0].y1"];
     if (y === undefined) return;
-    setThreshold(Math.round(y * 1000) / 1000);
+    const v = Math.round((state.sign === "negative" ? -y : y) * 1000) / 1000;
+    if (v === state.threshold) drawLinePlot();  // snap the line back to horizontal
+    else setThreshold(v);
   }
 
   // ------------------------------------------------------------------ token row with brush
@@ -135,7 +155,6 @@
     const w = windowData;
     if (!w) return;
     const sel = cells.filter(c => !hidden.has(c));
-    const rowsOfSel = sel.map(c => w.cellIds.indexOf(c)).filter(i => i >= 0);
     const [a, b] = state.brush || [-1, -1];
     const [pl, pr] = state.pad;
     $("tokens").querySelectorAll(".tok").forEach((node, t) => {
@@ -144,9 +163,9 @@
       node.classList.toggle("padded", state.brush !== null && ((pos >= a - pl && pos < a) || (pos >= b && pos < b + pr)));
       node.classList.toggle("found", foundPositions.has(pos));
       let on = 0;
-      for (const i of rowsOfSel) if (w.values[i][t] >= state.threshold) on++;
-      const frac = rowsOfSel.length ? on / rowsOfSel.length : 0;
-      node.style.background = rowsOfSel.length ? LV.sequential(frac) : "";
+      for (const id of sel) if (isOn(id, t)) on++;
+      const frac = sel.length ? on / sel.length : 0;
+      node.style.background = sel.length ? LV.sequential(frac) : "";
       node.style.color = frac > 0.65 ? "#fff" : "";
     });
   }
@@ -203,7 +222,8 @@
     if (!state.brush) { cells = []; renderCells(); return; }
     const [start, stop] = state.brush;
     const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/select`, {
-      source: state.source, start, stop, threshold: state.threshold, pad_left: state.pad[0], pad_right: state.pad[1] });
+      source: state.source, start, stop, threshold: state.threshold, pad_left: state.pad[0], pad_right: state.pad[1],
+      sign: state.sign });
     cells = r.cells;
     hidden = new Set();
     renderCells();
@@ -217,7 +237,7 @@
       chips.append(LV.el("span", { class: "chip" + (hidden.has(c) ? " off" : ""), title: "click to hide/show in the plot",
                                    dataset: { cell: String(c) },
                                    onclick: () => { hidden.has(c) ? hidden.delete(c) : hidden.add(c); renderCells(); } },
-                         String(c)));
+                         cellLabel(c)));
     }
     $("cell-count").textContent = `(${cells.length})`;
     $("brush-label").textContent = state.brush ? `[${state.brush[0]}, ${state.brush[1]})` : "none";
@@ -242,36 +262,35 @@
     $("match-view").hidden = false;
     const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/match`, {
       source: state.source, cells: active, threshold: state.threshold,
-      pad_left: state.pad[0], pad_right: state.pad[1], left: 3, right: info.char_level ? 25 : 12 });
+      pad_left: state.pad[0], pad_right: state.pad[1], sign: state.sign, left: 3, right: info.char_level ? 25 : 12 });
     state.match = true;
     saveUrl();
     renderMatches(r, active.length);
   }
 
   function renderMatches(r, nCells) {
-    $("match-summary").textContent = `${r.matches.length} shown of ${r.n_runs} runs, ${nCells} cells, ` +
-      `ranked by cells shared, then fewest extra cells on, then length`;
+    $("match-summary").textContent = `${r.hits.length} best of ${r.n_verified} candidate runs · ${nCells} cells · ` +
+      "ranked by cells shared, then fewest extra cells on, then length";
     const table = LV.clear($("word-matrix"));
     table.append(LV.el("tr", {}, LV.el("td", { class: "meta" }, "#"), LV.el("td", { class: "meta" }, "position"),
-                       LV.el("td", { class: "meta", title: "selected cells on over the whole run / all cells on over it" }, "∩ / ∪"),
-                       LV.el("td", { class: "meta", colspan: 40 }, "context")));
-    const left = r.left;
+                       LV.el("td", { class: "meta", title: "|C∩C'| selected cells on over the whole run / |C∪C'| with the other cells on over it" }, "∩ / ∪"),
+                       LV.el("td", { class: "meta", colspan: r.left + 30 }, "context (the match is outlined)")));
     const heat = [], heatText = [];
-    r.matches.forEach((m, i) => {
-      const tr = LV.el("tr", { dataset: { position: String(m.position) }, title: "click to show this position above",
-                               onclick: () => jumpTo(m.position, [m.position, m.position + m.length]) });
-      tr.append(LV.el("td", { class: "meta" }, String(i + 1)), LV.el("td", { class: "meta" }, String(m.position)),
-                LV.el("td", { class: "meta" }, `${m.intersection} / ${m.union}`));
-      const pad = left - (m.position - m.context.start);  // blank cells so every match starts in the same column
+    r.hits.forEach((h, i) => {
+      const tr = LV.el("tr", { class: "match-row", dataset: { position: String(h.start) }, title: "click to show this match above",
+                               onclick: () => jumpTo(h.start, [h.start, h.stop]) });
+      tr.append(LV.el("td", { class: "meta" }, String(i + 1)), LV.el("td", { class: "meta" }, String(h.start)),
+                LV.el("td", { class: "meta" }, `${h.intersection} / ${h.union}`));
+      const pad = r.left - (h.start - h.context_start);  // blank cells so every match starts in the same column
       for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
       const hrow = new Array(pad).fill(null), trow = new Array(pad).fill("");
-      m.context.tokens.forEach((tok, k) => {
-        const pos = m.context.start + k, frac = m.context.counts[k] / nCells;
-        const inMatch = pos >= m.position && pos < m.position + m.length;
-        tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${m.context.counts[k]} of ${nCells} cells on @ ${pos}`,
+      h.tokens.forEach((tok, k) => {
+        const pos = h.context_start + k, frac = h.counts[k] / nCells;
+        const inMatch = pos >= h.start && pos < h.stop;
+        tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${h.counts[k]} of ${nCells} cells on @ ${pos}`,
                                 style: { background: LV.sequential(frac), color: frac > 0.65 ? "#fff" : "" } },
                         LV.tokenLabel(tok)));
-        hrow.push(m.context.counts[k]); trow.push(tok);
+        hrow.push(h.counts[k]); trow.push(tok);
       });
       table.append(tr);
       heat.push(hrow); heatText.push(trow);
@@ -279,7 +298,8 @@
     const hist = r.length_histogram || [];
     Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i), y: hist, marker: { color: "#1399e4" },
                                    hovertemplate: "length %{x}: %{y} runs<extra></extra>" }],
-                 { margin: { l: 48, r: 10, t: 28, b: 36 }, title: { text: "Length of all runs found", font: { size: 13 } },
+                 { margin: { l: 48, r: 10, t: 28, b: 36 },
+                   title: { text: `Lengths of the ${r.n_runs} runs with all selected cells on`, font: { size: 13 } },
                    xaxis: { title: { text: "run length (tokens)" } }, yaxis: { title: { text: "runs" } } }, LV.plotConfig);
     const width = Math.max(1, ...heat.map(h => h.length));
     const z = heat.map(h => h.concat(new Array(width - h.length).fill(null)));
@@ -341,6 +361,11 @@
       await runSelect();
     });
     $("threshold").addEventListener("change", () => setThreshold(parseFloat($("threshold").value)));
+    $("sign").addEventListener("change", () => {
+      state.sign = $("sign").value;
+      saveUrl();
+      runSelect().catch(e => LV.showError(e.message));
+    });
     const padChange = () => {
       state.pad = [Math.max(0, parseInt($("pad-left").value, 10) || 0), Math.max(0, parseInt($("pad-right").value, 10) || 0)];
       saveUrl();
@@ -371,6 +396,7 @@
 
   async function start() {
     $("threshold").value = state.threshold;
+    $("sign").value = state.sign;
     $("pad-left").value = state.pad[0];
     $("pad-right").value = state.pad[1];
     await chooseStore(state.store);
