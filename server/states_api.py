@@ -234,8 +234,18 @@ def match(store: str, params: MatchQuery):
                      pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
                      phrase_length=params.phrase_length, context=(params.left, params.right))
     out = result.to_dict()
-    out.update(left=params.left, right=params.right, n_runs=int(result.length_histogram.sum()))
+    out.update(left=params.left, right=params.right, n_runs=int(result.length_histogram.sum()),
+               overview=_overview(result.counts))
     return out
+
+
+def _overview(counts: np.ndarray, bins: int = 600) -> dict:
+    """The whole-store count of selected cells on, as the maximum per bin (a corpus minimap)."""
+    n = len(counts)
+    size = max(1, -(-n // bins))
+    padded = np.zeros(-(-n // size) * size, dtype=counts.dtype)
+    padded[:n] = counts
+    return {"bin_size": size, "max_on": padded.reshape(-1, size).max(axis=1) if n else []}
 
 
 # -- text search over the token stream (one joined string per store, built once and cached)

@@ -57,8 +57,11 @@ def toy_states_by_sequence(seqs: list[list[str]]) -> np.ndarray:
 @contextlib.contextmanager
 def live_server(app):
     """Serve ``app`` on 127.0.0.1 on a free port in a background thread; yields the base URL."""
+    import logging
+
     from server.app import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in test output
     srv = make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, name="test-server", daemon=True)
     thread.start()

@@ -119,6 +119,8 @@ def test_match_finds_every_planted_run(client):
         seq = max(i for i, a in enumerate(SEQ_STARTS) if a <= h["start"])
         assert SEQ_STARTS[seq] <= h["context_start"] and h["context_stop"] <= SEQ_STARTS[seq + 1]
     assert r["length_histogram"][2] == 3 and r["n_runs"] == 3
+    ov = r["overview"]  # one bin per token in a store this small: the count of cell 0 on
+    assert ov["bin_size"] == 1 and [i for i, c in enumerate(ov["max_on"]) if c] == sorted(CAT_SAT + [p + 1 for p in CAT_SAT])
     # cells 0 and 1 together: the runs share cell 0 only over "cat sat" (cell 1 is off at "sat")
     r = get_ok(client, "/api/stores/toy/match?source=rnn.l0.h&cells=0,1")
     assert sorted(h["start"] for h in r["hits"]) == CAT_SAT and all(h["intersection"] == 1 for h in r["hits"])

@@ -108,9 +108,11 @@
                     line: { color: "#1399e4", width: 1, dash: "dot" }, editable: false });
     }
     if (state.brush) {
-      const [a, b] = state.brush;
-      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: a - w.start - 0.5, x1: b - w.start - 0.5, y0: 0, y1: 1,
-                    fillcolor: "rgba(242,142,43,0.10)", line: { width: 0 }, editable: false, layer: "below" });
+      // the brushed range as a filled band behind the lines (a trace: shapes would all be draggable)
+      const [a, b] = state.brush, x0 = a - w.start - 0.5, x1 = b - w.start - 0.5;
+      const ys = [...ys0(w)];
+      traces.unshift({ x: [x0, x1, x1, x0, x0], y: [ys[0], ys[0], ys[1], ys[1], ys[0]], type: "scatter", mode: "lines",
+                       fill: "toself", fillcolor: "rgba(242,142,43,0.12)", line: { width: 0 }, hoverinfo: "skip" });
     }
     const layout = {
       margin: PLOT_MARGIN, showlegend: false, hovermode: "closest", dragmode: false,
@@ -118,8 +120,18 @@
       yaxis: { zeroline: true, zerolinecolor: "#ccc", fixedrange: true, title: { text: state.source, font: { size: 11 } } },
       shapes,
     };
+    layout.yaxis.range = [...ys0(w)];
+    // the dashed threshold line is the only shape, so it is the only thing that can be dragged
     const config = { ...LV.plotConfig, edits: { shapePosition: true }, displayModeBar: false };
     Plotly.react("lineplot", traces, layout, config);
+  }
+
+  /** The y range of the plot: every value of the window, the threshold line(s), and a margin. */
+  function ys0(w) {
+    let lo = Math.min(0, -state.threshold), hi = Math.max(0, state.threshold);
+    for (const row of w.values) for (const v of row) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    const m = 0.05 * (hi - lo || 1);
+    return [lo - m, hi + m];
   }
 
   function onRelayout(ev) {
@@ -207,7 +219,7 @@
       const cats = numeric ? [] : [...new Set(values.map(String))];
       const row = LV.el("div", { class: "meta-track", style: gridTemplate(values.length), dataset: { meta: name } });
       values.forEach((v, t) => {
-        const bg = numeric ? LV.sequential(hi > lo ? (v - lo) / (hi - lo) : 0.5)
+        const bg = numeric ? LV.sequential(0.08 + 0.92 * (hi > lo ? (v - lo) / (hi - lo) : 0.5))
                            : SEQ_COLORS[cats.indexOf(String(v)) % SEQ_COLORS.length];
         row.append(LV.el("div", { class: "meta-cell", title: `${name} = ${v} @ ${w.start + t}`, style: { background: bg } }));
       });
@@ -295,21 +307,26 @@
       table.append(tr);
       heat.push(hrow); heatText.push(trow);
     });
-    const hist = r.length_histogram || [];
-    Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i), y: hist, marker: { color: "#1399e4" },
+    const hist = (r.length_histogram || []).slice(1);
+    Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i + 1), y: hist, marker: { color: "#1399e4" },
                                    hovertemplate: "length %{x}: %{y} runs<extra></extra>" }],
                  { margin: { l: 48, r: 10, t: 28, b: 36 },
                    title: { text: `Lengths of the ${r.n_runs} runs with all selected cells on`, font: { size: 13 } },
-                   xaxis: { title: { text: "run length (tokens)" } }, yaxis: { title: { text: "runs" } } }, LV.plotConfig);
-    const width = Math.max(1, ...heat.map(h => h.length));
-    const z = heat.map(h => h.concat(new Array(width - h.length).fill(null)));
-    const text = heatText.map(h => h.concat(new Array(width - h.length).fill("")));
-    Plotly.react("match-heatmap", [{ type: "heatmap", z, text, zmin: 0, zmax: nCells,
-                                     colorscale: [[0, "#ffffff"], [1, "#1399e4"]],
-                                     hovertemplate: "%{text}: %{z} cells on<extra></extra>" }],
-                 { margin: { l: 36, r: 10, t: 28, b: 30 }, title: { text: "Selected cells on per token (rows = matches)", font: { size: 13 } },
-                   yaxis: { autorange: "reversed", title: { text: "match" } }, xaxis: { title: { text: "token (matches aligned at their start)" } } },
-                 LV.plotConfig);
+                   xaxis: { title: { text: "run length (tokens)" }, dtick: hist.length > 30 ? undefined : 1 },
+                   yaxis: { title: { text: "runs" } } }, LV.plotConfig);
+    const ov = r.overview;
+    const xs = ov.max_on.map((_, i) => i * ov.bin_size);
+    Plotly.react("match-overview", [{ type: "bar", x: xs, y: ov.max_on, marker: { color: "#f28e2b" }, width: ov.bin_size,
+                                      hovertemplate: "tokens %{x}..: up to %{y} cells on<extra></extra>" }],
+                 { margin: { l: 48, r: 10, t: 28, b: 36 }, bargap: 0,
+                   title: { text: "Where in the corpus the selected cells are on (click to go there)", font: { size: 13 } },
+                   xaxis: { title: { text: "token position" } },
+                   yaxis: { title: { text: "cells on (max)" }, range: [0, nCells] } }, LV.plotConfig);
+    const gd = $("match-overview");
+    if (!gd.dataset.wired) {
+      gd.dataset.wired = "1";
+      gd.on("plotly_click", ev => { if (ev.points.length) jumpTo(Math.round(ev.points[0].x)); });
+    }
   }
 
   // ------------------------------------------------------------------ navigation and search

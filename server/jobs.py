@@ -1,0 +1,120 @@
+"""Long work off the request thread: a job runs in a background thread, the client polls its progress.
+
+A corpus audit over hundreds of sentences or a t-SNE of the test set takes longer than a request
+should. ``JobRunner.submit(kind, key, work)`` starts ``work(report)`` in a worker thread and
+returns a job at once; ``report(done, total, note)`` updates its progress. Jobs are keyed by what
+they compute, so the same request while one runs (or after it finished) reuses that job instead
+of starting another. A fixed number of workers bounds the CPU the jobs can take, and only the
+most recent finished jobs are kept.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flask import Flask, current_app
+
+from .validation import ApiError
+
+Report = Callable[[int, int, str], None]
+
+
+@dataclass
+class Job:
+    """One unit of background work and what the client may see of it."""
+
+    id: str
+    kind: str
+    key: tuple
+    status: str = "queued"  # queued | running | done | error
+    done: int = 0
+    total: int = 0
+    note: str = ""
+    result: Any = None
+    error: str = ""
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def info(self) -> dict:
+        """Progress (and the result once done) as JSON."""
+        out = {"id": self.id, "kind": self.kind, "status": self.status, "done": self.done, "total": self.total,
+               "note": self.note, "seconds": round((self.finished or time.time()) - self.created, 3)}
+        if self.status == "done":
+            out["result"] = self.result
+        elif self.status == "error":
+            out["error"] = self.error
+        return out
+
+
+class JobRunner:
+    """A small pool of worker threads running keyed jobs, keeping the last ``keep`` of them."""
+
+    def __init__(self, workers: int = 1, keep: int = 32):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstmvis-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._by_key: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def submit(self, kind: str, key: tuple, work: Callable[[Report], Any]) -> Job:
+        """The job computing ``key``: an existing one (running, queued or done), else a new one."""
+        key = (kind, *key)
+        with self._lock:
+            existing = self._by_key.get(key)
+            if existing is not None and self._jobs[existing].status != "error":
+                return self._jobs[existing]
+            job = Job(uuid.uuid4().hex[:16], kind, key)
+            self._jobs[job.id] = job
+            self._by_key[key] = job.id
+            self._forget_old()
+        self._pool.submit(self._run, job, work)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"unknown job {job_id!r}: it never existed or is too old; start it again")
+        return job
+
+    def _run(self, job: Job, work: Callable[[Report], Any]) -> None:
+        def report(done: int, total: int, note: str = "") -> None:
+            job.done, job.total, job.note = int(done), int(total), note
+
+        job.status = "running"
+        try:
+            job.result = work(report)
+            job.status = "done"
+        except (ValueError, TypeError) as exc:  # the library's refusal of bad input: say why
+            job.error, job.status = str(exc), "error"
+        except Exception as exc:  # noqa: BLE001 - a job must never die silently
+            job.error, job.status = f"{type(exc).__name__}: {exc}", "error"
+        finally:
+            job.finished = time.time()
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._jobs.values() if j.status in ("done", "error")]
+        for job in finished[: max(0, len(finished) - self._keep)]:
+            del self._jobs[job.id]
+            if self._by_key.get(job.key) == job.id:
+                del self._by_key[job.key]
+
+
+def jobs(app: Flask | None = None) -> JobRunner:
+    """The app's job runner (created on first use, one per app)."""
+    app = app or current_app
+    runner = app.extensions.get("lstmvis.jobs")
+    if runner is None:
+        with _create_lock:
+            runner = app.extensions.get("lstmvis.jobs")
+            if runner is None:
+                runner = app.extensions["lstmvis.jobs"] = JobRunner(workers=app.config.get("JOB_WORKERS", 1))
+    return runner
+
+
+_create_lock = threading.Lock()
