@@ -180,14 +180,16 @@ class MatchIndex:
         self.folder, self.source, self.meta = folder, source, meta
         self.offsets = offsets
         self.dtype = np.dtype(meta["dtype"])
-        self.cell_major = np.load(folder / meta["cell_major"], mmap_mode="r")
-        self.row_major = np.load(folder / meta["row_major"], mmap_mode="r")
+        # plain ndarray views of the memory maps: np.memmap's __getitem__ is slow on small reads
+        self.cell_major = np.asarray(np.load(folder / meta["cell_major"], mmap_mode="r"))
+        self.row_major = np.asarray(np.load(folder / meta["row_major"], mmap_mode="r"))
+        self.token_ids = np.asarray(np.load(folder / meta["token_ids"], mmap_mode="r"))
         self.n_tokens, self.n_cells = self.row_major.shape
-        self.inner_bounds = np.unique(offsets[1:-1])
+        self.seq_start = sequence_starts(offsets, self.n_tokens)
 
     @property
     def nbytes(self) -> int:
-        return int(self.cell_major.nbytes + self.row_major.nbytes)
+        return int(self.cell_major.nbytes + self.row_major.nbytes + self.token_ids.nbytes)
 
     @classmethod
     def load(cls, store, source: str, index_dir: str | Path | None = None, progress: bool | None = None
@@ -252,10 +254,10 @@ def _writable(folder: Path) -> bool:
 
 
 def _fingerprint(store, source: str) -> dict:
+    """Identifies the store file's content (stores are written once, atomically, then renamed)."""
     stat = os.stat(store.path)
-    ds = store.dataset(source)
-    return {"store": str(Path(store.path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "shape": list(ds.shape), "dtype": str(ds.dtype)}
+    return {"store": str(Path(store.path).resolve()), "source": source, "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
 
 
 def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool | None) -> dict:
@@ -269,11 +271,12 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
         raise TypeError(f"source {source!r} has dtype {dtype}: the index needs float states")
     key_type = _UINT[dtype.itemsize]
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    names = {"cell_major": f"{source}.cell_major.{tag}.npy", "row_major": f"{source}.row_major.{tag}.npy"}
-    tmp = {k: folder / f".{v}.tmp" for k, v in names.items()}
+    names = {kind: f"{source}.{kind}.{tag}.npy" for kind in ("cell_major", "row_major", "token_ids")}
+    tmp = {k: folder / f".{v}.tmp.npy" for k, v in names.items()}
     try:
         cm = np.lib.format.open_memmap(tmp["cell_major"], mode="w+", dtype=key_type, shape=(d, n))
         rm = np.lib.format.open_memmap(tmp["row_major"], mode="w+", dtype=key_type, shape=(n, d))
+        np.save(tmp["token_ids"], store.token_ids().astype(np.int32 if len(store.vocab) < 2**31 else np.int64))
         block = max(1, _BUILD_BYTES // max(1, d * dtype.itemsize))
         with tqdm(total=n, desc=f"indexing {source}", unit="tok", unit_scale=True,
                   disable=(n < 200_000) if progress is None else not progress) as bar:
@@ -308,7 +311,7 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
     part.write_text(json.dumps(meta))
     os.replace(part, meta_path)
     if old is not None:  # files of a stale index of this source
-        for k in ("cell_major", "row_major"):
+        for k in names:
             if old.get(k) and old[k] != names[k]:
                 (folder / old[k]).unlink(missing_ok=True)
     return meta
@@ -321,37 +324,27 @@ def build_index(store, sources: Sequence[str] | None = None, index_dir: str | Pa
 
 
 # ---------------------------------------------------------------------------- runs
-def runs(mask: np.ndarray, inner_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, stops)`` of the maximal True runs of ``mask``, split at sequence starts
-    ``inner_bounds`` (sorted, excluding 0 and N), so that no run spans two sequences."""
+def sequence_starts(offsets: np.ndarray, n_tokens: int) -> np.ndarray:
+    """``(N,)`` booleans: True where a sequence begins."""
+    flags = np.zeros(n_tokens, dtype=bool)
+    flags[np.asarray(offsets[:-1])[np.asarray(offsets[:-1]) < n_tokens]] = True
+    return flags
+
+
+def runs(mask: np.ndarray, seq_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, stops)`` of the maximal True runs of ``mask`` that stay inside one sequence
+    (``seq_start``: ``sequence_starts``), so that no run spans two sequences."""
     n = len(mask)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    m8 = mask.view(np.int8)
-    edges = np.flatnonzero(m8[1:] != m8[:-1]) + 1
-    rising = mask[edges]
-    starts, stops = edges[rising], edges[~rising]
-    if mask[0]:
-        starts = np.concatenate([[0], starts])
-    if mask[-1]:
-        stops = np.concatenate([stops, [n]])
-    starts, stops = starts.astype(np.int64), stops.astype(np.int64)
-    if len(inner_bounds) == 0 or len(starts) == 0:
-        return starts, stops
-    first = np.searchsorted(inner_bounds, starts, side="right")  # bounds <= start
-    last = np.searchsorted(inner_bounds, stops, side="left")  # bounds < stop
-    cuts = last - first
-    if not cuts.any():
-        return starts, stops
-    pieces = cuts + 1
-    run_of_piece = np.repeat(np.arange(len(starts)), pieces)
-    piece_no = np.arange(len(run_of_piece)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    new_starts = np.where(piece_no == 0, starts[run_of_piece],
-                          inner_bounds[np.minimum(first[run_of_piece] + piece_no - 1, len(inner_bounds) - 1)])
-    is_last = piece_no == cuts[run_of_piece]
-    new_stops = np.where(is_last, stops[run_of_piece],
-                         inner_bounds[np.minimum(first[run_of_piece] + piece_no, len(inner_bounds) - 1)])
-    return new_starts, new_stops
+    joined = np.empty(n, dtype=bool)  # joined[t]: step t continues a run from step t - 1
+    joined[0] = False
+    np.logical_and(mask[1:], mask[:-1], out=joined[1:])
+    joined[1:] &= ~seq_start[1:]
+    starts = np.flatnonzero(mask & ~joined)
+    ends = np.flatnonzero(mask[:-1] & ~joined[1:]) + 1
+    stops = np.concatenate([ends, [n]]) if mask[-1] else ends
+    return starts.astype(np.int64), stops.astype(np.int64)
 
 
 def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -482,28 +475,8 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
     n = len(cells)
     count = index.count_on(cells, sign, k_pos, k_neg)
     selected_bits = np.packbits(np.isin(np.arange(n_virtual), cells))
-    histogram = np.zeros(1, dtype=np.int64)
-    best: dict[str, np.ndarray] = {}
-    prev_keys = np.zeros(0, dtype=np.int64)
-    levels, n_verified = [], 0
-    for level in range(n, 0, -1):
-        if len(best.get("start", ())) >= top and best["intersection"][top - 1] > level:
-            break
-        levels.append(level)
-        starts, stops = runs(count >= level, index.inner_bounds)
-        if level == n:
-            histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
-        keys = starts * (index.n_tokens + 1) + stops
-        fresh = ~np.isin(keys, prev_keys, assume_unique=True)  # runs at a higher level were verified there
-        prev_keys = keys
-        starts, stops = starts[fresh], stops[fresh]
-        lengths = stops - starts
-        keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
-        starts, stops = starts[keep], stops[keep]
-        n_verified += len(starts)
-        for found in _verify(index, starts, stops, pad_left, pad_right, sign, k_pos, k_neg, selected_bits, n):
-            best = _merge_top(best, found, top)
-
+    best, histogram, levels, n_verified = _search(index, count, n, top, min_length, phrase_length, pad_left,
+                                                  pad_right, sign, k_pos, k_neg, selected_bits)
     hits = []
     for i in range(len(best.get("start", ()))):
         s, e = int(best["start"][i]), int(best["stop"][i])
@@ -511,11 +484,97 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
         seq_lo, seq_hi = int(index.offsets[seq]), int(index.offsets[seq + 1])
         c_lo, c_hi = max(seq_lo, s - left), min(seq_hi, e + right)
         cprime = np.flatnonzero(np.unpackbits(best["bits"][i], count=n_virtual)).astype(np.int64)
+        tokens = [store.vocab[t] for t in index.token_ids[c_lo:c_hi]]
         hits.append(Hit(s, e, seq, int(best["intersection"][i]), int(best["union"][i]), cprime, c_lo, c_hi,
-                        store.tokens(c_lo, c_hi), count[c_lo:c_hi].copy()))
+                        tokens, count[c_lo:c_hi].copy()))
     return MatchResult(source, cells, threshold, sign, pad_left, pad_right, hits, count, histogram,
                        n_verified, levels)
 
+
+def _search(index: MatchIndex, count: np.ndarray, n: int, top: int, min_length: int, phrase_length: int | None,
+            pad_left: int, pad_right: int, sign: str, k_pos: int, k_neg: int, selected_bits: np.ndarray):
+    """Exact top matches by best-first search over the candidates.
+
+    Each candidate gets a lower bound of its rank key, ``(-ub, n, -length, start)`` with
+    ``ub = min(level, n - max count at its padding steps)`` >= ``|C & C'|`` (a padding step
+    where ``k`` selected cells are on leaves at most ``n - k`` of them off) and ``|C | C'| >= n``.
+    Candidates are verified in bound order, tier ``ub = n, n-1, ...`` (level ``u`` is generated
+    before tier ``u``: lower levels only hold candidates with ``ub < u``), longest first within a
+    tier, and the search stops as soon as the ``top``-th best verified key is no worse than the
+    next bound: nothing left can enter the top.
+    """
+    best: dict[str, np.ndarray] = {}
+    histogram = np.zeros(1, dtype=np.int64)
+    pool_start = pool_stop = pool_ub = np.zeros(0, dtype=np.int64)
+    levels, n_verified = [], 0
+    for tier in range(n, 0, -1):
+        if _cannot_improve(best, top, tier, n, None, None):
+            break
+        levels.append(tier)
+        starts, stops = runs(count >= tier, index.seq_start)
+        if tier == n:
+            histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
+        elif len(starts):  # a run whose count never drops to ``tier`` is a run of ``tier + 1``: pooled there
+            fresh = np.logical_or.reduceat(count == tier, starts)
+            starts, stops = starts[fresh], stops[fresh]
+        lengths = stops - starts
+        keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
+        starts, stops = starts[keep], stops[keep]
+        ub = np.minimum(tier, n - _max_count_at_padding(index, count, starts, stops, pad_left, pad_right))
+        keep = ub > 0
+        pool_start = np.concatenate([pool_start, starts[keep]])
+        pool_stop = np.concatenate([pool_stop, stops[keep]])
+        pool_ub = np.concatenate([pool_ub, ub[keep]])
+        now = pool_ub == tier
+        t_start, t_stop = pool_start[now], pool_stop[now]
+        pool_start, pool_stop, pool_ub = pool_start[~now], pool_stop[~now], pool_ub[~now]
+        order = np.lexsort((t_start, -(t_stop - t_start)))
+        t_start, t_stop = t_start[order], t_stop[order]
+        first, batch = 0, 256
+        while first < len(t_start):
+            if _cannot_improve(best, top, tier, n, int(t_stop[first] - t_start[first]), int(t_start[first])):
+                return best, histogram, levels, n_verified
+            last = min(len(t_start), first + batch)
+            n_verified += last - first
+            for found in _verify(index, t_start[first:last], t_stop[first:last], pad_left, pad_right, sign,
+                                 k_pos, k_neg, selected_bits, n):
+                best = _merge_top(best, found, top)
+            first, batch = last, batch * 2
+    return best, histogram, levels, n_verified
+
+
+def _cannot_improve(best: dict, top: int, ub: int, n: int, length: int | None, start: int | None) -> bool:
+    """Is the ``top``-th best key no worse than the bound ``(-ub, n, -length, start)``?
+    (``length=None``: the best bound of a whole tier.)"""
+    if len(best.get("start", ())) < top:
+        return False
+    k = top - 1
+    kth = (-int(best["intersection"][k]), int(best["union"][k]),
+           -int(best["stop"][k] - best["start"][k]), int(best["start"][k]))
+    if length is None:
+        return kth[0] < -ub
+    return kth <= (-ub, n, -length, start)
+
+
+def _max_count_at_padding(index: MatchIndex, count: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                          pad_left: int, pad_right: int) -> np.ndarray:
+    """Per run, the largest ``count`` at its padding steps (inside its sequence); 0 without any."""
+    out = np.zeros(len(starts), dtype=np.int64)
+    inside = np.ones(len(starts), dtype=bool)
+    for j in range(1, pad_left + 1):  # step s - j is in the sequence while no sequence starts in (s - j, s]
+        inside &= starts - j >= 0
+        inside[inside] &= ~index.seq_start[starts[inside] - j + 1]
+        if not inside.any():
+            break
+        np.maximum(out, np.where(inside, count[np.maximum(starts - j, 0)], 0), out=out)
+    inside = np.ones(len(starts), dtype=bool)
+    for j in range(pad_right):  # step e + j is in the sequence while no sequence starts in [e, e + j]
+        inside &= stops + j < index.n_tokens
+        inside[inside] &= ~index.seq_start[stops[inside] + j]
+        if not inside.any():
+            break
+        np.maximum(out, np.where(inside, count[np.minimum(stops + j, index.n_tokens - 1)], 0), out=out)
+    return out
 
 def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
     arr = np.asarray(cells)

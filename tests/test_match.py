@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from lstmvis.match import (MatchIndex, build_index, float_keys, match, runs, select, threshold_keys)
+from lstmvis.match import (MatchIndex, build_index, float_keys, match, runs, select, sequence_starts,
+                           threshold_keys)
 from lstmvis.store import StateStore
 
 LEVELS = np.round(np.linspace(-1, 1, 21), 2)  # few distinct values: many ties at the threshold
@@ -222,7 +223,7 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
         files = sorted(p.name for p in folder.iterdir())
         mtimes = {p: os.stat(folder / p).st_mtime_ns for p in files}
         assert MatchIndex.load(store, "rnn.l0.h") is first
-        assert first.nbytes == 2 * store.dataset("rnn.l0.h").size * 2
+        assert first.nbytes == 2 * store.dataset("rnn.l0.h").size * 2 + 4 * store.n_tokens
     from lstmvis import match as match_module
 
     match_module._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
@@ -234,7 +235,7 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
     with store2:
         result = match(store2, "rnn.l0.h", [0, 1], top=5)
         _check_same(result, *brute_match(x2, offsets2, [0, 1], 0.3, 1, 0, "positive", 5))
-        assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 2
+        assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 3
 
 
 def test_float_keys_sort_like_the_floats():
@@ -255,6 +256,8 @@ def test_float_keys_sort_like_the_floats():
 
 def test_runs_split_at_sequence_starts():
     mask = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
-    starts, stops = runs(mask, np.array([2, 3, 7]))
+    starts, stops = runs(mask, sequence_starts(np.array([0, 2, 3, 3, 7, 12]), 12))
     assert list(zip(starts, stops)) == [(0, 2), (2, 3), (3, 4), (5, 7), (7, 11)]
-    assert [len(a) for a in runs(np.zeros(0, dtype=bool), np.array([]))] == [0, 0]
+    assert [len(a) for a in runs(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))] == [0, 0]
+    mask[-1] = True
+    assert runs(mask, sequence_starts(np.array([0, 11, 12]), 12))[1].tolist() == [4, 11, 12]
