@@ -476,20 +476,12 @@ def _record_layer(m, active, layer, kinds, x, out, lengths, params, per_dir, h0,
         h = out[..., d * size:(d + 1) * size]
         values = {"h": h}
         if kinds - {"h"}:
-            w = params[d * per_dir:(d + 1) * per_dir]
-            w_ih, w_hh = w[0], w[1]
-            b_ih, b_hh = (w[2], w[3]) if m.bias else (None, None)
             xd, hd = (x, h) if d == 0 else (_flip_valid(x, lengths, full), _flip_valid(h, lengths, full))
             # in the direction's own time order, h_{t-1} is the previous step (h0 before the first)
             h_prev = torch.cat([h0[d].unsqueeze(1), hd[:, :-1]], 1)
-            gi = F.linear(xd, w_ih, b_ih)
-            gh = F.linear(h_prev, w_hh, b_hh)
-            if m.mode == "LSTM":
-                gates = _lstm_gates(gi.add_(gh))
-                if "c" in kinds:
-                    gates["c"] = _cell_recurrence(gates["gate_f"], gates["gate_i"] * gates["gate_g"], c0[d])
-            else:
-                gates = _gru_gates(gi, gh)
+            gates = _layer_gates(m.mode, params[d * per_dir:(d + 1) * per_dir], m.bias, xd, h_prev)
+            if "c" in kinds:
+                gates["c"] = _cell_recurrence(gates["gate_f"], gates["gate_i"] * gates["gate_g"], c0[d])
             for kind, v in gates.items():
                 if kind in kinds:
                     values[kind] = v if d == 0 else _flip_valid(v, lengths, full)
@@ -503,6 +495,33 @@ def _record_layer(m, active, layer, kinds, x, out, lengths, params, per_dir, h0,
                 rec.emit(source_name(name, layer, kind, d == 1), v, lengths)
 
 
+def _layer_gates(mode: str, w: Sequence[torch.Tensor], bias: bool, x: torch.Tensor,
+                 h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All gates of all steps of one direction: one matmul per weight matrix.
+
+    ``x (B, T, in)`` and ``h_prev (B, T, P)`` in the direction's own time order.
+    """
+    B, T = x.shape[:2]
+    x2, h2 = x.reshape(B * T, -1), h_prev.reshape(B * T, -1)
+    w_ih, w_hh = w[0], w[1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h_prev, w_ih, w_hh))
+    if mode == "LSTM":
+        # x W_ih^T + b_ih + h W_hh^T + b_hh, accumulated inside the second matmul
+        pre = torch.addmm(w[2] + w[3], x2, w_ih.t()) if bias else torch.mm(x2, w_ih.t())
+        pre = torch.addmm(pre, h2, w_hh.t()) if grad else pre.addmm_(h2, w_hh.t())
+        pre = pre.view(B, T, -1)
+        if grad:
+            return _lstm_gates(pre)
+        H = pre.shape[-1] // 4
+        pre[..., :2 * H].sigmoid_()
+        pre[..., 2 * H:3 * H].tanh_()
+        pre[..., 3 * H:].sigmoid_()
+        return dict(zip(LSTM_GATES, pre.chunk(4, -1)))
+    gi = (torch.addmm(w[2], x2, w_ih.t()) if bias else torch.mm(x2, w_ih.t())).view(B, T, -1)
+    gh = (torch.addmm(w[3], h2, w_hh.t()) if bias else torch.mm(h2, w_hh.t())).view(B, T, -1)
+    return _gru_gates(gi, gh)
+
+
 def _cell_recurrence(f: torch.Tensor, ig: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     """``c_t = f_t * c_{t-1} + ig_t`` over ``(B, T, H)`` with ``c_{-1} = c0``."""
     steps = f.shape[1]
@@ -512,10 +531,8 @@ def _cell_recurrence(f: torch.Tensor, ig: torch.Tensor, c0: torch.Tensor) -> tor
             prev = torch.addcmul(ig[:, t], f[:, t], prev)
             out.append(prev)
         return torch.stack(out, 1)
-    f_t = f.transpose(0, 1).contiguous()
-    ig_t = ig.transpose(0, 1).contiguous()
-    c = torch.empty_like(ig_t)
+    c = torch.empty_like(ig)
     prev = c0
     for t in range(steps):
-        prev = torch.addcmul(ig_t[t], f_t[t], prev, out=c[t])
-    return c.transpose(0, 1)
+        prev = torch.addcmul(ig[:, t], f[:, t], prev, out=c[:, t])
+    return c

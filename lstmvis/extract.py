@@ -1,0 +1,400 @@
+"""extract: run a model over a corpus and write every recorded state to a StateStore.
+
+Three kinds of model are understood:
+
+* a language model with ``.module``, ``.vocab`` and ``.tokenizer`` whose module maps
+  ``(ids (B, T), state)`` to ``(logits, state)`` (``data.LanguageModel``). Texts of any length
+  are cut into chunks and the recurrent state is carried from chunk to chunk, so the states
+  equal one pass over the whole text. Sequences run in ``batch_size`` parallel streams: when a
+  sequence ends, its stream starts the next one from a zero state.
+* a ``textexplain.TextModel`` (classifiers, possibly bidirectional): each text in one pass,
+  batched by length and right-padded with the pad id (the model must ignore padding, as the
+  shipped ones do by packing).
+* a plain ``nn.Module`` mapping ids ``(B, T)`` to anything, with token-id lists as input.
+  Without ``pad_id`` only sequences of equal length share a batch (always exact).
+
+The store is written to ``<path>.partial`` and renamed to ``path`` when complete, so a killed
+extraction never leaves a store that opens. Rerunning the same extraction resumes from the
+sequences already written to the partial file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .capture import Recorder, parse_kinds
+from .store import StateStore, StoreError, StoreWriter
+
+DEFAULT_KINDS = ("h", "c")
+FLUSH_ROWS = 4096
+
+
+class _Corpus:
+    """Token ids per sequence, with texts and spans when the input was text."""
+
+    def __init__(self, ids: list[np.ndarray], vocab: list[str], texts: list[str] | None,
+                 spans: list[np.ndarray] | None):
+        self.ids, self.vocab, self.texts, self.spans = ids, vocab, texts, spans
+        self.lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.offsets.tobytes())
+        for x in self.ids:
+            h.update(np.ascontiguousarray(x, dtype=np.int64).tobytes())
+        h.update(json.dumps(self.vocab).encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
+
+
+def _kind_of_model(model) -> str:
+    from textexplain.model import TextModel
+
+    if isinstance(model, TextModel):
+        return "classifier"
+    if isinstance(model, nn.Module):
+        return "module"
+    if isinstance(getattr(model, "module", None), nn.Module) and hasattr(model, "vocab") and hasattr(model, "tokenizer"):
+        return "language-model"
+    raise TypeError(f"extract needs a data.LanguageModel, a textexplain.TextModel or an nn.Module, got "
+                    f"{type(model).__name__}")
+
+
+def _vocab_list(vocab) -> list[str]:
+    return list(vocab.itos) if hasattr(vocab, "itos") else [str(t) for t in vocab]
+
+
+def _prepare_corpus(model, kind: str, texts_or_ids, vocab) -> _Corpus:
+    if isinstance(texts_or_ids, str):
+        texts_or_ids = [texts_or_ids]
+    items = list(texts_or_ids)
+    if not items:
+        raise ValueError("the corpus is empty: give at least one text or token-id list")
+    is_text = isinstance(items[0], str)
+    if any(isinstance(x, str) != is_text for x in items):
+        raise TypeError("give either texts (str) or token-id lists, not a mix")
+    if kind == "module":
+        if is_text:
+            raise TypeError("a plain nn.Module needs token-id lists; wrap it in a TextModel or LanguageModel to "
+                            "extract from texts")
+        ids = [np.asarray(x, dtype=np.int64).reshape(-1) for x in items]
+        n_vocab = max((int(x.max()) + 1 for x in ids if len(x)), default=1)
+        vocab_list = _vocab_list(vocab) if vocab is not None else [str(i) for i in range(n_vocab)]
+        if n_vocab > len(vocab_list) or any(len(x) and x.min() < 0 for x in ids):
+            raise ValueError(f"token ids must lie in 0..{len(vocab_list) - 1} (the vocabulary size)")
+        return _Corpus(ids, vocab_list, None, None)
+    vocab_list = _vocab_list(model.vocab)
+    if not is_text:
+        ids = [np.asarray(x, dtype=np.int64).reshape(-1) for x in items]
+        if any(len(x) and (x.min() < 0 or x.max() >= len(vocab_list)) for x in ids):
+            raise ValueError(f"token ids must lie in 0..{len(vocab_list) - 1} (the model's vocabulary)")
+        return _Corpus(ids, vocab_list, None, None)
+    ids, spans = [], []
+    for text in items:
+        ids.append(np.asarray(model.encode(text), dtype=np.int64))
+        span = model.token_spans(text)
+        spans.append(None if span is None else np.asarray(span, dtype=np.int64).reshape(-1, 2))
+    has_spans = all(s is not None for s in spans)
+    return _Corpus(ids, vocab_list, list(items), spans if has_spans else None)
+
+
+def _fingerprint(module: nn.Module, corpus: _Corpus, settings: dict) -> str:
+    h = hashlib.sha256(corpus.digest().encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Sink:
+    """Buffers per-sequence rows and writes them to the store in large blocks."""
+
+    def __init__(self, writer: StoreWriter, corpus: _Corpus, sources: list[str], dtype: str, done: np.ndarray,
+                 bar):
+        self.writer, self.corpus, self.sources, self.dtype = writer, corpus, sources, np.dtype(dtype)
+        self.done, self.bar = done, bar
+        self.buffers: dict[int, list[dict[str, np.ndarray]]] = {}
+        self.written: dict[int, int] = {}
+        self.pending: dict[int, int] = {}
+
+    def add(self, seq: int, states: Mapping[str, torch.Tensor], b: int, n: int, finished: bool) -> None:
+        rows = {s: states[s][b, :n].to("cpu", torch.float32).numpy().astype(self.dtype, copy=False)
+                for s in self.sources}
+        self.buffers.setdefault(seq, []).append(rows)
+        self.pending[seq] = self.pending.get(seq, 0) + n
+        if finished or self.pending[seq] >= FLUSH_ROWS:
+            self._flush(seq)
+        if finished:
+            self.finish(seq)
+        self.bar.update(n)
+
+    def _flush(self, seq: int) -> None:
+        blocks = self.buffers.pop(seq, [])
+        if not blocks:
+            return
+        start = int(self.corpus.offsets[seq]) + self.written.get(seq, 0)
+        for s in self.sources:
+            self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
+        self.written[seq] = self.written.get(seq, 0) + self.pending.pop(seq)
+
+    def finish(self, seq: int) -> None:
+        self._flush(seq)
+        if self.written.get(seq, 0) != self.corpus.lengths[seq]:
+            raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
+                               f"expected {self.corpus.lengths[seq]}")
+        self.done[seq] = True
+        self.writer.f["done"][seq] = True
+
+
+def _state_map(state, fn):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_state_map(s, fn) for s in state)
+    raise TypeError(f"cannot carry a recurrent state of type {type(state).__name__} across chunks: the module must "
+                    "return tensors or tuples of tensors with the batch in dimension 1 (as nn.LSTM/GRU do)")
+
+
+def _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad_id, device) -> None:
+    """Stateful streams: each stream runs one sequence chunk by chunk, carrying its state."""
+    queue = sorted(todo, key=lambda i: -corpus.lengths[i])  # longest first balances the streams
+    queue.reverse()  # pop() from the end
+    streams: list[list[int]] = []  # [sequence, position]
+    state = None
+    while queue or streams:
+        while len(streams) < batch_size and queue:
+            seq = queue.pop()
+            if corpus.lengths[seq] == 0:
+                sink.finish(seq)
+                continue
+            streams.append([seq, 0])
+        if not streams:
+            break
+        if state is not None:
+            state = _with_fresh_streams(state, len(streams))
+        remaining = [int(corpus.lengths[s]) - p for s, p in streams]
+        width = min(chunk_size, max(remaining))
+        batch = torch.full((len(streams), width), pad_id, dtype=torch.long)
+        counts = []
+        for b, (seq, pos) in enumerate(streams):
+            n = min(width, remaining[b])
+            batch[b, :n] = torch.from_numpy(corpus.ids[seq][pos:pos + n])
+            counts.append(n)
+        rec.clear()
+        with rec:
+            _, state = module(batch.to(device), state)
+        states = rec.states
+        keep = []
+        for b, (seq, pos) in enumerate(streams):
+            finished = pos + counts[b] >= corpus.lengths[seq]
+            sink.add(seq, states, b, counts[b], finished)
+            streams[b][1] += counts[b]
+            if not finished:
+                keep.append(b)
+        if len(keep) < len(streams):
+            streams = [streams[b] for b in keep]
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            state = _state_map(state, lambda t: t.index_select(1, index)) if keep else None
+
+
+def _with_fresh_streams(state, n_streams: int):
+    """Append a zero state for each stream that joined (new streams go at the end)."""
+    def grow(t):
+        extra = n_streams - t.shape[1]
+        if extra > 0:
+            t = torch.cat([t, t.new_zeros(t.shape[0], extra, *t.shape[2:])], 1)
+        return t
+    return _state_map(state, grow)
+
+
+def _run_batched(module, corpus, todo, rec, sink, batch_size, pad_id, device) -> None:
+    """One pass per sequence, batched by length (equal lengths only when pad_id is None)."""
+    order = sorted(todo, key=lambda i: corpus.lengths[i])
+    batches, current = [], []
+    for seq in order:
+        if corpus.lengths[seq] == 0:
+            sink.finish(seq)
+            continue
+        if current and (len(current) == batch_size
+                        or (pad_id is None and corpus.lengths[seq] != corpus.lengths[current[0]])):
+            batches.append(current)
+            current = []
+        current.append(seq)
+    if current:
+        batches.append(current)
+    for group in batches:
+        width = int(max(corpus.lengths[s] for s in group))
+        batch = torch.full((len(group), width), 0 if pad_id is None else pad_id, dtype=torch.long)
+        for b, seq in enumerate(group):
+            batch[b, :corpus.lengths[seq]] = torch.from_numpy(corpus.ids[seq])
+        rec.clear()
+        with rec:
+            module(batch.to(device))
+        states = rec.states
+        for b, seq in enumerate(group):
+            sink.add(seq, states, b, int(corpus.lengths[seq]), finished=True)
+
+
+def _probe_sources(module, rec, corpus, kind, device) -> dict[str, int]:
+    """Run the shortest non-empty sequence to learn each source's width and time alignment."""
+    nonempty = [i for i in range(len(corpus.ids)) if corpus.lengths[i] > 0]
+    if not nonempty:
+        raise ValueError("every sequence in the corpus is empty: nothing to extract")
+    seq = min(nonempty, key=lambda i: corpus.lengths[i])
+    x = torch.from_numpy(corpus.ids[seq])[None].to(device)
+    rec.clear()
+    with rec:
+        module(x, None) if kind == "language-model" else module(x)
+    widths, skipped = {}, []
+    for name, v in rec.states.items():
+        if v.shape[1] == x.shape[1]:
+            widths[name] = v.shape[2]
+        else:
+            skipped.append(name)
+    if skipped:
+        warnings.warn(f"not stored (their time axis is not one step per token, e.g. after pooling): "
+                      f"{', '.join(skipped)}; record them with lstmvis.Recorder directly", stacklevel=3)
+    rec.clear()
+    return widths
+
+
+def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None = None,
+            kinds: str | Sequence[str] = DEFAULT_KINDS, modules: Sequence | None = None, layers=None,
+            batch_size: int = 32, chunk_size: int = 512, dtype: str = "float32", progress: bool = True,
+            resume: bool = True, meta: Mapping[str, Sequence] | None = None, vocab: Sequence[str] | None = None,
+            pad_id: int | None = None, corpus_name: str | None = None) -> StateStore:
+    """Record the states of ``model`` over a corpus into the store at ``path`` and open it.
+
+    ``texts_or_ids``: texts (str) or token-id lists; one sequence each. ``kinds``/``modules``/
+    ``layers`` choose what the ``Recorder`` captures (default ``h`` and ``c`` of every recurrent
+    layer); ``sources`` narrows to named sources. ``dtype``: ``"float32"`` or ``"float16"``.
+    ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
+    ``vocab``/``pad_id`` are for plain modules. Returns the opened ``StateStore``.
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError("batch_size and chunk_size must be at least 1")
+    kind = _kind_of_model(model)
+    module = model if kind == "module" else model.module
+    corpus = _prepare_corpus(model, kind, texts_or_ids, vocab)
+    meta_flat = _flatten_meta(corpus, meta)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file path for the store, e.g. {path / 'states.h5'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist: create it first")
+    try:
+        param = next(module.parameters())
+        device = param.device
+    except StopIteration:
+        device = torch.device("cpu")
+    pad = pad_id if kind == "module" else model.vocab.pad_id if hasattr(model.vocab, "pad_id") else 0
+    rec = Recorder(module, kinds=parse_kinds(kinds), modules=modules, layers=layers)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            widths = _probe_sources(module, rec, corpus, kind, device)
+            if sources is not None:
+                unknown = [s for s in sources if s not in widths]
+                if unknown:
+                    raise ValueError(f"unknown sources {unknown}: this model records {', '.join(widths)}")
+                widths = {s: widths[s] for s in sources}
+            settings = {"sources": list(widths), "dtype": dtype, "kind": kind, "store_format": 1}
+            card = dict(getattr(model, "card", None) or {})
+            card["extraction"] = {**settings, "batch_size": batch_size, "chunk_size": chunk_size,
+                                  "n_tokens": corpus.n_tokens, "n_sequences": len(corpus.ids),
+                                  "corpus": corpus_name, "module": type(module).__name__}
+            fingerprint = _fingerprint(module, corpus, settings)
+            writer, done = _open_writer(path, corpus, widths, dtype, card, fingerprint, resume)
+            try:
+                todo = [i for i in range(len(corpus.ids)) if not done[i]]
+                left = int(corpus.lengths[todo].sum()) if todo else 0
+                with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
+                          desc=f"extract {path.name}") as bar:
+                    sink = _Sink(writer, corpus, list(widths), dtype, done, bar)
+                    if kind == "language-model":
+                        _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad, device)
+                    else:
+                        _run_batched(module, corpus, todo, rec, sink, batch_size,
+                                     pad if kind == "classifier" else pad_id, device)
+                _write_meta(writer, meta_flat)
+                del writer.f["done"]
+                writer.finish()
+            except BaseException:
+                if writer.f.id.valid:
+                    writer.f.close()  # the partial file stays for a resume
+                raise
+    finally:
+        module.train(was_training)
+    return StateStore.open(path)
+
+
+def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
+                 resume: bool) -> tuple[StoreWriter, np.ndarray]:
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists() and resume:
+        try:
+            writer = StoreWriter.resume(path, partial)
+            if writer.f.attrs.get("fingerprint") == fingerprint and "done" in writer.f:
+                return writer, np.asarray(writer.f["done"][()], dtype=bool)
+            writer.f.close()
+        except (OSError, StoreError, KeyError):
+            pass  # unreadable or from another run: start afresh
+    partial.unlink(missing_ok=True)
+    writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial)
+    try:
+        writer.f.attrs["fingerprint"] = fingerprint
+        writer.write_tokens(0, np.concatenate(corpus.ids) if corpus.n_tokens else np.zeros(0, np.int64))
+        for name, width in widths.items():
+            writer.add_source(name, width, dtype)
+        if corpus.texts is not None:
+            writer.set_texts(corpus.texts)
+        if corpus.spans is not None:
+            writer.set_spans(np.concatenate(corpus.spans) if corpus.n_tokens else np.zeros((0, 2), np.int64))
+        writer.f.create_dataset("done", data=np.zeros(len(corpus.ids), dtype=bool))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer, np.zeros(len(corpus.ids), dtype=bool)
+
+
+def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:
+    """Meta tracks as flat (N,) arrays; one array per sequence is accepted too."""
+    out = {}
+    for name, values in (meta or {}).items():
+        if len(values) == len(corpus.ids) and len(corpus.ids) != corpus.n_tokens:
+            parts = [np.asarray(v) for v in values]
+            if [len(p) for p in parts] != corpus.lengths.tolist():
+                raise ValueError(f"meta track {name!r}: each sequence needs one value per token")
+            values = np.concatenate(parts) if parts else np.zeros(0)
+        values = np.asarray(values)
+        if values.shape != (corpus.n_tokens,):
+            raise ValueError(f"meta track {name!r} has shape {values.shape}: give one value per token "
+                             f"({corpus.n_tokens}) or one array per sequence")
+        out[name] = values
+    return out
+
+
+def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
+    if "meta" in writer.f:
+        del writer.f["meta"]  # written in full at the end, also after a resume
+    for name, values in meta.items():
+        writer.add_meta(name, values)
