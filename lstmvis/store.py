@@ -87,6 +87,28 @@ def write_meta_dataset(group: h5py.Group, name: str, values) -> None:
         raise TypeError(f"meta track {name!r} has dtype {arr.dtype}: use numbers, booleans or strings")
 
 
+def _check_self_contained(path: Path, f: h5py.File) -> None:
+    """Refuse soft/external links, external storage and virtual datasets: through them an
+    untrusted store would make the reader (and the server) return the bytes of any file."""
+    # the visitors stop at the first non-None result (raising inside them upsets h5py's locks)
+    link = f.visititems_links(lambda name, lnk: None if isinstance(lnk, h5py.HardLink)
+                              else f"/{name} is a {type(lnk).__name__}")
+    outside = link or f.visititems(lambda name, obj: f"dataset /{name} keeps its data in other files"
+                                   if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual) else None)
+    if outside:
+        raise StoreError(f"{path} is refused: {outside}; a state store must hold all its own data (links, "
+                         "external and virtual storage could make it read other files)")
+
+
+def _check_codes(path: Path, what: str, ds: h5py.Dataset, size: int) -> None:
+    """Integer codes in ``ds`` must index a table of ``size`` entries (read in blocks)."""
+    step = 1 << 22
+    for a in range(0, ds.shape[0], step):
+        block = ds[a:a + step]
+        if len(block) and (block.min() < 0 or block.max() >= size):
+            raise StoreError(f"{path} is damaged: {what} holds codes outside 0..{size - 1}")
+
+
 class StateStore:
     """A read-only, lazily loaded store of per-token hidden states (see the module docstring).
 
@@ -132,6 +154,13 @@ class StateStore:
         try:
             cls._validate(path, f)
             return cls(path, f)
+        except StoreError:
+            f.close()
+            raise
+        except Exception as exc:  # whatever else a damaged or hand-made file trips over
+            f.close()
+            raise StoreError(f"{path} is damaged or not a state store ({type(exc).__name__}: {exc}); "
+                             "recreate the store") from None
         except BaseException:
             f.close()
             raise
@@ -151,25 +180,45 @@ class StateStore:
         missing = [k for k in ("vocab", "token_ids", "offsets", "states") if k not in f]
         if missing:
             raise StoreError(f"{path} is damaged: it lacks {', '.join(missing)}; recreate the store")
+        _check_self_contained(path, f)
         n = int(f.attrs["n_tokens"])
         offsets = f["offsets"][()]
-        if (offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n
-                or np.any(np.diff(offsets) < 0)):
+        if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1 or offsets[0] != 0
+                or offsets[-1] != n or np.any(np.diff(offsets) < 0)):
             raise StoreError(f"{path} is damaged: sequence offsets do not cover the {n} tokens")
-        if f["token_ids"].shape != (n,):
-            raise StoreError(f"{path} is damaged: token_ids has shape {f['token_ids'].shape}, expected ({n},)")
+        vocab = _read_json_blob(f["vocab"])
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise StoreError(f"{path} is damaged: its vocabulary is not a list of token strings")
+        if f["token_ids"].shape != (n,) or f["token_ids"].dtype.kind not in "iu":
+            raise StoreError(f"{path} is damaged: token_ids has shape {f['token_ids'].shape} and dtype "
+                             f"{f['token_ids'].dtype}, expected ({n},) integers")
+        _check_codes(path, "token_ids", f["token_ids"], len(vocab))
         group = f["states"]
-        for name in json.loads(group.attrs.get("sources", "[]")):
-            if name not in group or group[name].ndim != 2 or group[name].shape[0] != n:
-                raise StoreError(f"{path} is damaged: states of {name!r} are missing or not ({n}, cells)")
+        sources = json.loads(group.attrs.get("sources", "[]"))
+        if not isinstance(sources, list) or len(set(map(str, sources))) != len(sources):
+            raise StoreError(f"{path} is damaged: its list of sources is not a list of distinct names")
+        for name in sources:
+            ds = group.get(check_source_name(name)) if isinstance(name, str) and "/" not in name else None
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
+                raise StoreError(f"{path} is damaged: states of {name!r} are missing or not ({n}, cells) floats")
         if "meta" in f:
             for name in json.loads(f["meta"].attrs.get("names", "[]")):
-                if name not in f["meta"] or f["meta"][name].shape != (n,):
-                    raise StoreError(f"{path} is damaged: meta track {name!r} is missing or not ({n},)")
+                ds = f["meta"].get(check_source_name(name)) if isinstance(name, str) and "/" not in name else None
+                if not isinstance(ds, h5py.Dataset) or ds.shape != (n,) or ds.dtype.kind not in "biuf":
+                    raise StoreError(f"{path} is damaged: meta track {name!r} is missing or not ({n},) numbers")
+                if "categories" in ds.attrs:
+                    categories = json.loads(ds.attrs["categories"])
+                    if not isinstance(categories, list) or ds.dtype.kind not in "iu":
+                        raise StoreError(f"{path} is damaged: meta track {name!r} has malformed categories")
+                    _check_codes(path, f"meta track {name!r}", ds, len(categories))
         if "spans" in f and f["spans"].shape != (n, 2):
             raise StoreError(f"{path} is damaged: spans has shape {f['spans'].shape}, expected ({n}, 2)")
-        if "text_offsets" in f and f["text_offsets"].shape != offsets.shape:
-            raise StoreError(f"{path} is damaged: it has texts for a different number of sequences")
+        if "text_offsets" in f:
+            text_offsets = f["text_offsets"][()]
+            n_bytes = f["text_bytes"].shape[0] if "text_bytes" in f else -1
+            if (text_offsets.shape != offsets.shape or text_offsets.dtype.kind not in "iu" or text_offsets[0] != 0
+                    or text_offsets[-1] != n_bytes or np.any(np.diff(text_offsets) < 0)):
+                raise StoreError(f"{path} is damaged: its texts do not match its {len(offsets) - 1} sequences")
 
     # ------------------------------------------------------------------ creation
     @classmethod
