@@ -304,7 +304,13 @@ class Resources:
                     self.stores[name].model = card["model"]
             elif path.suffix == ".pt":
                 card_path = path.with_suffix(".json")
-                card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
+                try:  # a broken card must not keep the server from starting
+                    card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
+                except (OSError, ValueError) as exc:
+                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is unreadable: "
+                                                         f"{exc})"}
+                if not isinstance(card, dict):
+                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is not an object)"}
 
                 def load(path=path, name=name, card=card):
                     return build_from_checkpoint(load_checkpoint(path), name=name, card=card)
