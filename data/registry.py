@@ -141,8 +141,12 @@ def _check_name(name: str) -> None:
 
 def build_from_checkpoint(ckpt: dict, name: str = "", card: dict | None = None):
     """Turn a loaded checkpoint dict into a TextModel, LanguageModel or image nn.Module."""
-    module = build(ckpt["arch"], dict(ckpt["config"]))
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module = build(ckpt["arch"], dict(ckpt["config"]))
+        module.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError, AttributeError) as exc:  # config/weights do not fit the arch
+        raise CheckpointError(f"checkpoint {name or ''} does not fit its architecture {ckpt.get('arch')!r}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     module.eval()
     card = card or {}
     if ckpt.get("vocab") is None:  # image classifier
