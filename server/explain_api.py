@@ -1,0 +1,260 @@
+"""Text explanations page and API: one text, one model, several methods side by side, with
+faithfulness numbers per method; and a corpus audit that ranks the tokens a classifier relies on.
+
+The work is the library's: ``textexplain.explain`` for each method, ``textexplain.render`` for
+the colour scales and the exported HTML, ``textexplain.metrics`` for faithfulness and
+``textexplain.audit`` for the corpus audit. Colours are computed here with the library's scale,
+and the page puts every token on screen with ``textContent``, so user text cannot become markup.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+from flask import Blueprint, render_template
+from pydantic import Field, field_validator
+
+import textexplain
+from textexplain import metrics, render
+from textexplain.integrated_gradients import RULES
+
+from .app import resources
+from .validation import ApiError, Params, api
+
+blueprint = Blueprint("explain_api", __name__)
+
+PAGES = [
+    {"endpoint": "explain_api.explain_page", "title": "Explanations",
+     "summary": "Why did a text classifier decide that? Type a text, pick methods (gradient, gradient x input, "
+                "Integrated Gradients, SmoothGrad, occlusion, LIME, SHAP) and compare their token highlights "
+                "side by side, with completeness and faithfulness numbers for each; audit a corpus for the "
+                "tokens a model leans on (the planted junk token of sentiment-shortcut shows on top)."},
+]
+
+MAX_TEXT_CHARS = 2000
+MAX_TOKENS = 256
+CURVE_POINTS = 51  # deletion/insertion curves of long texts are sampled at this many points
+DEFAULT_METHODS = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
+TITLES = {"gradient": "Gradient", "gradient_x_input": "Gradient × input", "integrated_gradients": "Integrated Gradients",
+          "smoothgrad": "SmoothGrad", "occlusion": "Occlusion", "lime": "LIME", "shap": "SHAP"}
+NOT_CLASSIFIERS = ("language-model", "image-classifier")
+
+MethodName = Literal[tuple(textexplain.METHODS)]  # type: ignore[valid-type]
+Output = Literal["logit", "proba"]
+Mask = Literal["pad", "unk", "delete"]
+OUTPUT_HELP = "explain the target's logit (default) or its probability"
+MASK_HELP = "what a removed token becomes: the pad embedding (default), <unk>, or deleted"
+
+
+# ------------------------------------------------------------------------- method parameters
+# Bounds keep one request's cost bounded; None leaves the library's default.
+
+class GradientParams(Params):
+    reduce: Literal["l2", "sum"] | None = Field(None, description="l2 norm over embedding dims (unsigned, "
+                                                "default) or their sum (signed)")
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class GradientXInputParams(Params):
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class IntegratedGradientsParams(Params):
+    n_steps: int | None = Field(None, ge=1, le=300, description="points on the path (default 50)")
+    method: Literal[RULES] | None = Field(None, description="quadrature rule (default gausslegendre)")  # type: ignore[valid-type]
+    baseline: Literal["pad", "zero", "unk"] | None = Field(None, description="reference input (default pad "
+                                                           "embeddings)")
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class SmoothGradParams(Params):
+    n_samples: int | None = Field(None, ge=1, le=200, description="noisy copies (default 50)")
+    noise_level: float | None = Field(None, ge=0, le=1, description="noise sigma as a fraction of the embedding "
+                                      "range (default 0.05)")
+    base: Literal["gradient_x_input", "gradient"] | None = Field(None, description="what is averaged")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class OcclusionParams(Params):
+    window: int | None = Field(None, ge=1, le=16, description="tokens hidden at once (default 1)")
+    stride: int | None = Field(None, ge=1, le=16, description="step between windows (default 1)")
+    mask: Mask | None = Field(None, description=MASK_HELP)
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class LimeParams(Params):
+    num_samples: int | None = Field(None, ge=10, le=5000, description="perturbed texts (default 5000)")
+    kernel_width: float | None = Field(None, gt=0, le=1000, description="locality kernel width (default 25)")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    mask: Mask | None = Field(None, description=MASK_HELP)
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class ShapParams(Params):
+    budget: int | None = Field(None, ge=4, le=4096, description="coalitions for KernelSHAP (default: the library's)")
+    algorithm: Literal["auto", "exact", "kernel"] | None = Field(None, description="exact enumeration, KernelSHAP, "
+                                                                 "or auto (exact up to exact_max_tokens)")
+    exact_max_tokens: int | None = Field(None, ge=1, le=14, description="longest text explained exactly")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    mask: Mask | None = Field(None, description=MASK_HELP)
+    output: Output | None = Field(None, description=OUTPUT_HELP)
+
+
+class MethodParams(Params):
+    """Hyperparameters per method; anything left out takes the library's default."""
+
+    gradient: GradientParams = GradientParams()
+    gradient_x_input: GradientXInputParams = GradientXInputParams()
+    integrated_gradients: IntegratedGradientsParams = IntegratedGradientsParams()
+    smoothgrad: SmoothGradParams = SmoothGradParams()
+    occlusion: OcclusionParams = OcclusionParams()
+    lime: LimeParams = LimeParams()
+    shap: ShapParams = ShapParams()
+
+    def of(self, method: str) -> dict:
+        return getattr(self, method).model_dump(exclude_none=True)
+
+
+class ExplainRequest(Params):
+    model: str = Field(min_length=1, max_length=200, description="a text classifier, e.g. sentiment-lstm")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the text to explain")
+    target: int | str | None = Field(None, description="class index or label to explain (default: predicted)")
+    methods: list[MethodName] = Field(default_factory=lambda: list(DEFAULT_METHODS), min_length=1,  # type: ignore[valid-type]
+                                      max_length=len(textexplain.METHODS),
+                                      description=f"methods, one row each: {', '.join(textexplain.METHODS)}")
+    params: MethodParams = Field(default_factory=MethodParams, description="hyperparameters per method")
+    faithfulness: bool = Field(True, description="measure comprehensiveness, sufficiency, deletion/insertion "
+                               "AUC and Kendall tau with leave-one-out for each method")
+    normalize: Literal["max_abs", "sum_abs"] = Field("max_abs", description="colour = score / max|score| or "
+                                                     "score / sum|score| of each method's row")
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError("each method may appear once")
+        return methods
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def text_classifiers() -> list[dict]:
+    """The models this page can explain: shipped classifiers and user models that may be one."""
+    return [m.info() for m in resources().models.values() if m.kind not in NOT_CLASSIFIERS]
+
+
+def borrow_classifier(name: str):
+    """``with borrow_classifier(name) as model`` -- a private copy of a TextModel, or a 4xx error."""
+    entry = resources().model_entry(name)
+    if entry.kind in NOT_CLASSIFIERS:
+        raise ApiError(400, f"model {name!r} is a {entry.kind}, not a text classifier; choose one of "
+                       f"{', '.join(m['name'] for m in text_classifiers()) or 'none loaded'}")
+    return _Checked(entry.use(), name)
+
+
+class _Checked:
+    """Context manager around a model loan that refuses anything but a ``textexplain.TextModel``."""
+
+    def __init__(self, loan, name: str):
+        self._loan, self._name = loan, name
+
+    def __enter__(self):
+        model = self._loan.__enter__()
+        if not isinstance(model, textexplain.TextModel):
+            self._loan.__exit__(None, None, None)
+            raise ApiError(400, f"model {self._name!r} is not a text classifier (it loads as "
+                           f"{type(model).__name__}, not a textexplain.TextModel)")
+        return model
+
+    def __exit__(self, *exc):
+        return self._loan.__exit__(*exc)
+
+
+def _rgb(rgb: tuple[int, int, int]) -> str:
+    return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
+
+
+def colour_row(scores: np.ndarray, signed: bool, normalize: str) -> dict:
+    """Background and text colour of each token, and the legend, on the library's colour scale."""
+    scale, note = render.scale_of(scores, normalize)
+    backgrounds = [render.score_color(s / scale, signed) for s in scores]
+    stops = np.linspace(-1, 1, 9) if signed else np.linspace(0, 1, 5)
+    return {"colors": [_rgb(c) for c in backgrounds],
+            "text_colors": [render._text_color(c) for c in backgrounds],
+            "legend": {"scale": scale, "note": note, "signed": signed,
+                       "stops": [_rgb(render.score_color(v, signed)) for v in stops]}}
+
+
+FAITHFULNESS_KEYS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "loo_kendall_tau",
+                     "curve_fractions", "deletion_curve", "insertion_curve", "n_model_evaluations")
+
+
+def _faithfulness(model, token_ids: list[int], scores: np.ndarray, target: int) -> dict:
+    points = CURVE_POINTS if len(token_ids) + 1 > CURVE_POINTS else None
+    full = metrics.faithfulness_scores(model, token_ids, scores, target, curve_points=points)
+    return {k: full[k] for k in FAITHFULNESS_KEYS}
+
+
+def explain_text(model, req: ExplainRequest) -> dict:
+    """Every requested method on one text (the request's work; also used by the benchmark)."""
+    tokens = model.tokenize(req.text)
+    if len(tokens) > MAX_TOKENS:
+        raise ApiError(400, f"the text has {len(tokens)} tokens; the server explains at most {MAX_TOKENS}: "
+                       "shorten it")
+    probs = model.predict_proba([req.text])[0].astype(np.float64)
+    target = model.label_index(req.target, probs)
+    rows, explanations = [], []
+    for method in req.methods:
+        start = time.perf_counter()
+        e = textexplain.explain(model, req.text, method=method, target=target, **req.params.of(method))
+        seconds = time.perf_counter() - start
+        explanations.append(e)
+        row = {"method": method, "title": TITLES.get(method, method), "signed": e.signed,
+               "scores": e.scores, "delta": e.delta, "params": e.params, "seconds": round(seconds, 4),
+               **colour_row(e.scores, e.signed, req.normalize)}
+        if req.faithfulness:
+            row["faithfulness"] = _faithfulness(model, e.token_ids, e.scores, target)
+        rows.append(row)
+    first = explanations[0]
+    out = {"model": model.name, "text": first.text, "tokens": first.tokens, "token_ids": first.token_ids,
+           "spans": first.spans, "labels": list(model.labels), "probs": probs,
+           "predicted": int(np.argmax(probs)), "target": target, "target_label": model.labels[target],
+           "normalize": req.normalize, "explanations": rows,
+           "html": render.side_by_side_html(explanations, normalize=req.normalize)}
+    if req.faithfulness:
+        # the baseline every method should beat: a seeded random ranking of the same tokens
+        rng = np.random.default_rng(0)
+        out["random_faithfulness"] = _faithfulness(model, first.token_ids,
+                                                   metrics.random_scores(len(first.token_ids), rng), target)
+    return out
+
+
+# ---------------------------------------------------------------------------------- endpoints
+
+@blueprint.get("/explain")
+def explain_page():
+    return render_template("explain.html", page_data={
+        "models": text_classifiers(), "methods": list(textexplain.METHODS), "titles": TITLES,
+        "default_methods": DEFAULT_METHODS, "max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS})
+
+
+@blueprint.get("/api/explain/models")
+@api(summary="Text classifiers that can be explained, with their labels", tag="explanations")
+def explain_models():
+    """The text classifiers (shipped and user models), the explanation methods, and each model's labels."""
+    out = []
+    for info in text_classifiers():
+        card = info.get("card") or {}
+        out.append({**info, "labels": card.get("labels")})
+    return {"models": out, "methods": list(textexplain.METHODS), "titles": TITLES}
+
+
+@blueprint.post("/api/explain")
+@api(ExplainRequest, summary="Explain one text with several methods, side by side", tag="explanations")
+def explain_endpoint(params: ExplainRequest):
+    """Predicted probabilities, one row of token scores (and colours) per method, the completeness
+    delta where a method promises completeness, and faithfulness numbers per method."""
+    with borrow_classifier(params.model) as model:
+        return explain_text(model, params)

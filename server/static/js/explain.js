@@ -1,0 +1,325 @@
+// Text explanations: one row of highlighted tokens per method (tokens aligned in columns, LIT-style rows),
+// predicted probabilities, faithfulness per method; and the corpus-audit tab.
+// Tokens and texts reach the page only through textContent; colours come from the server (the library's scales).
+"use strict";
+
+(function () {
+  const $ = id => document.getElementById(id);
+  const el = LV.el;
+  const data = LV.pageData();
+  const models = data.models || [];
+  const titles = data.titles || {};
+  const EXAMPLES = [
+    "a gorgeous, witty, seductive movie.",
+    "the plot is predictable and the acting is wooden, but the soundtrack is great.",
+    "not a bad film, just not a good one either.",
+    "rtcritic : a dull , lifeless and overlong film .",
+  ];
+  const LABEL_WIDTH = 150;
+  const FAITH_COLUMNS = [
+    ["delta", "completeness Δ", null, "sum(scores) − (F(x) − F(baseline)); only for methods that promise completeness (0 is exact)"],
+    ["comprehensiveness", "comprehensiveness ↑", true, "ERASER AOPC: drop of p(target) when the top 10–50% tokens are removed"],
+    ["sufficiency", "sufficiency ↓", false, "ERASER AOPC: drop of p(target) when only the top 10–50% tokens are kept"],
+    ["deletion_auc", "deletion AUC ↓", false, "area under p(target) as top tokens are removed one by one"],
+    ["insertion_auc", "insertion AUC ↑", true, "area under p(target) as top tokens are added one by one"],
+    ["loo_kendall_tau", "Kendall τ vs leave-one-out ↑", true, "rank agreement with the effect of removing each token alone"],
+    ["seconds", "time (s)", null, "wall time of the method on the server"],
+  ];
+
+  let result = null;   // the last /api/explain response
+  let busy = false;
+
+  // ------------------------------------------------------------------ tabs
+  function showTab(name) {
+    for (const b of document.querySelectorAll(".tabs button")) {
+      const on = b.dataset.tab === name;
+      b.setAttribute("aria-selected", on ? "true" : "false");
+      $(`pane-${b.dataset.tab}`).hidden = !on;
+    }
+    if (name === "audit") Audit.init();
+    const u = LV.readUrl();
+    LV.writeUrl({ ...u, tab: name === "text" ? "" : name });
+  }
+
+  // ------------------------------------------------------------------ controls
+  function labelsOf(name) {
+    const m = models.find(x => x.name === name);
+    return (m && m.card && m.card.labels) || (result && result.model === name ? result.labels : null);
+  }
+
+  function fillTargets(selected) {
+    const labels = labelsOf($("model").value) || [];
+    LV.fillSelect($("target"), [{ value: "", label: "predicted class" },
+                                ...labels.map((l, i) => ({ value: String(i), label: `${i}: ${l}` }))], selected ?? "");
+  }
+
+  function chosenMethods() {
+    return [...document.querySelectorAll("#methods input:checked")].map(i => i.value);
+  }
+
+  function methodParams() {
+    const out = {};
+    for (const input of document.querySelectorAll("[id^='p-']")) {
+      const [, method, ...rest] = input.id.split("-");
+      const name = rest.join("-");
+      let v = input.value;
+      if (v === "") continue;
+      if (input.type === "number") v = Number(v);
+      (out[method] = out[method] || {})[name] = v;
+    }
+    return out;
+  }
+
+  function setUp() {
+    const url = LV.readUrl();
+    if (!models.length) {
+      LV.showError("No text classifier is loaded. Train one (python -m data.train sentiment-lstm) or serve a " +
+                   "directory with a classifier checkpoint.");
+    }
+    LV.fillSelect($("model"), models.map(m => ({ value: m.name, label: m.name })), url.model || "sentiment-lstm");
+    fillTargets(url.target);
+    const wanted = url.methods ? url.methods.split(",") : data.default_methods;
+    for (const m of data.methods) {
+      $("methods").append(el("label", {}, el("input", { type: "checkbox", value: m, name: "method",
+                                                        checked: wanted.includes(m) }), titles[m] || m));
+    }
+    if (url.normalize) $("normalize").value = url.normalize;
+    if (url.text) $("text").value = url.text;
+    for (const t of EXAMPLES) {
+      $("examples").append(el("button", { type: "button", title: t, onclick: () => { $("text").value = t; run(); } }, t));
+    }
+    $("model").addEventListener("change", () => { fillTargets(""); });
+    $("explain-form").addEventListener("submit", ev => { ev.preventDefault(); run(); });
+    $("text").addEventListener("keydown", ev => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) run(); });
+    $("export").addEventListener("click", exportHtml);
+    for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+    let resizeTimer = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => { if (result) renderSalience(result); }, 150);
+    });
+    if (url.tab === "audit") showTab("audit");
+    else if (models.length && $("text").value.trim()) run();
+  }
+
+  // ------------------------------------------------------------------ request
+  async function run() {
+    if (busy) return;
+    const methods = chosenMethods();
+    if (!methods.length) { LV.showError("Choose at least one method."); return; }
+    const target = $("target").value;
+    const body = { model: $("model").value, text: $("text").value, methods,
+                   target: target === "" ? null : Number(target), normalize: $("normalize").value,
+                   faithfulness: $("faithfulness").checked, params: methodParams() };
+    const params = {};
+    for (const m of methods) if (body.params[m]) params[m] = body.params[m];
+    body.params = params;
+    LV.writeUrl({ model: body.model, target, methods, normalize: body.normalize === "max_abs" ? "" : body.normalize,
+                  text: body.text });
+    busy = true;
+    $("run").disabled = true;
+    $("status").textContent = `Explaining with ${methods.map(m => titles[m] || m).join(", ")} …`;
+    const t0 = performance.now();
+    try {
+      result = await LV.api("/api/explain", {}, { body });
+      LV.clearError();
+      if (!models.find(x => x.name === result.model && x.card && x.card.labels)) fillTargets(target);
+      render(result);
+      $("status").textContent = `Done in ${((performance.now() - t0) / 1000).toFixed(2)} s.`;
+    } catch (e) {
+      LV.showError(e.message);
+      $("status").textContent = "";
+    } finally {
+      busy = false;
+      $("run").disabled = false;
+    }
+  }
+
+  // ------------------------------------------------------------------ rendering
+  function render(r) {
+    $("results").hidden = false;
+    renderPrediction(r);
+    renderSalience(r);
+    const withFaith = r.explanations.some(e => e.faithfulness);
+    $("faith-panel").hidden = !withFaith;
+    if (withFaith) { renderFaithTable(r); renderCurves(r); }
+  }
+
+  function renderPrediction(r) {
+    const box = LV.clear($("prediction"));
+    box.append("predicted ", el("b", {}, r.labels[r.predicted]), ` (${r.probs[r.predicted].toFixed(3)})`,
+               el("br"), "explaining ", el("b", {}, r.target_label), ` (${r.probs[r.target].toFixed(3)})`,
+               el("br"), el("span", { class: "muted small" }, `${r.tokens.length} tokens · model ${r.model}`));
+    const colors = r.labels.map((_, i) => i === r.target ? "#2166ac" : "#9fb7cc");
+    Plotly.react("probs-plot", [{
+      type: "bar", orientation: "h", x: r.probs, y: r.labels, marker: { color: colors },
+      text: r.probs.map(p => p.toFixed(3)), textposition: "auto", hovertemplate: "%{y}: %{x:.4f}<extra></extra>",
+    }], { margin: { l: 80, r: 10, t: 10, b: 30 }, xaxis: { range: [0, 1], title: { text: "probability" } },
+          yaxis: { autorange: "reversed", type: "category" }, height: 60 + 34 * r.labels.length },
+    LV.plotConfig);
+  }
+
+  /** Token pieces as shown: the text under each token's span (else the token itself). */
+  function pieces(r) {
+    return r.tokens.map((t, i) => LV.tokenLabel(r.spans ? r.text.slice(r.spans[i][0], r.spans[i][1]) : t));
+  }
+
+  function fmt(x) {
+    if (x === null || x === undefined || !Number.isFinite(x)) return "–";
+    const a = Math.abs(x);
+    return (a !== 0 && (a < 1e-3 || a >= 1e4)) ? x.toExponential(2) : x.toFixed(a < 1 ? 3 : 2);
+  }
+
+  function signed(x) { return (x > 0 ? "+" : "") + fmt(x); }
+
+  function renderSalience(r) {
+    const host = LV.clear($("salience"));
+    const shown = pieces(r);
+    // measure each token's width once, in the token font
+    const probe = el("span", { class: "sal-tok sal-measure" });
+    host.append(probe);
+    const widths = shown.map(t => { probe.textContent = t; return Math.ceil(probe.getBoundingClientRect().width) + 1; });
+    probe.remove();
+    const avail = Math.max(200, host.clientWidth - LABEL_WIDTH - 6);
+    const lines = [];
+    let line = [], used = 0;
+    widths.forEach((w, i) => {
+      if (line.length && used + w + 3 > avail) { lines.push(line); line = []; used = 0; }
+      line.push(i); used += w + 3;
+    });
+    if (line.length) lines.push(line);
+    $("salience-note").textContent = `target ${r.target_label} · ${r.explanations.length} method(s) · ` +
+      (r.normalize === "sum_abs" ? "score / sum|score| per row" : "score / max|score| per row");
+
+    lines.forEach((idx, li) => {
+      const grid = el("div", { class: "sal-line", dataset: { line: li } });
+      grid.style.gridTemplateColumns = `${LABEL_WIDTH}px ` + idx.map(i => `${widths[i]}px`).join(" ");
+      for (const e of r.explanations) {
+        const label = el("div", { class: "sal-label", title: e.legend.note },
+                         el("b", {}, e.title),
+                         el("span", { class: "kind" }, e.signed ? "signed" : "unsigned",
+                            e.delta !== null && e.delta !== undefined ? ` · Δ ${signed(e.delta)}` : ""));
+        if (li === 0) {
+          const bar = el("span", { class: "legend-bar", title: legendText(e, r) });
+          bar.style.background = `linear-gradient(to right, ${e.legend.stops.join(", ")})`;
+          label.append(bar);
+        }
+        grid.append(label);
+        for (const i of idx) {
+          const cell = el("span", { class: "sal-tok", dataset: { pos: i, method: e.method },
+                                    title: `${r.tokens[i]} · ${e.title}: ${signed(e.scores[i])}` }, shown[i]);
+          cell.style.background = e.colors[i];
+          cell.style.color = e.text_colors[i];
+          grid.append(cell);
+        }
+      }
+      grid.addEventListener("mouseover", ev => hover(ev, r, grid));
+      grid.addEventListener("mouseleave", () => unhover(grid));
+      host.append(grid);
+    });
+  }
+
+  function legendText(e, r) {
+    const s = e.legend.scale;
+    return e.signed ? `${signed(-s)} against ${r.target_label} … ${signed(s)} for ${r.target_label}; ${e.legend.note}`
+                    : `0 … ${fmt(s)} (magnitude); ${e.legend.note}`;
+  }
+
+  function hover(ev, r, grid) {
+    const cell = ev.target.closest(".sal-tok");
+    if (!cell) return;
+    const pos = Number(cell.dataset.pos);
+    unhover(grid);
+    for (const c of grid.querySelectorAll(`.sal-tok[data-pos="${pos}"]`)) c.classList.add("hover-col");
+    const box = LV.clear($("readout"));
+    box.classList.remove("muted");
+    box.append(el("span", { class: "tok-name" }, pieces(r)[pos]), ` #${pos}  `);
+    for (const e of r.explanations) box.append(el("span", { class: "val" }, `${e.title} ${signed(e.scores[pos])}`));
+  }
+
+  function unhover(grid) {
+    for (const c of grid.querySelectorAll(".hover-col")) c.classList.remove("hover-col");
+  }
+
+  function renderFaithTable(r) {
+    const table = LV.clear($("faith-table"));
+    table.append(el("thead", {}, el("tr", {}, el("th", {}, "method"),
+      ...FAITH_COLUMNS.map(([, name, , help]) => el("th", { class: "num", title: help }, name)))));
+    const rows = r.explanations.map(e => ({ name: e.title, method: e.method, values: {
+      ...(e.faithfulness || {}), delta: e.delta, seconds: e.seconds } }));
+    const best = {};
+    for (const [key, , higher] of FAITH_COLUMNS) {
+      if (higher === null) continue;
+      const vals = rows.map(x => x.values[key]).filter(Number.isFinite);
+      if (vals.length > 1) best[key] = higher ? Math.max(...vals) : Math.min(...vals);
+    }
+    const body = el("tbody");
+    for (const row of rows) {
+      body.append(el("tr", { dataset: { method: row.method } }, el("td", {}, row.name),
+        ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" + (best[key] === row.values[key] ? " best" : "") },
+                                           key === "delta" && row.values[key] !== null && row.values[key] !== undefined
+                                             ? signed(row.values[key]) : fmt(row.values[key])))));
+    }
+    if (r.random_faithfulness) {
+      const v = r.random_faithfulness;
+      body.append(el("tr", { class: "baseline" }, el("td", {}, "random ranking (baseline)"),
+        ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" }, key in v ? fmt(v[key]) : ""))));
+    }
+    table.append(body);
+  }
+
+  function renderCurves(r) {
+    const palette = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948"];
+    const traces = [];
+    r.explanations.forEach((e, k) => {
+      const f = e.faithfulness;
+      if (!f) return;
+      const color = palette[k % palette.length];
+      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: `${e.title} · deletion`, legendgroup: e.method,
+                    line: { color }, mode: "lines" });
+      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: `${e.title} · insertion`, legendgroup: e.method,
+                    line: { color, dash: "dot" }, mode: "lines" });
+    });
+    if (r.random_faithfulness) {
+      const f = r.random_faithfulness;
+      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: "random · deletion", line: { color: "#999" },
+                    mode: "lines" });
+      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: "random · insertion",
+                    line: { color: "#999", dash: "dot" }, mode: "lines" });
+    }
+    Plotly.react("curves-plot", traces, {
+      height: 300, margin: { l: 55, r: 10, t: 10, b: 40 },
+      xaxis: { title: { text: "fraction of tokens removed (deletion) / kept (insertion), most important first" },
+               range: [0, 1] },
+      yaxis: { title: { text: `p(${r.target_label})` }, range: [0, 1.02] }, legend: { font: { size: 11 } },
+    }, LV.plotConfig);
+  }
+
+  function exportHtml() {
+    if (!result) return;
+    // the library's rendering (escaped on the server) as a standalone file; never inserted into this page
+    const doc = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" " +
+                "content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>textexplain</title></head>" +
+                `<body style="margin:2em">${result.html}</body></html>\n`;
+    const url = URL.createObjectURL(new Blob([doc], { type: "text/html" }));
+    const a = el("a", { href: url, download: `explanation-${result.model}.html` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  // ------------------------------------------------------------------ corpus audit
+  const Audit = window.ExplainAudit = (() => {
+    let ready = false;
+    return {
+      init() {
+        if (ready) return;
+        ready = true;
+        if (window.ExplainAuditTab) window.ExplainAuditTab(data);
+      },
+    };
+  })();
+
+  setUp();
+})();

@@ -1,0 +1,213 @@
+"""The explanations API: rows per method with the library's scores and colours, faithfulness numbers,
+bad input -> 4xx JSON, concurrent requests on one model == one at a time, and an analytic model
+served as a user model (known scores and colours)."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import textexplain
+
+TEXT = "a gorgeous , witty and seductive movie , but the plot is thin"
+XSS = 'fun <img src=x onerror=alert(1)> and <script>alert("x")</script> here'
+FAST = {"integrated_gradients": {"n_steps": 16}}
+BAG = {"good": 2.0, "great": 3.0, "bad": -1.5, "film": 0.0}
+
+
+class _BagOfWeights(torch.nn.Module):
+    """logit(1) - logit(0) = sum of one weight per token (the shared analytic model, see conftest)."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.emb = torch.nn.Embedding(len(weights), 1, padding_idx=0)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.tensor(weights, dtype=torch.float32)[:, None])
+
+    def forward(self, ids):
+        s = self.emb(ids).sum(dim=(1, 2))
+        return torch.stack([-s / 2, s / 2], dim=1)
+
+
+def bag_model():
+    module = _BagOfWeights([0.0, 0.0, *BAG.values()])
+    return textexplain.TextModel(module, ["<pad>", "<unk>", *BAG], ["neg", "pos"], embedding=module.emb, name="bag")
+
+
+@pytest.fixture(scope="module")
+def app():
+    from server.app import create_app
+    from server.resources import ModelEntry
+    app = create_app(None, {"TESTING": True, "DEMO": False})
+    res = app.extensions["lstmvis"]
+    res.models["bag"] = ModelEntry("bag", "user model", "analytic bag of weights", bag_model)
+    return app
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def post(client, body, status=200):
+    resp = client.post("/api/explain", json=body)
+    assert resp.status_code == status, resp.get_json()
+    assert resp.is_json
+    return resp.get_json()
+
+
+def error(client, body, status=400, **raw):
+    resp = client.post("/api/explain", **raw) if raw else client.post("/api/explain", json=body)
+    assert resp.status_code == status, (resp.status_code, resp.data[:300])
+    err = resp.get_json()["error"]
+    assert err["status"] == status and err["message"]
+    return err["message"]
+
+
+def test_page_lists_text_classifiers_and_methods(client):
+    resp = client.get("/explain")
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    data = json.loads(html.split('id="page-data">')[1].split("</script>")[0])
+    names = [m["name"] for m in data["models"]]
+    for shipped in ("sentiment-lstm", "sentiment-gru", "sentiment-cnn", "sentiment-shortcut", "bag"):
+        assert shipped in names
+    assert "mnist-cnn" not in names and "charlm-python" not in names and "parens-lstm" not in names
+    assert data["methods"] == list(textexplain.METHODS)
+    assert 'href="/explain"' in client.get("/").get_data(as_text=True)  # landing page and nav link to it
+
+
+def test_rows_match_the_library_call(client):
+    methods = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
+    out = post(client, {"model": "sentiment-lstm", "text": TEXT, "methods": methods, "params": FAST})
+    import data
+    model = data.load_model("sentiment-lstm")
+    probs = model.predict_proba([TEXT])[0]
+    assert out["tokens"] == model.tokenize(TEXT)
+    np.testing.assert_allclose(out["probs"], probs, atol=1e-6)
+    assert out["predicted"] == out["target"] == int(np.argmax(probs))
+    assert [e["method"] for e in out["explanations"]] == methods
+    for row in out["explanations"]:
+        params = FAST.get(row["method"], {})
+        ref = textexplain.explain(model, TEXT, method=row["method"], target=out["target"], **params)
+        np.testing.assert_allclose(row["scores"], ref.scores, rtol=1e-5, atol=1e-6)
+        assert row["signed"] == ref.signed
+        assert len(row["colors"]) == len(row["text_colors"]) == len(out["tokens"])
+        f = row["faithfulness"]
+        for key in ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "loo_kendall_tau"):
+            assert key in f
+        assert len(f["deletion_curve"]) == len(f["curve_fractions"]) == len(out["tokens"]) + 1
+    ig = out["explanations"][2]
+    assert ig["delta"] is not None and ig["params"]["n_steps"] == 16
+    assert out["explanations"][0]["delta"] is None  # plain gradients promise no completeness
+    assert "random_faithfulness" in out
+
+
+def test_analytic_user_model_scores_colours_and_faithfulness(client):
+    text = "good film bad great"
+    out = post(client, {"model": "bag", "text": text, "methods": ["gradient_x_input", "occlusion", "shap"],
+                        "target": "pos"})
+    assert out["target"] == 1 and out["labels"] == ["neg", "pos"]
+    expected = np.array([2.0, 0.0, -1.5, 3.0]) / 2  # d logit(pos) = w / 2 per token
+    for row in out["explanations"]:
+        np.testing.assert_allclose(row["scores"], expected, atol=1e-6)
+        assert row["colors"][3] == "rgb(33,102,172)"      # the largest score gets the full 'for' colour
+        assert row["colors"][1] == "rgb(255,255,255)"     # a zero score is white
+        r, g, b = map(int, row["colors"][2][4:-1].split(","))
+        assert r > b and r > g                            # a negative score is red
+        assert row["legend"]["signed"] and row["legend"]["scale"] == pytest.approx(1.5)
+        # ranking by the true weights is perfectly faithful on this model
+        assert row["faithfulness"]["loo_kendall_tau"] == pytest.approx(1.0)
+    shap = out["explanations"][2]
+    assert shap["delta"] == pytest.approx(0.0, abs=1e-6)
+    # the other class flips every signed score
+    neg = post(client, {"model": "bag", "text": text, "methods": ["gradient_x_input"], "target": 0})
+    np.testing.assert_allclose(neg["explanations"][0]["scores"], -expected, atol=1e-6)
+
+
+def test_unsigned_method_uses_the_sequential_scale(client):
+    out = post(client, {"model": "bag", "text": "good bad", "methods": ["gradient"], "faithfulness": False})
+    row = out["explanations"][0]
+    assert row["signed"] is False and "faithfulness" not in row and "random_faithfulness" not in out
+    assert row["legend"]["stops"][0] == "rgb(255,255,255)" and len(row["legend"]["stops"]) == 5
+
+
+def test_user_text_is_escaped_in_the_exported_html(client):
+    out = post(client, {"model": "sentiment-cnn", "text": XSS, "methods": ["gradient_x_input"]})
+    assert "<script" not in out["html"] and "<img" not in out["html"]
+    assert "&lt;script&gt;" in out["html"] or "&lt;" in out["html"]
+    assert out["text"] == XSS  # JSON carries the raw text; the page only uses textContent
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"model": "nope", "text": "good"}, 404, "unknown model"),
+    ({"model": "mnist-cnn", "text": "good"}, 400, "not a text classifier"),
+    ({"model": "parens-lstm", "text": "(("}, 400, "not a text classifier"),
+    ({"model": "sentiment-lstm", "text": ""}, 400, "text"),
+    ({"model": "sentiment-lstm", "text": "   "}, 400, "text"),
+    ({"model": "sentiment-lstm", "text": "x" * 2001}, 400, "text"),
+    ({"model": "sentiment-lstm", "text": "ok " * 300}, 400, "at most 256"),
+    ({"model": "sentiment-lstm", "text": "good", "methods": []}, 400, "methods"),
+    ({"model": "sentiment-lstm", "text": "good", "methods": ["magic"]}, 400, "methods.0"),
+    ({"model": "sentiment-lstm", "text": "good", "methods": "gradient"}, 400, "methods"),
+    ({"model": "sentiment-lstm", "text": "good", "methods": ["gradient", "gradient"]}, 400, "once"),
+    ({"model": "sentiment-lstm", "text": "good", "target": 5}, 400, "out of range"),
+    ({"model": "sentiment-lstm", "text": "good", "target": "meh"}, 400, "unknown target"),
+    ({"model": "sentiment-lstm", "text": "good", "params": {"lime": {"num_samples": 10**6}}}, 400,
+     "params.lime.num_samples"),
+    ({"model": "sentiment-lstm", "text": "good", "params": {"integrated_gradients": {"steps": 5}}}, 400,
+     "unknown parameter"),
+    ({"model": "sentiment-lstm", "text": "good", "params": {"occlusion": {"mask": "zero"}}}, 400, "mask"),
+    ({"model": "sentiment-lstm", "text": "good", "normalize": "loud"}, 400, "normalize"),
+    ({"model": "sentiment-lstm", "text": "good", "extra": 1}, 400, "unknown parameter"),
+])
+def test_bad_input_gets_a_4xx_json_error(client, body, status, fragment):
+    assert fragment in error(client, body, status)
+
+
+def test_bad_transport_gets_a_4xx_json_error(client):
+    assert "Content-Type" in error(client, None, 415, data="model=x", content_type="text/plain")
+    assert "not valid JSON" in error(client, None, 400, data="{oops", content_type="application/json")
+    assert "object" in error(client, None, 400, data="[1, 2]", content_type="application/json")
+    resp = client.get("/api/explain")
+    assert resp.status_code == 405 and resp.get_json()["error"]["status"] == 405
+
+
+def test_models_endpoint_and_openapi(client):
+    models = client.get("/api/explain/models").get_json()
+    lstm = [m for m in models["models"] if m["name"] == "sentiment-lstm"][0]
+    assert lstm["labels"] == ["rotten", "fresh"]
+    doc = client.get("/api/openapi.json").get_json()
+    assert "post" in doc["paths"]["/api/explain"]
+    schema = doc["components"]["schemas"]["ExplainRequest"]
+    assert {"model", "text", "methods", "params", "target"} <= set(schema["properties"])
+
+
+def test_concurrent_requests_equal_one_at_a_time(app):
+    """Eight clients at once on one model (more than the pool's copies) get exactly the answers they
+    get alone: no request sees another's embeddings, hooks or targets."""
+    texts = [TEXT, "a dull , lifeless film", "the best movie of the year", "not good , not bad",
+             "it is what it is", "wooden acting and a silly plot", "charming", "an utter mess"]
+    params = {**FAST, "smoothgrad": {"n_samples": 8}}
+    bodies = [{"model": "sentiment-gru", "text": t, "target": i % 2, "faithfulness": False, "params": params,
+               "methods": ["integrated_gradients", "gradient_x_input", "occlusion"] if i % 2 else
+                          ["smoothgrad", "gradient", "integrated_gradients"]}
+              for i, t in enumerate(texts)]
+
+    def call(body):
+        resp = app.test_client().post("/api/explain", json=body)
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()
+
+    alone = [call(b) for b in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(call, bodies * 2))
+    for got, ref in zip(together, alone * 2):
+        assert got["tokens"] == ref["tokens"] and got["target"] == ref["target"]
+        np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-6)
+        for a, b in zip(got["explanations"], ref["explanations"]):
+            assert a["method"] == b["method"]
+            np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-6)
