@@ -30,6 +30,7 @@ from .validation import api, openapi_document, register_error_handlers
 BLUEPRINTS = [
     "server.pages",
     "server.states_api",
+    "server.explain_api",
 ]
 
 DEFAULT_PORT = 8765
