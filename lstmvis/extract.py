@@ -252,12 +252,11 @@ def _run_batched(module, corpus, todo, rec, sink, batch_size, pad_id, device) ->
 
 
 def _probe_sources(module, rec, corpus, kind, device) -> dict[str, int]:
-    """Run the shortest non-empty sequence to learn each source's width and time alignment."""
-    nonempty = [i for i in range(len(corpus.ids)) if corpus.lengths[i] > 0]
-    if not nonempty:
+    """Run up to 64 tokens of the longest sequence to learn each source's width and time alignment."""
+    longest = int(np.argmax(corpus.lengths))
+    if corpus.lengths[longest] == 0:
         raise ValueError("every sequence in the corpus is empty: nothing to extract")
-    seq = min(nonempty, key=lambda i: corpus.lengths[i])
-    x = torch.from_numpy(corpus.ids[seq])[None].to(device)
+    x = torch.from_numpy(corpus.ids[longest][:64])[None].to(device)
     rec.clear()
     with rec:
         module(x, None) if kind == "language-model" else module(x)

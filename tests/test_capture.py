@@ -12,6 +12,15 @@ from lstmvis.capture import Recorder, parse_kinds
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run far faster single-threaded on the shared, loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def reference_unroll(m, x, lengths, h0=None, c0=None, name="rnn"):
     """Every source of ``m`` by an explicit per-sequence, per-step loop over its weights.
 

@@ -1,0 +1,300 @@
+"""extract: stored states equal a single unbatched pass per sequence; atomic, resumable writes."""
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lstmvis
+from data.architectures import CharLM, RNNClassifier, TextCNN
+from data.registry import CHECKPOINTS, LanguageModel
+from lstmvis import Recorder, StateStore, StoreError
+from textexplain.model import CharTokenizer, TextModel, Vocab, WordTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+extract_module = importlib.import_module("lstmvis.extract")  # the attribute lstmvis.extract is the function
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzT_()[]{}'\"#:=.,+-*/ \n0123456789"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run far faster single-threaded on the shared, loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def char_lm(rnn="lstm", seed=0):
+    torch.manual_seed(seed)
+    vocab = Vocab(["<pad>", "<unk>", *CHARS])
+    module = CharLM(len(vocab), emb_dim=6, hidden=8, layers=2, rnn=rnn).eval()
+    return LanguageModel(module, vocab, CharTokenizer(), name="toy-charlm", card={"name": "toy-charlm"})
+
+
+def single_pass(module, ids, kinds="h,c", lm=True):
+    x = torch.tensor([ids])
+    with torch.no_grad(), Recorder(module, kinds=kinds) as rec:
+        module(x, None) if lm else module(x)
+    return {k: v[0].numpy() for k, v in rec.states.items()}
+
+
+TEXTS = ["def f(x):\n    return x + 1\n" * 3, "", "a", "print('hi')  # done\n", "x = [1, 2, (3)]\n" * 5,
+         "while True:\n    pass\n"]
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_language_model_streams_equal_single_pass(tmp_path, rnn):
+    lm = char_lm(rnn)
+    kinds = "h,c" if rnn == "lstm" else "h,gates"
+    store = lstmvis.extract(lm, TEXTS, tmp_path / "s.h5", kinds=kinds, batch_size=2, chunk_size=7, progress=False)
+    with store:
+        assert store.n_sequences == len(TEXTS)
+        assert store.n_tokens == sum(len(t) for t in TEXTS)
+        expected_sources = single_pass(lm.module, lm.encode("ab"), kinds).keys()
+        assert store.sources == list(expected_sources)
+        for i, text in enumerate(TEXTS):
+            a, b = store.sequence_bounds(i)
+            assert b - a == len(text)
+            assert store.sequence_text(i) == text
+            assert "".join(store.tokens(a, b)) == text
+            assert store.token_spans(a, b).tolist() == [[j, j + 1] for j in range(len(text))]
+            if not text:
+                continue
+            ref = single_pass(lm.module, lm.encode(text), kinds)
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0, err_msg=f"{i} {name}")
+        assert store.card["name"] == "toy-charlm"
+        assert store.card["extraction"]["kind"] == "language-model"
+        assert store.card["extraction"]["sources"] == store.sources
+
+
+def test_long_text_chunks_carry_state(tmp_path):
+    lm = char_lm()
+    text = "".join(CHARS) * 20
+    with lstmvis.extract(lm, text, tmp_path / "long.h5", chunk_size=64, progress=False) as store:
+        ref = single_pass(lm.module, lm.encode(text))
+        for name, arr in ref.items():
+            np.testing.assert_allclose(store.states(name), arr, atol=1e-5, rtol=0)
+        # a fresh state at every chunk would differ right after the first chunk boundary
+        fresh = single_pass(lm.module, lm.encode(text[64:128]))
+        assert np.abs(store.states("rnn.l1.c", 64, 128) - fresh["rnn.l1.c"]).max() > 1e-3
+
+
+def word_model(kind="lstm"):
+    torch.manual_seed(0)
+    words = ["<pad>", "<unk>", "a", "good", "bad", "film", "very", "not", ",", "."]
+    vocab = Vocab(words)
+    if kind == "cnn":
+        module = TextCNN(len(vocab), 2, emb_dim=5, channels=6, blocks=1, hidden=4)
+    else:
+        module = RNNClassifier(len(vocab), 2, emb_dim=5, hidden=4, rnn=kind, bidirectional=True)
+    return TextModel(module, vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer(),
+                     card={"name": f"toy-{kind}"})
+
+
+SENTENCES = ["A very good film.", "not good", "Bad, bad film", "a", "very very very bad film , not good ."]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidirectional_classifier_in_padded_batches(tmp_path, kind):
+    model = word_model(kind)
+    meta = {"label": [np.full(len(model.encode(t)), i % 2) for i, t in enumerate(SENTENCES)]}
+    with lstmvis.extract(model, SENTENCES, tmp_path / "c.h5", kinds="all", batch_size=3, progress=False,
+                         meta=meta) as store:
+        assert any(".reverse." in s for s in store.sources)
+        for i, text in enumerate(SENTENCES):
+            a, b = store.sequence_bounds(i)
+            ids = model.encode(text)
+            assert store.token_ids(a, b).tolist() == ids
+            ref = single_pass(model.module, ids, kinds="all", lm=False)
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0, err_msg=name)
+            for pos, (s, e) in zip(range(a, b), store.token_spans(a, b)):
+                assert store.sequence_text(i)[s:e].lower() == store.tokens(pos, pos + 1)[0]
+            assert store.meta("label", a, b).tolist() == [i % 2] * (b - a)
+
+
+def test_text_cnn_conv_filters_and_pooled_layers_skipped(tmp_path):
+    model = word_model("cnn")
+    with pytest.warns(UserWarning, match="convs.1.conv"):
+        store = lstmvis.extract(model, SENTENCES, tmp_path / "cnn.h5", kinds="conv", progress=False)
+    with store:
+        assert store.sources == ["convs.0.conv"]
+        for i, text in enumerate(SENTENCES):
+            a, b = store.sequence_bounds(i)
+            x = model.emb_out = model.module.emb(torch.tensor([model.encode(text)])).transpose(1, 2)
+            want = model.module.convs[0](x)[0].T.detach().numpy()
+            np.testing.assert_allclose(store.states("convs.0.conv", a, b), want, atol=1e-5, rtol=0)
+
+
+class BiGRUTagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(12, 4)
+        self.rnn = nn.GRU(4, 3, bidirectional=True, batch_first=True)
+
+    def forward(self, ids):
+        return self.rnn(self.emb(ids))[0]
+
+
+def test_plain_module_groups_equal_lengths(tmp_path):
+    torch.manual_seed(0)
+    module = BiGRUTagger().eval()
+    seqs = [[1, 2, 3], [4, 5], [6, 7, 8], [9], [10, 11]]
+    with lstmvis.extract(module, seqs, tmp_path / "m.h5", kinds="h", batch_size=8, progress=False) as store:
+        assert store.vocab == [str(i) for i in range(12)]
+        for i, ids in enumerate(seqs):
+            ref = single_pass(module, ids, kinds="h", lm=False)
+            a, b = store.sequence_bounds(i)
+            for name, arr in ref.items():  # reverse states would differ if padding entered a batch
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="token-id lists"):
+        lstmvis.extract(module, ["text"], tmp_path / "x.h5", progress=False)
+    with pytest.raises(ValueError, match="0..2"):
+        lstmvis.extract(module, [[1, 5]], tmp_path / "x.h5", vocab=["a", "b", "c"], progress=False)
+
+
+def test_float16_sources_selection_and_errors(tmp_path):
+    lm = char_lm()
+    with lstmvis.extract(lm, TEXTS, tmp_path / "h.h5", sources=["rnn.l1.c"], dtype="float16",
+                         progress=False) as store:
+        assert store.sources == ["rnn.l1.c"]
+        assert store.dataset("rnn.l1.c").dtype == np.float16
+        a, b = store.sequence_bounds(0)
+        ref = single_pass(lm.module, lm.encode(TEXTS[0]))["rnn.l1.c"]
+        np.testing.assert_allclose(store.states("rnn.l1.c", a, b), ref, atol=2e-3)
+    with pytest.raises(ValueError, match="unknown sources"):
+        lstmvis.extract(lm, TEXTS, tmp_path / "e.h5", sources=["rnn.l9.h"], progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        lstmvis.extract(lm, TEXTS, tmp_path / "e.h5", dtype="float64", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        lstmvis.extract(lm, [], tmp_path / "e.h5", progress=False)
+    with pytest.raises(ValueError, match="meta"):
+        lstmvis.extract(lm, TEXTS, tmp_path / "e.h5", meta={"x": [1, 2]}, progress=False)
+    with pytest.raises(TypeError, match="LanguageModel"):
+        lstmvis.extract("charlm", TEXTS, tmp_path / "e.h5", progress=False)
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
+    lm = char_lm()
+    path = tmp_path / "r.h5"
+    texts = [t for t in TEXTS if t] * 3
+    original_finish = extract_module._Sink.finish
+    calls = {"n": 0}
+
+    def failing_finish(self, seq):
+        original_finish(self, seq)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_module._Sink, "finish", failing_finish)
+    with pytest.raises(KeyboardInterrupt):
+        lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False)
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError, match="resume"):
+        StateStore.open(path)
+    with pytest.raises(StoreError, match="incomplete"):
+        StateStore.open(tmp_path / "r.h5.partial")
+    monkeypatch.setattr(extract_module._Sink, "finish", original_finish)
+    processed = []
+    original_add = extract_module._Sink.add
+    monkeypatch.setattr(extract_module._Sink, "add",
+                        lambda self, seq, *a, **k: (processed.append(seq), original_add(self, seq, *a, **k))[1])
+    with lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False) as resumed:
+        got = {s: resumed.states(s) for s in resumed.sources}
+    assert len(set(processed)) == len(texts) - 6  # the six finished sequences were not run again
+    assert not (tmp_path / "r.h5.partial").exists()
+    with lstmvis.extract(lm, texts, tmp_path / "fresh.h5", progress=False) as fresh:
+        for s in fresh.sources:
+            np.testing.assert_allclose(got[s], fresh.states(s), atol=1e-6, rtol=0)
+
+
+def test_partial_from_another_model_is_not_resumed(tmp_path, monkeypatch):
+    path = tmp_path / "p.h5"
+    monkeypatch.setattr(extract_module._Sink, "finish", lambda self, seq: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        lstmvis.extract(char_lm(seed=0), TEXTS, path, progress=False)
+    monkeypatch.undo()
+    other = char_lm(seed=1)
+    with lstmvis.extract(other, TEXTS, path, progress=False) as store:
+        a, b = store.sequence_bounds(0)
+        ref = single_pass(other.module, other.encode(TEXTS[0]))
+        np.testing.assert_allclose(store.states("rnn.l0.h", a, b), ref["rnn.l0.h"], atol=1e-5, rtol=0)
+
+
+def test_killed_process_leaves_no_store(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch; torch.set_num_threads(1)
+        import lstmvis
+        import importlib; ex = importlib.import_module("lstmvis.extract")
+        from test_extract import char_lm, TEXTS
+        add = ex._Sink.add
+        def slow_add(self, *a, **k):
+            add(self, *a, **k); time.sleep(0.05)
+        ex._Sink.add = slow_add
+        lstmvis.extract(char_lm(), TEXTS * 40, {str(tmp_path / 'k.h5')!r}, batch_size=2, chunk_size=5,
+                        progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    partial = tmp_path / "k.h5.partial"
+    deadline = time.time() + 60
+    while not partial.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial.exists()
+    assert not (tmp_path / "k.h5").exists()
+    with pytest.raises(FileNotFoundError):
+        StateStore.open(tmp_path / "k.h5")
+    with pytest.raises((StoreError, OSError)):
+        StateStore.open(partial)
+    with lstmvis.extract(char_lm(), TEXTS * 40, tmp_path / "k.h5", progress=False) as store:  # resumes or restarts
+        assert store.n_sequences == len(TEXTS) * 40
+        a, b = store.sequence_bounds(len(TEXTS) * 40 - 2)
+        ref = single_pass(char_lm().module, char_lm().encode(TEXTS[-2]))
+        np.testing.assert_allclose(store.states("rnn.l1.c", a, b), ref["rnn.l1.c"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "parens-lstm.pt").exists(), reason="parens-lstm not trained yet")
+def test_shipped_parens_lm(tmp_path):
+    import data
+
+    lm = data.load_model("parens-lstm")
+    seqs = [" ".join(tokens) if lm.tokenizer.name != "char" else "".join(tokens)
+            for tokens, _ in data.parens("test", n_sequences=6, length=60)]
+    with lstmvis.extract(lm, seqs, tmp_path / "p.h5", batch_size=4, chunk_size=25, progress=False) as store:
+        assert store.card["name"] == "parens-lstm"
+        for i in (0, 5):
+            a, b = store.sequence_bounds(i)
+            ref = single_pass(lm.module, lm.encode(seqs[i]))
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "sentiment-lstm.pt").exists(), reason="sentiment-lstm not trained yet")
+def test_shipped_sentiment_lstm(tmp_path, sentiment_lstm):
+    import data
+
+    texts, _ = data.rotten_tomatoes("test")
+    texts = texts[:40]
+    with lstmvis.extract(sentiment_lstm, texts, tmp_path / "s.h5", progress=False) as store:
+        assert store.card["name"] == "sentiment-lstm"
+        for i in (0, 17, 39):
+            a, b = store.sequence_bounds(i)
+            ref = single_pass(sentiment_lstm.module, sentiment_lstm.encode(texts[i]), lm=False)
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0)
