@@ -172,6 +172,9 @@
 
   function signed(x) { return (x > 0 ? "+" : "") + fmt(x); }
 
+  /** A score as read: with its sign for signed methods, a plain magnitude otherwise. */
+  function value(e, x) { return e.signed ? signed(x) : fmt(x); }
+
   function renderSalience(r) {
     const host = LV.clear($("salience"));
     const shown = pieces(r);
@@ -207,7 +210,7 @@
         grid.append(label);
         for (const i of idx) {
           const cell = el("span", { class: "sal-tok", dataset: { pos: i, method: e.method },
-                                    title: `${r.tokens[i]} · ${e.title}: ${signed(e.scores[i])}` }, shown[i]);
+                                    title: `${r.tokens[i]} · ${e.title}: ${value(e, e.scores[i])}` }, shown[i]);
           cell.style.background = e.colors[i];
           cell.style.color = e.text_colors[i];
           grid.append(cell);
@@ -234,7 +237,7 @@
     const box = LV.clear($("readout"));
     box.classList.remove("muted");
     box.append(el("span", { class: "tok-name" }, pieces(r)[pos]), ` #${pos}  `);
-    for (const e of r.explanations) box.append(el("span", { class: "val" }, `${e.title} ${signed(e.scores[pos])}`));
+    for (const e of r.explanations) box.append(el("span", { class: "val" }, `${e.title} ${value(e, e.scores[pos])}`));
   }
 
   function unhover(grid) {

@@ -1,0 +1,125 @@
+"""The explanations page in real headless Chromium: one highlighted row per chosen method with aligned
+tokens and hover values, plotly draws, user text renders inert (no dialog, no injected element, no
+script runs), and the corpus audit puts the planted junk token of sentiment-shortcut on top."""
+from __future__ import annotations
+
+import os
+import shutil
+from urllib.parse import quote
+
+import pytest
+
+from conftest_server import CHROMIUM, REPO, SCREENSHOTS, live_server
+from test_browser_explorer import Watched, browser  # noqa: F401  (shared browser fixture and page watcher)
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
+
+TEXT = "the plot is predictable and the acting is wooden , but the soundtrack is great"
+XSS = ('fun <img src=x onerror="window.__xss=1;alert(1)"> and <script>window.__xss=2;alert(2)</script> '
+       '<svg onload="window.__xss=3">')
+DOCS = REPO / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    from server.app import create_app
+    with live_server(create_app(None, {"TESTING": True, "DEMO": False})) as url:
+        yield url
+
+
+@pytest.fixture()
+def watched(browser):  # noqa: F811
+    w = Watched(browser)
+    w.dialogs = []
+    w.page.on("dialog", lambda d: (w.dialogs.append(d.message), d.dismiss()))
+    yield w
+    w.close()
+    assert not w.dialogs, f"a dialog fired: {w.dialogs}"
+
+
+def wait_results(page):
+    page.wait_for_selector("#salience .sal-line")
+    page.wait_for_selector("#probs-plot .barlayer .trace", state="attached")
+
+
+def shot(page, name: str, docs: bool = False):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    if docs:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS / name)
+
+
+def test_one_highlighted_row_per_method_with_hover_and_plots(watched, base_url):
+    page = watched.page
+    methods = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion", "shap"]
+    page.goto(f"{base_url}/explain?model=sentiment-lstm&methods={','.join(methods)}&text={quote(TEXT)}")
+    wait_results(page)
+    page.wait_for_selector("#curves-plot .scatterlayer .trace", state="attached")
+    n_tokens = len(TEXT.split())
+    for m in methods:
+        assert page.locator(f'.sal-tok[data-method="{m}"]').count() == n_tokens, m
+    # every line of the grid has one label per method, in the chosen order
+    first_line = page.locator(".sal-line").first
+    assert first_line.locator(".sal-label b").all_text_contents() == [
+        "Gradient", "Gradient × input", "Integrated Gradients", "Occlusion", "SHAP"]
+    # tokens are aligned: a token sits at the same x in every method's row
+    xs = {round(page.locator(f'.sal-tok[data-pos="3"][data-method="{m}"]').bounding_box()["x"]) for m in methods}
+    assert len(xs) == 1
+    # hover shows every method's value for that token and outlines its column
+    page.hover('.sal-tok[data-pos="8"][data-method="occlusion"]')
+    readout = page.text_content("#readout")
+    assert "wooden" in readout and all(t in readout for t in ("Gradient", "SHAP"))
+    assert page.locator(".sal-tok.hover-col").count() == len(methods)
+    title = page.get_attribute('.sal-tok[data-pos="8"][data-method="shap"]', "title")
+    assert title.startswith("wooden · SHAP: ") and any(c.isdigit() for c in title)
+    # coloured: signed methods are not all white
+    bgs = page.eval_on_selector_all('.sal-tok[data-method="integrated_gradients"]', "els => els.map(e => e.style.background)")
+    assert len(set(bgs)) > 3
+    # faithfulness table: one row per method + the random baseline
+    assert page.locator("#faith-table tbody tr").count() == len(methods) + 1
+    shot(page, "explain-side-by-side.png", docs=True)
+
+
+def test_user_text_renders_inert(watched, base_url):
+    page = watched.page
+    page.goto(f"{base_url}/explain?model=sentiment-cnn&methods=gradient_x_input,occlusion&text={quote(XSS)}")
+    wait_results(page)
+    # and typed in, then run again
+    page.fill("#text", XSS + " <b>bold</b>")
+    page.click("#run")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Done')")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img[src='x'], main script:not([src]), main svg[onload]").count() == 0
+    # every token cell holds plain text only
+    assert page.eval_on_selector_all(".sal-tok", "els => els.filter(e => e.childElementCount).length") == 0
+    text = page.text_content("#salience")
+    assert "onerror" in text and "script" in text  # shown as text
+    assert page.locator('.sal-tok[data-method="occlusion"]').filter(has_text="<").count() >= 3
+    shot(page, "explain-xss-inert.png")
+
+
+def test_model_target_and_method_choice(watched, base_url):
+    page = watched.page
+    page.goto(f"{base_url}/explain?model=sentiment-gru&methods=gradient_x_input&text={quote('a charming film')}")
+    wait_results(page)
+    page.select_option("#target", "0")
+    page.check('#methods input[value="integrated_gradients"]')
+    page.click("#run")
+    page.wait_for_selector('.sal-tok[data-method="integrated_gradients"]')
+    assert "explaining rotten" in page.text_content("#prediction")
+    assert "target=0" in page.url and "integrated_gradients" in page.url
+    assert page.locator(".sal-line").first.locator(".sal-label").count() == 2
+
+
+def test_bad_input_shows_the_servers_message(browser, base_url):  # noqa: F811
+    w = Watched(browser)
+    page = w.page
+    page.goto(f"{base_url}/explain?model=sentiment-lstm&methods=gradient&text={quote('ok ' * 300)}")
+    page.wait_for_selector("#error-banner:not([hidden])")
+    assert "at most 256" in page.text_content("#error-banner")
+    w.problems = [p for p in w.problems if "400" not in p]
+    w.close()
