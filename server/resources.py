@@ -142,7 +142,7 @@ class StoreEntry:
                        meta=list(s.meta_names), cells={src: int(s.n_cells(src)) for src in s.sources})
             if detail:
                 out["card"] = s.card
-                out["char_level"] = all(len(t) <= 1 for t in s.vocab)
+                out["char_level"] = all(len(t) <= 1 or (t[0] == "<" and t[-1] == ">") for t in s.vocab)
                 out["has_texts"] = bool(s.has_texts)
         return out
 
@@ -151,45 +151,42 @@ class StoreEntry:
 
 @dataclass(frozen=True)
 class DemoStore:
-    """How one demo store is built from a shipped model and a shipped corpus."""
+    """How one demo store is built: a shipped model over a shipped corpus, states kept as float16."""
 
     name: str
     model: str
     title: str
     description: str
-    corpus: Callable[[], tuple[list[str], dict]]  # -> (texts, extract keyword arguments)
+    corpus: Callable[[], tuple[list[str], dict]]  # -> (texts, {meta track: one array per text})
+    kinds: tuple[str, ...] = ("h", "c", "gates")
 
 
 def _parens_corpus() -> tuple[list[str], dict]:
-    import numpy as np
-
     import data
-    seqs = data.parens("test", n_sequences=100)
-    texts = ["".join(toks) for toks, _ in seqs]
-    depth = np.concatenate([d for _, d in seqs]).astype(np.float32)
-    return texts, {"meta": {"depth": depth}}
+    seqs = data.parens("test")  # 200 sequences of 200 tokens
+    return ["".join(toks) for toks, _ in seqs], {"depth": [d for _, d in seqs]}
 
 
-def _python_corpus() -> tuple[list[str], dict]:
+def _python_corpus(chars: int = 60_000) -> tuple[list[str], dict]:
     import data
-    files, texts, total = data.python_source("test"), [], 0
-    for _, src in files:  # a few whole test-split files, about 120k characters
-        if total >= 120_000:
+    texts, total = [], 0
+    for _, src in data.python_source("test"):  # whole test-split files, in name order
+        if total >= chars:
             break
-        texts.append(src)
-        total += len(src)
+        texts.append(src[:chars - total])
+        total += len(texts[-1])
     return texts, {}
 
 
-def _sentiment_corpus() -> tuple[list[str], dict]:
+def _sentiment_corpus(n: int = 1000) -> tuple[list[str], dict]:
     import numpy as np
 
     import data
     texts, labels = data.rotten_tomatoes("test")
-    texts, labels = texts[:600], labels[:600]
-    model_tok = data.load_model("sentiment-lstm").tokenize
-    label_track = np.concatenate([np.full(len(model_tok(t)), l, dtype=np.float32) for t, l in zip(texts, labels)])
-    return texts, {"meta": {"label": label_track}}
+    tokenize = data.load_model("sentiment-lstm").tokenize
+    pairs = [(t, int(y)) for t, y in zip(texts, labels) if tokenize(t)][:n]
+    return [t for t, _ in pairs], {"label": [np.full(len(tokenize(t)), np.array(["rotten", "fresh"])[y])
+                                             for t, y in pairs]}
 
 
 DEMO_STORES = [
@@ -198,10 +195,13 @@ DEMO_STORES = [
               "the 'depth' meta track is the true nesting depth.", _parens_corpus),
     DemoStore("sentiment", "sentiment-lstm", "Movie-review sentences",
               "The biLSTM sentiment classifier over Rotten Tomatoes test sentences; "
-              "the 'label' meta track is the sentence's gold label (0 rotten, 1 fresh).", _sentiment_corpus),
+              "the 'label' meta track is the sentence's gold label.", _sentiment_corpus, kinds=("h", "c")),
     DemoStore("python-code", "charlm-python", "Python source, character by character",
               "Karpathy-style: a 2-layer char-level LSTM language model over CPython standard-library "
               "test files: look for quote, comment, indentation and bracket cells.", _python_corpus),
+    DemoStore("sentiment-cnn", "sentiment-cnn", "Text-CNN filters over movie-review sentences",
+              "The Conv1D filters of the text CNN over Rotten Tomatoes test sentences (for the Text CNN page).",
+              _sentiment_corpus, kinds=("conv",)),
 ]
 
 
@@ -321,7 +321,7 @@ class Resources:
     # -- bundled demo
     def _demo_path(self, spec: DemoStore, digest: str) -> Path:
         key = hashlib.sha256(f"{DEMO_FORMAT}:{spec.name}:{spec.model}:{digest}".encode()).hexdigest()[:16]
-        return self.cache_dir / "demo" / f"{spec.name}-{key}.h5"
+        return self.cache_dir / "demo" / f"{spec.name}__{key}.h5"
 
     def _register_demo_stores(self) -> None:
         for spec in DEMO_STORES:
@@ -362,22 +362,19 @@ class Resources:
                 entry.message = f"built in {time.perf_counter() - t0:.1f} s"
 
     def _build_one(self, spec: DemoStore, path: Path) -> None:
-        import torch
+        """Extract the store (atomic: written aside, renamed when complete); match indexes follow on first use."""
+        import shutil
 
         import lstmvis
-        texts, kwargs = spec.corpus()
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        try:
-            with self.model(spec.model) as model, torch.no_grad():
-                store = lstmvis.extract(model, texts, tmp, progress=False,
-                                        card={"model": spec.model, "demo": spec.name}, **kwargs)
-            close = getattr(store, "close", None)
-            if close:
-                close()
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+        for old in path.parent.glob(f"{spec.name}__*"):  # stores of older checkpoints or recipes
+            if old.name.split(".")[0] != path.stem:
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        texts, meta = spec.corpus()
+        with self.model(spec.model) as model:
+            store = lstmvis.extract(model, texts, path, kinds=spec.kinds, dtype="float16", progress=False,
+                                    meta=meta, corpus_name=f"demo:{spec.name}")
+        store.close()
 
     def wait_demo(self, timeout: float | None = None) -> bool:
         """Block until the background demo build has finished (for tests and benchmarks)."""

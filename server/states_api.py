@@ -79,7 +79,22 @@ def _context(store, position: int, length: int, left: int, right: int) -> dict:
     seq = store.sequence_of(position)
     a, b = store.sequence_bounds(seq)
     lo, hi = max(a, position - left), min(b, position + length + right)
-    return {"start": lo, "stop": hi, "tokens": store.tokens(lo, hi), "sequence": seq}
+    return {"start": lo, "stop": hi, "tokens": store.tokens(lo, hi), "text": surface(store, lo, hi), "sequence": seq}
+
+
+def surface(store, start: int, stop: int) -> list[str]:
+    """What each token of ``[start, stop)`` looked like in the original text (case kept, no ``<unk>``);
+    the vocabulary tokens when the store has no texts."""
+    if not store.has_texts or stop <= start:
+        return store.tokens(start, stop)
+    spans = store.token_spans(start, stop)
+    out: list[str] = []
+    for seq in range(store.sequence_of(start), store.sequence_of(stop - 1) + 1):
+        a, b = store.sequence_bounds(seq)
+        lo, hi = max(a, start), min(b, stop)
+        text = store.sequence_text(seq)
+        out.extend(text[x:y] for x, y in spans[lo - start:hi - start])
+    return out
 
 
 # -------------------------------------------------------------------------------------- models
@@ -161,7 +176,7 @@ def tokens(store: str, params: Window):
     s = _store(store)
     start, stop = _window(s, params.start, params.stop)
     return {"start": start, "stop": stop, "n_tokens": s.n_tokens, "tokens": s.tokens(start, stop),
-            "sequences": _sequences(s, start, stop), "meta": _meta(s, start, stop)}
+            "text": surface(s, start, stop), "sequences": _sequences(s, start, stop), "meta": _meta(s, start, stop)}
 
 
 @blueprint.get("/stores/<store>/states")
@@ -234,35 +249,48 @@ def match(store: str, params: MatchQuery):
                      pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
                      phrase_length=params.phrase_length, context=(params.left, params.right))
     out = result.to_dict()
+    for hit in out["hits"]:
+        hit["text"] = surface(s, hit["context_start"], hit["context_stop"])
     out.update(left=params.left, right=params.right, n_runs=int(result.length_histogram.sum()),
-               overview=_overview(result.counts))
+               overview=_overview(result.counts, len(result.cells)))
     return out
 
 
-def _overview(counts: np.ndarray, bins: int = 600) -> dict:
-    """The whole-store count of selected cells on, as the maximum per bin (a corpus minimap)."""
+def _overview(counts: np.ndarray, n_selected: int, bins: int = 600) -> dict:
+    """A corpus minimap: per bin of positions, how many steps have every selected cell on."""
     n = len(counts)
     size = max(1, -(-n // bins))
-    padded = np.zeros(-(-n // size) * size, dtype=counts.dtype)
-    padded[:n] = counts
-    return {"bin_size": size, "max_on": padded.reshape(-1, size).max(axis=1) if n else []}
+    full = np.zeros(-(-n // size) * size, dtype=np.int64)
+    full[:n] = counts >= n_selected
+    return {"bin_size": size, "all_on": full.reshape(-1, size).sum(axis=1) if n else []}
 
 
 # -- text search over the token stream (one joined string per store, built once and cached)
 
 class _SearchIndex:
-    """The store's token stream as one string, with each character mapped back to its token."""
+    """The store's text as one string, with each character mapped back to its token.
+
+    The original texts when the store keeps them (so words the vocabulary lacks are found too),
+    else the tokens, joined without a separator at character level and with spaces otherwise.
+    """
 
     def __init__(self, store):
-        toks = store.tokens()
-        self.char_level = all(len(t) <= 1 for t in store.vocab)
-        sep = "" if self.char_level else " "
-        self.text = sep.join(toks)
-        lengths = np.fromiter((len(t) + len(sep) for t in toks), dtype=np.int64, count=len(toks))
-        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(toks) else np.zeros(0, np.int64)
+        if store.has_texts:
+            texts = [store.sequence_text(i) for i in range(store.n_sequences)]
+            text_starts = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum([len(t) + 1 for t in texts], out=text_starts[1:])
+            self.text = "\n".join(texts)
+            seq_of_token = np.repeat(np.arange(store.n_sequences), np.diff(store.offsets))
+            self.starts = text_starts[seq_of_token] + store.token_spans()[:, 0]
+        else:
+            toks = store.tokens()
+            sep = "" if all(len(t) <= 1 for t in store.vocab) else " "
+            self.text = sep.join(toks)
+            lengths = np.fromiter((len(t) + len(sep) for t in toks), dtype=np.int64, count=len(toks))
+            self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
     def token_at(self, char: int) -> int:
-        return int(np.searchsorted(self.starts, char, side="right") - 1)
+        return max(0, int(np.searchsorted(self.starts, char, side="right") - 1))
 
 
 _search_indexes: dict[str, _SearchIndex] = {}

@@ -38,7 +38,7 @@ def toy_states(tokens: list[str]) -> np.ndarray:
     return x
 
 
-def make_toy_store(path: Path):
+def make_toy_store(path: Path, texts: bool = True):
     from lstmvis import StateStore
 
     seqs = [t.split() for t in TOY_TEXTS]
@@ -47,7 +47,8 @@ def make_toy_store(path: Path):
     states = toy_states_by_sequence(seqs)
     label = np.concatenate([np.full(len(s), i % 2, dtype=np.int64) for i, s in enumerate(seqs)])
     return StateStore.from_arrays(path, {"rnn.l0.h": states, "rnn.l0.c": -states}, tokens=tokens, offsets=offsets,
-                                  meta={"label": label}, card={"name": "toy"}, texts=TOY_TEXTS)
+                                  meta={"label": label}, card={"name": "toy"},
+                                  texts=TOY_TEXTS if texts else None)
 
 
 def toy_states_by_sequence(seqs: list[list[str]]) -> np.ndarray:

@@ -43,7 +43,7 @@ class Watched:
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
 
     def close(self):
@@ -115,6 +115,7 @@ def test_brush_select_match_threshold_and_reload(watched, base_url):
 
     # the URL holds the whole view: reloading it restores brush, threshold, cells and matches
     url = page.url
+    page.wait_for_load_state("networkidle")
     page.reload()
     page.wait_for_selector("#word-matrix tr.match-row")
     assert page.url == url

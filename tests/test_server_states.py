@@ -16,6 +16,7 @@ def app(tmp_path_factory):
     from server.app import create_app
     d = tmp_path_factory.mktemp("toydata")
     make_toy_store(d / "toy.h5").close()
+    make_toy_store(d / "plain.h5", texts=False).close()
     return create_app(d, {"TESTING": True})
 
 
@@ -40,8 +41,8 @@ def get_err(client, url, status=400):
 
 def test_stores(client):
     stores = get_ok(client, "/api/stores")["stores"]
-    assert [s["name"] for s in stores] == ["toy"]
-    toy = stores[0]
+    assert [s["name"] for s in stores] == ["plain", "toy"]
+    toy = stores[1]
     assert toy["n_tokens"] == len(TOKENS) and toy["n_sequences"] == 3
     assert toy["sources"] == ["rnn.l0.h", "rnn.l0.c"] and toy["cells"] == {"rnn.l0.h": 4, "rnn.l0.c": 4}
     assert toy["meta"] == ["label"]
@@ -91,20 +92,21 @@ def test_select_finds_the_planted_cell(client):
     assert "past the end" in get_err(client, "/api/stores/toy/select?source=rnn.l0.h&start=1&stop=999")
 
 
-def test_search(client):
-    r = get_ok(client, "/api/stores/toy/search?q=cat%20sat")
+@pytest.mark.parametrize("store", ["toy", "plain"])
+def test_search(client, store):
+    r = get_ok(client, f"/api/stores/{store}/search?q=cat%20sat")
     assert [h["position"] for h in r["hits"]] == CAT_SAT and all(h["length"] == 2 for h in r["hits"])
     hit = r["hits"][1]
     assert hit["tokens"][hit["position"] - hit["start"]] == "cat"
-    r = get_ok(client, "/api/stores/toy/search?q=CAT&case=true")
+    r = get_ok(client, f"/api/stores/{store}/search?q=CAT&case=true")
     assert r["hits"] == []
-    r = get_ok(client, "/api/stores/toy/search?q=d.g&regex=true")
+    r = get_ok(client, f"/api/stores/{store}/search?q=d.g&regex=true")
     assert [h["position"] for h in r["hits"]] == [TOKENS.index("dogs")]
     assert r["hits"][0]["start"] == SEQ_STARTS[2], "context stays inside the hit's sequence"
-    r = get_ok(client, "/api/stores/toy/search?q=a&limit=2")
+    r = get_ok(client, f"/api/stores/{store}/search?q=a&limit=2")
     assert len(r["hits"]) == 2 and r["truncated"]
-    assert "regular expression" in get_err(client, "/api/stores/toy/search?q=(&regex=true")
-    assert "q" in get_err(client, "/api/stores/toy/search?q=")
+    assert "regular expression" in get_err(client, f"/api/stores/{store}/search?q=(&regex=true")
+    assert "q" in get_err(client, f"/api/stores/{store}/search?q=")
 
 
 def test_match_finds_every_planted_run(client):
@@ -120,7 +122,7 @@ def test_match_finds_every_planted_run(client):
         assert SEQ_STARTS[seq] <= h["context_start"] and h["context_stop"] <= SEQ_STARTS[seq + 1]
     assert r["length_histogram"][2] == 3 and r["n_runs"] == 3
     ov = r["overview"]  # one bin per token in a store this small: the count of cell 0 on
-    assert ov["bin_size"] == 1 and [i for i, c in enumerate(ov["max_on"]) if c] == sorted(CAT_SAT + [p + 1 for p in CAT_SAT])
+    assert ov["bin_size"] == 1 and [i for i, c in enumerate(ov["all_on"]) if c] == sorted(CAT_SAT + [p + 1 for p in CAT_SAT])
     # cells 0 and 1 together: the runs share cell 0 only over "cat sat" (cell 1 is off at "sat")
     r = get_ok(client, "/api/stores/toy/match?source=rnn.l0.h&cells=0,1")
     assert sorted(h["start"] for h in r["hits"]) == CAT_SAT and all(h["intersection"] == 1 for h in r["hits"])

@@ -63,7 +63,7 @@
       LV.api(`/api/stores/${encodeURIComponent(state.store)}/states`, { source: state.source, start, stop }),
     ]);
     if (my !== request) return;
-    windowData = { start, stop, tokens: tok.tokens, sequences: tok.sequences, meta: tok.meta,
+    windowData = { start, stop, tokens: tok.tokens, text: tok.text, sequences: tok.sequences, meta: tok.meta,
                    values: st.values, cellIds: st.cells };
     renderTokens();
     renderMeta();
@@ -154,10 +154,11 @@
     row.classList.toggle("tokens-vertical", !info.char_level);
     const seqStarts = new Set(w.sequences.map(s => s.start));
     w.tokens.forEach((tok, t) => {
-      const pos = w.start + t;
+      const pos = w.start + t, shown = w.text[t];
       row.append(LV.el("div", { class: "tok" + (seqStarts.has(pos) ? " seq-start" : ""),
-                                title: `${JSON.stringify(tok)} @ ${pos}`, dataset: { pos: String(pos) } },
-                       LV.tokenLabel(tok)));
+                                title: `${JSON.stringify(shown)}${shown !== tok ? ` (token ${JSON.stringify(tok)})` : ""} @ ${pos}`,
+                                dataset: { pos: String(pos) } },
+                       LV.tokenLabel(shown)));
     });
     paintTokens();
   }
@@ -296,7 +297,7 @@
       const pad = r.left - (h.start - h.context_start);  // blank cells so every match starts in the same column
       for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
       const hrow = new Array(pad).fill(null), trow = new Array(pad).fill("");
-      h.tokens.forEach((tok, k) => {
+      h.text.forEach((tok, k) => {
         const pos = h.context_start + k, frac = h.counts[k] / nCells;
         const inMatch = pos >= h.start && pos < h.stop;
         tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${h.counts[k]} of ${nCells} cells on @ ${pos}`,
@@ -315,13 +316,13 @@
                    xaxis: { title: { text: "run length (tokens)" }, dtick: hist.length > 30 ? undefined : 1 },
                    yaxis: { title: { text: "runs" } } }, LV.plotConfig);
     const ov = r.overview;
-    const xs = ov.max_on.map((_, i) => i * ov.bin_size);
-    Plotly.react("match-overview", [{ type: "bar", x: xs, y: ov.max_on, marker: { color: "#f28e2b" }, width: ov.bin_size,
-                                      hovertemplate: "tokens %{x}..: up to %{y} cells on<extra></extra>" }],
+    const xs = ov.all_on.map((_, i) => i * ov.bin_size);
+    Plotly.react("match-overview", [{ type: "bar", x: xs, y: ov.all_on, marker: { color: "#f28e2b" }, width: ov.bin_size,
+                                      hovertemplate: `tokens %{x}..: %{y} steps with all ${nCells} cells on<extra></extra>` }],
                  { margin: { l: 48, r: 10, t: 28, b: 36 }, bargap: 0,
-                   title: { text: "Where in the corpus the selected cells are on (click to go there)", font: { size: 13 } },
+                   title: { text: "Where in the corpus all selected cells are on (click to go there)", font: { size: 13 } },
                    xaxis: { title: { text: "token position" } },
-                   yaxis: { title: { text: "cells on (max)" }, range: [0, nCells] } }, LV.plotConfig);
+                   yaxis: { title: { text: `steps per ${ov.bin_size} tokens` } } }, LV.plotConfig);
     const gd = $("match-overview");
     if (!gd.dataset.wired) {
       gd.dataset.wired = "1";
