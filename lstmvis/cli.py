@@ -42,7 +42,17 @@ def add_serve(sub) -> None:
     add(sub)
 
 
-SUBCOMMANDS = [add_models, add_serve]
+def add_state_commands(sub) -> None:
+    """extract, info, import-lstmvis, export-lstmvis (handlers in lstmvis.extract/store/lstmvis_format)."""
+    from .extract import add_extract
+    from .lstmvis_format import add_export_lstmvis, add_import_lstmvis
+    from .store import add_info
+
+    for add in (add_extract, add_info, add_import_lstmvis, add_export_lstmvis):
+        add(sub)
+
+
+SUBCOMMANDS = [add_models, add_serve, add_state_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -397,3 +397,82 @@ def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
         del writer.f["meta"]  # written in full at the end, also after a resume
     for name, values in meta.items():
         writer.add_meta(name, values)
+
+
+# ---------------------------------------------------------------------- CLI
+CORPORA = ("python_source", "rotten_tomatoes", "parens")
+
+
+def load_corpus(spec: str, model) -> tuple[list, dict, str]:
+    """``(texts, meta, name)`` for a CLI corpus spec: ``NAME:SPLIT`` or a path to a .txt file.
+
+    ``python_source:SPLIT``: one sequence per file. ``rotten_tomatoes:SPLIT``: one per sentence,
+    meta track ``label``. ``parens:SPLIT``: one per sequence, meta track ``depth``. A ``.txt``
+    file is one sequence for a language model and one sequence per non-empty line for a classifier.
+    """
+    import data
+
+    name, _, split = spec.partition(":")
+    if name in CORPORA:
+        split = split or "test"
+        if name == "python_source":
+            return [src for _, src in data.python_source(split)], {}, spec
+        if name == "rotten_tomatoes":
+            texts, labels = data.rotten_tomatoes(split)
+            encode = model.encode
+            label_names = np.array(data.SENTIMENT_LABELS, dtype=object)
+            return texts, {"label": [label_names[np.full(len(encode(t)), y)] for t, y in zip(texts, labels)]}, spec
+        seqs = data.parens(split)
+        return ["".join(tokens) for tokens, _ in seqs], {"depth": [depth for _, depth in seqs]}, spec
+    path = Path(spec)
+    if path.suffix != ".txt" or not path.is_file():
+        raise ValueError(f"unknown corpus {spec!r}: use {', '.join(c + ':SPLIT' for c in CORPORA)} "
+                         "(SPLIT = train, dev or test) or the path of an existing .txt file")
+    text = path.read_text(encoding="utf-8")
+    if _kind_of_model(model) == "classifier":
+        return [line for line in text.splitlines() if line.strip()], {}, path.name
+    return [text], {}, path.name
+
+
+def _cmd_extract(args) -> int:
+    import data
+
+    model = data.load_model(args.model)
+    if isinstance(model, nn.Module):
+        raise ValueError(f"{args.model} is an image model: extract works on text models "
+                         f"({', '.join(n for n, (k, _) in data.MODELS.items() if k != 'image-classifier')})")
+    texts, meta, name = load_corpus(args.corpus, model)
+    if args.limit:
+        texts = texts[:args.limit]
+        meta = {k: v[:args.limit] for k, v in meta.items()}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                    dtype="float16" if args.float16 else "float32", progress=not args.quiet, meta=meta,
+                    corpus_name=name)
+    with store:
+        print(f"wrote {store.path}: {store.n_tokens} tokens, {store.n_sequences} sequences, "
+              f"sources {', '.join(store.sources)}")
+    return 0
+
+
+def add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="record a model's hidden states over a corpus into a state store",
+                       description="Run a shipped model over a corpus and write h, c, gates or Conv1D outputs of every "
+                                   "layer, one row per token, to an HDF5 state store (atomic; rerun to resume).")
+    p.add_argument("--model", required=True, help="a shipped text model, e.g. charlm-python or sentiment-lstm "
+                                                  "(see `lstmvis models`)")
+    p.add_argument("--corpus", required=True,
+                   help="python_source:SPLIT, rotten_tomatoes:SPLIT, parens:SPLIT (SPLIT = train/dev/test) or a "
+                        ".txt file")
+    p.add_argument("--out", required=True, help="the store file to write, e.g. states.h5")
+    p.add_argument("--kinds", default="h,c", help="what to record: h, c, gates (or gate_i, gate_f, ...), conv, "
+                                                  "all (default: h,c)")
+    p.add_argument("--float16", action="store_true", help="store states as float16 (half the disk)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences run in parallel (default 32)")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="tokens per step for language models; state is carried across chunks (default 512)")
+    p.add_argument("--limit", type=int, help="only the first N sequences of the corpus")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_extract)

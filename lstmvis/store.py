@@ -327,7 +327,13 @@ class StateStore:
 
     @property
     def has_texts(self) -> bool:
+        """Whether the original texts are stored (else ``sequence_text`` joins tokens with spaces)."""
         return self._text_offsets is not None
+
+    @property
+    def has_spans(self) -> bool:
+        """Whether character spans are stored (else they point into the space-joined tokens)."""
+        return self._spans is not None
 
     def sequence_text(self, i: int) -> str:
         """The original text of sequence ``i``.
@@ -551,3 +557,34 @@ class StoreWriter:
             self.f.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def _cmd_info(args) -> int:
+    with StateStore.open(args.store) as store:
+        info = store.info()
+        if args.json:
+            info["card"] = store.card
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{store.path}: {store.n_tokens:,} tokens in {store.n_sequences:,} sequences, "
+              f"vocabulary {len(store.vocab):,}")
+        model = store.card.get("name")
+        extraction = store.card.get("extraction", {})
+        if model or extraction:
+            print(f"model: {model or '?'}  corpus: {extraction.get('corpus') or '?'}")
+        print("sources:")
+        for source, s in info["sources"].items():
+            print(f"  {source:<32} {s['cells']:>6} cells  {s['dtype']}")
+        if store.meta_names:
+            print(f"meta tracks: {', '.join(store.meta_names)}")
+        print(f"texts stored: {'yes' if store.has_texts else 'no (tokens joined by spaces)'}")
+    return 0
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="summarise a state store (sizes, sources, model card)",
+                       description="Open a state store (validating it) and print its sizes, sources with their cell "
+                                   "counts, meta tracks and the model it came from.")
+    p.add_argument("store", help="the state store file")
+    p.add_argument("--json", action="store_true", help="print everything, including the model card, as JSON")
+    p.set_defaults(func=_cmd_info)

@@ -298,3 +298,32 @@ def test_shipped_sentiment_lstm(tmp_path, sentiment_lstm):
             ref = single_pass(sentiment_lstm.module, sentiment_lstm.encode(texts[i]), lm=False)
             for name, arr in ref.items():
                 np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "parens-lstm.pt").exists(), reason="parens-lstm not trained yet")
+def test_cli_extract_and_info(tmp_path, capsys):
+    from lstmvis.cli import main
+
+    out = tmp_path / "p.h5"
+    assert main(["extract", "--model", "parens-lstm", "--corpus", "parens:test", "--out", str(out), "--limit", "3",
+                 "--kinds", "h,gates", "--float16", "--quiet"]) == 0
+    with StateStore.open(out) as store:
+        assert store.n_sequences == 3 and store.n_tokens == 600
+        assert store.sources == ["rnn.l0.h", "rnn.l0.gate_i", "rnn.l0.gate_f", "rnn.l0.gate_g", "rnn.l0.gate_o"]
+        assert store.dataset("rnn.l0.h").dtype == np.float16
+        import data
+
+        assert store.meta("depth", 0, 200).tolist() == data.parens("test")[0][1].tolist()
+        assert store.card["extraction"]["corpus"] == "parens:test"
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "600 tokens in 3 sequences" in capsys.readouterr().out
+    txt = tmp_path / "mine.txt"
+    txt.write_text("((1)2)\n(3)\n")
+    assert main(["extract", "--model", "parens-lstm", "--corpus", str(txt), "--out", str(tmp_path / "t.h5"),
+                 "--quiet"]) == 0
+    with StateStore.open(tmp_path / "t.h5") as store:
+        assert store.n_sequences == 1 and store.sequence_text(0) == "((1)2)\n(3)\n"
+    assert main(["extract", "--model", "parens-lstm", "--corpus", "nope:test", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "unknown corpus" in capsys.readouterr().err
+    assert main(["extract", "--model", "mnist-cnn", "--corpus", "parens:test", "--out", str(tmp_path / "x.h5")]) == 2
