@@ -296,12 +296,9 @@ class Resources:
             if path.suffix in (".h5", ".hdf5"):
                 self.stores[name] = StoreEntry(name, path, title=name, description=f"{path.name} in --data")
                 try:
-                    card = self.stores[name].open().card or {}
+                    self.stores[name].open()
                 except Exception as exc:  # a broken file must not keep the others from loading
                     self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
-                    continue
-                if isinstance(card, dict) and isinstance(card.get("model"), str):
-                    self.stores[name].model = card["model"]
             elif path.suffix == ".pt":
                 card_path = path.with_suffix(".json")
                 try:  # a broken card must not keep the server from starting
@@ -317,6 +314,18 @@ class Resources:
                 self.models[name] = ModelEntry(name, card.get("kind", "user model"),
                                                card.get("description", f"{path.name} in --data"),
                                                load, card=card, pool_size=self.pool_size)
+        self._link_stores_to_models()
+
+    def _link_stores_to_models(self) -> None:
+        """A store made by ``lstmvis.extract`` carries its model's card: find that model by name."""
+        by_card_name = {str(m.card.get("name")): key for key, m in self.models.items() if m.card.get("name")}
+        for entry in self.stores.values():
+            if entry.status != "ready" or entry.model:
+                continue
+            card = entry.open().card
+            name = card.get("model") or card.get("name") if isinstance(card, dict) else None
+            if isinstance(name, str):
+                entry.model = name if name in self.models else by_card_name.get(name)
 
     # -- bundled demo
     def _demo_path(self, spec: DemoStore, digest: str) -> Path:

@@ -11,10 +11,10 @@ from typing import Literal
 
 import numpy as np
 from flask import Blueprint, current_app
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .app import resources
-from .validation import ApiError, CsvInts, Params, api
+from .validation import ApiError, CsvInts, CsvStrs, Params, api
 
 blueprint = Blueprint("states_api", __name__, url_prefix="/api")
 
@@ -325,3 +325,207 @@ def search(store: str, params: SearchQuery):
         if len(hits) >= params.limit:
             break
     return {"q": params.q, "hits": hits, "truncated": len(hits) >= params.limit}
+
+
+# ------------------------------------------------------------------------- cell discovery
+
+HYPOTHESIS_HELP = ("quotes, comment, depth, indent, line, parens, regex:PATTERN, tokens:a,b,c, meta:TRACK or "
+                   "meta:TRACK=VALUE (see lstmvis.hypotheses.resolve)")
+
+
+class RankQuery(Params):
+    source: str = Field(description="state source")
+    hypothesis: str = Field(min_length=1, max_length=300, description=HYPOTHESIS_HELP)
+    method: Literal["auroc", "pearson", "spearman"] | None = Field(
+        None, description="auroc for binary hypotheses (default), pearson (scalar default) or spearman")
+    top: int = Field(50, ge=1, le=4096, description="strongest cells returned")
+
+
+class HypothesisQuery(Window):
+    hypothesis: str = Field(min_length=1, max_length=300, description=HYPOTHESIS_HELP)
+
+
+class ContextsQuery(Params):
+    source: str = Field(description="state source")
+    k: int = Field(10, ge=1, le=100, description="number of contexts")
+    before: int = Field(20, ge=0, le=200, description="tokens shown before the peak")
+    after: int = Field(5, ge=0, le=200, description="tokens shown after the peak")
+    direction: int = Field(1, description="1: where the cell is highest; -1: lowest")
+
+    @field_validator("direction")
+    @classmethod
+    def _sign(cls, v: int) -> int:
+        if v not in (1, -1):
+            raise ValueError("must be 1 (highest values) or -1 (lowest)")
+        return v
+
+
+class SaturationQuery(Params):
+    sources: CsvStrs | None = Field(None, description="gate sources (default: every *.gate_* source)")
+    low: float = Field(0.1, ge=0, le=1, description="left-saturated: value < low")
+    high: float = Field(0.9, ge=0, le=1, description="right-saturated: value > high")
+
+
+class ExplainCellBody(Params):
+    source: str = Field(description="recurrent source of the cell, e.g. rnn.l1.c")
+    position: int = Field(ge=0, description="global token position of the step to explain")
+    method: Literal["integrated_gradients", "gradient"] = Field("integrated_gradients")
+    n_steps: int = Field(32, ge=1, le=300, description="integration points (integrated_gradients)")
+    window: int = Field(100, ge=1, le=1000, description="at most this many tokens of the sequence are fed "
+                        "to the model, ending at the step (starting from a zero state)")
+
+
+_hypothesis_cache: dict[tuple, np.ndarray] = {}  # per store and spec; rankings are deterministic too
+_ranking_cache: dict[tuple, object] = {}
+_hypothesis_lock = threading.Lock()
+
+
+def hypothesis_values(name: str, store, spec: str) -> tuple[object, np.ndarray]:
+    """A hypothesis and its per-token values over the whole store (cached per store and spec)."""
+    from lstmvis import hypotheses
+
+    h = hypotheses.resolve(spec)
+    key = (id(resources()), name, str(store.path), spec)
+    with _hypothesis_lock:
+        values = _hypothesis_cache.get(key)
+    if values is None:
+        values = np.asarray(h(store), dtype=np.float64)
+        with _hypothesis_lock:
+            if len(_hypothesis_cache) > 64:
+                _hypothesis_cache.clear()
+            _hypothesis_cache[key] = values
+    return h, values
+
+
+@blueprint.get("/hypotheses")
+@api(summary="Named hypotheses to rank cells against", tag="cells")
+def hypotheses_list():
+    """Built-in hypotheses (name, kind, description) and the parameterised forms."""
+    from lstmvis import hypotheses
+    seen, named = set(), []
+    for name, h in hypotheses.NAMED.items():
+        if id(h) not in seen:
+            seen.add(id(h))
+            named.append({"name": name, "kind": h.kind, "description": h.description or h.name})
+    named.append({"name": "parens", "kind": "scalar", "description": "depth of ( ) only"})
+    forms = [{"form": "regex:PATTERN", "kind": "binary", "description": "1 on characters a regular expression matches"},
+             {"form": "tokens:a,b,c", "kind": "binary", "description": "1 where the token is one of these"},
+             {"form": "meta:TRACK", "kind": "binary or scalar", "description": "a meta track of the store"},
+             {"form": "meta:TRACK=VALUE", "kind": "binary", "description": "1 where the meta track equals VALUE"}]
+    return {"named": named, "forms": forms}
+
+
+@blueprint.get("/stores/<store>/hypothesis")
+@api(HypothesisQuery, summary="A hypothesis's values over a range of positions", tag="cells")
+def hypothesis_window(store: str, params: HypothesisQuery):
+    """The per-token hypothesis series for ``[start, stop)``, to draw next to a cell."""
+    s = _store(store)
+    start, stop = _window(s, params.start, params.stop)
+    h, values = hypothesis_values(store, s, params.hypothesis)
+    return {"hypothesis": h.name, "kind": h.kind, "start": start, "stop": stop, "values": values[start:stop]}
+
+
+@blueprint.get("/stores/<store>/cells/rank")
+@api(RankQuery, summary="Rank every cell of a source against a hypothesis (AUROC or correlation)", tag="cells")
+def rank(store: str, params: RankQuery):
+    """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
+    from lstmvis.cells import rank_cells
+
+    s = _store(store)
+    source = _source(s, params.source)
+    key = (id(resources()), store, str(s.path), source, params.hypothesis, params.method)
+    with _hypothesis_lock:
+        ranking = _ranking_cache.get(key)
+    if ranking is None:
+        _ensure_index(s, source)
+        _, values = hypothesis_values(store, s, params.hypothesis)
+        ranking = rank_cells(s, source, values, method=params.method, progress=False)
+        with _hypothesis_lock:
+            if len(_ranking_cache) > 64:
+                _ranking_cache.clear()
+            _ranking_cache[key] = ranking
+    out = ranking.to_dict(params.top)
+    out["hypothesis"] = params.hypothesis
+    out["n_cells"] = s.n_cells(source)
+    return out
+
+
+@blueprint.get("/stores/<store>/cells/<int:cell>/contexts")
+@api(ContextsQuery, summary="Where one cell is highest (or lowest): its top contexts", tag="cells")
+def contexts(store: str, cell: int, params: ContextsQuery):
+    """The ``k`` most extreme steps of a cell, each with the tokens around it and the cell's values."""
+    from lstmvis.cells import top_contexts
+
+    s = _store(store)
+    source = _source(s, params.source)
+    _cells(s, source, [cell])
+    _ensure_index(s, source)
+    found = top_contexts(s, source, cell, k=params.k, before=params.before, after=params.after,
+                         direction=params.direction)
+    out = []
+    for c in found:
+        d = c.to_dict()
+        d["text"] = surface(s, c.start, c.stop)
+        d["values"] = _round(c.values)
+        out.append(d)
+    return {"source": source, "cell": cell, "direction": params.direction, "contexts": out}
+
+
+@blueprint.get("/stores/<store>/saturation")
+@api(SaturationQuery, summary="Gate saturation: per gate unit, the fraction of steps < low and > high", tag="cells")
+def saturation(store: str, params: SaturationQuery):
+    """Karpathy's saturation plot data for the store's gate sources."""
+    from lstmvis.cells import gate_saturation
+    from lstmvis.cells import gate_sources
+
+    s = _store(store)
+    if params.sources:
+        for src in params.sources:
+            _source(s, src)
+    elif not gate_sources(s):
+        raise ApiError(409, f"store {store!r} recorded no gates (it has {', '.join(s.sources)}); extract with "
+                            "kinds including 'gates' to see gate saturation")
+    if not params.low < params.high:
+        raise ApiError(400, f"low ({params.low}) must be below high ({params.high})")
+    sat = gate_saturation(s, sources=params.sources or None, low=params.low, high=params.high)
+    out = sat.to_dict()
+    out["summary"] = sat.summary()
+    return out
+
+
+@blueprint.post("/stores/<store>/cells/<int:cell>/explain")
+@api(ExplainCellBody, summary="Explain one cell at one step: which input tokens drive it", tag="cells")
+def explain(store: str, cell: int, params: ExplainCellBody):
+    """Integrated Gradients (or the gradient) of the cell's activation at ``position`` with respect to
+    the input tokens, run on the store's own model over the text leading up to the step."""
+    from lstmvis.cells import explain_cell
+
+    entry = resources().store_entry(store)
+    s = entry.open()
+    source = _source(s, params.source)
+    _cells(s, source, [cell])
+    if params.position >= s.n_tokens:
+        raise ApiError(400, f"position {params.position} is past the end of the store ({s.n_tokens} tokens)")
+    if not entry.model:
+        raise ApiError(409, f"store {store!r} does not name the model it came from, so a cell cannot be explained")
+    if not s.has_texts:
+        raise ApiError(409, f"store {store!r} keeps no original texts to run the model on")
+    seq = s.sequence_of(params.position)
+    a, b = s.sequence_bounds(seq)
+    reverse = ".reverse." in source
+    lo, hi = (a, b) if reverse or b - a <= params.window else (max(a, params.position + 1 - params.window),
+                                                             params.position + 1)
+    spans = s.token_spans(lo, hi)
+    text = s.sequence_text(seq)[int(spans[0, 0]):int(spans[-1, 1])]
+    with resources().model(entry.model) as model:
+        e = explain_cell(model, text, source, cell, step=params.position - lo, method=params.method,
+                         n_steps=params.n_steps)
+    if len(e.tokens) != hi - lo:
+        raise ApiError(409, f"the model tokenizes the stored text into {len(e.tokens)} tokens, the store has "
+                            f"{hi - lo}: this store was not made by model {entry.model!r} from its text")
+    return {"source": source, "cell": cell, "position": params.position, "start": lo, "stop": hi,
+            "whole_sequence": (lo, hi) == (a, b), "model": entry.model, "text": surface(s, lo, hi),
+            "tokens": e.tokens, "scores": e.scores, "signed": e.signed, "method": e.method,
+            "delta": e.delta, "activation": e.info.get("activation"),
+            "activation_baseline": e.info.get("activation_baseline"), "params": e.params,
+            "stored_activation": float(s.states(source, params.position, params.position + 1)[0, cell])}

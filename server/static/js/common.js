@@ -61,6 +61,12 @@ const LV = (() => {
     return node;
   }
 
+  /** Plotly renders a subset of HTML in names, titles and hover templates: neutralise it for data strings. */
+  function plotText(s) {
+    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+                    .replace(/%\{/g, "%\u200b{");
+  }
+
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
   function pageData() {
@@ -137,6 +143,6 @@ const LV = (() => {
                             "They appear here when ready (reload)." : "";
   }
 
-  return { api, el, clear, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
+  return { api, el, clear, plotText, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
            sequential, diverging, textColorFor, plotConfig, fillSelect, readyStores, pendingStoresNote };
 })();

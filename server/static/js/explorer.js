@@ -117,7 +117,7 @@
     const layout = {
       margin: PLOT_MARGIN, showlegend: false, hovermode: "closest", dragmode: false,
       xaxis: { range: [-0.5, T - 0.5], showticklabels: false, zeroline: false, fixedrange: true },
-      yaxis: { zeroline: true, zerolinecolor: "#ccc", fixedrange: true, title: { text: state.source, font: { size: 11 } } },
+      yaxis: { zeroline: true, zerolinecolor: "#ccc", fixedrange: true, title: { text: LV.plotText(state.source), font: { size: 11 } } },
       shapes,
     };
     layout.yaxis.range = [...ys0(w)];
