@@ -1,10 +1,16 @@
 """Explanation: one token-level explanation of one classifier decision."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+AGGREGATIONS = ("sum", "mean", "max", "absmax")
 
 
 @dataclass
@@ -51,3 +57,111 @@ class Explanation:
     @property
     def predicted(self) -> int:
         return int(np.argmax(self.probs))
+
+    @property
+    def predicted_label(self) -> str:
+        return self.labels[self.predicted]
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field, plus ``target_label``, ``predicted`` and its label."""
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        out.update(target_label=self.target_label, predicted=self.predicted, predicted_label=self.predicted_label)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Explanation":
+        """Inverse of ``to_dict`` (derived keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        missing = {"text", "tokens", "token_ids", "scores", "method", "target", "labels", "probs"} - set(data)
+        if missing:
+            raise ValueError(f"not an Explanation dict: missing {', '.join(sorted(missing))}")
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("spans") is not None:
+            kwargs["spans"] = [tuple(s) for s in kwargs["spans"]]
+        return cls(**kwargs)
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int | None = None) -> str:
+        """JSON text of ``to_dict()``; with ``path`` also written there atomically."""
+        text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        if path is not None:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> "Explanation":
+        return cls.from_dict(json.loads(text))
+
+    # ------------------------------------------------------------ words
+    def to_words(self, how: str = "sum") -> "Explanation":
+        """The explanation over whitespace-separated words: sub-tokens and characters merged.
+
+        ``how`` combines the scores of a word's tokens: ``sum`` (default; keeps the completeness
+        delta valid), ``mean``, ``max`` or ``absmax`` (the score of largest magnitude, sign kept).
+        Tokens on whitespace (character models) join the word before them. Merged words get
+        token id -1; ``info["token_groups"]`` lists the token indices of each word.
+        """
+        if how not in AGGREGATIONS:
+            raise ValueError(f"how={how!r} is not supported: use one of {', '.join(AGGREGATIONS)}")
+        if self.spans is None:
+            raise ValueError("this explanation has no character spans, so its tokens cannot be placed in words: "
+                             "use a tokenizer with a spans(text) method")
+        words = [m.span() for m in re.finditer(r"\S+", self.text)]
+        if not words:
+            return replace(self)
+        starts = np.array([a for a, _ in words])
+        groups: list[list[int]] = [[] for _ in words]
+        for i, (a, _) in enumerate(self.spans):
+            groups[max(0, int(np.searchsorted(starts, a, side="right")) - 1)].append(i)
+        kept = [(span, g) for span, g in zip(words, groups) if g]
+        scores = np.array([_combine(self.scores[g], how) for _, g in kept])
+        return replace(
+            self, tokens=[self.text[a:b] for (a, b), _ in kept],
+            token_ids=[self.token_ids[g[0]] if len(g) == 1 else -1 for _, g in kept],
+            scores=scores, spans=[span for span, _ in kept],
+            params={**self.params, "aggregate": {"to": "words", "how": how}},
+            delta=self.delta if how == "sum" else None,
+            metrics={}, info={**self.info, "token_groups": [g for _, g in kept]})
+
+    # ------------------------------------------------------------ rendering
+    def to_html(self, normalize: str | float = "max_abs", gamma: float = 1.0, words: bool | str = False) -> str:
+        """HTML fragment with the tokens highlighted (escaped, no scripts); see ``textexplain.render``."""
+        from .render import explanation_html
+
+        return explanation_html(self, normalize=normalize, gamma=gamma, words=words)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_terminal(self, normalize: str | float = "max_abs", color: str = "auto", words: bool | str = False) -> str:
+        """The explanation as ANSI-coloured terminal text (plain ``token[score]`` without colour)."""
+        from .render import terminal
+
+        return terminal(self, normalize=normalize, color=color, words=words)
+
+
+def _combine(values: np.ndarray, how: str) -> float:
+    if how == "sum":
+        return float(values.sum())
+    if how == "mean":
+        return float(values.mean())
+    if how == "max":
+        return float(values.max())
+    return float(values[np.argmax(np.abs(values))])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
