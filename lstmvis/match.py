@@ -71,6 +71,15 @@ def float_keys(values: np.ndarray) -> np.ndarray:
     return keys
 
 
+def keys_to_floats(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The inverse of ``float_keys``: the floats of ``dtype`` whose keys are ``keys``."""
+    dtype = np.dtype(dtype)
+    utype = _UINT[dtype.itemsize]
+    sign_bit = utype(1) << utype(8 * dtype.itemsize - 1)
+    keys = np.asarray(keys, dtype=utype)
+    return np.where(keys >= sign_bit, keys ^ sign_bit, ~keys).view(dtype)
+
+
 def threshold_keys(threshold: float, dtype: np.dtype) -> tuple[int, int]:
     """``(k_pos, k_neg)``: for values of ``dtype``, ``x >= threshold`` iff ``key(x) >= k_pos`` and
     ``x <= -threshold`` iff ``key(x) <= k_neg``. Exact: the threshold is moved to the nearest
@@ -217,19 +226,29 @@ class MatchIndex:
         _OPEN_INDEXES[cache_key] = index
         return index
 
-    def count_on(self, cells: np.ndarray, sign: str, k_pos: int, k_neg: int) -> np.ndarray:
-        """``count[t]`` = how many of ``cells`` are on at step ``t``, over the whole store."""
-        dtype = np.uint8 if len(cells) < 256 else np.uint16 if len(cells) < 65536 else np.uint32
+    def values(self, cell: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The stored values of one cell over ``[start, stop)`` (a contiguous read)."""
+        return keys_to_floats(self.cell_major[cell, start:stop], self.dtype)
+
+    def selected_on(self, cells: np.ndarray, sign: str, k_pos: int, k_neg: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the selected ``cells``: ``count[t]``, how many are on at step ``t``, and their on-bits
+        ``planes (ceil(n / 8), N)`` uint8: bit ``j % 8`` of plane ``j // 8`` is cell ``cells[j]``."""
+        n = len(cells)
+        dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32
         count = np.zeros(self.n_tokens, dtype=dtype)
-        buf = np.empty(self.n_tokens, dtype=bool)
-        for vid in cells:
-            cell, negative = int(vid) % self.n_cells, sign == "negative" or (sign == "both" and vid >= self.n_cells)
-            if negative:
-                np.less_equal(self.cell_major[cell], k_neg, out=buf)
+        planes = np.zeros(((n + 7) // 8, self.n_tokens), dtype=np.uint8)
+        on = np.empty(self.n_tokens, dtype=bool)
+        shifted = np.empty(self.n_tokens, dtype=np.uint8)
+        for j, vid in enumerate(cells):
+            cell = int(vid) % self.n_cells
+            if sign == "negative" or (sign == "both" and vid >= self.n_cells):
+                np.less_equal(self.cell_major[cell], k_neg, out=on)
             else:
-                np.greater_equal(self.cell_major[cell], k_pos, out=buf)
-            np.add(count, buf.view(np.uint8), out=count, casting="unsafe")
-        return count
+                np.greater_equal(self.cell_major[cell], k_pos, out=on)
+            np.add(count, on.view(np.uint8), out=count, casting="unsafe")
+            np.left_shift(on.view(np.uint8), j % 8, out=shifted)
+            np.bitwise_or(planes[j // 8], shifted, out=planes[j // 8])
+        return count, planes
 
 
 _OPEN_INDEXES: dict[tuple[str, str], MatchIndex] = {}
@@ -331,20 +350,32 @@ def sequence_starts(offsets: np.ndarray, n_tokens: int) -> np.ndarray:
     return flags
 
 
-def runs(mask: np.ndarray, seq_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, stops)`` of the maximal True runs of ``mask`` that stay inside one sequence
-    (``seq_start``: ``sequence_starts``), so that no run spans two sequences."""
-    n = len(mask)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    joined = np.empty(n, dtype=bool)  # joined[t]: step t continues a run from step t - 1
-    joined[0] = False
-    np.logical_and(mask[1:], mask[:-1], out=joined[1:])
-    joined[1:] &= ~seq_start[1:]
-    starts = np.flatnonzero(mask & ~joined)
-    ends = np.flatnonzero(mask[:-1] & ~joined[1:]) + 1
-    stops = np.concatenate([ends, [n]]) if mask[-1] else ends
-    return starts.astype(np.int64), stops.astype(np.int64)
+class LevelRuns:
+    """The maximal runs of ``count >= level`` inside sequences, for any level, without rescanning.
+
+    A run at level ``m`` starts at ``s`` iff ``count[s - 1] < m <= count[s]`` (the previous step
+    counts as 0 at a sequence start) and ends after ``e - 1`` iff ``count[e] < m <= count[e - 1]``.
+    One pass over ``count`` finds the rising and falling steps; each level then only filters them.
+    """
+
+    def __init__(self, count: np.ndarray, seq_start: np.ndarray):
+        before = np.empty_like(count)
+        after = np.empty_like(count)
+        if len(count):
+            before[0], after[-1] = 0, 0
+            before[1:], after[:-1] = count[:-1], count[1:]
+            before[seq_start] = 0
+            after[:-1][seq_start[1:]] = 0
+        self.rise = np.flatnonzero(count > before)
+        self.rise_lo, self.rise_hi = before[self.rise], count[self.rise]
+        self.fall = np.flatnonzero(count > after)
+        self.fall_lo, self.fall_hi = after[self.fall], count[self.fall]
+
+    def at(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, stops)`` of the runs at ``level`` (>= 1), in order."""
+        starts = self.rise[(self.rise_lo < level) & (self.rise_hi >= level)]
+        stops = self.fall[(self.fall_lo < level) & (self.fall_hi >= level)] + 1
+        return starts.astype(np.int64), stops.astype(np.int64)
 
 
 def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -390,7 +421,8 @@ class MatchResult:
 
     ``counts[t]``: selected cells on at step ``t`` (whole store; the heatmap). ``length_histogram[L]``:
     how many maximal runs with *all* selected cells on (inside sequences) have length ``L``.
-    ``n_verified``: candidates whose ``C'`` was read; ``levels``: levels ``m`` scanned.
+    ``n_candidates``: candidates whose intersection was computed; ``n_verified``: of those, the ones
+    whose whole ``C'`` was read; ``levels``: levels ``m`` scanned.
     """
 
     source: str
@@ -402,6 +434,7 @@ class MatchResult:
     hits: list[Hit]
     counts: np.ndarray
     length_histogram: np.ndarray
+    n_candidates: int = 0
     n_verified: int = 0
     levels: list[int] = field(default_factory=list)
 
@@ -418,7 +451,8 @@ class MatchResult:
         """JSON-ready dict (the whole-store ``counts`` only when asked: it has one entry per token)."""
         out = {"source": self.source, "cells": self.cells.tolist(), "threshold": self.threshold, "sign": self.sign,
                "pad_left": self.pad_left, "pad_right": self.pad_right, "hits": [h.to_dict() for h in self.hits],
-               "length_histogram": self.length_histogram.tolist(), "n_verified": self.n_verified,
+               "length_histogram": self.length_histogram.tolist(), "n_candidates": self.n_candidates,
+               "n_verified": self.n_verified,
                "levels": self.levels}
         if counts:
             out["counts"] = self.counts.tolist()
@@ -473,10 +507,10 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
     index = MatchIndex.load(store, source, index_dir, progress)
     k_pos, k_neg = threshold_keys(threshold, index.dtype)
     n = len(cells)
-    count = index.count_on(cells, sign, k_pos, k_neg)
+    count, planes = index.selected_on(cells, sign, k_pos, k_neg)
     selected_bits = np.packbits(np.isin(np.arange(n_virtual), cells))
-    best, histogram, levels, n_verified = _search(index, count, n, top, min_length, phrase_length, pad_left,
-                                                  pad_right, sign, k_pos, k_neg, selected_bits)
+    best, histogram, levels, stats = _search(index, count, planes, cells, top, min_length, phrase_length, pad_left,
+                                             pad_right, sign, k_pos, k_neg, selected_bits)
     hits = []
     for i in range(len(best.get("start", ()))):
         s, e = int(best["start"][i]), int(best["stop"][i])
@@ -488,59 +522,114 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
         hits.append(Hit(s, e, seq, int(best["intersection"][i]), int(best["union"][i]), cprime, c_lo, c_hi,
                         tokens, count[c_lo:c_hi].copy()))
     return MatchResult(source, cells, threshold, sign, pad_left, pad_right, hits, count, histogram,
-                       n_verified, levels)
+                       stats["phase1"], stats["phase2"], levels)
 
 
-def _search(index: MatchIndex, count: np.ndarray, n: int, top: int, min_length: int, phrase_length: int | None,
-            pad_left: int, pad_right: int, sign: str, k_pos: int, k_neg: int, selected_bits: np.ndarray):
-    """Exact top matches by best-first search over the candidates.
+def _search(index: MatchIndex, count: np.ndarray, planes: np.ndarray, cells: np.ndarray, top: int, min_length: int,
+            phrase_length: int | None, pad_left: int, pad_right: int, sign: str, k_pos: int, k_neg: int,
+            selected_bits: np.ndarray):
+    """Exact top matches by best-first search over the candidates, in two phases.
 
-    Each candidate gets a lower bound of its rank key, ``(-ub, n, -length, start)`` with
-    ``ub = min(level, n - max count at its padding steps)`` >= ``|C & C'|`` (a padding step
-    where ``k`` selected cells are on leaves at most ``n - k`` of them off) and ``|C | C'| >= n``.
-    Candidates are verified in bound order, tier ``ub = n, n-1, ...`` (level ``u`` is generated
-    before tier ``u``: lower levels only hold candidates with ``ub < u``), longest first within a
-    tier, and the search stops as soon as the ``top``-th best verified key is no worse than the
-    next bound: nothing left can enter the top.
+    Rank keys are ``(-|C & C'|, |C | C'|, -length, start)``, smaller is better. Tier ``u = n, n-1,
+    ...`` generates the runs of level ``u`` and bounds each new candidate's intersection by
+    ``ub = min(level, n - max count at its padding steps)`` (a padding step where ``k`` selected
+    cells are on leaves at most ``n - k`` of them off); a candidate with ``ub = u`` cannot appear at a
+    lower tier. Phase 1 computes the exact intersection of a tier's candidates from the selected
+    cells' on-bits (``planes``). Phase 2 reads whole rows for ``C'`` and the union, only for
+    candidates whose key bound ``(-intersection, n, -length, start)`` can still beat the ``top``-th
+    best, best bound first. The search ends when the ``top``-th best intersection exceeds every
+    unexplored tier.
     """
+    n = len(cells)
     best: dict[str, np.ndarray] = {}
     histogram = np.zeros(1, dtype=np.int64)
-    pool_start = pool_stop = pool_ub = np.zeros(0, dtype=np.int64)
-    levels, n_verified = [], 0
+    pool = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "ub": np.zeros(0, np.int64)}
+    exact = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "inter": np.zeros(0, np.int64)}
+    levels, stats = [], {"phase1": 0, "phase2": 0}
+    level_runs = LevelRuns(count, index.seq_start)
+    above = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     for tier in range(n, 0, -1):
-        if _cannot_improve(best, top, tier, n, None, None):
+        if _kth_intersection(best, top) > tier:
             break
         levels.append(tier)
-        starts, stops = runs(count >= tier, index.seq_start)
+        starts, stops = level_runs.at(tier)
         if tier == n:
             histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
-        elif len(starts):  # a run whose count never drops to ``tier`` is a run of ``tier + 1``: pooled there
-            fresh = np.logical_or.reduceat(count == tier, starts)
+        previous, above = above, (starts, stops)
+        if len(starts) and len(previous[0]):  # a run that is also a run one level up was pooled there
+            i = np.minimum(np.searchsorted(previous[0], starts), len(previous[0]) - 1)
+            fresh = (previous[0][i] != starts) | (previous[1][i] != stops)
             starts, stops = starts[fresh], stops[fresh]
         lengths = stops - starts
         keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
         starts, stops = starts[keep], stops[keep]
         ub = np.minimum(tier, n - _max_count_at_padding(index, count, starts, stops, pad_left, pad_right))
         keep = ub > 0
-        pool_start = np.concatenate([pool_start, starts[keep]])
-        pool_stop = np.concatenate([pool_stop, stops[keep]])
-        pool_ub = np.concatenate([pool_ub, ub[keep]])
-        now = pool_ub == tier
-        t_start, t_stop = pool_start[now], pool_stop[now]
-        pool_start, pool_stop, pool_ub = pool_start[~now], pool_stop[~now], pool_ub[~now]
-        order = np.lexsort((t_start, -(t_stop - t_start)))
-        t_start, t_stop = t_start[order], t_stop[order]
-        first, batch = 0, 256
-        while first < len(t_start):
-            if _cannot_improve(best, top, tier, n, int(t_stop[first] - t_start[first]), int(t_start[first])):
-                return best, histogram, levels, n_verified
-            last = min(len(t_start), first + batch)
-            n_verified += last - first
-            for found in _verify(index, t_start[first:last], t_stop[first:last], pad_left, pad_right, sign,
-                                 k_pos, k_neg, selected_bits, n):
-                best = _merge_top(best, found, top)
-            first, batch = last, batch * 2
-    return best, histogram, levels, n_verified
+        pool = {"start": np.concatenate([pool["start"], starts[keep]]),
+                "stop": np.concatenate([pool["stop"], stops[keep]]), "ub": np.concatenate([pool["ub"], ub[keep]])}
+        now = pool["ub"] == tier
+        t_start, t_stop = pool["start"][now], pool["stop"][now]
+        pool = {k: v[~now] for k, v in pool.items()}
+        # phase 1: exact intersections of this tier's candidates (only those that can still enter the top)
+        kth = _kth_intersection(best, top)
+        inter = _selected_intersection(index, planes, t_start, t_stop, pad_left, pad_right)
+        stats["phase1"] += len(t_start)
+        keep = inter >= max(kth, 1)
+        exact = {"start": np.concatenate([exact["start"], t_start[keep]]),
+                 "stop": np.concatenate([exact["stop"], t_stop[keep]]),
+                 "inter": np.concatenate([exact["inter"], inter[keep]])}
+        # phase 2: whole rows for candidates no unexplored tier can outrank (intersection >= tier)
+        ready = exact["inter"] >= tier
+        best = _phase2(index, {k: v[ready] for k, v in exact.items()}, best, top, n, pad_left, pad_right, sign,
+                       k_pos, k_neg, selected_bits, stats)
+        exact = {k: v[~ready] for k, v in exact.items()}
+    if len(exact["start"]):
+        best = _phase2(index, exact, best, top, n, pad_left, pad_right, sign, k_pos, k_neg, selected_bits, stats)
+    return best, histogram, levels, stats
+
+
+def _kth_intersection(best: dict, top: int) -> int:
+    """The ``top``-th best intersection so far (0 while fewer than ``top`` matches are known)."""
+    return int(best["intersection"][top - 1]) if len(best.get("start", ())) >= top else 0
+
+
+def _phase2(index: MatchIndex, cand: dict, best: dict, top: int, n: int, pad_left: int, pad_right: int, sign: str,
+            k_pos: int, k_neg: int, selected_bits: np.ndarray, stats: dict) -> dict:
+    """Read ``C'`` for candidates in key-bound order until the bound cannot beat the ``top``-th best."""
+    order = np.lexsort((cand["start"], -(cand["stop"] - cand["start"]), -cand["inter"]))
+    starts, stops, inter = cand["start"][order], cand["stop"][order], cand["inter"][order]
+    first, batch = 0, 64
+    while first < len(starts):
+        if _cannot_improve(best, top, int(inter[first]), n, int(stops[first] - starts[first]), int(starts[first])):
+            break
+        last = min(len(starts), first + batch)
+        stats["phase2"] += last - first
+        for found in _verify(index, starts[first:last], stops[first:last], pad_left, pad_right, sign,
+                             k_pos, k_neg, selected_bits, n):
+            best = _merge_top(best, found, top)
+        first, batch = last, batch * 2
+    return best
+
+
+def _selected_intersection(index: MatchIndex, planes: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                           pad_left: int, pad_right: int) -> np.ndarray:
+    """``|C & C'|`` of each run from the selected cells' on-bits: AND over the run's steps of the
+    bits, and of the inverted bits over its padding steps."""
+    inter = np.zeros(len(starts), dtype=np.int64)
+    if len(starts) == 0:
+        return inter
+    seq = np.searchsorted(index.offsets, starts, side="right") - 1
+    lo = np.maximum(starts - pad_left, index.offsets[seq])
+    hi = np.minimum(stops + pad_right, index.offsets[seq + 1])
+    rows = _concat_ranges(lo, hi)
+    lengths = hi - lo
+    seg = np.cumsum(lengths) - lengths
+    flip = ((rows < np.repeat(starts, lengths)) | (rows >= np.repeat(stops, lengths))).view(np.uint8) * np.uint8(255)
+    for plane in planes:  # every run has steps of its own, so inverted padding bits above n clear
+        bits = plane.take(rows)
+        np.bitwise_xor(bits, flip, out=bits)
+        inter += _POPCOUNT8[np.bitwise_and.reduceat(bits, seg)]
+    return inter
 
 
 def _cannot_improve(best: dict, top: int, ub: int, n: int, length: int | None, start: int | None) -> bool:

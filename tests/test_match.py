@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from lstmvis.match import (MatchIndex, build_index, float_keys, match, runs, select, sequence_starts,
+from lstmvis.match import (LevelRuns, MatchIndex, build_index, float_keys, match, select, sequence_starts,
                            threshold_keys)
 from lstmvis.store import StateStore
 
@@ -254,10 +254,25 @@ def test_float_keys_sort_like_the_floats():
             np.testing.assert_array_equal(keys <= k_neg, exact <= -threshold)
 
 
-def test_runs_split_at_sequence_starts():
-    mask = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
-    starts, stops = runs(mask, sequence_starts(np.array([0, 2, 3, 3, 7, 12]), 12))
-    assert list(zip(starts, stops)) == [(0, 2), (2, 3), (3, 4), (5, 7), (7, 11)]
-    assert [len(a) for a in runs(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))] == [0, 0]
-    mask[-1] = True
-    assert runs(mask, sequence_starts(np.array([0, 11, 12]), 12))[1].tolist() == [4, 11, 12]
+def test_level_runs_equal_a_scan_and_never_cross_sequences():
+    rng = np.random.default_rng(3)
+    count = rng.integers(0, 4, size=300).astype(np.uint8)
+    offsets = np.array([0, 7, 7, 50, 51, 180, 300])
+    levels = LevelRuns(count, sequence_starts(offsets, 300))
+    for level in range(1, 5):
+        expected = []
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            t = a
+            while t < b:
+                if count[t] >= level:
+                    e = t
+                    while e < b and count[e] >= level:
+                        e += 1
+                    expected.append((t, e))
+                    t = e
+                else:
+                    t += 1
+        starts, stops = levels.at(level)
+        assert list(zip(starts.tolist(), stops.tolist())) == expected
+    empty = LevelRuns(np.zeros(0, np.uint8), np.zeros(0, dtype=bool))
+    assert [len(a) for a in empty.at(1)] == [0, 0]

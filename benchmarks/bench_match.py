@@ -1,0 +1,222 @@
+"""Select + match latency on a synthetic float16 store, ours vs a straightforward numpy LSTMVis.
+
+Builds (or reuses) a synthetic store of ``--tokens`` x ``--cells`` float16 states (AR(1) processes
+squashed by tanh, so cells switch on and off in runs like real LSTM cells), builds our match index
+(timed, size reported relative to the states), then runs random brushes: ``select`` over 1-3 steps
+(threshold 0.3, pad_left 1), ``match`` top 50, warm (index open and in the page cache). The
+baseline is LSTMVis's server algorithm in "precise" mode (all steps; per-step counts in column
+batches of floor(5e6 / N) cells, run-length candidates from level |C| down until 10,000 are found,
+each verified by reading its rows), run on the same data as a row-major float16 memory map.
+
+    python benchmarks/bench_match.py --tokens 2000000 --cells 256
+    python benchmarks/bench_match.py --tokens 5000000 --cells 512 --baseline-queries 5
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lstmvis.match import MatchIndex, match, select  # noqa: E402
+from lstmvis.store import StateStore, StoreWriter  # noqa: E402
+
+SOURCE = "rnn.l0.h"
+
+
+def make_store(path: Path, raw_path: Path, n: int, d: int, seed: int) -> None:
+    """Synthetic store + the same states as a raw row-major .npy for the baseline."""
+    from scipy.signal import lfilter
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.geometric(1 / 800, size=n // 100 + 10)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.concatenate([offsets[offsets < n], [n]])
+    persistence = np.array([0.6, 0.85, 0.95, 0.99])
+    group = rng.integers(0, len(persistence), size=d)
+    gain = rng.uniform(0.7, 2.5, size=d).astype(np.float32)
+    bias = rng.uniform(-1.2, 0.4, size=d).astype(np.float32)
+    state = np.zeros((len(persistence), d), dtype=np.float32)
+    writer = StoreWriter(path, n_tokens=n, offsets=offsets, vocab=[f"w{i}" for i in range(200)] + ["<pad>", "<unk>"],
+                         card={"name": "synthetic", "generator": "benchmarks/bench_match.py", "seed": seed})
+    raw = np.lib.format.open_memmap(raw_path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(n, d))
+    try:
+        writer.add_source(SOURCE, d, "float16")
+        block = 1 << 16
+        for a in tqdm(range(0, n, block), desc="synthetic store", unit="block"):
+            b = min(n, a + block)
+            noise = rng.standard_normal((b - a, d), dtype=np.float32)
+            x = np.empty_like(noise)
+            for g, p in enumerate(persistence):
+                cols = group == g
+                out, zf = lfilter([np.sqrt(1 - p * p)], [1, -p], noise[:, cols], axis=0,
+                                  zi=(p * state[g, cols])[None, :])
+                x[:, cols] = out
+                state[g, cols] = out[-1]
+            values = np.tanh(gain * x + bias).astype(np.float16)
+            writer.write_states(SOURCE, a, values)
+            writer.write_tokens(a, rng.integers(0, 200, size=b - a))
+            raw[a:b] = values
+        writer.finish()
+        raw.flush()
+        del raw
+        os.replace(raw_path.with_suffix(".tmp.npy"), raw_path)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+# ---------------------------------------------------------------------------- baseline: LSTMVis in numpy
+def _rle(values: np.ndarray):
+    """Run-length encoding: (lengths, starts, values)."""
+    edges = np.flatnonzero(values[1:] != values[:-1]) + 1
+    starts = np.concatenate([[0], edges])
+    lengths = np.diff(np.concatenate([starts, [len(values)]]))
+    return lengths, starts, values[starts]
+
+
+def lstmvis_match(states: np.ndarray, cells: np.ndarray, threshold: float = 0.3, phrase_length: int = 0,
+                  constrain_left: bool = True, constrain_right: bool = False, no_of_results: int = 50,
+                  mode: str = "precise"):
+    """LSTMVis's ``query_similar_activations`` as a straightforward numpy program (no sequence bounds)."""
+    n_total = states.shape[0]
+    if mode == "fast":
+        n_steps, batch, num_candidates = min(n_total, 500_000), 5, 1000
+    else:
+        n_steps, batch, num_candidates = n_total, max(1, int(5e6 // n_total)), 10_000
+    cells = np.asarray(cells)
+    counts = np.zeros(n_steps, dtype=np.int32)
+    for b in range(0, len(cells), batch):
+        counts += (states[:n_steps, cells[b:b + batch]] >= threshold).sum(axis=1)
+    candidates: dict[str, tuple[int, int, int]] = {}
+    for n in range(len(cells), 0, -1):
+        lengths, starts, values = _rle(np.minimum(counts, n))
+        ok = (values == n) & ((lengths >= 2) if phrase_length == 0 else (lengths == phrase_length))
+        for i in np.flatnonzero(ok):
+            score = 0
+            if constrain_left and i > 0:
+                score += n - values[i - 1]
+            if constrain_right and i + 1 < len(values):
+                score += n - values[i + 1]
+            candidates.setdefault(f"{lengths[i]}_{starts[i]}", (int(lengths[i]), int(starts[i]), int(score)))
+        if len(candidates) >= num_candidates:
+            break
+    shortlist = sorted(candidates.values(), key=lambda c: -c[2])[:num_candidates]
+    selected = set(cells.tolist())
+    results = []
+    for ml, pos, _ in shortlist:
+        if pos < 1 or pos + ml + 1 > n_total:
+            continue
+        rows = np.where(states[pos - 1:pos + ml + 1] >= threshold, 1, -1)
+        mask = np.ones(ml + 2)
+        mask[0] = -1 if constrain_left else 0
+        mask[-1] = -1 if constrain_right else 0
+        hits = mask @ rows
+        on = set(np.flatnonzero(hits == np.abs(mask).sum()).tolist())
+        inter, union = len(selected & on), len(selected | on)
+        results.append((pos, ml, inter, union))
+    results.sort(key=lambda r: (-r[2], r[3], -r[1]))
+    return results[:no_of_results]
+
+
+# ---------------------------------------------------------------------------- timing
+def percentile(ms: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(ms), q))
+
+
+def random_queries(store: StateStore, n_queries: int, seed: int, threshold: float):
+    rng = np.random.default_rng(seed + 1)
+    queries = []
+    while len(queries) < n_queries:
+        seq = int(rng.integers(0, store.n_sequences))
+        a, b = store.sequence_bounds(seq)
+        if b - a < 5:
+            continue
+        start = int(rng.integers(a + 1, b - 3))
+        stop = start + int(rng.integers(1, 4))
+        cells = select(store, SOURCE, start, stop, threshold=threshold)
+        if len(cells):
+            queries.append((start, stop))
+    return queries
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=2_000_000)
+    p.add_argument("--cells", type=int, default=256)
+    p.add_argument("--queries", type=int, default=40, help="timed select+match queries (ours)")
+    p.add_argument("--baseline-queries", type=int, default=8, help="of those, run through the baseline too")
+    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-match"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    stem = f"synthetic-{args.tokens}x{args.cells}-s{args.seed}"
+    path, raw_path = args.dir / f"{stem}.h5", args.dir / f"{stem}.raw.npy"
+    if not (path.exists() and raw_path.exists()):
+        t0 = time.perf_counter()
+        make_store(path, raw_path, args.tokens, args.cells, args.seed)
+        print(f"synthetic store written in {time.perf_counter() - t0:.0f} s")
+    store = StateStore.open(path)
+    states_bytes = store.dataset(SOURCE).size * store.dataset(SOURCE).dtype.itemsize
+    t0 = time.perf_counter()
+    index = MatchIndex.load(store, SOURCE, progress=True)
+    build_s = time.perf_counter() - t0
+    print(f"store: {store.n_tokens:,} tokens x {args.cells} cells float16 = {states_bytes / 2**30:.2f} GiB, "
+          f"{store.n_sequences:,} sequences")
+    print(f"index: open/build {build_s:.1f} s, {index.nbytes / 2**30:.2f} GiB on disk = "
+          f"{index.nbytes / states_bytes:.2f} x the states")
+
+    queries = random_queries(store, args.queries, args.seed, args.threshold)
+    for start, stop in queries:  # warm-up pass: index pages mapped and in the page cache
+        match(store, SOURCE, select(store, SOURCE, start, stop, args.threshold), args.threshold)
+    wall, cpu, n_cells, n_cand, verified = [], [], [], [], []
+    for start, stop in queries:
+        t0, c0 = time.perf_counter(), time.process_time()
+        cells = select(store, SOURCE, start, stop, threshold=args.threshold)
+        result = match(store, SOURCE, cells, threshold=args.threshold, top=50)
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+        n_cells.append(len(cells))
+        n_cand.append(result.n_candidates)
+        verified.append(result.n_verified)
+    print(f"queries: {len(queries)} brushes of 1-3 steps (threshold {args.threshold}, pad_left 1), |C| median "
+          f"{int(np.median(n_cells))} (range {min(n_cells)}-{max(n_cells)}); candidates per query median "
+          f"{int(np.median(n_cand))} (max {max(n_cand)}), of which rows read for median {int(np.median(verified))}")
+    print(f"ours select+match top 50, warm: wall p50 {percentile(wall, 50):.1f} ms, p99 {percentile(wall, 99):.1f} ms;"
+          f" CPU p50 {percentile(cpu, 50):.1f} ms, p99 {percentile(cpu, 99):.1f} ms")
+
+    raw = np.load(raw_path, mmap_mode="r")
+    picked = list(range(min(args.baseline_queries, len(queries))))
+    for i in picked:  # warm-up for the baseline too
+        lstmvis_match(raw, select(store, SOURCE, *queries[i], threshold=args.threshold)[:1], args.threshold)
+    b_wall, b_cpu = [], []
+    for i in picked:
+        start, stop = queries[i]
+        t0, c0 = time.perf_counter(), time.process_time()
+        cells = np.flatnonzero((raw[start:stop] >= args.threshold).all(0) & ~(raw[start - 1] >= args.threshold))
+        lstmvis_match(raw, cells, args.threshold)
+        b_wall.append((time.perf_counter() - t0) * 1e3)
+        b_cpu.append((time.process_time() - c0) * 1e3)
+        print(f"  query [{start}, {stop}) |C|={len(cells)}: LSTMVis precise wall {b_wall[-1]:.0f} ms, CPU "
+              f"{b_cpu[-1]:.0f} ms; ours wall {wall[i]:.1f} ms, CPU {cpu[i]:.1f} ms")
+    if picked:
+        ratio_wall = np.asarray(b_wall) / np.asarray([wall[i] for i in picked])
+        ratio_cpu = np.asarray(b_cpu) / np.asarray([cpu[i] for i in picked])
+        print(f"baseline (LSTMVis precise in numpy) on {len(picked)} of the same queries: wall p50 "
+              f"{percentile(b_wall, 50):.0f} ms, CPU p50 {percentile(b_cpu, 50):.0f} ms; ours on them: wall p50 "
+              f"{percentile([wall[i] for i in picked], 50):.1f} ms; speed-up median {np.median(ratio_wall):.0f}x wall, "
+              f"{np.median(ratio_cpu):.0f}x CPU (min {ratio_wall.min():.0f}x / {ratio_cpu.min():.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
