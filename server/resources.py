@@ -60,7 +60,12 @@ def confine(root: Path, candidate: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------- models
 
 class ModelEntry:
-    """One model: loaded on first use, then lent out as private copies from a small pool."""
+    """One model: loaded on first use, then lent out as private copies from a small pool.
+
+    The loaded object is kept as a template that is never lent: every lent instance is a deep copy
+    of it, made while nothing runs on the template (copying a model mid-forward, with a recorder's
+    hooks installed, would copy those too).
+    """
 
     def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
                  card: dict | None = None, pool_size: int = 2):
@@ -68,13 +73,13 @@ class ModelEntry:
         self._loader = loader
         self._pool_size = max(1, pool_size)
         self._lock = threading.Lock()
-        self._base: Any = None
+        self._template: Any = None
         self._made = 0
         self._free: queue.LifoQueue = queue.LifoQueue()
 
     @property
     def loaded(self) -> bool:
-        return self._base is not None
+        return self._template is not None
 
     def _instance(self) -> Any:
         try:
@@ -82,13 +87,11 @@ class ModelEntry:
         except queue.Empty:
             pass
         with self._lock:
-            if self._base is None:
-                self._base = self._loader()
+            if self._template is None:
+                self._template = self._loader()
             if self._made < self._pool_size:
-                # The first borrower gets the loaded object; later ones private deep copies.
-                inst = self._base if self._made == 0 else copy.deepcopy(self._base)
                 self._made += 1
-                return inst
+                return copy.deepcopy(self._template)
         return self._free.get()  # all copies busy: wait for one
 
     @contextlib.contextmanager
@@ -224,7 +227,7 @@ class Resources:
 
     def __init__(self, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  demo: bool | None = None, build: str = "background", pool_size: int = 2,
-                 progress: bool = True):
+                 progress: bool = True, demo_names: list[str] | None = None):
         if build not in ("background", "sync", "off"):
             raise ValueError(f"build must be 'background', 'sync' or 'off', got {build!r}")
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
@@ -234,6 +237,11 @@ class Resources:
         self.demo = (self.data_dir is None) if demo is None else demo
         self.pool_size = pool_size
         self.progress = progress
+        known = [spec.name for spec in DEMO_STORES]
+        unknown = sorted(set(demo_names or ()) - set(known))
+        if unknown:
+            raise ValueError(f"unknown demo stores {unknown}: the demo has {', '.join(known)}")
+        self.demo_specs = [spec for spec in DEMO_STORES if demo_names is None or spec.name in demo_names]
         self.models: dict[str, ModelEntry] = {}
         self.stores: dict[str, StoreEntry] = {}
         self._build_thread: threading.Thread | None = None
@@ -333,7 +341,7 @@ class Resources:
         return self.cache_dir / "demo" / f"{spec.name}__{key}.h5"
 
     def _register_demo_stores(self) -> None:
-        for spec in DEMO_STORES:
+        for spec in self.demo_specs:
             digest = _checkpoint_digest(spec.model)
             if digest is None:
                 entry = StoreEntry(spec.name, Path(), spec.title, spec.description, spec.model,
@@ -347,7 +355,7 @@ class Resources:
 
     def build_demo(self) -> None:
         """Build every queued demo store once (progress bar on stderr); others wait on a file lock."""
-        todo = [(s, self.stores[s.name]) for s in DEMO_STORES if self.stores[s.name].status == "queued"]
+        todo = [(s, self.stores[s.name]) for s in self.demo_specs if self.stores[s.name].status == "queued"]
         if not todo:
             return
         from tqdm.auto import tqdm

@@ -3,7 +3,6 @@ and the bundled demo built once per test session into the repository's .cache fo
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from pathlib import Path
 
@@ -46,7 +45,10 @@ def make_toy_store(path: Path, texts: bool = True):
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
     states = toy_states_by_sequence(seqs)
     label = np.concatenate([np.full(len(s), i % 2, dtype=np.int64) for i, s in enumerate(seqs)])
-    return StateStore.from_arrays(path, {"rnn.l0.h": states, "rnn.l0.c": -states}, tokens=tokens, offsets=offsets,
+    gate = np.tile(np.array([0.95, 0.05, 0.5, 0.05], dtype=np.float32), (len(tokens), 1))
+    gate[1::2, 3] = 0.95  # cell 3 alternates: saturated low on half the steps, high on the other half
+    return StateStore.from_arrays(path, {"rnn.l0.h": states, "rnn.l0.c": -states, "rnn.l0.gate_f": gate},
+                                  tokens=tokens, offsets=offsets,
                                   meta={"label": label}, card={"name": "toy"},
                                   texts=TOY_TEXTS if texts else None)
 
@@ -75,18 +77,19 @@ def live_server(app):
 
 
 _demo_lock = threading.Lock()
-_demo = None
+_demos: dict = {}
 
 
-def demo_resources():
-    """The bundled demo's Resources, built (once per session) into TEST_CACHE."""
-    global _demo
+def demo_resources(*names: str):
+    """The bundled demo's Resources (all stores, or only ``names``), built once into TEST_CACHE."""
+    from server.resources import Resources
+
+    key = tuple(sorted(names))
     with _demo_lock:
-        if _demo is None:
-            from server.resources import Resources
-            os.environ.setdefault("LSTMVIS_CACHE", str(TEST_CACHE))
-            _demo = Resources(None, cache_dir=TEST_CACHE, build="sync", progress=False)
-        return _demo
+        if key not in _demos:
+            _demos[key] = Resources(None, cache_dir=TEST_CACHE, build="sync", progress=False,
+                                    demo_names=list(names) or None)
+        return _demos[key]
 
 
 CHROMIUM = "/usr/bin/chromium"

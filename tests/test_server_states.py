@@ -44,7 +44,7 @@ def test_stores(client):
     assert [s["name"] for s in stores] == ["plain", "toy"]
     toy = stores[1]
     assert toy["n_tokens"] == len(TOKENS) and toy["n_sequences"] == 3
-    assert toy["sources"] == ["rnn.l0.h", "rnn.l0.c"] and toy["cells"] == {"rnn.l0.h": 4, "rnn.l0.c": 4}
+    assert toy["sources"] == ["rnn.l0.h", "rnn.l0.c", "rnn.l0.gate_f"] and toy["cells"]["rnn.l0.h"] == 4
     assert toy["meta"] == ["label"]
     info = get_ok(client, "/api/stores/toy")
     assert info["card"]["name"] == "toy" and info["char_level"] is False
