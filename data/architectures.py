@@ -92,14 +92,21 @@ class CharLM(nn.Module):
 
 
 class MnistCNN(nn.Module):
-    """Conv + ReLU blocks -> global average pool -> linear, so CAM applies to ``features``."""
+    """Conv + ReLU blocks -> global average pool -> linear, so CAM applies to ``features``.
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 64), n_classes: int = 10):
+    ``pool_after`` lists the conv indices followed by a 2x2 max pool (default: every conv but the
+    last); extra convs at the coarsest scale widen the receptive field before the average pool.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 64), n_classes: int = 10,
+                 pool_after: tuple[int, ...] | None = None):
         super().__init__()
+        if pool_after is None:
+            pool_after = tuple(range(len(channels) - 1))
         layers, c_in = [], 1
         for i, c in enumerate(channels):
             layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
-            if i < len(channels) - 1:
+            if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
             c_in = c
         self.features = nn.Sequential(*layers)

@@ -174,9 +174,9 @@ def train_charlm(name: str, budget: Budget, seed: int):
     lm = LanguageModel(module, vocab, tokenizer, name=name)
     stream = torch.as_tensor(vocab.encode(tokenizer(train_text)))
     dev_ids = lm.encode(loaders.python_source_text("dev")[: budget.pick(200_000, 5_000)])
-    steps = budget.pick(4000 if "gru" not in name else 3000, 20)
+    steps = budget.pick(1500 if "gru" not in name else 1000, 20)
     _train_lm(module, stream, steps=steps, seq_len=budget.pick(128, 32), batch=budget.pick(64, 8),
-              lr=3e-3, seed=seed, desc=f"train {name}", dev_fn=lambda: lm.bits_per_token([dev_ids]))
+              lr=3e-3, seed=seed, desc=f"train {name}", dev_fn=lambda: lm.bits_per_token([dev_ids]), eval_every=250)
     metrics = {"dev_bits_per_char": lm.bits_per_token([dev_ids]), **evaluate_charlm(lm)}
     data = "python_source (CPython 3.11.7 stdlib subset; whole files held out, data/loaders.py)"
     extra = dict(vocab=vocab.itos, labels=None, tokenizer=tokenizer.name)
@@ -239,7 +239,8 @@ def _random_shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2)
 
 
 def train_mnist(name: str, budget: Budget, seed: int):
-    config = dict(channels=budget.pick([32, 64, 64], [4, 4]), n_classes=10)
+    config = dict(channels=budget.pick([32, 64, 128, 128], [4, 4]), n_classes=10,
+                  pool_after=budget.pick([0, 1], [0]))
     module = build("MnistCNN", config)
     x, y = loaders.mnist("train")
     if budget.tiny:
