@@ -82,7 +82,10 @@ def _raw_params(multi: frozenset[str]) -> tuple[dict, str]:
         if not request.content_length and not request.data:
             return {}, "JSON body"
         raise ApiError(415, "send the body as JSON with the header Content-Type: application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json.loads on a body like [[[[...]]]] (not a ValueError, so not silenced)
+        raise ApiError(400, "the JSON body is nested too deeply") from None
     if body is None:
         raise ApiError(400, "the request body is not valid JSON")
     if not isinstance(body, dict):
