@@ -54,20 +54,29 @@ class Job:
 class JobRunner:
     """A small pool of worker threads running keyed jobs, keeping the last ``keep`` of them."""
 
-    def __init__(self, workers: int = 1, keep: int = 32):
+    def __init__(self, workers: int = 1, keep: int = 32, max_pending: int = 8):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstmvis-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._by_key: dict[tuple, str] = {}
         self._lock = threading.Lock()
         self._keep = keep
+        self._max_pending = max_pending
 
     def submit(self, kind: str, key: tuple, work: Callable[[Report], Any]) -> Job:
-        """The job computing ``key``: an existing one (running, queued or done), else a new one."""
+        """The job computing ``key``: an existing one (running, queued or done), else a new one.
+
+        At most ``max_pending`` jobs wait or run at once; beyond that the client gets a 429, so
+        distinct requests cannot queue unbounded work (and memory) behind the workers.
+        """
         key = (kind, *key)
         with self._lock:
             existing = self._by_key.get(key)
             if existing is not None and self._jobs[existing].status != "error":
                 return self._jobs[existing]
+            pending = sum(j.status in ("queued", "running") for j in self._jobs.values())
+            if pending >= self._max_pending:
+                raise ApiError(429, f"{pending} background jobs are queued or running; try again when one has "
+                                    "finished")
             job = Job(uuid.uuid4().hex[:16], kind, key)
             self._jobs[job.id] = job
             self._by_key[key] = job.id
