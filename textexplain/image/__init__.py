@@ -3,16 +3,36 @@
     >>> from textexplain import image
     >>> image.GradCAM(model, layer="features").attribute(x)          # (B, H, W)
     >>> image.METHODS["integrated_gradients"](model).attribute(x, target=3)
+    >>> image.ModelRandomization(model, ["gradient", "gradcam"]).run(x).to_markdown()
+
+Every attribution class takes the model and hyperparameters in its constructor and explains a
+batch (B, C, H, W) with ``attribute(x, target=None)``; ``METHODS`` maps names to classes.
 """
-from .base import METHODS, ImageMethod, attribute, register
+from .base import METHODS, Configurable, ImageMethod, attribute, register
 from .cam import CAM, BaseCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM
+from .embedding import FeatureEmbedding, penultimate_features
 from .gradients import Gradient, GradientXInput, IntegratedGradients, Saliency, SmoothGrad
 from .guided import Deconvnet, GuidedBackprop, RectifierRules
 from .occlusion import Occlusion
+from .patches import ReceptiveField, TopPatches, receptive_field
+from .render import attribution_figure, images_figure, images_grid_png, overlay_png, save_png
+from .sanity import ModelRandomization, SanityResult, randomizable_layers
+from .visualize import ActivationMaximization, DeepDream, feature_maps, filter_images
+
+
+def describe_methods() -> list[dict]:
+    """Every registered attribution method with its defaults, output kind and signedness (for a UI)."""
+    return [cls.describe() for cls in METHODS.values()]
+
 
 __all__ = [
-    "METHODS", "ImageMethod", "attribute", "register",
+    "METHODS", "Configurable", "ImageMethod", "attribute", "register", "describe_methods",
     "CAM", "BaseCAM", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM",
+    "FeatureEmbedding", "penultimate_features",
     "Gradient", "GradientXInput", "IntegratedGradients", "Saliency", "SmoothGrad",
     "Deconvnet", "GuidedBackprop", "RectifierRules", "Occlusion",
+    "ReceptiveField", "TopPatches", "receptive_field",
+    "attribution_figure", "images_figure", "images_grid_png", "overlay_png", "save_png",
+    "ModelRandomization", "SanityResult", "randomizable_layers",
+    "ActivationMaximization", "DeepDream", "feature_maps", "filter_images",
 ]

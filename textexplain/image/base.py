@@ -263,25 +263,17 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
 # ----------------------------------------------------------------------------- base class
 
 
-class ImageMethod:
-    """Base of every image attribution method.
-
-    The constructor stores the model and hyperparameters only (scikit-learn style); the work
-    happens in :meth:`attribute`. Subclasses implement ``_attribute(x, targets)``.
-    """
+class Configurable:
+    """A model plus hyperparameters: the constructor only stores them (scikit-learn style), so
+    ``get_params``/``set_params``/``clone_for`` and ``describe`` work the same for every class."""
 
     name: ClassVar[str] = ""
-    #: whether scores carry a sign (positive = evidence for the target) or are magnitudes
-    signed: ClassVar[bool] = True
-    #: "pixels": (B, C, H, W) per input value; "map": (B, H, W) per pixel location
-    output: ClassVar[str] = "pixels"
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
 
-    # -- scikit-learn style configuration -------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -301,7 +293,7 @@ class ImageMethod:
             params[n] = layer_name(self.model, v) if isinstance(v, nn.Module) else v
         return params
 
-    def set_params(self, **params: Any) -> "ImageMethod":
+    def set_params(self, **params: Any) -> "Configurable":
         valid = set(self._param_names())
         for k, v in params.items():
             if k not in valid:
@@ -309,24 +301,36 @@ class ImageMethod:
             setattr(self, k, v)
         return self
 
-    def clone_for(self, model: nn.Module) -> "ImageMethod":
-        """The same method with the same hyperparameters on another model (e.g. a randomized copy)."""
+    def clone_for(self, model: nn.Module) -> "Configurable":
+        """The same hyperparameters on another model (e.g. a randomized deep copy)."""
         return type(self)(model, **self.get_params())
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        """JSON-ready description for a UI: name, class, defaults, output kind, signedness, docs."""
+        """JSON-ready description for a UI: name, class, default hyperparameters, first doc line."""
         sig = inspect.signature(cls.__init__)
         defaults = {n: sig.parameters[n].default for n in cls._param_names()
                     if sig.parameters[n].default is not inspect.Parameter.empty}
         doc = (cls.__doc__ or "").strip().splitlines()
-        signed = cls.signed if isinstance(cls.signed, bool) else None  # None: depends on the parameters
-        return {"name": cls.name, "class": cls.__name__, "params": defaults, "output": cls.output,
-                "signed": signed, "summary": doc[0] if doc else ""}
+        return {"name": cls.name, "class": cls.__name__, "params": defaults, "summary": doc[0] if doc else ""}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+class ImageMethod(Configurable):
+    """Base of every image attribution method; subclasses implement ``_attribute(x, targets)``."""
+
+    #: whether scores carry a sign (positive = evidence for the target) or are magnitudes
+    signed: ClassVar[bool] = True
+    #: "pixels": (B, C, H, W) per input value; "map": (B, H, W) per pixel location
+    output: ClassVar[str] = "pixels"
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        signed = cls.signed if isinstance(cls.signed, bool) else None  # None: depends on the parameters
+        return {**super().describe(), "output": cls.output, "signed": signed}
 
     # -- the work ----------------------------------------------------------------------------
     def attribute(self, x: torch.Tensor, target: TargetSpec = None) -> torch.Tensor:
