@@ -174,46 +174,62 @@ def _state_map(state, fn):
                     "return tensors or tuples of tensors with the batch in dimension 1 (as nn.LSTM/GRU do)")
 
 
-def _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad_id, device) -> None:
-    """Stateful streams: each stream runs one sequence chunk by chunk, carrying its state."""
-    queue = sorted(todo, key=lambda i: -corpus.lengths[i])  # longest first balances the streams
-    queue.reverse()  # pop() from the end
+def run_streams(module: nn.Module, ids: Sequence[np.ndarray], batch_size: int = 32, chunk_size: int = 512,
+                pad_id: int = 0, device=None, recorder: Recorder | None = None, order: Sequence[int] | None = None):
+    """Run a stateful module ``(ids, state) -> (out, state)`` over whole sequences in parallel streams.
+
+    Each of ``batch_size`` streams runs one sequence chunk by chunk, carrying its state; when it
+    ends, the stream starts the next sequence (longest first) from a zero state. A generator:
+    after each chunk it yields ``[(sequence, start, n_tokens, batch_row, finished)]`` (the
+    recorder, if given, holds that chunk's states); empty sequences come as ``n_tokens = 0``.
+    """
+    lengths = [len(x) for x in ids]
+    queue = sorted(range(len(ids)) if order is None else order, key=lambda i: lengths[i])  # pop() = longest
     streams: list[list[int]] = []  # [sequence, position]
     state = None
     while queue or streams:
         while len(streams) < batch_size and queue:
             seq = queue.pop()
-            if corpus.lengths[seq] == 0:
-                sink.finish(seq)
+            if lengths[seq] == 0:
+                yield [(seq, 0, 0, -1, True)]
                 continue
             streams.append([seq, 0])
         if not streams:
             break
         if state is not None:
             state = _with_fresh_streams(state, len(streams))
-        remaining = [int(corpus.lengths[s]) - p for s, p in streams]
+        remaining = [lengths[s] - p for s, p in streams]
         width = min(chunk_size, max(remaining))
         batch = torch.full((len(streams), width), pad_id, dtype=torch.long)
-        counts = []
+        report = []
         for b, (seq, pos) in enumerate(streams):
             n = min(width, remaining[b])
-            batch[b, :n] = torch.from_numpy(corpus.ids[seq][pos:pos + n])
-            counts.append(n)
-        rec.clear()
-        with rec:
+            batch[b, :n] = torch.as_tensor(ids[seq][pos:pos + n])
+            report.append((seq, pos, n, b, n == remaining[b]))
+        if recorder is None:
             _, state = module(batch.to(device), state)
-        states = rec.states
-        keep = []
-        for b, (seq, pos) in enumerate(streams):
-            finished = pos + counts[b] >= corpus.lengths[seq]
-            sink.add(seq, states, b, counts[b], finished)
-            streams[b][1] += counts[b]
-            if not finished:
-                keep.append(b)
+        else:
+            recorder.clear()
+            with recorder:
+                _, state = module(batch.to(device), state)
+        yield report
+        keep = [b for b, (*_, finished) in enumerate(report) if not finished]
+        for b in keep:
+            streams[b][1] += report[b][2]
         if len(keep) < len(streams):
             streams = [streams[b] for b in keep]
             index = torch.tensor(keep, dtype=torch.long, device=device)
             state = _state_map(state, lambda t: t.index_select(1, index)) if keep else None
+
+
+def _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad_id, device) -> None:
+    for report in run_streams(module, corpus.ids, batch_size, chunk_size, pad_id, device, rec, order=todo):
+        states = rec.states if report[0][2] else None
+        for seq, _, n, b, finished in report:
+            if n == 0:
+                sink.finish(seq)
+            else:
+                sink.add(seq, states, b, n, finished)
 
 
 def _with_fresh_streams(state, n_streams: int):

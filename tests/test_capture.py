@@ -429,3 +429,49 @@ def test_custom_forward_subclass_refused():
 
     with pytest.raises(TypeError, match="overrides forward"):
         Recorder(MyLSTM(2, 2))
+
+
+@pytest.mark.parametrize("kind,proj,batch_first,given_state,bias",
+                         [("lstm", 0, True, False, True), ("lstm", 3, False, True, True), ("lstm", 0, False, True, False),
+                          ("gru", 0, True, True, True), ("gru", 0, False, False, False)])
+def test_unroll_route_matches_reference_and_module(kind, proj, batch_first, given_state, bias):
+    m = _module(kind, 2, False, batch_first, proj, bias=bias)
+    B, T = 3, 9
+    x = torch.randn(B, T, 4)
+    h0 = torch.randn(2, B, proj or 5) if given_state else None
+    c0 = torch.randn(2, B, 5) if given_state else None
+    hx = None if not given_state else ((h0, c0) if kind == "lstm" else h0)
+    inp = x if batch_first else x.transpose(0, 1)
+    with torch.no_grad():
+        plain_out, plain_hidden = m(inp, hx)
+        with Recorder(m, kinds="all", route="unroll") as rec:
+            out, hidden = m(inp, hx)
+    torch.testing.assert_close(out, plain_out, atol=ATOL, rtol=0)
+    for a, b in zip(hidden if kind == "lstm" else [hidden], plain_hidden if kind == "lstm" else [plain_hidden]):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    name = type(m).__name__.lower()
+    _check_against(reference_unroll(m, x, torch.full((B,), T), h0, c0 if kind == "lstm" else None, name=name), rec)
+
+
+def test_unroll_route_falls_back_where_it_does_not_apply():
+    m = _module("lstm", 2, True, True, 0)
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        plain = m(x)[0]
+        with Recorder(m, kinds="all", route="unroll") as rec:
+            out = m(x)[0]
+    assert torch.equal(out, plain)  # bidirectional: the fused route ran
+    _check_against(reference_unroll(m, x, torch.full((2,), 5), name="lstm"), rec)
+    with pytest.raises(ValueError, match="route"):
+        Recorder(m, route="fast")
+
+
+@pytest.mark.parametrize("kinds", ["c", "h,c", "gate_f,c"])
+def test_cell_state_without_output_gate_matches_reference(kinds):
+    m = _module("lstm", 2, True, True, 0)
+    x = torch.randn(3, 6, 4)
+    with torch.no_grad(), Recorder(m, kinds=kinds) as rec:
+        m(x)
+    ref = reference_unroll(m, x, torch.full((3,), 6), name="lstm")
+    wanted = kinds.split(",")
+    _check_against({k: v for k, v in ref.items() if k.rsplit(".", 1)[1] in wanted}, rec)

@@ -51,11 +51,12 @@ TEXTS = ["def f(x):\n    return x + 1\n" * 3, "", "a", "print('hi')  # done\n", 
          "while True:\n    pass\n"]
 
 
-@pytest.mark.parametrize("rnn", ["lstm", "gru"])
-def test_language_model_streams_equal_single_pass(tmp_path, rnn):
+@pytest.mark.parametrize("rnn,route", [("lstm", "fused"), ("gru", "fused"), ("lstm", "unroll"), ("gru", "unroll")])
+def test_language_model_streams_equal_single_pass(tmp_path, rnn, route):
     lm = char_lm(rnn)
     kinds = "h,c" if rnn == "lstm" else "h,gates"
-    store = lstmvis.extract(lm, TEXTS, tmp_path / "s.h5", kinds=kinds, batch_size=2, chunk_size=7, progress=False)
+    store = lstmvis.extract(lm, TEXTS, tmp_path / "s.h5", kinds=kinds, batch_size=2, chunk_size=7, progress=False,
+                            route=route)
     with store:
         assert store.n_sequences == len(TEXTS)
         assert store.n_tokens == sum(len(t) for t in TEXTS)
