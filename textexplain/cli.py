@@ -22,6 +22,9 @@ def load_text_model(spec: str):
     from .model import TextModel
 
     if spec in MODELS:
+        if MODELS[spec][0] != "classifier":
+            raise ValueError(f"{spec} is a {MODELS[spec][0]}, not a text classifier: explanations need one of "
+                             f"{', '.join(_classifiers())}")
         model = data.load_model(spec)
     elif Path(spec).suffix == ".pt" or Path(spec).is_file():
         model = build_from_checkpoint(load_checkpoint(spec), name=Path(spec).stem)

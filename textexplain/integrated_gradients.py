@@ -10,6 +10,7 @@ from .base import (OUTPUTS, Attribution, Explainer, Prepared, baseline_embedding
                    check_positive_int, embed, gradient_sum, reduce_dims)
 from .model import TextModel
 
+COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is flagged as not converged
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
@@ -38,6 +39,9 @@ class IntegratedGradients(Explainer):
     = signed sum over embedding dims of ``(x - x') * avg_grad``. Every result carries
     ``delta = sum(scores) - (F(x) - F(x'))``; the input, the baseline and all path points run in
     one batch (split by ``internal_batch_size``), so F(x) and F(x') cost no extra pass.
+    ``info["relative_delta"]`` = |delta| / |F(x) - F(x')|; ``info["converged"]`` is False above 1%:
+    the path has features the steps miss (RNNs can switch state abruptly along it), so raise
+    ``n_steps`` before trusting the scores.
     """
 
     name = "integrated_gradients"
@@ -70,8 +74,11 @@ class IntegratedGradients(Explainer):
         scores = reduce_dims((x - x_ref) * grad, "sum")
         f_x, f_ref = _output_value(logits[0], target, self.output), _output_value(logits[1], target, self.output)
         delta = float(scores.sum() - (f_x - f_ref))
+        relative = abs(delta) / abs(f_x - f_ref) if f_x != f_ref else (0.0 if delta == 0 else float("inf"))
         return Attribution(scores, logits[0], target, delta=delta,
-                           info={"f_input": f_x, "f_baseline": f_ref, "n_forward_rows": int(rows.shape[0])})
+                           info={"f_input": f_x, "f_baseline": f_ref, "relative_delta": relative,
+                                 "converged": relative <= COMPLETENESS_TOLERANCE,
+                                 "n_forward_rows": int(rows.shape[0])})
 
 
 def _output_value(logits: np.ndarray, target: int, output: str) -> float:

@@ -25,8 +25,9 @@ import numpy as np
 
 from .explanation import Explanation
 
-POSITIVE = (33, 102, 172)    # RdBu blue: evidence for the target
-NEGATIVE = (178, 24, 43)     # RdBu red: evidence against the target
+# RdBu-like ends with equal CIELAB lightness (L* = 40), so +v and -v are equally prominent
+POSITIVE = (20, 96, 165)     # blue: evidence for the target
+NEGATIVE = (183, 31, 47)     # red: evidence against the target
 SEQUENTIAL = (84, 39, 143)   # Purples: unsigned magnitude
 WHITE = (255, 255, 255)
 
@@ -166,8 +167,18 @@ def _header_html(e: Explanation) -> str:
     head.append(f"target <b>{_esc(e.target_label)}</b> ({e.probs[e.target]:.3f})")
     head.append(f"probabilities: {_prob_summary(e)}")
     if e.delta is not None:
-        head.append(f"completeness delta {e.delta:+.3g}")
+        head.append(_delta_html(e))
     return " &middot; ".join(head)
+
+
+def _delta_html(e: Explanation) -> str:
+    """The completeness delta, flagged when the method reports it did not converge."""
+    text = f"completeness delta {e.delta:+.3g}"
+    if e.info.get("converged") is False:
+        share = e.info.get("relative_delta", float("nan"))
+        return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
+                f'raise n_steps">{text} ({share:.0%} of the output change: not converged)</span>')
+    return text
 
 
 def _prepare(e: Explanation, words: bool | str) -> Explanation:
@@ -225,7 +236,7 @@ def side_by_side_html(explanations: Sequence[Explanation], normalize: str | floa
     for e in explanations:
         scale, note = scale_of(e.scores, normalize)
         kind = "signed" if e.signed else "unsigned"
-        extra = f"<br>delta {e.delta:+.3g}" if e.delta is not None else ""
+        extra = f"<br>{_delta_html(e)}" if e.delta is not None else ""
         target = e.target_label
         rows.append(
             f'<tr style="border-top:1px solid #ddd"><td style="vertical-align:top;padding:6px 12px 6px 0;'
@@ -308,7 +319,9 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     scale, note = scale_of(e.scores, normalize)
     pred = e.predicted
     head = (f"{e.method}: predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} "
-            f"({e.probs[e.target]:.3f})" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else ""))
+            f"({e.probs[e.target]:.3f})" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
+            + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.0%} of the output change; raise n_steps)"
+               if e.info.get("converged") is False else ""))
     body = []
     for piece, i in segments(e):
         if i is None:

@@ -1,0 +1,93 @@
+"""Explanation methods on the shipped classifiers (LSTM, GRU, CNN, shortcut LSTM)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import textexplain as te
+from textexplain.base import embed, forward_at_embeddings
+
+CLASSIFIERS = ["sentiment-lstm", "sentiment-gru", "sentiment-cnn", "sentiment-shortcut"]
+FAST = {"integrated_gradients": {"n_steps": 20}, "smoothgrad": {"n_samples": 10},
+        "lime": {"num_samples": 400}, "shap": {"budget": 128, "exact_max_tokens": 8}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=CLASSIFIERS)
+def shipped(request):
+    return data.load_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def test_sentences():
+    texts, _ = data.rotten_tomatoes("test")
+    return [t for t in texts if 4 <= len(t.split()) <= 25][:6]
+
+
+def test_every_method_runs_on_every_shipped_classifier(shipped):
+    text = "An engaging , funny film that never quite finds its footing ."
+    probs = shipped.predict_proba(text)[0]
+    for method in te.METHODS:
+        e = te.explain(shipped, text, method=method, **FAST.get(method, {}))
+        assert e.scores.shape == (len(shipped.tokenize(text)),) and np.isfinite(e.scores).all(), method
+        np.testing.assert_allclose(e.probs, probs, atol=1e-5)
+        assert e.target == int(np.argmax(probs)) and e.info["model"] == shipped.name
+
+
+def test_integrated_gradients_delta_is_the_completeness_gap(shipped, test_sentences):
+    """delta = sum(scores) - (F(x) - F(x')), with F(x) and F(x') recomputed independently."""
+    for text in test_sentences[:3]:
+        e = te.IntegratedGradients(shipped, n_steps=50).explain(text)
+        ids = torch.tensor([e.token_ids])
+        with torch.no_grad():
+            f_x = shipped.module(ids)[0, e.target].item()
+            f_ref = forward_at_embeddings(shipped, ids, torch.zeros_like(embed(shipped, ids)))[0, e.target].item()
+        assert e.info["f_input"] == pytest.approx(f_x, abs=1e-4)
+        assert e.info["f_baseline"] == pytest.approx(f_ref, abs=1e-4)  # pad embedding is zero in these models
+        assert e.delta == pytest.approx(e.scores.sum() - (f_x - f_ref), abs=1e-3)
+
+
+# Share of the first 12 test sentences whose IG (50 Gauss-Legendre steps, pad baseline) meets
+# |delta| <= 1% of |F(x) - F(x')|, measured 2026-11-21: gru 11/12, cnn 9/12, shortcut 8/12, lstm 7/12.
+# The misses are narrow spikes of dF/dalpha close to the zero-embedding baseline (the RNN switches
+# state abruptly), which even 800 steps miss on some texts; they are flagged, not hidden.
+MIN_CONVERGED = {"sentiment-lstm": 7, "sentiment-gru": 11, "sentiment-cnn": 9, "sentiment-shortcut": 8}
+
+
+def test_integrated_gradients_completeness_at_50_steps(shipped):
+    texts, _ = data.rotten_tomatoes("test")
+    texts = [t for t in texts if 4 <= len(t.split()) <= 25][:12]
+    explainer = te.IntegratedGradients(shipped, n_steps=50)
+    converged = 0
+    for text in texts:
+        e = explainer.explain(text)
+        relative = abs(e.delta) / abs(e.info["f_input"] - e.info["f_baseline"])
+        assert e.info["relative_delta"] == pytest.approx(relative)
+        assert e.info["converged"] == (relative <= 0.01)
+        converged += relative <= 0.01
+    assert converged >= MIN_CONVERGED[shipped.name], (shipped.name, converged)
+
+
+def test_kernel_shap_converges_to_exact_shapley(sentiment_lstm):
+    text = "a gorgeous , witty film that never quite bores"
+    assert len(sentiment_lstm.tokenize(text)) == 9
+    exact = te.Shap(sentiment_lstm, algorithm="exact").explain(text).scores
+    errors = []
+    for budget in (24, 96, 384):
+        runs = [te.Shap(sentiment_lstm, algorithm="kernel", budget=budget, seed=s).explain(text).scores
+                for s in range(3)]
+        errors.append(np.mean([np.linalg.norm(r - exact) / np.linalg.norm(exact) for r in runs]))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.1, errors
+    full = te.Shap(sentiment_lstm, algorithm="kernel", budget=2 ** 9).explain(text)
+    np.testing.assert_allclose(full.scores, exact, atol=1e-5)
+    assert full.info["n_model_evaluations"] == 2 ** 9
