@@ -82,19 +82,57 @@ def _context(store, position: int, length: int, left: int, right: int) -> dict:
     return {"start": lo, "stop": hi, "tokens": store.tokens(lo, hi), "text": surface(store, lo, hi), "sequence": seq}
 
 
+class _Surface:
+    """A store's original texts and token spans, read once and kept in memory (for display)."""
+
+    MAX_TOKENS = 20_000_000  # beyond this, read per request instead of holding every span
+
+    def __init__(self, store):
+        self.offsets = np.asarray(store.offsets, dtype=np.int64)
+        self.spans = store.token_spans() if store.n_tokens <= self.MAX_TOKENS else None
+        self.texts: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def text(self, store, seq: int) -> str:
+        t = self.texts.get(seq)
+        if t is None:
+            t = store.sequence_text(seq)
+            with self.lock:
+                if sum(map(len, self.texts.values())) > 50_000_000:
+                    self.texts.clear()
+                self.texts[seq] = t
+        return t
+
+    def slice(self, store, start: int, stop: int) -> list[str]:
+        spans = self.spans[start:stop] if self.spans is not None else store.token_spans(start, stop)
+        spans = spans.tolist()
+        out: list[str] = []
+        first = int(np.searchsorted(self.offsets, start, side="right") - 1)
+        last = int(np.searchsorted(self.offsets, stop - 1, side="right") - 1)
+        for seq in range(first, last + 1):
+            lo, hi = max(int(self.offsets[seq]), start), min(int(self.offsets[seq + 1]), stop)
+            text = self.text(store, seq)
+            out.extend(text[x:y] for x, y in spans[lo - start:hi - start])
+        return out
+
+
+_surfaces: dict[str, _Surface] = {}
+_surfaces_lock = threading.Lock()
+
+
 def surface(store, start: int, stop: int) -> list[str]:
     """What each token of ``[start, stop)`` looked like in the original text (case kept, no ``<unk>``);
     the vocabulary tokens when the store has no texts."""
     if not store.has_texts or stop <= start:
         return store.tokens(start, stop)
-    spans = store.token_spans(start, stop)
-    out: list[str] = []
-    for seq in range(store.sequence_of(start), store.sequence_of(stop - 1) + 1):
-        a, b = store.sequence_bounds(seq)
-        lo, hi = max(a, start), min(b, stop)
-        text = store.sequence_text(seq)
-        out.extend(text[x:y] for x, y in spans[lo - start:hi - start])
-    return out
+    key = f"{id(store)}:{store.path}"
+    with _surfaces_lock:
+        cached = _surfaces.get(key)
+    if cached is None:
+        cached = _Surface(store)
+        with _surfaces_lock:
+            _surfaces[key] = cached
+    return cached.slice(store, start, stop)
 
 
 # -------------------------------------------------------------------------------------- models
