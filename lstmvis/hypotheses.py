@@ -102,6 +102,8 @@ class MetaHypothesis(Hypothesis):
         self._kind_given = kind is not None
 
     def __call__(self, store) -> np.ndarray:
+        if self.track not in store.meta_names:  # a user-typed name: a ValueError (a 400), not a KeyError
+            raise ValueError(f"unknown meta track {self.track!r}: the store has {store.meta_names or 'none'}")
         values = store.meta(self.track)
         if self.value is not None:
             self.kind = "binary"
