@@ -71,6 +71,25 @@ class NumpyJSONProvider(DefaultJSONProvider):
             return str(o)
         return DefaultJSONProvider.default(o)
 
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        # Python floats (and np.float64, a float subclass) never reach ``default``: a NaN among them
+        # would be written as the bare word NaN, which JSON.parse in the browser rejects.
+        try:
+            return super().dumps(obj, allow_nan=False, **kwargs)
+        except ValueError:
+            return super().dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (containers copied)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
 
 def resources() -> Resources:
     """The registry of models and stores of the app handling this request."""
