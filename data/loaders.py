@@ -110,11 +110,17 @@ def _python_files() -> tuple[tuple[str, str], ...]:
         return tuple((Path(m.name).name, tar.extractfile(m).read().decode("utf-8")) for m in members)
 
 
+# Modules written by CPython's build, not by people: ``_sysconfigdata_*`` is a dict of one
+# machine's compiler flags. Dropped from every split (after split assignment, so the other
+# files keep their split).
+GENERATED_MODULES = ("_sysconfigdata_",)
+
+
 def python_source(split: str = "train") -> list[tuple[str, str]]:
     """CPython 3.11.7 standard-library modules (PSF licence): ``[(file name, source), ...]``.
 
     Whole files are held out: in name order, every 12th file (from the 6th) is dev and every
-    12th file (from the 12th) is test; the rest is train.
+    12th file (from the 12th) is test; the rest is train. Build-generated modules are dropped.
     """
     _check_split(split)
     files = _python_files()
@@ -123,7 +129,7 @@ def python_source(split: str = "train") -> list[tuple[str, str]]:
     for i, item in enumerate(files):
         r = i % 12
         s = "dev" if r == which["dev"] else "test" if r == which["test"] else "train"
-        if s == split:
+        if s == split and not item[0].startswith(GENERATED_MODULES):
             out.append(item)
     return out
 

@@ -113,7 +113,7 @@ class LanguageModel:
                 total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                      y[:, s:s + chunk].reshape(-1), reduction="sum").item()
                 count += y[:, s:s + chunk].numel()
-        return total / max(count, 1) / np.log(2)
+        return float(total / max(count, 1) / np.log(2))
 
 
 def model_card(name: str) -> dict:
