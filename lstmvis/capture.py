@@ -7,7 +7,8 @@ the multi-layer call), so h_t of every layer comes from the kernel itself. From 
 input x_t and h_{t-1} all gates of all steps follow from one matmul per weight matrix
 (``gates = x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``); the LSTM cell state is the cheap
 elementwise recurrence ``c_t = f_t * c_{t-1} + i_t * g_t``. The module returns exactly what it
-would have returned (same kernel, same inter-layer dropout in training mode).
+would have returned (same kernel; in training mode the inter-layer dropout is ``F.dropout`` with
+the module's rate, so its random mask differs from an unrecorded call, as any two calls differ).
 
 ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` called in a user loop are recorded per call
 (one time step each) and ``nn.Conv1d`` outputs are recorded as they are.

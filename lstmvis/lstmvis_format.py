@@ -36,7 +36,8 @@ import h5py
 import numpy as np
 import yaml
 
-from .store import StateStore, StoreWriter, check_source_name
+from .store import (StateStore, StoreWriter, check_source_name, json_blob, read_json_blob, read_text_datasets,
+                    write_text_datasets)
 
 SIDECAR = "lstmvis_store.h5"
 COPY_ROWS = 65536
@@ -142,14 +143,11 @@ def _write_project(store: StateStore, tmp: Path, name: str | None, description: 
     with h5py.File(tmp / SIDECAR, "w") as f:
         f.attrs["format"] = "lstmvis-store-sidecar"
         f.attrs["sources"] = json.dumps({paths[s]: s for s in store.sources})
-        f.create_dataset("vocab", data=np.frombuffer(json.dumps(store.vocab).encode(), dtype=np.uint8))
-        f.create_dataset("card", data=np.frombuffer(json.dumps(store.card).encode(), dtype=np.uint8))
+        f.create_dataset("vocab", data=json_blob(store.vocab))
+        f.create_dataset("card", data=json_blob(store.card))
         f.create_dataset("offsets", data=store.offsets)
         if store.has_texts:
-            texts = [store.sequence_text(i) for i in range(store.n_sequences)]
-            encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-            f.create_dataset("text_bytes", data=np.frombuffer(b"".join(encoded), dtype=np.uint8))
-            f.create_dataset("text_offsets", data=np.concatenate([[0], np.cumsum([len(b) for b in encoded])]))
+            write_text_datasets(f, [store.sequence_text(i) for i in range(store.n_sequences)])
         if store.has_spans:
             f.create_dataset("spans", data=store.token_spans())
 
@@ -210,11 +208,11 @@ def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32") 
     side = h5py.File(sidecar, "r") if sidecar.is_file() else None
     try:
         if side is not None:
-            vocab = json.loads(side["vocab"][()].tobytes())
+            vocab = read_json_blob(side["vocab"])
             token_ids = raw_ids - 1
             offsets = side["offsets"][()]
             source_names = json.loads(side.attrs["sources"])
-            card = json.loads(side["card"][()].tobytes())
+            card = read_json_blob(side["card"])
         else:
             id_to_token = read_words_dict(_file(folder, config, ws["dict_file"])) if ws.get("dict_file") else {}
             vocab, token_ids = _vocab_from_ids(raw_ids, id_to_token)
@@ -254,9 +252,7 @@ def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32") 
             for meta_name, values in _read_meta(folder, config, n).items():
                 writer.add_meta(meta_name, values)
             if side is not None and "text_bytes" in side:
-                texts_b, text_off = side["text_bytes"][()].tobytes(), side["text_offsets"][()]
-                writer.set_texts([texts_b[a:b].decode("utf-8", "surrogatepass")
-                                  for a, b in zip(text_off[:-1], text_off[1:])])
+                writer.set_texts(read_text_datasets(side))
             if side is not None and "spans" in side:
                 writer.set_spans(side["spans"][()])
             writer.finish()

@@ -40,11 +40,11 @@ class StoreError(ValueError):
     """A state store is missing, foreign, truncated, incomplete or inconsistent."""
 
 
-def _json_blob(obj) -> np.ndarray:
+def json_blob(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
 
 
-def _read_json_blob(ds) -> object:
+def read_json_blob(ds) -> object:
     return json.loads(ds[()].tobytes().decode("utf-8"))
 
 
@@ -64,7 +64,13 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_text_datasets(f: h5py.File, texts: Sequence[str]) -> None:
+def read_text_datasets(f: h5py.Group) -> list[str]:
+    """The texts written by ``write_text_datasets``."""
+    data, offsets = f["text_bytes"][()].tobytes(), f["text_offsets"][()]
+    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def write_text_datasets(f: h5py.Group, texts: Sequence[str]) -> None:
     encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
     text_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=text_offsets[1:])
@@ -124,8 +130,8 @@ class StateStore:
         self.n_tokens = int(_file.attrs["n_tokens"])
         self.offsets = np.asarray(_file["offsets"][()], dtype=np.int64)
         self.n_sequences = len(self.offsets) - 1
-        self.vocab: list[str] = _read_json_blob(_file["vocab"])
-        self.card: dict = _read_json_blob(_file["card"]) if "card" in _file else {}
+        self.vocab: list[str] = read_json_blob(_file["vocab"])
+        self.card: dict = read_json_blob(_file["card"]) if "card" in _file else {}
         self._token_ids = _file["token_ids"]
         self._meta = _file["meta"] if "meta" in _file else None
         self.meta_names: list[str] = json.loads(self._meta.attrs["names"]) if self._meta is not None else []
@@ -186,7 +192,7 @@ class StateStore:
         if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1 or offsets[0] != 0
                 or offsets[-1] != n or np.any(np.diff(offsets) < 0)):
             raise StoreError(f"{path} is damaged: sequence offsets do not cover the {n} tokens")
-        vocab = _read_json_blob(f["vocab"])
+        vocab = read_json_blob(f["vocab"])
         if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
             raise StoreError(f"{path} is damaged: its vocabulary is not a list of token strings")
         if f["token_ids"].shape != (n,) or f["token_ids"].dtype.kind not in "iu":
@@ -473,8 +479,8 @@ class StoreWriter:
         self.f.attrs["complete"] = False
         self.f.attrs["n_tokens"] = n_tokens
         self.f.attrs["n_sequences"] = len(offsets) - 1
-        self.f.create_dataset("vocab", data=_json_blob(list(vocab)))
-        self.f.create_dataset("card", data=_json_blob(card or {}))
+        self.f.create_dataset("vocab", data=json_blob(list(vocab)))
+        self.f.create_dataset("card", data=json_blob(card or {}))
         self.f.create_dataset("offsets", data=offsets)
         id_dtype = np.int32 if len(vocab) < 2 ** 31 else np.int64
         self.f.create_dataset("token_ids", shape=(n_tokens,), dtype=id_dtype)
@@ -543,7 +549,7 @@ class StoreWriter:
 
     def set_card(self, card: dict) -> None:
         del self.f["card"]
-        self.f.create_dataset("card", data=_json_blob(card))
+        self.f.create_dataset("card", data=json_blob(card))
 
     def finish(self) -> None:
         """Mark complete, close, and rename into place (atomic)."""
