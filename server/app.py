@@ -30,6 +30,7 @@ from .validation import api, openapi_document, register_error_handlers
 BLUEPRINTS = [
     "server.pages",
     "server.states_api",
+    "server.jobs",
     "server.explain_api",
 ]
 
@@ -193,6 +194,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               + "!" * 78 + "\n", file=sys.stderr)
     if args.data is not None and not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: no such directory")
+    import torch
+
+    # Concurrent requests are the parallelism: one intra-op thread each, so that torch's worker
+    # threads do not fight over the cores (spin-waiting threads make small models many times slower).
+    torch.set_num_threads(1)
     config = {"LSTMVIS_CACHE": args.cache} if args.cache else {}
     app = create_app(args.data, config)
     try:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from .validation import ApiError
 
 # Bump when the demo stores' recipe changes, so stale caches are rebuilt.
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2
 
 
 def cache_root() -> Path:
@@ -162,6 +162,7 @@ class DemoStore:
     description: str
     corpus: Callable[[], tuple[list[str], dict]]  # -> (texts, {meta track: one array per text})
     kinds: tuple[str, ...] = ("h", "c", "gates")
+    sources: tuple[str, ...] | None = None  # only these of the recorded sources (default: all)
 
 
 def _parens_corpus() -> tuple[list[str], dict]:
@@ -170,7 +171,7 @@ def _parens_corpus() -> tuple[list[str], dict]:
     return ["".join(toks) for toks, _ in seqs], {"depth": [d for _, d in seqs]}
 
 
-def _python_corpus(chars: int = 60_000) -> tuple[list[str], dict]:
+def _python_corpus(chars: int = 40_000) -> tuple[list[str], dict]:
     import data
     texts, total = [], 0
     for _, src in data.python_source("test"):  # whole test-split files, in name order
@@ -201,10 +202,9 @@ DEMO_STORES = [
               "the 'label' meta track is the sentence's gold label.", _sentiment_corpus, kinds=("h", "c")),
     DemoStore("python-code", "charlm-python", "Python source, character by character",
               "Karpathy-style: a 2-layer char-level LSTM language model over CPython standard-library "
-              "test files: look for quote, comment, indentation and bracket cells.", _python_corpus),
-    DemoStore("sentiment-cnn", "sentiment-cnn", "Text-CNN filters over movie-review sentences",
-              "The Conv1D filters of the text CNN over Rotten Tomatoes test sentences (for the Text CNN page).",
-              _sentiment_corpus, kinds=("conv",)),
+              "test files: look for quote, comment, indentation and bracket cells.", _python_corpus,
+              sources=("rnn.l0.h", "rnn.l0.c", "rnn.l1.h", "rnn.l1.c", "rnn.l1.gate_i", "rnn.l1.gate_f",
+                       "rnn.l1.gate_o")),
 ]
 
 
@@ -337,7 +337,8 @@ class Resources:
 
     # -- bundled demo
     def _demo_path(self, spec: DemoStore, digest: str) -> Path:
-        key = hashlib.sha256(f"{DEMO_FORMAT}:{spec.name}:{spec.model}:{digest}".encode()).hexdigest()[:16]
+        recipe = f"{DEMO_FORMAT}:{spec.name}:{spec.model}:{spec.kinds}:{spec.sources}:{digest}"
+        key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
         return self.cache_dir / "demo" / f"{spec.name}__{key}.h5"
 
     def _register_demo_stores(self) -> None:
@@ -389,8 +390,8 @@ class Resources:
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         texts, meta = spec.corpus()
         with self.model(spec.model) as model:
-            store = lstmvis.extract(model, texts, path, kinds=spec.kinds, dtype="float16", progress=False,
-                                    meta=meta, corpus_name=f"demo:{spec.name}")
+            store = lstmvis.extract(model, texts, path, kinds=spec.kinds, sources=spec.sources, dtype="float16",
+                                    progress=False, meta=meta, corpus_name=f"demo:{spec.name}")
         store.close()
 
     def wait_demo(self, timeout: float | None = None) -> bool:

@@ -1,0 +1,96 @@
+// Text-CNN filters: the top n-grams of every Conv1D filter, one card per filter, a bar per filter's peak.
+"use strict";
+
+(function () {
+  const $ = id => document.getElementById(id);
+  const data = LV.pageData();
+  const url = LV.readUrl();
+  const state = { model: url.model || "", store: url.store || "", layer: url.layer || "", k: parseInt(url.k || "9", 10) || 9,
+                  filter: url.filter !== undefined && url.filter !== "" ? parseInt(url.filter, 10) : null };
+  const fail = e => { $("status").textContent = ""; LV.showError(e.message); };
+  const status = data.status || {};
+  const isCnn = m => m.kind === "classifier" && m.card && m.card.architecture && /TextCNN$/.test(m.card.architecture.class || "");
+  const cnns = (status.models || []).filter(isCnn);
+  const stores = LV.readyStores(status);
+  const note = LV.pendingStoresNote(status);
+  if (note) { $("pending-note").textContent = note; $("pending-note").hidden = false; }
+  let report = null;
+
+  function saveUrl() { LV.writeUrl({ model: state.model, store: state.store, layer: state.layer, k: state.k, filter: state.filter }); }
+
+  async function load() {
+    LV.clearError();
+    $("status").textContent = "running the corpus through the model (once per model and corpus)…";
+    report = await LV.api("/api/textcnn/filters", { model: state.model, store: state.store, k: state.k });
+    const layers = Object.keys(report.fields);
+    state.layer = LV.fillSelect($("layer"), layers.map(l => {
+      const f = report.fields[l];
+      return { value: l, label: `${l} (${f.size}-token receptive field)` };
+    }), state.layer || layers[0]);
+    $("status").textContent = `${report.model} over the ${report.n_texts.toLocaleString()} texts of store "${report.store}"`;
+    render();
+    saveUrl();
+  }
+
+  function render() {
+    const filters = report.filters.filter(f => f.layer === state.layer);
+    const order = [...filters].sort((a, b) => (b.max ?? -Infinity) - (a.max ?? -Infinity));
+    Plotly.react("filters-plot", [{
+      type: "bar", x: order.map((_, i) => i), y: order.map(f => f.max), customdata: order.map(f => f.filter),
+      text: order.map(f => LV.plotText(f.ngrams.length ? f.ngrams[0].original : "")),
+      marker: { color: order.map(f => f.filter === state.filter ? "#f28e2b" : "#1399e4") },
+      hovertemplate: "filter %{customdata}: top activation %{y:.2f}<br>%{text}<extra></extra>",
+    }], { margin: { l: 50, r: 10, t: 30, b: 30 }, bargap: 0.1,
+          title: { text: `${filters.length} filters of ${state.layer}, by their top activation`, font: { size: 13 } },
+          xaxis: { showticklabels: false, title: { text: "filters (sorted)" } }, yaxis: { title: { text: "top activation" } } },
+    LV.plotConfig);
+    const gd = $("filters-plot");
+    if (!gd.dataset.wired) {
+      gd.dataset.wired = "1";
+      gd.on("plotly_click", ev => { if (ev.points.length) focusFilter(ev.points[0].customdata); });
+    }
+    const grid = LV.clear($("filter-grid"));
+    const needle = $("filter-search").value.trim().toLowerCase();
+    for (const f of order) {
+      if (needle && !f.ngrams.some(h => h.original.toLowerCase().includes(needle))) continue;
+      const list = LV.el("ol");
+      for (const h of f.ngrams) {
+        list.append(LV.el("li", { title: `activation ${h.activation.toFixed(3)}; text ${h.text_index}, tokens ${h.start}–${h.stop - 1}` },
+                          h.original, LV.el("span", { class: "muted" }, `  ${h.activation.toFixed(2)}`)));
+      }
+      grid.append(LV.el("div", { class: "ngram-card" + (f.filter === state.filter ? " current" : ""), id: `filter-${f.filter}`,
+                                 dataset: { filter: String(f.filter) } },
+                        LV.el("b", {}, `filter ${f.filter}`), LV.el("span", { class: "muted" }, `  peak ${f.max === null ? "–" : f.max.toFixed(2)}`),
+                        list));
+    }
+    if (!grid.children.length) grid.append(LV.el("p", { class: "muted" }, "no filter has that n-gram among its top ones"));
+  }
+
+  function focusFilter(filter) {
+    state.filter = filter;
+    saveUrl();
+    $("filter-search").value = "";
+    render();
+    const card = $(`filter-${filter}`);
+    if (card) card.scrollIntoView({ block: "center", behavior: "smooth" });
+  }
+
+  function start() {
+    $("controls").addEventListener("submit", ev => ev.preventDefault());
+    if (!cnns.length) { LV.showError("No text-CNN model is loaded."); return; }
+    const withText = stores;
+    if (!withText.length) { LV.showError("No state store is ready to use as the corpus yet. " + note); return; }
+    state.model = LV.fillSelect($("model"), cnns.map(m => ({ value: m.name, label: m.name })), state.model);
+    const preferred = state.store || (withText.some(s => s.name === "sentiment") ? "sentiment" : withText[0].name);
+    state.store = LV.fillSelect($("store"), withText.map(s => ({ value: s.name, label: `${s.title} (${s.name})` })), preferred);
+    $("k").value = state.k;
+    $("model").addEventListener("change", () => { state.model = $("model").value; state.layer = ""; load().catch(fail); });
+    $("store").addEventListener("change", () => { state.store = $("store").value; load().catch(fail); });
+    $("layer").addEventListener("change", () => { state.layer = $("layer").value; state.filter = null; saveUrl(); render(); });
+    $("k").addEventListener("change", () => { state.k = Math.min(50, Math.max(1, parseInt($("k").value, 10) || 9)); load().catch(fail); });
+    $("filter-search").addEventListener("input", () => render());
+    load().then(() => { if (state.filter !== null) focusFilter(state.filter); }).catch(fail);
+  }
+
+  start();
+})();
