@@ -50,3 +50,13 @@ def bag_model():
         return TextModel(module, tokens, list(labels), embedding=module.emb, name="bag-of-weights")
 
     return make
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the duration of a test: on a loaded machine two threads that wait for
+    each other at every op make small-batch model calls many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

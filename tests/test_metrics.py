@@ -5,6 +5,8 @@ import torch
 
 from textexplain import Explanation, metrics
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 WEIGHTS = {"a": 3.0, "b": 1.0, "c": -1.0, "d": 0.5, "e": 2.0, "f": -2.5, "g": 0.25, "h": -0.1,
            "i": 1.5, "j": -0.7}
 

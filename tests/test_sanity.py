@@ -8,6 +8,8 @@ import data
 from data.architectures import RNNClassifier, TextCNN
 from textexplain import TextModel, metrics, sanity
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 WORDS = [f"w{i}" for i in range(40)]
 
 
