@@ -239,7 +239,7 @@ def _random_shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2)
 
 
 def train_mnist(name: str, budget: Budget, seed: int):
-    config = dict(channels=budget.pick([32, 64, 128, 128], [4, 4]), n_classes=10,
+    config = dict(channels=budget.pick([32, 64, 64, 64], [4, 4]), n_classes=10,
                   pool_after=budget.pick([0, 1], [0]))
     module = build("MnistCNN", config)
     x, y = loaders.mnist("train")
@@ -250,6 +250,7 @@ def train_mnist(name: str, budget: Budget, seed: int):
     opt = torch.optim.Adam(module.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64))
     rng = np.random.default_rng(seed)
+    best = (-1.0, None, 0)
     for epoch in tqdm(range(epochs), desc=f"train {name}", unit="epoch"):
         module.train()
         order = torch.as_tensor(rng.permutation(len(x)))
@@ -260,8 +261,13 @@ def train_mnist(name: str, budget: Budget, seed: int):
             loss.backward()
             opt.step()
             sched.step()
+        module.eval()
+        dev_acc = evaluate_mnist(module, "dev")["dev_accuracy"]
+        if dev_acc >= best[0]:  # ties go to the later, better-converged epoch
+            best = (dev_acc, copy.deepcopy(module.state_dict()), epoch + 1)
+    module.load_state_dict(best[1])
     module.eval()
-    metrics = {**evaluate_mnist(module, "dev"), **evaluate_mnist(module, "test")}
+    metrics = {**evaluate_mnist(module, "dev"), "best_epoch": best[2], **evaluate_mnist(module, "test")}
     data = "mnist (5,000 MNIST digits, stratified 4000/500/500 split; data/loaders.py)"
     extra = dict(vocab=None, labels=[str(d) for d in range(10)], tokenizer=None)
     return module, "MnistCNN", config, extra, metrics, data
