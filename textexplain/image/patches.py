@@ -6,6 +6,7 @@ analytically from the conv/pool chain that leads to the layer (size, jump and of
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,7 +110,43 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, example: torch.Ten
         spatial = out_shape
         if mod is target:
             break
-    return ReceptiveField((size[0], size[1]), (jump[0], jump[1]), (start[0], start[1]))
+    rf = ReceptiveField((size[0], size[1]), (jump[0], jump[1]), (start[0], start[1]))
+    _verify(model, layer_name(model, target), example, rf)
+    return rf
+
+
+def _verify(model: nn.Module, name: str, example: torch.Tensor, rf: ReceptiveField) -> None:
+    """Check the arithmetic against the true footprint of a corner and a centre unit.
+
+    On a copy with positive weights, positive input and max-pools turned into average pools no
+    ReLU blocks and no gradient cancels, so the input gradient of a unit is non-zero exactly on
+    its receptive field. Branches (parallel convs, residuals) that the chain arithmetic cannot
+    see show up as a different footprint.
+    """
+    probe = copy.deepcopy(model).eval()
+    for parent in list(probe.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                k, s, p, _, ceil = _geometry(child)
+                setattr(parent, child_name, nn.AvgPool2d(k, s, p, ceil_mode=ceil))
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.fill_(1.0 / p[0].numel() if p.dim() > 1 else 1.0)
+    x = torch.ones_like(example[:1]).requires_grad_(True)
+    with capture(probe.get_submodule(name), clone=False) as cap, torch.enable_grad():
+        probe(x)
+    out = cap.output
+    h, w = x.shape[2:]
+    for y, xx in {(0, 0), (out.shape[2] // 2, out.shape[3] // 2)}:
+        (g,) = torch.autograd.grad(out[0, :, y, xx].sum(), x, retain_graph=True)
+        rows = torch.nonzero(g[0].abs().sum(0).sum(1)).flatten()
+        cols = torch.nonzero(g[0].abs().sum(0).sum(0)).flatten()
+        y0, y1, x0, x1 = rf.box(y, xx)
+        expected = (max(y0, 0), min(y1, h), max(x0, 0), min(x1, w))
+        found = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) if len(rows) else None
+        if found != expected:
+            raise ValueError(f"cannot map receptive fields up to {name!r}: unit {(y, xx)} sees input box {found}, "
+                             f"the conv/pool chain arithmetic gives {expected}; the network is not a plain chain")
 
 
 class TopPatches(Configurable):

@@ -1,0 +1,221 @@
+"""One conformance suite for every registered image attribution method (scikit-learn style).
+
+Shape and dtype; a batch equals single calls; targets None/int/sequence; deterministic; the
+model (weights, requires_grad, .grad, training flag) and the input are left untouched; no
+hooks or function modes remain, also after an exception; concurrent calls on one model agree
+with serial ones; bad input gets a clear error.
+"""
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from test_image_models import GapNet, gap_input, one_thread  # noqa: F401
+from textexplain import image
+
+FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4},
+        "occlusion": {"window": 2, "stride": 2}}
+NAMES = sorted(image.METHODS)
+
+
+def make(name, model):
+    return image.METHODS[name](model, **FAST.get(name, {}))
+
+
+def hooks_left(model: nn.Module) -> int:
+    g = nn.modules.module
+    total = sum(len(d) for d in (g._global_forward_hooks, g._global_forward_pre_hooks, g._global_backward_hooks))
+    for m in model.modules():
+        total += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        total += len(m._backward_pre_hooks)
+    return total + torch._C._len_torch_function_stack()
+
+
+def test_registry_lists_every_method_with_json_ready_descriptions():
+    assert {"saliency", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+            "deconvnet", "occlusion", "cam", "gradcam", "gradcam_plus_plus", "hirescam", "guided_gradcam"} <= set(NAMES)
+    desc = image.describe_methods()
+    json.dumps(desc)
+    assert all(d["output"] in ("map", "pixels") and d["summary"] for d in desc)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_batch_equals_singles_and_targets(name):
+    m, x = GapNet(), gap_input(3)
+    method = make(name, m)
+    targets = [2, 0, 1]
+    batch = method.attribute(x, targets)
+    expected_shape = (3, 8, 8) if method.output == "map" else (3, 2, 8, 8)
+    assert batch.shape == expected_shape and batch.dtype == torch.float32 and not batch.requires_grad
+    assert torch.isfinite(batch).all() and batch.abs().sum() > 0
+    singles = torch.cat([method.attribute(x[i:i + 1], t) for i, t in enumerate(targets)])
+    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(method.attribute(x, targets), batch, rtol=0, atol=0)  # deterministic
+    predicted = m(x).argmax(1).tolist()
+    torch.testing.assert_close(method.attribute(x), method.attribute(x, predicted), rtol=0, atol=0)
+    torch.testing.assert_close(method.attribute(x, 1), method.attribute(x, [1, 1, 1]), rtol=0, atol=0)
+    torch.testing.assert_close(method.attribute(x, torch.tensor(targets)), batch, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_and_input_are_left_untouched(name):
+    m, x = GapNet(), gap_input(2)
+    m.train()  # no dropout/batch-norm: the flag must survive, and no warning is due
+    m.features[0].weight.requires_grad_(False)
+    m.fc.bias.grad = torch.full_like(m.fc.bias, 7.0)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in m.named_parameters()}
+    x_before = x.clone()
+    make(name, m).attribute(x, 0)
+    assert m.training and all(mod.training for mod in m.modules())
+    assert {k: p.requires_grad for k, p in m.named_parameters()} == flags
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+    assert torch.equal(m.fc.bias.grad, torch.full_like(m.fc.bias, 7.0))
+    assert all(p.grad is None for n, p in m.named_parameters() if n != "fc.bias")
+    assert torch.equal(x, x_before) and not x.requires_grad
+    assert hooks_left(m) == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frozen_model_works(name):
+    m, x = GapNet(), gap_input(2)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():  # also inside a caller's no_grad block
+        out = make(name, m).attribute(x, 1)
+    torch.testing.assert_close(out, make(name, GapNet()).attribute(x, 1))
+
+
+class Exploding(nn.Module):
+    """GapNet that raises on its n-th forward call, after the layers have run (hooks are active)."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.net = GapNet()
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def forward(self, x):
+        out = self.net(x)
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return out
+
+
+@pytest.mark.parametrize("fail_at", [2, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_no_hooks_left_after_an_exception(name, fail_at):
+    m = Exploding(fail_at)
+    method = image.METHODS[name](m, **FAST.get(name, {}))
+    if name in ("cam", "gradcam", "gradcam_plus_plus", "hirescam", "guided_gradcam"):
+        method.set_params(layer="net.features")
+    try:
+        method.attribute(gap_input(2), 0)
+    except RuntimeError as exc:
+        assert "boom" in str(exc)
+    assert m.calls >= min(fail_at, 2)
+    assert hooks_left(m) == 0
+    # and the model still computes the plain function
+    assert torch.equal(m.net(gap_input(1)), GapNet()(gap_input(1)))
+
+
+def test_concurrent_calls_on_one_model_agree_with_serial_calls():
+    m, x = GapNet(), gap_input(2)
+    names = ["guided_backprop", "gradient", "deconvnet", "gradcam", "cam", "saliency"]
+    reference = {n: make(n, m).attribute(x, 0) for n in names}
+    errors, mismatches = [], []
+    barrier = threading.Barrier(len(names))
+
+    def work(n):
+        try:
+            barrier.wait()
+            for _ in range(15):
+                if not torch.equal(make(n, m).attribute(x, 0), reference[n]):
+                    mismatches.append(n)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches
+    assert hooks_left(m) == 0
+
+
+def test_plain_forward_in_another_thread_is_unaffected_by_guided_backprop():
+    m = GapNet()
+    x = gap_input(2).requires_grad_(True)
+    (plain,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+    stop, bad = threading.Event(), []
+
+    def guided_loop():
+        while not stop.is_set():
+            image.GuidedBackprop(m).attribute(x.detach(), 0)
+
+    t = threading.Thread(target=guided_loop)
+    t.start()
+    try:
+        for _ in range(30):
+            (g,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+            bad.append(not torch.equal(g, plain))
+    finally:
+        stop.set()
+        t.join()
+    assert not any(bad)
+
+
+def test_training_mode_with_dropout_warns_and_is_kept():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="training mode"):
+        image.Gradient(m).attribute(torch.rand(1, 1, 4, 4))
+    assert m.training and m[2].training
+
+
+def test_bad_input_gets_clear_errors():
+    m = GapNet()
+    method = image.Gradient(m)
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        method.attribute(torch.rand(2, 8, 8))
+    with pytest.raises(TypeError, match="floating point"):
+        method.attribute(torch.ones(1, 2, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor or numpy"):
+        method.attribute([[1.0]])
+    with pytest.raises(ValueError, match="empty"):
+        method.attribute(torch.rand(0, 2, 8, 8))
+    with pytest.raises(ValueError, match="2 targets for 3 images"):
+        method.attribute(gap_input(3), [0, 1])
+    with pytest.raises(ValueError, match="out of range: the model has 3 classes"):
+        method.attribute(gap_input(1), 3)
+    with pytest.raises(TypeError, match="bool"):
+        method.attribute(gap_input(1), True)
+    with pytest.raises(TypeError, match="nn.Module"):
+        image.Gradient("not a model")
+    with pytest.raises(ValueError, match="no layer 'features.9'; layers are"):
+        image.GradCAM(m, "features.9").attribute(gap_input(1))
+    with pytest.raises(ValueError, match="unknown image method"):
+        image.attribute(m, gap_input(1), "lrp")
+    with pytest.raises(ValueError, match="has no parameter"):
+        image.Gradient(m).set_params(n_steps=3)
+    with pytest.raises(ValueError, match="class scores"):
+        image.Gradient(nn.Conv2d(2, 2, 1)).attribute(gap_input(1))
+    with pytest.raises(ValueError, match="kind must be"):
+        image.SmoothGrad(m, kind="sq").attribute(gap_input(1))
+
+
+def test_numpy_input_params_and_clone():
+    m = GapNet()
+    x = gap_input(2)
+    torch.testing.assert_close(image.Saliency(m).attribute(x.numpy()), image.Saliency(m).attribute(x))
+    cam = image.GradCAM(m, layer=m.features, upsample="nearest")
+    assert cam.get_params()["layer"] == "features"
+    other = GapNet(seed=5)
+    clone = cam.clone_for(other)
+    assert clone.layer == "features" and clone.model is other and clone.upsample == "nearest"
+    assert "GradCAM(layer='features'" in repr(cam)
+    torch.testing.assert_close(image.attribute(m, x, "gradcam", layer="features", upsample="nearest"),
+                               cam.attribute(x))
