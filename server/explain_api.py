@@ -8,18 +8,21 @@ and the page puts every token on screen with ``textContent``, so user text canno
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Literal
 
 import numpy as np
-from flask import Blueprint, render_template
+from flask import Blueprint, jsonify, render_template
 from pydantic import Field, field_validator
 
 import textexplain
+from textexplain import audit as text_audit
 from textexplain import metrics, render
 from textexplain.integrated_gradients import RULES
 
 from .app import resources
+from .jobs import jobs
 from .validation import ApiError, Params, api
 
 blueprint = Blueprint("explain_api", __name__)
@@ -39,6 +42,8 @@ DEFAULT_METHODS = ["gradient", "gradient_x_input", "integrated_gradients", "occl
 TITLES = {"gradient": "Gradient", "gradient_x_input": "Gradient × input", "integrated_gradients": "Integrated Gradients",
           "smoothgrad": "SmoothGrad", "occlusion": "Occlusion", "lime": "LIME", "shap": "SHAP"}
 NOT_CLASSIFIERS = ("language-model", "image-classifier")
+MAX_AUDIT_SAMPLE = 1000  # texts per audit job (about a minute with IG on two busy cores)
+SHORTCUT_MODEL = "sentiment-shortcut"
 
 MethodName = Literal[tuple(textexplain.METHODS)]  # type: ignore[valid-type]
 Output = Literal["logit", "proba"]
@@ -149,7 +154,7 @@ def borrow_classifier(name: str):
     """``with borrow_classifier(name) as model`` -- a private copy of a TextModel, or a 4xx error."""
     entry = resources().model_entry(name)
     if entry.kind in NOT_CLASSIFIERS:
-        raise ApiError(400, f"model {name!r} is a {entry.kind}, not a text classifier; choose one of "
+        raise ApiError(400, f"model {name!r} is of kind {entry.kind}, not a text classifier; choose one of "
                        f"{', '.join(m['name'] for m in text_classifiers()) or 'none loaded'}")
     return _Checked(entry.use(), name)
 
@@ -231,13 +236,85 @@ def explain_text(model, req: ExplainRequest) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------- corpus audit
+
+class AuditRequest(Params):
+    model: str = Field(min_length=1, max_length=200, description="a text classifier")
+    corpus: Literal[text_audit.CORPORA] | None = Field(  # type: ignore[valid-type]
+        None, description="shipped corpus (default: rotten_tomatoes_shortcut for sentiment-shortcut, else "
+                          "rotten_tomatoes)")
+    split: Literal["train", "dev", "test"] = Field("test", description="corpus split")
+    method: MethodName = Field("gradient_x_input", description="explanation method")  # type: ignore[valid-type]
+    params: MethodParams = Field(default_factory=MethodParams, description="hyperparameters per method")
+    sample: int = Field(200, ge=10, le=MAX_AUDIT_SAMPLE, description="audit a seeded random sample of this many "
+                        f"texts (at most {MAX_AUDIT_SAMPLE})")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the sample")
+    target: Literal[text_audit.TARGETS] = Field("predicted", description="explain each text for the "  # type: ignore[valid-type]
+                                                 "predicted class or its gold label")
+    rank_by: Literal[text_audit.RANK_BY] = Field("lower_bound", description="ranking statistic "  # type: ignore[valid-type]
+                                                  "(lower_bound: 95% lower confidence bound of the mean)")
+    normalize: Literal[text_audit.NORMALIZE] = Field("none", description="rescale each explanation first")  # type: ignore[valid-type]
+    min_count: int = Field(3, ge=2, le=1000, description="rank only tokens seen this often for a class")
+    top: int = Field(20, ge=1, le=100, description="tokens returned per class")
+    flip: bool = Field(True, description="flip-test the top token of each class: accuracy as is, without it, "
+                       "and with it moved to the other classes' texts")
+
+
+def _audit_corpus(model, req: AuditRequest) -> tuple[list[str], list[str] | None, str]:
+    """The seeded sample of the corpus split, with gold labels as the model's label names when they fit."""
+    import data
+
+    corpus = req.corpus or ("rotten_tomatoes_shortcut" if model.name == SHORTCUT_MODEL else "rotten_tomatoes")
+    texts, gold = getattr(data, corpus)(req.split)
+    keep = np.sort(np.random.default_rng(req.seed).choice(len(texts), min(req.sample, len(texts)), replace=False))
+    names = list(data.SENTIMENT_LABELS)
+    labels = [names[int(gold[i])] for i in keep] if set(names) <= set(model.labels) else None
+    return [texts[i] for i in keep], labels, corpus
+
+
+def run_audit(model, req: AuditRequest, report) -> dict:
+    """The audit job: explain the sample in small batches (reporting progress), rank tokens per class,
+    flip-test the top token of each class, and mark where each example's token sits in its text."""
+    texts, labels, corpus = _audit_corpus(model, req)
+    if req.target == "label" and labels is None:
+        raise ValueError(f"{model.name}'s labels {model.labels} are not the corpus labels: use target 'predicted'")
+    done = 0
+    report(0, len(texts), "explaining")
+
+    def explain_batch(*args, **kwargs):
+        nonlocal done
+        out = textexplain.explain_batch(*args, **kwargs)
+        done += len(out)
+        report(done, len(texts), "explaining")
+        return out
+
+    result = text_audit.audit(model, texts, labels, method=req.method, target=req.target, rank_by=req.rank_by,
+                              normalize=req.normalize, min_count=req.min_count, batch_size=16, progress=False,
+                              explain_batch=explain_batch, **req.params.of(req.method))
+    if req.flip and labels is not None and result.signed:
+        report(done, len(texts), "flip test")
+        for label in model.labels:
+            top = [st for st in result.top(label, 5) if st.in_vocab][:1]
+            result.flips += [text_audit.flip_test(model, texts, labels, st.token, label) for st in top]
+    out = result.to_dict(top=req.top)
+    for ranked in out["tokens"].values():
+        for st in ranked:
+            for ex in st["examples"]:
+                spans = model.token_spans(ex["text"])
+                ex["span"] = list(spans[ex["position"]]) if spans else None
+    out.update(corpus=corpus, split=req.split, sample=len(texts), labels=list(model.labels),
+               figure=json.loads(result.figure(top=min(req.top, 15)).to_json()))
+    return out
+
+
 # ---------------------------------------------------------------------------------- endpoints
 
 @blueprint.get("/explain")
 def explain_page():
     return render_template("explain.html", page_data={
         "models": text_classifiers(), "methods": list(textexplain.METHODS), "titles": TITLES,
-        "default_methods": DEFAULT_METHODS, "max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS})
+        "default_methods": DEFAULT_METHODS, "max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS,
+        "audit": {"corpora": list(text_audit.CORPORA), "max_sample": MAX_AUDIT_SAMPLE}})
 
 
 @blueprint.get("/api/explain/models")
@@ -258,3 +335,22 @@ def explain_endpoint(params: ExplainRequest):
     delta where a method promises completeness, and faithfulness numbers per method."""
     with borrow_classifier(params.model) as model:
         return explain_text(model, params)
+
+
+@blueprint.post("/api/audit")
+@api(AuditRequest, summary="Start a corpus audit: the tokens a classifier relies on per class", tag="explanations")
+def audit_endpoint(params: AuditRequest):
+    """Starts (or finds) a background job; poll ``/api/jobs/<id>`` for progress and the ranked tokens,
+    their mean attribution, counts, example sentences and the flip test."""
+    entry = resources().model_entry(params.model)
+    if entry.kind in NOT_CLASSIFIERS:
+        raise ApiError(400, f"model {params.model!r} is of kind {entry.kind}, not a text classifier")
+
+    def work(report):
+        with _Checked(entry.use(), params.model) as model:
+            return run_audit(model, params, report)
+
+    job = jobs().submit("audit", (params.model_dump_json(),), work)
+    resp = jsonify(job.info())
+    resp.status_code = 202
+    return resp

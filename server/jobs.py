@@ -17,9 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flask import Flask, current_app
+from flask import Blueprint, Flask, current_app
 
-from .validation import ApiError
+from .validation import ApiError, api
+
+blueprint = Blueprint("jobs", __name__, url_prefix="/api")
 
 Report = Callable[[int, int, str], None]
 
@@ -127,3 +129,10 @@ def jobs(app: Flask | None = None) -> JobRunner:
 
 
 _create_lock = threading.Lock()
+
+
+@blueprint.get("/jobs/<job_id>")
+@api(summary="Progress of a background job, and its result once done", tag="jobs")
+def job_status(job_id: str):
+    """``status`` is queued, running, done (with ``result``) or error (with ``error``); poll until done."""
+    return jobs().get(job_id).info()

@@ -12,13 +12,14 @@ import pytest
 from conftest_server import CHROMIUM, REPO, SCREENSHOTS, live_server
 from test_browser_explorer import Watched, browser  # noqa: F401  (shared browser fixture and page watcher)
 
-pytestmark = [pytest.mark.browser,
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
 
 TEXT = "the plot is predictable and the acting is wooden , but the soundtrack is great"
 XSS = ('fun <img src=x onerror="window.__xss=1;alert(1)"> and <script>window.__xss=2;alert(2)</script> '
        '<svg onload="window.__xss=3">')
 DOCS = REPO / "docs" / "screenshots"
+TIMEOUT_MS = 90_000  # the CI machine is shared: model calls can take many times longer than alone
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def base_url():
 @pytest.fixture()
 def watched(browser):  # noqa: F811
     w = Watched(browser)
+    w.page.set_default_timeout(TIMEOUT_MS)
     w.dialogs = []
     w.page.on("dialog", lambda d: (w.dialogs.append(d.message), d.dismiss()))
     yield w
@@ -118,8 +120,28 @@ def test_model_target_and_method_choice(watched, base_url):
 def test_bad_input_shows_the_servers_message(browser, base_url):  # noqa: F811
     w = Watched(browser)
     page = w.page
+    page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{base_url}/explain?model=sentiment-lstm&methods=gradient&text={quote('ok ' * 300)}")
     page.wait_for_selector("#error-banner:not([hidden])")
     assert "at most 256" in page.text_content("#error-banner")
     w.problems = [p for p in w.problems if "400" not in p]
     w.close()
+
+
+def test_corpus_audit_puts_the_planted_token_on_top(watched, base_url):
+    page = watched.page
+    page.goto(f"{base_url}/explain?tab=audit")
+    assert page.input_value("#audit-model") == "sentiment-shortcut"
+    page.select_option("#audit-method", "gradient_x_input")
+    page.fill("#audit-n", "60")
+    page.click("#audit-run")
+    page.wait_for_selector('.audit-table[data-label="fresh"] tbody tr', timeout=2 * TIMEOUT_MS)
+    page.wait_for_selector("#audit-plot .barlayer .trace", state="attached")
+    first = page.locator('.audit-table[data-label="fresh"] tbody tr.clickable').first
+    assert first.get_attribute("data-token") == "rtcritic"
+    first.click()
+    marks = page.locator('.audit-table[data-label="fresh"] tr.examples-row:not([hidden]) mark')
+    assert marks.count() >= 1 and set(marks.all_text_contents()) == {"rtcritic"}
+    assert any("rtcritic" in f for f in page.locator(".flip").all_text_contents())
+    assert "tab=audit" in page.url
+    shot(page, "explain-corpus-audit.png", docs=True)

@@ -8,28 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
 import textexplain
+from textexplain import render
+from conftest import _BagOfWeights
+
+# one torch thread per test: threads that wait for each other at every op are many times slower on a busy machine
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TEXT = "a gorgeous , witty and seductive movie , but the plot is thin"
 XSS = 'fun <img src=x onerror=alert(1)> and <script>alert("x")</script> here'
 FAST = {"integrated_gradients": {"n_steps": 16}}
 BAG = {"good": 2.0, "great": 3.0, "bad": -1.5, "film": 0.0}
-
-
-class _BagOfWeights(torch.nn.Module):
-    """logit(1) - logit(0) = sum of one weight per token (the shared analytic model, see conftest)."""
-
-    def __init__(self, weights):
-        super().__init__()
-        self.emb = torch.nn.Embedding(len(weights), 1, padding_idx=0)
-        with torch.no_grad():
-            self.emb.weight.copy_(torch.tensor(weights, dtype=torch.float32)[:, None])
-
-    def forward(self, ids):
-        s = self.emb(ids).sum(dim=(1, 2))
-        return torch.stack([-s / 2, s / 2], dim=1)
 
 
 def bag_model():
@@ -112,10 +102,11 @@ def test_analytic_user_model_scores_colours_and_faithfulness(client):
                         "target": "pos"})
     assert out["target"] == 1 and out["labels"] == ["neg", "pos"]
     expected = np.array([2.0, 0.0, -1.5, 3.0]) / 2  # d logit(pos) = w / 2 per token
+    full_for, zero = (f"rgb{tuple(render.score_color(v, True))}".replace(" ", "") for v in (1.0, 0.0))
     for row in out["explanations"]:
         np.testing.assert_allclose(row["scores"], expected, atol=1e-6)
-        assert row["colors"][3] == "rgb(33,102,172)"      # the largest score gets the full 'for' colour
-        assert row["colors"][1] == "rgb(255,255,255)"     # a zero score is white
+        assert row["colors"][3] == full_for               # the largest score gets the full 'for' colour
+        assert row["colors"][1] == zero                   # a zero score gets the scale's middle
         r, g, b = map(int, row["colors"][2][4:-1].split(","))
         assert r > b and r > g                            # a negative score is red
         assert row["legend"]["signed"] and row["legend"]["scale"] == pytest.approx(1.5)
@@ -132,7 +123,8 @@ def test_unsigned_method_uses_the_sequential_scale(client):
     out = post(client, {"model": "bag", "text": "good bad", "methods": ["gradient"], "faithfulness": False})
     row = out["explanations"][0]
     assert row["signed"] is False and "faithfulness" not in row and "random_faithfulness" not in out
-    assert row["legend"]["stops"][0] == "rgb(255,255,255)" and len(row["legend"]["stops"]) == 5
+    assert row["legend"]["stops"][0] == f"rgb{tuple(render.score_color(0.0, False))}".replace(" ", "")
+    assert row["legend"]["stops"][-1] == f"rgb{tuple(render.score_color(1.0, False))}".replace(" ", "")
 
 
 def test_user_text_is_escaped_in_the_exported_html(client):
@@ -211,3 +203,72 @@ def test_concurrent_requests_equal_one_at_a_time(app):
         for a, b in zip(got["explanations"], ref["explanations"]):
             assert a["method"] == b["method"]
             np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- corpus audit
+
+def run_job(client, body, timeout=120.0):
+    import time
+    resp = client.post("/api/audit", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    job = resp.get_json()
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+        job = client.get(f"/api/jobs/{job['id']}").get_json()
+    return job
+
+
+def test_audit_finds_the_planted_shortcut(client):
+    job = run_job(client, {"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
+    assert job["status"] == "done", job
+    assert job["done"] == job["total"] == 60
+    r = job["result"]
+    assert r["corpus"] == "rotten_tomatoes_shortcut" and r["split"] == "test" and r["n_texts"] == 60
+    top = r["tokens"]["fresh"][0]
+    assert top["token"] == "rtcritic" and top["rank"] == 1 and top["count"] >= 3 and top["mean"] > 0
+    ex = top["examples"][0]
+    assert ex["text"][ex["span"][0]:ex["span"][1]] == "rtcritic"
+    flip = [f for f in r["flips"] if f["label"] == "fresh"][0]
+    assert flip["token"] == "rtcritic" and flip["accuracy_flipped"] < flip["accuracy"]
+    assert r["figure"]["data"] and r["figure"]["layout"]
+    # the same request finds the finished job instead of starting another
+    again = client.post("/api/audit", json={"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
+    assert again.status_code == 202 and again.get_json()["id"] == job["id"]
+    assert again.get_json()["status"] == "done"
+
+
+def test_audit_of_the_analytic_model_has_exact_means(client):
+    job = run_job(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
+                           "min_count": 2, "flip": False})
+    assert job["status"] == "done", job
+    r = job["result"]
+    pos = {t["token"]: t for t in r["tokens"]["pos"]}
+    neg = {t["token"]: t for t in r["tokens"]["neg"]}
+    assert pos["good"]["mean"] == pytest.approx(1.0) and pos["good"]["std"] == pytest.approx(0.0, abs=1e-9)
+    assert neg["bad"]["mean"] == pytest.approx(0.75)  # explained for 'neg': -w/2
+    assert r["tokens"]["pos"][0]["token"] in ("great", "good")
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"model": "sentiment-lstm", "sample": 10**5}, 400, "sample"),
+    ({"model": "sentiment-lstm", "sample": 5}, 400, "sample"),
+    ({"model": "sentiment-lstm", "corpus": "/etc/passwd"}, 400, "corpus"),
+    ({"model": "sentiment-lstm", "split": "all"}, 400, "split"),
+    ({"model": "sentiment-lstm", "method": "magic"}, 400, "method"),
+    ({"model": "sentiment-lstm", "min_count": 1}, 400, "min_count"),
+    ({"model": "mnist-cnn"}, 400, "not a text classifier"),
+    ({"model": "nope"}, 404, "unknown model"),
+])
+def test_audit_bad_input(client, body, status, fragment):
+    resp = client.post("/api/audit", json=body)
+    assert resp.status_code == status, resp.get_json()
+    assert fragment in resp.get_json()["error"]["message"]
+
+
+def test_audit_refusal_inside_the_job_is_reported(client):
+    job = run_job(client, {"model": "bag", "sample": 10, "target": "label"})
+    assert job["status"] == "error" and "target 'predicted'" in job["error"]
+    resp = client.get("/api/jobs/nonexistent")
+    assert resp.status_code == 404 and "unknown job" in resp.get_json()["error"]["message"]

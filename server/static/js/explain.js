@@ -313,15 +313,120 @@
   }
 
   // ------------------------------------------------------------------ corpus audit
-  const Audit = window.ExplainAudit = (() => {
-    let ready = false;
-    return {
-      init() {
-        if (ready) return;
-        ready = true;
-        if (window.ExplainAuditTab) window.ExplainAuditTab(data);
-      },
-    };
+  const Audit = (() => {
+    let ready = false, polling = null;
+
+    function init() {
+      if (ready) return;
+      ready = true;
+      const url = LV.readUrl();
+      LV.fillSelect($("audit-model"), models.map(m => ({ value: m.name, label: m.name })),
+                    url["audit-model"] || (models.some(m => m.name === "sentiment-shortcut") ? "sentiment-shortcut" : undefined));
+      LV.fillSelect($("audit-corpus"), [{ value: "", label: "the model's own" }, ...data.audit.corpora.map(c => ({ value: c }))], "");
+      LV.fillSelect($("audit-method"), data.methods.map(m => ({ value: m, label: titles[m] || m })), "gradient_x_input");
+      $("audit-n").max = data.audit.max_sample;
+      $("audit-form").addEventListener("submit", ev => { ev.preventDefault(); start(); });
+    }
+
+    async function start() {
+      const body = { model: $("audit-model").value, split: $("audit-split").value, method: $("audit-method").value,
+                     sample: Number($("audit-n").value), min_count: Number($("audit-min-count").value) };
+      if ($("audit-corpus").value) body.corpus = $("audit-corpus").value;
+      const p = methodParams()[body.method];
+      if (p) body.params = { [body.method]: p };
+      clearInterval(polling);
+      LV.clear($("audit-results"));
+      $("audit-run").disabled = true;
+      try {
+        const job = await LV.api("/api/audit", {}, { body });
+        LV.clearError();
+        follow(job);
+      } catch (e) { LV.showError(e.message); $("audit-run").disabled = false; }
+    }
+
+    function progress(job) {
+      const box = $("audit-progress");
+      box.hidden = false;
+      const frac = job.total ? job.done / job.total : 0;
+      box.querySelector(".bar").style.width = `${Math.round(100 * frac)}%`;
+      box.querySelector(".label").textContent = job.status === "queued" ? "queued …" :
+        `${job.note || "starting"} ${job.done}/${job.total || "?"} texts · ${job.seconds.toFixed(1)} s`;
+    }
+
+    function follow(job) {
+      const step = async () => {
+        if (job.status === "done" || job.status === "error") {
+          clearInterval(polling);
+          $("audit-run").disabled = false;
+          $("audit-progress").hidden = true;
+          if (job.status === "error") LV.showError(`audit failed: ${job.error}`);
+          else show(job.result);
+          return;
+        }
+        progress(job);
+        try { job = await LV.api(`/api/jobs/${encodeURIComponent(job.id)}`); }
+        catch (e) { clearInterval(polling); $("audit-run").disabled = false; LV.showError(e.message); }
+      };
+      step();
+      polling = setInterval(step, 500);
+    }
+
+    function highlighted(text, span) {
+      const li = el("li");
+      if (!span) { li.append(text); return li; }
+      li.append(text.slice(0, span[0]), el("mark", {}, text.slice(span[0], span[1])), text.slice(span[1]));
+      return li;
+    }
+
+    function show(r) {
+      const host = LV.clear($("audit-results"));
+      const acc = r.accuracy === null ? "" : ` · accuracy on the sample ${r.accuracy.toFixed(3)}`;
+      host.append(el("p", { id: "audit-summary" }, `${r.model} · ${titles[r.method] || r.method} · ${r.n_texts} texts of ` +
+                      `${r.corpus}/${r.split}${acc} · ranked by ${r.rank_by.replace("_", " ")} of the ` +
+                      `${r.signed ? "signed" : "unsigned"} scores · ${r.seconds.toFixed(1)} s`));
+      if (!r.signed) host.append(el("p", { class: "note" }, "Unsigned scores say how sensitive the output is to a token, " +
+                                     "not whether it is evidence for the class: choose a signed method to find what the model relies on."));
+      for (const f of r.flips) {
+        host.append(el("p", { class: "note flip" }, "Flip test ", el("code", {}, f.token), ` (relied on for ${f.label}): ` +
+          `accuracy ${f.accuracy.toFixed(3)} as is, ${f.accuracy_removed.toFixed(3)} with it removed, ` +
+          `${f.accuracy_flipped.toFixed(3)} with it moved to the other class's texts (drop ${f.drop.toFixed(3)}).`));
+      }
+      const grid = el("div", { class: "audit-classes" });
+      for (const label of r.labels) {
+        const ranked = r.tokens[label] || [];
+        const table = el("table", { class: "table audit-table", dataset: { label } },
+          el("thead", {}, el("tr", {}, el("th", { class: "num" }, "#"), el("th", {}, "token"),
+            el("th", { class: "num", title: "mean attribution to this class" }, "mean"),
+            el("th", { class: "num", title: "95% lower confidence bound of the mean" }, "lower bound"),
+            el("th", { class: "num", title: "occurrences in texts explained for this class" }, "count"),
+            el("th", { class: "num" }, "texts"))));
+        const body = el("tbody");
+        for (const st of ranked) {
+          const examples = el("tr", { class: "examples-row", hidden: true }, el("td"),
+            el("td", { colspan: 5 }, el("ol", { class: "audit-examples" },
+               ...st.examples.map(ex => highlighted(ex.text, ex.span)))));
+          const name = st.in_vocab ? st.token : `${st.token} (${Object.keys(st.forms).slice(0, 3).join(", ")}…)`;
+          const row = el("tr", { class: "clickable", dataset: { token: st.token }, title: "click for example sentences",
+                                 onclick: () => { examples.hidden = !examples.hidden; } },
+            el("td", { class: "num" }, st.rank), el("td", { class: "token" }, name),
+            el("td", { class: "num" }, fmt(st.mean)), el("td", { class: "num" }, fmt(st.lower_bound)),
+            el("td", { class: "num" }, st.count), el("td", { class: "num" }, st.n_texts));
+          body.append(row, examples);
+        }
+        table.append(body);
+        grid.append(el("div", { class: "panel" },
+          el("h2", {}, `Tokens relied on for "${label}" `,
+             el("span", { class: "muted small" }, `(${r.texts_per_class[label] || 0} texts explained for this class)`)),
+          ranked.length ? table : el("p", { class: "muted" }, "no token occurs often enough")));
+      }
+      host.append(grid);
+      const plot = el("div", { id: "audit-plot", class: "plot" });
+      host.append(el("div", { class: "panel" }, plot));
+      const layout = { ...r.figure.layout, width: undefined, autosize: true };
+      Plotly.react(plot, r.figure.data, layout, LV.plotConfig);
+    }
+
+    return { init };
   })();
 
   setUp();
