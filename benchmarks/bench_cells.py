@@ -1,0 +1,119 @@
+"""Interpretable cells in the shipped models: the numbers the README shows.
+
+For each shipped language model that has a checkpoint: extract h and c (and gates) over its
+held-out test corpus, then rank every cell of every source against the hypotheses.
+
+* charlm-python(-gru): best cell for inside-a-string and inside-a-comment (AUROC, goal >= 0.95),
+  for bracket depth, position in line and indentation (|r|); gate saturation summary.
+* parens-lstm: best cell for nesting depth (|r|, goal >= 0.9), checked against the generator's
+  ground-truth depth.
+
+    python benchmarks/bench_cells.py                 # every model that has a checkpoint
+    python benchmarks/bench_cells.py --models parens-lstm --max-chars 100000
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import data  # noqa: E402
+from lstmvis import hypotheses as hyp  # noqa: E402
+from lstmvis.cells import gate_saturation, rank_cells  # noqa: E402
+from lstmvis.extract import extract  # noqa: E402
+
+CHARLM_HYPOTHESES = [hyp.inside_quotes, hyp.inside_comment, hyp.bracket_depth, hyp.position_in_line,
+                     hyp.indentation_level]
+
+
+def _best(store, hypothesis, sources):
+    """Best cell over all sources: (source, cell, score, strength, ranking seconds)."""
+    out = []
+    for source in sources:
+        t0 = time.perf_counter()
+        ranking = rank_cells(store, source, hypothesis, progress=False)
+        b = ranking.best
+        out.append((b["strength"], source, b["cell"], b["score"], ranking.metric, time.perf_counter() - t0))
+    return max(out)
+
+
+def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
+    lm = data.load_model(name)
+    texts, total = [], 0
+    for _, src in data.python_source("test"):
+        if total >= max_chars:
+            break
+        texts.append(src[:max_chars - total])
+        total += len(texts[-1])
+    t0 = time.perf_counter()
+    store = extract(lm, texts, out_dir / f"{name}.h5", kinds="h,c,gates", dtype="float16", progress=True)
+    print(f"{name}: extracted {store.n_tokens:,} chars of {len(texts)} held-out stdlib files in "
+          f"{time.perf_counter() - t0:.0f} s; sources {', '.join(store.sources)}")
+    state_sources = [s for s in store.sources if s.rsplit(".", 1)[-1] in ("h", "c")]
+    rows = []
+    for h in CHARLM_HYPOTHESES:
+        strength, source, cell, score, metric, secs = _best(store, h, state_sources)
+        shown = f"AUROC {score:.3f}" if metric == "auroc" else f"r = {score:+.3f}"
+        goal = " (goal >= 0.95)" if metric == "auroc" else ""
+        rows.append(f"| {name} | {h.name} | {source} cell {cell} | {shown}{goal} | strength {strength:.3f} |")
+        print(rows[-1], f"[{secs:.1f} s per source ranking]")
+    sat = gate_saturation(store)
+    for s in sat.summary():
+        rows.append(f"| {name} | gate saturation {s['source']} | {s['units']} units | mean left {s['mean_left']:.3f}, "
+                    f"right {s['mean_right']:.3f} | {s['right_saturated_units']} units right-saturated > half the "
+                    "time |")
+        print(rows[-1])
+    store.close()
+    return rows
+
+
+def parens(out_dir: Path, n_sequences: int) -> list[str]:
+    lm = data.load_model("parens-lstm")
+    seqs = data.parens("test", n_sequences=n_sequences)
+    texts = ["".join(tokens) for tokens, _ in seqs]
+    depth = np.concatenate([d for _, d in seqs])
+    store = extract(lm, texts, out_dir / "parens-lstm.h5", kinds="h,c", dtype="float32", progress=True,
+                    meta={"depth": depth})
+    np.testing.assert_array_equal(hyp.brackets("(", ")")(store), depth)  # the text hypothesis = ground truth
+    rows = []
+    for source in store.sources:
+        ranking = rank_cells(store, source, "meta:depth", progress=False)
+        b = ranking.best
+        rows.append(f"| parens-lstm | nesting depth | {source} cell {b['cell']} | r = {b['score']:+.3f} "
+                    f"(Spearman {b['spearman']:+.3f}) | goal abs(r) >= 0.9 |")
+        print(rows[-1])
+    print(f"parens-lstm: {store.n_tokens:,} tokens, {store.n_sequences} held-out sequences")
+    store.close()
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=None, help="default: every shipped LM with a checkpoint")
+    p.add_argument("--max-chars", type=int, default=300_000, help="held-out characters for the char LMs")
+    p.add_argument("--parens-sequences", type=int, default=200)
+    p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-cells"))
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    available = {m["name"] for m in data.list_models() if m["card"] is not None}
+    wanted = args.models or ["parens-lstm", "charlm-python", "charlm-python-gru"]
+    rows = ["| model | hypothesis | best cell | score | note |", "|---|---|---|---|---|"]
+    for name in wanted:
+        if name not in available:
+            print(f"{name}: no checkpoint yet (python -m data.train {name}); skipped")
+            continue
+        rows += parens(args.dir, args.parens_sequences) if name == "parens-lstm" else charlm(name, args.dir,
+                                                                                             args.max_chars)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
