@@ -7,9 +7,10 @@ from .integrated_gradients import IntegratedGradients
 from .kernel_shap import Shap
 from .lime_text import Lime
 from .occlusion import Occlusion
+from .render import side_by_side_html, write_html
 from .smoothgrad import SmoothGrad
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
 
 __all__ = ["CharTokenizer", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
            "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
-           "WordTokenizer", "explain", "explain_batch"]
+           "WordTokenizer", "explain", "explain_batch", "side_by_side_html", "write_html"]

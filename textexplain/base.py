@@ -183,7 +183,7 @@ def gradient_sum(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, weight
     total = torch.zeros(rows.shape[1:], dtype=rows.dtype)
     all_logits = []
     for start in range(0, n_rows, chunk):
-        part = rows[start:start + chunk].detach().clone().requires_grad_(True)
+        part = rows[start:start + chunk].detach().requires_grad_(True)  # a view: no copy
         with torch.enable_grad():
             logits = forward_at_embeddings(model, ids.expand(part.shape[0], -1), part)
             if start == 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -14,20 +15,25 @@ COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is f
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
+@lru_cache(maxsize=64)
 def quadrature(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``alpha`` in [0, 1] and weights (summing to 1) for integrating over the path."""
+    """Nodes ``alpha`` in [0, 1] and weights (summing to 1) for integrating over the path (cached:
+    Gauss-Legendre nodes cost an eigenvalue problem). Treat the arrays as read-only."""
     check_choice("method", rule, RULES)
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n_steps)
-        return (nodes + 1) / 2, weights / 2
-    if rule == "riemann_trapezoid":
+        nodes, weights = (nodes + 1) / 2, weights / 2
+    elif rule == "riemann_trapezoid":
         if n_steps < 2:
             raise ValueError("the trapezoid rule needs n_steps >= 2")
-        weights = np.full(n_steps, 1.0 / (n_steps - 1))
+        nodes, weights = np.linspace(0.0, 1.0, n_steps), np.full(n_steps, 1.0 / (n_steps - 1))
         weights[[0, -1]] /= 2
-        return np.linspace(0.0, 1.0, n_steps), weights
-    offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
-    return (np.arange(n_steps) + offset) / n_steps, np.full(n_steps, 1.0 / n_steps)
+    else:
+        offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
+        nodes, weights = (np.arange(n_steps) + offset) / n_steps, np.full(n_steps, 1.0 / n_steps)
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return nodes, weights
 
 
 class IntegratedGradients(Explainer):
@@ -66,9 +72,9 @@ class IntegratedGradients(Explainer):
         x = embed(self.model, ids)[0]
         x_ref = baseline_embeddings(self.model, ids, self.baseline)[0]
         alphas, weights = quadrature(self.n_steps, self.method)
-        alphas_t = torch.as_tensor(alphas, dtype=x.dtype)[:, None, None]
-        path = x_ref + alphas_t * (x - x_ref)
-        rows = torch.cat([x[None], x_ref[None], path])
+        rows = torch.empty((self.n_steps + 2, *x.shape), dtype=x.dtype)  # input, baseline, path points
+        rows[0], rows[1] = x, x_ref
+        torch.addcmul(x_ref, torch.as_tensor(alphas, dtype=x.dtype)[:, None, None], x - x_ref, out=rows[2:])
         grad, logits, target = gradient_sum(self.model, ids, rows, np.concatenate([[0.0, 0.0], weights]),
                                             target, self.output, self.internal_batch_size)
         scores = reduce_dims((x - x_ref) * grad, "sum")
