@@ -1,5 +1,4 @@
 """Corpus audit: exact aggregation on an analytic model, shortcut detection on the shipped models."""
-import argparse
 import json
 import math
 
@@ -132,16 +131,17 @@ def test_report_outputs(model):
 
 
 def test_cli_audit(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="textexplain")
-    audit.add_audit(parser.add_subparsers(dest="command"))
+    from textexplain.cli import main
+
     out = tmp_path / "report.json"
-    args = parser.parse_args(["audit", "--model", "sentiment-shortcut", "--split", "test", "--method",
-                              "gradient_x_input", "--limit", "120", "--quiet", "--json", str(out)])
-    assert args.func(args) == 0
+    assert main(["audit", "--model", "sentiment-shortcut", "--split", "test", "--method", "gradient_x_input",
+                 "--limit", "120", "--quiet", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "rotten_tomatoes_shortcut/test" in printed and "Flip test `rtcritic`" in printed
     report = json.loads(out.read_text())
     assert report["tokens"]["fresh"][0]["token"] == "rtcritic" and report["n_texts"] == 120
     assert report["flips"][1]["token"] == "rtcritic" and report["flips"][1]["drop"] > 0.1
-    with pytest.raises(SystemExit):
-        parser.parse_args(["audit", "--model", "sentiment-lstm", "--param", "n_steps"])
+    assert main(["audit", "--model", "sentiment-lstm", "--method", "occlusion", "--set", "n_steps=3"]) == 2
+    assert "no parameter 'n_steps'" in capsys.readouterr().err
+    assert main(["audit", "--model", "mnist-cnn"]) == 2
+    assert "not a text classifier" in capsys.readouterr().err

@@ -25,8 +25,6 @@ import heapq
 import html
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -207,11 +205,13 @@ class AuditReport:
         parts = [f"<div><b>Audit of {e(self.model_name)}</b> with {e(self.method)} on {len(self.texts)} texts"
                  + (f", accuracy {self.accuracy:.3f}" if self.accuracy is not None else "") + "</div>"]
         for lab in self.labels:
-            rows = "".join(f"<tr><td>{r}</td><td>{e(st.token)}</td><td>{st.total:.3f}</td><td>{st.mean:.3f}</td>"
-                           f"<td>{st.count}</td><td>{e(self.examples_for(st.token, lab)[0]['text']) if self.examples_for(st.token, lab) else ''}</td></tr>"
-                           for r, st in enumerate(self.stats[lab][:10], start=1))
+            rows = []
+            for r, st in enumerate(self.stats[lab][:10], start=1):
+                ex = self.examples_for(st.token, lab)
+                rows.append(f"<tr><td>{r}</td><td>{e(st.token)}</td><td>{st.total:.3f}</td><td>{st.mean:.3f}</td>"
+                            f"<td>{st.count}</td><td>{e(ex[0]['text']) if ex else ''}</td></tr>")
             parts.append(f"<h4>for {e(lab)}</h4><table><tr><th>rank</th><th>token</th><th>total</th>"
-                         f"<th>mean</th><th>count</th><th>example</th></tr>{rows}</table>")
+                         f"<th>mean</th><th>count</th><th>example</th></tr>{''.join(rows)}</table>")
         parts += [f"<p>{e(_flip_line(f))}</p>" for f in self.flips]
         return "".join(parts)
 
@@ -373,16 +373,6 @@ def flip_test(model: TextModel, texts: Sequence[str], labels: Sequence[int | str
 CORPORA = ("rotten_tomatoes", "rotten_tomatoes_shortcut")
 
 
-def _parse_param(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise argparse.ArgumentTypeError(f"--param takes KEY=VALUE (e.g. n_steps=20), got {item!r}")
-    key, value = item.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _read_corpus(path: str) -> tuple[list[str], list[str] | None]:
     """A text file (one text per line) or a CSV with a ``text`` column (and optional ``label``)."""
     import csv
@@ -402,31 +392,18 @@ def _read_corpus(path: str) -> tuple[list[str], list[str] | None]:
     return texts, None
 
 
-def _write_atomic(path: str, content: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cmd_audit(args: argparse.Namespace) -> int:
     import data
 
-    model = data.load_model(args.model)
-    if not isinstance(model, TextModel):
-        raise ValueError(f"{args.model} is not a text classifier: audit needs one of "
-                         + ", ".join(n for n, (kind, _) in data.MODELS.items() if kind == "classifier"))
+    from .cli import _write_atomic, load_text_model, parse_settings
+
+    model = load_text_model(args.model)
+    params = parse_settings(list(args.set or []), [args.method])[args.method]
     if args.file:
         texts, labels = _read_corpus(args.file)
         source = args.file
     else:
-        corpus = args.data or ("rotten_tomatoes_shortcut" if args.model == "sentiment-shortcut" else "rotten_tomatoes")
+        corpus = args.data or ("rotten_tomatoes_shortcut" if model.name == "sentiment-shortcut" else "rotten_tomatoes")
         texts, labels = getattr(data, corpus)(args.split)
         labels = [model.labels[int(y)] for y in labels]
         source = f"{corpus}/{args.split}"
@@ -436,7 +413,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         labels = [labels[i] for i in keep] if labels is not None else None
     report = audit(model, texts, labels, method=args.method, target=args.target, rank_by=args.rank_by,
                    normalize=args.normalize, min_count=args.min_count, batch_size=args.batch_size,
-                   progress=not args.quiet, **dict(args.param))
+                   progress=not args.quiet, **params)
     if labels is not None and report.signed:
         for lab in model.labels:
             tops = [st for st in report.top(lab, args.flip) if st.in_vocab]
@@ -445,10 +422,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(f"source: {source}")
     print(report.to_markdown(top=args.top, examples=args.examples))
     if args.json:
-        _write_atomic(args.json, json.dumps(report.to_dict(top=max(args.top, 20)), indent=2))
+        _write_atomic(Path(args.json), json.dumps(report.to_dict(top=max(args.top, 20)), indent=2))
         print(f"\nwrote {args.json}")
     if args.figure:
-        _write_atomic(args.figure, report.figure().to_html(include_plotlyjs=True, full_html=True))
+        _write_atomic(Path(args.figure), report.figure().to_html(include_plotlyjs=True, full_html=True))
         print(f"wrote {args.figure}")
     return 0
 
@@ -461,30 +438,36 @@ def add_audit(sub) -> None:
         "audit", help="find the tokens a classifier relies on over a whole corpus (shortcut detection)",
         description="Explain every text of a corpus split, aggregate the token scores per class and rank the "
                     "tokens the model relies on (by their total score over the corpus), with example "
-                    "sentences; then flip the top tokens to measure how much accuracy depends on them. Example: textexplain audit --model sentiment-shortcut "
-                    "--split test --method integrated_gradients",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a shipped classifier (see `lstmvis models`)")
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"), help="corpus split")
+                    "sentences; then flip the top tokens to measure how much accuracy depends on them. "
+                    "Example: textexplain audit --model sentiment-shortcut --split test "
+                    "--method integrated_gradients")
+    p.add_argument("--model", required=True,
+                   help="a shipped classifier (see `lstmvis models`) or a .pt checkpoint")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"), help="corpus split (default: test)")
     p.add_argument("--data", choices=CORPORA, default=None,
                    help="shipped corpus (default: the one the model was trained on)")
     p.add_argument("--file", default=None, help="audit your own corpus instead: a .txt file (one text per line) "
                                                 "or a .csv with a 'text' and optional 'label' column")
-    p.add_argument("--method", default="integrated_gradients", choices=sorted(METHODS), help="explanation method")
-    p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
-                   help="method hyperparameter, repeatable (e.g. --param n_steps=20 --param num_samples=500)")
+    p.add_argument("--method", default="integrated_gradients", choices=sorted(METHODS),
+                   help="explanation method (default: integrated_gradients)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a method hyperparameter, repeatable (e.g. --set n_steps=20, --set num_samples=500)")
     p.add_argument("--target", default="predicted", choices=TARGETS,
-                   help="explain each text for the predicted class or for its gold label")
+                   help="explain each text for the predicted class (default) or for its gold label")
     p.add_argument("--rank-by", default="total", choices=RANK_BY,
-                   help="ranking statistic: total (reliance over the corpus) or per occurrence (mean, lower_bound)")
-    p.add_argument("--normalize", default="none", choices=NORMALIZE, help="rescale each explanation first")
-    p.add_argument("--min-count", type=int, default=3, help="rank only tokens seen this often for a class")
+                   help="ranking statistic: total (default; reliance over the corpus) or per occurrence (mean, "
+                        "lower_bound)")
+    p.add_argument("--normalize", default="none", choices=NORMALIZE,
+                   help="rescale each explanation first (default: none)")
+    p.add_argument("--min-count", type=int, default=3,
+                   help="rank only tokens seen at least this often for a class (default: 3)")
     p.add_argument("--limit", type=int, default=None, help="audit a seeded random sample of this many texts")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    p.add_argument("--batch-size", type=int, default=64, help="texts explained per batch")
-    p.add_argument("--top", type=int, default=10, help="tokens shown per class")
-    p.add_argument("--examples", type=int, default=1, help="example sentences shown per top-3 token")
-    p.add_argument("--flip", type=int, default=1, help="flip-test the top N tokens of each class (needs labels)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts explained per batch (default: 64)")
+    p.add_argument("--top", type=int, default=10, help="tokens shown per class (default: 10)")
+    p.add_argument("--examples", type=int, default=1, help="example sentences shown per top-3 token (default: 1)")
+    p.add_argument("--flip", type=int, default=1,
+                   help="flip-test the top N tokens of each class (needs labels; default: 1)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--figure", default=None, metavar="PATH", help="also write a plotly HTML figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

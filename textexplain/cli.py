@@ -174,7 +174,13 @@ def add_explain(sub) -> None:
     p.set_defaults(func=_cmd_explain)
 
 
-SUBCOMMANDS = [add_explain]
+def add_audit(sub) -> None:
+    from .audit import add_audit as register
+
+    register(sub)
+
+
+SUBCOMMANDS = [add_explain, add_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
