@@ -467,3 +467,79 @@ def _parse_source(source: str) -> tuple[str, int, str]:
             return ".".join(parts[:i]), int(p[1:]), kind
     raise ValueError(f"{source!r} is not a recurrent source name like 'rnn.l0.h', 'rnn.l1.c' or "
                      "'rnn.l0.reverse.gate_f'")
+
+
+# ---------------------------------------------------------------------------- CLI: lstmvis cells
+def _cmd_cells(args) -> int:
+    import json
+
+    from .store import StateStore
+
+    with StateStore.open(args.store) as store:
+        if args.saturation:
+            sat = gate_saturation(store, args.source or None)
+            if args.json:
+                print(json.dumps({"summary": sat.summary(), **sat.to_dict()}))
+                return 0
+            print(f"gate saturation over {sat.n_tokens:,} steps (left < {sat.low:g}, right > {sat.high:g})")
+            for s in sat.summary():
+                print(f"  {s['source']:<24} {s['units']:>5} units  mean left {s['mean_left']:.3f}  mean right "
+                      f"{s['mean_right']:.3f}  right-saturated > half the time: {s['right_saturated_units']}")
+            return 0
+        if not args.hypothesis:
+            raise ValueError("give --hypothesis (e.g. quotes, comment, depth, line, indent, regex:PATTERN, "
+                             "tokens:a,b, meta:TRACK) or --saturation")
+        sources = args.source or [s for s in store.sources if s not in gate_sources(store)]
+        results = []
+        for source in sources:
+            ranking = rank_cells(store, source, args.hypothesis, method=args.method, start=args.start,
+                                 stop=args.stop)
+            rows = ranking.top(args.top)
+            for row in rows[:args.contexts]:
+                ctx = top_contexts(store, source, row["cell"], k=1, direction=row["direction"] or 1)[0]
+                row["context"] = ctx.text()
+            results.append((ranking, rows))
+        if args.json:
+            print(json.dumps([{**r.to_dict(k=0), "top": rows} for r, rows in results]))
+            return 0
+        for ranking, rows in results:
+            extra = f", {ranking.positive_rate:.1%} positive" if ranking.positive_rate is not None else ""
+            print(f"{ranking.source} vs {ranking.hypothesis} ({ranking.kind}, {ranking.metric}) over "
+                  f"{ranking.n_tokens:,} tokens{extra}")
+            print(f"  {'rank':>4} {'cell':>6} {ranking.metric:>9} dir  top context")
+            for row in rows:
+                context = repr(row.get("context", ""))[1:-1][-60:] if "context" in row else ""
+                print(f"  {row['rank']:>4} {row['cell']:>6} {row['score']:>9.4f}  {'+' if row['direction'] >= 0 else '-'}"
+                      f"   {context}")
+    return 0
+
+
+def add_cells(sub) -> None:
+    import argparse
+    import textwrap
+
+    p = sub.add_parser(
+        "cells", help="rank cells against a hypothesis (quotes, comments, depth, ...) or show gate saturation",
+        description=textwrap.fill("Rank every cell of a store's sources against a per-token hypothesis computed from the "
+                    "store's text: AUROC for binary hypotheses (inside quotes, inside a comment, regex, token "
+                    "set, 0/1 meta track), Pearson or Spearman correlation for scalar ones (bracket depth, "
+                    "position in line, indentation, numeric meta track). Scores are signed: AUROC near 0 or r "
+                    "near -1 is a cell that is low where the hypothesis holds. With --saturation, print "
+                    "Karpathy's gate saturation per gate source instead.", 88),
+        epilog="examples:\n  lstmvis cells states.h5 --source rnn.l1.c --hypothesis quotes --top 10\n"
+               "  lstmvis cells states.h5 --hypothesis regex:'def ' --method auroc\n"
+               "  lstmvis cells states.h5 --saturation",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="state store (.h5) written by `lstmvis extract`")
+    p.add_argument("--source", action="append", help="source to rank, e.g. rnn.l1.c (repeatable; default: "
+                                                     "every non-gate source)")
+    p.add_argument("--hypothesis", help="quotes, comment, depth, parens, line, indent, regex:PATTERN, "
+                                        "tokens:a,b,c, meta:TRACK or meta:TRACK=VALUE")
+    p.add_argument("--method", choices=METHODS, help="default: auroc for binary, pearson for scalar hypotheses")
+    p.add_argument("--top", type=int, default=10, help="cells to show per source (default 10)")
+    p.add_argument("--contexts", type=int, default=3, help="show the top activating context of the first N cells")
+    p.add_argument("--start", type=int, help="first token position (default 0)")
+    p.add_argument("--stop", type=int, help="end token position (default: the whole store)")
+    p.add_argument("--saturation", action="store_true", help="gate saturation (< 0.1 / > 0.9) per gate source")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_cells)

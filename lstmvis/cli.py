@@ -52,7 +52,13 @@ def add_state_commands(sub) -> None:
         add(sub)
 
 
-SUBCOMMANDS = [add_models, add_serve, add_state_commands]
+def add_cells(sub) -> None:
+    from .cells import add_cells as add
+
+    add(sub)
+
+
+SUBCOMMANDS = [add_models, add_serve, add_state_commands, add_cells]
 
 
 def build_parser() -> argparse.ArgumentParser:
