@@ -10,7 +10,8 @@ from .occlusion import Occlusion
 from .render import side_by_side_html, write_html
 from .smoothgrad import SmoothGrad
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
+from . import audit, metrics, sanity  # faithfulness metrics, sanity checks, corpus audit
 
 __all__ = ["CharTokenizer", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
            "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
-           "WordTokenizer", "explain", "explain_batch", "side_by_side_html", "write_html"]
+           "WordTokenizer", "audit", "explain", "explain_batch", "metrics", "sanity", "side_by_side_html", "write_html"]
