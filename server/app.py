@@ -32,6 +32,7 @@ BLUEPRINTS = [
     "server.states_api",
     "server.jobs",
     "server.explain_api",
+    "server.image_api",
 ]
 
 DEFAULT_PORT = 8765

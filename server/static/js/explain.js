@@ -314,7 +314,7 @@
 
   // ------------------------------------------------------------------ corpus audit
   const Audit = (() => {
-    let ready = false, polling = null;
+    let ready = false;
 
     function init() {
       if (ready) return;
@@ -334,41 +334,18 @@
       if ($("audit-corpus").value) body.corpus = $("audit-corpus").value;
       const p = methodParams()[body.method];
       if (p) body.params = { [body.method]: p };
-      clearInterval(polling);
       LV.clear($("audit-results"));
       $("audit-run").disabled = true;
       try {
-        const job = await LV.api("/api/audit", {}, { body });
+        const result = await LVJobs.run("/api/audit", body, job => LVJobs.showProgress($("audit-progress"), job));
         LV.clearError();
-        follow(job);
-      } catch (e) { LV.showError(e.message); $("audit-run").disabled = false; }
-    }
-
-    function progress(job) {
-      const box = $("audit-progress");
-      box.hidden = false;
-      const frac = job.total ? job.done / job.total : 0;
-      box.querySelector(".bar").style.width = `${Math.round(100 * frac)}%`;
-      box.querySelector(".label").textContent = job.status === "queued" ? "queued …" :
-        `${job.note || "starting"} ${job.done}/${job.total || "?"} texts · ${job.seconds.toFixed(1)} s`;
-    }
-
-    function follow(job) {
-      const step = async () => {
-        if (job.status === "done" || job.status === "error") {
-          clearInterval(polling);
-          $("audit-run").disabled = false;
-          $("audit-progress").hidden = true;
-          if (job.status === "error") LV.showError(`audit failed: ${job.error}`);
-          else show(job.result);
-          return;
-        }
-        progress(job);
-        try { job = await LV.api(`/api/jobs/${encodeURIComponent(job.id)}`); }
-        catch (e) { clearInterval(polling); $("audit-run").disabled = false; LV.showError(e.message); }
-      };
-      step();
-      polling = setInterval(step, 500);
+        show(result);
+      } catch (e) {
+        LV.showError(`audit: ${e.message}`);
+      } finally {
+        $("audit-progress").hidden = true;
+        $("audit-run").disabled = false;
+      }
     }
 
     function highlighted(text, span) {

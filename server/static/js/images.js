@@ -1,0 +1,170 @@
+// CNN image methods: a digit (test set or upload) -> one overlay per method, feature maps; per model:
+// filters, activation maximization, t-SNE of the test set, model-randomization sanity check.
+// Images arrive as PNG data URLs made by the server; text only through textContent.
+"use strict";
+
+(function () {
+  const $ = id => document.getElementById(id);
+  const el = LV.el;
+  const data = LV.pageData();
+  const models = data.models || [];
+  let current = null;  // {index} or {image}
+  let busy = false;
+
+  function setUp() {
+    const url = LV.readUrl();
+    if (!models.length) {
+      LV.showError("No image classifier is loaded: train one with python -m data.train mnist-cnn.");
+      return;
+    }
+    LV.fillSelect($("model"), models.map(m => ({ value: m.name, label: m.name })), url.model);
+    LV.fillSelect($("target"), [{ value: "", label: "predicted class" },
+                                ...Array.from({ length: 10 }, (_, i) => ({ value: String(i), label: String(i) }))],
+                  url.target ?? "");
+    $("index").max = data.n_test - 1;
+    for (const d of data.picker) {
+      $("picker").append(el("button", { type: "button", title: `test digit ${d.index} (label ${d.label})`,
+                                        dataset: { index: d.index }, onclick: () => explainIndex(d.index) },
+                            el("img", { src: `/api/images/digit/${d.index}.png`, alt: `digit ${d.label}` })));
+    }
+    $("image-form").addEventListener("submit", ev => { ev.preventDefault(); explainIndex(Number($("index").value)); });
+    $("target").addEventListener("change", () => { if (current) explain(current); });
+    $("model").addEventListener("change", () => { loadModelViews(); if (current) explain(current); });
+    $("upload").addEventListener("change", upload);
+    explainIndex(url.index !== undefined ? Number(url.index) : data.picker[0].index);
+    loadModelViews();
+  }
+
+  function explainIndex(index) {
+    if (!Number.isInteger(index) || index < 0 || index >= data.n_test) {
+      LV.showError(`Choose a test digit between 0 and ${data.n_test - 1}.`);
+      return;
+    }
+    $("index").value = index;
+    explain({ index });
+  }
+
+  function upload() {
+    const file = $("upload").files[0];
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => explain({ image: reader.result });
+    reader.onerror = () => LV.showError("could not read the file");
+    reader.readAsDataURL(file);
+  }
+
+  // ------------------------------------------------------------------ one digit
+  async function explain(input) {
+    if (busy) return;
+    busy = true;
+    current = input;
+    const target = $("target").value;
+    const body = { model: $("model").value, target: target === "" ? null : Number(target), ...input };
+    LV.writeUrl({ model: body.model, index: input.index, target });
+    for (const b of $("picker").querySelectorAll("button")) {
+      b.classList.toggle("current", Number(b.dataset.index) === input.index);
+    }
+    $("overlay-note").textContent = "computing …";
+    try {
+      const r = await LV.api("/api/images/explain", {}, { body });
+      LV.clearError();
+      render(r);
+    } catch (e) {
+      LV.showError(e.message);
+      $("overlay-note").textContent = "";
+    } finally {
+      busy = false;
+      $("upload").value = "";
+    }
+  }
+
+  function render(r) {
+    $("results").hidden = false;
+    $("input-img").src = r.input_png;
+    const s = r.source;
+    $("input-note").textContent = s.index !== undefined ? `test digit ${s.index}, true label ${s.label}` :
+      `uploaded ${s.width}×${s.height} PNG${s.inverted ? ", inverted (light background)" : ""}`;
+    Plotly.react("probs-plot", [{
+      type: "bar", x: r.labels, y: r.probs, marker: { color: r.labels.map((_, i) => i === r.target ? "#d6604d" : "#9fb7cc") },
+      hovertemplate: "class %{x}: %{y:.4f}<extra></extra>",
+    }], { margin: { l: 40, r: 10, t: 10, b: 30 }, yaxis: { range: [0, 1], title: { text: "probability" } },
+          xaxis: { type: "category" }, height: 220 }, LV.plotConfig);
+    $("overlay-note").textContent = `predicted ${r.labels[r.predicted]} (${r.probs[r.predicted].toFixed(3)}) · ` +
+      `explaining ${r.labels[r.target]} · ${r.overlays.length} methods`;
+    const grid = LV.clear($("overlays"));
+    for (const o of r.overlays) {
+      grid.append(el("figure", { class: "image-card", dataset: { method: o.method }, title: o.summary },
+        el("img", { src: o.png, alt: `${o.title} map` }),
+        el("figcaption", { class: "caption" }, el("b", {}, o.title),
+           el("small", {}, `${o.signed ? "signed" : "unsigned"} · [${fmt(o.min)}, ${fmt(o.max)}] · ${(o.seconds * 1000).toFixed(0)} ms`))));
+    }
+    const maps = LV.clear($("feature-maps"));
+    for (const f of r.feature_maps) {
+      maps.append(el("p", { class: "muted small" }, `${f.layer}: ${f.channels} channels of ${f.size.join("×")} ` +
+                                                    "(each scaled to its own range)"),
+                  el("img", { src: f.png, alt: `feature maps of ${f.layer}`, class: "fmap" }));
+    }
+  }
+
+  function fmt(x) {
+    const a = Math.abs(x);
+    return a !== 0 && (a < 1e-3 || a >= 1e4) ? x.toExponential(1) : x.toFixed(3);
+  }
+
+  // ------------------------------------------------------------------ per-model views
+  async function loadModelViews() {
+    const model = $("model").value;
+    try {
+      const info = await LV.api("/api/images/model", { model });
+      $("filters").src = info.filters;
+      $("filters-note").textContent = `(${info.n_filters} first-layer kernels of ${info.kernel.join("×")}; grey = 0)`;
+    } catch (e) { LV.showError(e.message); }
+    // one worker runs the jobs in turn; each is computed once per model and then served from the cache
+    const jobs = [
+      ["tsne", showTsne], ["activation-max", showAm], ["sanity", showSanity],
+    ];
+    for (const [kind, show] of jobs) {
+      const box = $(`${kind === "activation-max" ? "am" : kind}-progress`);
+      try {
+        show(await LVJobs.run(`/api/images/${kind}`, { model }, job => LVJobs.showProgress(box, job)));
+      } catch (e) {
+        LV.showError(`${kind}: ${e.message}`);
+      } finally {
+        box.hidden = true;
+      }
+    }
+  }
+
+  function showAm(r) {
+    const grid = LV.clear($("am"));
+    r.images.forEach((src, i) => grid.append(el("figure", { class: "image-card", dataset: { unit: i } },
+      el("img", { src, alt: `input maximizing class ${r.labels[i]}` }), el("figcaption", { class: "caption" }, `class ${r.labels[i]}`))));
+  }
+
+  function showTsne(r) {
+    const palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#555"];
+    const traces = r.labels.map((lab, c) => {
+      const idx = r.index.filter((_, i) => r.label[i] === c);
+      return { type: "scatter", mode: "markers", name: lab, x: idx.map(i => r.x[i]), y: idx.map(i => r.y[i]),
+               customdata: idx.map(i => [i, r.label[i], r.predicted[i]]),
+               marker: { color: palette[c % palette.length], size: 7,
+                         symbol: idx.map(i => r.predicted[i] === r.label[i] ? "circle" : "x") },
+               hovertemplate: "digit %{customdata[0]}<br>label %{customdata[1]}, predicted %{customdata[2]}<extra></extra>" };
+    });
+    const plot = $("tsne-plot");
+    Plotly.react(plot, traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 460, xaxis: { showticklabels: false },
+                                 yaxis: { showticklabels: false }, legend: { title: { text: "label" } } }, LV.plotConfig);
+    if (!plot.dataset.bound) {
+      plot.on("plotly_click", ev => { const p = ev.points && ev.points[0]; if (p) explainIndex(p.customdata[0]); });
+      plot.dataset.bound = "1";
+    }
+  }
+
+  function showSanity(r) {
+    const layout = { ...r.figure.layout, height: 460, width: undefined, autosize: true,
+                     margin: { l: 50, r: 10, t: 50, b: 60 }, title: { text: "Spearman of |maps| vs the trained model", font: { size: 13 } } };
+    Plotly.react("sanity-plot", r.figure.data, layout, LV.plotConfig);
+  }
+
+  setUp();
+})();

@@ -1,0 +1,30 @@
+// Background jobs: POST starts (or finds) a job, then /api/jobs/<id> is polled until it is done.
+"use strict";
+
+const LVJobs = (() => {
+  const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+
+  /** Start the job at `path` with JSON `body`; `onProgress(job)` sees every poll. Resolves with the
+   *  job's result, rejects with an Error carrying the server's message. */
+  async function run(path, body, onProgress = () => {}, interval = 500) {
+    let job = await LV.api(path, {}, { body });
+    for (;;) {
+      onProgress(job);
+      if (job.status === "done") return job.result;
+      if (job.status === "error") throw new Error(job.error || "the job failed");
+      await sleep(interval);
+      job = await LV.api(`/api/jobs/${encodeURIComponent(job.id)}`);
+    }
+  }
+
+  /** Show a job's progress in a .progress element (a bar and a label). */
+  function showProgress(box, job) {
+    box.hidden = job.status === "done" || job.status === "error";
+    const frac = job.total ? job.done / job.total : 0;
+    box.querySelector(".bar").style.width = `${Math.round(100 * frac)}%`;
+    box.querySelector(".label").textContent = job.status === "queued" ? "queued …" :
+      `${job.note || "starting"} ${job.total ? `${job.done}/${job.total}` : ""} · ${job.seconds.toFixed(1)} s`;
+  }
+
+  return { run, showProgress };
+})();
