@@ -173,3 +173,21 @@ def test_shipped_model_leave_one_out_beats_random(sentiment_lstm):
     assert oracle["loo_kendall_tau"] == pytest.approx(1.0)
     assert oracle["comprehensiveness"] > max(r["comprehensiveness"] for r in rand)
     assert oracle["deletion_auc"] < np.mean([r["deletion_auc"] for r in rand])
+
+
+def test_report_over_a_sample(model):
+    texts = ["a b c d e f", "g h i j a", "c f j b", "e e a h i", "b d f h j g"]
+    report = metrics.faithfulness_report(model, texts, ["gradient_x_input", "occlusion"], progress=False,
+                                         method_params={"occlusion": {"mask": "delete"}})
+    assert report.methods == ["gradient_x_input", "occlusion", "random"]
+    summary = {(s["method"], s["metric"]): s for s in report.summary()}
+    for method in ("gradient_x_input", "occlusion"):  # both rank by the true weights on this model
+        assert summary[method, "loo_kendall_tau"]["mean"] == pytest.approx(1.0)
+        assert summary[method, "comprehensiveness"]["mean"] > summary["random", "comprehensiveness"]["mean"]
+        assert summary[method, "deletion_auc"]["mean"] < summary["random", "deletion_auc"]["mean"]
+        assert summary[method, "comprehensiveness"]["n"] == len(texts)
+    table = report.to_markdown()
+    assert table.count("\n") == 2 + 3 - 1 and "comprehensiveness ↑" in table and "sufficiency ↓" in table
+    assert len(report.figure().data) == 3 * len(metrics.METRICS)
+    with pytest.raises(ValueError, match="not in methods"):
+        metrics.faithfulness_report(model, texts, ["occlusion"], method_params={"lime": {}}, progress=False)

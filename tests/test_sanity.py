@@ -166,3 +166,13 @@ def test_shipped_lstm_leave_one_out_decorrelates(sentiment_lstm):
     assert summary["original"]["spearman"] == pytest.approx(1.0)
     assert summary["rnn"]["spearman"] < 0.6
     assert result.layers == ["out", "rnn", "emb"]
+
+
+def test_method_names_go_through_explain(model, texts):
+    result = sanity.randomization_check(model, texts[:6], ["gradient_x_input", "occlusion"],
+                                        method_params={"occlusion": {"mask": "unk"}}, progress=False)
+    summary = {(s["stage"], s["method"]): s for s in result.summary()}
+    assert summary["original", "gradient_x_input"]["spearman"] == pytest.approx(1.0)
+    assert summary["original", "occlusion"]["spearman"] == pytest.approx(1.0)
+    assert result.passed() == {"gradient_x_input": True, "occlusion": True}
+    assert result.meta["targets"] == list(model.predict_proba(texts[:6]).argmax(1))

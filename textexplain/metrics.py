@@ -295,7 +295,8 @@ def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequenc
     reference: list[Explanation] | None = None
     for method in tqdm(list(methods), desc=f"faithfulness {model.name}", disable=not progress):
         start = time.perf_counter()
-        expls = explain_batch(model, texts, method=method, **method_params.get(method, {}))
+        expls = explain_batch(model, texts, method=method, progress=None if progress else False,
+                              **method_params.get(method, {}))
         seconds[method] = time.perf_counter() - start
         reference = reference or expls
         rows += [{"method": method, "text_index": i,
