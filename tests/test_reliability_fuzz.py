@@ -1,0 +1,136 @@
+"""Fuzzing every endpoint from the OpenAPI document (a short run of benchmarks/fuzz_server.py).
+
+hypothesis draws valid, one-field-wrong and chaotic requests for every operation the server
+documents; every answer must be non-5xx, strict JSON (no NaN), and every error must have the
+shape ``{"error": {"status", "message"}}``. A failure is shrunk to a minimal request. The full
+run (5,000+ requests over a real socket) is ``python benchmarks/fuzz_server.py --requests 5000``.
+Below the fuzzer: regressions it found, as plain tests.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from conftest_server import demo_resources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_fuzzer():
+    spec = importlib.util.spec_from_file_location("fuzz_server", ROOT / "benchmarks" / "fuzz_server.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_server"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = _load_fuzzer()
+
+
+@pytest.fixture(scope="module")
+def app():
+    from server.app import create_app
+    app = create_app(None, {"RESOURCES": demo_resources()})
+    app.logger.setLevel(logging.CRITICAL)  # the 500s the fuzzer looks for are reported by the assertions
+    return app
+
+
+@pytest.fixture(scope="module")
+def send(app):
+    return fuzz.TestClientTransport(app)
+
+
+@pytest.fixture(scope="module")
+def doc(send):
+    return json.loads(send("GET", "/api/openapi.json", "", {}, b"")[2])
+
+
+@pytest.fixture(scope="module")
+def hints(send):
+    return fuzz.Hints.from_server(send)
+
+
+def test_fuzz_every_endpoint(send, doc, hints):
+    ops = fuzz.operations(doc)
+    assert len(ops) >= 15, "the OpenAPI document should list every JSON endpoint"
+    tally = fuzz.Tally()
+
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(req=fuzz.request_strategy(ops, hints))
+    def one(req):
+        problems = fuzz.send_and_check(send, req, tally)
+        assert not problems, (problems, req)
+
+    one()
+    assert send("GET", "/api/status", "", {}, b"")[0] == 200
+    assert tally.by_status.get(200, 0) >= 20, f"too few requests did real work: {tally.by_status}"
+    assert len(tally.by_endpoint) >= len(ops) // 2, "the fuzzer should reach most endpoints"
+
+
+def test_oversized_bodies_are_json_413(send, doc):
+    ops = fuzz.operations(doc)
+    for req in fuzz.oversized_requests(ops, 2 * 1024 * 1024):
+        status, headers, body = send(req.method, req.path, req.query, req.headers, req.body)
+        assert status == 413, (req.endpoint, status)
+        assert fuzz.problems_of(req, status, headers, body) == []
+
+
+def test_the_oracle_can_fail():
+    """The checks reject a 500, a NaN, an HTML error and an error without a message."""
+    req = fuzz.Request("GET", "/api/stores")
+    assert fuzz.problems_of(req, 500, {"Content-Type": "application/json"},
+                            b'{"error": {"status": 500, "message": "x"}}')
+    assert fuzz.problems_of(req, 200, {"Content-Type": "application/json"}, b'{"a": NaN}')
+    assert fuzz.problems_of(req, 404, {"Content-Type": "text/html"}, b"<h1>Not Found</h1>")
+    assert fuzz.problems_of(req, 400, {"Content-Type": "application/json"}, b'{"error": {"status": 400}}')
+    assert not fuzz.problems_of(req, 400, {"Content-Type": "application/json"},
+                                b'{"error": {"status": 400, "message": "bad"}}')
+
+
+# ----------------------------------------------------------------------- regressions it found
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"model":' * 50_000 + b"1" + b"}" * 50_000],
+                         ids=["arrays", "objects"])
+def test_deeply_nested_json_is_a_400(send, body):
+    status, _, data = send("POST", "/api/explain", "", {"Content-Type": "application/json"}, body)
+    assert status == 400 and "nested" in json.loads(data)["error"]["message"]
+
+
+def test_answers_never_contain_nan(send):
+    """A one-token text: Kendall tau and friends are undefined, and must arrive as null."""
+    status, headers, body = send("POST", "/api/explain", "", {"Content-Type": "application/json"},
+                                 json.dumps({"model": "sentiment-lstm", "text": "0", "methods": ["gradient"]}).encode())
+    assert status == 200
+    json.loads(body, parse_constant=lambda c: pytest.fail(f"{c} in a JSON answer"))
+
+
+def test_unknown_meta_track_hypothesis_is_a_400(send, hints):
+    store = "sentiment" if "sentiment" in hints.stores else hints.stores[0]
+    status, _, body = send("GET", f"/api/stores/{store}/hypothesis", "hypothesis=meta%3Ano_such_track", {}, b"")
+    assert status == 400 and "no_such_track" in json.loads(body)["error"]["message"]
+
+
+def test_background_jobs_are_bounded():
+    """Distinct requests cannot queue unbounded work: past the limit the client gets a 429."""
+    from server.jobs import JobRunner
+    from server.validation import ApiError
+
+    release = threading.Event()
+    runner = JobRunner(workers=1, max_pending=3)
+    try:
+        for i in range(3):
+            runner.submit("slow", (i,), lambda report: release.wait(30))
+        with pytest.raises(ApiError) as err:
+            runner.submit("slow", (99,), lambda report: None)
+        assert err.value.status == 429
+        assert runner.submit("slow", (0,), lambda report: None).key == ("slow", 0)  # the same job is found again
+    finally:
+        release.set()
