@@ -328,3 +328,21 @@ def test_cli_extract_and_info(tmp_path, capsys):
     assert main(["extract", "--model", "parens-lstm", "--corpus", "nope:test", "--out", str(tmp_path / "x.h5")]) == 2
     assert "unknown corpus" in capsys.readouterr().err
     assert main(["extract", "--model", "mnist-cnn", "--corpus", "parens:test", "--out", str(tmp_path / "x.h5")]) == 2
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "charlm-python.pt").exists(), reason="charlm-python not trained yet")
+def test_shipped_charlm_python_files(tmp_path):
+    import data
+
+    lm = data.load_model("charlm-python")
+    texts = [src[:1500] for _, src in data.python_source("test")[:3]]
+    with lstmvis.extract(lm, texts, tmp_path / "py.h5", kinds="h,c", batch_size=2, chunk_size=400,
+                         progress=False) as store:
+        assert store.card["name"] == "charlm-python" and store.sources == ["rnn.l0.h", "rnn.l0.c", "rnn.l1.h",
+                                                                            "rnn.l1.c"]
+        for i, text in enumerate(texts):
+            a, b = store.sequence_bounds(i)
+            assert store.sequence_text(i) == text
+            ref = single_pass(lm.module, lm.encode(text))
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=1e-6, err_msg=name)
