@@ -189,8 +189,11 @@ def test_bad_input_gets_clear_errors():
         method.attribute(torch.rand(0, 2, 8, 8))
     with pytest.raises(ValueError, match="2 targets for 3 images"):
         method.attribute(gap_input(3), [0, 1])
-    with pytest.raises(ValueError, match="out of range: the model has 3 classes"):
-        method.attribute(gap_input(1), 3)
+    for name in NAMES:  # every method checks the range, also those that never select a logit
+        with pytest.raises(ValueError, match="out of range: the model has 3 classes"):
+            make(name, m).attribute(gap_input(1), 3)
+    with pytest.raises(ValueError, match=">= 0"):
+        method.attribute(gap_input(1), -1)
     with pytest.raises(TypeError, match="bool"):
         method.attribute(gap_input(1), True)
     with pytest.raises(TypeError, match="nn.Module"):

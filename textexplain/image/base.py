@@ -88,20 +88,27 @@ def resolve_targets(target: TargetSpec, batch: int, n_classes: int | None = None
         if out.numel() != batch:
             raise ValueError(f"got {out.numel()} targets for {batch} images: give one target per image, "
                              "a single int, or None for the predicted class")
-    if n_classes is not None and (out.min() < 0 or out.max() >= n_classes):
+    if out.min() < 0:
+        raise ValueError(f"targets must be class indices >= 0, got {out.tolist()}")
+    if n_classes is not None and out.max() >= n_classes:
         raise ValueError(f"target {out.tolist()} out of range: the model has {n_classes} classes")
     return out
 
 
 def predicted_or_given(model: nn.Module, x: torch.Tensor, target: TargetSpec) -> torch.Tensor:
-    """Targets for ``x``; one gradient-free forward pass checks the range and finds predictions."""
+    """Targets for ``x``: given ones as a tensor, or the predictions of one gradient-free forward pass."""
+    if target is not None:
+        return resolve_targets(target, x.shape[0]).to(x.device)
     with torch.no_grad():
         logits = logits_of(model, x)
-    return resolve_targets(target, x.shape[0], logits.shape[1], logits).to(x.device)
+    return resolve_targets(None, x.shape[0], logits.shape[1], logits).to(x.device)
 
 
 def select(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The target logit of each sample, shape (B,)."""
+    """The target logit of each sample, shape (B,); a target beyond the model's classes is refused."""
+    n_classes = logits.shape[1]
+    if targets.numel() and (targets.min() < 0 or targets.max() >= n_classes):
+        raise ValueError(f"target {targets.tolist()} out of range: the model has {n_classes} classes")
     return logits.gather(1, targets.to(logits.device)[:, None])[:, 0]
 
 

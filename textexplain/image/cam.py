@@ -80,8 +80,8 @@ class BaseCAM(ImageMethod):
                 if acts.dim() != 4:
                     raise ValueError(f"CAM needs a layer with a (B, K, h, w) output; {type(layer).__name__} gives "
                                      f"shape {tuple(acts.shape)}")
-                grads = (torch.autograd.grad(select(logits, ts).sum(), acts)[0]
-                         if self.uses_gradients else None)
+                score = select(logits, ts).sum()  # also checks the targets against the classes
+                grads = torch.autograd.grad(score, acts)[0] if self.uses_gradients else None
             acts = acts.detach()
             out.append(self.cam_image(acts, grads, self.cam_weights(acts, grads, ts)))
         return torch.cat(out)
