@@ -347,22 +347,31 @@ def _search_index(name: str, store) -> _SearchIndex:
 @api(SearchQuery, summary="Find a phrase (or regular expression) in the store's text", tag="stores")
 def search(store: str, params: SearchQuery):
     """Positions where the text occurs; word-level stores are searched as tokens joined by spaces."""
+    import regex as regex_engine  # re with a time limit: a pattern like (a|aa)+$ must not hang the server
+
     s = _store(store)
     index = _search_index(store, s)
-    flags = 0 if params.case else re.IGNORECASE
+    flags = 0 if params.case else regex_engine.IGNORECASE
     try:
-        pattern = re.compile(params.q if params.regex else re.escape(params.q), flags)
-    except re.error as exc:
+        pattern = regex_engine.compile(params.q if params.regex else regex_engine.escape(params.q), flags)
+    except regex_engine.error as exc:
         raise ApiError(400, f"q is not a valid regular expression: {exc}") from None
     hits = []
-    for m in pattern.finditer(index.text):
-        if m.end() == m.start():
-            continue
-        a, b = index.token_at(m.start()), index.token_at(m.end() - 1) + 1
-        hits.append({"position": a, "length": b - a, **_context(s, a, b - a, 5, 5)})
-        if len(hits) >= params.limit:
-            break
+    try:
+        for m in pattern.finditer(index.text, timeout=SEARCH_SECONDS, concurrent=True):
+            if m.end() == m.start():
+                continue
+            a, b = index.token_at(m.start()), index.token_at(m.end() - 1) + 1
+            hits.append({"position": a, "length": b - a, **_context(s, a, b - a, 5, 5)})
+            if len(hits) >= params.limit:
+                break
+    except TimeoutError:
+        raise ApiError(400, f"the regular expression ran longer than {SEARCH_SECONDS} s over the store's text: "
+                            "simplify it (nested repetition such as (a+)+ can take exponential time)") from None
     return {"q": params.q, "hits": hits, "truncated": len(hits) >= params.limit}
+
+
+SEARCH_SECONDS = 2.0  # time limit of one text search
 
 
 # ------------------------------------------------------------------------- cell discovery
