@@ -19,6 +19,9 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
+import regex as regex_engine  # like re, with a time limit: user patterns cannot backtrack forever
+
+REGEX_TIMEOUT = 5.0  # seconds one regex hypothesis may spend on one text
 
 KINDS = ("binary", "scalar")
 
@@ -204,11 +207,15 @@ def _indentation(text: str, tab: int = 8) -> np.ndarray:
     return out
 
 
-def _regex_mask(pattern: re.Pattern) -> Callable[[str], np.ndarray]:
+def _regex_mask(pattern, timeout: float | None) -> Callable[[str], np.ndarray]:
     def per_char(text: str) -> np.ndarray:
         mask = np.zeros(len(text), dtype=bool)
-        for m in pattern.finditer(text):
-            mask[m.start():m.end()] = True
+        try:
+            for m in pattern.finditer(text, timeout=timeout, concurrent=True):
+                mask[m.start():m.end()] = True
+        except TimeoutError:
+            raise ValueError(f"the regular expression {pattern.pattern!r} ran longer than {timeout} s on one text: "
+                             "simplify it (nested repetition such as (a+)+ can take exponential time)") from None
         return mask
     return per_char
 
@@ -231,13 +238,14 @@ def brackets(opening: str = "(", closing: str = ")") -> TextHypothesis:
     return TextHypothesis(f"depth({opening}{closing})", "scalar", lambda t: depth_per_char(t, opening, closing))
 
 
-def regex(pattern: str, flags: int = 0) -> TextHypothesis:
-    """1 on characters covered by a match of ``pattern`` (``re`` syntax)."""
+def regex(pattern: str, flags: int = 0, timeout: float | None = REGEX_TIMEOUT) -> TextHypothesis:
+    """1 on characters covered by a match of ``pattern`` (``re`` syntax). A pattern that runs longer
+    than ``timeout`` seconds on one text (catastrophic backtracking) is a ValueError, not a hang."""
     try:
-        compiled = re.compile(pattern, flags)
-    except re.error as exc:
+        compiled = regex_engine.compile(pattern, flags)
+    except (regex_engine.error, re.error) as exc:
         raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-    return TextHypothesis(f"regex({pattern!r})", "binary", _regex_mask(compiled))
+    return TextHypothesis(f"regex({pattern!r})", "binary", _regex_mask(compiled, timeout))
 
 
 def token_in(tokens: Iterable[str]) -> TokenHypothesis:
