@@ -261,6 +261,15 @@ def _head_contribution(model, token_id):
         return model.module.inner.head.weight.numpy() @ model.embedding.weight[token_id].numpy()
 
 
+@pytest.mark.parametrize("method, params", [("occlusion", {"window": 2}), ("shap", {"algorithm": "exact"}),
+                                            ("shap", {"algorithm": "kernel", "budget": 40})])
+def test_planned_perturbations_run_in_one_pass_with_the_text(method, params):
+    module = Recording()
+    model = te.TextModel(module, WORDS, LABELS, embedding=module.emb)
+    e = te.explain(model, "good plot not great acting film , the dull", method=method, **params)
+    assert len(module.shapes) == 1 and module.shapes[0][0] == e.info["n_model_evaluations"]
+
+
 @pytest.mark.parametrize("mask", ["unk", "delete", "the"])
 def test_masked_model_replacements(mask):
     model = make_bag_model()

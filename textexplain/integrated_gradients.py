@@ -74,7 +74,7 @@ class IntegratedGradients(Explainer):
         alphas, weights = quadrature(self.n_steps, self.method)
         rows = torch.empty((self.n_steps + 2, *x.shape), dtype=x.dtype)  # input, baseline, path points
         rows[0], rows[1] = x, x_ref
-        torch.addcmul(x_ref, torch.as_tensor(alphas, dtype=x.dtype)[:, None, None], x - x_ref, out=rows[2:])
+        torch.addcmul(x_ref, torch.tensor(alphas, dtype=x.dtype)[:, None, None], x - x_ref, out=rows[2:])
         grad, logits, target = gradient_sum(self.model, ids, rows, np.concatenate([[0.0, 0.0], weights]),
                                             target, self.output, self.internal_batch_size)
         scores = reduce_dims((x - x_ref) * grad, "sum")

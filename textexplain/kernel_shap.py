@@ -62,58 +62,77 @@ def kernel_coalitions(n: int, budget: int, generator: np.random.Generator) -> tu
         return keep, (n - 1) / (comb_array(n, k) * k * (n - k))
     size_weight = np.array([(n - 1) / (k * (n - k)) for k in range(1, n)])
     masks: list[np.ndarray] = []
-    weights: list[float] = []
+    weights: list[np.ndarray] = []
     weight_left = size_weight.sum()
     pairs = [(k, n - k) for k in range(1, n // 2 + 1)]
-    sampled_from = []
+    sampled_from: list[int] = []
     for index, (k, k_other) in enumerate(pairs):
         sizes = (k,) if k == k_other else (k, k_other)
         count = sum(comb(n, s) for s in sizes)
         mass = sum(size_weight[s - 1] for s in sizes)
         if count <= left and left * mass / weight_left >= count - 1e-8:
             for s in sizes:
-                for subset in _subsets(n, s):
-                    masks.append(subset)
-                    weights.append(size_weight[s - 1] / comb(n, s))
+                subsets = subsets_of_size(n, s)
+                masks.append(subsets)
+                weights.append(np.full(len(subsets), size_weight[s - 1] / comb(n, s)))
             left -= count
             weight_left -= mass
         else:
             sampled_from = [s for kk, ko in pairs[index:] for s in ((kk,) if kk == ko else (kk, ko))]
             break
     if sampled_from and left > 0:
-        p = np.array([size_weight[s - 1] for s in sampled_from])
-        p /= p.sum()
-        counts: dict[bytes, list] = {}
-        attempts = 0
-        while len(counts) < left and attempts < 50 * budget:
-            attempts += 1
-            s = sampled_from[generator.choice(len(p), p=p)]
-            keep = np.zeros(n, dtype=bool)
-            keep[generator.choice(n, s, replace=False)] = True
-            pair = [(m.tobytes(), m) for m in (keep, ~keep)]
-            new = {key for key, _ in pair if key not in counts}
-            if len(counts) + len(new) > left:
-                break
-            for key, m in pair:
-                counts.setdefault(key, [m, 0])[1] += 1
-        total = sum(c for _, c in counts.values())
-        for m, c in counts.values():
-            masks.append(m)
-            weights.append(weight_left * c / total)
-    return np.array(masks, dtype=bool).reshape(-1, n), np.asarray(weights)
+        sampled, counts = _sample_pairs(n, sampled_from, size_weight, left, generator)
+        masks.append(sampled)
+        weights.append(weight_left * counts / counts.sum())
+    if not masks:
+        return np.zeros((0, n), dtype=bool), np.zeros(0)
+    return np.concatenate(masks), np.concatenate(weights)
+
+
+def _sample_pairs(n: int, sizes: list[int], size_weight: np.ndarray, wanted: int,
+                  generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``wanted`` distinct coalitions drawn in complementary pairs (size by kernel weight, then a
+    uniform subset of that size), with how often each was drawn. Vectorised draws, in rounds."""
+    p = np.array([size_weight[s - 1] for s in sizes])
+    p /= p.sum()
+    found: dict[bytes, int] = {}
+    rows: list[np.ndarray] = []
+    counts: list[int] = []
+    for _ in range(50):
+        m = max(32, wanted - len(found))
+        drawn = np.asarray(sizes)[generator.choice(len(sizes), size=m, p=p)]
+        rank = np.argsort(np.argsort(generator.random((m, n)), axis=1), axis=1)
+        keep = rank < drawn[:, None]
+        for row in keep:
+            pair = (row, ~row)
+            keys = [r.tobytes() for r in pair]
+            new = sum(key not in found for key in set(keys))
+            if len(found) + new > wanted:
+                return np.array(rows, dtype=bool).reshape(-1, n), np.asarray(counts, dtype=np.float64)
+            for key, r in zip(keys, pair):
+                if key in found:
+                    counts[found[key]] += 1
+                else:
+                    found[key] = len(rows)
+                    rows.append(r)
+                    counts.append(1)
+        if len(found) >= wanted:
+            break
+    return np.array(rows, dtype=bool).reshape(-1, n), np.asarray(counts, dtype=np.float64)
 
 
 def comb_array(n: int, ks: np.ndarray) -> np.ndarray:
     return np.array([comb(n, int(k)) for k in ks], dtype=np.float64)
 
 
-def _subsets(n: int, size: int):
+def subsets_of_size(n: int, size: int) -> np.ndarray:
+    """Keep-masks ``(C(n, size), n)`` of every subset of ``size`` tokens."""
     from itertools import combinations
 
-    for chosen in combinations(range(n), size):
-        keep = np.zeros(n, dtype=bool)
-        keep[list(chosen)] = True
-        yield keep
+    chosen = np.array(list(combinations(range(n), size)), dtype=np.int64).reshape(-1, size)
+    keep = np.zeros((len(chosen), n), dtype=bool)
+    keep[np.arange(len(chosen))[:, None], chosen] = True
+    return keep
 
 
 def constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -> np.ndarray:
@@ -152,20 +171,27 @@ class Shap(PerturbationExplainer):
                              f"use at most {MAX_EXACT_TOKENS}")
         self.budget, self.algorithm, self.seed = budget, algorithm, int(seed)
 
-    def _scores(self, n_tokens: int, value):
+    def _plan(self, n_tokens: int) -> dict:
         exact = self.algorithm == "exact" or (self.algorithm == "auto" and n_tokens <= self.exact_max_tokens)
         if exact and n_tokens > MAX_EXACT_TOKENS:
             raise ValueError(f"exact Shapley values for {n_tokens} tokens need 2^{n_tokens} model calls: use "
                              f"algorithm='kernel' (or 'auto') for texts over {MAX_EXACT_TOKENS} tokens")
         if exact or n_tokens == 1:
+            return {"algorithm": "exact", "masks": all_coalitions(n_tokens)}
+        budget = self.budget if self.budget is not None else 2 * n_tokens + 2048
+        keep, weights = kernel_coalitions(n_tokens, budget, rng(self.seed))
+        ends = np.array([np.zeros(n_tokens, bool), np.ones(n_tokens, bool)])
+        return {"algorithm": "kernel", "masks": np.concatenate([ends, keep]), "weights": weights}
+
+    def _scores(self, n_tokens: int, value, plan: dict):
+        if plan["algorithm"] == "exact":
             phi, v_none, v_all = exact_shapley(n_tokens, value)
             info = {"algorithm": "exact"}
         else:
-            budget = self.budget if self.budget is not None else 2 * n_tokens + 2048
-            ends = value(np.array([np.zeros(n_tokens, bool), np.ones(n_tokens, bool)]))
-            v_none, v_all = float(ends[0]), float(ends[1])
-            keep, weights = kernel_coalitions(n_tokens, budget, rng(self.seed))
-            phi = constrained_wls(keep.astype(np.float64), value(keep) - v_none, weights, v_all - v_none)
-            info = {"algorithm": "kernel", "n_coalitions": int(len(keep)) + 2}
+            values = value(plan["masks"])
+            v_none, v_all = float(values[0]), float(values[1])
+            keep = plan["masks"][2:]
+            phi = constrained_wls(keep.astype(np.float64), values[2:] - v_none, plan["weights"], v_all - v_none)
+            info = {"algorithm": "kernel", "n_coalitions": int(len(plan["masks"]))}
         delta = float(phi.sum() - (v_all - v_none))
         return phi, delta, {**info, "f_input": v_all, "f_baseline": v_none}

@@ -39,7 +39,7 @@ class Lime(PerturbationExplainer):
                                                               "highest_weights", "lasso_path"))
         self.kernel_width, self.feature_selection, self.seed = float(kernel_width), feature_selection, int(seed)
 
-    def _scores(self, n_tokens: int, value):
+    def _scores(self, n_tokens: int, value, plan=None):
         from lime.lime_text import LimeTextExplainer
 
         explainer = LimeTextExplainer(kernel_width=self.kernel_width, split_expression=r"\s+", bow=False,

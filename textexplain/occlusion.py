@@ -35,16 +35,18 @@ class Occlusion(PerturbationExplainer):
         self.window = check_positive_int("window", window)
         self.stride = check_positive_int("stride", stride)
 
-    def _scores(self, n_tokens: int, value):
+    def _plan(self, n_tokens: int) -> dict:
         spans = windows(n_tokens, self.window, self.stride)
-        keep = np.ones((len(spans) + 1, n_tokens), dtype=bool)
-        for row, (a, b) in enumerate(spans, start=1):
+        keep = np.ones((len(spans), n_tokens), dtype=bool)
+        for row, (a, b) in enumerate(spans):
             keep[row, a:b] = False
-        values = value(keep)
-        drops = values[0] - values[1:]
+        return {"masks": keep, "spans": spans}
+
+    def _scores(self, n_tokens: int, value, plan: dict):
+        drops = value(np.ones((1, n_tokens), dtype=bool))[0] - value(plan["masks"])
         total = np.zeros(n_tokens)
         count = np.zeros(n_tokens)
-        for drop, (a, b) in zip(drops, spans):
+        for drop, (a, b) in zip(drops, plan["spans"]):
             total[a:b] += drop
             count[a:b] += 1
-        return total / count, None, {"n_windows": len(spans)}
+        return total / count, None, {"n_windows": len(plan["spans"])}

@@ -142,8 +142,9 @@ def output_values(logits: np.ndarray, target: int, output: str) -> np.ndarray:
 class PerturbationExplainer(Explainer):
     """Base of occlusion, LIME and SHAP: every model call goes through one ``MaskedModel``.
 
-    Subclasses implement ``_scores(masked, target, value)`` where ``value(keep)`` gives the
-    explained output for keep-masks; they return ``(scores, delta, info)``.
+    Subclasses implement ``_scores(n_tokens, value, plan)`` where ``value(keep)`` gives the
+    explained output for keep-masks; they return ``(scores, delta, info)``. ``_plan`` may list the
+    masks up front so that they are evaluated together with the text in one batched pass.
     """
 
     def __init__(self, model: TextModel, mask: str | int = "pad", output: str = "logit",
@@ -156,15 +157,25 @@ class PerturbationExplainer(Explainer):
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
         masked = MaskedModel(self.model, prepared.token_ids, self.mask, self.max_batch_tokens)
-        full = masked.logits(np.ones((1, masked.n_tokens), dtype=bool))[0]
+        n_tokens = masked.n_tokens
+        plan = self._plan(n_tokens)
+        first = np.ones((1, n_tokens), dtype=bool)
+        if plan is not None:  # every planned input runs in the same pass as the text itself
+            first = np.concatenate([first, plan["masks"]])
+        full = masked.logits(first)[0]
         target = resolve_target(self.model, target, full)
 
         def value(keep: np.ndarray) -> np.ndarray:
             return output_values(masked.logits(keep), target, self.output)
 
-        scores, delta, info = self._scores(masked.n_tokens, value)
+        scores, delta, info = self._scores(n_tokens, value, plan)
         info = {**info, "n_model_evaluations": masked.n_evaluations}
         return Attribution(np.asarray(scores, dtype=np.float64), full, target, delta=delta, info=info)
 
-    def _scores(self, n_tokens: int, value) -> tuple[np.ndarray, float | None, dict]:
+    def _plan(self, n_tokens: int) -> dict | None:
+        """Inputs the method will need, known before the target is (``{"masks": keep-masks, ...}``),
+        so they run in one pass with the unperturbed text; None when they depend on the outputs."""
+        return None
+
+    def _scores(self, n_tokens: int, value, plan: dict | None) -> tuple[np.ndarray, float | None, dict]:
         raise NotImplementedError
