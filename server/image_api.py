@@ -144,7 +144,10 @@ def decode_upload(data_url: str) -> tuple[np.ndarray, dict]:
                     raise ApiError(400, f"image: {width}x{height} pixels is too large; at most "
                                    f"{MAX_UPLOAD_PIXELS:,} pixels")
                 im.load()
-                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale, do not clip
+                    wide = np.asarray(im, dtype=np.float64) / 65535.0
+                    grey = Image.fromarray((wide.clip(0, 1) * 255).round().astype(np.uint8))
+                elif im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                     rgba = im.convert("RGBA")
                     flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     flat.alpha_composite(rgba)
