@@ -147,7 +147,19 @@ class StoreEntry:
                 out["card"] = s.card
                 out["char_level"] = all(len(t) <= 1 or (t[0] == "<" and t[-1] == ">") for t in s.vocab)
                 out["has_texts"] = bool(s.has_texts)
+                out["meta_info"] = {name: _meta_summary(s, name) for name in s.meta_names}
         return out
+
+
+def _meta_summary(store, name: str, max_values: int = 20) -> dict:
+    """Whether a meta track holds categories, and which (at most ``max_values``, from the first 1M tokens)."""
+    import numpy as np
+    values = store.meta(name, 0, min(store.n_tokens, 1_000_000))
+    if values.dtype.kind in "biuf":
+        return {"categorical": False, "min": float(values.min()) if len(values) else None,
+                "max": float(values.max()) if len(values) else None}
+    cats = np.unique(values.astype(str))
+    return {"categorical": True, "values": cats[:max_values].tolist(), "more": len(cats) > max_values}
 
 
 # ----------------------------------------------------------------------------------- demo recipe

@@ -484,8 +484,11 @@ def rank(store: str, params: RankQuery):
     with _hypothesis_lock:
         ranking = _ranking_cache.get(key)
     if ranking is None:
-        _ensure_index(s, source)
         _, values = hypothesis_values(store, s, params.hypothesis)
+        if len(values) and np.all(values == values[0]):
+            raise ApiError(400, f"hypothesis {params.hypothesis!r} is {values[0]:g} at every token of store "
+                                f"{store!r}: nothing to rank against; pick a hypothesis that varies over this text")
+        _ensure_index(s, source)
         ranking = rank_cells(s, source, values, method=params.method, progress=False)
         with _hypothesis_lock:
             if len(_ranking_cache) > 64:

@@ -192,7 +192,11 @@ def openapi_document(app: Flask) -> dict:
         view = app.view_functions.get(rule.endpoint)
         spec = getattr(view, "api_spec", None)
         if spec is None:
-            continue
+            if not rule.rule.startswith("/api/"):
+                continue
+            doc = (getattr(view, "__doc__", None) or "").strip()  # an /api/ route that validates no input
+            spec = {"model": None, "summary": doc.split("\n")[0] or rule.endpoint, "description": doc, "tag": "",
+                    "example": None}
         path, path_params = _flask_path_to_openapi(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {"operationId": f"{rule.endpoint}.{method.lower()}", "summary": spec["summary"],

@@ -57,7 +57,7 @@ def test_rank_finds_the_cat_cell(client):
     ("source=rnn.l0.h&hypothesis=nonsense", 400, "unknown hypothesis"),
     ("source=rnn.l0.h&hypothesis=regex:(", 400, "regular expression"),
     ("source=rnn.l0.h&hypothesis=tokens:zebra", 400, "vocabulary"),
-    ("source=rnn.l0.h&hypothesis=regex:zebra", 400, "constant"),
+    ("source=rnn.l0.h&hypothesis=regex:zebra", 400, "nothing to rank against"),
     ("source=rnn.l0.h&hypothesis=quotes&method=kendall", 400, "method"),
     ("source=nope&hypothesis=quotes", 404, "unknown source"),
 ])

@@ -29,7 +29,11 @@
   // ------------------------------------------------------------------ pickers
   function hypothesisOptions() {
     const opts = hypotheses.named.map(h => ({ value: h.name, label: `${h.name} (${h.kind}): ${h.description}` }));
-    for (const m of info.meta || []) opts.push({ value: `meta:${m}`, label: `meta track "${m}"` });
+    for (const m of info.meta || []) {
+      const mi = (info.meta_info || {})[m] || {};
+      if (!mi.categorical) opts.push({ value: `meta:${m}`, label: `meta track "${m}" (${mi.min} .. ${mi.max})` });
+      else for (const v of mi.values) opts.push({ value: `meta:${m}=${v}`, label: `meta track "${m}" is "${v}"` });
+    }
     opts.push({ value: "regex:", label: "regular expression…" }, { value: "tokens:", label: "these tokens…" },
               { value: "meta=", label: "meta track equals a value…" });
     return opts;
@@ -40,11 +44,21 @@
     let choice = h, arg = "";
     if (h.startsWith("regex:")) { choice = "regex:"; arg = h.slice(6); }
     else if (h.startsWith("tokens:")) { choice = "tokens:"; arg = h.slice(7); }
-    else if (h.startsWith("meta:") && h.includes("=")) { choice = "meta="; arg = h.slice(5); }
-    const chosen = LV.fillSelect($("hypothesis"), hypothesisOptions(), choice || undefined);
-    if (!h) state.hypothesis = chosen;
+    else if (h.startsWith("meta:") && h.includes("=") && !hypothesisOptions().some(o => o.value === h)) {
+      choice = "meta="; arg = h.slice(5);
+    }
+    LV.fillSelect($("hypothesis"), hypothesisOptions(), choice || defaultHypothesis());
     $("arg").value = arg;
     showArg();
+  }
+
+  /** A hypothesis that fits the store: bracket depth for parens, the label track, else quotes. */
+  function defaultHypothesis() {
+    if (/paren/.test(state.store)) return "parens";
+    for (const [m, mi] of Object.entries(info.meta_info || {})) {
+      return mi.categorical ? `meta:${m}=${mi.values[mi.values.length - 1]}` : `meta:${m}`;
+    }
+    return info.char_level ? "quotes" : hypotheses.named[0].name;
   }
 
   function showArg() {
@@ -236,14 +250,19 @@
     if (here) here.classList.add("focus");
     $("explain-panel").hidden = false;
     $("explain-title").textContent = `cell ${state.cell} of ${state.source} at position ${pos}`;
-    $("explain-summary").textContent = "computing Integrated Gradients…";
+    $("explain-summary").textContent = `computing Integrated Gradients (${$("explain-steps").value} steps)…`;
     LV.clear($("explain-text"));
+    const steps = parseInt($("explain-steps").value, 10);
     const e = await LV.api(`/api/stores/${enc(state.store)}/cells/${state.cell}/explain`, {},
-                           { body: { source: state.source, position: pos } });
+                           { body: { source: state.source, position: pos, n_steps: steps } });
     const parts = [`Integrated Gradients (${e.params.n_steps} steps, ${e.params.baseline} baseline) on ${e.model}`,
                    `activation ${e.activation.toFixed(4)} (stored ${e.stored_activation.toFixed(4)})`,
                    `baseline ${e.activation_baseline.toFixed(4)}`];
-    if (e.delta !== null) parts.push(`completeness delta ${e.delta.toExponential(2)}`);
+    if (e.delta !== null) {
+      const rel = Math.abs(e.delta) / Math.max(1e-9, Math.abs(e.activation - e.activation_baseline));
+      parts.push(`completeness delta ${e.delta.toExponential(2)} (${(100 * rel).toFixed(1)}%` +
+                 (rel > 0.05 ? ": not converged, use more integration steps)" : ")"));
+    }
     parts.push(e.whole_sequence ? "whole sequence" : `the ${e.stop - e.start} tokens before the step, from a zero state`);
     $("explain-summary").textContent = parts.join(" · ");
     renderHeatText($("explain-text"), e.text, e.scores, e.start, null, pos);
@@ -267,6 +286,7 @@
       const c = parseInt($("cell-input").value, 10);
       if (Number.isFinite(c)) openCell(c, true).catch(fail);
     });
+    $("explain-steps").addEventListener("change", () => { if (state.step !== null) explainAt(state.step).catch(fail); });
     $("direction").addEventListener("change", () => {
       state.direction = parseInt($("direction").value, 10);
       saveUrl();
