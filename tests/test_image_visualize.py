@@ -88,8 +88,12 @@ def test_class_visualization_reaches_the_class():
         assert all(logits[i, i] > logits[j, i] for j in range(3) if j != i)  # ... and of the other classes' images
     with pytest.raises(ValueError, match="non-negative"):
         image.ActivationMaximization(m).visualize([], (2, 8, 8))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="unit 9 out of range"):
         image.ActivationMaximization(m, layer="features.3", steps=1).visualize([9], (2, 8, 8))
+    with pytest.raises(ValueError, match="class 5 out of range"):
+        image.ActivationMaximization(m, steps=1).visualize([5], (2, 8, 8))
+    with pytest.raises(ValueError, match="channels must be"):
+        image.DeepDream(m, layer="features.3", channels=[7], steps=1).dream(gap_input(1))
 
 
 def test_deepdream_amplifies_the_layer():

@@ -135,7 +135,10 @@ class ActivationMaximization(Configurable):
     def _objective(self, img: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Per-image objective (N,): the unit's mean activation or logit."""
         if self.layer is None:
-            return logits_of(self.model, img).gather(1, units[:, None])[:, 0]
+            logits = logits_of(self.model, img)
+            if units.max() >= logits.shape[1]:
+                raise ValueError(f"class {int(units.max())} out of range: the model has {logits.shape[1]} classes")
+            return logits.gather(1, units[:, None])[:, 0]
         with capture(resolve_layer(self.model, self.layer)) as cap:
             self.model(img)
         acts = cap.output
@@ -217,7 +220,11 @@ class DeepDream(Configurable):
         shifted = torch.roll(img, (dy, dx), (2, 3)).requires_grad_(True)
         with torch.enable_grad(), capture(module) as cap:
             self.model(shifted)
-            acts = cap.output if self.channels is None else cap.output[:, list(self.channels)]
+            acts = cap.output
+            if self.channels is not None:
+                if not all(0 <= c < acts.shape[1] for c in self.channels):
+                    raise ValueError(f"channels must be in [0, {acts.shape[1]}), got {list(self.channels)}")
+                acts = acts[:, list(self.channels)]
             (g,) = torch.autograd.grad(0.5 * acts.pow(2).sum(), shifted)
         g = torch.roll(g, (-dy, -dx), (2, 3))
         lo, hi = self.value_range
