@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tests run many tiny ops: threads only add overhead
 
 
 @pytest.fixture(autouse=True)
