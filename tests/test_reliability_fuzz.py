@@ -134,3 +134,15 @@ def test_background_jobs_are_bounded():
         assert runner.submit("slow", (0,), lambda report: None).key == ("slow", 0)  # the same job is found again
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("pattern", [r"((\w|\s)+)+!"])
+def test_catastrophic_regular_expressions_end(send, hints, pattern):
+    """Search and regex hypotheses run user patterns with a time limit: an answer, never a hang."""
+    from urllib.parse import quote
+    store = "sentiment" if "sentiment" in hints.stores else hints.stores[0]
+    for path, query in ((f"/api/stores/{store}/search", f"regex=true&q={quote(pattern)}"),
+                        (f"/api/stores/{store}/hypothesis", f"hypothesis={quote('regex:' + pattern)}")):
+        status, headers, body = send("GET", path, query, {}, b"")
+        assert status in (200, 400), (path, status)
+        assert fuzz.problems_of(fuzz.Request("GET", path), status, headers, body) == []
