@@ -246,7 +246,7 @@ class MatchIndex:
             else:
                 np.greater_equal(self.cell_major[cell], k_pos, out=on)
             np.add(count, on.view(np.uint8), out=count, casting="unsafe")
-            np.left_shift(on.view(np.uint8), j % 8, out=shifted)
+            np.multiply(on.view(np.uint8), np.uint8(1 << (j % 8)), out=shifted)  # (a shift is 20x slower)
             np.bitwise_or(planes[j // 8], shifted, out=planes[j // 8])
         return count, planes
 
@@ -354,7 +354,7 @@ class LevelRuns:
     """The maximal runs of ``count >= level`` inside sequences, for any level, without rescanning.
 
     A run at level ``m`` starts at ``s`` iff ``count[s - 1] < m <= count[s]`` (the previous step
-    counts as 0 at a sequence start) and ends after ``e - 1`` iff ``count[e] < m <= count[e - 1]``.
+    counts as 0 at a sequence start) and stops at ``e`` iff ``count[e] < m <= count[e - 1]``.
     One pass over ``count`` finds the rising and falling steps; each level then only filters them.
     """
 
@@ -366,15 +366,17 @@ class LevelRuns:
             before[1:], after[:-1] = count[:-1], count[1:]
             before[seq_start] = 0
             after[:-1][seq_start[1:]] = 0
-        self.rise = np.flatnonzero(count > before)
+        positions = np.int32 if len(count) < 2**31 - 1 else np.int64
+        self.rise = np.flatnonzero(count > before).astype(positions)
         self.rise_lo, self.rise_hi = before[self.rise], count[self.rise]
-        self.fall = np.flatnonzero(count > after)
-        self.fall_lo, self.fall_hi = after[self.fall], count[self.fall]
+        fall = np.flatnonzero(count > after).astype(positions)
+        self.fall_lo, self.fall_hi = after[fall], count[fall]
+        self.fall = fall + 1
 
     def at(self, level: int) -> tuple[np.ndarray, np.ndarray]:
         """``(starts, stops)`` of the runs at ``level`` (>= 1), in order."""
         starts = self.rise[(self.rise_lo < level) & (self.rise_hi >= level)]
-        stops = self.fall[(self.fall_lo < level) & (self.fall_hi >= level)] + 1
+        stops = self.fall[(self.fall_lo < level) & (self.fall_hi >= level)]
         return starts.astype(np.int64), stops.astype(np.int64)
 
 
@@ -556,13 +558,13 @@ def _search(index: MatchIndex, count: np.ndarray, planes: np.ndarray, cells: np.
         if tier == n:
             histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
         previous, above = above, (starts, stops)
+        lengths = stops - starts
+        keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
+        starts, stops = starts[keep], stops[keep]
         if len(starts) and len(previous[0]):  # a run that is also a run one level up was pooled there
             i = np.minimum(np.searchsorted(previous[0], starts), len(previous[0]) - 1)
             fresh = (previous[0][i] != starts) | (previous[1][i] != stops)
             starts, stops = starts[fresh], stops[fresh]
-        lengths = stops - starts
-        keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
-        starts, stops = starts[keep], stops[keep]
         ub = np.minimum(tier, n - _max_count_at_padding(index, count, starts, stops, pad_left, pad_right))
         keep = ub > 0
         pool = {"start": np.concatenate([pool["start"], starts[keep]]),

@@ -224,9 +224,9 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
         mtimes = {p: os.stat(folder / p).st_mtime_ns for p in files}
         assert MatchIndex.load(store, "rnn.l0.h") is first
         assert first.nbytes == 2 * store.dataset("rnn.l0.h").size * 2 + 4 * store.n_tokens
-    from lstmvis import match as match_module
+    import importlib
 
-    match_module._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
+    importlib.import_module("lstmvis.match")._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
     with StateStore.open(tmp_path / "s.h5") as again:
         MatchIndex.load(again, "rnn.l0.h")
         assert {p: os.stat(folder / p).st_mtime_ns for p in files} == mtimes
