@@ -115,6 +115,7 @@ class Hints:
     n_cells: int = 8
     n_tokens: int = 100
     texts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
     @classmethod
     def from_server(cls, send) -> "Hints":
@@ -135,6 +136,7 @@ class Hints:
         named = json.loads(send("GET", "/api/hypotheses", "", {}, b"")[2]).get("named", [])
         h.hypotheses = [n["name"] for n in named] + ["regex:[A-Z]+", "regex:def ", "tokens:the,a", "meta:label",
                                                     "meta:label=1", "meta:depth", "parens"]
+        h.images = _hostile_pngs()
         h.texts = ["a gorgeous, witty film", "dull", "great <script>alert(1)</script> fun", "qwxz zzkq",
                    "\x00 good \x1b[0m", "İ ß 👩‍👩‍👧 film", "not bad at all , really", "e\u0301 " * 30]
         return h
@@ -143,7 +145,39 @@ class Hints:
         sources = self.store_sources.get(self.store) or self.sources
         return {"store": self.stores, "source": sources, "sources[]": sources, "direction": [1, -1],
                 "model": self.models, "hypothesis": self.hypotheses, "text": self.texts,
-                "q": ["the", "a", "cat", "(", "def", "film", "xyz"]}.get(name)
+                "q": ["the", "a", "cat", "(", "def", "film", "xyz"], "image": self.images}.get(name)
+
+
+def _hostile_pngs() -> list[str]:
+    """PNG uploads as data URLs: fine ones, odd modes, a decompression bomb, truncated and foreign bytes."""
+    import base64
+    import io
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    def png(array: np.ndarray, mode: str | None = None) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array, mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    digit = png((rng.random((28, 28)) * 255).astype(np.uint8))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    width = height = 30_000  # 900 M pixels of zeros, a few hundred kB compressed
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big")
+                                            + bytes([8, 0, 0, 0, 0])) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    raw = [digit, png(np.zeros((1, 1), np.uint8)), png((rng.random((300, 200, 4)) * 255).astype(np.uint8)),
+           png((rng.random((28, 28)) * 65535).astype(np.uint16)), png(np.ones((28, 28), bool)), digit[:60], bomb,
+           b"\xff\xd8\xff\xe0 not a png", b"GIF89a" + bytes(40), b""]
+    urls = ["data:image/png;base64," + base64.b64encode(r).decode() for r in raw]
+    return urls + ["data:image/png;base64,!!!", "data:text/html,<script>alert(1)</script>", "not a data url",
+                   "data:image/png;base64," + "A" * 1000]
 
 
 # ------------------------------------------------------------------------------ value strategies
@@ -426,22 +460,22 @@ def problems_of(req: Request, status: int, headers: dict, body: bytes) -> list[s
     if req.method in ("HEAD", "OPTIONS") and status < 400:
         return out
     ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
-    is_api = req.path.startswith("/api/")
-    if status >= 400 or is_api:
-        if "json" not in ctype:
-            if req.method != "HEAD":
-                out.append(f"{status} answer is {ctype or 'untyped'}, not JSON")
-            return out
-        try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            out.append(f"{status} answer is not strict JSON: {exc}")
-            return out
-        if status >= 400:
-            err = data.get("error") if isinstance(data, dict) else None
-            if not (isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"].strip()
-                    and err.get("status") == status):
-                out.append(f"{status} answer lacks {{'error': {{'status', 'message'}}}}: {body[:200]!r}")
+    if status < 400 and "json" not in ctype:
+        return out  # a page, a PNG, plotly.js
+    if "json" not in ctype:
+        if req.method != "HEAD":
+            out.append(f"{status} answer is {ctype or 'untyped'}, not JSON")
+        return out
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        out.append(f"{status} answer is not strict JSON: {exc}")
+        return out
+    if status >= 400:
+        err = data.get("error") if isinstance(data, dict) else None
+        if not (isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"].strip()
+                and err.get("status") == status):
+            out.append(f"{status} answer lacks {{'error': {{'status', 'message'}}}}: {body[:200]!r}")
     return out
 
 
