@@ -134,6 +134,8 @@ class ExplainRequest(Params):
                                "AUC and Kendall tau with leave-one-out for each method")
     normalize: Literal["max_abs", "sum_abs"] = Field("max_abs", description="colour = score / max|score| or "
                                                      "score / sum|score| of each method's row")
+    html: bool = Field(False, description="also return the rows as one standalone HTML fragment "
+                       "(textexplain.render.side_by_side_html; every token escaped)")
 
     @field_validator("methods")
     @classmethod
@@ -181,15 +183,43 @@ def _rgb(rgb: tuple[int, int, int]) -> str:
     return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
 
 
+class ColourScale:
+    """The library's colour scales (``render.score_color``) tabulated once at ``steps`` levels per unit,
+    so that colouring a row is a table lookup instead of a colour-space conversion per token."""
+
+    def __init__(self, steps: int = 200):
+        self.steps = steps
+        self.signed = self._table(np.linspace(-1, 1, 2 * steps + 1), True)
+        self.unsigned = self._table(np.linspace(0, 1, steps + 1), False)
+
+    @staticmethod
+    def _table(values: np.ndarray, signed: bool) -> list[tuple[str, str]]:
+        colours = [render.score_color(float(v), signed) for v in values]
+        return [(_rgb(c), render._text_color(c)) for c in colours]
+
+    def lookup(self, normalized: np.ndarray, signed: bool) -> tuple[list[str], list[str]]:
+        """Background and text colour of each normalized score ([-1, 1] signed, [0, 1] unsigned)."""
+        if signed:
+            idx = np.rint((np.clip(normalized, -1, 1) + 1) * self.steps).astype(int)
+            table = self.signed
+        else:
+            idx = np.rint(np.clip(np.abs(normalized), 0, 1) * self.steps).astype(int)
+            table = self.unsigned
+        pairs = [table[i] for i in idx]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+COLOURS = ColourScale()
+
+
 def colour_row(scores: np.ndarray, signed: bool, normalize: str) -> dict:
     """Background and text colour of each token, and the legend, on the library's colour scale."""
     scale, note = render.scale_of(scores, normalize)
-    backgrounds = [render.score_color(s / scale, signed) for s in scores]
+    colors, text_colors = COLOURS.lookup(np.asarray(scores, dtype=np.float64) / scale, signed)
     stops = np.linspace(-1, 1, 9) if signed else np.linspace(0, 1, 5)
-    return {"colors": [_rgb(c) for c in backgrounds],
-            "text_colors": [render._text_color(c) for c in backgrounds],
+    return {"colors": colors, "text_colors": text_colors,
             "legend": {"scale": scale, "note": note, "signed": signed,
-                       "stops": [_rgb(render.score_color(v, signed)) for v in stops]}}
+                       "stops": COLOURS.lookup(stops, signed)[0]}}
 
 
 FAITHFULNESS_KEYS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "loo_kendall_tau",
@@ -208,12 +238,12 @@ def explain_text(model, req: ExplainRequest) -> dict:
     if len(tokens) > MAX_TOKENS:
         raise ApiError(400, f"the text has {len(tokens)} tokens; the server explains at most {MAX_TOKENS}: "
                        "shorten it")
-    probs = model.predict_proba([req.text])[0].astype(np.float64)
-    target = model.label_index(req.target, probs)
+    target = req.target  # resolved by the first method (None = predicted), which also gives the probabilities
     rows, explanations = [], []
     for method in req.methods:
         start = time.perf_counter()
         e = textexplain.explain(model, req.text, method=method, target=target, **req.params.of(method))
+        target = e.target
         seconds = time.perf_counter() - start
         explanations.append(e)
         row = {"method": method, "title": TITLES.get(method, method), "signed": e.signed,
@@ -224,10 +254,11 @@ def explain_text(model, req: ExplainRequest) -> dict:
         rows.append(row)
     first = explanations[0]
     out = {"model": model.name, "text": first.text, "tokens": first.tokens, "token_ids": first.token_ids,
-           "spans": first.spans, "labels": list(model.labels), "probs": probs,
-           "predicted": int(np.argmax(probs)), "target": target, "target_label": model.labels[target],
-           "normalize": req.normalize, "explanations": rows,
-           "html": render.side_by_side_html(explanations, normalize=req.normalize)}
+           "spans": first.spans, "labels": list(model.labels), "probs": first.probs,
+           "predicted": first.predicted, "target": target, "target_label": model.labels[target],
+           "normalize": req.normalize, "explanations": rows}
+    if req.html:
+        out["html"] = render.side_by_side_html(explanations, normalize=req.normalize)
     if req.faithfulness:
         # the baseline every method should beat: a seeded random ranking of the same tokens
         rng = np.random.default_rng(0)

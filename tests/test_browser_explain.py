@@ -102,6 +102,12 @@ def test_user_text_renders_inert(watched, base_url):
     assert "onerror" in text and "script" in text  # shown as text
     assert page.locator('.sal-tok[data-method="occlusion"]').filter(has_text="<").count() >= 3
     shot(page, "explain-xss-inert.png")
+    # the HTML export is the library's escaped rendering, as a file
+    with page.expect_download() as dl:
+        page.click("#export")
+    exported = open(dl.value.path(), encoding="utf-8").read()
+    assert "onerror" in exported and "<img" not in exported and "<script" not in exported
+    assert "&lt;" in exported and "&quot;" in exported
 
 
 def test_model_target_and_method_choice(watched, base_url):

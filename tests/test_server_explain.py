@@ -128,7 +128,8 @@ def test_unsigned_method_uses_the_sequential_scale(client):
 
 
 def test_user_text_is_escaped_in_the_exported_html(client):
-    out = post(client, {"model": "sentiment-cnn", "text": XSS, "methods": ["gradient_x_input"]})
+    assert "html" not in post(client, {"model": "sentiment-cnn", "text": XSS, "methods": ["gradient"]})
+    out = post(client, {"model": "sentiment-cnn", "text": XSS, "methods": ["gradient_x_input"], "html": True})
     assert "<script" not in out["html"] and "<img" not in out["html"]
     assert "&lt;script&gt;" in out["html"] or "&lt;" in out["html"]
     assert out["text"] == XSS  # JSON carries the raw text; the page only uses textContent

@@ -27,6 +27,7 @@
   ];
 
   let result = null;   // the last /api/explain response
+  let lastBody = null; // and its request
   let busy = false;
 
   // ------------------------------------------------------------------ tabs
@@ -122,6 +123,7 @@
     const t0 = performance.now();
     try {
       result = await LV.api("/api/explain", {}, { body });
+      lastBody = body;
       LV.clearError();
       if (!models.find(x => x.name === result.model && x.card && x.card.labels)) fillTargets(target);
       render(result);
@@ -298,12 +300,16 @@
     }, LV.plotConfig);
   }
 
-  function exportHtml() {
-    if (!result) return;
-    // the library's rendering (escaped on the server) as a standalone file; never inserted into this page
+  async function exportHtml() {
+    if (!lastBody) return;
+    let html;
+    try {
+      // the library's rendering (escaped on the server) as a standalone file; never inserted into this page
+      html = (await LV.api("/api/explain", {}, { body: { ...lastBody, faithfulness: false, html: true } })).html;
+    } catch (e) { LV.showError(e.message); return; }
     const doc = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" " +
                 "content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>textexplain</title></head>" +
-                `<body style="margin:2em">${result.html}</body></html>\n`;
+                `<body style="margin:2em">${html}</body></html>\n`;
     const url = URL.createObjectURL(new Blob([doc], { type: "text/html" }));
     const a = el("a", { href: url, download: `explanation-${result.model}.html` });
     document.body.append(a);

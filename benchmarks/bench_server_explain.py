@@ -1,0 +1,177 @@
+"""Latency of explanations through the server: IG of a 50-token text with 1 and with N concurrent clients.
+
+Starts ``lstmvis serve --data <empty dir>`` in a subprocess (the shipped models, no demo stores to
+build, one torch thread per request thread as ``serve`` sets it), then measures ``POST /api/explain``
+with Integrated Gradients (50 steps, Gauss-Legendre, pad baseline) of a 50-token Rotten Tomatoes
+text on sentiment-lstm:
+
+* the baseline: the same explanation as a plain library call in this process, one at a time
+  (``textexplain.explain``; 1 torch thread) -- the compute floor;
+* the server with 1 client (the floor plus HTTP, validation and JSON);
+* the server with ``--clients`` concurrent clients (goal: p99 <= 300 ms at 8 clients).
+
+Optionally ``--methods`` adds the other methods' single-client latency, and ``--faithfulness``
+the cost of the faithfulness numbers the page shows by default.
+
+    python benchmarks/bench_server_explain.py
+    python benchmarks/bench_server_explain.py --requests 96 --out benchmarks/results/server-explain.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "lstmvis", "serve", "--no-browser", "--port", "0",
+                             "--data", data_dir], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        m = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the log
+            return proc, m.group(1).rstrip("/")
+    raise RuntimeError("the server did not start")
+
+
+def text_of(n_tokens: int) -> str:
+    """The first test sentences of Rotten Tomatoes, cut to exactly ``n_tokens`` tokens."""
+    import data
+    model = data.load_model("sentiment-lstm")
+    texts, _ = data.rotten_tomatoes("test")
+    words: list[str] = []
+    for t in texts:
+        words.extend(t.split())
+        if len(model.tokenize(" ".join(words))) >= n_tokens:
+            break
+    while len(model.tokenize(" ".join(words))) > n_tokens:
+        words.pop()
+    return " ".join(words)
+
+
+def pct(latencies: list[float]) -> tuple[float, float]:
+    a = np.asarray(latencies) * 1000
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def load(base: str, body: dict, n_clients: int, n_requests: int) -> tuple[list[float], float]:
+    """``n_requests`` POSTs spread over ``n_clients`` threads with their own sessions; (latencies, wall s)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_client = [n_requests // n_clients + (i < n_requests % n_clients) for i in range(n_clients)]
+
+    def client(n: int) -> None:
+        with requests.Session() as s:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                resp = s.post(f"{base}/api/explain", json=body, timeout=300)
+                dt = time.perf_counter() - t0
+                if resp.status_code != 200:
+                    raise RuntimeError(f"{resp.status_code}: {resp.text[:300]}")
+                with lock:
+                    latencies.append(dt)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n_clients) as pool:
+        list(pool.map(client, per_client))
+    return latencies, time.perf_counter() - start
+
+
+def library_latencies(text: str, n: int, params: dict) -> list[float]:
+    import torch
+
+    import data
+    import textexplain
+    torch.set_num_threads(1)
+    model = data.load_model("sentiment-lstm")
+    textexplain.explain(model, text, "integrated_gradients", **params)  # warm
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        textexplain.explain(model, text, "integrated_gradients", **params)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=64, help="requests in the concurrent run")
+    ap.add_argument("--tokens", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--methods", action="store_true", help="also time every other method with 1 client")
+    ap.add_argument("--faithfulness", action="store_true", help="also time IG with the faithfulness numbers")
+    ap.add_argument("--out", help="also write the results as markdown here")
+    args = ap.parse_args()
+
+    text = text_of(args.tokens)
+    params = {"n_steps": args.steps}
+    body = {"model": "sentiment-lstm", "text": text, "methods": ["integrated_gradients"], "faithfulness": False,
+            "params": {"integrated_gradients": params}}
+    n_single = max(16, args.requests // 4)
+    rows = []
+    with tempfile.TemporaryDirectory() as empty:
+        proc, base = start_server(empty)
+        try:
+            load(base, body, 1, 3)  # warm: model loaded, pool copies made
+            load(base, body, args.clients, args.clients)
+            lib = pct(library_latencies(text, n_single, params))
+            one_lat, _ = load(base, body, 1, n_single)
+            many_lat, wall = load(base, body, args.clients, args.requests)
+            one, many = pct(one_lat), pct(many_lat)
+            rows.append(("IG, library call in-process (baseline)", f"{lib[0]:.0f} / {lib[1]:.0f}", "", "", ""))
+            rows.append(("IG via server, 1 client", f"{one[0]:.0f} / {one[1]:.0f}", f"{one[0] / lib[0]:.2f}",
+                         f"{1 / np.mean(one_lat):.1f}", ""))
+            rows.append((f"IG via server, {args.clients} clients", f"{many[0]:.0f} / {many[1]:.0f}",
+                         f"{many[0] / lib[0]:.2f}", f"{args.requests / wall:.1f}",
+                         "p99 <= 300 ms: " + ("met" if many[1] <= 300 else "not met")))
+            for r in rows:
+                print(r, flush=True)
+            if args.faithfulness:
+                lat, _ = load(base, {**body, "faithfulness": True}, 1, n_single)
+                p = pct(lat)
+                rows.append(("IG + faithfulness numbers, 1 client", f"{p[0]:.0f} / {p[1]:.0f}",
+                             f"{p[0] / lib[0]:.2f}", "", ""))
+                print(rows[-1], flush=True)
+            if args.methods:
+                for method in ("gradient", "gradient_x_input", "smoothgrad", "occlusion", "shap", "lime"):
+                    b = {**body, "methods": [method], "params": {"lime": {"num_samples": 1000}}}
+                    lat, _ = load(base, b, 1, 8)
+                    p = pct(lat)
+                    rows.append((f"{method} via server, 1 client" + (" (1000 samples)" if method == "lime" else ""),
+                                 f"{p[0]:.0f} / {p[1]:.0f}", "", "", ""))
+                    print(rows[-1], flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    loadavg = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    table = (f"{args.tokens}-token text, {args.steps} IG steps, sentiment-lstm (biLSTM 96), "
+             f"{args.requests} requests at {args.clients} clients, {n_single} at 1 client; "
+             f"date {datetime.date.today()}; {os.cpu_count()} cores; load average at the end {loadavg}\n\n"
+             "| measurement | latency ms (p50 / p99) | p50 / library p50 | throughput (req/s) | goal |\n"
+             "|---|---|---|---|---|\n" + "".join(f"| {' | '.join(r)} |\n" for r in rows))
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
