@@ -1,0 +1,278 @@
+"""Load: 8 concurrent clients x 500 mixed requests against one server, checked against a sequential run.
+
+The server runs in its own process on 127.0.0.1 (the bundled demo, test cache), so its resident
+memory (VmRSS) is measured alone. A pool of distinct requests is drawn once (seeded): select and
+match on every demo store with recurrent sources (cells from a real select, as the explorer asks),
+text explanations with every method on the shipped classifiers, and image explanations with every
+image method. Then:
+
+1. sequential pass: each distinct request once, one at a time -- the reference answers, and the
+   warm-up (models loaded, match indexes built); RSS after it is the baseline;
+2. concurrent pass: ``--clients`` threads, each sending ``--requests`` requests drawn (seeded)
+   from the pool; every answer must be a 200 and equal the sequential one (timing fields aside);
+3. figures: errors, mismatches, p50/p99 latency per endpoint, RSS after warm-up and after the
+   concurrent pass (goal: growth <= 10 %), peak RSS, wall time.
+
+    python benchmarks/load_server.py                     # 8 x 500
+    python benchmarks/load_server.py --clients 2 --requests 20 --pool-explain 1   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VOLATILE = {"seconds", "elapsed", "elapsed_s", "time", "ms"}  # timing fields, not results
+TEXTS = ["a gorgeous , witty , seductive movie .", "the film is a dull , tedious mess with no redeeming features",
+         "not bad at all , really", "<b>great</b> acting but the plot makes no sense whatsoever !",
+         "an unforgettable , moving experience that stays with you long after the credits roll"]
+# explanation methods with per-request costs kept moderate (the point is concurrency, not quality)
+TEXT_PARAMS = {"integrated_gradients": {"n_steps": 32}, "smoothgrad": {"n_samples": 16},
+               "lime": {"num_samples": 300}, "shap": {"budget": 128}}
+
+
+# ----------------------------------------------------------------------------- server process
+
+def serve(port_file: str) -> None:
+    """Child: serve the demo (built into the test cache) on a free loopback port."""
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import logging
+
+    from conftest_server import demo_resources
+    from server.app import create_app, make_server
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app = create_app(None, {"RESOURCES": demo_resources()})
+    srv = make_server(app, "127.0.0.1", 0)
+    Path(port_file).write_text(str(srv.server_port))
+    srv.serve_forever()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Client:
+    """One keep-alive-free HTTP client to 127.0.0.1 (a new connection per request, as browsers often do)."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        data = json.dumps(body).encode() if body is not None else None
+        t0 = time.perf_counter()
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+            resp = conn.getresponse()
+            out = resp.read()
+            return resp.status, out, time.perf_counter() - t0
+        finally:
+            conn.close()
+
+
+def normalized(body: bytes) -> str:
+    """The answer without timing fields, canonically serialized."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in VOLATILE}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return json.dumps(strip(json.loads(body)), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- the request pool
+
+def build_pool(call, rng: random.Random, n_brush: int, explain_texts: int) -> list[tuple[str, str, str, dict | None]]:
+    """Distinct requests: (endpoint label, method, path, body)."""
+    from urllib.parse import urlencode
+    pool = []
+    stores = json.loads(call("GET", "/api/stores")[1])["stores"]
+    for s in stores:
+        if s["status"] != "ready":
+            continue
+        recurrent = [src for src in s["sources"] if src.startswith("rnn.") and (src.endswith(".h") or src.endswith(".c"))]
+        if not recurrent:
+            continue
+        for _ in range(n_brush):
+            source = rng.choice(recurrent)
+            pos = rng.randrange(s["n_tokens"])  # a brush inside the sequence holding a random position
+            info = json.loads(call("GET", f"/api/stores/{s['name']}/tokens?start={pos}&stop={pos + 1}")[1])
+            bounds = info["sequences"][0]
+            lo, hi = bounds["start"], bounds["stop"]
+            if hi - lo < 4:
+                continue
+            start = rng.randrange(lo + 1, hi - 3)
+            stop = start + rng.randint(1, 3)
+            sel = {"source": source, "start": start, "stop": stop, "threshold": 0.3, "pad_left": 1}
+            path = f"/api/stores/{s['name']}/select?" + urlencode(sel)
+            pool.append(("select", "GET", path, None))
+            cells = json.loads(call("GET", path)[1]).get("cells") or [rng.randrange(s["cells"][source])]
+            m = {"source": source, "cells": ",".join(map(str, cells[:20])), "threshold": 0.3, "pad_left": 1, "top": 50}
+            pool.append(("match", "GET", f"/api/stores/{s['name']}/match?" + urlencode(m), None))
+    models = [m["name"] for m in json.loads(call("GET", "/api/explain/models")[1])["models"]
+              if m["name"].startswith("sentiment-")]
+    methods = json.loads(call("GET", "/api/explain/models")[1])["methods"]
+    for method in methods:
+        for text in rng.sample(TEXTS, explain_texts):
+            model = rng.choice(models)
+            body = {"model": model, "text": text, "methods": [method], "faithfulness": rng.random() < 0.3,
+                    "params": {method: TEXT_PARAMS[method]} if method in TEXT_PARAMS else {}}
+            pool.append((f"explain:{method}", "POST", "/api/explain", body))
+    image_methods = ["saliency", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "occlusion",
+                     "guided_backprop", "deconvnet", "cam", "gradcam", "gradcam_plus_plus", "hirescam",
+                     "guided_gradcam"]
+    for method in image_methods:
+        pool.append((f"image:{method}", "POST", "/api/images/explain",
+                     {"model": "mnist-cnn", "index": rng.randrange(500), "methods": [method]}))
+    pool.append(("image:all", "POST", "/api/images/explain", {"model": "mnist-cnn", "index": 7}))
+    return pool
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=500, help="requests per client (default 500)")
+    p.add_argument("--brushes", type=int, default=6, help="select+match pairs per store in the pool (default 6)")
+    p.add_argument("--pool-explain", type=int, default=2, help="texts per explanation method in the pool")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="append the markdown report here")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+
+    port_file = Path(f"/tmp/load-server-{os.getpid()}.port")
+    port_file.unlink(missing_ok=True)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port_file)], cwd=ROOT,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 1800  # the first run may build the demo stores
+        while not port_file.exists():
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.5)
+        time.sleep(0.2)
+        call = Client(int(port_file.read_text()))
+        rng = random.Random(args.seed)
+        t_pool = time.perf_counter()
+        pool = build_pool(call, rng, args.brushes, args.pool_explain)
+        print(f"pool: {len(pool)} distinct requests ({time.perf_counter() - t_pool:.0f} s)", flush=True)
+
+        # 1. sequential reference (and warm-up)
+        reference, seq_seconds = {}, {}
+        t0 = time.perf_counter()
+        for i, (label, method, path, body) in enumerate(pool):
+            status, out, sec = call(method, path, body)
+            if status != 200:
+                raise RuntimeError(f"sequential {label} {path} {body}: {status} {out[:300]!r}")
+            reference[i], seq_seconds[i] = normalized(out), sec
+        sequential_wall = time.perf_counter() - t0
+        rss_warm = rss_kib(server.pid)
+        print(f"sequential pass: {sequential_wall:.0f} s, server RSS {rss_warm / 1024:.0f} MiB", flush=True)
+
+        # 2. concurrent pass
+        peak = [rss_warm]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], rss_kib(server.pid))
+                except (OSError, RuntimeError):
+                    pass
+                stop.wait(0.5)
+
+        plans = []
+        for c in range(args.clients):
+            crng = random.Random(args.seed * 1000 + c + 1)
+            plans.append([crng.randrange(len(pool)) for _ in range(args.requests)])
+        latencies: dict[str, list[float]] = defaultdict(list)
+        errors, mismatches = [], []
+        lock = threading.Lock()
+        done = [0]
+
+        def client(plan):
+            for i in plan:
+                label, method, path, body = pool[i]
+                try:
+                    status, out, sec = call(method, path, body)
+                except OSError as exc:
+                    status, out, sec = 599, str(exc).encode(), 0.0
+                with lock:
+                    done[0] += 1
+                    if status != 200:
+                        errors.append((label, status, out[:200]))
+                        continue
+                    latencies[label.split(":")[0] if label.startswith("image") else label].append(sec)
+                    if normalized(out) != reference[i]:
+                        mismatches.append((label, path, body))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
+        t1 = time.perf_counter()
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            time.sleep(10)
+            print(f"  {done[0]}/{args.clients * args.requests} requests, {len(errors)} errors, "
+                  f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
+        concurrent_wall = time.perf_counter() - t1
+        stop.set()
+        rss_after = rss_kib(server.pid)
+        alive = call("GET", "/api/status")[0] == 200
+    finally:
+        server.kill()
+        server.wait()
+        port_file.unlink(missing_ok=True)
+
+    growth = (rss_after - rss_warm) / rss_warm
+    total = args.clients * args.requests
+    lines = [f"## Load: {args.clients} clients x {args.requests} mixed requests (seed {args.seed})", "",
+             f"- distinct requests in the pool: {len(pool)}; sequential pass {sequential_wall:.0f} s",
+             f"- concurrent pass: {total} requests in {concurrent_wall:.0f} s ({total / concurrent_wall:.1f} req/s); "
+             f"errors: {len(errors)}; answers differing from the sequential run: {len(mismatches)}",
+             f"- server RSS after warm-up {rss_warm / 1024:.0f} MiB, after the concurrent pass {rss_after / 1024:.0f} MiB "
+             f"(growth {growth * 100:+.1f} %, goal <= 10 %), peak {peak[0] / 1024:.0f} MiB; server alive: {alive}",
+             "", "| endpoint | requests | p50 ms | p99 ms | sequential p50 ms |", "|---|---:|---:|---:|---:|"]
+    seq_by_label: dict[str, list[float]] = defaultdict(list)
+    for i, (label, *_rest) in enumerate(pool):
+        seq_by_label[label.split(":")[0] if label.startswith("image") else label].append(seq_seconds[i])
+    for label in sorted(latencies):
+        v = latencies[label]
+        lines.append(f"| {label} | {len(v)} | {percentile(v, 0.5) * 1000:.0f} | {percentile(v, 0.99) * 1000:.0f} | "
+                     f"{percentile(seq_by_label[label], 0.5) * 1000:.0f} |")
+    for e in errors[:10]:
+        lines.append(f"\nERROR {e}")
+    for m in mismatches[:10]:
+        lines.append(f"\nMISMATCH {m}")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n\n")
+    return 0 if not errors and not mismatches and growth <= 0.10 and alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
