@@ -23,50 +23,82 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lstmvis.match import MatchIndex, match, select  # noqa: E402
+from lstmvis.match import MatchIndex, match, select, threshold_keys  # noqa: E402
 from lstmvis.store import StateStore, StoreWriter  # noqa: E402
 
 SOURCE = "rnn.l0.h"
 
 
-def make_store(path: Path, raw_path: Path, n: int, d: int, seed: int) -> None:
-    """Synthetic store + the same states as a raw row-major .npy for the baseline."""
+def synthetic_blocks(n: int, d: int, seed: int, latent: int = 0, tile_rows: int | None = None, block: int = 1 << 16):
+    """Yield ``(start, float16 states)`` blocks of a synthetic store.
+
+    ``latent = 0``: every cell is its own AR(1) process squashed by tanh (cells co-activate only by
+    chance: many levels to scan, the hard case). ``latent = K``: cells load on one of K shared AR(1)
+    processes (loading 0.6-0.95), so groups of cells switch on together, as in trained LSTMs.
+    ``tile_rows``: generate that many rows once and repeat them with the cells shuffled per copy
+    (cheap stores larger than RAM; each copy is a different cell-to-process assignment).
+    """
     from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    persistence = np.array([0.6, 0.85, 0.95, 0.99])
+    gain = rng.uniform(0.7, 2.5, size=d).astype(np.float32)
+    bias = rng.uniform(-1.2, 0.4, size=d).astype(np.float32)
+    width = d + latent
+    group = rng.integers(0, len(persistence), size=width)
+    loading = rng.uniform(0.6, 0.95, size=d).astype(np.float32)
+    owner = rng.integers(0, max(latent, 1), size=d)
+    state = np.zeros((len(persistence), width), dtype=np.float32)
+    base = None
+    if tile_rows is not None and tile_rows < n:
+        base = np.concatenate([v for _, v in synthetic_blocks(tile_rows, d, seed, latent, None, block)])
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        if base is not None:
+            copy, offset = divmod(a, len(base))
+            perm = np.random.default_rng([seed, copy]).permutation(d) if copy else np.arange(d)
+            rows = (np.arange(a, b) - copy * len(base)) % len(base)
+            yield a, base[rows][:, perm]
+            continue
+        noise = rng.standard_normal((b - a, width), dtype=np.float32)
+        x = np.empty_like(noise)
+        for g, p in enumerate(persistence):
+            cols = group == g
+            out, _ = lfilter([np.sqrt(1 - p * p)], [1, -p], noise[:, cols], axis=0, zi=(p * state[g, cols])[None, :])
+            x[:, cols] = out
+            state[g, cols] = out[-1]
+        if latent:
+            x = loading * x[:, d + owner] + np.sqrt(1 - loading ** 2) * x[:, :d]
+        yield a, np.tanh(gain * x + bias).astype(np.float16)
+
+
+def make_store(path: Path, raw_path: Path | None, n: int, d: int, seed: int, latent: int = 0,
+               tile_rows: int | None = None) -> None:
+    """Synthetic store (``synthetic_blocks``) + optionally the same states as a raw row-major .npy."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
     lengths = rng.geometric(1 / 800, size=n // 100 + 10)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     offsets = np.concatenate([offsets[offsets < n], [n]])
-    persistence = np.array([0.6, 0.85, 0.95, 0.99])
-    group = rng.integers(0, len(persistence), size=d)
-    gain = rng.uniform(0.7, 2.5, size=d).astype(np.float32)
-    bias = rng.uniform(-1.2, 0.4, size=d).astype(np.float32)
-    state = np.zeros((len(persistence), d), dtype=np.float32)
     writer = StoreWriter(path, n_tokens=n, offsets=offsets, vocab=[f"w{i}" for i in range(200)] + ["<pad>", "<unk>"],
-                         card={"name": "synthetic", "generator": "benchmarks/bench_match.py", "seed": seed})
-    raw = np.lib.format.open_memmap(raw_path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(n, d))
+                         card={"name": "synthetic", "generator": "benchmarks/bench_match.py", "seed": seed,
+                               "latent": latent, "tile_rows": tile_rows})
+    raw = None if raw_path is None else np.lib.format.open_memmap(raw_path.with_suffix(".tmp.npy"), mode="w+",
+                                                                  dtype=np.float16, shape=(n, d))
     try:
         writer.add_source(SOURCE, d, "float16")
-        block = 1 << 16
-        for a in tqdm(range(0, n, block), desc="synthetic store", unit="block"):
-            b = min(n, a + block)
-            noise = rng.standard_normal((b - a, d), dtype=np.float32)
-            x = np.empty_like(noise)
-            for g, p in enumerate(persistence):
-                cols = group == g
-                out, zf = lfilter([np.sqrt(1 - p * p)], [1, -p], noise[:, cols], axis=0,
-                                  zi=(p * state[g, cols])[None, :])
-                x[:, cols] = out
-                state[g, cols] = out[-1]
-            values = np.tanh(gain * x + bias).astype(np.float16)
+        for a, values in tqdm(synthetic_blocks(n, d, seed, latent, tile_rows), total=-(-n // (1 << 16)),
+                              desc="synthetic store", unit="block"):
             writer.write_states(SOURCE, a, values)
-            writer.write_tokens(a, rng.integers(0, 200, size=b - a))
-            raw[a:b] = values
+            writer.write_tokens(a, rng.integers(0, 200, size=len(values)))
+            if raw is not None:
+                raw[a:a + len(values)] = values
         writer.finish()
-        raw.flush()
-        del raw
-        os.replace(raw_path.with_suffix(".tmp.npy"), raw_path)
+        if raw is not None:
+            raw.flush()
+            del raw
+            os.replace(raw_path.with_suffix(".tmp.npy"), raw_path)
     except BaseException:
         writer.abort()
         raise
@@ -155,23 +187,32 @@ def main(argv=None) -> None:
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-match"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent", type=int, default=0, help="shared latent processes (0: independent cells)")
+    p.add_argument("--tile-rows", type=int, help="generate this many rows and repeat them with shuffled cells "
+                                                 "(for stores too large to generate in time)")
+    p.add_argument("--no-raw", action="store_true", help="no raw float16 copy for the baseline: it reads the "
+                                                          "index's row-major keys instead (same order, same bytes)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     args.dir.mkdir(parents=True, exist_ok=True)
-    stem = f"synthetic-{args.tokens}x{args.cells}-s{args.seed}"
+    stem = (f"synthetic-{args.tokens}x{args.cells}-s{args.seed}" + (f"-latent{args.latent}" if args.latent else "")
+            + (f"-tile{args.tile_rows}" if args.tile_rows else ""))
     path, raw_path = args.dir / f"{stem}.h5", args.dir / f"{stem}.raw.npy"
-    if not (path.exists() and raw_path.exists()):
+    if args.no_raw:
+        raw_path = None
+    if not path.exists() or (raw_path is not None and not raw_path.exists()):
         t0 = time.perf_counter()
-        make_store(path, raw_path, args.tokens, args.cells, args.seed)
+        make_store(path, raw_path, args.tokens, args.cells, args.seed, args.latent, args.tile_rows)
         print(f"synthetic store written in {time.perf_counter() - t0:.0f} s")
     store = StateStore.open(path)
     states_bytes = store.dataset(SOURCE).size * store.dataset(SOURCE).dtype.itemsize
     t0 = time.perf_counter()
     index = MatchIndex.load(store, SOURCE, progress=True)
     build_s = time.perf_counter() - t0
-    print(f"store: {store.n_tokens:,} tokens x {args.cells} cells float16 = {states_bytes / 2**30:.2f} GiB, "
+    kind = f"cells sharing {args.latent} latent processes" if args.latent else "independent cells"
+    print(f"store: {store.n_tokens:,} tokens x {args.cells} cells float16 ({kind}) = {states_bytes / 2**30:.2f} GiB, "
           f"{store.n_sequences:,} sequences")
     print(f"index: open/build {build_s:.1f} s, {index.nbytes / 2**30:.2f} GiB on disk = "
           f"{index.nbytes / states_bytes:.2f} x the states")
@@ -195,16 +236,19 @@ def main(argv=None) -> None:
     print(f"ours select+match top 50, warm: wall p50 {percentile(wall, 50):.1f} ms, p99 {percentile(wall, 99):.1f} ms;"
           f" CPU p50 {percentile(cpu, 50):.1f} ms, p99 {percentile(cpu, 99):.1f} ms")
 
-    raw = np.load(raw_path, mmap_mode="r")
+    if raw_path is not None:
+        raw, thr = np.load(raw_path, mmap_mode="r"), args.threshold
+    else:  # the row-major keys sort like the floats: ``key >= key(threshold)`` is ``value >= threshold``
+        raw, thr = index.row_major, threshold_keys(args.threshold, index.dtype)[0]
     picked = list(range(min(args.baseline_queries, len(queries))))
     for i in picked:  # warm-up for the baseline too
-        lstmvis_match(raw, select(store, SOURCE, *queries[i], threshold=args.threshold)[:1], args.threshold)
+        lstmvis_match(raw, select(store, SOURCE, *queries[i], threshold=args.threshold)[:1], thr)
     b_wall, b_cpu = [], []
     for i in picked:
         start, stop = queries[i]
         t0, c0 = time.perf_counter(), time.process_time()
-        cells = np.flatnonzero((raw[start:stop] >= args.threshold).all(0) & ~(raw[start - 1] >= args.threshold))
-        lstmvis_match(raw, cells, args.threshold)
+        cells = np.flatnonzero((raw[start:stop] >= thr).all(0) & ~(raw[start - 1] >= thr))
+        lstmvis_match(raw, cells, thr)
         b_wall.append((time.perf_counter() - t0) * 1e3)
         b_cpu.append((time.process_time() - c0) * 1e3)
         print(f"  query [{start}, {stop}) |C|={len(cells)}: LSTMVis precise wall {b_wall[-1]:.0f} ms, CPU "
