@@ -37,27 +37,33 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def start_server(cache: str) -> tuple[subprocess.Popen, str]:
+def start_server(cache: str) -> tuple[subprocess.Popen, str, float]:
+    """``lstmvis serve`` in a subprocess: (process, base URL, seconds from spawn to listening)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "lstmvis", "serve", "--no-browser", "--port", "0", "--cache", cache],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    t0 = time.perf_counter()
     for line in proc.stderr:
         m = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
         if m:
+            up = time.perf_counter() - t0
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the log
-            print(f"server up in {time.perf_counter() - t0:.1f} s at {m.group(1)}", flush=True)
-            return proc, m.group(1).rstrip("/")
+            print(f"server up in {up:.1f} s at {m.group(1)}", flush=True)
+            return proc, m.group(1).rstrip("/"), up
     raise RuntimeError("the server did not start")
 
 
-def wait_ready(base: str, timeout: float = 900) -> dict:
-    t0 = time.perf_counter()
+def wait_ready(base: str, t0: float, timeout: float = 900) -> tuple[dict, dict[str, float]]:
+    """Poll until no store is building; also when each store became ready (seconds since ``t0``)."""
+    ready_at: dict[str, float] = {}
     while time.perf_counter() - t0 < timeout:
         status = requests.get(f"{base}/api/status", timeout=30).json()
+        for s in status["stores"]:
+            if s["status"] == "ready" and s["name"] not in ready_at:
+                ready_at[s["name"]] = time.perf_counter() - t0
         if not any(s["status"] in ("queued", "building") for s in status["stores"]):
-            return status
-        time.sleep(1)
+            return status, ready_at
+        time.sleep(0.25)
     raise RuntimeError("demo stores did not finish building")
 
 
@@ -152,15 +158,25 @@ def main() -> int:
     ap.add_argument("--match-requests", type=int, default=240)
     ap.add_argument("--explain-requests", type=int, default=64)
     ap.add_argument("--page-loads", type=int, default=5)
-    ap.add_argument("--cache", default=str(REPO / ".cache" / "lstmvis-bench"), help="demo store cache")
+    ap.add_argument("--cache", help="demo store cache (default: a fresh empty folder, so the first-run build "
+                    "is measured too)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the results as markdown here")
     args = ap.parse_args()
 
-    proc, base = start_server(args.cache)
-    rows: list[tuple[str, str, str, str, str]] = []
+    import tempfile
+    cache = args.cache or tempfile.mkdtemp(prefix="lstmvis-bench-")
+    fresh = not any(Path(cache).rglob("*.h5"))
+    t0 = time.perf_counter()
+    proc, base, up = start_server(cache)
+    rows: list[tuple[str, ...]] = []
+    startup = ""
     try:
-        status = wait_ready(base)
+        status, ready_at = wait_ready(base, t0)
+        startup = (f"`lstmvis serve` ({'fresh cache: demo stores built' if fresh else 'cached demo stores'}): "
+                   f"listening after {up:.1f} s; " + ", ".join(f"{k} ready after {v:.1f} s" for k, v in
+                                                               sorted(ready_at.items(), key=lambda kv: kv[1])))
+        print(startup, flush=True)
         queries = match_queries(base, status, 40, args.seed)
         for store, q in queries:  # warm: match indexes are built on a source's first query
             requests.get(f"{base}/api/stores/{store}/match", params=q, timeout=120)
@@ -232,7 +248,7 @@ def main() -> int:
             f"ratio {args.clients}:1 (p99) | server CPU per request (ms) | goal |\n|---|---|---|---|---|---|\n")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     table = (head + "".join(f"| {' | '.join(r)} |\n" for r in rows)
-             + f"\nload average at the end (1/5/15 min): {load} on {os.cpu_count()} cores\n")
+             + f"\n{startup}\n\nload average at the end (1/5/15 min): {load} on {os.cpu_count()} cores\n")
     print(table)
     if args.out:
         Path(args.out).write_text(table)

@@ -96,6 +96,7 @@
     saveUrl();
     ranking = await LV.api(`/api/stores/${enc(state.store)}/cells/rank`,
                            { source: state.source, hypothesis: state.hypothesis, method: state.method, top: 50 });
+    await LV.plotly();
     renderRanking();
   }
 
@@ -157,6 +158,7 @@
     ];
     if (state.hypothesis) calls.push(LV.api(`/api/stores/${enc(state.store)}/hypothesis`, { hypothesis: state.hypothesis, start, stop }));
     const [st, tok, hyp] = await Promise.all(calls);
+    await LV.plotly();
     const values = st.values[0];
     $("cell-title").textContent = `Cell ${state.cell} of ${state.source}, tokens ${start}–${stop - 1}`;
     const traces = [{ type: "scatter", mode: "lines", x: values.map((_, i) => start + i), y: values, name: `cell ${state.cell}`,
@@ -215,12 +217,13 @@
     if (!gates.length) {
       note.textContent = `Store "${state.store}" recorded no gates (extract with kinds including "gates" to see them).`;
       note.hidden = false;
-      Plotly.purge("saturation-plot");
+      if (window.Plotly) Plotly.purge("saturation-plot");
       return;
     }
     note.hidden = true;
     const sources = layerGates.length ? layerGates : gates;
     const r = await LV.api(`/api/stores/${enc(state.store)}/saturation`, { sources });
+    await LV.plotly();
     const traces = [], colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759"];
     sources.forEach((s, i) => {
       const left = r.left[s], right = r.right[s];

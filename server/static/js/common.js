@@ -67,6 +67,13 @@ const LV = (() => {
                     .replace(/%\{/g, "%\u200b{");
   }
 
+  /** Resolves with plotly once its (deferred, 4.8 MB) script has run: pages load plotly after their own
+   *  script, so their first API requests overlap plotly's parsing. */
+  function plotly() {
+    if (window.Plotly) return Promise.resolve(window.Plotly);
+    return new Promise(resolve => document.addEventListener("DOMContentLoaded", () => resolve(window.Plotly), { once: true }));
+  }
+
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
   function pageData() {
@@ -143,6 +150,6 @@ const LV = (() => {
                             "They appear here when ready (reload)." : "";
   }
 
-  return { api, el, clear, plotText, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
+  return { api, el, clear, plotText, plotly, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
            sequential, diverging, textColorFor, plotConfig, fillSelect, readyStores, pendingStoresNote };
 })();

@@ -62,6 +62,7 @@
       LV.api(`/api/stores/${encodeURIComponent(state.store)}/tokens`, { start, stop }),
       LV.api(`/api/stores/${encodeURIComponent(state.store)}/states`, { source: state.source, start, stop }),
     ]);
+    await LV.plotly();
     if (my !== request) return;
     windowData = { start, stop, tokens: tok.tokens, text: tok.text, sequences: tok.sequences, meta: tok.meta,
                    values: st.values, cellIds: st.cells };

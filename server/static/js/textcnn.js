@@ -22,6 +22,7 @@
     LV.clearError();
     $("status").textContent = "running the corpus through the model (once per model and corpus)…";
     report = await LV.api("/api/textcnn/filters", { model: state.model, store: state.store, k: state.k });
+    await LV.plotly();
     const layers = Object.keys(report.fields);
     state.layer = LV.fillSelect($("layer"), layers.map(l => {
       const f = report.fields[l];
