@@ -150,3 +150,20 @@ def test_concurrent_explanations_equal_sequential_ones(parens_app):
                    for c, p in jobs]
         concurrent = [f.result().json()["scores"] for f in futures]
     assert concurrent == sequential
+
+
+def test_a_user_store_is_linked_to_its_model_and_explainable(tmp_path):
+    """--data DIR: a store made by lstmvis.extract names its model; the cells page can explain it."""
+    import data
+    import lstmvis
+    from server.app import create_app
+
+    texts = ["".join(toks) for toks, _ in data.parens("test", n_sequences=2, length=40)]
+    lstmvis.extract(data.load_model("parens-lstm"), texts, tmp_path / "mine.h5", progress=False).close()
+    app = create_app(tmp_path, {"TESTING": True})
+    entry = app.extensions["lstmvis"].store_entry("mine")
+    assert entry.model == "parens-lstm"
+    r = ok(app.test_client().post("/api/stores/mine/cells/2/explain",
+                                  json={"source": "rnn.l0.h", "position": 50, "n_steps": 8}))
+    assert r["model"] == "parens-lstm" and r["whole_sequence"]
+    assert r["activation"] == pytest.approx(r["stored_activation"], abs=1e-4)
