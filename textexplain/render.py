@@ -240,7 +240,7 @@ def side_by_side_html(explanations: Sequence[Explanation], normalize: str | floa
         target = e.target_label
         rows.append(
             f'<tr style="border-top:1px solid #ddd"><td style="vertical-align:top;padding:6px 12px 6px 0;'
-            f'white-space:nowrap"><b>{_esc(e.method)}</b><br><span style="font-size:0.8em;color:#555">{kind}, '
+            f'width:13em"><b>{_esc(e.method)}</b><br><span style="font-size:0.8em;color:#555">{kind}, '
             f'target {_esc(target)}{extra}</span></td><td style="padding:6px 0">'
             f'<div style="white-space:pre-wrap">{_tokens_html(e, scale, gamma)}</div>'
             f'<div>{legend_html(e.signed, scale, note, target, gamma)}</div></td></tr>')
