@@ -358,7 +358,8 @@ class LevelRuns:
     One pass over ``count`` finds the rising and falling steps; each level then only filters them.
     """
 
-    def __init__(self, count: np.ndarray, seq_start: np.ndarray):
+    def __init__(self, count: np.ndarray, seq_start: np.ndarray, floor: int = 1):
+        self.floor = floor  # levels below ``floor`` are not available (fewer steps to filter per level)
         before = np.empty_like(count)
         after = np.empty_like(count)
         if len(count):
@@ -367,14 +368,16 @@ class LevelRuns:
             before[seq_start] = 0
             after[:-1][seq_start[1:]] = 0
         positions = np.int32 if len(count) < 2**31 - 1 else np.int64
-        self.rise = np.flatnonzero(count > before).astype(positions)
+        reach = count >= floor
+        self.rise = np.flatnonzero((count > before) & reach).astype(positions)
         self.rise_lo, self.rise_hi = before[self.rise], count[self.rise]
-        fall = np.flatnonzero(count > after).astype(positions)
+        fall = np.flatnonzero((count > after) & reach).astype(positions)
         self.fall_lo, self.fall_hi = after[fall], count[fall]
         self.fall = fall + 1
 
     def at(self, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(starts, stops)`` of the runs at ``level`` (>= 1), in order."""
+        """``(starts, stops)`` of the runs at ``level`` (>= ``floor``), in order."""
+        assert level >= self.floor
         starts = self.rise[(self.rise_lo < level) & (self.rise_hi >= level)]
         stops = self.fall[(self.fall_lo < level) & (self.fall_hi >= level)]
         return starts.astype(np.int64), stops.astype(np.int64)
@@ -548,12 +551,14 @@ def _search(index: MatchIndex, count: np.ndarray, planes: np.ndarray, cells: np.
     pool = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "ub": np.zeros(0, np.int64)}
     exact = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "inter": np.zeros(0, np.int64)}
     levels, stats = [], {"phase1": 0, "phase2": 0}
-    level_runs = LevelRuns(count, index.seq_start)
+    level_runs = None
     above = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     for tier in range(n, 0, -1):
         if _kth_intersection(best, top) > tier:
             break
         levels.append(tier)
+        if level_runs is None or tier < level_runs.floor:  # lower levels are needed less often: widen lazily
+            level_runs = LevelRuns(count, index.seq_start, floor=max(1, tier - 2 * (n - tier) - 2))
         starts, stops = level_runs.at(tier)
         if tier == n:
             histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
