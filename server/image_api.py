@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Response, jsonify, render_template
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
@@ -299,7 +299,6 @@ def _start(kind: str, req: ModelRequest, work) -> Response:
         with _Loan(entry) as module:
             return work(module, req, report)
 
-    from flask import jsonify
     resp = jsonify(jobs().submit(kind, (req.model_dump_json(),), run).info())
     resp.status_code = 202
     return resp
