@@ -85,12 +85,12 @@ def test_every_nav_page_loads_clean(page, base_url, app):
         expect(page.locator("#error-banner")).to_be_hidden()
 
 
-def test_explorer_on_the_parens_demo(page, base_url):
-    # brush "(3" after an off step; match finds the same cells elsewhere
-    page.goto(base_url + "/explorer?store=parens&source=rnn.l0.c&w=60")
+def test_explorer_on_the_python_demo(page, base_url):
+    # brush three characters of a docstring in the char-level LSTM's store; match finds the same cells elsewhere
+    page.goto(base_url + "/explorer?store=python-code&source=rnn.l1.h&pos=23384&w=100")
     drawn(page, "#lineplot")
-    first = page.locator("#tokens .tok").nth(4).bounding_box()
-    last = page.locator("#tokens .tok").nth(6).bounding_box()
+    first = page.locator('#tokens .tok[data-pos="23404"]').bounding_box()
+    last = page.locator('#tokens .tok[data-pos="23406"]').bounding_box()
     page.mouse.move(first["x"] + 3, first["y"] + 5)
     page.mouse.down()
     page.mouse.move(last["x"] + 3, last["y"] + 5, steps=3)
@@ -100,7 +100,7 @@ def test_explorer_on_the_parens_demo(page, base_url):
     expect(page.locator("#word-matrix tr.match-row").first).to_be_attached(timeout=SLOW)
     drawn(page, "#length-hist")
     drawn(page, "#match-overview")
-    assert "brush=4,7" in page.url and "match=1" in page.url
+    assert "brush=23404,23407" in page.url and "match=1" in page.url
     shoot(page, "explorer")
 
 

@@ -298,8 +298,13 @@
       const pad = r.left - (h.start - h.context_start);  // blank cells so every match starts in the same column
       for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
       const hrow = new Array(pad).fill(null), trow = new Array(pad).fill("");
+      const MAX_SHOWN = 40;  // long runs are cut: the row shows their start, then "…"
       h.text.forEach((tok, k) => {
         const pos = h.context_start + k, frac = h.counts[k] / nCells;
+        if (pos - h.start >= MAX_SHOWN) {
+          if (pos - h.start === MAX_SHOWN) tr.append(LV.el("td", { class: "meta", title: `${h.context_stop - pos} more tokens` }, "…"));
+          return;
+        }
         const inMatch = pos >= h.start && pos < h.stop;
         tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${h.counts[k]} of ${nCells} cells on @ ${pos}`,
                                 style: { background: LV.sequential(frac), color: frac > 0.65 ? "#fff" : "" } },
