@@ -3,6 +3,7 @@ bad input -> 4xx JSON, concurrent requests on one model == one at a time, and an
 served as a user model (known scores and colours)."""
 from __future__ import annotations
 
+import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -179,13 +180,35 @@ def test_models_endpoint_and_openapi(client):
     assert {"model", "text", "methods", "params", "target"} <= set(schema["properties"])
 
 
-def test_concurrent_requests_equal_one_at_a_time(app):
-    """Eight clients at once on one model (more than the pool's copies) get exactly the answers they
-    get alone: no request sees another's embeddings, hooks or targets."""
+class _SharedEntry:
+    """A registry entry that lends one model instance to every request at once (no pool), so that
+    concurrent requests really run the explanation library on the same object."""
+
+    def __init__(self, name: str):
+        import data
+        self.name, self.kind, self.model = name, "classifier", data.load_model(name)
+
+    @contextlib.contextmanager
+    def use(self):
+        yield self.model
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "description": "", "loaded": True, "card": None}
+
+
+@pytest.mark.parametrize("lending", ["pool", "shared instance"])
+def test_concurrent_requests_equal_one_at_a_time(app, lending):
+    """Eight clients at once on one model get exactly the answers they get alone: no request sees
+    another's embeddings, hooks or targets -- with the server's pool of copies (more clients than
+    copies) and with one instance shared by all requests (the library's own thread safety)."""
+    name = "sentiment-gru"
+    if lending == "shared instance":
+        name = "gru-shared"
+        app.extensions["lstmvis"].models[name] = _SharedEntry("sentiment-gru")
     texts = [TEXT, "a dull , lifeless film", "the best movie of the year", "not good , not bad",
              "it is what it is", "wooden acting and a silly plot", "charming", "an utter mess"]
     params = {**FAST, "smoothgrad": {"n_samples": 8}}
-    bodies = [{"model": "sentiment-gru", "text": t, "target": i % 2, "faithfulness": False, "params": params,
+    bodies = [{"model": name, "text": t, "target": i % 2, "faithfulness": False, "params": params,
                "methods": ["integrated_gradients", "gradient_x_input", "occlusion"] if i % 2 else
                           ["smoothgrad", "gradient", "integrated_gradients"]}
               for i, t in enumerate(texts)]
