@@ -226,8 +226,8 @@ def add_serve(sub) -> None:
     """Register ``lstmvis serve`` on the CLI's subparsers."""
     p = sub.add_parser(
         "serve", help="open the browser tool (no arguments: the bundled demo)",
-        description="Serve the browser tool: the hidden-state explorer, cell discovery, text-CNN filters and "
-                    "the explanation pages. With no arguments it serves the bundled demo (shipped models; demo "
+        description="Serve the browser tool: the hidden-state explorer, cell discovery, text-CNN filters, text "
+                    "explanations and image methods. With no arguments it serves the bundled demo (shipped models; demo "
                     "state stores are built once, with a progress bar, and cached in $LSTMVIS_CACHE or "
                     "~/.cache/lstmvis). With --data DIR it serves the *.h5 state stores and *.pt checkpoints "
                     "in DIR. It listens on 127.0.0.1 only, unless --host says otherwise.")

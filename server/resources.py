@@ -172,18 +172,18 @@ class DemoStore:
     model: str
     title: str
     description: str
-    corpus: Callable[[], tuple[list[str], dict]]  # -> (texts, {meta track: one array per text})
+    corpus: Callable[[Any], tuple[list[str], dict]]  # model -> (texts, {meta track: one array per text})
     kinds: tuple[str, ...] = ("h", "c", "gates")
     sources: tuple[str, ...] | None = None  # only these of the recorded sources (default: all)
 
 
-def _parens_corpus() -> tuple[list[str], dict]:
+def _parens_corpus(model) -> tuple[list[str], dict]:
     import data
     seqs = data.parens("test")  # 200 sequences of 200 tokens
     return ["".join(toks) for toks, _ in seqs], {"depth": [d for _, d in seqs]}
 
 
-def _python_corpus(chars: int = 40_000) -> tuple[list[str], dict]:
+def _python_corpus(model, chars: int = 40_000) -> tuple[list[str], dict]:
     import data
     texts, total = [], 0
     for _, src in data.python_source("test"):  # whole test-split files, in name order
@@ -194,12 +194,12 @@ def _python_corpus(chars: int = 40_000) -> tuple[list[str], dict]:
     return texts, {}
 
 
-def _sentiment_corpus(n: int = 1000) -> tuple[list[str], dict]:
+def _sentiment_corpus(model, n: int = 1000) -> tuple[list[str], dict]:
     import numpy as np
 
     import data
     texts, labels = data.rotten_tomatoes("test")
-    tokenize = data.load_model("sentiment-lstm").tokenize
+    tokenize = model.tokenize
     pairs = [(t, int(y)) for t, y in zip(texts, labels) if tokenize(t)][:n]
     return [t for t, _ in pairs], {"label": [np.full(len(tokenize(t)), np.array(["rotten", "fresh"])[y])
                                              for t, y in pairs]}
@@ -400,8 +400,8 @@ class Resources:
         for old in path.parent.glob(f"{spec.name}__*"):  # stores of older checkpoints or recipes
             if old.name.split(".")[0] != path.stem:
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-        texts, meta = spec.corpus()
         with self.model(spec.model) as model:
+            texts, meta = spec.corpus(model)
             store = lstmvis.extract(model, texts, path, kinds=spec.kinds, sources=spec.sources, dtype="float16",
                                     progress=False, meta=meta, corpus_name=f"demo:{spec.name}")
         store.close()

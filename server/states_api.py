@@ -593,6 +593,7 @@ class TextCNNQuery(Params):
 
 _textcnn_cache: dict[tuple, dict] = {}
 _textcnn_locks: dict[tuple, threading.Lock] = {}
+_textcnn_guard = threading.Lock()
 
 
 def _is_textcnn(entry) -> bool:
@@ -624,7 +625,7 @@ def textcnn_filters(params: TextCNNQuery):
     if not s.has_texts:
         raise ApiError(409, f"store {store_name!r} keeps no original texts to run the model on")
     key = (id(res), name, store_name, str(s.path), params.k)
-    with _search_lock:
+    with _textcnn_guard:
         lock = _textcnn_locks.setdefault(key, threading.Lock())
     with lock:  # the corpus runs once per model, store and k; concurrent first requests wait for it
         report = _textcnn_cache.get(key)

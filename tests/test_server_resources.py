@@ -79,7 +79,7 @@ def test_cache_lives_outside_the_package(monkeypatch, tmp_path):
 
 def test_demo_store_of_an_untrained_model_is_unavailable(monkeypatch, tmp_path):
     from server import resources
-    spec = resources.DemoStore("ghost", "charlm-python-gru", "Ghost", "never trained", lambda: ([], {}))
+    spec = resources.DemoStore("ghost", "charlm-python-gru", "Ghost", "never trained", lambda model: ([], {}))
     monkeypatch.setattr(resources, "DEMO_STORES", [spec])
     monkeypatch.setattr(resources, "_checkpoint_digest", lambda model: None)
     res = resources.Resources(None, cache_dir=tmp_path, build="sync", progress=False)
