@@ -60,7 +60,7 @@ def section_faithfulness(args, params, figures):
         out += [f"### {name}", "", report.to_markdown(), ""]
         print(f"faithfulness {name} done", flush=True)
         if figures:
-            report.figure().write_html(figures / f"faithfulness_{name}.html", include_plotlyjs="cdn")
+            report.figure().write_html(figures / f"faithfulness_{name}.html", include_plotlyjs="directory")
     return out
 
 
@@ -138,7 +138,7 @@ def section_sanity(args, params, figures):
         out += [f"### {name} (checked at stage `{result.check_stage}`)", "", result.to_markdown(), ""]
         print(f"sanity {name} done", flush=True)
         if figures:
-            result.figure().write_html(figures / f"sanity_{name}.html", include_plotlyjs="cdn")
+            result.figure().write_html(figures / f"sanity_{name}.html", include_plotlyjs="directory")
     out += ["### Which methods pass", "", "| method | " + " | ".join(verdicts) + " |",
             "|---|" + "---|" * len(verdicts)]
     for method in args.methods:
@@ -157,8 +157,9 @@ def section_audit(args, params, figures):
            "their total score (min count 3). On the clean model the junk word is out of vocabulary, so it is "
            "pooled with every other unknown word under `<unk>`.", "",
            f"| method | signed | rank of `{token}` for fresh (shortcut model) | top-3 for fresh | total / mean |"
-           f" clean sentiment-lstm: `{token}` (OOV, pooled as `<unk>`): rank for fresh / rotten | seconds (shortcut) |",
-           "|---|---|---|---|---|---|---|"]
+           f" clean sentiment-lstm: `<unk>` (holds `{token}`) rank for fresh / rotten | clean `<unk>` mean for "
+           "fresh / rotten | seconds (shortcut) |",
+           "|---|---|---|---|---|---|---|---|"]
     for method in args.methods:
         t = time.perf_counter()
         r = audit.audit(shortcut, texts, labels, method=method, progress=False, **params.get(method, {}))
@@ -166,13 +167,16 @@ def section_audit(args, params, figures):
         c = audit.audit(clean, texts, labels, method=method, progress=False, **params.get(method, {}))
         rank = r.rank_of(token, "fresh")
         st = next((s for s in r.stats["fresh"] if s.token == token), None)
+        unk = {lab: next((s for s in c.stats[lab] if s.token == "<unk>"), None) for lab in c.labels}
         out.append(f"| {method} | {'yes' if r.signed else 'no'} | **{rank}** | "
                    + ", ".join(f"`{s.token}`" for s in r.top('fresh', 3))
                    + (f" | {st.total:.1f} / {st.mean:.3f}" if st else " | -")
-                   + f" | {c.rank_of('<unk>', 'fresh')} / {c.rank_of('<unk>', 'rotten')} | {secs:.1f} |")
+                   + f" | {c.rank_of('<unk>', 'fresh')} / {c.rank_of('<unk>', 'rotten')} | "
+                   + " / ".join(f"{unk[lab].mean:.3f}" if unk.get(lab) else "-" for lab in ("fresh", "rotten"))
+                   + f" | {secs:.1f} |")
         print(f"audit {method} done", flush=True)
         if figures and method == "integrated_gradients":
-            r.figure().write_html(figures / "audit_shortcut.html", include_plotlyjs="cdn")
+            r.figure().write_html(figures / "audit_shortcut.html", include_plotlyjs="directory")
     ours = audit.flip_test(shortcut, texts, labels, token, "fresh")
     ours_clean = audit.flip_test(clean, texts, labels, token, "fresh")
     clean_texts, clean_labels = data.rotten_tomatoes("test")

@@ -252,15 +252,24 @@ class FaithfulnessReport:
 
         titles = [f"{m} ({'higher' if up else 'lower'} is better)" for m, up in METRICS.items()]
         fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=titles)
+        palette = px_colors()
         for col, metric in enumerate(METRICS, start=1):
-            for method in self.methods:
+            for i, method in enumerate(self.methods):
                 vals = [r[metric] for r in self.rows if r["method"] == method]
+                color = "#7f7f7f" if method == "random" else palette[i % len(palette)]
                 fig.add_trace(go.Box(y=vals, name=method, legendgroup=method, showlegend=col == 1,
-                                     boxmean=True), row=1, col=col)
+                                     boxmean=True, marker_color=color), row=1, col=col)
         fig.update_layout(title=f"Faithfulness of token explanations: {self.model_name}",
                           height=420, width=320 * len(METRICS), template="plotly_white")
         fig.update_xaxes(showticklabels=False)
         return fig
+
+
+def px_colors() -> list[str]:
+    """The qualitative palette for one-colour-per-method figures (same method, same colour)."""
+    import plotly.colors
+
+    return list(plotly.colors.qualitative.D3)
 
 
 def random_scores(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -231,11 +231,13 @@ class SanityResult:
         from plotly.subplots import make_subplots
         import plotly.graph_objects as go
 
+        from .metrics import px_colors
+
         modes = [m for m in MODES if self.stages(m)]
         titles = [f"{mode}: {kind}" for mode in modes
                   for kind in ("Spearman ρ (signed)", "Spearman ρ (absolute scores)")]
         fig = make_subplots(rows=len(modes), cols=2, subplot_titles=titles, vertical_spacing=0.18)
-        colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+        colors = px_colors()
         summary = self.summary()
         for row, mode in enumerate(modes, start=1):
             for col, key in enumerate(("spearman", "spearman_abs"), start=1):
@@ -249,6 +251,8 @@ class SanityResult:
                 fig.add_hline(y=self.threshold, line_dash="dot", line_color="grey", row=row, col=col)
                 fig.add_hline(y=-self.threshold, line_dash="dot", line_color="grey", row=row, col=col)
                 fig.update_yaxes(range=[-1.05, 1.05], row=row, col=col)
+                fig.update_xaxes(title_text="layers randomized from the top (cumulative)" if mode == "cascading"
+                                 else "layer randomized alone", row=row, col=col)
         fig.update_layout(title=f"Model-parameter randomization: {self.model_name}", template="plotly_white",
                           height=380 * len(modes), width=1100)
         return fig
