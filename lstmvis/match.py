@@ -279,10 +279,32 @@ def _fingerprint(store, source: str) -> dict:
             "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
 
 
+def _remove_dead_builds(folder: Path, source: str) -> None:
+    """Delete the temporary files of builds whose process is gone (killed): nothing else ever would.
+
+    Temporary names carry the builder's pid (``.<source>.<kind>.<pid>-<hex>...tmp``); files of a
+    live process (this one or another server) are left alone.
+    """
+    import glob
+    import re
+
+    for path in folder.glob(f".{glob.escape(source)}.*.tmp*"):
+        found = re.search(r"\.(\d+)-[0-9a-f]{8}\.", path.name[len(source) + 1:])
+        if found is None:
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass  # alive under another user, or not a pid
+
+
 def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool | None) -> dict:
     from tqdm.auto import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(folder, source)
     ds = store.dataset(source)
     n, d = ds.shape
     dtype = np.dtype(ds.dtype)
