@@ -137,7 +137,7 @@ def index_dirs(data: Path) -> list[Path]:
 
 
 def leftovers(data: Path) -> list[str]:
-    return sorted(str(p.relative_to(data)) for d in index_dirs(data) for p in d.iterdir() if p.name.endswith(".tmp"))
+    return sorted(str(p.relative_to(data)) for d in index_dirs(data) for p in d.iterdir() if ".tmp" in p.name)
 
 
 def scenario_requests(work: Path, trials: int, seed: int) -> tuple[list[dict], list[str]]:

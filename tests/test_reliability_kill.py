@@ -59,3 +59,75 @@ def test_kill_at_a_random_moment_loses_nothing(harness):
     row = harness.trial(1, delay=random.Random(7).uniform(0.2, 1.5))
     assert row["problems"] == [], row
     assert row["target"] in ("earlier", "new")
+
+
+def test_server_killed_inside_an_index_build_restarts_clean(tmp_path):
+    """SIGKILL the server while its first match request builds the match index (temporary index
+    files exist), restart it: the store is byte-identical and the answer equals the library's."""
+    import hashlib
+    import json
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    from lstmvis import StateStore
+
+    bench = _load_benchmark_module("kill_server")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    n, d = 300_000, 48  # large enough that building the index takes a moment
+    states = np.tanh(rng.standard_normal((n, d)).cumsum(0) * 0.05).astype(np.float16)
+    tokens = [f"w{i % 50}" for i in range(n)]
+    with StateStore.from_arrays(data / "big.h5", {"rnn.l0.h": states}, tokens=tokens,
+                                offsets=np.arange(0, n + 1, 1000)) as store:
+        cells = [int(c) for c in store.select("rnn.l0.h", 10, 12)] or [0, 1]
+        expected = store.match("rnn.l0.h", cells, top=20, index_dir=tmp_path / "reference-index").to_dict()
+    digest = hashlib.sha256((data / "big.h5").read_bytes()).hexdigest()
+    path = "/api/stores/big/match?source=rnn.l0.h&top=20&cells=" + ",".join(map(str, cells))
+    index_dir = data / "big.h5.index"
+
+    server = bench.Server("data", data)
+    try:
+        killed_in_build = False
+        import threading
+        threading.Thread(target=lambda: _quietly(server.get, path), daemon=True).start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if index_dir.is_dir() and any(".tmp" in p.name for p in index_dir.iterdir()):
+                os.kill(server.proc.pid, signal.SIGKILL)
+                killed_in_build = True
+                break
+            time.sleep(0.01)
+    finally:
+        server.kill()
+    assert killed_in_build, "the index build was not caught in progress"
+    assert hashlib.sha256((data / "big.h5").read_bytes()).hexdigest() == digest
+    server = bench.Server("data", data)
+    try:
+        status, body = server.get(path)
+    finally:
+        server.kill()
+    assert status == 200
+    assert not [p.name for p in index_dir.iterdir() if ".tmp" in p.name], "the killed build's files are left"
+    got = json.loads(body)
+    assert [(h["start"], h["stop"]) for h in got["hits"]] == [(h["start"], h["stop"]) for h in expected["hits"]]
+    assert hashlib.sha256((data / "big.h5").read_bytes()).hexdigest() == digest
+
+
+def _quietly(fn, *args):
+    try:
+        fn(*args, timeout=120)
+    except OSError:
+        pass
+
+
+def _load_benchmark_module(name):
+    import sys
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
