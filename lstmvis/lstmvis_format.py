@@ -36,8 +36,8 @@ import h5py
 import numpy as np
 import yaml
 
-from .store import (StateStore, StoreWriter, check_source_name, json_blob, read_json_blob, read_text_datasets,
-                    write_text_datasets)
+from .store import (StateStore, StoreWriter, check_self_contained, check_source_name, json_blob, read_json_blob,
+                    read_text_datasets, write_text_datasets)
 
 SIDECAR = "lstmvis_store.h5"
 COPY_ROWS = 65536
@@ -195,17 +195,38 @@ def _file(folder: Path, config: dict, ref: str) -> Path:
 
 def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32") -> StateStore:
     """Read an LSTMVis project folder into a new store at ``out`` (written atomically)."""
-    folder = Path(folder)
+    try:
+        return _import_lstmvis(Path(folder), out, dtype)
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:  # entries of the wrong shape
+        raise ValueError(f"{Path(folder) / 'lstm.yml'} is malformed ({type(exc).__name__}: {exc}); see LSTMVis's "
+                         "README for the layout of lstm.yml") from None
+
+
+def _open_h5(path: Path) -> h5py.File:
+    """A project HDF5 file, read-only: unreadable ones and ones that point at other files are a ValueError."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated or foreign): {exc}") from None
+    try:
+        check_self_contained(path, f)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _import_lstmvis(folder: Path, out: str | Path, dtype: str) -> StateStore:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder: give the LSTMVis project folder holding lstm.yml")
     config = _load_config(folder)
     ws = config["word_sequence"]
-    with h5py.File(_file(folder, config, ws["file"]), "r") as f:
+    with _open_h5(_file(folder, config, ws["file"])) as f:
         if ws["path"] not in f:
             raise ValueError(f"word_sequence path {ws['path']!r} is not a dataset in {ws['file']}")
         raw_ids = np.asarray(f[ws["path"]][()]).reshape(-1).astype(np.int64)
     sidecar = folder / SIDECAR
-    side = h5py.File(sidecar, "r") if sidecar.is_file() else None
+    side = _open_h5(sidecar) if sidecar.is_file() else None
     try:
         if side is not None:
             vocab = read_json_blob(side["vocab"])
@@ -233,7 +254,7 @@ def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32") 
             for entry in types:
                 ref = entry.get("file", states_cfg.get("file"))
                 if ref not in files:
-                    files[ref] = h5py.File(_file(folder, config, ref), "r")
+                    files[ref] = _open_h5(_file(folder, config, ref))
                 f = files[ref]
                 path = entry["path"]
                 if path not in f:
@@ -305,7 +326,7 @@ def _read_meta(folder: Path, config: dict, n: int) -> dict[str, np.ndarray]:
         if not isinstance(entry, dict) or "file" not in entry or "path" not in entry:
             warnings.warn(f"meta {name!r} has no file/path in lstm.yml: skipped", stacklevel=3)
             continue
-        with h5py.File(_file(folder, config, entry["file"]), "r") as f:
+        with _open_h5(_file(folder, config, entry["file"])) as f:
             values = np.asarray(f[entry["path"]][()])
         if values.ndim != 1 or len(values) != n:
             warnings.warn(f"meta {name!r} has shape {values.shape}, not one value per token ({n}): skipped",

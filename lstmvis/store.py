@@ -93,7 +93,7 @@ def write_meta_dataset(group: h5py.Group, name: str, values) -> None:
         raise TypeError(f"meta track {name!r} has dtype {arr.dtype}: use numbers, booleans or strings")
 
 
-def _check_self_contained(path: Path, f: h5py.File) -> None:
+def check_self_contained(path: Path, f: h5py.File) -> None:
     """Refuse soft/external links, external storage and virtual datasets: through them an
     untrusted store would make the reader (and the server) return the bytes of any file."""
     # the visitors stop at the first non-None result (raising inside them upsets h5py's locks)
@@ -102,8 +102,8 @@ def _check_self_contained(path: Path, f: h5py.File) -> None:
     outside = link or f.visititems(lambda name, obj: f"dataset /{name} keeps its data in other files"
                                    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual) else None)
     if outside:
-        raise StoreError(f"{path} is refused: {outside}; a state store must hold all its own data (links, "
-                         "external and virtual storage could make it read other files)")
+        raise StoreError(f"{path} is refused: {outside}; lstmvis reads only HDF5 files that hold all their own "
+                         "data (links, external and virtual storage could make it read other files)")
 
 
 def _check_codes(path: Path, what: str, ds: h5py.Dataset, size: int) -> None:
@@ -186,7 +186,7 @@ class StateStore:
         missing = [k for k in ("vocab", "token_ids", "offsets", "states") if k not in f]
         if missing:
             raise StoreError(f"{path} is damaged: it lacks {', '.join(missing)}; recreate the store")
-        _check_self_contained(path, f)
+        check_self_contained(path, f)
         n = int(f.attrs["n_tokens"])
         offsets = f["offsets"][()]
         if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1 or offsets[0] != 0
