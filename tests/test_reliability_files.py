@@ -348,3 +348,98 @@ def test_symlinks_and_absolute_names_stay_inside_the_data_dir(tmp_path):
             confine(root, bad)
         assert err.value.status == 403
     assert confine(root, "sub") == (root / "sub").resolve()
+
+
+# --------------------------------------------------------------- LSTMVis projects (lstm.yml)
+
+@pytest.fixture(scope="module")
+def lstmvis_project(tmp_path_factory, base_store):
+    from lstmvis.lstmvis_format import SIDECAR, export_lstmvis
+    folder = tmp_path_factory.mktemp("lstmvis") / "project"
+    with StateStore.open(base_store) as store:
+        export_lstmvis(store, folder)
+    (folder / SIDECAR).unlink()  # import the plain LSTMVis layout, as LSTMVis itself writes it
+    return folder
+
+
+def _edit_yml(edit):
+    def apply(folder: Path) -> None:
+        import yaml
+        config = yaml.safe_load((folder / "lstm.yml").read_text())
+        edit(config)
+        (folder / "lstm.yml").write_text(yaml.safe_dump(config))
+    return apply
+
+
+def _raw_yml(text: str):
+    return lambda folder: (folder / "lstm.yml").write_text(text)
+
+
+def _states_file(folder: Path) -> tuple[Path, str]:
+    import yaml
+    config = yaml.safe_load((folder / "lstm.yml").read_text())
+    entry = config["states"]["types"][0]
+    return folder / config["files"][entry.get("file", config["states"].get("file"))], entry["path"]
+
+
+def _external_states(folder: Path) -> None:
+    path, name = _states_file(folder)
+    with h5py.File(path, "r+") as f:
+        shape = f[name].shape
+        del f[name]
+        secret = str(folder.parent / "secret.txt")
+        f.create_dataset(name, shape=shape, dtype="f4", external=[(secret, 0, 4 * shape[0] * shape[1])])
+
+
+def _symlinked_states(folder: Path) -> None:
+    path, _ = _states_file(folder)
+    path.unlink()
+    os.symlink(folder.parent / "secret.txt", path)
+
+
+MALFORMED_PROJECTS = {
+    "empty lstm.yml": (_raw_yml(""), "needs the keys"),
+    "not YAML": (_raw_yml("states: [\n  - :"), "not valid YAML"),
+    "a YAML list": (_raw_yml("- a\n- b"), "needs the keys"),
+    "python object tag": (_raw_yml("!!python/object/apply:os.system ['touch PWNED']"), "not valid YAML"),
+    "alias bomb": (_raw_yml("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                            "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                            "states: *d\nword_sequence: *d"), "malformed"),
+    "word_sequence a string": (_edit_yml(lambda c: c.__setitem__("word_sequence", "abc")), "malformed"),
+    "word_sequence without file": (_edit_yml(lambda c: c["word_sequence"].pop("file")), "malformed"),
+    "files a list": (_edit_yml(lambda c: c.__setitem__("files", ["a", "b"])), "not listed under 'files'"),
+    "file ../ traversal": (_edit_yml(lambda c: c["files"].__setitem__(c["word_sequence"]["file"], "../secret.txt")),
+                           "outside the project folder"),
+    "absolute file": (_edit_yml(lambda c: c["files"].__setitem__(c["word_sequence"]["file"], "/etc/passwd")),
+                      "outside the project folder"),
+    "states a string": (_edit_yml(lambda c: c.__setitem__("states", "x")), "malformed"),
+    "types entries strings": (_edit_yml(lambda c: c["states"].__setitem__("types", ["x"])), "malformed"),
+    "types entry without path": (_edit_yml(lambda c: c["states"]["types"][0].pop("path")), "malformed"),
+    "meta a list": (_edit_yml(lambda c: c.__setitem__("meta", [1, 2])), "malformed"),
+    "dictionary id too large": (lambda f: (f / "words.dict").write_text("a 99999999999999999999999\n"), "malformed"),
+    "states symlinked outside": (_symlinked_states, "outside the project folder"),
+    "states in external storage": (_external_states, "refused"),
+    "truncated word file": (lambda f: (f / "train.h5").write_bytes((f / "train.h5").read_bytes()[:500]),
+                            "not a readable HDF5"),
+    "foreign word file": (lambda f: (f / "train.h5").write_bytes(b"not hdf5 at all"), "not a readable HDF5"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_PROJECTS))
+def test_malformed_lstmvis_projects_are_clear_errors(lstmvis_project, tmp_path, name):
+    from lstmvis.lstmvis_format import import_lstmvis
+    folder = tmp_path / "project"
+    shutil.copytree(lstmvis_project, folder)
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    edit, message = MALFORMED_PROJECTS[name]
+    edit(folder)
+    with pytest.raises(ValueError, match=message):
+        import_lstmvis(folder, tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists() and not (folder / "PWNED").exists()
+    assert not list(tmp_path.glob(".out.h5.tmp*")), "a refused import leaves no temporary store"
+
+
+def test_the_unedited_lstmvis_project_imports(lstmvis_project, tmp_path):
+    from lstmvis.lstmvis_format import import_lstmvis
+    with import_lstmvis(lstmvis_project, tmp_path / "out.h5") as store:
+        assert store.tokens() == TOKENS
