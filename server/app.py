@@ -201,6 +201,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # threads do not fight over the cores (spin-waiting threads make small models many times slower).
     torch.set_num_threads(1)
     config = {"LSTMVIS_CACHE": args.cache} if args.cache else {}
+    if is_loopback(args.host):  # DNS rebinding: a web page must not reach this server under a name of its own
+        config["TRUSTED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]", *getattr(args, "allow_host", [])]
     app = create_app(args.data, config)
     try:
         server = make_server(app, args.host, args.port)
