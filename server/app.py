@@ -241,5 +241,8 @@ def add_serve(sub) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.add_argument("--cache", metavar="DIR", help="where demo stores are cached (default $LSTMVIS_CACHE or "
                    "~/.cache/lstmvis)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name, e.g. the name a reverse proxy forwards "
+                        "(on loopback only localhost, 127.0.0.1 and [::1] are answered, against DNS rebinding)")
     p.set_defaults(func=_cmd_serve)
 
