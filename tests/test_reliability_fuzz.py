@@ -146,3 +146,31 @@ def test_catastrophic_regular_expressions_end(send, hints, pattern):
         status, headers, body = send("GET", path, query, {}, b"")
         assert status in (200, 400), (path, status)
         assert fuzz.problems_of(fuzz.Request("GET", path), status, headers, body) == []
+
+
+def test_loopback_server_refuses_other_host_names(monkeypatch, tmp_path):
+    """DNS rebinding: a web page whose name resolves to 127.0.0.1 must not get answers from the server."""
+    import server.app
+    from lstmvis import cli
+    from conftest_server import make_toy_store
+    make_toy_store(tmp_path / "toy.h5").close()
+    apps = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(app, host, port):
+        apps.append(app)
+        raise Stop()
+    monkeypatch.setattr(server.app, "make_server", capture)
+    for argv in (["serve", "--data", str(tmp_path), "--no-browser"],
+                 ["serve", "--data", str(tmp_path), "--no-browser", "--allow-host", "lstmvis.example.org"]):
+        with pytest.raises(Stop):
+            cli.main(argv)
+    strict, proxied = (app.test_client() for app in apps)
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765"):
+        assert strict.get("/api/stores", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example.com", "localhost.evil.com", "lstmvis.example.org"):
+        resp = strict.get("/api/stores", headers={"Host": host})
+        assert resp.status_code == 400 and "not trusted" in resp.get_json()["error"]["message"], host
+    assert proxied.get("/api/stores", headers={"Host": "lstmvis.example.org"}).status_code == 200
