@@ -78,7 +78,7 @@ def test_server_killed_inside_an_index_build_restarts_clean(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
-    n, d = 300_000, 48  # large enough that building the index takes a moment
+    n, d = 200_000, 32  # large enough that building the index takes a moment
     states = np.tanh(rng.standard_normal((n, d)).cumsum(0) * 0.05).astype(np.float16)
     tokens = [f"w{i % 50}" for i in range(n)]
     with StateStore.from_arrays(data / "big.h5", {"rnn.l0.h": states}, tokens=tokens,
