@@ -250,14 +250,19 @@ def section_sanity(model, x, args) -> list[str]:
             method = image.METHODS[name](model) if name != "integrated_gradients" else sanity_methods[3]
             maps = pixel_map(method.attribute(x, targets)).flatten(1).numpy()
             echo = float(np.nanmean(spearman_rows(np.abs(maps), x.flatten(1).numpy())))
-            out.append(f"| {name} | " + " | ".join(f"{cells[l]['spearman_abs']:.2f} ({cells[l]['spearman']:.2f})"
-                                                    for l in layers) + f" | {echo:.2f} |")
+            out.append(f"| {name} | " + " | ".join(cell(cells[l]) for l in layers) + f" | {echo:.2f} |")
         out.append("")
     out.append("Input-only map: Spearman between the trained model's |map| and the digit itself, i.e. what a map "
-               "that ignores the model entirely would score against it.")
+               "that ignores the model entirely would score against it. [k/n]: the randomized map was constant "
+               "(no rank correlation) on n - k digits; the mean is over the k others.")
     if "images" in args.sections:
         save_sanity_figure(model, x[:3], targets[:3], layers)
     return out
+
+
+def cell(row: dict) -> str:
+    text = f"{row['spearman_abs']:.2f} ({row['spearman']:.2f})"
+    return text if row["n_defined"] == row["n"] else f"{text} [{row['n_defined']}/{row['n']}]"
 
 
 def save_sanity_figure(model, x, targets, layers) -> None:
