@@ -26,9 +26,10 @@ import data  # noqa: E402
 from lstmvis import hypotheses as hyp  # noqa: E402
 from lstmvis.cells import gate_saturation, rank_cells  # noqa: E402
 from lstmvis.extract import extract  # noqa: E402
+from lstmvis.store import StateStore  # noqa: E402
 
-CHARLM_HYPOTHESES = [hyp.inside_quotes, hyp.inside_comment, hyp.bracket_depth, hyp.position_in_line,
-                     hyp.indentation_level]
+CHARLM_HYPOTHESES = [hyp.inside_quotes, hyp.inside_short_string, hyp.inside_triple_quotes, hyp.inside_comment,
+                     hyp.bracket_depth, hyp.position_in_line, hyp.indentation_level]
 
 
 def _best(store, hypothesis, sources):
@@ -51,7 +52,11 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
         texts.append(src[:max_chars - total])
         total += len(texts[-1])
     t0 = time.perf_counter()
-    store = extract(lm, texts, out_dir / f"{name}.h5", kinds="h,c,gates", dtype="float16", progress=True)
+    path = out_dir / f"{name}.h5"
+    if path.exists():  # a finished extraction from an earlier run (delete it to extract again)
+        store = StateStore.open(path)
+    else:
+        store = extract(lm, texts, path, kinds="h,c,gates", dtype="float16", progress=True)
     print(f"{name}: extracted {store.n_tokens:,} chars of {len(texts)} held-out stdlib files in "
           f"{time.perf_counter() - t0:.0f} s; sources {', '.join(store.sources)}")
     state_sources = [s for s in store.sources if s.rsplit(".", 1)[-1] in ("h", "c")]
@@ -77,8 +82,9 @@ def parens(out_dir: Path, n_sequences: int) -> list[str]:
     seqs = data.parens("test", n_sequences=n_sequences)
     texts = ["".join(tokens) for tokens, _ in seqs]
     depth = np.concatenate([d for _, d in seqs])
-    store = extract(lm, texts, out_dir / "parens-lstm.h5", kinds="h,c", dtype="float32", progress=True,
-                    meta={"depth": depth})
+    path = out_dir / "parens-lstm.h5"
+    store = StateStore.open(path) if path.exists() else extract(lm, texts, path, kinds="h,c", dtype="float32",
+                                                                 progress=True, meta={"depth": depth})
     np.testing.assert_array_equal(hyp.brackets("(", ")")(store), depth)  # the text hypothesis = ground truth
     rows = []
     for source in store.sources:

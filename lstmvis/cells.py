@@ -315,23 +315,29 @@ class GateSaturation:
         return fig
 
 
-def gate_sources(store) -> list[str]:
-    return [s for s in store.sources if s.rsplit(".", 1)[-1].startswith("gate_")]
+SIGMOID_GATES = ("gate_i", "gate_f", "gate_o", "gate_r", "gate_z")
+
+
+def gate_sources(store, sigmoid_only: bool = False) -> list[str]:
+    """The store's gate sources (``sigmoid_only``: the 0..1 gates, without LSTM ``g``/GRU ``n``)."""
+    kinds = SIGMOID_GATES if sigmoid_only else SIGMOID_GATES + ("gate_g", "gate_n")
+    return [s for s in store.sources if s.rsplit(".", 1)[-1] in kinds]
 
 
 def gate_saturation(store, sources: list[str] | None = None, low: float = 0.1, high: float = 0.9,
                     start: int | None = None, stop: int | None = None) -> GateSaturation:
     """Gate saturation (Karpathy et al.): per unit, the fraction of steps ``< low`` and ``> high``.
 
-    ``sources``: default every gate source of the store (``*.gate_*``). Reads the states once,
-    in row blocks; no index needed.
+    ``sources``: default every sigmoid gate of the store (LSTM ``i``, ``f``, ``o``; GRU ``r``,
+    ``z``; the tanh candidates ``g``/``n`` are not gates in this sense). Reads the states once, in
+    row blocks; no index needed.
     """
     if not low < high:
         raise ValueError(f"low ({low}) must be below high ({high})")
     if sources is None:
-        sources = gate_sources(store)
+        sources = gate_sources(store, sigmoid_only=True)
         if not sources:
-            raise ValueError(f"the store has no gate sources (names like rnn.l0.gate_f); it has "
+            raise ValueError(f"the store has no sigmoid gate sources (names like rnn.l0.gate_f); it has "
                              f"{', '.join(store.sources)}: extract with kinds including 'gates'")
     start = 0 if start is None else int(start)
     stop = store.n_tokens if stop is None else int(stop)

@@ -125,15 +125,16 @@ def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def python_lexer_masks(text: str, comment: str = "#") -> tuple[np.ndarray, np.ndarray]:
-    """``(in_string, in_comment)`` per character, state after reading it.
+def python_lexer_masks(text: str, comment: str = "#") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(in_string, in_triple, in_comment)`` per character, state after reading it.
 
-    Strings: ``'...'``, ``"..."`` and triple-quoted, backslash escapes (also in raw strings, as
-    Python's tokenizer does); an unterminated one-line string ends at the newline. Comments run from
-    ``comment`` outside strings to the end of the line. Works on any text, not only valid Python.
+    Strings: ``'...'``, ``"..."`` and triple-quoted (``in_triple`` marks those, docstrings
+    included), backslash escapes (also in raw strings, as Python's tokenizer does); an unterminated
+    one-line string ends at the newline. Comments run from ``comment`` outside strings to the end
+    of the line. Works on any text, not only valid Python.
     """
     n = len(text)
-    in_string, in_comment = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    in_string, in_triple, in_comment = (np.zeros(n, dtype=bool) for _ in range(3))
     special = re.compile("['\"" + re.escape(comment[0]) + "]")
     i = 0
     while True:
@@ -157,7 +158,8 @@ def python_lexer_masks(text: str, comment: str = "#") -> tuple[np.ndarray, np.nd
             m = closing.search(text, j)
             if m is None:  # runs to the end of the text
                 in_string[i:] = True
-                return in_string, in_comment
+                in_triple[i:] = len(quote) == 3
+                return in_string, in_triple, in_comment
             if m.group().startswith("\\"):
                 j = m.end()
                 continue
@@ -167,16 +169,26 @@ def python_lexer_masks(text: str, comment: str = "#") -> tuple[np.ndarray, np.nd
             i = m.start()
         else:
             in_string[i:m.end() - 1] = True  # the last closing quote character is outside
+            in_triple[i:m.end() - 1] = len(quote) == 3
             i = m.end()
-    return in_string, in_comment
+    return in_string, in_triple, in_comment
 
 
 def _inside_quotes(text: str) -> np.ndarray:
     return python_lexer_masks(text)[0]
 
 
-def _inside_comment(text: str) -> np.ndarray:
+def _inside_short_string(text: str) -> np.ndarray:
+    in_string, in_triple, _ = python_lexer_masks(text)
+    return in_string & ~in_triple
+
+
+def _inside_triple_quotes(text: str) -> np.ndarray:
     return python_lexer_masks(text)[1]
+
+
+def _inside_comment(text: str) -> np.ndarray:
+    return python_lexer_masks(text)[2]
 
 
 def depth_per_char(text: str, opening: str = "([{", closing: str = ")]}") -> np.ndarray:
@@ -223,6 +235,10 @@ def _regex_mask(pattern, timeout: float | None) -> Callable[[str], np.ndarray]:
 # ---------------------------------------------------------------------------- the hypotheses
 inside_quotes = TextHypothesis("inside_quotes", "binary", _inside_quotes,
                                "inside a '...' or \"...\" string literal (triple quotes, escapes)")
+inside_short_string = TextHypothesis("inside_short_string", "binary", _inside_short_string,
+                                     "inside a one-line '...' or \"...\" string (not triple-quoted)")
+inside_triple_quotes = TextHypothesis("inside_triple_quotes", "binary", _inside_triple_quotes,
+                                      "inside a triple-quoted string (docstrings)")
 inside_comment = TextHypothesis("inside_comment", "binary", _inside_comment, "inside a # comment")
 bracket_depth = TextHypothesis("bracket_depth", "scalar", depth_per_char, "nesting depth of ( [ {")
 indentation_level = TextHypothesis("indentation_level", "scalar", _indentation,
@@ -262,6 +278,8 @@ def meta(track: str, value=None) -> MetaHypothesis:
 
 NAMED = {
     "quotes": inside_quotes, "inside_quotes": inside_quotes, "string": inside_quotes,
+    "short-string": inside_short_string, "inside_short_string": inside_short_string,
+    "docstring": inside_triple_quotes, "triple": inside_triple_quotes, "inside_triple_quotes": inside_triple_quotes,
     "comment": inside_comment, "inside_comment": inside_comment,
     "depth": bracket_depth, "bracket_depth": bracket_depth, "brackets": bracket_depth,
     "indent": indentation_level, "indentation": indentation_level, "indentation_level": indentation_level,

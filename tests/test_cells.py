@@ -97,6 +97,7 @@ def test_gate_saturation_fractions(tmp_path):
     rng = np.random.default_rng(2)
     gates = {"rnn.l0.gate_f": rng.random((500, 6)).astype(np.float32) ** 3,
              "rnn.l0.gate_i": rng.random((500, 4)).astype(np.float16),
+             "rnn.l0.gate_g": rng.uniform(-1, 1, (500, 4)).astype(np.float32),  # tanh: not a gate here
              "rnn.l0.h": rng.normal(size=(500, 4)).astype(np.float32)}
     gates["rnn.l0.gate_f"][:, 0] = 0.1  # exactly at the threshold: not left-saturated
     with StateStore.from_arrays(tmp_path / "g.h5", gates, tokens=["a"] * 500) as store:
@@ -109,7 +110,7 @@ def test_gate_saturation_fractions(tmp_path):
         assert sat.left["rnn.l0.gate_f"][0] == 0.0
         assert sat.plot().data and len(sat.summary()) == 2
     with StateStore.from_arrays(tmp_path / "h.h5", {"rnn.l0.h": gates["rnn.l0.h"]}, tokens=["a"] * 500) as store:
-        with pytest.raises(ValueError, match="no gate sources"):
+        with pytest.raises(ValueError, match="no sigmoid gate sources"):
             gate_saturation(store)
 
 

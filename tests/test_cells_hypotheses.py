@@ -13,7 +13,7 @@ from lstmvis.store import StateStore
 def _tokenize_masks(source: str):
     """Reference (state after reading each char): STRING token [start, end - 1), COMMENT [start, end)."""
     line_starts = np.concatenate([[0], np.cumsum([len(l) for l in source.splitlines(keepends=True)])])
-    in_string, in_comment, prefix = (np.zeros(len(source), dtype=bool) for _ in range(3))
+    in_string, in_triple, in_comment, prefix = (np.zeros(len(source), dtype=bool) for _ in range(4))
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         a = line_starts[tok.start[0] - 1] + tok.start[1]
         b = line_starts[tok.end[0] - 1] + tok.end[1]
@@ -21,18 +21,20 @@ def _tokenize_masks(source: str):
             quote = min(i for i in (tok.string.find("'"), tok.string.find('"')) if i >= 0)
             prefix[a:a + quote] = True  # r, b, f prefixes: before the quote, not inside yet
             in_string[a + quote:b - 1] = True
+            in_triple[a + quote:b - 1] = tok.string[quote:quote + 3] in ('"""', "'''")
         elif tok.type == tokenize.COMMENT:
             in_comment[a:b] = True
-    return in_string, in_comment, prefix
+    return in_string, in_triple, in_comment, prefix
 
 
 def test_lexer_agrees_with_pythons_tokenizer_on_stdlib_files():
     files = data.python_source("test")[:12]
     n_chars = 0
     for name, source in files:
-        ref_string, ref_comment, prefix = _tokenize_masks(source)
-        in_string, in_comment = hyp.python_lexer_masks(source)
+        ref_string, ref_triple, ref_comment, prefix = _tokenize_masks(source)
+        in_string, in_triple, in_comment = hyp.python_lexer_masks(source)
         np.testing.assert_array_equal(in_string[~prefix], ref_string[~prefix], err_msg=name)
+        np.testing.assert_array_equal(in_triple[~prefix], ref_triple[~prefix], err_msg=name)
         np.testing.assert_array_equal(in_comment, ref_comment, err_msg=name)
         n_chars += len(source)
     assert n_chars > 50_000
@@ -40,9 +42,10 @@ def test_lexer_agrees_with_pythons_tokenizer_on_stdlib_files():
 
 def test_hand_checked_strings_comments_and_escapes():
     text = "x = 'a\\'b' # c \"q\"\ny = \"\"\"t\n'u'\"\"\" + r'\\\\'\nz = 'open\nw"
-    in_string, in_comment = hyp.python_lexer_masks(text)
-    marks = "".join("s" if s else "c" if c else "." for s, c in zip(in_string, in_comment))
-    assert marks == ("....sssss..ccccccc." "....sssss" "sssss.....sss.." "....sssss." ".")
+    in_string, in_triple, in_comment = hyp.python_lexer_masks(text)
+    marks = "".join("t" if t else "s" if s else "c" if c else "." for s, t, c in zip(in_string, in_triple, in_comment))
+    assert marks == ("....sssss..ccccccc." "....ttttt" "ttttt.....sss.." "....sssss." ".")
+    assert (hyp.inside_short_string.of_text(text) == (in_string & ~in_triple)).all()
     assert hyp.position_in_line.of_text("ab\ncd").tolist() == [1, 2, 0, 1, 2]
     assert hyp.indentation_level.of_text("a\n    b\n\tc").tolist() == [0, 0, 4, 4, 4, 4, 4, 4, 8, 8]
     assert hyp.bracket_depth.of_text("f(a[1]) )").tolist() == [0, 1, 1, 2, 2, 1, 0, 0, -1]
