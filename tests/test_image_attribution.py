@@ -199,14 +199,11 @@ def test_layer_used_twice_is_refused_and_block_reuse_is_handled():
         image.GradCAM(m, "relu").attribute(x)
     # the residual `out += h` modifies the conv output in place: the captured activations survive
     gc = image.GradCAM(m, "block.conv", relu=False, upsample=None).attribute(x, 0)
-    acts = m.block["conv"](F.relu(m.stem(x)))
-    expected = (m.fc.weight[0][None, :, None, None] / 36 * acts).sum(1)  # d logit / d out = w/36 (where out > 0)
-    relu_mask_weight = None  # gradient passes the final ReLU only where active: recompute exactly below
     h = F.relu(m.stem(x))
-    out = acts + h
-    g = (m.fc.weight[0][None, :, None, None] / 36) * (out > 0)
+    acts = m.block["conv"](h)
+    # d logit / d acts = w / 36 (mean over the 6x6 positions), where the final ReLU is active
+    g = (m.fc.weight[0][None, :, None, None] / 36) * (acts + h > 0)
     expected = (g.mean((2, 3), keepdim=True) * acts).sum(1)
-    assert relu_mask_weight is None
     torch.testing.assert_close(gc, expected.detach(), rtol=1e-5, atol=1e-6)
     assert image.GuidedBackprop(m).attribute(x).shape == x.shape
 
