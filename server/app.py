@@ -183,8 +183,28 @@ def is_loopback(host: str) -> bool:
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
     """A threaded WSGI server (werkzeug's, without reloader or debugger); port 0 picks a free one."""
+    from werkzeug.serving import WSGIRequestHandler
     from werkzeug.serving import make_server as _make
-    return _make(host, port, app, threaded=True)
+
+    class JSONErrorRequestHandler(WSGIRequestHandler):
+        """Errors the HTTP layer answers before Flask sees the request (a request line over 64 KiB,
+        malformed syntax) come in the API's JSON error shape too, not as an HTML page."""
+
+        def send_error(self, code, message=None, explain=None):
+            import json
+            short, long = self.responses.get(code, ("error", ""))
+            text = f"{message or short}: {explain or long}".rstrip(": ")
+            body = json.dumps({"error": {"status": int(code), "message": text}}).encode()
+            self.log_error("code %d, message %s", code, message or short)
+            self.send_response(code, message)
+            self.send_header("Connection", "close")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 205, 304):
+                self.wfile.write(body)
+
+    return _make(host, port, app, threaded=True, request_handler=JSONErrorRequestHandler)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
