@@ -195,6 +195,7 @@ class MatchIndex:
         self.token_ids = np.asarray(np.load(folder / meta["token_ids"], mmap_mode="r"))
         self.n_tokens, self.n_cells = self.row_major.shape
         self.seq_start = sequence_starts(offsets, self.n_tokens)
+        self.first_steps = np.flatnonzero(self.seq_start)
 
     @property
     def nbytes(self) -> int:
@@ -380,15 +381,15 @@ class LevelRuns:
     One pass over ``count`` finds the rising and falling steps; each level then only filters them.
     """
 
-    def __init__(self, count: np.ndarray, seq_start: np.ndarray, floor: int = 1):
+    def __init__(self, count: np.ndarray, first_steps: np.ndarray, floor: int = 1):
         self.floor = floor  # levels below ``floor`` are not available (fewer steps to filter per level)
         before = np.empty_like(count)
         after = np.empty_like(count)
         if len(count):
             before[0], after[-1] = 0, 0
             before[1:], after[:-1] = count[:-1], count[1:]
-            before[seq_start] = 0
-            after[:-1][seq_start[1:]] = 0
+            before[first_steps] = 0  # ``first_steps``: where sequences begin (sorted positions)
+            after[first_steps[first_steps > 0] - 1] = 0
         positions = np.int32 if len(count) < 2**31 - 1 else np.int64
         reach = count >= floor
         self.rise = np.flatnonzero((count > before) & reach).astype(positions)
@@ -580,7 +581,7 @@ def _search(index: MatchIndex, count: np.ndarray, planes: np.ndarray, cells: np.
             break
         levels.append(tier)
         if level_runs is None or tier < level_runs.floor:  # lower levels are needed less often: widen lazily
-            level_runs = LevelRuns(count, index.seq_start, floor=max(1, tier - 2 * (n - tier) - 2))
+            level_runs = LevelRuns(count, index.first_steps, floor=max(1, tier - (n - tier) - 2))
         starts, stops = level_runs.at(tier)
         if tier == n:
             histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)

@@ -258,7 +258,7 @@ def test_level_runs_equal_a_scan_and_never_cross_sequences():
     rng = np.random.default_rng(3)
     count = rng.integers(0, 4, size=300).astype(np.uint8)
     offsets = np.array([0, 7, 7, 50, 51, 180, 300])
-    levels = LevelRuns(count, sequence_starts(offsets, 300))
+    levels = LevelRuns(count, np.flatnonzero(sequence_starts(offsets, 300)))
     for level in range(1, 5):
         expected = []
         for a, b in zip(offsets[:-1], offsets[1:]):
@@ -274,5 +274,5 @@ def test_level_runs_equal_a_scan_and_never_cross_sequences():
                     t += 1
         starts, stops = levels.at(level)
         assert list(zip(starts.tolist(), stops.tolist())) == expected
-    empty = LevelRuns(np.zeros(0, np.uint8), np.zeros(0, dtype=bool))
+    empty = LevelRuns(np.zeros(0, np.uint8), np.zeros(0, dtype=np.int64))
     assert [len(a) for a in empty.at(1)] == [0, 0]
