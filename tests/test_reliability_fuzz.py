@@ -174,3 +174,22 @@ def test_loopback_server_refuses_other_host_names(monkeypatch, tmp_path):
         resp = strict.get("/api/stores", headers={"Host": host})
         assert resp.status_code == 400 and "not trusted" in resp.get_json()["error"]["message"], host
     assert proxied.get("/api/stores", headers={"Host": "lstmvis.example.org"}).status_code == 200
+
+
+def test_http_layer_errors_are_json_too(app):
+    """A request line over 64 KiB is refused by the HTTP server before Flask sees it: still JSON."""
+    import socket
+
+    from conftest_server import live_server
+    with live_server(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /api/status?" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 414") and b"application/json" in head
+        assert json.loads(body)["error"]["status"] == 414
+        status, _, _ = fuzz.HTTPTransport("127.0.0.1", port)("GET", "/api/status", "", {}, b"")
+        assert status == 200, "the server keeps serving"
