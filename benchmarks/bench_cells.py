@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
 from lstmvis import hypotheses as hyp  # noqa: E402
-from lstmvis.cells import gate_saturation, rank_cells  # noqa: E402
+from lstmvis.cells import explain_cell, gate_saturation, rank_cells  # noqa: E402
 from lstmvis.extract import extract  # noqa: E402
 from lstmvis.store import StateStore  # noqa: E402
 
@@ -71,6 +71,7 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
             shown, note = f"r = {score:+.3f}", f"abs(r) = {strength:.3f}"
         rows.append(f"| {name} | {h.name} | {source} cell {cell} | {shown} | {note} |")
         print(rows[-1], f"[{secs:.1f} s per source ranking]")
+    rows += _explain_string_cell(lm, name, store, state_sources)
     sat = gate_saturation(store)
     for s in sat.summary():
         rows.append(f"| {name} | gate saturation {s['source']} | {s['units']} units | mean left {s['mean_left']:.3f}, "
@@ -79,6 +80,22 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
         print(rows[-1])
     store.close()
     return rows
+
+
+def _explain_string_cell(lm, name: str, store, sources) -> list[str]:
+    """IG of the best one-line-string cell at a step inside a held-out string: which input
+    characters drive it (the opening quote, if it is a quote cell)."""
+    _, source, cell, _, _, _ = _best(store, hyp.inside_short_string, sources)
+    line = next(line for _, src in data.python_source("test") for line in src.splitlines()
+                if line.count("'") == 2 and 20 <= len(line) <= 80)
+    inside = line.index("'") + 4 if line.index("'") + 4 < line.rindex("'") else line.index("'") + 1
+    e = explain_cell(lm, line, source, cell, step=inside)
+    top = np.argsort(-np.abs(e.scores))[:3]
+    shown = ", ".join(f"{line[i]!r}@{i} {e.scores[i]:+.3f}" for i in top)
+    row = (f"| {name} | IG of {source}[{cell}] at char {inside} of {line.strip()[:40]!r} | top |IG|: {shown} | "
+           f"completeness delta {e.delta:+.1e} |")
+    print(row)
+    return [row]
 
 
 def parens(out_dir: Path, n_sequences: int) -> list[str]:

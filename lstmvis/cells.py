@@ -406,7 +406,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
         x_ref = torch.zeros_like(x) if baseline == "zero" else embedding(torch.full_like(ids, vocab.pad_id))[0]
     if method == "integrated_gradients":
         alphas, weights = quadrature(n_steps, rule)
-        path = x_ref + torch.as_tensor(alphas, dtype=x.dtype)[:, None, None] * (x - x_ref)
+        path = x_ref + torch.tensor(alphas, dtype=x.dtype)[:, None, None] * (x - x_ref)
         rows = torch.cat([x[None], x_ref[None], path])
         weights = np.concatenate([[0.0, 0.0], weights])
     else:
