@@ -131,6 +131,7 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
     ``config`` overrides :data:`DEFAULT_CONFIG` and any Flask setting.
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.url_map.converters["int"] = BoundedIntConverter
     app.json = NumpyJSONProvider(app)
     app.config.update(DEFAULT_CONFIG)
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False,
