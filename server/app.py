@@ -93,6 +93,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+class BoundedIntConverter(IntegerConverter):
+    """``<int:...>`` with at most 18 digits: longer numbers are no route (404), not a ValueError in
+    Python's int() (over 4300 digits) that would surface as a 500."""
+
+    regex = r"\d{1,18}"
+
+
 def resources() -> Resources:
     """The registry of models and stores of the app handling this request."""
     return current_app.extensions["lstmvis"]
