@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Flask, current_app, send_file
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import IntegerConverter
 
 from .resources import Resources
 from .validation import api, openapi_document, register_error_handlers
