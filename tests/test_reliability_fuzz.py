@@ -193,3 +193,11 @@ def test_http_layer_errors_are_json_too(app):
         assert json.loads(body)["error"]["status"] == 414
         status, _, _ = fuzz.HTTPTransport("127.0.0.1", port)("GET", "/api/status", "", {}, b"")
         assert status == 200, "the server keeps serving"
+
+
+@pytest.mark.parametrize("digits", [19, 5000])
+def test_huge_integers_in_url_paths_are_404(send, hints, digits):
+    """werkzeug's int converter fed 5000 digits raised ValueError inside routing (a 500)."""
+    store = hints.stores[0]
+    status, headers, body = send("GET", f"/api/stores/{store}/cells/{'9' * digits}/contexts", "source=x", {}, b"")
+    assert status == 404 and fuzz.problems_of(fuzz.Request("GET", "/api/x"), status, headers, body) == []
