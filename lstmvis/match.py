@@ -36,6 +36,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,17 @@ class MatchIndex:
         cached = _OPEN_INDEXES.get(cache_key)
         if cached is not None and cached.meta["fingerprint"] == fingerprint:
             return cached
+        with _BUILD_LOCKS.setdefault(cache_key, threading.Lock()):  # one build per source (server threads)
+            cached = _OPEN_INDEXES.get(cache_key)
+            if cached is not None and cached.meta["fingerprint"] == fingerprint:
+                return cached
+            index = cls._open_or_build(store, source, folder, fingerprint, progress)
+            _OPEN_INDEXES[cache_key] = index
+            return index
+
+    @classmethod
+    def _open_or_build(cls, store, source: str, folder: Path, fingerprint: dict, progress: bool | None
+                       ) -> "MatchIndex":
         meta_path = folder / f"{source}.json"
         meta = None
         if meta_path.is_file():
@@ -223,9 +235,7 @@ class MatchIndex:
                 meta = None
         if meta is None:
             meta = _build(store, source, folder, fingerprint, progress)
-        index = cls(folder, source, meta, np.asarray(store.offsets, dtype=np.int64))
-        _OPEN_INDEXES[cache_key] = index
-        return index
+        return cls(folder, source, meta, np.asarray(store.offsets, dtype=np.int64))
 
     def values(self, cell: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The stored values of one cell over ``[start, stop)`` (a contiguous read)."""
@@ -253,6 +263,7 @@ class MatchIndex:
 
 
 _OPEN_INDEXES: dict[tuple[str, str], MatchIndex] = {}
+_BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 
 
 def default_index_dir(store) -> Path:

@@ -276,3 +276,25 @@ def test_level_runs_equal_a_scan_and_never_cross_sequences():
         assert list(zip(starts.tolist(), stops.tolist())) == expected
     empty = LevelRuns(np.zeros(0, np.uint8), np.zeros(0, dtype=np.int64))
     assert [len(a) for a in empty.at(1)] == [0, 0]
+
+
+def test_concurrent_first_queries_build_the_index_once(tmp_path, monkeypatch):
+    import importlib
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = importlib.import_module("lstmvis.match")
+    builds, real_build = [], module._build
+
+    def slow_build(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.2)  # a long build: the other threads arrive meanwhile
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_build", slow_build)
+    store, x, offsets = _store(tmp_path, seed=8)
+    with store:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: match(store, "rnn.l0.h", [0, 1], top=5), range(4)))
+        assert len({repr(r.to_dict()) for r in results}) == 1 and len(builds) == 1
+        _check_same(results[0], *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
