@@ -126,15 +126,22 @@ def _text_batches(stream: torch.Tensor, seq_len: int, batch: int, rng: np.random
     return window[:, :-1], window[:, 1:]
 
 
-def _train_lm(module, stream, steps: int, seq_len: int, batch: int, lr: float, seed: int, desc: str,
+def _sequence_batches(seqs: torch.Tensor, batch: int, rng: np.random.Generator):
+    """Whole sequences from their first token, so the model always knows the true state."""
+    window = seqs[torch.as_tensor(rng.integers(0, len(seqs), size=batch))]
+    return window[:, :-1], window[:, 1:]
+
+
+def _train_lm(module, sample_batch, steps: int, lr: float, seed: int, desc: str,
               dev_fn=None, eval_every: int = 500):
+    """Adam + one-cycle schedule; ``sample_batch(rng)`` gives ``(inputs, next-token targets)``."""
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
     bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
         module.train()
-        x, y = _text_batches(stream, seq_len, batch, rng)
+        x, y = sample_batch(rng)
         logits, _ = module(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad()
@@ -175,7 +182,8 @@ def train_charlm(name: str, budget: Budget, seed: int):
     stream = torch.as_tensor(vocab.encode(tokenizer(train_text)))
     dev_ids = lm.encode(loaders.python_source_text("dev")[: budget.pick(200_000, 5_000)])
     steps = budget.pick(1500 if "gru" not in name else 1000, 20)
-    _train_lm(module, stream, steps=steps, seq_len=budget.pick(128, 32), batch=budget.pick(64, 8),
+    seq_len, batch = budget.pick(128, 32), budget.pick(64, 8)
+    _train_lm(module, lambda rng: _text_batches(stream, seq_len, batch, rng), steps=steps,
               lr=3e-3, seed=seed, desc=f"train {name}", dev_fn=lambda: lm.bits_per_token([dev_ids]), eval_every=250)
     metrics = {"dev_bits_per_char": lm.bits_per_token([dev_ids]), **evaluate_charlm(lm)}
     data = "python_source (CPython 3.11.7 stdlib subset; whole files held out, data/loaders.py)"
@@ -212,9 +220,9 @@ def train_parens(name: str, budget: Budget, seed: int):
     module = build("CharLM", config)
     lm = LanguageModel(module, vocab, CharTokenizer(), name=name)
     seqs = loaders.parens("train", n_sequences=budget.pick(2000, 50))
-    stream = torch.as_tensor([i for t, _ in seqs for i in vocab.encode(t)])
-    _train_lm(module, stream, steps=budget.pick(3000, 20), seq_len=100, batch=32, lr=1e-2, seed=seed,
-              desc=f"train {name}")
+    seqs = torch.as_tensor([vocab.encode(t) for t, _ in seqs])
+    _train_lm(module, lambda rng: _sequence_batches(seqs, 32, rng), steps=budget.pick(3000, 20), lr=1e-2,
+              seed=seed, desc=f"train {name}")
     metrics = {**evaluate_parens(lm, "dev"), **evaluate_parens(lm, "test")}
     data = "parens (synthetic nested-parentheses language, seeded; data/loaders.py)"
     extra = dict(vocab=vocab.itos, labels=None, tokenizer="char")

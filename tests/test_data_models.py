@@ -100,3 +100,17 @@ def test_tiny_training_recipe_runs(name, tmp_path):
     assert json.loads((tmp_path / f"{name}.json").read_text())["metrics"] == card["metrics"]
     model = data.registry.build_from_checkpoint(data.load_checkpoint(tmp_path / f"{name}.pt"))
     assert model is not None
+
+
+def test_parens_lstm_has_a_cell_that_tracks_nesting_depth():
+    import lstmvis
+
+    lm = data.load_model("parens-lstm")
+    seqs = data.parens("test", n_sequences=50)
+    ids = torch.as_tensor([lm.vocab.encode(t) for t, _ in seqs])
+    depth = np.concatenate([d for _, d in seqs]).astype(float)
+    with lstmvis.Recorder(lm.module) as rec, torch.no_grad():
+        lm.module(ids)
+    c = rec.states["rnn.l0.c"].reshape(-1, lm.module.rnn.hidden_size).numpy()
+    r = [abs(np.corrcoef(c[:, j], depth)[0, 1]) for j in range(c.shape[1])]
+    assert max(r) >= 0.9
