@@ -112,7 +112,7 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
     a, b = store.sequence_bounds(3)
     pos = a + 40
     r = ok(client.post("/api/stores/parens/cells/5/explain",
-                       json={"source": "rnn.l0.c", "position": pos, "window": 200, "n_steps": 16}))
+                       json={"source": "rnn.l0.c", "position": pos, "window": 200, "n_steps": 128}))
     assert r["whole_sequence"] and (r["start"], r["stop"]) == (a, b)
     assert r["text"] == store.tokens(a, b)
     # the model, re-run by the server on the stored text, reproduces the stored cell state
