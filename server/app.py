@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Flask, current_app, send_file
+from flask import Blueprint, Flask, abort, current_app, request, send_file
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
@@ -167,6 +167,15 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
     def _nav():
         return {"nav_pages": nav}
 
+    allowed_hosts = {h.lower() for h in app.config.get("ALLOWED_HOSTS") or ()}
+    if allowed_hosts:
+        @app.before_request
+        def _refuse_foreign_hosts():
+            host = host_name(request.headers.get("Host", ""))
+            if host not in allowed_hosts:
+                abort(400, description=f"Host {host!r} is not trusted: this server answers only "
+                                       f"{', '.join(sorted(allowed_hosts))} (add a name with --allow-host)")
+
     @app.after_request
     def _security_headers(resp):
         resp.headers.setdefault("Content-Security-Policy", CSP)
@@ -180,6 +189,18 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
 
 
 # ------------------------------------------------------------------------------------- serving
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, lower-cased, without the port (IPv6 keeps its brackets).
+
+    Our own parser: werkzeug 3.1.9's TRUSTED_HOSTS cuts every entry at its first ``:``, so no
+    IPv6 name (``[::1]``) can ever be trusted there.
+    """
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.partition(":")[0]
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -231,7 +252,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     config = {"LSTMVIS_CACHE": args.cache} if args.cache else {}
     if is_loopback(args.host):  # DNS rebinding: a web page must not reach this server under a name of its own
-        config["TRUSTED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]", *getattr(args, "allow_host", [])]
+        config["ALLOWED_HOSTS"] = ["localhost", "127.0.0.1", "[::1]", *getattr(args, "allow_host", [])]
     app = create_app(args.data, config)
     try:
         server = make_server(app, args.host, args.port)
