@@ -153,6 +153,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=500, help="requests per client (default 500)")
     p.add_argument("--brushes", type=int, default=6, help="select+match pairs per store in the pool (default 6)")
     p.add_argument("--pool-explain", type=int, default=2, help="texts per explanation method in the pool")
+    p.add_argument("--warmup", type=int, default=100, help="requests per client in the concurrent warm-up")
+    p.add_argument("--rounds", type=int, default=2, help="measured rounds (latency from the first; RSS after each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="append the markdown report here")
     p.add_argument("--serve", help=argparse.SUPPRESS)
@@ -202,44 +204,58 @@ def main() -> int:
                     pass
                 stop.wait(0.5)
 
-        plans = []
-        for c in range(args.clients):
-            crng = random.Random(args.seed * 1000 + c + 1)
-            plans.append([crng.randrange(len(pool)) for _ in range(args.requests)])
         latencies: dict[str, list[float]] = defaultdict(list)
         errors, mismatches = [], []
         lock = threading.Lock()
-        done = [0]
 
-        def client(plan):
-            for i in plan:
-                label, method, path, body = pool[i]
-                try:
-                    status, out, sec = call(method, path, body)
-                except OSError as exc:
-                    status, out, sec = 599, str(exc).encode(), 0.0
-                with lock:
-                    done[0] += 1
-                    if status != 200:
-                        errors.append((label, status, out[:200]))
-                        continue
-                    latencies[label.split(":")[0] if label.startswith("image") else label].append(sec)
-                    if normalized(out) != reference[i]:
-                        mismatches.append((label, path, body))
+        def run_round(n_requests: int, round_seed: int, record: bool) -> float:
+            """``clients`` threads x ``n_requests`` requests drawn from the pool; every answer checked."""
+            rngs = [random.Random(round_seed * 1000 + c + 1) for c in range(args.clients)]
+            plans = [[rng.randrange(len(pool)) for _ in range(n_requests)] for rng in rngs]
+            done = [0]
+
+            def client(plan):
+                for i in plan:
+                    label, method, path, body = pool[i]
+                    try:
+                        status, out, sec = call(method, path, body)
+                    except OSError as exc:
+                        status, out, sec = 599, str(exc).encode(), 0.0
+                    with lock:
+                        done[0] += 1
+                        if status != 200:
+                            errors.append((label, status, out[:200]))
+                            continue
+                        if record:
+                            latencies[label.split(":")[0] if label.startswith("image") else label].append(sec)
+                        if normalized(out) != reference[i]:
+                            mismatches.append((label, path, body))
+
+            threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
+            t1 = time.perf_counter()
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                time.sleep(5)
+                print(f"  {done[0]}/{args.clients * n_requests} requests, {len(errors)} errors, "
+                      f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
+            return time.perf_counter() - t1
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
-        t1 = time.perf_counter()
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            time.sleep(10)
-            print(f"  {done[0]}/{args.clients * args.requests} requests, {len(errors)} errors, "
-                  f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
-        concurrent_wall = time.perf_counter() - t1
+        rss_sequential = rss_warm
+        # warm-up under concurrency: the model pool makes its second copies, thread arenas settle
+        run_round(args.warmup, args.seed + 7919, record=False)
+        rss_warm = rss_kib(server.pid)
+        print(f"concurrent warm-up ({args.clients} x {args.warmup}): server RSS {rss_warm / 1024:.0f} MiB", flush=True)
+        rss_rounds, walls = [], []
+        for r in range(args.rounds):
+            walls.append(run_round(args.requests, args.seed + r, record=(r == 0)))
+            rss_rounds.append(rss_kib(server.pid))
+            print(f"round {r + 1}: {walls[-1]:.0f} s, server RSS {rss_rounds[-1] / 1024:.0f} MiB", flush=True)
+        concurrent_wall = walls[0]
         stop.set()
-        rss_after = rss_kib(server.pid)
+        rss_after = rss_rounds[-1]
         alive = call("GET", "/api/status")[0] == 200
     finally:
         server.kill()
@@ -251,9 +267,12 @@ def main() -> int:
     lines = [f"## Load: {args.clients} clients x {args.requests} mixed requests (seed {args.seed})", "",
              f"- distinct requests in the pool: {len(pool)}; sequential pass {sequential_wall:.0f} s",
              f"- concurrent pass: {total} requests in {concurrent_wall:.0f} s ({total / concurrent_wall:.1f} req/s); "
-             f"errors: {len(errors)}; answers differing from the sequential run: {len(mismatches)}",
-             f"- server RSS after warm-up {rss_warm / 1024:.0f} MiB, after the concurrent pass {rss_after / 1024:.0f} MiB "
-             f"(growth {growth * 100:+.1f} %, goal <= 10 %), peak {peak[0] / 1024:.0f} MiB; server alive: {alive}",
+             f"{args.rounds} measured rounds + a warm-up round of {args.clients} x {args.warmup}; over all rounds "
+             f"errors: {len(errors)}, answers differing from the sequential run: {len(mismatches)}",
+             f"- server RSS: {rss_sequential / 1024:.0f} MiB after the sequential pass, {rss_warm / 1024:.0f} MiB after "
+             f"the concurrent warm-up, after each measured round "
+             f"{', '.join(f'{r / 1024:.0f}' for r in rss_rounds)} MiB (growth after warm-up {growth * 100:+.1f} %, "
+             f"goal <= 10 %), peak {peak[0] / 1024:.0f} MiB; server alive: {alive}",
              "", "| endpoint | requests | p50 ms | p99 ms | sequential p50 ms |", "|---|---:|---:|---:|---:|"]
     seq_by_label: dict[str, list[float]] = defaultdict(list)
     for i, (label, *_rest) in enumerate(pool):
