@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = {"seconds", "elapsed", "elapsed_s", "time", "ms"}  # timing fields, not results
+VOLATILE = {"seconds"}  # the only timing field in these answers (per explanation row / image overlay)
 TEXTS = ["a gorgeous , witty , seductive movie .", "the film is a dull , tedious mess with no redeeming features",
          "not bad at all , really", "<b>great</b> acting but the plot makes no sense whatsoever !",
          "an unforgettable , moving experience that stays with you long after the credits roll"]
@@ -83,15 +83,34 @@ class Client:
             conn.close()
 
 
+def _strip(x):
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
 def normalized(body: bytes) -> str:
-    """The answer without timing fields, canonically serialized."""
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in VOLATILE}
-        if isinstance(x, list):
-            return [strip(v) for v in x]
-        return x
-    return json.dumps(strip(json.loads(body)), sort_keys=True)
+    """The whole answer without its timing fields, canonically serialized (values compared exactly)."""
+    return json.dumps(_strip(json.loads(body)), sort_keys=True)
+
+
+def first_difference(a, b, path: str = "") -> str:
+    """Where two (normalized) answers first differ, e.g. ``explanations[0].scores[3]: 0.1 != 0.2``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                return f"{path}.{k}: only in {'the sequential' if k in a else 'the concurrent'} answer"
+            if a[k] != b[k]:
+                return first_difference(a[k], b[k], f"{path}.{k}")
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} != {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_difference(x, y, f"{path}[{i}]")
+    return f"{path}: {str(a)[:80]} != {str(b)[:80]}"
 
 
 # ----------------------------------------------------------------------------- the request pool
@@ -132,13 +151,17 @@ def build_pool(call, rng: random.Random, n_brush: int, explain_texts: int) -> li
             body = {"model": model, "text": text, "methods": [method], "faithfulness": rng.random() < 0.3,
                     "params": {method: TEXT_PARAMS[method]} if method in TEXT_PARAMS else {}}
             pool.append((f"explain:{method}", "POST", "/api/explain", body))
-    image_methods = ["saliency", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "occlusion",
-                     "guided_backprop", "deconvnet", "cam", "gradcam", "gradcam_plus_plus", "hirescam",
-                     "guided_gradcam"]
+    # every image method the server documents (the enum of ExplainImageRequest.methods)
+    schema = json.loads(call("GET", "/api/openapi.json")[1])["components"]["schemas"]["ExplainImageRequest"]
+    image_methods = next(a["items"]["enum"] for a in schema["properties"]["methods"]["anyOf"] if a.get("type") == "array")
     for method in image_methods:
         pool.append((f"image:{method}", "POST", "/api/images/explain",
                      {"model": "mnist-cnn", "index": rng.randrange(500), "methods": [method]}))
     pool.append(("image:all", "POST", "/api/images/explain", {"model": "mnist-cnn", "index": 7}))
+    missing = ({"select", "match"} | {f"explain:{m}" for m in methods} | {f"image:{m}" for m in image_methods}) \
+        - {label for label, *_ in pool}
+    if missing:
+        raise RuntimeError(f"the request pool lacks {sorted(missing)} (demo stores not ready?)")
     return pool
 
 
@@ -227,18 +250,22 @@ def main() -> int:
                             errors.append((label, status, out[:200]))
                             continue
                         if record:
-                            latencies[label.split(":")[0] if label.startswith("image") else label].append(sec)
-                        if normalized(out) != reference[i]:
-                            mismatches.append((label, path, body))
+                            latencies[label].append(sec)
+                        answer = normalized(out)
+                        if answer != reference[i]:
+                            where = first_difference(json.loads(reference[i]), json.loads(answer))
+                            mismatches.append((label, path, body, where))
 
             threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
             t1 = time.perf_counter()
             for t in threads:
                 t.start()
-            while any(t.is_alive() for t in threads):
-                time.sleep(5)
-                print(f"  {done[0]}/{args.clients * n_requests} requests, {len(errors)} errors, "
-                      f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
+            for t in threads:  # progress every 30 s; the wall time is taken when the last client ends
+                while t.is_alive():
+                    t.join(timeout=30)
+                    if t.is_alive():
+                        print(f"  {done[0]}/{args.clients * n_requests} requests, {len(errors)} errors, "
+                              f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
             return time.perf_counter() - t1
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -276,11 +303,20 @@ def main() -> int:
              "", "| endpoint | requests | p50 ms | p99 ms | sequential p50 ms |", "|---|---:|---:|---:|---:|"]
     seq_by_label: dict[str, list[float]] = defaultdict(list)
     for i, (label, *_rest) in enumerate(pool):
-        seq_by_label[label.split(":")[0] if label.startswith("image") else label].append(seq_seconds[i])
-    for label in sorted(latencies):
-        v = latencies[label]
-        lines.append(f"| {label} | {len(v)} | {percentile(v, 0.5) * 1000:.0f} | {percentile(v, 0.99) * 1000:.0f} | "
-                     f"{percentile(seq_by_label[label], 0.5) * 1000:.0f} |")
+        seq_by_label[label].append(seq_seconds[i])
+
+    def row(name: str, labels: list[str]) -> str:
+        v = [x for lab in labels for x in latencies[lab]]
+        seq = [x for lab in labels for x in seq_by_label[lab]]
+        return (f"| {name} | {len(v)} | {percentile(v, 0.5) * 1000:.0f} | {percentile(v, 0.99) * 1000:.0f} | "
+                f"{percentile(seq, 0.5) * 1000:.0f} |")
+
+    endpoints = {"GET /api/stores/{store}/select": ["select"], "GET /api/stores/{store}/match": ["match"],
+                 "POST /api/explain": sorted(lab for lab in latencies if lab.startswith("explain:")),
+                 "POST /api/images/explain": sorted(lab for lab in latencies if lab.startswith("image:"))}
+    lines += [f"{row(f'**{name}**', labs)}" for name, labs in endpoints.items() if labs and any(latencies[x] for x in labs)]
+    lines += [row(f"{label.split(':')[0]} `{label.split(':')[1]}`", [label]) for label in sorted(latencies)
+              if ":" in label]
     for e in errors[:10]:
         lines.append(f"\nERROR {e}")
     for m in mismatches[:10]:
