@@ -7,8 +7,9 @@ ratios compare runs under the same machine load; medians are reported.
     python benchmarks/bench_capture.py [--reps 7] [--threads 1]
 
 Goal: recording h, c and all gates costs <= 1.25x the plain forward (bar 1.5x). Rows: the
-default ``fused`` route (kernel h, gates by matmul, module outputs bitwise unchanged) and the
-``unroll`` route (one pass of our own; outputs equal to ~1e-6).
+default ``fused`` route (kernel h; an LSTM's gates read from oneDNN's training-mode workspace, a
+GRU's by matmul) and the ``unroll`` route (one pass of our own; outputs equal to ~1e-6). The plain
+forward is the module under no_grad, as a user runs it.
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def main() -> None:
             label = name if cls is nn.LSTM else name.replace("all", "h,gates")
             print(f"{cls.__name__:<6} {label:<16} {med['plain'] * 1e3:>9.1f} {med[name] * 1e3:>12.1f} "
                   f"{med[name] / med['plain']:>6.2f}")
+    from lstmvis import capture
+    print("LSTM gates read from oneDNN's workspace:", "yes" if capture._WORKSPACE["usable"] else
+          "no (this build's workspace failed the layout check; matmul route)")
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     layer); ``sources`` narrows to named sources. ``dtype``: ``"float32"`` or ``"float16"``.
     ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
     ``vocab``/``pad_id`` are for plain modules. ``route``: the ``Recorder`` route (``"unroll"``
-    is faster for c and gates of unidirectional models). Returns the opened ``StateStore``.
+    is faster for c and gates of unidirectional GRUs). Returns the opened ``StateStore``.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
@@ -493,8 +493,8 @@ def add_extract(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=512,
                    help="tokens per step for language models; state is carried across chunks (default 512)")
     p.add_argument("--unroll", action="store_true",
-                   help="compute c and gates of unidirectional LSTM/GRU layers in one pass of our own (faster on "
-                        "CPU; states equal the fused kernel's to ~1e-6 instead of bitwise)")
+                   help="compute c and gates of unidirectional LSTM/GRU layers in one pass of our own (faster for GRUs "
+                        "on CPU; states equal the fused kernel's to ~1e-6 instead of bitwise)")
     p.add_argument("--limit", type=int, help="only the first N sequences of the corpus")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -121,6 +121,12 @@ def test_dense_input_exact(kind, layers, bidirectional, batch_first, proj, given
         plain_out, plain_hidden = m(inp, hx)
         with Recorder(m, kinds="all") as rec:
             out, hidden = m(inp, hx)
+    if kind == "lstm" and proj == 0:
+        # the gates come from oneDNN's training-mode pass: what the module returns with autograd on,
+        # bitwise; its no_grad (inference) pass rounds differently in the last bits
+        with torch.enable_grad():
+            plain_out, plain_hidden = (t.detach() if torch.is_tensor(t) else tuple(u.detach() for u in t)
+                                       for t in m(inp, hx))
     # recording never changes what the module returns
     assert torch.equal(out, plain_out)
     for a, b in zip(hidden if kind == "lstm" else [hidden], plain_hidden if kind == "lstm" else [plain_hidden]):
@@ -191,10 +197,10 @@ def test_unbatched_input_and_no_bias():
     m = _module("lstm", 2, True, False, 0, bias=False)
     x = torch.randn(6, 4)
     with torch.no_grad():
-        plain = m(x)
         with Recorder(m) as rec:
             out = m(x)
-    assert torch.equal(out[0], plain[0]) and out[0].shape == (6, 10)
+    plain = m(x)  # autograd on: the kernel pass the recorded LSTM runs
+    assert torch.equal(out[0], plain[0].detach()) and out[0].shape == (6, 10)
     assert out[1][0].shape == (4, 5)
     ref = reference_unroll(m, x[None], torch.tensor([6]), name="lstm")
     _check_against(ref, rec)
@@ -475,3 +481,30 @@ def test_cell_state_without_output_gate_matches_reference(kinds):
     ref = reference_unroll(m, x, torch.full((3,), 6), name="lstm")
     wanted = kinds.split(",")
     _check_against({k: v for k, v in ref.items() if k.rsplit(".", 1)[1] in wanted}, rec)
+
+
+@pytest.mark.parametrize("hidden", [64, 33])
+def test_lstm_gates_come_from_the_kernel_workspace(monkeypatch, hidden):
+    """float32 on CPU: the gates are read from oneDNN's workspace (4H = 256 pads its rows to 272),
+    not recomputed by matmul, and equal the reference unroll."""
+    from lstmvis import capture
+    monkeypatch.setattr(capture, "_layer_gates", lambda *a, **k: pytest.fail("matmul route used"))
+    torch.manual_seed(3)
+    m = nn.LSTM(7, hidden, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x = torch.randn(3, 11, 7)
+    with torch.no_grad(), Recorder(m, kinds="all") as rec:
+        m(x)
+    _check_against(reference_unroll(m, x, torch.full((3,), 11), name="lstm"), rec)
+
+
+def test_workspace_with_another_layout_falls_back_to_matmul(monkeypatch):
+    """A build whose workspace is laid out otherwise is detected, warned about, and still exact."""
+    from lstmvis import capture
+    monkeypatch.setitem(capture._WORKSPACE, "usable", True)
+    monkeypatch.setattr(capture, "_onednn_ld", lambda width: width + 1)
+    m = _module("lstm", 2, False, True, 0)
+    x = torch.randn(3, 6, 4)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="workspace"), Recorder(m, kinds="all") as rec:
+        m(x)
+    assert capture._WORKSPACE["usable"] is False
+    _check_against(reference_unroll(m, x, torch.full((3,), 6), name="lstm"), rec)
