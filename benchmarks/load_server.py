@@ -165,6 +165,67 @@ def build_pool(call, rng: random.Random, n_brush: int, explain_texts: int) -> li
     return pool
 
 
+def sequential_pass(call, pool) -> tuple[list[str], list[float]]:
+    """Each pool request once, one at a time: the reference answers (normalized) and their seconds."""
+    reference, seconds = [], []
+    for label, method, path, body in pool:
+        status, out, sec = call(method, path, body)
+        if status != 200:
+            raise RuntimeError(f"sequential {label} {path} {body}: {status} {out[:300]!r}")
+        reference.append(normalized(out))
+        seconds.append(sec)
+    return reference, seconds
+
+
+def random_plans(n_pool: int, clients: int, n_requests: int, seed: int) -> list[list[int]]:
+    """Per client, ``n_requests`` pool indices drawn with replacement (seeded per client)."""
+    rngs = [random.Random(seed * 1000 + c + 1) for c in range(clients)]
+    return [[rng.randrange(n_pool) for _ in range(n_requests)] for rng in rngs]
+
+
+def concurrent_pass(call, pool, reference: list[str], plans: list[list[int]],
+                    latencies: dict[str, list[float]] | None = None, progress: bool = False):
+    """One thread per plan, all at once; every answer must be a 200 equal to ``reference`` (timing aside).
+
+    Returns (wall seconds, errors as (label, status, body head), mismatches as (label, path, body, where)).
+    """
+    errors, mismatches, done = [], [], [0]
+    lock = threading.Lock()
+
+    def client(plan):
+        for i in plan:
+            label, method, path, body = pool[i]
+            try:
+                status, out, sec = call(method, path, body)
+            except OSError as exc:
+                status, out, sec = 599, str(exc).encode(), 0.0
+            with lock:
+                done[0] += 1
+                if status != 200:
+                    errors.append((label, status, out[:200]))
+                    continue
+                if latencies is not None:
+                    latencies[label].append(sec)
+            answer = normalized(out)
+            if answer != reference[i]:
+                where = first_difference(json.loads(reference[i]), json.loads(answer))
+                with lock:
+                    mismatches.append((label, path, body, where))
+
+    threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
+    total = sum(map(len, plans))
+    t1 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:  # progress every 30 s; the wall time is taken when the last client ends
+        while t.is_alive():
+            t.join(timeout=30)
+            if t.is_alive() and progress:
+                print(f"  {done[0]}/{total} requests, {len(errors)} errors, {len(mismatches)} mismatches, "
+                      f"{time.perf_counter() - t1:.0f} s", flush=True)
+    return time.perf_counter() - t1, errors, mismatches
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
@@ -204,13 +265,8 @@ def main() -> int:
         print(f"pool: {len(pool)} distinct requests ({time.perf_counter() - t_pool:.0f} s)", flush=True)
 
         # 1. sequential reference (and warm-up)
-        reference, seq_seconds = {}, {}
         t0 = time.perf_counter()
-        for i, (label, method, path, body) in enumerate(pool):
-            status, out, sec = call(method, path, body)
-            if status != 200:
-                raise RuntimeError(f"sequential {label} {path} {body}: {status} {out[:300]!r}")
-            reference[i], seq_seconds[i] = normalized(out), sec
+        reference, seq_seconds = sequential_pass(call, pool)
         sequential_wall = time.perf_counter() - t0
         rss_warm = rss_kib(server.pid)
         print(f"sequential pass: {sequential_wall:.0f} s, server RSS {rss_warm / 1024:.0f} MiB", flush=True)
@@ -229,44 +285,14 @@ def main() -> int:
 
         latencies: dict[str, list[float]] = defaultdict(list)
         errors, mismatches = [], []
-        lock = threading.Lock()
 
         def run_round(n_requests: int, round_seed: int, record: bool) -> float:
-            """``clients`` threads x ``n_requests`` requests drawn from the pool; every answer checked."""
-            rngs = [random.Random(round_seed * 1000 + c + 1) for c in range(args.clients)]
-            plans = [[rng.randrange(len(pool)) for _ in range(n_requests)] for rng in rngs]
-            done = [0]
-
-            def client(plan):
-                for i in plan:
-                    label, method, path, body = pool[i]
-                    try:
-                        status, out, sec = call(method, path, body)
-                    except OSError as exc:
-                        status, out, sec = 599, str(exc).encode(), 0.0
-                    with lock:
-                        done[0] += 1
-                        if status != 200:
-                            errors.append((label, status, out[:200]))
-                            continue
-                        if record:
-                            latencies[label].append(sec)
-                        answer = normalized(out)
-                        if answer != reference[i]:
-                            where = first_difference(json.loads(reference[i]), json.loads(answer))
-                            mismatches.append((label, path, body, where))
-
-            threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
-            t1 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:  # progress every 30 s; the wall time is taken when the last client ends
-                while t.is_alive():
-                    t.join(timeout=30)
-                    if t.is_alive():
-                        print(f"  {done[0]}/{args.clients * n_requests} requests, {len(errors)} errors, "
-                              f"{len(mismatches)} mismatches, {time.perf_counter() - t1:.0f} s", flush=True)
-            return time.perf_counter() - t1
+            plans = random_plans(len(pool), args.clients, n_requests, round_seed)
+            wall, errs, mism = concurrent_pass(call, pool, reference, plans, latencies if record else None,
+                                               progress=True)
+            errors.extend(errs)
+            mismatches.extend(mism)
+            return wall
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
