@@ -9,7 +9,7 @@ throughput, the text cut into 32 equal streams (not exact per file: files run co
 as far as the corpus has files, so few long files leave streams idle). Repetitions are
 interleaved; medians are reported.
 
-    python benchmarks/bench_extract.py [--chars 200000] [--reps 3] [--threads 1]
+    python benchmarks/bench_extract.py [--chars 200000] [--reps 3] [--threads 1] [--variants "h;h,c"] [--float16]
 
 Goal: extraction tokens/s >= 0.8 x plain forward tokens/s (ratio columns: plain seconds / ours). Uses the trained checkpoint when
 data/checkpoints/charlm-python.pt exists, else an untrained model of the same architecture
@@ -80,7 +80,15 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=200_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", default=";".join(VARIANTS),
+                        help=f"extraction variants to run, separated by ';' (default: {';'.join(VARIANTS)})")
+    parser.add_argument("--float16", action="store_true", help="store float16 (half the disk)")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(";")]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {';'.join(VARIANTS)}")
+    dtype = "float16" if args.float16 else "float32"
     torch.set_num_threads(args.threads)
     lm, which = load_lm()
     texts = corpus(args.chars)
@@ -88,8 +96,8 @@ def main() -> None:
     ids = torch.tensor([i for x in id_lists for i in x])
     n = len(ids)
     print(f"torch {torch.__version__}, {args.threads} thread(s); {lm.name} ({which}); {n:,} characters in "
-          f"{len(texts)} files; median of {args.reps} interleaved repetitions")
-    times: dict[str, list[float]] = {"plain": [], "ideal": [], **{k: [] for k in VARIANTS}}
+          f"{len(texts)} files; {dtype} stores; median of {args.reps} interleaved repetitions")
+    times: dict[str, list[float]] = {"plain": [], "ideal": [], **{k: [] for k in variants}}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             t = time.perf_counter()
@@ -98,10 +106,11 @@ def main() -> None:
             t = time.perf_counter()
             plain_equal_streams(lm, ids)
             times["ideal"].append(time.perf_counter() - t)
-            for name, (kinds, route) in VARIANTS.items():
+            for name in variants:
+                kinds, route = VARIANTS[name]
                 path = Path(tmp) / f"{rep}-{name.replace(',', '').replace(' ', '-')}.h5"
                 t = time.perf_counter()
-                lstmvis.extract(lm, texts, path, kinds=kinds, route=route, progress=False).close()
+                lstmvis.extract(lm, texts, path, kinds=kinds, route=route, dtype=dtype, progress=False).close()
                 times[name].append(time.perf_counter() - t)
                 size = path.stat().st_size
                 path.unlink()
@@ -109,7 +118,7 @@ def main() -> None:
     print(f"{'run':<28} {'seconds':>8} {'tokens/s':>10} {'vs (a)':>7} {'vs (b)':>7}")
     print(f"{'(a) plain, same schedule':<28} {plain:>8.2f} {n / plain:>10,.0f} {1.0:>7.2f} {ideal / plain:>7.2f}")
     print(f"{'(b) plain, 32 equal streams':<28} {ideal:>8.2f} {n / ideal:>10,.0f} {plain / ideal:>7.2f} {1.0:>7.2f}")
-    for name in VARIANTS:
+    for name in variants:
         sec = statistics.median(times[name])
         print(f"{'extract ' + name:<28} {sec:>8.2f} {n / sec:>10,.0f} {plain / sec:>7.2f} {ideal / sec:>7.2f}")
     print(f"(last store written: {size / 1e6:.0f} MB)")
