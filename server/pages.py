@@ -5,7 +5,7 @@ the page with ``textContent`` (never as HTML), so text from stores or users cann
 """
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 
 from .app import resources
 
@@ -39,7 +39,24 @@ def landing():
 
 @blueprint.get("/explorer")
 def explorer():
-    return render_template("explorer.html", page_data=_page_data())
+    return render_template("explorer.html", page_data=_page_data(store_info=_first_store_info()))
+
+
+def _first_store_info() -> dict | None:
+    """``/api/stores/<name>`` of the store the explorer opens on (``?store=``, else the first ready one),
+    so that the page asks for its first window of tokens and states without waiting for that call."""
+    from .validation import ApiError
+
+    res = resources()
+    ready = [name for name, s in res.stores.items() if s.status == "ready"]
+    name = request.args.get("store", "")
+    name = name if name in ready else (ready[0] if ready else None)
+    if name is None:
+        return None
+    try:
+        return res.stores[name].info(detail=True)
+    except (ApiError, OSError):  # the page then asks the API, which explains the problem
+        return None
 
 
 @blueprint.get("/cells")

@@ -172,11 +172,46 @@ def test_security_headers_and_no_debugger(app, client):
     assert resp.headers["X-Frame-Options"] == "DENY"
 
 
+def _installed_plotly() -> bytes:
+    import plotly
+    from pathlib import Path
+    return (Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js").read_bytes()
+
+
 def test_plotly_is_served_from_the_installed_package(client):
     resp = client.get("/static/vendor/plotly.min.js")
     assert resp.status_code == 200 and resp.mimetype == "text/javascript"
     assert b"plotly" in resp.data[:2000].lower() and len(resp.data) > 1_000_000
+    # the package's file byte for byte, after one line: V8's eager-compile hint (a comment elsewhere)
+    hint, _, rest = resp.data.partition(b"\n")
+    assert hint == b"//# allFunctionsCalledOnLoad" and rest == _installed_plotly()
     resp.close()
+
+
+def test_plotly_has_a_versioned_cacheable_gzip_address(client):
+    import gzip
+    import re
+
+    import plotly
+
+    html = client.get("/explorer").get_data(as_text=True)
+    url = re.search(r'src="(/static/vendor/plotly-[^"/]+/plotly\.min\.js)"', html).group(1)
+    assert f"plotly-{plotly.__version__}-" in url
+    plain = client.get(url)
+    assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
+    cache = plain.headers["Cache-Control"]
+    assert "max-age=31536000" in cache and "immutable" in cache and "public" in cache
+    assert plain.headers["Vary"] == "Accept-Encoding"
+    zipped = client.get(url, headers={"Accept-Encoding": "gzip, deflate"})
+    assert zipped.headers["Content-Encoding"] == "gzip" and len(zipped.data) < len(plain.data) / 2
+    assert gzip.decompress(zipped.data) == plain.data
+    assert plain.headers["ETag"] != zipped.headers["ETag"]  # two encodings, two entities
+    again = client.get(url, headers={"If-None-Match": plain.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+    # the unversioned address is served too, with a short cache; another version is no such file
+    assert "max-age=3600" in client.get("/static/vendor/plotly.min.js").headers["Cache-Control"]
+    stale = client.get("/static/vendor/plotly-0.0.1-000000000000/plotly.min.js")
+    error_of(stale, 404)
 
 
 def test_pages_render(client):
@@ -184,6 +219,21 @@ def test_pages_render(client):
         resp = client.get(path)
         assert resp.status_code == 200 and resp.mimetype == "text/html", path
         assert "plotly.min.js" in resp.get_data(as_text=True) or path == "/"
+
+
+def test_explorer_page_carries_the_first_store_details(client):
+    """The page opens on a store without first asking /api/stores/<name>: it already has the answer."""
+    import html as html_lib
+    import re
+
+    for query, name in (("?store=toy", "toy"), ("", None), ("?store=nope", None)):
+        page = client.get(f"/explorer{query}").get_data(as_text=True)
+        data = json.loads(html_lib.unescape(re.search(r'id="page-data">(.*?)</script>', page, re.S).group(1)))
+        ready = [s["name"] for s in data["status"]["stores"] if s["status"] == "ready"]
+        if name:
+            assert data["store_info"] == client.get(f"/api/stores/{name}").get_json()
+        else:  # an unknown or missing ?store= opens the first ready store, as the page's script does
+            assert data["store_info"]["name"] == ready[0] and data["store_info"]["sources"]
 
 
 def test_live_server_answers_concurrently(app):

@@ -45,7 +45,10 @@
   async function chooseStore(name) {
     if (!stores.length) { LV.showError("No state store is ready yet." + (note ? " " + note : "")); return; }
     state.store = LV.fillSelect($("store"), stores.map(s => ({ value: s.name, label: `${s.title} (${s.name})` })), name);
-    info = await LV.api(`/api/stores/${encodeURIComponent(state.store)}`);
+    // the page carries the details of the store it opens on, so the first window's requests go out at once
+    const preloaded = data.store_info && data.store_info.name === state.store ? data.store_info : null;
+    data.store_info = null;
+    info = preloaded || await LV.api(`/api/stores/${encodeURIComponent(state.store)}`);
     info.char_level = !!info.char_level;
     state.source = LV.fillSelect($("source"), info.sources.map(s => ({ value: s, label: `${s} (${info.cells[s]} cells)` })),
                                  state.source);
