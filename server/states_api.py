@@ -83,15 +83,27 @@ def _context(store, position: int, length: int, left: int, right: int) -> dict:
 
 
 class _Surface:
-    """A store's original texts and token spans, read once and kept in memory (for display)."""
+    """A store's original texts and token spans, read once and kept in memory (for display).
+
+    Stores up to :attr:`FLAT_TOKENS` tokens keep every token's surface string in one list, so a
+    request's contexts are list slices (a match answers 50 of them).
+    """
 
     MAX_TOKENS = 20_000_000  # beyond this, read per request instead of holding every span
+    FLAT_TOKENS = 1_000_000  # up to this, one str per token (about 60 bytes each; 8 for single characters)
 
     def __init__(self, store):
         self.offsets = np.asarray(store.offsets, dtype=np.int64)
         self.spans = store.token_spans() if store.n_tokens <= self.MAX_TOKENS else None
         self.texts: dict[int, str] = {}
         self.lock = threading.Lock()
+        self.flat: list[str] | None = None
+        if self.spans is not None and store.n_tokens <= self.FLAT_TOKENS:
+            spans, flat = self.spans.tolist(), []
+            for seq in range(len(self.offsets) - 1):
+                text = store.sequence_text(seq)
+                flat.extend(text[x:y] for x, y in spans[self.offsets[seq]:self.offsets[seq + 1]])
+            self.flat = flat
 
     def text(self, store, seq: int) -> str:
         t = self.texts.get(seq)
@@ -104,6 +116,8 @@ class _Surface:
         return t
 
     def slice(self, store, start: int, stop: int) -> list[str]:
+        if self.flat is not None:
+            return self.flat[start:stop]
         spans = self.spans[start:stop] if self.spans is not None else store.token_spans(start, stop)
         spans = spans.tolist()
         out: list[str] = []
@@ -126,12 +140,12 @@ def surface(store, start: int, stop: int) -> list[str]:
     if not store.has_texts or stop <= start:
         return store.tokens(start, stop)
     key = f"{id(store)}:{store.path}"
-    with _surfaces_lock:
-        cached = _surfaces.get(key)
+    cached = _surfaces.get(key)
     if cached is None:
-        cached = _Surface(store)
-        with _surfaces_lock:
-            _surfaces[key] = cached
+        with _surfaces_lock:  # built once per store, even when several requests need it at the same time
+            cached = _surfaces.get(key)
+            if cached is None:
+                cached = _surfaces[key] = _Surface(store)
     return cached.slice(store, start, stop)
 
 
@@ -256,15 +270,23 @@ _index_locks: dict[tuple[str, str], threading.Lock] = {}
 _index_locks_guard = threading.Lock()
 
 
+_index_ready: set[tuple[int, str, str]] = set()
+
+
 def _ensure_index(store, source: str) -> None:
-    """Build a source's match index once, even when several requests ask for it at the same time."""
+    """Build a source's match index once, even when several requests ask for it at the same time
+    (afterwards a set lookup: the library finds the built index itself)."""
     from lstmvis.match import MatchIndex
 
+    ready = (id(store), str(store.path), source)
+    if ready in _index_ready:
+        return
     key = (str(store.path), source)
     with _index_locks_guard:
         lock = _index_locks.setdefault(key, threading.Lock())
     with lock:
         MatchIndex.load(store, source, progress=False)
+        _index_ready.add(ready)
 
 
 @blueprint.get("/stores/<store>/match")
