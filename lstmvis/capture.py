@@ -45,6 +45,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Sequence
 
+import numba
 import torch
 import torch.nn.functional as F
 from torch import _VF, nn
@@ -518,7 +519,7 @@ def _record_layer(m, active, layer, kinds, x, out, lengths, params, per_dir, h0,
             gates = _layer_gates(m.mode, params[d * per_dir:(d + 1) * per_dir], m.bias, xd, h_prev,
                                  with_output_gate="gate_o" in kinds)
             if "c" in kinds:
-                gates["c"] = _cell_recurrence(gates["gate_f"], gates["gate_i"] * gates["gate_g"], c0[d])
+                gates["c"] = _cell_recurrence(gates["gate_f"], gates["gate_i"], gates["gate_g"], c0[d])
             for kind, v in gates.items():
                 if kind in kinds:
                     values[kind] = v if d == 0 else _flip_valid(v, lengths, full)
@@ -568,20 +569,40 @@ def _layer_gates(mode: str, w: Sequence[torch.Tensor], bias: bool, x: torch.Tens
     return _gru_gates(gi, gh)
 
 
-def _cell_recurrence(f: torch.Tensor, ig: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
-    """``c_t = f_t * c_{t-1} + ig_t`` over ``(B, T, H)`` with ``c_{-1} = c0``."""
+def _cell_recurrence(f: torch.Tensor, i: torch.Tensor, g: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """``c_t = f_t * c_{t-1} + i_t * g_t`` over ``(B, T, H)`` with ``c_{-1} = c0``."""
     steps = f.shape[1]
-    if torch.is_grad_enabled() and (f.requires_grad or ig.requires_grad or c0.requires_grad):
-        out, prev = [], c0
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (f, i, g, c0)):
+        ig, out, prev = i * g, [], c0
         for t in range(steps):
             prev = torch.addcmul(ig[:, t], f[:, t], prev)
             out.append(prev)
         return torch.stack(out, 1)
+    if f.dtype == torch.float32 and f.device.type == "cpu" and steps > 1:
+        # one compiled pass instead of T small torch calls (their dispatch dominates at chunk sizes)
+        c = torch.empty(f.shape[1], f.shape[0], f.shape[2], dtype=f.dtype).transpose(0, 1)
+        _cell_recurrence_kernel(f.detach().numpy(), i.detach().numpy(), g.detach().numpy(),
+                                c0.detach().contiguous().numpy(), c.numpy())
+        return c
+    ig = i * g
     c = torch.empty_like(ig)
     prev = c0
     for t in range(steps):
         prev = torch.addcmul(ig[:, t], f[:, t], prev, out=c[:, t])
     return c
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_recurrence_kernel(f, i, g, c0, out):  # pragma: no cover - compiled
+    """``out[:, t] = f[:, t] * out[:, t-1] + i[:, t] * g[:, t]`` for (B, T, H) arrays, time outermost."""
+    n_batch, n_steps, n_cells = f.shape
+    for b in range(n_batch):
+        for j in range(n_cells):
+            out[b, 0, j] = f[b, 0, j] * c0[b, j] + i[b, 0, j] * g[b, 0, j]
+    for t in range(1, n_steps):
+        for b in range(n_batch):
+            for j in range(n_cells):
+                out[b, t, j] = f[b, t, j] * out[b, t - 1, j] + i[b, t, j] * g[b, t, j]
 
 
 # oneDNN's LSTM kernel (torch's CPU path for float32 nn.LSTM) run in training mode keeps every
@@ -631,7 +652,7 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
             return _workspace_failed("no workspace or a smaller one")
         gates = ws.view(torch.float32)[:T * B * ld].view(T, B, ld)[..., :4 * H]  # processing order
         i, f, g, o = gates.split(H, -1)
-        c = _cell_recurrence(f.transpose(0, 1), (i * g).transpose(0, 1), c0[d]).transpose(0, 1)
+        c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0[d]).transpose(0, 1)
         h_steps = out.flip(0) if d == 1 else out  # processing order
         for s in (0, T - 1):
             if not torch.allclose(o[s] * torch.tanh(c[s]), h_steps[s], rtol=1e-4, atol=1e-5):
