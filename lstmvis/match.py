@@ -19,17 +19,27 @@ only the selected ones) on over the whole run and off at its padding. Candidates
 ascending (fewest extra cells on), length descending, then start ascending (a total order), and
 the first ``top`` are returned. No run, hence no match, spans two sequences.
 
-The result is exact: levels are scanned from ``n`` down and the scan stops only when ``top``
-matches are already better than anything a lower level can give (a run at level ``m`` has
-``|C & C'| <= m``). LSTMVis instead keeps a heuristic shortlist of 1,000 (fast mode, first 500k
-steps only) or 10,000 candidates.
+The result is exact. One compiled pass (numba) over the store reads the selected cells' columns
+block by block, computes ``count`` and each step's on-bits of the selected cells, and enumerates the
+candidates of every level at once with a stack of open runs (the runs of all levels nest: at most
+``n + 1`` are open at any step), each with the AND of its steps' bits and the OR of its left
+padding's bits; closing a run gives its exact ``|C & C'|`` from those bits. Candidates that ``top``
+others already beat on ``|C & C'|`` are dropped on the fly. The rest are verified best bound first
+(``(-|C & C'|, n, -length, start)``, ``|C | C'| >= n``): whole rows are read for ``C'`` and the
+union, and verification stops once the ``top``-th best key is no worse than the next bound.
+LSTMVis instead keeps a heuristic shortlist of 1,000 (fast mode, first 500k steps only) or 10,000
+candidates.
 
 **Index.** Every query reads an index built once per source with a progress bar and kept beside
 the store (``<store>.index/``; a cache folder if that is not writable): the states as
-order-preserving unsigned integer keys (``float_keys``), once cell-major ``(D, N)`` for scanning
-the selected cells and once row-major ``(N, D)`` for reading whole candidate runs, both
-memory-mapped ``.npy`` files. Comparing keys is comparing the stored floats, so one index serves
-every threshold exactly. It is rebuilt when the store file changes.
+order-preserving unsigned integer keys (``float_keys``), once cell-major ``(D, N)`` and once
+row-major ``(N, D)`` (for reading whole candidate runs), plus one byte per value, ``codes (D, N)``:
+the value's bucket among 256 per-cell quantile buckets (``bounds (D, 256)``, keys, estimated from
+a sample of rows). For a threshold, a cell is on wherever its code is above the threshold's bucket
+and off wherever it is below; only steps in the threshold's own bucket (about 1/256 of them) read
+the exact key. So a query reads one byte per step per selected cell, and one index serves every
+threshold exactly: comparing keys is comparing the stored floats. It is rebuilt when the store
+file changes.
 """
 from __future__ import annotations
 
@@ -42,13 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 SIGNS = ("positive", "negative", "both")
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-_VERIFY_BYTES = 1 << 25  # bound on the (rows x cells) block read per verification batch
+_N_CODES = 256  # quantile buckets per cell (one byte per value)
 _BUILD_BYTES = 1 << 25  # rows per index-build block: about 32 MiB of states
 
 
@@ -181,7 +193,8 @@ def _check_brush(store, start: int, stop: int) -> tuple[int, int, int, int]:
 
 # ---------------------------------------------------------------------------- the index
 class MatchIndex:
-    """Memory-mapped order-preserving keys of one source: ``cell_major (D, N)``, ``row_major (N, D)``.
+    """Memory-mapped index of one source: order-preserving keys ``cell_major (D, N)`` and
+    ``row_major (N, D)``, one-byte quantile ``codes (D, N)`` with their ``bounds (D, 256)``.
 
     Open or build with ``MatchIndex.load(store, source)`` (or ``build_index(store)`` for all).
     """
@@ -193,14 +206,17 @@ class MatchIndex:
         # plain ndarray views of the memory maps: np.memmap's __getitem__ is slow on small reads
         self.cell_major = np.asarray(np.load(folder / meta["cell_major"], mmap_mode="r"))
         self.row_major = np.asarray(np.load(folder / meta["row_major"], mmap_mode="r"))
+        self.codes = np.asarray(np.load(folder / meta["codes"], mmap_mode="r"))
+        self.bounds = np.load(folder / meta["bounds"])
+        self.order = np.asarray(np.load(folder / meta["order"], mmap_mode="r"))
+        self.bucket_start = np.load(folder / meta["bucket_start"])
         self.token_ids = np.asarray(np.load(folder / meta["token_ids"], mmap_mode="r"))
         self.n_tokens, self.n_cells = self.row_major.shape
-        self.seq_start = sequence_starts(offsets, self.n_tokens)
-        self.first_steps = np.flatnonzero(self.seq_start)
 
     @property
     def nbytes(self) -> int:
-        return int(self.cell_major.nbytes + self.row_major.nbytes + self.token_ids.nbytes)
+        return int(sum(a.nbytes for a in (self.cell_major, self.row_major, self.codes, self.bounds, self.order,
+                                          self.bucket_start, self.token_ids)))
 
     @classmethod
     def load(cls, store, source: str, index_dir: str | Path | None = None, progress: bool | None = None
@@ -241,25 +257,21 @@ class MatchIndex:
         """The stored values of one cell over ``[start, stop)`` (a contiguous read)."""
         return keys_to_floats(self.cell_major[cell, start:stop], self.dtype)
 
-    def selected_on(self, cells: np.ndarray, sign: str, k_pos: int, k_neg: int) -> tuple[np.ndarray, np.ndarray]:
-        """For the selected ``cells``: ``count[t]``, how many are on at step ``t``, and their on-bits
-        ``planes (ceil(n / 8), N)`` uint8: bit ``j % 8`` of plane ``j // 8`` is cell ``cells[j]``."""
-        n = len(cells)
-        dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32
-        count = np.zeros(self.n_tokens, dtype=dtype)
-        planes = np.zeros(((n + 7) // 8, self.n_tokens), dtype=np.uint8)
-        on = np.empty(self.n_tokens, dtype=bool)
-        shifted = np.empty(self.n_tokens, dtype=np.uint8)
-        for j, vid in enumerate(cells):
-            cell = int(vid) % self.n_cells
-            if sign == "negative" or (sign == "both" and vid >= self.n_cells):
-                np.less_equal(self.cell_major[cell], k_neg, out=on)
-            else:
-                np.greater_equal(self.cell_major[cell], k_pos, out=on)
-            np.add(count, on.view(np.uint8), out=count, casting="unsafe")
-            np.multiply(on.view(np.uint8), np.uint8(1 << (j % 8)), out=shifted)  # (a shift is 20x slower)
-            np.bitwise_or(planes[j // 8], shifted, out=planes[j // 8])
-        return count, planes
+    def cell_tests(self, cells: np.ndarray, sign: str, k_pos: int, k_neg: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per selected (virtual) cell: its column, whether it is on when low (``<= k_neg``), the
+        code ``split`` (on above it when high, below it when low) and the code whose steps must read
+        the exact key (``-1``: none). Codes are ``max{i : bounds[i] <= key}``."""
+        column = (cells % self.n_cells).astype(np.int64)
+        low = (cells >= self.n_cells) if sign == "both" else np.full(len(cells), sign == "negative")
+        threshold = np.array([k_pos, k_neg], dtype=self.bounds.dtype)[low.astype(np.int64)]
+        bounds = self.bounds[column]
+        bucket = (bounds <= threshold[:, None]).sum(axis=1).astype(np.int64) - 1  # bounds[:, 0] is the least key
+        exact_edge = bounds[np.arange(len(cells)), bucket] == threshold
+        # high: code > bucket is on, code < bucket off; code == bucket is on when bounds[bucket] == k_pos
+        split = np.where(~low & exact_edge, bucket - 1, bucket)
+        check = np.where(~low & exact_edge, -1, bucket)
+        return column, low, split, check
 
 
 _OPEN_INDEXES: dict[tuple[str, str], MatchIndex] = {}
@@ -324,15 +336,22 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
         raise TypeError(f"source {source!r} has dtype {dtype}: the index needs float states")
     key_type = _UINT[dtype.itemsize]
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    names = {kind: f"{source}.{kind}.{tag}.npy" for kind in ("cell_major", "row_major", "token_ids")}
+    names = {kind: f"{source}.{kind}.{tag}.npy" for kind in ("cell_major", "row_major", "codes", "bounds", "order",
+                                                             "bucket_start", "token_ids")}
     tmp = {k: folder / f".{v}.tmp.npy" for k, v in names.items()}
+    quiet = (n < 200_000) if progress is None else not progress
     try:
         cm = np.lib.format.open_memmap(tmp["cell_major"], mode="w+", dtype=key_type, shape=(d, n))
         rm = np.lib.format.open_memmap(tmp["row_major"], mode="w+", dtype=key_type, shape=(n, d))
+        codes = np.lib.format.open_memmap(tmp["codes"], mode="w+", dtype=np.uint8, shape=(d, n))
+        order = np.lib.format.open_memmap(tmp["order"], mode="w+", dtype=np.int32 if n < 2**31 else np.int64,
+                                          shape=(d, n))
+        bounds = np.zeros((d, _N_CODES), dtype=key_type)
+        bucket_start = np.zeros((d, _N_CODES + 1), dtype=np.int64)
         np.save(tmp["token_ids"], store.token_ids().astype(np.int32 if len(store.vocab) < 2**31 else np.int64))
         block = max(1, _BUILD_BYTES // max(1, d * dtype.itemsize))
-        with tqdm(total=n, desc=f"indexing {source}", unit="tok", unit_scale=True,
-                  disable=(n < 200_000) if progress is None else not progress) as bar:
+        cm_arr = np.asarray(cm)
+        with tqdm(total=n, desc=f"indexing {source}", unit="tok", unit_scale=True, disable=quiet) as bar:
             for a in range(0, n, block):
                 b = min(n, a + block)
                 try:
@@ -340,11 +359,25 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
                 except ValueError as exc:
                     raise ValueError(f"source {source!r}, tokens {a}..{b}: {exc}") from None
                 rm[a:b] = keys
-                cm[:, a:b] = keys.T
+                _transpose(keys, cm_arr, a)
                 bar.update(b - a)
-        cm.flush()
-        rm.flush()
-        del cm, rm
+        rank = (np.arange(_N_CODES) * n) // _N_CODES
+        for j in tqdm(range(d), desc=f"sorting {source}", unit="cell", disable=quiet):
+            column = cm_arr[j]
+            by_value = np.argsort(column, kind="stable")
+            ordered = column[by_value]
+            if n:
+                bounds[j] = ordered[rank]
+            bounds[j, 0] = 0  # the least key: every key has a bucket
+            order[j] = by_value
+            bucket_start[j, :-1] = np.searchsorted(ordered, bounds[j], side="left")
+            bucket_start[j, -1] = n
+            _codes_in_order(ordered, by_value, bounds[j], codes[j])
+        np.save(tmp["bounds"], bounds)
+        np.save(tmp["bucket_start"], bucket_start)
+        for mm in (cm, rm, codes, order):
+            mm.flush()
+        del cm, rm, codes, order, cm_arr
         for k in names:
             os.replace(tmp[k], folder / names[k])
     except BaseException:
@@ -370,57 +403,31 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
     return meta
 
 
+@numba.njit(cache=True, nogil=True)
+def _transpose(keys, cell_major, first):
+    """``cell_major[:, first:first + len(keys)] = keys.T``, in tiles that stay in cache."""
+    rows, d = keys.shape
+    for r0 in range(0, rows, 512):
+        r1 = min(rows, r0 + 512)
+        for j in range(d):
+            for r in range(r0, r1):
+                cell_major[j, first + r] = keys[r, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _codes_in_order(ordered, by_value, bounds, codes):
+    """``codes[by_value[i]]`` = the bucket ``max{b : bounds[b] <= ordered[i]}`` of the i-th least key."""
+    b = 0
+    for i in range(len(ordered)):
+        while b + 1 < len(bounds) and bounds[b + 1] <= ordered[i]:
+            b += 1
+        codes[by_value[i]] = b
+
+
 def build_index(store, sources: Sequence[str] | None = None, index_dir: str | Path | None = None,
                 progress: bool | None = None) -> dict[str, MatchIndex]:
     """Build (or open, if current) the match index of every source, or of ``sources``."""
     return {s: MatchIndex.load(store, s, index_dir, progress) for s in (sources or store.sources)}
-
-
-# ---------------------------------------------------------------------------- runs
-def sequence_starts(offsets: np.ndarray, n_tokens: int) -> np.ndarray:
-    """``(N,)`` booleans: True where a sequence begins."""
-    flags = np.zeros(n_tokens, dtype=bool)
-    flags[np.asarray(offsets[:-1])[np.asarray(offsets[:-1]) < n_tokens]] = True
-    return flags
-
-
-class LevelRuns:
-    """The maximal runs of ``count >= level`` inside sequences, for any level, without rescanning.
-
-    A run at level ``m`` starts at ``s`` iff ``count[s - 1] < m <= count[s]`` (the previous step
-    counts as 0 at a sequence start) and stops at ``e`` iff ``count[e] < m <= count[e - 1]``.
-    One pass over ``count`` finds the rising and falling steps; each level then only filters them.
-    """
-
-    def __init__(self, count: np.ndarray, first_steps: np.ndarray, floor: int = 1):
-        self.floor = floor  # levels below ``floor`` are not available (fewer steps to filter per level)
-        before = np.empty_like(count)
-        after = np.empty_like(count)
-        if len(count):
-            before[0], after[-1] = 0, 0
-            before[1:], after[:-1] = count[:-1], count[1:]
-            before[first_steps] = 0  # ``first_steps``: where sequences begin (sorted positions)
-            after[first_steps[first_steps > 0] - 1] = 0
-        positions = np.int32 if len(count) < 2**31 - 1 else np.int64
-        reach = count >= floor
-        self.rise = np.flatnonzero((count > before) & reach).astype(positions)
-        self.rise_lo, self.rise_hi = before[self.rise], count[self.rise]
-        fall = np.flatnonzero((count > after) & reach).astype(positions)
-        self.fall_lo, self.fall_hi = after[fall], count[fall]
-        self.fall = fall + 1
-
-    def at(self, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(starts, stops)`` of the runs at ``level`` (>= ``floor``), in order."""
-        assert level >= self.floor
-        starts = self.rise[(self.rise_lo < level) & (self.rise_hi >= level)]
-        stops = self.fall[(self.fall_lo < level) & (self.fall_hi >= level)]
-        return starts.astype(np.int64), stops.astype(np.int64)
-
-
-def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    lengths = hi - lo
-    total = int(lengths.sum())
-    return np.arange(total, dtype=np.int64) + np.repeat(lo - (np.cumsum(lengths) - lengths), lengths)
 
 
 # ---------------------------------------------------------------------------- match result
@@ -546,165 +553,68 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
     index = MatchIndex.load(store, source, index_dir, progress)
     k_pos, k_neg = threshold_keys(threshold, index.dtype)
     n = len(cells)
-    count, planes = index.selected_on(cells, sign, k_pos, k_neg)
-    selected_bits = np.packbits(np.isin(np.arange(n_virtual), cells))
-    best, histogram, levels, stats = _search(index, count, planes, cells, top, min_length, phrase_length, pad_left,
-                                             pad_right, sign, k_pos, k_neg, selected_bits)
+    column, low, split, check = index.cell_tests(cells, sign, k_pos, k_neg)
+    k_pos, k_neg = index.cell_major.dtype.type(k_pos), index.cell_major.dtype.type(k_neg)
+    count = np.empty(index.n_tokens, dtype=np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32)
+    planes = np.zeros(((n + 7) // 8, index.n_tokens), dtype=np.uint8)
+    chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
+    pool = _pool()
+    step_parts = _token_parts(index.n_tokens, _THREADS)
+    list(pool.map(lambda part: _on_planes(index.codes, column, low, split, part[0], part[1], planes, count, chunk_max),
+                  step_parts))
+    _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
+                chunk_max)
+    longest = int(np.diff(index.offsets).max(initial=0))  # padding never reaches past a sequence
+    seq_parts = _sequence_parts(index.offsets, _THREADS)
+    histograms = np.zeros((len(seq_parts), longest + 1), dtype=np.int64)
+    cands = [np.empty((4096, 5), dtype=np.int64) for _ in seq_parts]
+
+    def runs(i: int, level: int):
+        return _runs(planes, count, chunk_max, n, level, index.offsets, seq_parts[i][0], seq_parts[i][1],
+                     min(pad_left, longest), min(pad_right, longest), min_length, phrase_length or 0, top, cands[i],
+                     histograms[i])
+
+    # Runs from level ``level`` up (each part of the store on its own thread). Done when the top-th
+    # best |C & C'| found is >= level: a run that is a run only below ``level`` has |C & C'| <= its
+    # highest level < level. Otherwise the top-th best found is a lower bound of the true one, so
+    # going down to it is always enough; go down in growing steps, not below that bound.
+    level, step = n, 1
+    while True:
+        results = list(pool.map(lambda i: runs(i, level), range(len(seq_parts))))
+        full = [i for i, r in enumerate(results) if r[0] < 0]
+        for i in full:
+            cands[i] = np.empty((4 * len(cands[i]), 5), dtype=np.int64)
+        if full:
+            continue
+        cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
+        floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
+        if floor >= level or level == 1:
+            break
+        level, step = max(1, floor, level - step), 2 * step
+    n_candidates = sum(r[2] for r in results)
+    histogram = histograms.sum(axis=0)
+    histogram = histogram[:int(np.flatnonzero(histogram)[-1]) + 1] if histogram.any() else histogram[:1]
+    cand = cand[cand[:, 4] >= floor] if floor else cand
+    starts, stops, lo, hi, inter = cand.T
+    order = np.lexsort((starts, starts - stops, -inter))
+    selected = np.zeros((n_virtual + 63) // 64, dtype=np.uint64)
+    np.bitwise_or.at(selected, cells // 64, np.left_shift(np.uint64(1), (cells % 64).astype(np.uint64)))
+    sign_code = SIGNS.index(sign)
+    best, bits, n_verified = _verify(index.row_major, starts[order], stops[order], lo[order], hi[order],
+                                     inter[order], sign_code, k_pos, k_neg, selected, n, top)
     hits = []
-    for i in range(len(best.get("start", ()))):
-        s, e = int(best["start"][i]), int(best["stop"][i])
+    for i in range(len(best)):
+        s, e, inter_i, union_i = (int(v) for v in best[i])
         seq = int(np.searchsorted(index.offsets, s, side="right") - 1)
         seq_lo, seq_hi = int(index.offsets[seq]), int(index.offsets[seq + 1])
         c_lo, c_hi = max(seq_lo, s - left), min(seq_hi, e + right)
-        cprime = np.flatnonzero(np.unpackbits(best["bits"][i], count=n_virtual)).astype(np.int64)
+        cprime = np.flatnonzero(np.unpackbits(bits[i].astype("<u8").view(np.uint8), count=n_virtual,
+                                              bitorder="little")).astype(np.int64)
         tokens = [store.vocab[t] for t in index.token_ids[c_lo:c_hi]]
-        hits.append(Hit(s, e, seq, int(best["intersection"][i]), int(best["union"][i]), cprime, c_lo, c_hi,
-                        tokens, count[c_lo:c_hi].copy()))
+        hits.append(Hit(s, e, seq, inter_i, union_i, cprime, c_lo, c_hi, tokens, count[c_lo:c_hi].copy()))
     return MatchResult(source, cells, threshold, sign, pad_left, pad_right, hits, count, histogram,
-                       stats["phase1"], stats["phase2"], levels)
+                       int(n_candidates), int(n_verified), list(range(n, level - 1, -1)))
 
-
-def _search(index: MatchIndex, count: np.ndarray, planes: np.ndarray, cells: np.ndarray, top: int, min_length: int,
-            phrase_length: int | None, pad_left: int, pad_right: int, sign: str, k_pos: int, k_neg: int,
-            selected_bits: np.ndarray):
-    """Exact top matches by best-first search over the candidates, in two phases.
-
-    Rank keys are ``(-|C & C'|, |C | C'|, -length, start)``, smaller is better. Tier ``u = n, n-1,
-    ...`` generates the runs of level ``u`` and bounds each new candidate's intersection by
-    ``ub = min(level, n - max count at its padding steps)`` (a padding step where ``k`` selected
-    cells are on leaves at most ``n - k`` of them off); a candidate with ``ub = u`` cannot appear at a
-    lower tier. Phase 1 computes the exact intersection of a tier's candidates from the selected
-    cells' on-bits (``planes``). Phase 2 reads whole rows for ``C'`` and the union, only for
-    candidates whose key bound ``(-intersection, n, -length, start)`` can still beat the ``top``-th
-    best, best bound first. The search ends when the ``top``-th best intersection exceeds every
-    unexplored tier.
-    """
-    n = len(cells)
-    best: dict[str, np.ndarray] = {}
-    histogram = np.zeros(1, dtype=np.int64)
-    pool = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "ub": np.zeros(0, np.int64)}
-    exact = {"start": np.zeros(0, np.int64), "stop": np.zeros(0, np.int64), "inter": np.zeros(0, np.int64)}
-    levels, stats = [], {"phase1": 0, "phase2": 0}
-    level_runs = None
-    above = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    for tier in range(n, 0, -1):
-        if _kth_intersection(best, top) > tier:
-            break
-        levels.append(tier)
-        if level_runs is None or tier < level_runs.floor:  # lower levels are needed less often: widen lazily
-            level_runs = LevelRuns(count, index.first_steps, floor=max(1, tier - (n - tier) - 2))
-        starts, stops = level_runs.at(tier)
-        if tier == n:
-            histogram = np.bincount(stops - starts, minlength=1).astype(np.int64)
-        previous, above = above, (starts, stops)
-        lengths = stops - starts
-        keep = lengths == phrase_length if phrase_length is not None else lengths >= min_length
-        starts, stops = starts[keep], stops[keep]
-        if len(starts) and len(previous[0]):  # a run that is also a run one level up was pooled there
-            i = np.minimum(np.searchsorted(previous[0], starts), len(previous[0]) - 1)
-            fresh = (previous[0][i] != starts) | (previous[1][i] != stops)
-            starts, stops = starts[fresh], stops[fresh]
-        ub = np.minimum(tier, n - _max_count_at_padding(index, count, starts, stops, pad_left, pad_right))
-        keep = ub > 0
-        pool = {"start": np.concatenate([pool["start"], starts[keep]]),
-                "stop": np.concatenate([pool["stop"], stops[keep]]), "ub": np.concatenate([pool["ub"], ub[keep]])}
-        now = pool["ub"] == tier
-        t_start, t_stop = pool["start"][now], pool["stop"][now]
-        pool = {k: v[~now] for k, v in pool.items()}
-        # phase 1: exact intersections of this tier's candidates (only those that can still enter the top)
-        kth = _kth_intersection(best, top)
-        inter = _selected_intersection(index, planes, t_start, t_stop, pad_left, pad_right)
-        stats["phase1"] += len(t_start)
-        keep = inter >= max(kth, 1)
-        exact = {"start": np.concatenate([exact["start"], t_start[keep]]),
-                 "stop": np.concatenate([exact["stop"], t_stop[keep]]),
-                 "inter": np.concatenate([exact["inter"], inter[keep]])}
-        # phase 2: whole rows for candidates no unexplored tier can outrank (intersection >= tier)
-        ready = exact["inter"] >= tier
-        best = _phase2(index, {k: v[ready] for k, v in exact.items()}, best, top, n, pad_left, pad_right, sign,
-                       k_pos, k_neg, selected_bits, stats)
-        exact = {k: v[~ready] for k, v in exact.items()}
-    if len(exact["start"]):
-        best = _phase2(index, exact, best, top, n, pad_left, pad_right, sign, k_pos, k_neg, selected_bits, stats)
-    return best, histogram, levels, stats
-
-
-def _kth_intersection(best: dict, top: int) -> int:
-    """The ``top``-th best intersection so far (0 while fewer than ``top`` matches are known)."""
-    return int(best["intersection"][top - 1]) if len(best.get("start", ())) >= top else 0
-
-
-def _phase2(index: MatchIndex, cand: dict, best: dict, top: int, n: int, pad_left: int, pad_right: int, sign: str,
-            k_pos: int, k_neg: int, selected_bits: np.ndarray, stats: dict) -> dict:
-    """Read ``C'`` for candidates in key-bound order until the bound cannot beat the ``top``-th best."""
-    order = np.lexsort((cand["start"], -(cand["stop"] - cand["start"]), -cand["inter"]))
-    starts, stops, inter = cand["start"][order], cand["stop"][order], cand["inter"][order]
-    first, batch = 0, 64
-    while first < len(starts):
-        if _cannot_improve(best, top, int(inter[first]), n, int(stops[first] - starts[first]), int(starts[first])):
-            break
-        last = min(len(starts), first + batch)
-        stats["phase2"] += last - first
-        for found in _verify(index, starts[first:last], stops[first:last], pad_left, pad_right, sign,
-                             k_pos, k_neg, selected_bits, n):
-            best = _merge_top(best, found, top)
-        first, batch = last, batch * 2
-    return best
-
-
-def _selected_intersection(index: MatchIndex, planes: np.ndarray, starts: np.ndarray, stops: np.ndarray,
-                           pad_left: int, pad_right: int) -> np.ndarray:
-    """``|C & C'|`` of each run from the selected cells' on-bits: AND over the run's steps of the
-    bits, and of the inverted bits over its padding steps."""
-    inter = np.zeros(len(starts), dtype=np.int64)
-    if len(starts) == 0:
-        return inter
-    seq = np.searchsorted(index.offsets, starts, side="right") - 1
-    lo = np.maximum(starts - pad_left, index.offsets[seq])
-    hi = np.minimum(stops + pad_right, index.offsets[seq + 1])
-    rows = _concat_ranges(lo, hi)
-    lengths = hi - lo
-    seg = np.cumsum(lengths) - lengths
-    flip = ((rows < np.repeat(starts, lengths)) | (rows >= np.repeat(stops, lengths))).view(np.uint8) * np.uint8(255)
-    for plane in planes:  # every run has steps of its own, so inverted padding bits above n clear
-        bits = plane.take(rows)
-        np.bitwise_xor(bits, flip, out=bits)
-        inter += _POPCOUNT8[np.bitwise_and.reduceat(bits, seg)]
-    return inter
-
-
-def _cannot_improve(best: dict, top: int, ub: int, n: int, length: int | None, start: int | None) -> bool:
-    """Is the ``top``-th best key no worse than the bound ``(-ub, n, -length, start)``?
-    (``length=None``: the best bound of a whole tier.)"""
-    if len(best.get("start", ())) < top:
-        return False
-    k = top - 1
-    kth = (-int(best["intersection"][k]), int(best["union"][k]),
-           -int(best["stop"][k] - best["start"][k]), int(best["start"][k]))
-    if length is None:
-        return kth[0] < -ub
-    return kth <= (-ub, n, -length, start)
-
-
-def _max_count_at_padding(index: MatchIndex, count: np.ndarray, starts: np.ndarray, stops: np.ndarray,
-                          pad_left: int, pad_right: int) -> np.ndarray:
-    """Per run, the largest ``count`` at its padding steps (inside its sequence); 0 without any."""
-    out = np.zeros(len(starts), dtype=np.int64)
-    inside = np.ones(len(starts), dtype=bool)
-    for j in range(1, pad_left + 1):  # step s - j is in the sequence while no sequence starts in (s - j, s]
-        inside &= starts - j >= 0
-        inside[inside] &= ~index.seq_start[starts[inside] - j + 1]
-        if not inside.any():
-            break
-        np.maximum(out, np.where(inside, count[np.maximum(starts - j, 0)], 0), out=out)
-    inside = np.ones(len(starts), dtype=bool)
-    for j in range(pad_right):  # step e + j is in the sequence while no sequence starts in [e, e + j]
-        inside &= stops + j < index.n_tokens
-        inside[inside] &= ~index.seq_start[stops[inside] + j]
-        if not inside.any():
-            break
-        np.maximum(out, np.where(inside, count[np.minimum(stops + j, index.n_tokens - 1)], 0), out=out)
-    return out
 
 def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
     arr = np.asarray(cells)
@@ -722,40 +632,309 @@ def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
     return np.unique(arr).astype(np.int64)
 
 
-def _verify(index: MatchIndex, starts: np.ndarray, stops: np.ndarray, pad_left: int, pad_right: int, sign: str,
-            k_pos: int, k_neg: int, selected_bits: np.ndarray, n_selected: int):
-    """Yield, batch by batch, ``C'`` (packed bits), ``|C & C'|`` and ``|C | C'|`` of candidate runs."""
-    if len(starts) == 0:
-        return
-    seq = np.searchsorted(index.offsets, starts, side="right") - 1
-    lo = np.maximum(starts - pad_left, index.offsets[seq])
-    hi = np.minimum(stops + pad_right, index.offsets[seq + 1])
-    width = n_virtual_cells(index.n_cells, sign)
-    rows_per_batch = max(1, _VERIFY_BYTES // max(1, width))
-    total_rows = np.cumsum(hi - lo)
-    first = 0
-    while first < len(starts):
-        last = int(np.searchsorted(total_rows, (total_rows[first - 1] if first else 0) + rows_per_batch,
-                                   side="right"))
-        last = max(last, first + 1)
-        b_lo, b_hi, b_s, b_e = lo[first:last], hi[first:last], starts[first:last], stops[first:last]
-        rows = _concat_ranges(b_lo, b_hi)
-        lengths = b_hi - b_lo
-        seg = np.cumsum(lengths) - lengths
-        pad = (rows < np.repeat(b_s, lengths)) | (rows >= np.repeat(b_e, lengths))
-        on = on_mask(index.row_major[rows], sign, k_pos, k_neg)
-        on ^= pad[:, None]  # padding steps must be off
-        bits = np.bitwise_and.reduceat(np.packbits(on, axis=1), seg, axis=0)
-        inter = _POPCOUNT8[bits & selected_bits].sum(axis=1)
-        union = n_selected + _POPCOUNT8[bits & ~selected_bits].sum(axis=1)
-        yield {"start": b_s, "stop": b_e, "intersection": inter, "union": union, "bits": bits}
-        first = last
+
+_THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_POOL: list = []
 
 
-def _merge_top(best: dict, found: dict, top: int) -> dict:
-    keep = found["intersection"] > 0
-    found = {k: v[keep] for k, v in found.items()}
-    merged = {k: np.concatenate([best[k], found[k]]) for k in found} if best else found
-    order = np.lexsort((merged["start"], -(merged["stop"] - merged["start"]), merged["union"],
-                        -merged["intersection"]))[:top]
-    return {k: v[order] for k, v in merged.items()}
+def _pool():
+    """The threads that run the kernels on parts of the store (the kernels release the GIL)."""
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(_THREADS, thread_name_prefix="lstmvis-match"))
+    return _POOL[0]
+
+
+def _token_parts(n_tokens: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` (or fewer) step ranges ``[a, b)`` covering ``[0, n_tokens)``, split at multiples of 64."""
+    cuts = sorted({64 * round(n_tokens * i / parts / 64) for i in range(1, parts)})
+    edges = [0, *[c for c in cuts if 0 < c < n_tokens], n_tokens]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _sequence_parts(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """``parts`` (or fewer) ranges of whole sequences ``[first, last)`` with about as many steps each."""
+    n_seq = len(offsets) - 1
+    cuts = np.searchsorted(offsets, [offsets[-1] * i / parts for i in range(1, parts)])
+    edges = sorted({0, n_seq, *[int(c) for c in cuts if 0 < c < n_seq]})
+    return list(zip(edges[:-1], edges[1:]))
+
+
+# ---------------------------------------------------------------------------- compiled kernels
+@intrinsic
+def _popcount(typingctx, x):
+    """Set bits of a uint64 (LLVM's ctpop: one instruction)."""
+    def codegen(context, builder, signature, args):
+        return builder.zext(builder.ctpop(args[0]), context.get_value_type(types.int64))
+    return types.int64(types.uint64), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max):
+    """The selected cells over the whole store: ``planes[j >> 3, t]`` bit ``j & 7`` = cell ``j`` on at
+    ``t``, ``count[t]`` = how many are on, ``chunk_max[k]`` = the largest count in steps
+    ``[64k, 64k + 64)``; over steps ``[start, stop)`` (``start`` a multiple of 64). Comparisons run
+    on the one-byte codes, vectorized, in blocks that stay in cache; the threshold's own bucket
+    counts as off here (``_fix_bucket`` adds its steps that are on)."""
+    block, chunk = 4096, 64
+    for b0 in range(start, stop, block):
+        b1 = min(stop, b0 + block)
+        size = b1 - b0
+        cnt = count[b0:b1]
+        cnt[:] = 0
+        for j in range(len(column)):
+            cell, cut = column[j], split[j]
+            plane = planes[j >> 3, b0:b1]
+            bit = np.uint8(1 << (j & 7))
+            code = codes[cell, b0:b1]
+            if low[j]:
+                if cut > 0:
+                    below = np.uint8(cut)
+                    for t in range(size):
+                        on = np.uint8(code[t] < below)
+                        plane[t] |= on * bit
+                        cnt[t] += on
+            elif cut < 0:
+                for t in range(size):
+                    plane[t] |= bit
+                    cnt[t] += np.uint8(1)
+            elif cut < 255:
+                above = np.uint8(cut)
+                for t in range(size):
+                    on = np.uint8(code[t] > above)
+                    plane[t] |= on * bit
+                    cnt[t] += on
+        for c0 in range(0, size, chunk):
+            top = cnt[c0]
+            for t in range(c0 + 1, min(size, c0 + chunk)):
+                top = max(top, cnt[t])
+            chunk_max[(b0 + c0) // chunk] = top
+
+
+@numba.njit(cache=True, nogil=True)
+def _fix_bucket(keys, order, bucket_start, column, low, check, k_pos, k_neg, planes, count, chunk_max):
+    """Add to ``_on_planes``'s result the steps of the threshold's own bucket (``check``) that are
+    on: a prefix (low) or suffix (high) of the bucket in key order (``order``), found by bisection."""
+    chunk = 64
+    for j in range(len(column)):
+        if check[j] < 0:
+            continue
+        cell, p, bit = column[j], j >> 3, np.uint8(1 << (j & 7))
+        lo, hi = bucket_start[cell, check[j]], bucket_start[cell, check[j] + 1]
+        while lo < hi:  # the first with key > k_neg (low) or key >= k_pos (high)
+            mid = (lo + hi) // 2
+            key = keys[cell, order[cell, mid]]
+            if (key <= k_neg) if low[j] else (key < k_pos):
+                lo = mid + 1
+            else:
+                hi = mid
+        first, last = (bucket_start[cell, check[j]], lo) if low[j] else (lo, bucket_start[cell, check[j] + 1])
+        for i in range(first, last):
+            t = order[cell, i]
+            planes[p, t] |= bit
+            count[t] += np.uint8(1)
+            chunk_max[t // chunk] = max(chunk_max[t // chunk], count[t])
+
+
+@numba.njit(inline="always")
+def _step_bits(planes, t, w, n_planes):
+    """Word ``w`` of the selected cells' on-bits at step ``t`` (cells ``64w .. 64w + 63``)."""
+    word = np.uint64(0)
+    for p in range(8 * w, min(n_planes, 8 * w + 8)):
+        word |= np.uint64(planes[p, t]) << np.uint64(8 * (p - 8 * w))
+    return word
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs(planes, count, chunk_max, n, level, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
+          phrase_length, top, cand, histogram):
+    """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
+    ``>= level`` (steps counting fewer than ``level`` end runs) with their exact ``|C & C'|``; keep in ``cand`` (rows ``start, stop,
+    lo, hi, |C & C'|``; ``[lo, hi)``: the run with its padding inside its sequence) those that fewer
+    than ``top`` others beat on ``|C & C'|``. Also counts the level-``n`` runs by length into
+    ``histogram``. Returns ``(kept, floor, n_candidates)``: ``floor`` is the ``top``-th best
+    ``|C & C'|`` found (0 if fewer than ``top`` were found); ``kept = -1`` when ``cand`` is too small.
+
+    A stack holds the open runs of all levels (heights strictly increasing above a floor of height
+    0), each with the AND of its own steps' bits and the OR of its start's left padding. A step of
+    count ``v`` closes every open run higher than ``v``: the run ``[s, t)`` on top is maximal at the
+    levels above ``max(v, height below it)``, one candidate, and its AND goes on to the run below.
+    Steps outside every run (count below ``level``) are skipped 64 at a time by ``chunk_max``.
+    """
+    end = offsets[last_seq]
+    n_planes = planes.shape[0]
+    words = (n + 63) // 64
+    st_start = np.zeros(n + 2, dtype=np.int64)
+    st_height = np.zeros(n + 2, dtype=np.int64)
+    st_and = np.zeros((n + 2, words), dtype=np.uint64)
+    st_pad = np.zeros((n + 2, words), dtype=np.uint64)
+    acc = np.empty(words, dtype=np.uint64)
+    by_inter = np.zeros(n + 1, dtype=np.int64)
+    kept, floor, at_least_floor, n_candidates = 0, 1, 0, 0
+    histogram[:] = 0
+    seq = first_seq
+    seq_lo = seq_hi = t = offsets[first_seq]  # an empty sequence before the first: its first step "ends" it
+    sp = 1  # stack[0]: the floor (height 0)
+    while t <= end:
+        if sp == 1 and t < seq_hi:  # no open run: skip steps below ``level``
+            while t < seq_hi and count[t] < level:
+                if t % 64 == 0 and chunk_max[t // 64] < level:
+                    t += 64
+                else:
+                    t += 1
+            t = min(t, seq_hi)
+        v = np.int64(count[t]) if t < seq_hi else 0
+        if v < level:
+            v = 0
+        if t < seq_hi and st_height[sp - 1] == v:  # the common step: it extends the top run
+            for w in range(words):
+                st_and[sp - 1, w] &= _step_bits(planes, t, w, n_planes)
+            t += 1
+            continue
+        ending = t == seq_hi  # a sequence ends at t: close every open run (no right padding)
+        for w in range(words):
+            acc[w] = ~np.uint64(0)
+        first = t
+        while st_height[sp - 1] > v:
+            sp -= 1
+            for w in range(words):
+                acc[w] &= st_and[sp, w]
+            s, h = st_start[sp], st_height[sp]
+            first = s
+            length = t - s
+            if h == n:
+                histogram[length] += 1
+            if (length == phrase_length) if phrase_length > 0 else (length >= min_length):
+                n_candidates += 1
+                e_pad = t if ending else min(seq_hi, t + pad_right)
+                inter = 0
+                for w in range(words):
+                    pad = st_pad[sp, w]
+                    for r in range(t, e_pad):
+                        pad |= _step_bits(planes, r, w, n_planes)
+                    inter += _popcount(acc[w] & ~pad)
+                if inter >= floor:
+                    if kept == len(cand):  # full: drop what the floor now excludes
+                        m = 0
+                        for i in range(kept):
+                            if cand[i, 4] >= floor:
+                                cand[m] = cand[i]
+                                m += 1
+                        if m == kept:
+                            return -1, floor, n_candidates
+                        kept = m
+                    cand[kept, 0], cand[kept, 1], cand[kept, 2] = s, t, max(seq_lo, s - pad_left)
+                    cand[kept, 3], cand[kept, 4] = e_pad, inter
+                    kept += 1
+                    by_inter[inter] += 1
+                    at_least_floor += 1
+                    while at_least_floor - by_inter[floor] >= top:
+                        at_least_floor -= by_inter[floor]
+                        floor += 1
+        if ending:
+            if t == end:
+                break
+            while offsets[seq + 1] <= t:  # on to the sequence holding t
+                seq += 1
+            seq_lo, seq_hi = offsets[seq], offsets[seq + 1]
+            sp, first = 1, t
+            for w in range(words):
+                acc[w] = ~np.uint64(0)
+            v = np.int64(count[t])
+            if v < level:
+                continue  # t is examined again, inside its sequence
+        for w in range(words):
+            acc[w] &= _step_bits(planes, t, w, n_planes)
+        if st_height[sp - 1] == v:  # the step extends the open run of its own height
+            for w in range(words):
+                st_and[sp - 1, w] &= acc[w]
+        else:
+            st_start[sp], st_height[sp] = first, v
+            for w in range(words):
+                st_and[sp, w] = acc[w]
+            if first == t:  # a run starting here: OR of its left padding inside the sequence
+                for w in range(words):
+                    st_pad[sp, w] = 0
+                    for r in range(max(seq_lo, t - pad_left), t):
+                        st_pad[sp, w] |= _step_bits(planes, r, w, n_planes)
+            # else it starts where the last closed run started, in that run's slot: same padding
+            sp += 1
+        t += 1
+    m = 0
+    for i in range(kept):
+        if cand[i, 4] >= floor:
+            cand[m] = cand[i]
+            m += 1
+    return m, floor if at_least_floor >= top else 0, n_candidates
+
+
+@numba.njit(inline="always")
+def _before(inter1, union1, length1, start1, inter2, union2, length2, start2):
+    """Is the key ``(-inter1, union1, -length1, start1)`` smaller than ``(-inter2, ...)``?"""
+    if inter1 != inter2:
+        return inter1 > inter2
+    if union1 != union2:
+        return union1 < union2
+    if length1 != length2:
+        return length1 > length2
+    return start1 < start2
+
+
+@numba.njit(cache=True, nogil=True)
+def _verify(rows, starts, stops, lo, hi, inter, sign_code, k_pos, k_neg, selected, n, top):
+    """The ``top`` best candidates: ``(start, stop, |C & C'|, |C | C'|)`` rows, ``C'`` as bit words,
+    and how many were read. Candidates come sorted by their bound ``(-inter, n, -length, start)``
+    (``|C | C'| >= n``): reading stops when the ``top``-th best key is no worse than the next bound.
+    ``C'`` is the AND over the run's rows of the on-bits and over its padding rows of the off-bits.
+    """
+    d = rows.shape[1]
+    words = len(selected)
+    best = np.zeros((top, 4), dtype=np.int64)
+    best_bits = np.zeros((top, words), dtype=np.uint64)
+    cprime = np.empty(words, dtype=np.uint64)
+    row = np.empty(words, dtype=np.uint64)
+    m, n_verified = 0, 0
+    for c in range(len(starts)):
+        s, e = starts[c], stops[c]
+        if m == top and not _before(inter[c], n, e - s, s, best[m - 1, 2], best[m - 1, 3],
+                                    best[m - 1, 1] - best[m - 1, 0], best[m - 1, 0]):
+            break
+        n_verified += 1
+        cprime[:] = ~np.uint64(0)
+        for r in range(lo[c], hi[c]):
+            row[:] = 0
+            if sign_code == 0:
+                for j in range(d):
+                    row[j >> 6] |= np.uint64(rows[r, j] >= k_pos) << np.uint64(j & 63)
+            elif sign_code == 1:
+                for j in range(d):
+                    row[j >> 6] |= np.uint64(rows[r, j] <= k_neg) << np.uint64(j & 63)
+            else:
+                for j in range(d):
+                    row[j >> 6] |= np.uint64(rows[r, j] >= k_pos) << np.uint64(j & 63)
+                    row[(d + j) >> 6] |= np.uint64(rows[r, j] <= k_neg) << np.uint64((d + j) & 63)
+            if s <= r < e:
+                for w in range(words):
+                    cprime[w] &= row[w]
+            else:
+                for w in range(words):
+                    cprime[w] &= ~row[w]
+        got, extra = 0, 0
+        for w in range(words):
+            got += _popcount(cprime[w] & selected[w])
+            extra += _popcount(cprime[w] & ~selected[w])
+        union = n + extra
+        if m == top and not _before(got, union, e - s, s, best[m - 1, 2], best[m - 1, 3],
+                                    best[m - 1, 1] - best[m - 1, 0], best[m - 1, 0]):
+            continue
+        p = min(m, top - 1)  # insertion sort into the best list
+        while p > 0 and _before(got, union, e - s, s, best[p - 1, 2], best[p - 1, 3],
+                                best[p - 1, 1] - best[p - 1, 0], best[p - 1, 0]):
+            best[p] = best[p - 1]
+            best_bits[p] = best_bits[p - 1]
+            p -= 1
+        best[p, 0], best[p, 1], best[p, 2], best[p, 3] = s, e, got, union
+        best_bits[p] = cprime
+        m = min(m + 1, top)
+    return best[:m].copy(), best_bits[:m].copy(), n_verified

@@ -1,11 +1,11 @@
 """Select and match against a brute-force reference that enumerates every interval of every sequence."""
+import importlib
 import os
 
 import numpy as np
 import pytest
 
-from lstmvis.match import (LevelRuns, MatchIndex, build_index, float_keys, match, select, sequence_starts,
-                           threshold_keys)
+from lstmvis.match import MatchIndex, build_index, float_keys, match, select, threshold_keys
 from lstmvis.store import StateStore
 
 LEVELS = np.round(np.linspace(-1, 1, 21), 2)  # few distinct values: many ties at the threshold
@@ -87,8 +87,11 @@ def _check_same(result, expected, count, histogram):
     np.testing.assert_array_equal(result.length_histogram, histogram)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("seed", range(6))
-def test_select_and_match_equal_brute_force(tmp_path, seed):
+def test_select_and_match_equal_brute_force(tmp_path, monkeypatch, seed, threads):
+    # threads: the store is cut into that many parts (steps and whole sequences), one per thread
+    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
     rng = np.random.default_rng(100 + seed)
     sign = ["positive", "negative", "both"][seed % 3]
     dtype = np.float16 if seed < 4 else np.float32
@@ -223,7 +226,11 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
         files = sorted(p.name for p in folder.iterdir())
         mtimes = {p: os.stat(folder / p).st_mtime_ns for p in files}
         assert MatchIndex.load(store, "rnn.l0.h") is first
-        assert first.nbytes == 2 * store.dataset("rnn.l0.h").size * 2 + 4 * store.n_tokens
+        # per value: keys twice (2 B each), a code (1 B), its rank in key order (4 B); per cell: 256
+        # bucket bounds (2 B) and 257 bucket starts (8 B); per token: its id (4 B)
+        d = store.n_cells("rnn.l0.h")
+        assert first.nbytes == store.dataset("rnn.l0.h").size * (2 * 2 + 1 + 4) + d * (256 * 2 + 257 * 8) \
+            + 4 * store.n_tokens
     import importlib
 
     importlib.import_module("lstmvis.match")._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
@@ -235,7 +242,7 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
     with store2:
         result = match(store2, "rnn.l0.h", [0, 1], top=5)
         _check_same(result, *brute_match(x2, offsets2, [0, 1], 0.3, 1, 0, "positive", 5))
-        assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 3
+        assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 7
 
 
 def test_float_keys_sort_like_the_floats():
@@ -252,30 +259,6 @@ def test_float_keys_sort_like_the_floats():
             exact = x.astype(np.float64)  # numpy would compare float16 with a float16-rounded threshold
             np.testing.assert_array_equal(keys >= k_pos, exact >= threshold)
             np.testing.assert_array_equal(keys <= k_neg, exact <= -threshold)
-
-
-def test_level_runs_equal_a_scan_and_never_cross_sequences():
-    rng = np.random.default_rng(3)
-    count = rng.integers(0, 4, size=300).astype(np.uint8)
-    offsets = np.array([0, 7, 7, 50, 51, 180, 300])
-    levels = LevelRuns(count, np.flatnonzero(sequence_starts(offsets, 300)))
-    for level in range(1, 5):
-        expected = []
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            t = a
-            while t < b:
-                if count[t] >= level:
-                    e = t
-                    while e < b and count[e] >= level:
-                        e += 1
-                    expected.append((t, e))
-                    t = e
-                else:
-                    t += 1
-        starts, stops = levels.at(level)
-        assert list(zip(starts.tolist(), stops.tolist())) == expected
-    empty = LevelRuns(np.zeros(0, np.uint8), np.zeros(0, dtype=np.int64))
-    assert [len(a) for a in empty.at(1)] == [0, 0]
 
 
 def test_concurrent_first_queries_build_the_index_once(tmp_path, monkeypatch):
