@@ -98,7 +98,7 @@ def test_gradient_x_input_is_exact(bag, target):
     assert e.signed and e.target == target and e.method == "gradient_x_input"
 
 
-@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+@pytest.mark.parametrize("rule", ["adaptive", "gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
                                   "riemann_trapezoid"])
 @pytest.mark.parametrize("baseline", ["pad", "zero"])
 def test_integrated_gradients_is_exact_for_every_rule(bag, rule, baseline):

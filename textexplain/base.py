@@ -197,6 +197,45 @@ def gradient_sum(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, weight
     return total, np.concatenate(all_logits), target
 
 
+ROW_TOKEN_BUDGET = 2048  # default chunk: path rows x tokens per pass (cache-friendly; bounds memory)
+
+
+def row_chunks(n_rows: int, n_tokens: int, internal_batch_size: int | None = None) -> list[slice]:
+    """Slices of ``n_rows`` rows per pass: ``internal_batch_size`` rows, or by default equal chunks of
+    at most ``ROW_TOKEN_BUDGET`` row-tokens (on sentiment-lstm with 64 tokens, two passes of 25 rows ran
+    ~7% faster than one of 50)."""
+    if internal_batch_size is None:
+        n_chunks = max(1, -(-n_rows * max(1, n_tokens) // ROW_TOKEN_BUDGET))
+        size = -(-n_rows // n_chunks)
+    else:
+        size = max(1, int(internal_batch_size))
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, max(1, size))]
+
+
+def logits_at_embeddings(model: TextModel, ids: torch.Tensor, rows: torch.Tensor,
+                         internal_batch_size: int | None = None) -> torch.Tensor:
+    """Logits ``(K, C)`` of ``ids (1, T)`` with the embedding output replaced by each row of ``rows
+    (K, T, E)``; forward only (``torch.inference_mode``: no autograd graph), in chunks."""
+    with torch.inference_mode():
+        out = [forward_at_embeddings(model, ids.expand(rows[part].shape[0], -1), rows[part])
+               for part in row_chunks(rows.shape[0], ids.shape[1], internal_batch_size)]
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def output_gradients(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, target: int, output: str,
+                     internal_batch_size: int | None = None) -> torch.Tensor:
+    """Per-row gradients ``(K, T, E)``: ``dF/d(embeddings)`` at each row of ``rows`` for ``ids (1, T)``,
+    F = the target's logit or probability. Rows run in chunks (``row_chunks``); like ``gradient_sum``
+    only the embeddings get gradients, the model's parameters and their ``.grad`` are never touched."""
+    grads = torch.empty_like(rows)
+    for part in row_chunks(rows.shape[0], ids.shape[1], internal_batch_size):
+        block = rows[part].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = forward_at_embeddings(model, ids.expand(block.shape[0], -1), block)
+            (grads[part],) = torch.autograd.grad(select_output(logits, target, output).sum(), block)
+    return grads
+
+
 def logits_of(model: TextModel, token_ids: Sequence[int]) -> np.ndarray:
     """Logits ``(C,)`` of one unperturbed text."""
     return model.logits_ids([list(token_ids)])[0].astype(np.float64)

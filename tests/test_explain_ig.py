@@ -1,0 +1,132 @@
+"""Integrated Gradients' quadrature rules: the adaptive rule against known integrals, row accounting."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import textexplain as te
+from textexplain.integrated_gradients import FIXED_RULES, RULES, adaptive_nodes, quadrature
+from test_explain_analytic import TEXT, contributions, make_bag_model
+
+
+def steep_step(alpha, at=0.05, width=2e-4, height=3.0):
+    """F(alpha) = height * (1 + tanh((alpha - at) / width)) / 2 + alpha: an RNN-like state flip."""
+    return height * (1 + np.tanh((np.asarray(alpha) - at) / width)) / 2 + np.asarray(alpha)
+
+
+def steep_step_rate(alpha, at=0.05, width=2e-4, height=3.0):
+    t = np.minimum(np.abs(np.asarray(alpha) - at) / width, 300.0)  # cosh overflows beyond
+    return height / (2 * width) / np.cosh(t) ** 2 + 1.0
+
+
+def run_adaptive(n_steps, f, rate):
+    """adaptive_nodes on a scalar F: 'gradients' are dF/dalpha in a (K, 1, 1) tensor."""
+    calls = {"probes": 0, "gradients": 0}
+
+    def probe(alphas):
+        calls["probes"] += len(alphas)
+        return f(alphas)
+
+    def gradients(alphas):
+        calls["gradients"] += len(alphas)
+        return torch.tensor(rate(alphas), dtype=torch.float64)[:, None, None]
+
+    start = np.linspace(0.0, 1.0, 9)
+    calls["probes"] += len(start)
+    nodes, weights, grads = adaptive_nodes(n_steps, start, f(start), probe, gradients, lambda g: g[:, 0, 0].numpy())
+    return nodes, weights, grads[:, 0, 0].numpy(), calls
+
+
+@pytest.mark.parametrize("n_steps", [1, 3, 9, 10, 50, 101])
+def test_adaptive_rule_is_a_quadrature_rule_with_n_steps_gradient_evaluations(n_steps):
+    nodes, weights, rates, calls = run_adaptive(n_steps, steep_step, steep_step_rate)
+    assert calls["gradients"] == n_steps  # the budget is the number of gradient evaluations
+    assert len(nodes) <= n_steps and len(nodes) == len(weights) == len(rates)
+    assert ((nodes > 0) & (nodes < 1)).all() and (weights > 0).all()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(rates, steep_step_rate(nodes))  # gradients stay paired with their nodes
+    # exact for polynomials up to degree 2 * (nodes per segment) - 1 >= 1 (every segment has a node)
+    for degree in range(2):
+        assert (weights * (degree + 1) * nodes ** degree).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("width", [1e-3, 2e-4, 5e-5])
+def test_adaptive_rule_integrates_a_state_flip_that_gauss_legendre_misses(width):
+    f = lambda a: steep_step(a, width=width)  # noqa: E731
+    rate = lambda a: steep_step_rate(a, width=width)  # noqa: E731
+    exact = f(1.0) - f(0.0)
+    nodes, weights, rates, calls = run_adaptive(50, f, rate)
+    adaptive_error = abs((weights * rates).sum() - exact) / exact
+    gl_nodes, gl_weights = quadrature(50, "gausslegendre")
+    gl_error = abs((gl_weights * rate(gl_nodes)).sum() - exact) / exact
+    assert gl_error > 0.1, gl_error  # the fixed rule's nodes straddle the step
+    assert adaptive_error < 0.005, adaptive_error  # within the 1% completeness tolerance
+    assert calls["probes"] <= 9 + 4 * 3 + 6
+
+
+def test_adaptive_rule_on_smooth_paths_matches_gauss_legendre():
+    f = lambda a: np.sin(np.asarray(a)) + np.asarray(a) ** 2  # noqa: E731
+    rate = lambda a: np.cos(np.asarray(a)) + 2 * np.asarray(a)  # noqa: E731
+    nodes, weights, rates, calls = run_adaptive(50, f, rate)
+    assert (weights * rates).sum() == pytest.approx(f(1.0) - f(0.0), abs=1e-10)
+    assert calls["probes"] == 9 + 6  # nothing to zoom into; the second pass adds its probes
+    flat = run_adaptive(20, lambda a: np.zeros(len(np.atleast_1d(a))), lambda a: np.zeros(len(np.atleast_1d(a))))
+    assert flat[1].sum() == pytest.approx(1.0, abs=1e-12)  # F constant: uniform segments, no division by zero
+
+
+@pytest.mark.parametrize("method", RULES)
+def test_row_accounting_and_exactness_per_rule(method):
+    model = make_bag_model()
+    e = te.IntegratedGradients(model, n_steps=12, method=method).explain(TEXT, target=1)
+    np.testing.assert_allclose(e.scores, contributions(model, TEXT, 1), atol=1e-5)
+    assert e.info["n_gradient_rows"] == 12
+    assert e.info["n_forward_rows"] == e.info["n_gradient_rows"] + e.info["n_probe_rows"]
+    assert e.info["n_probe_rows"] == (2 if method in FIXED_RULES else 9 + 6)  # linear path: no zoom
+    assert e.params["method"] == method
+
+
+def test_default_is_adaptive_and_gauss_legendre_stays_available():
+    model = make_bag_model(nonlinear=True)
+    ig = te.IntegratedGradients(model)
+    assert ig.method == "adaptive" and ig.n_steps == 50
+    ids = model.encode(TEXT)
+    for method in ("adaptive", "gausslegendre"):
+        e = te.IntegratedGradients(model, method=method).explain(TEXT, target=1)
+        assert abs(e.delta) <= 1e-4 * abs(e.info["f_input"] - e.info["f_baseline"])
+        assert e.info["converged"] and len(e.scores) == len(ids)
+
+
+def test_quadrature_refuses_the_adaptive_rule_with_a_clear_message():
+    with pytest.raises(ValueError, match="no fixed quadrature"):
+        quadrature(10, "adaptive")
+    with pytest.raises(ValueError, match="method"):
+        quadrature(10, "simpson")
+    nodes, weights = quadrature(5, "gausslegendre")
+    assert weights.sum() == pytest.approx(1.0) and (nodes * weights).sum() == pytest.approx(0.5)
+    assert math.isclose(float((weights * nodes ** 9).sum()), 0.1, rel_tol=1e-12)  # exact to degree 2n - 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_adaptive_rule_stays_a_valid_rule_on_random_paths(seed):
+    """Random steps (some far steeper than the probes resolve), kinks and flat stretches."""
+    rng = np.random.default_rng(seed)
+    at, width, height = rng.uniform(0, 1, 4), 10.0 ** rng.uniform(-6, -1, 4), rng.normal(0, 3, 4)
+    kink = rng.uniform(0, 1)
+
+    def f(a):
+        a = np.atleast_1d(np.asarray(a, dtype=np.float64))
+        return (height * (1 + np.tanh((a[:, None] - at) / width)) / 2).sum(1) + np.maximum(a - kink, 0)
+
+    def rate(a):
+        a = np.atleast_1d(np.asarray(a, dtype=np.float64))
+        t = np.minimum(np.abs(a[:, None] - at) / width, 300.0)
+        return (height / (2 * width) / np.cosh(t) ** 2).sum(1) + (a > kink)
+
+    for n_steps in (1, 2, 5, 10, 17, 50):
+        nodes, weights, rates, calls = run_adaptive(n_steps, f, rate)
+        assert calls["gradients"] == n_steps
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12) and (weights > 0).all()
+        assert ((nodes > 0) & (nodes < 1)).all() and len(np.unique(nodes)) == len(nodes)
