@@ -236,6 +236,57 @@ def test_explorer_page_carries_the_first_store_details(client):
             assert data["store_info"]["name"] == ready[0] and data["store_info"]["sources"]
 
 
+def test_request_threads_are_reused_and_retire_when_idle(app):
+    """werkzeug closes each connection after one request: the server's threads wait for the next one
+    instead of a new thread per request (warm allocator arenas), and exit once idle."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.app import make_server
+
+    def workers():
+        return {t for t in threading.enumerate() if t.name == "http-worker"}
+
+    srv = make_server(app, "127.0.0.1", 0)
+    srv.idle_seconds = 0.5
+    before = workers()  # idle threads other tests' servers may still hold
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        for _ in range(20):
+            requests.get(f"{base}/api/status", timeout=10).raise_for_status()
+        assert 1 <= len(workers() - before) <= 5, "20 requests one after another need about one thread"
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: requests.get(f"{base}/api/stores/toy/tokens?start={i % 8}&stop="
+                                                           f"{i % 8 + 3}", timeout=10).json()["tokens"], range(24)))
+        tokens = " ".join(TOY_TEXTS).split()
+        assert results == [tokens[i % 8:i % 8 + 3] for i in range(24)]
+        deadline = time.monotonic() + 10
+        while workers() - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not workers() - before, "idle request threads must exit after idle_seconds"
+        requests.get(f"{base}/api/status", timeout=10).raise_for_status()  # and new ones start on demand
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def test_allocator_tuning_respects_the_environment(monkeypatch):
+    import platform
+
+    from server.app import tune_allocator
+
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"):
+        monkeypatch.setenv(name, "0")
+    assert tune_allocator() is False  # every setting was given in the environment: nothing changed
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"):
+        monkeypatch.delenv(name)
+    assert tune_allocator() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
 def test_live_server_answers_concurrently(app):
     from concurrent.futures import ThreadPoolExecutor
     with live_server(app) as base:
