@@ -238,7 +238,11 @@ def section_completeness(args) -> list[str]:
              "(ReLU, max pooling): kinks everywhere, errors shrink only like 1/steps. `adaptive` probes F "
              "(forward only), zooms into the steps and places composite Gauss-Legendre nodes by |dF|, then "
              "re-integrates the segment with the largest known gap. Unconverged results stay flagged in "
-             "`info['converged']` and in every rendering.", ""]
+             "`info['converged']` and in every rendering.", "",
+             "Default: `adaptive` costs 1.5-2x the time of 50 fixed steps on these short sentences (probes, a second "
+             "pass) and beats 200 fixed steps (3x the time) on both LSTMs, and is at least as good as 50 fixed steps "
+             "on every model; on the GRU and the CNN, fixed Gauss-Legendre with more steps is as good per unit of "
+             "time (2026-11-22).", ""]
     return rows
 
 
