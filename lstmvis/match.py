@@ -19,27 +19,31 @@ only the selected ones) on over the whole run and off at its padding. Candidates
 ascending (fewest extra cells on), length descending, then start ascending (a total order), and
 the first ``top`` are returned. No run, hence no match, spans two sequences.
 
-The result is exact. One compiled pass (numba) over the store reads the selected cells' columns
-block by block, computes ``count`` and each step's on-bits of the selected cells, and enumerates the
-candidates of every level at once with a stack of open runs (the runs of all levels nest: at most
-``n + 1`` are open at any step), each with the AND of its steps' bits and the OR of its left
-padding's bits; closing a run gives its exact ``|C & C'|`` from those bits. Candidates that ``top``
-others already beat on ``|C & C'|`` are dropped on the fly. The rest are verified best bound first
-(``(-|C & C'|, n, -length, start)``, ``|C | C'| >= n``): whole rows are read for ``C'`` and the
-union, and verification stops once the ``top``-th best key is no worse than the next bound.
-LSTMVis instead keeps a heuristic shortlist of 1,000 (fast mode, first 500k steps only) or 10,000
-candidates.
+The result is exact. Compiled passes (numba; the store is cut into parts at sequence boundaries,
+one thread each) first compute, for the selected cells, ``count`` and each step's on-bits from the
+index's one-byte codes. Then a scan enumerates the runs of all levels ``>= L`` at once with a
+stack of open runs (runs of different levels nest: at most ``n + 1`` are open at any step; steps
+counting fewer than ``L`` close them all), each with the AND of its steps' bits and the OR of its
+left padding's bits, so closing a run gives its exact ``|C & C'|``. Candidates that ``top`` others
+already beat on ``|C & C'|`` are dropped on the fly. A run at level ``m`` has ``|C & C'| <= m``:
+``L`` starts at ``n`` and goes down only until the ``top``-th best ``|C & C'|`` found is ``>= L``.
+The survivors are verified best bound first (``(-|C & C'|, n, -length, start)``, as
+``|C | C'| >= n``): whole rows are read for ``C'`` and the union, and verification stops once the
+``top``-th best key is no worse than the next bound. LSTMVis instead keeps a heuristic shortlist
+of 1,000 (fast mode, first 500k steps only) or 10,000 candidates.
 
 **Index.** Every query reads an index built once per source with a progress bar and kept beside
 the store (``<store>.index/``; a cache folder if that is not writable): the states as
 order-preserving unsigned integer keys (``float_keys``), once cell-major ``(D, N)`` and once
-row-major ``(N, D)`` (for reading whole candidate runs), plus one byte per value, ``codes (D, N)``:
-the value's bucket among 256 per-cell quantile buckets (``bounds (D, 256)``, keys, estimated from
-a sample of rows). For a threshold, a cell is on wherever its code is above the threshold's bucket
-and off wherever it is below; only steps in the threshold's own bucket (about 1/256 of them) read
-the exact key. So a query reads one byte per step per selected cell, and one index serves every
-threshold exactly: comparing keys is comparing the stored floats. It is rebuilt when the store
-file changes.
+row-major ``(N, D)`` (for reading whole candidate runs); one byte per value, ``codes (D, N)``,
+the value's bucket among 256 per-cell quantile buckets (``bounds (D, 256)``, keys); and per cell
+the steps in key order (``order (D, N)``, bucket ``b`` at ``bucket_start[:, b]``). For a
+threshold, a cell is on wherever its code is above the threshold's bucket and off wherever it is
+below; the on-steps of the threshold's own bucket (about 1/256 of the steps) are a suffix (or a
+prefix) of that bucket in key order, found by bisection. So a query reads one byte per step per
+selected cell, and one index serves every threshold exactly: comparing keys is comparing the
+stored floats. It is rebuilt when the store file changes. Size: 4.5x float16 states (2 B keys
+twice, 1 B code, 4 B order per value), 3.25x float32 states.
 """
 from __future__ import annotations
 
@@ -576,9 +580,10 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
 
     # Runs from level ``level`` up (each part of the store on its own thread). Done when the top-th
     # best |C & C'| found is >= level: a run that is a run only below ``level`` has |C & C'| <= its
-    # highest level < level. Otherwise the top-th best found is a lower bound of the true one, so
-    # going down to it is always enough; go down in growing steps, not below that bound.
-    level, step = n, 1
+    # highest level < level. Otherwise the top-th best found is a lower bound ``known`` of the true
+    # one, so a pass from ``known`` is always the last; passes cost more the lower they start, so
+    # bisect between ``known`` and ``level``, or go down in growing steps while nothing is known.
+    level, step, known = n, 1, 0
     while True:
         results = list(pool.map(lambda i: runs(i, level), range(len(seq_parts))))
         full = [i for i, r in enumerate(results) if r[0] < 0]
@@ -590,7 +595,8 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
         floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
         if floor >= level or level == 1:
             break
-        level, step = max(1, floor, level - step), 2 * step
+        known = max(known, floor)
+        level, step = ((known + level) // 2 if known else max(1, level - step)), 2 * step
     n_candidates = sum(r[2] for r in results)
     histogram = histograms.sum(axis=0)
     histogram = histogram[:int(np.flatnonzero(histogram)[-1]) + 1] if histogram.any() else histogram[:1]
