@@ -641,15 +641,17 @@ def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
 
 _THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _POOL: list = []
+_POOL_LOCK = threading.Lock()
 
 
 def _pool():
     """The threads that run the kernels on parts of the store (the kernels release the GIL)."""
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        if not _POOL:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _POOL.append(ThreadPoolExecutor(_THREADS, thread_name_prefix="lstmvis-match"))
-    return _POOL[0]
+            _POOL.append(ThreadPoolExecutor(_THREADS, thread_name_prefix="lstmvis-match"))
+        return _POOL[0]
 
 
 def _token_parts(n_tokens: int, parts: int) -> list[tuple[int, int]]:
@@ -756,10 +758,10 @@ def _step_bits(planes, t, w, n_planes):
 def _runs(planes, count, chunk_max, n, level, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
           phrase_length, top, cand, histogram):
     """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
-    ``>= level`` (steps counting fewer than ``level`` end runs) with their exact ``|C & C'|``; keep in ``cand`` (rows ``start, stop,
-    lo, hi, |C & C'|``; ``[lo, hi)``: the run with its padding inside its sequence) those that fewer
-    than ``top`` others beat on ``|C & C'|``. Also counts the level-``n`` runs by length into
-    ``histogram``. Returns ``(kept, floor, n_candidates)``: ``floor`` is the ``top``-th best
+    ``>= level`` (steps counting fewer than ``level`` end runs) with their exact ``|C & C'|``; keep in
+    ``cand`` (rows ``start, stop, lo, hi, |C & C'|``; ``[lo, hi)``: the run with its padding inside
+    its sequence) those that fewer than ``top`` others beat on ``|C & C'|``. Also counts the
+    level-``n`` runs by length into ``histogram``. Returns ``(kept, floor, n_candidates)``: ``floor`` is the ``top``-th best
     ``|C & C'|`` found (0 if fewer than ``top`` were found); ``kept = -1`` when ``cand`` is too small.
 
     A stack holds the open runs of all levels (heights strictly increasing above a floor of height
