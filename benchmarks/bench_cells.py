@@ -14,6 +14,7 @@ held-out test corpus, then rank every cell of every source against the hypothese
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,16 @@ from lstmvis.store import StateStore  # noqa: E402
 
 CHARLM_HYPOTHESES = [hyp.inside_quotes, hyp.inside_short_string, hyp.inside_triple_quotes, hyp.inside_comment,
                      hyp.bracket_depth, hyp.position_in_line, hyp.indentation_level]
+
+
+def _store_path(out_dir: Path, name: str, *settings) -> Path:
+    """Where the extraction of ``name`` is kept between runs: keyed by the checkpoint's bytes and
+    the corpus settings, so a retrained model or another ``--max-chars`` extracts afresh."""
+    h = hashlib.sha256(repr(settings).encode())
+    with open(data.registry.CHECKPOINTS / f"{name}.pt", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return out_dir / f"{name}-{h.hexdigest()[:12]}.h5"
 
 
 def _best(store, hypothesis, sources):
@@ -52,8 +63,8 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
         texts.append(src[:max_chars - total])
         total += len(texts[-1])
     t0 = time.perf_counter()
-    path = out_dir / f"{name}.h5"
-    if path.exists():  # a finished extraction from an earlier run (delete it to extract again)
+    path = _store_path(out_dir, name, max_chars)
+    if path.exists():  # a finished extraction of this checkpoint from an earlier run
         store = StateStore.open(path)
     else:
         store = extract(lm, texts, path, kinds="h,c,gates", dtype="float16", progress=True)
@@ -71,6 +82,7 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
             shown, note = f"r = {score:+.3f}", f"abs(r) = {strength:.3f}"
         rows.append(f"| {name} | {h.name} | {source} cell {cell} | {shown} | {note} |")
         print(rows[-1], f"[{secs:.1f} s per source ranking]")
+    rows += _comment_vs_docstring(name, store, state_sources)
     rows += _explain_string_cell(lm, name, store, state_sources)
     sat = gate_saturation(store)
     for s in sat.summary():
@@ -80,6 +92,23 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
         print(rows[-1])
     store.close()
     return rows
+
+
+def _comment_vs_docstring(name: str, store, sources) -> list[str]:
+    """Does the best comment cell tell comments from docstrings (both natural-language text)?
+    AUROC of that cell over the characters inside either, comment = positive."""
+    from sklearn.metrics import roc_auc_score
+
+    _, source, cell, score, _, _ = _best(store, hyp.inside_comment, sources)
+    comment, triple = hyp.inside_comment(store).astype(bool), hyp.inside_triple_quotes(store).astype(bool)
+    either = comment | triple
+    auc = roc_auc_score(comment[either], np.asarray(store.dataset(source)[:, cell], np.float32)[either])
+    if score < 0.5:  # the cell is low inside comments: flip so that 1 = separates them
+        auc = 1 - auc
+    row = (f"| {name} | best comment cell on comments vs docstrings | {source} cell {cell} | AUROC {auc:.3f} | "
+           f"{comment.sum():,} comment vs {triple.sum():,} docstring chars (1 = never on in docstrings) |")
+    print(row)
+    return [row]
 
 
 def _explain_string_cell(lm, name: str, store, sources) -> list[str]:
@@ -103,7 +132,7 @@ def parens(out_dir: Path, n_sequences: int) -> list[str]:
     seqs = data.parens("test", n_sequences=n_sequences)
     texts = ["".join(tokens) for tokens, _ in seqs]
     depth = np.concatenate([d for _, d in seqs])
-    path = out_dir / "parens-lstm.h5"
+    path = _store_path(out_dir, "parens-lstm", n_sequences)
     store = StateStore.open(path) if path.exists() else extract(lm, texts, path, kinds="h,c", dtype="float32",
                                                                  progress=True, meta={"depth": depth})
     np.testing.assert_array_equal(hyp.brackets("(", ")")(store), depth)  # the text hypothesis = ground truth
@@ -125,10 +154,11 @@ def main(argv=None) -> None:
     p.add_argument("--max-chars", type=int, default=300_000, help="held-out characters for the char LMs")
     p.add_argument("--parens-sequences", type=int, default=200)
     p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-cells"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.dir.mkdir(parents=True, exist_ok=True)
     available = {m["name"] for m in data.list_models() if m["card"] is not None}
     wanted = args.models or ["parens-lstm", "charlm-python", "charlm-python-gru"]

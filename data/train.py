@@ -132,17 +132,58 @@ def _sequence_batches(seqs: torch.Tensor, batch: int, rng: np.random.Generator):
     return window[:, :-1], window[:, 1:]
 
 
+class _ContiguousStreams:
+    """Stateful truncated-BPTT batches: ``batch`` contiguous streams over the token stream.
+
+    Each epoch cuts ``stream`` (from a random offset below ``seq_len``) into ``batch`` equal
+    contiguous parts and walks them in ``seq_len`` windows, so window k+1 of a row continues
+    window k and the trainer carries the (detached) state across. ``__call__(rng)`` returns
+    ``(inputs, targets, reset)``; ``reset`` is true at the first window of an epoch.
+    """
+
+    def __init__(self, stream: torch.Tensor, seq_len: int, batch: int):
+        if len(stream) < batch * (seq_len + 2) + seq_len:
+            raise ValueError(f"{len(stream)} tokens are too few for {batch} streams of {seq_len}-token windows")
+        self.stream, self.seq_len, self.batch = stream, seq_len, batch
+        self.rows, self.pos = None, 0
+
+    def __call__(self, rng: np.random.Generator):
+        reset = self.rows is None or self.pos + self.seq_len + 1 > self.rows.shape[1]
+        if reset:
+            offset = int(rng.integers(0, self.seq_len))
+            part = (len(self.stream) - offset) // self.batch
+            self.rows = self.stream[offset:offset + part * self.batch].view(self.batch, part)
+            self.pos = 0
+        window = self.rows[:, self.pos:self.pos + self.seq_len + 1]
+        self.pos += self.seq_len
+        return window[:, :-1], window[:, 1:], reset
+
+
+def _detach_state(state):
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
 def _train_lm(module, sample_batch, steps: int, lr: float, seed: int, desc: str,
-              dev_fn=None, eval_every: int = 500):
-    """Adam + one-cycle schedule; ``sample_batch(rng)`` gives ``(inputs, next-token targets)``."""
+              dev_fn=None, eval_every: int = 500, stateful: bool = False):
+    """Adam + one-cycle schedule; ``sample_batch(rng)`` gives ``(inputs, next-token targets)``.
+
+    ``stateful``: ``sample_batch`` gives ``(inputs, targets, reset)`` and each batch starts from
+    the previous batch's final state, detached (truncated BPTT), or from zero where ``reset``.
+    """
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
     bar = tqdm(range(steps), desc=desc, unit="step")
+    state = None
     for step in bar:
         module.train()
-        x, y = sample_batch(rng)
-        logits, _ = module(x)
+        if stateful:
+            x, y, reset = sample_batch(rng)
+            logits, state = module(x, None if reset else state)
+            state = _detach_state(state)
+        else:
+            x, y = sample_batch(rng)
+            logits, _ = module(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -162,13 +203,24 @@ CHARLM_CONFIGS = {
     "charlm-python-gru": dict(emb_dim=64, hidden=256, layers=2, rnn="gru", dropout=0.0),
 }
 
+# Phase 2 (only where listed): stateful truncated BPTT over contiguous streams, continuing from
+# phase 1's weights. Phase 1's random 128-char windows start from a zero state, so the model never
+# learns to carry "inside a docstring / comment" across more than 128 characters; here the state
+# flows on from window to window, as it does when the model reads a whole file.
+CHARLM_PHASE2 = {
+    "charlm-python": dict(steps=1000, seq_len=128, batch=64, lr=1e-3),
+}
+
 
 def evaluate_charlm(model: LanguageModel, split: str = "test") -> dict:
     text = loaders.python_source_text(split)
     return {f"{split}_bits_per_char": model.bits_per_token([model.encode(text)])}
 
 
-def train_charlm(name: str, budget: Budget, seed: int):
+def train_charlm(name: str, budget: Budget, seed: int, warm_start: Path | None = None):
+    """Phase 1: random 128-char windows from a zero state. Phase 2 (``CHARLM_PHASE2``): stateful
+    truncated BPTT. ``warm_start``: a checkpoint phase 1 of this recipe wrote (with its card next
+    to it); phase 1 is loaded from it instead of being run again."""
     tokenizer = CharTokenizer()
     train_text = loaders.python_source_text("train")
     if budget.tiny:
@@ -183,12 +235,56 @@ def train_charlm(name: str, budget: Budget, seed: int):
     dev_ids = lm.encode(loaders.python_source_text("dev")[: budget.pick(200_000, 5_000)])
     steps = budget.pick(1500 if "gru" not in name else 1000, 20)
     seq_len, batch = budget.pick(128, 32), budget.pick(64, 8)
-    _train_lm(module, lambda rng: _text_batches(stream, seq_len, batch, rng), steps=steps,
-              lr=3e-3, seed=seed, desc=f"train {name}", dev_fn=lambda: lm.bits_per_token([dev_ids]), eval_every=250)
-    metrics = {"dev_bits_per_char": lm.bits_per_token([dev_ids]), **evaluate_charlm(lm)}
+    phases = []
+    if warm_start is None:
+        start = time.perf_counter()
+        _train_lm(module, lambda rng: _text_batches(stream, seq_len, batch, rng), steps=steps,
+                  lr=3e-3, seed=seed, desc=f"train {name}", dev_fn=lambda: lm.bits_per_token([dev_ids]),
+                  eval_every=250)
+        phase1_seconds = time.perf_counter() - start
+    else:
+        phase1_seconds = _load_phase1(module, warm_start, config, vocab)
+    phase2 = CHARLM_PHASE2.get(name)
+    if phase2 is None:
+        metrics = {"dev_bits_per_char": lm.bits_per_token([dev_ids]), **evaluate_charlm(lm)}
+    else:
+        phases.append(dict(phase=1, what="random windows from a zero state", steps=steps, seq_len=seq_len,
+                           batch=batch, lr=3e-3, seconds=round(phase1_seconds, 1),
+                           dev_bits_per_char=lm.bits_per_token([dev_ids]),
+                           **({"loaded_from": str(warm_start)} if warm_start is not None else {})))
+        p2 = dict(phase2, **(dict(steps=20, seq_len=32, batch=4) if budget.tiny else {}))
+        start = time.perf_counter()
+        _train_lm(module, _ContiguousStreams(stream, p2["seq_len"], p2["batch"]), steps=p2["steps"], lr=p2["lr"],
+                  seed=seed + 1, desc=f"train {name} (stateful)", dev_fn=lambda: lm.bits_per_token([dev_ids]),
+                  eval_every=200, stateful=True)
+        metrics = {"dev_bits_per_char": lm.bits_per_token([dev_ids]), **evaluate_charlm(lm)}
+        phases.append(dict(phase=2, what="stateful truncated BPTT over contiguous streams", **p2,
+                           seconds=round(time.perf_counter() - start, 1),
+                           dev_bits_per_char=metrics["dev_bits_per_char"]))
     data = "python_source (CPython 3.11.7 stdlib subset; whole files held out, data/loaders.py)"
     extra = dict(vocab=vocab.itos, labels=None, tokenizer=tokenizer.name)
+    if phases:
+        extra["card"] = {"phases": phases, "training_seconds": round(sum(p["seconds"] for p in phases), 1)}
     return module, "CharLM", config, extra, metrics, data
+
+
+def _load_phase1(module, path: Path, config: dict, vocab: Vocab) -> float:
+    """Load phase-1 weights for a warm start; return the phase-1 seconds from the card beside them."""
+    from .registry import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") != "CharLM" or ckpt.get("config") != config or ckpt.get("vocab") != vocab.itos:
+        raise SystemExit(f"{path} is not a phase-1 checkpoint of this recipe (architecture, config or vocabulary "
+                         "differ)")
+    card_path = Path(path).with_suffix(".json")
+    if not card_path.is_file():
+        raise SystemExit(f"{card_path} (the card with phase 1's training seconds) is missing")
+    card = json.loads(card_path.read_text())
+    if "phases" in card:
+        raise SystemExit(f"{path} already went through phase 2 ({card_path} lists its phases): warm-start from a "
+                         "phase-1 checkpoint")
+    module.load_state_dict(ckpt["state_dict"])
+    return float(card["training_seconds"])
 
 
 def parens_vocab() -> Vocab:
@@ -302,14 +398,22 @@ def evaluate(name: str, model) -> dict:
     raise ValueError(f"unknown model {name!r}")
 
 
-def train(name: str, out_dir: Path = CHECKPOINTS, tiny: bool = False, seed: int = 0) -> dict:
-    """Train one model, write ``NAME.pt`` and ``NAME.json`` into ``out_dir``; return the card."""
+def train(name: str, out_dir: Path = CHECKPOINTS, tiny: bool = False, seed: int = 0,
+          warm_start: Path | None = None) -> dict:
+    """Train one model, write ``NAME.pt`` and ``NAME.json`` into ``out_dir``; return the card.
+
+    ``warm_start`` (language models with a phase 2 only): load phase 1 from that checkpoint.
+    """
     if name not in RECIPES:
         raise SystemExit(f"unknown model {name!r}: choose from {', '.join(RECIPES)}")
+    if warm_start is not None and name not in CHARLM_PHASE2:
+        raise SystemExit(f"--warm-start applies to {', '.join(CHARLM_PHASE2)} only, not {name!r}")
     torch.manual_seed(seed)
     start = time.perf_counter()
-    module, arch, config, extra, metrics, data = RECIPES[name](name, Budget(tiny), seed)
+    kwargs = {} if warm_start is None else {"warm_start": Path(warm_start)}
+    module, arch, config, extra, metrics, data = RECIPES[name](name, Budget(tiny), seed, **kwargs)
     seconds = time.perf_counter() - start
+    card_extra = extra.pop("card", {})
     out_dir = Path(out_dir)
     save_checkpoint(out_dir / f"{name}.pt", module, arch, config, **extra)
     n_params = sum(p.numel() for p in module.parameters())
@@ -328,6 +432,10 @@ def train(name: str, out_dir: Path = CHECKPOINTS, tiny: bool = False, seed: int 
         "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
                          "threads": torch.get_num_threads()},
     }
+    card.update(card_extra)
+    if warm_start is not None:
+        card["warm_start"] = (f"phase 1 loaded from {warm_start} (written by this recipe's phase 1); "
+                              f"training_seconds adds phase 1's recorded seconds")
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({"name": name, "metrics": metrics, "training_seconds": card["training_seconds"]}, indent=2))
     return card
@@ -340,10 +448,13 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a seconds-long budget run (for tests)")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS, help="output folder (default: data/checkpoints)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-start", type=Path, default=None, metavar="CKPT",
+                        help=f"{', '.join(CHARLM_PHASE2)}: skip phase 1 and load it from CKPT (a checkpoint, with "
+                             "its card beside it, that this recipe's phase 1 wrote)")
     args = parser.parse_args(argv)
     names = list(RECIPES) if args.names == ["all"] else args.names
     for name in names:
-        train(name, args.out, tiny=args.tiny, seed=args.seed)
+        train(name, args.out, tiny=args.tiny, seed=args.seed, warm_start=args.warm_start)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,65 @@ def test_parens_lstm_has_a_cell_that_tracks_nesting_depth():
     c = rec.states["rnn.l0.c"].reshape(-1, lm.module.rnn.hidden_size).numpy()
     r = [abs(np.corrcoef(c[:, j], depth)[0, 1]) for j in range(c.shape[1])]
     assert max(r) >= 0.9
+
+
+def test_contiguous_streams_continue_each_row_and_restart_each_epoch():
+    stream = torch.arange(1000)
+    batches = recipes._ContiguousStreams(stream, seq_len=10, batch=4)
+    rng = np.random.default_rng(0)
+    x, y, reset = batches(rng)
+    assert reset and x.shape == (4, 10)
+    torch.testing.assert_close(y[:, :-1], x[:, 1:])
+    assert (torch.diff(x, dim=1) == 1).all()  # contiguous text in each row
+    x2, y2, reset2 = batches(rng)
+    assert not reset2
+    torch.testing.assert_close(x2[:, 0], x[:, -1] + 1)  # row b of window k+1 continues window k
+    torch.testing.assert_close(x2[:, 0], y[:, -1])
+    rows = [x, x2]
+    while True:
+        xk, _, r = batches(rng)
+        if r:
+            break
+        rows.append(xk)
+    seen = torch.cat(rows, 1)
+    assert (torch.diff(seen, dim=1) == 1).all() and seen.shape[1] >= (1000 - 10) // 4 - 10
+    assert len(set(seen[:, 0].tolist())) == 4 and int(xk[0, 0]) < 10  # new epoch: new offset below seq_len
+
+
+def test_charlm_warm_start_from_phase1_equals_training_from_scratch(tmp_path, monkeypatch):
+    """The shipped charlm-python ran phase 2 on the phase-1 checkpoint: that must be the recipe."""
+    scratch, phase1, warm = (tmp_path / d for d in ("scratch", "phase1", "warm"))
+    recipes.train("charlm-python", scratch, tiny=True)
+    with monkeypatch.context() as m:
+        m.setattr(recipes, "CHARLM_PHASE2", {})
+        recipes.train("charlm-python", phase1, tiny=True)
+    assert "phases" not in json.loads((phase1 / "charlm-python.json").read_text())
+    card = recipes.train("charlm-python", warm, tiny=True, warm_start=phase1 / "charlm-python.pt")
+    a = data.load_checkpoint(scratch / "charlm-python.pt")["state_dict"]
+    b = data.load_checkpoint(warm / "charlm-python.pt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [p["phase"] for p in card["phases"]] == [1, 2] and card["command"] == "python -m data.train charlm-python --tiny"
+    with pytest.raises(SystemExit, match="already went through phase 2"):
+        recipes.train("charlm-python", tmp_path / "again", tiny=True, warm_start=warm / "charlm-python.pt")
+    with pytest.raises(SystemExit, match="applies to"):
+        recipes.train("parens-lstm", tmp_path / "p", tiny=True, warm_start=phase1 / "charlm-python.pt")
+
+
+def test_charlm_python_has_a_string_cell_and_a_prose_cell_on_held_out_files(tmp_path):
+    """The cells benchmarks/bench_cells.py found on the test split, checked on dev files: l1.c 239 is low
+    inside one-line string literals; l0.c 98 is high in natural-language text (comments and docstrings)."""
+    import lstmvis
+    from lstmvis import hypotheses as hyp
+    from sklearn.metrics import roc_auc_score
+
+    lm = data.load_model("charlm-python")
+    texts = [src for _, src in data.python_source("dev")[:2]]  # _markupbase.py, argparse.py: ~100k chars
+    store = lstmvis.extract(lm, texts, tmp_path / "dev.h5", kinds="c", progress=False)
+    in_string, in_triple, in_comment = (hyp.inside_quotes(store).astype(bool), hyp.inside_triple_quotes(store).astype(bool),
+                                        hyp.inside_comment(store).astype(bool))
+    string_cell = np.asarray(store.dataset("rnn.l1.c")[:, 239], np.float32)
+    prose_cell = np.asarray(store.dataset("rnn.l0.c")[:, 98], np.float32)
+    assert 1 - roc_auc_score(in_string & ~in_triple, string_cell) >= 0.95
+    assert roc_auc_score(in_comment | in_triple, prose_cell) >= 0.95
+    store.close()
