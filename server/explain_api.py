@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 import textexplain
 from textexplain import audit as text_audit
 from textexplain import metrics, render
+from textexplain.explain import method_class
 from textexplain.integrated_gradients import RULES
 
 from .app import resources
@@ -242,7 +243,10 @@ def explain_text(model, req: ExplainRequest) -> dict:
     rows, explanations = [], []
     for method in req.methods:
         start = time.perf_counter()
-        e = textexplain.explain(model, req.text, method=method, target=target, **req.params.of(method))
+        # the explainer class is called directly: IG's own ``method`` (its quadrature rule) would clash
+        # with the ``method`` keyword of explain() and make_explainer() (the request model already
+        # refuses unknown hyperparameters)
+        e = method_class(method)(model, **req.params.of(method)).explain(req.text, target)
         target = e.target
         seconds = time.perf_counter() - start
         explanations.append(e)
@@ -312,16 +316,20 @@ def run_audit(model, req: AuditRequest, report) -> dict:
     done = 0
     report(0, len(texts), "explaining")
 
-    def explain_batch(*args, **kwargs):
+    # one explainer for the whole audit, built here with the method's hyperparameters: passed through
+    # audit(**params), IG's ``method`` (its quadrature rule) would clash with audit()'s ``method``
+    explainer = method_class(req.method)(model, **req.params.of(req.method))
+
+    def explain_batch(model, texts_, method, target=None, progress=None):
         nonlocal done
-        out = textexplain.explain_batch(*args, **kwargs)
+        out = explainer.explain_batch(texts_, target, progress=progress)
         done += len(out)
         report(done, len(texts), "explaining")
         return out
 
     result = text_audit.audit(model, texts, labels, method=req.method, target=req.target, rank_by=req.rank_by,
                               normalize=req.normalize, min_count=req.min_count, batch_size=16, progress=False,
-                              explain_batch=explain_batch, **req.params.of(req.method))
+                              explain_batch=explain_batch)
     if req.flip and labels is not None and result.signed:
         report(done, len(texts), "flip test")
         for label in model.labels:

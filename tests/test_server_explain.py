@@ -263,6 +263,22 @@ def test_audit_finds_the_planted_shortcut(client):
     assert again.get_json()["status"] == "done"
 
 
+def test_integrated_gradients_rule_can_be_chosen(client):
+    """IG's own ``method`` parameter (the quadrature rule) reaches the library (it clashed with
+    explain()'s ``method`` keyword: a 500) in explanations and in audits."""
+    params = {"integrated_gradients": {"n_steps": 8, "method": "riemann_trapezoid"}}
+    out = post(client, {"model": "bag", "text": "good film , bad film", "methods": ["integrated_gradients"],
+                        "params": params, "faithfulness": False})
+    ig = out["explanations"][0]
+    ref = textexplain.IntegratedGradients(bag_model(), n_steps=8, method="riemann_trapezoid").explain(
+        "good film , bad film", out["target"])
+    assert ig["params"]["method"] == "riemann_trapezoid" and ig["params"]["n_steps"] == 8
+    np.testing.assert_allclose(ig["scores"], ref.scores, rtol=1e-6, atol=1e-9)
+    job = run_job(client, {"model": "bag", "sample": 20, "method": "integrated_gradients", "params": params,
+                           "flip": False, "min_count": 2})
+    assert job["status"] == "done", job
+
+
 def test_audit_of_the_analytic_model_has_exact_means(client):
     job = run_job(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
                            "min_count": 2, "flip": False})
