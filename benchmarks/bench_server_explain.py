@@ -2,8 +2,8 @@
 
 Starts ``lstmvis serve --data <empty dir>`` in a subprocess (the shipped models, no demo stores to
 build, one torch thread per request thread as ``serve`` sets it), then measures ``POST /api/explain``
-with Integrated Gradients (50 steps, Gauss-Legendre, pad baseline) of a 50-token Rotten Tomatoes
-text on sentiment-lstm:
+with Integrated Gradients (50 steps, Gauss-Legendre, pad baseline) of 50-token Rotten Tomatoes
+texts on sentiment-lstm, a different text in every request:
 
 * the baseline: the same explanation as a plain library call in this process, one at a time
   (``textexplain.explain``; 1 torch thread) -- the compute floor;
@@ -35,6 +35,9 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_server import fifty_token_texts  # noqa: E402
 
 
 def server_cpu(proc: subprocess.Popen) -> float:
@@ -55,38 +58,24 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
-def text_of(n_tokens: int) -> str:
-    """The first test sentences of Rotten Tomatoes, cut to exactly ``n_tokens`` tokens."""
-    import data
-    model = data.load_model("sentiment-lstm")
-    texts, _ = data.rotten_tomatoes("test")
-    words: list[str] = []
-    for t in texts:
-        words.extend(t.split())
-        if len(model.tokenize(" ".join(words))) >= n_tokens:
-            break
-    while len(model.tokenize(" ".join(words))) > n_tokens:
-        words.pop()
-    return " ".join(words)
-
-
 def pct(latencies: list[float]) -> tuple[float, float, float]:
     """(p50, p99, min) in ms; the minimum is the best case on a machine other jobs share."""
     a = np.asarray(latencies) * 1000
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.min())
 
 
-def load(base: str, body: dict, n_clients: int, n_requests: int) -> tuple[list[float], float]:
-    """``n_requests`` POSTs spread over ``n_clients`` threads with their own sessions; (latencies, wall s)."""
+def load(base: str, body: dict, n_clients: int, texts: list[str]) -> tuple[list[float], float]:
+    """One POST per text (each a different text), spread over ``n_clients`` threads with their own
+    sessions; (latencies, wall s)."""
     latencies: list[float] = []
     lock = threading.Lock()
-    per_client = [n_requests // n_clients + (i < n_requests % n_clients) for i in range(n_clients)]
+    chunks = [texts[i::n_clients] for i in range(n_clients)]
 
-    def client(n: int) -> None:
+    def client(chunk: list[str]) -> None:
         with requests.Session() as s:
-            for _ in range(n):
+            for text in chunk:
                 t0 = time.perf_counter()
-                resp = s.post(f"{base}/api/explain", json=body, timeout=300)
+                resp = s.post(f"{base}/api/explain", json={**body, "text": text}, timeout=300)
                 dt = time.perf_counter() - t0
                 if resp.status_code != 200:
                     raise RuntimeError(f"{resp.status_code}: {resp.text[:300]}")
@@ -95,20 +84,20 @@ def load(base: str, body: dict, n_clients: int, n_requests: int) -> tuple[list[f
 
     start = time.perf_counter()
     with ThreadPoolExecutor(n_clients) as pool:
-        list(pool.map(client, per_client))
+        list(pool.map(client, chunks))
     return latencies, time.perf_counter() - start
 
 
-def library_latencies(text: str, n: int, params: dict) -> list[float]:
+def library_latencies(texts: list[str], params: dict) -> list[float]:
     import torch
 
     import data
     import textexplain
     torch.set_num_threads(1)
     model = data.load_model("sentiment-lstm")
-    textexplain.explain(model, text, "integrated_gradients", **params)  # warm
+    textexplain.explain(model, texts[0], "integrated_gradients", **params)  # warm
     out = []
-    for _ in range(n):
+    for text in texts:
         t0 = time.perf_counter()
         textexplain.explain(model, text, "integrated_gradients", **params)
         out.append(time.perf_counter() - t0)
@@ -126,22 +115,28 @@ def main() -> int:
     ap.add_argument("--out", help="also write the results as markdown here")
     args = ap.parse_args()
 
-    text = text_of(args.tokens)
+    load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     params = {"n_steps": args.steps}
-    body = {"model": "sentiment-lstm", "text": text, "methods": ["integrated_gradients"], "faithfulness": False,
+    body = {"model": "sentiment-lstm", "methods": ["integrated_gradients"], "faithfulness": False,
             "params": {"integrated_gradients": params}}
     n_single = max(16, args.requests // 4)
+    # every request explains a different text (no answer can come from a cache)
+    texts = iter(fifty_token_texts(3 + args.clients + 2 * n_single + args.requests + 8 * n_single, args.tokens))
+
+    def take(n: int) -> list[str]:
+        return [next(texts) for _ in range(n)]
+
     rows = []
     with tempfile.TemporaryDirectory() as empty:
         proc, base = start_server(empty)
         try:
-            load(base, body, 1, 3)  # warm: model loaded, pool copies made
-            load(base, body, args.clients, args.clients)
-            lib = pct(library_latencies(text, n_single, params))
+            load(base, body, 1, take(3))  # warm: model loaded, pool copies made
+            load(base, body, args.clients, take(args.clients))
+            lib = pct(library_latencies(take(n_single), params))
             cpu0 = server_cpu(proc)
-            one_lat, _ = load(base, body, 1, n_single)
+            one_lat, _ = load(base, body, 1, take(n_single))
             cpu1 = server_cpu(proc)
-            many_lat, wall = load(base, body, args.clients, args.requests)
+            many_lat, wall = load(base, body, args.clients, take(args.requests))
             cpu_one = 1000 * (cpu1 - cpu0) / n_single
             cpu_many = 1000 * (server_cpu(proc) - cpu1) / args.requests
             one, many = pct(one_lat), pct(many_lat)
@@ -158,7 +153,7 @@ def main() -> int:
             for r in rows:
                 print(r, flush=True)
             if args.faithfulness:
-                lat, _ = load(base, {**body, "faithfulness": True}, 1, n_single)
+                lat, _ = load(base, {**body, "faithfulness": True}, 1, take(n_single))
                 p = pct(lat)
                 rows.append(("IG + faithfulness numbers, 1 client", f"{p[0]:.0f} / {p[1]:.0f} / {p[2]:.0f}",
                              f"{p[0] / lib[0]:.2f}", "", "", ""))
@@ -166,7 +161,7 @@ def main() -> int:
             if args.methods:
                 for method in ("gradient", "gradient_x_input", "smoothgrad", "occlusion", "shap", "lime"):
                     b = {**body, "methods": [method], "params": {"lime": {"num_samples": 1000}}}
-                    lat, _ = load(base, b, 1, 8)
+                    lat, _ = load(base, b, 1, take(8))
                     p = pct(lat)
                     rows.append((f"{method} via server, 1 client" + (" (1000 samples)" if method == "lime" else ""),
                                  f"{p[0]:.0f} / {p[1]:.0f} / {p[2]:.0f}", "", "", "", ""))
@@ -178,7 +173,8 @@ def main() -> int:
     loadavg = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     table = (f"{args.tokens}-token text, {args.steps} IG steps, sentiment-lstm (biLSTM 96), "
              f"{args.requests} requests at {args.clients} clients, {n_single} at 1 client; "
-             f"date {datetime.date.today()}; {os.cpu_count()} cores; load average at the end {loadavg}\n\n"
+             f"date {datetime.date.today()}; {os.cpu_count()} cores; load average before {load_before}, "
+             f"at the end {loadavg}\n\n"
              "| measurement | latency ms (p50 / p99 / min) | p50 / library p50 | server CPU per request (ms) | "
              "throughput (req/s) | goal |\n|---|---|---|---|---|---|\n" + "".join(f"| {' | '.join(r)} |\n" for r in rows))
     print(table)
