@@ -130,6 +130,20 @@ def test_arbitrary_cell_sets_and_min_length(tmp_path):
             _check_same(result, *brute_match(x, offsets, cells, 0.3, 1, 1, "positive", 20, min_length))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_more_than_64_selected_cells(tmp_path, monkeypatch, threads):
+    # 40 cells on both signs: 80 virtual cells, two 64-bit words per step
+    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
+    store, x, offsets = _store(tmp_path, seed=11, d=40, n=200)
+    rng = np.random.default_rng(11)
+    with store:
+        for size in (80, 70, 65):
+            cells = np.sort(rng.choice(80, size=size, replace=False))
+            for threshold in (0.1, 0.3):
+                result = match(store, "rnn.l0.h", cells, threshold, 1, 1, "both", top=30)
+                _check_same(result, *brute_match(x, offsets, cells, threshold, 1, 1, "both", 30))
+
+
 def test_every_cell_selected(tmp_path):
     store, x, offsets = _store(tmp_path, seed=3, d=4)
     with store:
