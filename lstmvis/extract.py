@@ -136,7 +136,7 @@ class _Sink:
 
     def add(self, seq: int, states: Mapping[str, torch.Tensor], b: int, n: int, finished: bool) -> None:
         # copies, so the buffered rows do not keep the whole batch's tensors alive
-        rows = {s: np.array(states[s][b, :n].to("cpu", torch.float32), dtype=self.dtype) for s in self.sources}
+        rows = {s: states[s][b, :n].to("cpu", torch.float32).numpy().astype(self.dtype) for s in self.sources}
         self.buffers.setdefault(seq, []).append(rows)
         self.pending[seq] = self.pending.get(seq, 0) + n
         if finished or self.pending[seq] >= FLUSH_ROWS:

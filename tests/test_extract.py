@@ -345,4 +345,6 @@ def test_shipped_charlm_python_files(tmp_path):
             assert store.sequence_text(i) == text
             ref = single_pass(lm.module, lm.encode(text))
             for name, arr in ref.items():
-                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=1e-6, err_msg=name)
+                # batch 2 in 400-step chunks vs one whole pass: float32 rounding drifts over 1,500 recurrent
+                # steps (|c| reaches 4.4 in the stateful-trained model), hence a relative tolerance of 1e-5
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=1e-5, err_msg=name)
