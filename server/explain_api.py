@@ -68,7 +68,8 @@ class GradientXInputParams(Params):
 
 class IntegratedGradientsParams(Params):
     n_steps: int | None = Field(None, ge=1, le=300, description="points on the path (default 50)")
-    method: Literal[RULES] | None = Field(None, description="quadrature rule (default gausslegendre)")  # type: ignore[valid-type]
+    method: Literal[RULES] | None = Field(  # type: ignore[valid-type]
+        None, description="quadrature rule (default adaptive: probes follow RNN state flips; gausslegendre: fixed)")
     baseline: Literal["pad", "zero", "unk"] | None = Field(None, description="reference input (default pad "
                                                            "embeddings)")
     output: Output | None = Field(None, description=OUTPUT_HELP)
