@@ -57,11 +57,16 @@ def serve(port_file: str) -> None:
     srv.serve_forever()
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of ``pid`` in KiB: VmRSS (all), RssAnon (heap) or RssFile (mapped files: match indexes)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_split(pid: int) -> str:
+    return f"anon {rss_kib(pid, 'RssAnon') / 1024:.0f} + file {rss_kib(pid, 'RssFile') / 1024:.0f} MiB"
 
 
 class Client:
@@ -268,8 +273,9 @@ def main() -> int:
         t0 = time.perf_counter()
         reference, seq_seconds = sequential_pass(call, pool)
         sequential_wall = time.perf_counter() - t0
-        rss_warm = rss_kib(server.pid)
-        print(f"sequential pass: {sequential_wall:.0f} s, server RSS {rss_warm / 1024:.0f} MiB", flush=True)
+        rss_warm, split_sequential = rss_kib(server.pid), rss_split(server.pid)
+        print(f"sequential pass: {sequential_wall:.0f} s, server RSS {rss_warm / 1024:.0f} MiB ({split_sequential})",
+              flush=True)
 
         # 2. concurrent pass
         peak = [rss_warm]
@@ -299,13 +305,16 @@ def main() -> int:
         rss_sequential = rss_warm
         # warm-up under concurrency: the model pool makes its second copies, thread arenas settle
         run_round(args.warmup, args.seed + 7919, record=False)
-        rss_warm = rss_kib(server.pid)
-        print(f"concurrent warm-up ({args.clients} x {args.warmup}): server RSS {rss_warm / 1024:.0f} MiB", flush=True)
+        rss_warm, split_warm = rss_kib(server.pid), rss_split(server.pid)
+        print(f"concurrent warm-up ({args.clients} x {args.warmup}): server RSS {rss_warm / 1024:.0f} MiB "
+              f"({split_warm})", flush=True)
         rss_rounds, walls = [], []
         for r in range(args.rounds):
             walls.append(run_round(args.requests, args.seed + r, record=(r == 0)))
             rss_rounds.append(rss_kib(server.pid))
-            print(f"round {r + 1}: {walls[-1]:.0f} s, server RSS {rss_rounds[-1] / 1024:.0f} MiB", flush=True)
+            split_after = rss_split(server.pid)
+            print(f"round {r + 1}: {walls[-1]:.0f} s, server RSS {rss_rounds[-1] / 1024:.0f} MiB ({split_after})",
+                  flush=True)
         concurrent_wall = walls[0]
         stop.set()
         rss_after = rss_rounds[-1]
@@ -326,6 +335,8 @@ def main() -> int:
              f"the concurrent warm-up, after each measured round "
              f"{', '.join(f'{r / 1024:.0f}' for r in rss_rounds)} MiB (growth after warm-up {growth * 100:+.1f} %, "
              f"goal <= 10 %), peak {peak[0] / 1024:.0f} MiB; server alive: {alive}",
+             f"- of which heap (RssAnon) and mapped files (RssFile): after the sequential pass {split_sequential}, "
+             f"after the warm-up {split_warm}, after the last round {split_after}",
              "", "| endpoint | requests | p50 ms | p99 ms | sequential p50 ms |", "|---|---:|---:|---:|---:|"]
     seq_by_label: dict[str, list[float]] = defaultdict(list)
     for i, (label, *_rest) in enumerate(pool):
