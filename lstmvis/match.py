@@ -216,6 +216,11 @@ class MatchIndex:
         self.bucket_start = np.load(folder / meta["bucket_start"])
         self.token_ids = np.asarray(np.load(folder / meta["token_ids"], mmap_mode="r"))
         self.n_tokens, self.n_cells = self.row_major.shape
+        grid = (self.n_cells, self.n_tokens)
+        if (self.n_tokens != int(offsets[-1]) or self.cell_major.shape != grid or self.codes.shape != grid
+                or self.order.shape != grid or len(self.token_ids) != self.n_tokens
+                or self.bounds.shape[0] != self.n_cells or self.bucket_start.shape[0] != self.n_cells):
+            raise ValueError(f"the index files in {folder} do not fit together or with the store")
 
     @property
     def nbytes(self) -> int:
@@ -253,9 +258,14 @@ class MatchIndex:
                 meta = None
             if meta is not None and (meta.get("version") != INDEX_VERSION or meta.get("fingerprint") != fingerprint):
                 meta = None
-        if meta is None:
-            meta = _build(store, source, folder, fingerprint, progress)
-        return cls(folder, source, meta, np.asarray(store.offsets, dtype=np.int64))
+        offsets = np.asarray(store.offsets, dtype=np.int64)
+        if meta is not None:
+            try:
+                return cls(folder, source, meta, offsets)
+            except (KeyError, OSError, ValueError):
+                pass  # files missing, truncated or from another build: rebuilt below
+        meta = _build(store, source, folder, fingerprint, progress)
+        return cls(folder, source, meta, offsets)
 
     def values(self, cell: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The stored values of one cell over ``[start, stop)`` (a contiguous read)."""

@@ -1,5 +1,6 @@
 """Select and match against a brute-force reference that enumerates every interval of every sequence."""
 import importlib
+import json
 import os
 
 import numpy as np
@@ -257,6 +258,26 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
         result = match(store2, "rnn.l0.h", [0, 1], top=5)
         _check_same(result, *brute_match(x2, offsets2, [0, 1], 0.3, 1, 0, "positive", 5))
         assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 7
+
+
+@pytest.mark.parametrize("damage", ["meta without an entry", "truncated array"])
+def test_a_damaged_index_is_rebuilt_not_an_error(tmp_path, damage):
+    store, x, offsets = _store(tmp_path, seed=4)
+    folder = tmp_path / "s.h5.index"
+    with store:
+        build_index(store)
+    importlib.import_module("lstmvis.match")._OPEN_INDEXES.clear()
+    meta_path = folder / "rnn.l0.h.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "meta without an entry":
+        del meta["order"]
+        meta_path.write_text(json.dumps(meta))
+    else:
+        path = folder / meta["codes"]
+        path.write_bytes(path.read_bytes()[:-100])
+    with StateStore.open(tmp_path / "s.h5") as again:
+        result = match(again, "rnn.l0.h", [0, 1], top=5)
+        _check_same(result, *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
 
 
 def test_float_keys_sort_like_the_floats():
