@@ -59,7 +59,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--tuned-allocator", action="store_true",
+                        help="glibc malloc thresholds as `lstmvis extract` sets them (no page faults on oneDNN's "
+                             "LSTM workspace); default: glibc's defaults, as in a plain Python process")
     args = parser.parse_args()
+    if args.tuned_allocator:
+        from lstmvis.allocator import tune_allocator
+        from lstmvis.extract import EXTRACT_MMAP_THRESHOLD
+        print("allocator tuned:", tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD,
+                                                 trim_threshold=EXTRACT_MMAP_THRESHOLD))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.steps, args.hidden)

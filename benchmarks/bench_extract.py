@@ -83,7 +83,15 @@ def main() -> None:
     parser.add_argument("--variants", default=";".join(VARIANTS),
                         help=f"extraction variants to run, separated by ';' (default: {';'.join(VARIANTS)})")
     parser.add_argument("--float16", action="store_true", help="store float16 (half the disk)")
+    parser.add_argument("--tuned-allocator", action="store_true",
+                        help="glibc malloc thresholds as `lstmvis extract` sets them (no page faults on oneDNN's "
+                             "LSTM workspace); default: glibc's defaults, as in a plain Python process")
     args = parser.parse_args()
+    if args.tuned_allocator:
+        from lstmvis.allocator import tune_allocator
+        from lstmvis.extract import EXTRACT_MMAP_THRESHOLD
+        print("allocator tuned:", tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD,
+                                                 trim_threshold=EXTRACT_MMAP_THRESHOLD))
     variants = [v.strip() for v in args.variants.split(";")]
     unknown = set(variants) - set(VARIANTS)
     if unknown:

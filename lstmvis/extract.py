@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,11 +32,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocator import MiB, tune_allocator
 from .capture import Recorder, parse_kinds
 from .store import StateStore, StoreError, StoreWriter
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
+EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see _cmd_extract
+WRITE_QUEUE = 8  # blocks waiting for the writer thread (bounds the memory they hold)
 
 
 class _Corpus:
@@ -124,7 +129,12 @@ def _fingerprint(module: nn.Module, corpus: _Corpus, settings: dict) -> str:
 
 
 class _Sink:
-    """Buffers per-sequence rows and writes them to the store in large blocks."""
+    """Buffers per-sequence rows and writes them to the store in large blocks.
+
+    The HDF5 writes run on one background thread (h5py releases the GIL while writing), in order,
+    so the next chunk's forward pass overlaps the last chunk's writes. A sequence is marked done
+    only after all of its rows are written. At most ``WRITE_QUEUE`` blocks wait in memory.
+    """
 
     def __init__(self, writer: StoreWriter, corpus: _Corpus, sources: list[str], dtype: str, done: np.ndarray,
                  bar):
@@ -133,6 +143,10 @@ class _Sink:
         self.buffers: dict[int, list[dict[str, np.ndarray]]] = {}
         self.written: dict[int, int] = {}
         self.pending: dict[int, int] = {}
+        self._jobs: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_loop, name="lstmvis-extract-writer", daemon=True)
+        self._thread.start()
 
     def add(self, seq: int, states: Mapping[str, torch.Tensor], b: int, n: int, finished: bool) -> None:
         # copies, so the buffered rows do not keep the whole batch's tensors alive
@@ -150,17 +164,44 @@ class _Sink:
         if not blocks:
             return
         start = int(self.corpus.offsets[seq]) + self.written.get(seq, 0)
-        for s in self.sources:
-            self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
         self.written[seq] = self.written.get(seq, 0) + self.pending.pop(seq)
+
+        def write() -> None:
+            for s in self.sources:
+                self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
+        self._submit(write)
 
     def finish(self, seq: int) -> None:
         self._flush(seq)
         if self.written.get(seq, 0) != self.corpus.lengths[seq]:
             raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
                                f"expected {self.corpus.lengths[seq]}")
-        self.done[seq] = True
-        self.writer.f["done"][seq] = True
+
+        def mark_done() -> None:
+            self.done[seq] = True
+            self.writer.f["done"][seq] = True
+        self._submit(mark_done)
+
+    def close(self) -> None:
+        """Wait until every queued write is on disk; raise the first write error, if any."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _submit(self, job) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
+
+    def _write_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # handed to the extracting thread by _submit / close
+                    self._error = exc
 
 
 def _state_map(state, fn):
@@ -349,11 +390,15 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                 with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
                           desc=f"extract {path.name}") as bar:
                     sink = _Sink(writer, corpus, list(widths), dtype, done, bar)
-                    if kind == "language-model":
-                        _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad, device)
-                    else:
-                        _run_batched(module, corpus, todo, rec, sink, batch_size,
-                                     pad if kind == "classifier" else pad_id, device)
+                    try:
+                        if kind == "language-model":
+                            _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad,
+                                                device)
+                        else:
+                            _run_batched(module, corpus, todo, rec, sink, batch_size,
+                                         pad if kind == "classifier" else pad_id, device)
+                    finally:
+                        sink.close()  # every queued write lands (or its error is raised) before the file closes
                 _write_meta(writer, meta_flat)
                 del writer.f["done"]
                 writer.finish()
@@ -457,6 +502,8 @@ def load_corpus(spec: str, model) -> tuple[list, dict, str]:
 def _cmd_extract(args) -> int:
     import data
 
+    # oneDNN's LSTM workspace (~100 MB a layer call) comes back from the allocator without faulting in new pages
+    tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD, trim_threshold=EXTRACT_MMAP_THRESHOLD)
     model = data.load_model(args.model)
     if isinstance(model, nn.Module):
         raise ValueError(f"{args.model} is an image model: extract works on text models "

@@ -28,6 +28,8 @@ from flask import Blueprint, Flask, abort, current_app, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
+from lstmvis.allocator import tune_allocator
+
 from .resources import Resources
 from .validation import api, openapi_document, register_error_handlers
 
@@ -362,35 +364,6 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
         multithread = True
 
     return ReusedThreadsWSGIServer(host, port, app, handler=JSONErrorRequestHandler)
-
-
-def tune_allocator(arena_max: int | None = None) -> bool:
-    """Keep freed memory for the next request instead of handing it back to the kernel (glibc only).
-
-    By default glibc serves every allocation above a moving threshold (128 KiB at first) with a
-    fresh mmap and trims free heap tops early, so each request's tensors arrive as new pages: a
-    50-token IG explanation took about 5,000 page faults (20-30 ms of its 75 ms of CPU). Fixed
-    thresholds (mmap above 32 MiB, trim above 64 MiB of free top) and one arena per core bring that
-    to a few hundred. Settings given in the environment (``MALLOC_*``) win. Returns whether applied.
-    """
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-    settings = [("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, 32 * 1024 * 1024),
-                ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD, 64 * 1024 * 1024),
-                ("MALLOC_ARENA_MAX", M_ARENA_MAX, arena_max or max(2, os.cpu_count() or 2))]
-    applied = False
-    for env, option, value in settings:
-        if env not in os.environ:
-            applied = bool(libc.mallopt(option, value)) or applied
-    return applied
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -221,6 +221,33 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
             np.testing.assert_allclose(got[s], fresh.states(s), atol=1e-6, rtol=0)
 
 
+def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monkeypatch):
+    """Writes run on a background thread: its error (a full disk) reaches the caller, the store does
+    not open as complete, and a rerun finishes it."""
+    lm = char_lm()
+    path = tmp_path / "w.h5"
+    original = extract_module.StoreWriter.write_states
+    calls = {"n": 0}
+
+    def failing_write(self, name, start, arr):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(28, "No space left on device")
+        return original(self, name, start, arr)
+
+    monkeypatch.setattr(extract_module.StoreWriter, "write_states", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        lstmvis.extract(lm, TEXTS * 2, path, batch_size=2, chunk_size=9, progress=False)
+    assert not path.exists()
+    with pytest.raises(StoreError, match="incomplete"):
+        StateStore.open(tmp_path / "w.h5.partial")
+    monkeypatch.undo()
+    with lstmvis.extract(lm, TEXTS * 2, path, batch_size=2, chunk_size=9, progress=False) as store:
+        a, b = store.sequence_bounds(6)
+        ref = single_pass(lm.module, lm.encode((TEXTS * 2)[6]))
+        np.testing.assert_allclose(store.states("rnn.l0.h", a, b), ref["rnn.l0.h"], atol=1e-5, rtol=0)
+
+
 def test_partial_from_another_model_is_not_resumed(tmp_path, monkeypatch):
     path = tmp_path / "p.h5"
     monkeypatch.setattr(extract_module._Sink, "finish", lambda self, seq: (_ for _ in ()).throw(RuntimeError("x")))
