@@ -277,7 +277,7 @@ def test_request_threads_are_reused_and_retire_when_idle(app):
 def test_allocator_tuning_respects_the_environment(monkeypatch):
     import platform
 
-    from server.app import tune_allocator
+    from lstmvis.allocator import tune_allocator
 
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"):
         monkeypatch.setenv(name, "0")
