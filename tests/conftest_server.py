@@ -80,6 +80,19 @@ _demo_lock = threading.Lock()
 _demos: dict = {}
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (registered in sys.modules under its name)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def demo_resources(*names: str):
     """The bundled demo's Resources (all stores, or only ``names``), built once into TEST_CACHE."""
     from server.resources import Resources

@@ -8,30 +8,18 @@ Below the fuzzer: regressions it found, as plain tests.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conftest_server import demo_resources
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest_server import demo_resources, load_benchmark
 
 
-def _load_fuzzer():
-    spec = importlib.util.spec_from_file_location("fuzz_server", ROOT / "benchmarks" / "fuzz_server.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-fuzz = _load_fuzzer()
+fuzz = load_benchmark("fuzz_server")
 
 
 @pytest.fixture(scope="module")

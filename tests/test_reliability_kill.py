@@ -10,32 +10,23 @@ every code point) is ``python benchmarks/kill_extraction.py --trials 20 --points
 """
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest_server import load_benchmark
 from data.registry import CHECKPOINTS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not (CHECKPOINTS / "parens-lstm.pt").exists(), reason="parens-lstm not trained")
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("kill_extraction", ROOT / "benchmarks" / "kill_extraction.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    bench = _load_benchmark()
+    bench = load_benchmark("kill_extraction")
     yield bench.Harness(tmp_path_factory.mktemp("kill"), n_sequences=30)
     torch.set_num_threads(threads)
 
@@ -74,7 +65,7 @@ def test_server_killed_inside_an_index_build_restarts_clean(tmp_path):
 
     from lstmvis import StateStore
 
-    bench = _load_benchmark_module("kill_server")
+    bench = load_benchmark("kill_server")
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -122,12 +113,3 @@ def _quietly(fn, *args):
         fn(*args, timeout=120)
     except OSError:
         pass
-
-
-def _load_benchmark_module(name):
-    import sys
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

@@ -8,28 +8,16 @@ pool in its own order; every concurrent answer must be a 200 equal to the sequen
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest_server import demo_resources, live_server
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest_server import demo_resources, live_server, load_benchmark
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("load_server", ROOT / "benchmarks" / "load_server.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-load = _load_benchmark()
+load = load_benchmark("load_server")
 
 
 @pytest.fixture(scope="module")
