@@ -64,10 +64,8 @@ def main() -> None:
                              "LSTM workspace); default: glibc's defaults, as in a plain Python process")
     args = parser.parse_args()
     if args.tuned_allocator:
-        from lstmvis.allocator import tune_allocator
-        from lstmvis.extract import EXTRACT_MMAP_THRESHOLD
-        print("allocator tuned:", tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD,
-                                                 trim_threshold=EXTRACT_MMAP_THRESHOLD))
+        from lstmvis.extract import tune_allocator_for_extraction
+        print("allocator tuned:", tune_allocator_for_extraction())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.steps, args.hidden)

@@ -38,7 +38,7 @@ from .store import StateStore, StoreError, StoreWriter
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
-EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see _cmd_extract
+EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see tune_allocator_for_extraction
 WRITE_QUEUE = 8  # blocks waiting for the writer thread (bounds the memory they hold)
 
 
@@ -499,11 +499,16 @@ def load_corpus(spec: str, model) -> tuple[list, dict, str]:
     return [text], {}, path.name
 
 
+def tune_allocator_for_extraction() -> bool:
+    """glibc settings under which oneDNN's LSTM workspace (~100 MB a layer call) is reused instead of
+    faulting in fresh pages on every call (see ``lstmvis.allocator``). Returns whether applied."""
+    return tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD, trim_threshold=EXTRACT_MMAP_THRESHOLD)
+
+
 def _cmd_extract(args) -> int:
     import data
 
-    # oneDNN's LSTM workspace (~100 MB a layer call) comes back from the allocator without faulting in new pages
-    tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD, trim_threshold=EXTRACT_MMAP_THRESHOLD)
+    tune_allocator_for_extraction()
     model = data.load_model(args.model)
     if isinstance(model, nn.Module):
         raise ValueError(f"{args.model} is an image model: extract works on text models "

@@ -80,6 +80,49 @@ _demo_lock = threading.Lock()
 _demos: dict = {}
 
 
+def run_job(client, path: str, body: dict, timeout: float = 180.0) -> dict:
+    """POST a background job and poll it until it is done or failed; returns the final job."""
+    import time
+
+    resp = client.post(path, json=body)
+    assert resp.status_code == 202, resp.get_json()
+    job = resp.get_json()
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+        job = client.get(f"/api/jobs/{job['id']}").get_json()
+    return job
+
+
+def alone_and_together(call, bodies: list, threads: int = 8) -> list[tuple]:
+    """``(concurrent answer, sequential answer)`` pairs: each body once alone, then every body twice
+    from ``threads`` threads at once (requests sharing one model)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = [call(b) for b in bodies]
+    with ThreadPoolExecutor(threads) as pool:
+        together = list(pool.map(call, bodies * 2))
+    return list(zip(together, alone * 2))
+
+
+class Watched:
+    """A browser page that records console errors, page errors, failed requests and HTTP errors."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+
+    def close(self):
+        self.context.close()
+        assert not self.problems, self.problems
+
+
 def load_benchmark(name: str):
     """A script of benchmarks/ imported as a module (registered in sys.modules under its name)."""
     import importlib.util

@@ -9,8 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest_server import CHROMIUM, REPO, SCREENSHOTS, live_server
-from test_browser_explorer import Watched, browser  # noqa: F401  (shared browser fixture and page watcher)
+from conftest_server import CHROMIUM, REPO, SCREENSHOTS, Watched, live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -30,7 +29,7 @@ def base_url():
 
 
 @pytest.fixture()
-def watched(browser):  # noqa: F811
+def watched(browser):
     w = Watched(browser)
     w.page.set_default_timeout(TIMEOUT_MS)
     w.dialogs = []

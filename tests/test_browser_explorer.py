@@ -7,7 +7,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from conftest_server import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TOY_TEXTS, live_server, make_toy_store
+from conftest_server import CHROMIUM, SCREENSHOTS, TOY_TEXTS, Watched, live_server, make_toy_store
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -23,32 +23,6 @@ def base_url(tmp_path_factory):
     make_toy_store(d / "toy.h5").close()
     with live_server(create_app(d, {"TESTING": True})) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class Watched:
-    """A page that records console errors, page errors, failed requests and HTTP errors."""
-
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
-        self.page = self.context.new_page()
-        self.problems: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
-        self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
-
-    def close(self):
-        self.context.close()
-        assert not self.problems, self.problems
 
 
 @pytest.fixture()

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest_server import CHROMIUM, live_server
+from conftest_server import CHROMIUM, Watched, live_server
 from test_browser_explain import TIMEOUT_MS, shot
-from test_browser_explorer import Watched, browser  # noqa: F401  (shared browser fixture and page watcher)
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -25,7 +24,7 @@ def base_url():
 
 
 @pytest.fixture()
-def watched(browser):  # noqa: F811
+def watched(browser):
     w = Watched(browser)
     w.page.set_default_timeout(TIMEOUT_MS)
     yield w

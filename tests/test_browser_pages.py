@@ -8,7 +8,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from conftest_server import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, demo_resources, live_server
+from conftest_server import CHROMIUM, SCREENSHOTS, demo_resources, live_server
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -29,15 +29,6 @@ def app():
 def base_url(app):
     with live_server(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 import textexplain
 from textexplain import render
 from conftest import _BagOfWeights
+from conftest_server import alone_and_together, run_job
 
 # one torch thread per test: threads that wait for each other at every op are many times slower on a busy machine
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -218,10 +218,7 @@ def test_concurrent_requests_equal_one_at_a_time(app, lending):
         assert resp.status_code == 200, resp.get_json()
         return resp.get_json()
 
-    alone = [call(b) for b in bodies]
-    with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(call, bodies * 2))
-    for got, ref in zip(together, alone * 2):
+    for got, ref in alone_and_together(call, bodies):
         assert got["tokens"] == ref["tokens"] and got["target"] == ref["target"]
         np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-6)
         for a, b in zip(got["explanations"], ref["explanations"]):
@@ -231,21 +228,12 @@ def test_concurrent_requests_equal_one_at_a_time(app, lending):
 
 # ------------------------------------------------------------------------------- corpus audit
 
-def run_job(client, body, timeout=120.0):
-    import time
-    resp = client.post("/api/audit", json=body)
-    assert resp.status_code == 202, resp.get_json()
-    job = resp.get_json()
-    deadline = time.monotonic() + timeout
-    while job["status"] not in ("done", "error"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-        job = client.get(f"/api/jobs/{job['id']}").get_json()
-    return job
+def run_audit(client, body, timeout=120.0):
+    return run_job(client, "/api/audit", body, timeout)
 
 
 def test_audit_finds_the_planted_shortcut(client):
-    job = run_job(client, {"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
+    job = run_audit(client, {"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
     assert job["status"] == "done", job
     assert job["done"] == job["total"] == 60
     r = job["result"]
@@ -274,13 +262,13 @@ def test_integrated_gradients_rule_can_be_chosen(client):
         "good film , bad film", out["target"])
     assert ig["params"]["method"] == "riemann_trapezoid" and ig["params"]["n_steps"] == 8
     np.testing.assert_allclose(ig["scores"], ref.scores, rtol=1e-6, atol=1e-9)
-    job = run_job(client, {"model": "bag", "sample": 20, "method": "integrated_gradients", "params": params,
+    job = run_audit(client, {"model": "bag", "sample": 20, "method": "integrated_gradients", "params": params,
                            "flip": False, "min_count": 2})
     assert job["status"] == "done", job
 
 
 def test_audit_of_the_analytic_model_has_exact_means(client):
-    job = run_job(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
+    job = run_audit(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
                            "min_count": 2, "flip": False})
     assert job["status"] == "done", job
     r = job["result"]
@@ -308,7 +296,7 @@ def test_audit_bad_input(client, body, status, fragment):
 
 
 def test_audit_refusal_inside_the_job_is_reported(client):
-    job = run_job(client, {"model": "bag", "sample": 10, "target": "label"})
+    job = run_audit(client, {"model": "bag", "sample": 10, "target": "label"})
     assert job["status"] == "error" and "target 'predicted'" in job["error"]
     resp = client.get("/api/jobs/nonexistent")
     assert resp.status_code == 404 and "unknown job" in resp.get_json()["error"]["message"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest_server import alone_and_together, run_job
 from textexplain import image as img
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -53,15 +52,8 @@ def explain(client, body, status=200):
     return resp.get_json()
 
 
-def run_job(client, path, body, timeout=180.0):
-    resp = client.post(path, json=body)
-    assert resp.status_code == 202, resp.get_json()
-    job = resp.get_json()
-    deadline = time.monotonic() + timeout
-    while job["status"] not in ("done", "error"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-        job = client.get(f"/api/jobs/{job['id']}").get_json()
+def job_result(client, path, body):
+    job = run_job(client, path, body)
     assert job["status"] == "done", job
     return job["result"]
 
@@ -188,7 +180,7 @@ def test_filters_endpoint(client):
 def test_tsne_job_is_cached_and_consistent_with_the_model(client, digits):
     import data
     x, y = digits
-    r = run_job(client, "/api/images/tsne", {"model": "mnist-cnn"})
+    r = job_result(client, "/api/images/tsne", {"model": "mnist-cnn"})
     assert len(r["x"]) == len(r["y"]) == len(y) == 500
     assert r["label"] == y.tolist()
     with torch.no_grad():
@@ -205,7 +197,7 @@ def test_tsne_job_is_cached_and_consistent_with_the_model(client, digits):
 
 def test_activation_maximization_images_are_classified_as_their_class(client):
     import data
-    r = run_job(client, "/api/images/activation-max", {"model": "mnist-cnn", "steps": 128})
+    r = job_result(client, "/api/images/activation-max", {"model": "mnist-cnn", "steps": 128})
     assert r["labels"] == [str(i) for i in range(10)] and len(r["images"]) == 10
     pixels = np.stack([decode(u)[::3, ::3, 0] for u in r["images"]]).astype(np.float32) / 255
     with torch.no_grad():
@@ -214,7 +206,7 @@ def test_activation_maximization_images_are_classified_as_their_class(client):
 
 
 def test_sanity_job_randomizes_from_the_top(client):
-    r = run_job(client, "/api/images/sanity", {"model": "mnist-cnn", "methods": ["gradient", "gradcam"],
+    r = job_result(client, "/api/images/sanity", {"model": "mnist-cnn", "methods": ["gradient", "gradcam"],
                                                 "n_images": 4})
     layers = list(dict.fromkeys(row["layer"] for row in r["rows"]))
     assert layers[0] == "fc" and layers[-1] == "features.0"
@@ -234,10 +226,7 @@ def test_concurrent_requests_equal_one_at_a_time(app):
         assert resp.status_code == 200, resp.get_json()
         return resp.get_json()
 
-    alone = [call(b) for b in bodies]
-    with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(call, bodies * 2))
-    for got, ref in zip(together, alone * 2):
+    for got, ref in alone_and_together(call, bodies):
         assert got["target"] == ref["target"]
         for a, b in zip(got["overlays"], ref["overlays"]):
             assert a["method"] == b["method"]
