@@ -471,6 +471,8 @@ def _recording_forward(m: nn.RNNBase, active: list[tuple[Recorder, str]], input,
             next_in = F.dropout(out, m.dropout, training=True)
             padded_out = None
         layer_in, padded_in = next_in, padded_out
+    if not packed:
+        layer_in = layer_in.contiguous()  # what the fused kernel returns (the workspace route hands back a view)
 
     hidden = torch.cat(h_n, 0)
     if is_lstm:
@@ -671,7 +673,8 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
     for d, values in enumerate(recorded):
         _emit(active, m, layer, d == 1, values, lengths, None)
     out = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
-    return (out.transpose(0, 1).contiguous() if m.batch_first else out), torch.stack(h_n), torch.stack(c_n)
+    # batch-first as a view: the next layer reads it back time-major without a copy (made contiguous once at the end)
+    return (out.transpose(0, 1) if m.batch_first else out), torch.stack(h_n), torch.stack(c_n)
 
 
 def _needs_grad(m: nn.Module, *tensors) -> bool:
