@@ -77,31 +77,28 @@ def test_hostile_tokens_labels_and_names_are_inert(hostile):
 
 
 @pytest.mark.browser
-def test_page_is_inert_in_a_real_browser(tmp_path, hostile):
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_page_is_inert_in_a_real_browser(tmp_path, hostile, request):
+    pytest.importorskip("playwright.sync_api")
     import os
 
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("needs /usr/bin/chromium")
+    browser = request.getfixturevalue("browser")  # the session's Chromium (one sync_playwright per process)
     path = write_html(tmp_path / "x.html", side_by_side_html([hostile]))
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            dialogs = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(path.as_uri())
-            for span in page.query_selector_all("span[title]")[:6]:
-                span.hover()
-            page.wait_for_timeout(200)
-            assert dialogs == []
-            assert page.evaluate("document.querySelectorAll('script, img, svg, iframe').length") == 0
-            shown = page.inner_text("body")
-            assert "<script>alert(1)</script>" in shown and '"><img src=x onerror=alert(2)>' in shown
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.as_uri())
+        for span in page.query_selector_all("span[title]")[:6]:
+            span.hover()
+        page.wait_for_timeout(200)
+        assert dialogs == []
+        assert page.evaluate("document.querySelectorAll('script, img, svg, iframe').length") == 0
+        shown = page.inner_text("body")
+        assert "<script>alert(1)</script>" in shown and '"><img src=x onerror=alert(2)>' in shown
+    finally:
+        page.close()
 
 
 def test_diverging_scale_is_symmetric_and_sequential_is_monotone():
