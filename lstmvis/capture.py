@@ -62,6 +62,29 @@ _STANDARD_FORWARDS = {nn.LSTM.forward, nn.GRU.forward, nn.RNN.forward}
 ROUTES = ("fused", "unroll")
 
 
+class Deferred:
+    """A recorded value that is computed when first read (``result()``), once, from any thread.
+
+    ``Recorder(defer=True)`` records the LSTM cell state of the workspace route this way, so a
+    pipeline (``lstmvis.extract``) computes it on its writer thread while the next forward pass runs.
+    """
+
+    __slots__ = ("_compute", "_value", "_lock")
+
+    def __init__(self, compute):
+        self._compute, self._value, self._lock = compute, None, threading.Lock()
+
+    def result(self) -> torch.Tensor:
+        with self._lock:
+            if self._compute is not None:
+                self._value, self._compute = self._compute(), None
+            return self._value
+
+
+def _resolved(value):
+    return value.result() if isinstance(value, Deferred) else value
+
+
 def parse_kinds(kinds: str | Iterable[str]) -> frozenset[str]:
     """Kinds from names or aliases (``gates``, ``all``), e.g. ``"h,c,gates"``."""
     if isinstance(kinds, str):
@@ -95,6 +118,9 @@ class Recorder:
     LSTMs on CPU, which read their gates from the kernel's workspace); ``"unroll"`` computes
     unidirectional, unpacked LSTM/GRU layers that need c or gates in one pass of its own (for a
     GRU about 1x instead of 2.3x the plain forward on CPU; outputs then equal the kernel's to ~1e-6).
+    ``defer``: on the workspace route, compute the cell state when it is first read instead of
+    during the forward pass (the same values), so a pipeline can compute it on another thread while
+    the next forward runs: read ``deferred_states`` there (``lstmvis.extract`` does this).
     Use as a context manager::
 
         rec = Recorder(model, kinds="h,c,gates")
@@ -105,7 +131,7 @@ class Recorder:
 
     def __init__(self, module: nn.Module, kinds: str | Iterable[str] = ("h", "c", "gates", "conv"),
                  modules: Sequence[str | type | nn.Module] | None = None, layers: Iterable[int] | None = None,
-                 detach: bool = True, route: str = "fused"):
+                 detach: bool = True, route: str = "fused", defer: bool = False):
         if not isinstance(module, nn.Module):
             raise TypeError(f"Recorder needs an nn.Module, got {type(module).__name__} (for a data.LanguageModel "
                             "or textexplain.TextModel pass its .module)")
@@ -116,6 +142,7 @@ class Recorder:
         if route not in ROUTES:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         self.route = route
+        self.defer = bool(defer)
         self.targets = self._find_targets(modules)
         self._lock = threading.Lock()
         self._thread: int | None = None
@@ -209,8 +236,11 @@ class Recorder:
         return self._thread == threading.get_ident()
 
     # ------------------------------------------------------------------ results
-    def emit(self, source: str, values: torch.Tensor, lengths: torch.Tensor) -> None:
-        if self.detach:
+    def emit(self, source: str, values: torch.Tensor | Deferred, lengths: torch.Tensor) -> None:
+        if isinstance(values, Deferred):
+            if not self.defer:
+                values = values.result()  # another recorder deferred it; this one computes it now
+        elif self.detach:
             values = values.detach()
         self._calls.setdefault(source, []).append((values, lengths))
 
@@ -222,7 +252,7 @@ class Recorder:
         """Every recorded call of a source: ``[(values (B, T, D), lengths (B,)), ...]``."""
         if source not in self._calls:
             raise KeyError(f"nothing recorded for {source!r}: recorded are {', '.join(self._calls) or 'none'}")
-        return list(self._calls[source])
+        return [(_resolved(v), lengths) for v, lengths in self._calls[source]]
 
     @property
     def states(self) -> dict[str, torch.Tensor]:
@@ -230,21 +260,19 @@ class Recorder:
         return {s: self._joined(s)[0] for s in self._calls}
 
     @property
+    def deferred_states(self) -> dict[str, Deferred]:
+        """Like ``states``, but nothing is computed yet: ``{source: Deferred}``, each joined and
+        computed by its ``result()``, from any thread, after this Recorder has moved on (``clear``
+        and further calls do not change them)."""
+        return {s: Deferred(lambda s=s, calls=list(calls): _join(s, calls)[0]) for s, calls in self._calls.items()}
+
+    @property
     def lengths(self) -> dict[str, torch.Tensor]:
         """``{source: (B,)}`` number of valid steps per sequence."""
         return {s: self._joined(s)[1] for s in self._calls}
 
     def _joined(self, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-        calls = self._calls[source]
-        if len(calls) == 1:
-            return calls[0]
-        if len({v.shape[0] for v, _ in calls}) != 1:
-            raise ValueError(f"{source} was called with different batch sizes: read rec.calls({source!r})")
-        for values, lengths in calls[:-1]:
-            if bool((lengths != values.shape[1]).any()):
-                raise ValueError(f"{source} has padded steps inside a call that is not the last one, so the calls "
-                                 f"cannot be joined along time: read rec.calls({source!r})")
-        return torch.cat([v for v, _ in calls], 1), sum(lengths for _, lengths in calls)
+        return _join(source, self._calls[source])
 
     def clear(self) -> None:
         """Forget everything recorded so far (keeps recording if active)."""
@@ -267,6 +295,20 @@ class Recorder:
                 lengths = torch.full((out.shape[0],), out.shape[2], dtype=torch.long)
                 self.emit(f"{name}.conv", out.transpose(1, 2), lengths)
         return hook
+
+
+def _join(source: str, calls: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """One source's recorded calls joined along time: ``(values (B, T, D), lengths (B,))``."""
+    calls = [(_resolved(v), lengths) for v, lengths in calls]
+    if len(calls) == 1:
+        return calls[0]
+    if len({v.shape[0] for v, _ in calls}) != 1:
+        raise ValueError(f"{source} was called with different batch sizes: read rec.calls({source!r})")
+    for values, lengths in calls[:-1]:
+        if bool((lengths != values.shape[1]).any()):
+            raise ValueError(f"{source} has padded steps inside a call that is not the last one, so the calls "
+                             f"cannot be joined along time: read rec.calls({source!r})")
+    return torch.cat([v for v, _ in calls], 1), sum(lengths for _, lengths in calls)
 
 
 def _kinds_of(m: nn.Module, kinds: frozenset[str]) -> list[str]:
@@ -637,11 +679,15 @@ def _workspace_failed(reason: str) -> None:
 def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_dir):
     """One LSTM layer (every direction) through oneDNN's kernel in training mode, gates read from
     its workspace, c from the recurrence; recorded, and ``(out, h_n, c_n)`` as the fused kernel
-    returns them. ``None`` if the workspace fails its check (nothing is recorded then)."""
+    returns them. ``None`` if the workspace fails its check (nothing is recorded then).
+
+    When every active recorder defers and only h and c are wanted, c is recorded as a ``Deferred``:
+    the first two steps are checked now, the rest when c is computed (``_workspace_cell_state``)."""
     x_tm = (x.transpose(0, 1) if m.batch_first else x).contiguous()
     T, B = x_tm.shape[:2]
     H = m.hidden_size
     ld = _onednn_ld(4 * H)
+    defer = kinds <= {"h", "c"} and all(rec.defer for rec, _ in active)
     outs, h_n, c_n, recorded = [], [], [], []
     for d in range(2 if m.bidirectional else 1):
         w = params[d * per_dir:(d + 1) * per_dir]
@@ -654,17 +700,27 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
             return _workspace_failed("no workspace or a smaller one")
         gates = ws.view(torch.float32)[:T * B * ld].view(T, B, ld)[..., :4 * H]  # processing order
         i, f, g, o = gates.split(H, -1)
-        c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0[d]).transpose(0, 1)
         h_steps = out.flip(0) if d == 1 else out  # processing order
-        for s in (0, T - 1):
-            if not torch.allclose(o[s] * torch.tanh(c[s]), h_steps[s], rtol=1e-4, atol=1e-5):
-                return _workspace_failed(f"gates at step {s} do not reproduce the kernel's h")
-        if not torch.allclose(c[-1], cy, rtol=1e-4, atol=1e-5):
-            return _workspace_failed("the cell state does not reproduce the kernel's c_n")
         values = {"h": out.transpose(0, 1)}
-        for kind, v in (("c", c), *zip(LSTM_GATES, (i, f, g, o))):
-            if kind in kinds:
-                values[kind] = (v.flip(0) if d == 1 else v).transpose(0, 1)
+        if defer:
+            c_state = c0[d]
+            for s in range(min(2, T)):
+                c_state = f[s] * c_state + i[s] * g[s]
+                if not torch.allclose(o[s] * torch.tanh(c_state), h_steps[s], rtol=1e-4, atol=1e-5):
+                    return _workspace_failed(f"gates at step {s} do not reproduce the kernel's h")
+            if "c" in kinds:
+                values["c"] = Deferred(lambda args=(m, w, x_tm, out, h0[d], c0[d], cy, i, f, g, o, d == 1):
+                                       _workspace_cell_state(*args))
+        else:
+            c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0[d]).transpose(0, 1)
+            for s in (0, T - 1):
+                if not torch.allclose(o[s] * torch.tanh(c[s]), h_steps[s], rtol=1e-4, atol=1e-5):
+                    return _workspace_failed(f"gates at step {s} do not reproduce the kernel's h")
+            if not torch.allclose(c[-1], cy, rtol=1e-4, atol=1e-5):
+                return _workspace_failed("the cell state does not reproduce the kernel's c_n")
+            for kind, v in (("c", c), *zip(LSTM_GATES, (i, f, g, o))):
+                if kind in kinds:
+                    values[kind] = (v.flip(0) if d == 1 else v).transpose(0, 1)
         recorded.append(values)
         outs.append(out)
         h_n.append(hy)
@@ -675,6 +731,23 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
     out = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
     # batch-first as a view: the next layer reads it back time-major without a copy (made contiguous once at the end)
     return (out.transpose(0, 1) if m.batch_first else out), torch.stack(h_n), torch.stack(c_n)
+
+
+def _workspace_cell_state(m, w, x_tm, out, h0, c0, cy, i, f, g, o, reverse: bool) -> torch.Tensor:
+    """The deferred c of one direction, ``(B, T, H)`` in the caller's time order: the recurrence over
+    the workspace gates, checked at the last step against the kernel's h and c_n. If the check fails
+    (a build whose workspace is laid out otherwise), c comes from the matmul route instead."""
+    c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0).transpose(0, 1)
+    h_steps = out.flip(0) if reverse else out  # processing order
+    if not (torch.allclose(o[-1] * torch.tanh(c[-1]), h_steps[-1], rtol=1e-4, atol=1e-5)
+            and torch.allclose(c[-1], cy, rtol=1e-4, atol=1e-5)):
+        _workspace_failed("the last step does not reproduce the kernel's h and c_n")
+        x_steps = x_tm.flip(0) if reverse else x_tm
+        h_prev = torch.cat([h0[None], h_steps[:-1]], 0)
+        gates = _layer_gates("LSTM", w, m.bias, x_steps.transpose(0, 1), h_prev.transpose(0, 1),
+                             with_output_gate=False)
+        c = _cell_recurrence(gates["gate_f"], gates["gate_i"], gates["gate_g"], c0).transpose(0, 1)
+    return (c.flip(0) if reverse else c).transpose(0, 1)
 
 
 def _needs_grad(m: nn.Module, *tensors) -> bool:

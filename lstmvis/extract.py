@@ -33,13 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .allocator import MiB, tune_allocator
-from .capture import Recorder, parse_kinds
+from .capture import Deferred, Recorder, parse_kinds
 from .store import StateStore, StoreError, StoreWriter
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
 EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see tune_allocator_for_extraction
-WRITE_QUEUE = 8  # blocks waiting for the writer thread (bounds the memory they hold)
+WRITE_QUEUE = 4  # chunks waiting for the writer thread (bounds the memory their states hold)
 
 
 class _Corpus:
@@ -129,11 +129,13 @@ def _fingerprint(module: nn.Module, corpus: _Corpus, settings: dict) -> str:
 
 
 class _Sink:
-    """Buffers per-sequence rows and writes them to the store in large blocks.
+    """Turns each chunk's recorded states into per-sequence rows and writes them in large blocks.
 
-    The HDF5 writes run on one background thread (h5py releases the GIL while writing), in order,
-    so the next chunk's forward pass overlaps the last chunk's writes. A sequence is marked done
-    only after all of its rows are written. At most ``WRITE_QUEUE`` blocks wait in memory.
+    Everything after the forward pass runs on one background thread, in order: the deferred cell
+    states (``Recorder(defer=True)``), the copies of each stream's rows and the HDF5 writes (h5py
+    releases the GIL while writing), so the next chunk's forward pass overlaps all of it. A
+    sequence is marked done only after all of its rows are written. At most ``WRITE_QUEUE`` chunks
+    wait (each holds its states), and an error on the thread reaches the caller at the next chunk.
     """
 
     def __init__(self, writer: StoreWriter, corpus: _Corpus, sources: list[str], dtype: str, done: np.ndarray,
@@ -147,6 +149,19 @@ class _Sink:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="lstmvis-extract-writer", daemon=True)
         self._thread.start()
+
+    def add_chunk(self, states: Mapping[str, Deferred] | None,
+                  report: Sequence[tuple[int, int, int, int, bool]]) -> None:
+        """Queue one chunk: ``states`` from ``Recorder.deferred_states`` and ``(sequence, start,
+        n_tokens, batch_row, finished)`` per stream (``run_streams``' report)."""
+        def job() -> None:
+            resolved = {s: states[s].result() for s in self.sources} if states is not None else None
+            for seq, _, n, b, finished in report:
+                if n == 0:
+                    self.finish(seq)
+                else:
+                    self.add(seq, resolved, b, n, finished)
+        self._submit(job)
 
     def add(self, seq: int, states: Mapping[str, torch.Tensor], b: int, n: int, finished: bool) -> None:
         # copies, so the buffered rows do not keep the whole batch's tensors alive
@@ -165,25 +180,19 @@ class _Sink:
             return
         start = int(self.corpus.offsets[seq]) + self.written.get(seq, 0)
         self.written[seq] = self.written.get(seq, 0) + self.pending.pop(seq)
-
-        def write() -> None:
-            for s in self.sources:
-                self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
-        self._submit(write)
+        for s in self.sources:
+            self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
 
     def finish(self, seq: int) -> None:
         self._flush(seq)
         if self.written.get(seq, 0) != self.corpus.lengths[seq]:
             raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
                                f"expected {self.corpus.lengths[seq]}")
-
-        def mark_done() -> None:
-            self.done[seq] = True
-            self.writer.f["done"][seq] = True
-        self._submit(mark_done)
+        self.done[seq] = True
+        self.writer.f["done"][seq] = True
 
     def close(self) -> None:
-        """Wait until every queued write is on disk; raise the first write error, if any."""
+        """Wait until every queued chunk is on disk; raise the first error of the thread, if any."""
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
@@ -265,12 +274,7 @@ def run_streams(module: nn.Module, ids: Sequence[np.ndarray], batch_size: int = 
 
 def _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad_id, device) -> None:
     for report in run_streams(module, corpus.ids, batch_size, chunk_size, pad_id, device, rec, order=todo):
-        states = rec.states if report[0][2] else None
-        for seq, _, n, b, finished in report:
-            if n == 0:
-                sink.finish(seq)
-            else:
-                sink.add(seq, states, b, n, finished)
+        sink.add_chunk(rec.deferred_states if report[0][2] else None, report)
 
 
 def _with_fresh_streams(state, n_streams: int):
@@ -289,7 +293,7 @@ def _run_batched(module, corpus, todo, rec, sink, batch_size, pad_id, device) ->
     batches, current = [], []
     for seq in order:
         if corpus.lengths[seq] == 0:
-            sink.finish(seq)
+            sink.add_chunk(None, [(seq, 0, 0, -1, True)])
             continue
         if current and (len(current) == batch_size
                         or (pad_id is None and corpus.lengths[seq] != corpus.lengths[current[0]])):
@@ -306,9 +310,8 @@ def _run_batched(module, corpus, todo, rec, sink, batch_size, pad_id, device) ->
         rec.clear()
         with rec:
             module(batch.to(device))
-        states = rec.states
-        for b, seq in enumerate(group):
-            sink.add(seq, states, b, int(corpus.lengths[seq]), finished=True)
+        sink.add_chunk(rec.deferred_states,
+                       [(seq, 0, int(corpus.lengths[seq]), b, True) for b, seq in enumerate(group)])
 
 
 def _probe_sources(module, rec, corpus, kind, device) -> dict[str, int]:
@@ -366,7 +369,7 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     except StopIteration:
         device = torch.device("cpu")
     pad = pad_id if kind == "module" else model.vocab.pad_id if hasattr(model.vocab, "pad_id") else 0
-    rec = Recorder(module, kinds=parse_kinds(kinds), modules=modules, layers=layers, route=route)
+    rec = Recorder(module, kinds=parse_kinds(kinds), modules=modules, layers=layers, route=route, defer=True)
     was_training = module.training
     module.eval()
     try:

@@ -508,3 +508,58 @@ def test_workspace_with_another_layout_falls_back_to_matmul(monkeypatch):
         m(x)
     assert capture._WORKSPACE["usable"] is False
     _check_against(reference_unroll(m, x, torch.full((3,), 6), name="lstm"), rec)
+
+
+def test_deferred_cell_state_is_computed_on_read_and_equals_the_eager_one():
+    """defer=True records c as a Deferred: nothing is computed until read, reading works after the
+    recorder moved on (clear, another call) and from another thread, and the values are the eager ones."""
+    from lstmvis import capture
+    torch.manual_seed(5)
+    m = nn.LSTM(5, 16, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x, x2 = torch.randn(3, 9, 5), torch.randn(3, 4, 5)
+    with torch.no_grad(), Recorder(m, kinds="h,c") as eager:
+        m(x)
+    with torch.no_grad(), Recorder(m, kinds="h,c", defer=True) as rec:
+        m(x)
+        raw = dict(rec._calls)
+        deferred = rec.deferred_states
+        rec.clear()
+        m(x2)
+    assert all(isinstance(calls[0][0], capture.Deferred) for s, calls in raw.items() if s.endswith(".c"))
+    results = {}
+    worker = threading.Thread(target=lambda: results.update({s: d.result() for s, d in deferred.items()}))
+    worker.start()
+    worker.join()
+    assert set(results) == set(eager.states)
+    for s, v in eager.states.items():
+        torch.testing.assert_close(results[s], v, rtol=0, atol=0)
+    assert rec.states["lstm.l1.reverse.c"].shape == (3, 4, 16)  # the second call, computed on read
+    ref = reference_unroll(m, x2, torch.full((3,), 4), name="lstm")
+    _check_against({k: v for k, v in ref.items() if k.rsplit(".", 1)[1] in ("h", "c")}, rec)
+
+
+def test_deferred_cell_state_falls_back_to_matmul_when_the_last_step_disagrees(monkeypatch):
+    """A layout that only goes wrong after the first two steps is caught when c is computed: warned
+    about, and c is recomputed by matmul, so the values stay exact."""
+    from lstmvis import capture
+    monkeypatch.setitem(capture._WORKSPACE, "usable", True)
+    real = capture._cell_recurrence
+    corrupted = {"n": 0}
+
+    def recurrence(f, i, g, c0):
+        c = real(f, i, g, c0)
+        if corrupted["n"] == 0:  # the first deferred computation reads a wrong layout
+            corrupted["n"] += 1
+            c = c + 1.0
+        return c
+    torch.manual_seed(6)
+    m = nn.LSTM(4, 8, batch_first=True).eval()
+    x = torch.randn(2, 7, 4)
+    with torch.no_grad(), Recorder(m, kinds="h,c", defer=True) as rec:
+        m(x)
+    monkeypatch.setattr(capture, "_cell_recurrence", recurrence)
+    with pytest.warns(RuntimeWarning, match="workspace"):
+        states = rec.states
+    assert capture._WORKSPACE["usable"] is False
+    ref = reference_unroll(m, x, torch.full((2,), 7), name="lstm")
+    torch.testing.assert_close(states["lstm.l0.c"], ref["lstm.l0.c"], rtol=1e-5, atol=1e-5)
