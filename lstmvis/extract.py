@@ -142,7 +142,7 @@ class _Sink:
                  bar):
         self.writer, self.corpus, self.sources, self.dtype = writer, corpus, sources, np.dtype(dtype)
         self.done, self.bar = done, bar
-        self.buffers: dict[int, list[dict[str, np.ndarray]]] = {}
+        self.buffers: dict[int, dict[str, np.ndarray]] = {}  # per sequence: a block of rows per source
         self.written: dict[int, int] = {}
         self.pending: dict[int, int] = {}
         self._jobs: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
@@ -164,10 +164,22 @@ class _Sink:
         self._submit(job)
 
     def add(self, seq: int, states: Mapping[str, torch.Tensor], b: int, n: int, finished: bool) -> None:
-        # copies, so the buffered rows do not keep the whole batch's tensors alive
-        rows = {s: states[s][b, :n].to("cpu", torch.float32).numpy().astype(self.dtype) for s in self.sources}
-        self.buffers.setdefault(seq, []).append(rows)
-        self.pending[seq] = self.pending.get(seq, 0) + n
+        """Copy one stream's ``n`` rows into the sequence's block buffers (once, converting the dtype);
+        a block is written when it holds ``FLUSH_ROWS`` rows or the sequence ends."""
+        filled = self.pending.get(seq, 0)
+        buffers = self.buffers.get(seq)
+        if buffers is not None and filled + n > len(buffers[self.sources[0]]):
+            self._flush(seq)
+            filled = 0
+            if n > len(buffers[self.sources[0]]):
+                buffers = None
+        if buffers is None:
+            rows = min(FLUSH_ROWS + n, int(self.corpus.lengths[seq]) - self.written.get(seq, 0))
+            buffers = self.buffers[seq] = {s: np.empty((rows, states[s].shape[-1]), self.dtype) for s in self.sources}
+        for s in self.sources:
+            np.copyto(buffers[s][filled:filled + n], states[s][b, :n].to("cpu", torch.float32).numpy(),
+                      casting="same_kind")
+        self.pending[seq] = filled + n
         if finished or self.pending[seq] >= FLUSH_ROWS:
             self._flush(seq)
         if finished:
@@ -175,16 +187,17 @@ class _Sink:
         self.bar.update(n)
 
     def _flush(self, seq: int) -> None:
-        blocks = self.buffers.pop(seq, [])
-        if not blocks:
+        n = self.pending.pop(seq, 0)
+        if not n:
             return
         start = int(self.corpus.offsets[seq]) + self.written.get(seq, 0)
-        self.written[seq] = self.written.get(seq, 0) + self.pending.pop(seq)
-        for s in self.sources:
-            self.writer.write_states(s, start, np.concatenate([blk[s] for blk in blocks]))
+        self.written[seq] = self.written.get(seq, 0) + n
+        for s, block in self.buffers[seq].items():
+            self.writer.write_states(s, start, block[:n])
 
     def finish(self, seq: int) -> None:
         self._flush(seq)
+        self.buffers.pop(seq, None)
         if self.written.get(seq, 0) != self.corpus.lengths[seq]:
             raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
                                f"expected {self.corpus.lengths[seq]}")
