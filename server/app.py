@@ -30,6 +30,7 @@ from werkzeug.routing import IntegerConverter
 
 from lstmvis.allocator import tune_allocator
 
+from .concurrency import Gates
 from .resources import Resources
 from .validation import api, openapi_document, register_error_handlers
 
@@ -53,6 +54,7 @@ DEFAULT_CONFIG = {
     "RESOURCES": None,  # a ready Resources object to share (tests, benchmarks)
     "JSON_DIGITS": 5,  # floats in state arrays are rounded to this many decimals
     "PLOTLY_COMPILE_HINT": True,  # serve plotly.js with V8's eager-compile hint (see PlotlyBundle)
+    "COMPUTE_SLOTS": None,  # API requests computing at once per lane (None: one per core; 0: no limit)
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -117,14 +119,14 @@ core = Blueprint("core", __name__)
 
 
 @core.get("/api/openapi.json")
-@api(summary="This OpenAPI 3.1 document, generated from the request models", tag="meta")
+@api(summary="This OpenAPI 3.1 document, generated from the request models", tag="meta", lane=None)
 def openapi():
     """The OpenAPI document of every JSON endpoint."""
     return openapi_document(current_app)
 
 
 @core.get("/api/status")
-@api(summary="Loaded models and stores, and the state of the demo build", tag="meta")
+@api(summary="Loaded models and stores, and the state of the demo build", tag="meta", lane=None)
 def status():
     """Which models and stores are loaded, and whether demo stores are still building."""
     return resources().summary()
@@ -223,6 +225,8 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
                         build=app.config["DEMO_BUILD"], pool_size=app.config["MODEL_POOL_SIZE"],
                         progress=app.config["PROGRESS"])
     app.extensions["lstmvis"] = res
+    slots = app.config["COMPUTE_SLOTS"]
+    app.extensions["lstmvis_gates"] = Gates(slots) if slots != 0 else None
 
     register_error_handlers(app)
     app.register_blueprint(core)

@@ -358,7 +358,7 @@ def explain_page():
 
 
 @blueprint.get("/api/explain/models")
-@api(summary="Text classifiers that can be explained, with their labels", tag="explanations")
+@api(summary="Text classifiers that can be explained, with their labels", tag="explanations", lane=None)
 def explain_models():
     """The text classifiers (shipped and user models), the explanation methods, and each model's labels."""
     out = []
@@ -369,7 +369,7 @@ def explain_models():
 
 
 @blueprint.post("/api/explain")
-@api(ExplainRequest, summary="Explain one text with several methods, side by side", tag="explanations")
+@api(ExplainRequest, summary="Explain one text with several methods, side by side", tag="explanations", lane="model")
 def explain_endpoint(params: ExplainRequest):
     """Predicted probabilities, one row of token scores (and colours) per method, the completeness
     delta where a method promises completeness, and faithfulness numbers per method."""
@@ -378,7 +378,7 @@ def explain_endpoint(params: ExplainRequest):
 
 
 @blueprint.post("/api/audit")
-@api(AuditRequest, summary="Start a corpus audit: the tokens a classifier relies on per class", tag="explanations")
+@api(AuditRequest, summary="Start a corpus audit: the tokens a classifier relies on per class", tag="explanations", lane="model")
 def audit_endpoint(params: AuditRequest):
     """Starts (or finds) a background job; poll ``/api/jobs/<id>`` for progress and the ranked tokens,
     their mean attribution, counts, example sentences and the flip test."""

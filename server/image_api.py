@@ -326,7 +326,7 @@ def digit_png(index: int):
 
 
 @blueprint.post("/api/images/explain")
-@api(ExplainImageRequest, summary="Explain one digit with every image method", tag="images")
+@api(ExplainImageRequest, summary="Explain one digit with every image method", tag="images", lane="model")
 def explain_endpoint(params: ExplainImageRequest):
     """The prediction, one heatmap overlay (PNG) per method for the target class, and feature maps."""
     entry = _entry(params.model)
@@ -344,7 +344,7 @@ def explain_endpoint(params: ExplainImageRequest):
 
 
 @blueprint.get("/api/images/model")
-@api(ModelRequest, summary="The first convolution's filters as images", tag="images")
+@api(ModelRequest, summary="The first convolution's filters as images", tag="images", lane="model")
 def model_info(params: ModelRequest):
     """Filters of the first Conv2d (each scaled by its own largest |weight|: grey is 0) and the layers."""
     entry = _entry(params.model)
@@ -357,7 +357,7 @@ def model_info(params: ModelRequest):
 
 @blueprint.post("/api/images/activation-max")
 @api(ActivationMaxRequest, summary="Start activation maximization: one image per class (background job)",
-     tag="images")
+     tag="images", lane="model")
 def activation_max_endpoint(params: ActivationMaxRequest):
     """Gradient ascent on the input for each class logit, regularized (L2, blur, jitter); poll /api/jobs/<id>."""
     return _start("activation-max", params, activation_max)
@@ -365,14 +365,14 @@ def activation_max_endpoint(params: ActivationMaxRequest):
 
 @blueprint.post("/api/images/tsne")
 @api(TsneRequest, summary="Start the t-SNE map of the test set's penultimate features (background job)",
-     tag="images")
+     tag="images", lane="model")
 def tsne_endpoint(params: TsneRequest):
     """Computed once per model and settings, then served from the job cache; poll /api/jobs/<id>."""
     return _start("tsne", params, tsne)
 
 
 @blueprint.post("/api/images/sanity")
-@api(SanityRequest, summary="Start the model-randomization sanity check (background job)", tag="images")
+@api(SanityRequest, summary="Start the model-randomization sanity check (background job)", tag="images", lane="model")
 def sanity_endpoint(params: SanityRequest):
     """Spearman rank correlation of each method's maps before and after randomizing layers; poll /api/jobs/<id>."""
     return _start("sanity", params, sanity)

@@ -132,7 +132,7 @@ _create_lock = threading.Lock()
 
 
 @blueprint.get("/jobs/<job_id>")
-@api(summary="Progress of a background job, and its result once done", tag="jobs")
+@api(summary="Progress of a background job, and its result once done", tag="jobs", lane=None)
 def job_status(job_id: str):
     """``status`` is queued, running, done (with ``result``) or error (with ``error``); poll until done."""
     return jobs().get(job_id).info()

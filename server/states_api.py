@@ -206,7 +206,7 @@ class SearchQuery(Params):
 # ---------------------------------------------------------------------------------- endpoints
 
 @blueprint.get("/stores")
-@api(summary="All state stores with their sources, sizes and build status", tag="stores")
+@api(summary="All state stores with their sources, sizes and build status", tag="stores", lane=None)
 def stores():
     """Every store the server knows: name, title, model, status, sources and cell counts."""
     return {"stores": [s.info() for s in resources().stores.values()]}
@@ -467,7 +467,7 @@ def hypothesis_values(name: str, store, spec: str) -> tuple[object, np.ndarray]:
 
 
 @blueprint.get("/hypotheses")
-@api(summary="Named hypotheses to rank cells against", tag="cells")
+@api(summary="Named hypotheses to rank cells against", tag="cells", lane=None)
 def hypotheses_list():
     """Built-in hypotheses (name, kind, description) and the parameterised forms."""
     from lstmvis import hypotheses
@@ -566,7 +566,7 @@ def saturation(store: str, params: SaturationQuery):
 
 
 @blueprint.post("/stores/<store>/cells/<int:cell>/explain")
-@api(ExplainCellBody, summary="Explain one cell at one step: which input tokens drive it", tag="cells")
+@api(ExplainCellBody, summary="Explain one cell at one step: which input tokens drive it", tag="cells", lane="model")
 def explain(store: str, cell: int, params: ExplainCellBody):
     """Integrated Gradients (or the gradient) of the cell's activation at ``position`` with respect to
     the input tokens, run on the store's own model over the text leading up to the step."""

@@ -7,6 +7,7 @@ The same models generate ``/api/openapi.json``, so the document cannot drift fro
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from typing import Annotated, Any, Callable
@@ -14,6 +15,8 @@ from typing import Annotated, Any, Callable
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException
+
+from .concurrency import LANES
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -94,30 +97,36 @@ def _raw_params(multi: frozenset[str]) -> tuple[dict, str]:
 
 
 def api(model: type[Params] | None = None, *, summary: str = "", tag: str = "",
-        response_example: Any = None) -> Callable:
+        response_example: Any = None, lane: str | None = "store") -> Callable:
     """Validate the request against ``model`` and call the view with ``params=<model instance>``.
 
     Use it under the blueprint's route decorator. The view returns a dict/list (sent as JSON) or
-    a Response. ``summary`` and ``tag`` go into the OpenAPI document.
+    a Response. ``summary`` and ``tag`` go into the OpenAPI document. ``lane`` is the queue the
+    request waits in for its turn to compute (:mod:`server.concurrency`): ``"store"`` (default),
+    ``"model"`` for model calls, None for views that only read small in-memory state.
     """
+    if lane is not None and lane not in LANES:
+        raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)} (or None)")
     multi = frozenset(name for name, f in (model.model_fields.items() if model else ())
                       if getattr(f.annotation, "__origin__", None) is list)
 
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            if model is not None:
-                raw, source = _raw_params(multi)
-                try:
-                    kwargs["params"] = model.model_validate(raw)
-                except ValidationError as exc:
-                    return validation_error(exc, source)
-            out = view(*args, **kwargs)
-            return out if isinstance(out, Response) else jsonify(out)
+            gates = current_app.extensions.get("lstmvis_gates")
+            with gates.admit(lane) if gates is not None else contextlib.nullcontext():
+                if model is not None:
+                    raw, source = _raw_params(multi)
+                    try:
+                        kwargs["params"] = model.model_validate(raw)
+                    except ValidationError as exc:
+                        return validation_error(exc, source)
+                out = view(*args, **kwargs)
+                return out if isinstance(out, Response) else jsonify(out)
 
         wrapper.api_spec = {"model": model, "summary": summary or (view.__doc__ or "").strip().split("\n")[0],
                             "description": (view.__doc__ or "").strip(), "tag": tag,
-                            "example": response_example}
+                            "example": response_example, "lane": lane}
         return wrapper
 
     return decorate
