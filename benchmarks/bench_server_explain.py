@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -27,17 +28,15 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_server import fifty_token_texts  # noqa: E402
+from bench_server import fifty_token_texts, run_load  # noqa: E402
 
 
 def server_cpu(proc: subprocess.Popen) -> float:
@@ -65,26 +64,11 @@ def pct(latencies: list[float]) -> tuple[float, float, float]:
 
 
 def load(base: str, body: dict, n_clients: int, texts: list[str]) -> tuple[list[float], float]:
-    """One POST per text (each a different text), spread over ``n_clients`` threads with their own
-    sessions; (latencies, wall s)."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    chunks = [texts[i::n_clients] for i in range(n_clients)]
-
-    def client(chunk: list[str]) -> None:
-        with requests.Session() as s:
-            for text in chunk:
-                t0 = time.perf_counter()
-                resp = s.post(f"{base}/api/explain", json={**body, "text": text}, timeout=300)
-                dt = time.perf_counter() - t0
-                if resp.status_code != 200:
-                    raise RuntimeError(f"{resp.status_code}: {resp.text[:300]}")
-                with lock:
-                    latencies.append(dt)
-
+    """One POST per text (each a different text), spread over ``n_clients`` concurrent light clients
+    (:func:`bench_server.run_load`); (latencies, wall s)."""
     start = time.perf_counter()
-    with ThreadPoolExecutor(n_clients) as pool:
-        list(pool.map(client, chunks))
+    latencies = run_load(n_clients, texts,
+                         lambda text: ("POST", "/api/explain", json.dumps({**body, "text": text}).encode()), base)
     return latencies, time.perf_counter() - start
 
 
