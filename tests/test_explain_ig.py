@@ -130,3 +130,22 @@ def test_adaptive_rule_stays_a_valid_rule_on_random_paths(seed):
         assert calls["gradients"] == n_steps
         assert weights.sum() == pytest.approx(1.0, abs=1e-12) and (weights > 0).all()
         assert ((nodes > 0) & (nodes < 1)).all() and len(np.unique(nodes)) == len(nodes)
+
+
+def test_the_quadrature_method_reaches_ig_through_explain_and_audit_options():
+    """IG's ``method`` clashes with the ``method=`` of explain/explain_batch/audit: ``options`` carries it."""
+    model = make_bag_model(nonlinear=True)
+    direct = te.IntegratedGradients(model, method="riemann_left", n_steps=7).explain(TEXT, target=1)
+    via = te.explain(model, TEXT, "integrated_gradients", target=1, options={"method": "riemann_left"}, n_steps=7)
+    assert via.params["method"] == "riemann_left" and via.params["n_steps"] == 7
+    np.testing.assert_array_equal(via.scores, direct.scores)
+    batch = te.explain_batch(model, [TEXT], "integrated_gradients", target=1, options={"method": "riemann_left",
+                                                                                         "n_steps": 7})
+    np.testing.assert_array_equal(batch[0].scores, direct.scores)
+    report = te.audit.audit(model, [TEXT, TEXT], method="integrated_gradients", min_count=2, progress=False,
+                      options={"method": "riemann_left", "n_steps": 7})
+    assert report.params == {"method": "riemann_left", "n_steps": 7}
+    with pytest.raises(TypeError, match="both in options and as keyword"):
+        te.explain(model, TEXT, options={"n_steps": 7}, n_steps=8)
+    with pytest.raises(TypeError, match="options must be a dict"):
+        te.explain(model, TEXT, options=["method"])

@@ -26,7 +26,7 @@ import html
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,21 +241,27 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
           method: str = "integrated_gradients", target: str = "predicted", rank_by: str = "total",
           normalize: str = "none", min_count: int = 3, n_examples: int = 3, batch_size: int = 64,
           progress: bool | None = None, explain_batch: Callable[..., list] | None = None,
-          **params: Any) -> AuditReport:
+          options: Mapping[str, Any] | None = None, **params: Any) -> AuditReport:
     """Explain every text and rank, per class, the tokens the model relies on.
 
     ``target``: ``"predicted"`` (default: why did the model decide as it did) or ``"label"``
     (needs ``labels``). ``rank_by``: ``"total"`` (default), ``"mean"``, ``"lower_bound"`` or
     ``"mean_abs"``. ``normalize`` rescales each explanation first (``"l1"``: sum |s| = 1,
     ``"max_abs"``) so that every text weighs the same. Tokens seen fewer than ``min_count`` times
-    for a class are not ranked. ``params`` are the method's hyperparameters.
+    for a class are not ranked. ``params`` are the method's hyperparameters; names that clash with
+    this function's arguments (IG's quadrature ``method``) go in ``options`` (a dict).
+    ``explain_batch`` replaces ``textexplain.explain_batch`` (same signature; it gets ``options``
+    only when there are hyperparameters), e.g. to report progress.
     """
     import time
 
     from tqdm.auto import tqdm
 
+    from .explain import hyperparameters
+
     if explain_batch is None:
         from .explain import explain_batch
+    settings = hyperparameters(options, params)
     if not isinstance(model, TextModel):
         raise TypeError(f"model must be a textexplain.TextModel, got {type(model).__name__}")
     if isinstance(texts, str):
@@ -288,7 +294,7 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
         chunk = texts[lo:lo + batch_size]
         chunk_targets = None if target == "predicted" else gold[lo:lo + batch_size]
         for j, e in enumerate(explain_batch(model, chunk, method=method, target=chunk_targets,
-                                            progress=False, **params)):
+                                            progress=False, **({"options": settings} if settings else {}))):
             i = lo + j
             keys = [unk_token if tid == model.unk_id else tok for tok, tid in zip(e.tokens, e.token_ids)]
             acc.add(e.target, keys, e.tokens, _normalized(np.asarray(e.scores, dtype=np.float64), normalize), i)
@@ -321,7 +327,7 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
                 {"text": texts[-neg_i], "index": -neg_i, "position": pos, "score": score}
                 for score, neg_i, pos in sorted(heap, reverse=True)]
     return AuditReport(model.name, method, signed, list(model.labels), texts, targets, predictions, gold, stats,
-                       examples, rank_by, normalize, int(min_count), dict(params), [],
+                       examples, rank_by, normalize, int(min_count), settings, [],
                        time.perf_counter() - start)
 
 
@@ -413,7 +419,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         labels = [labels[i] for i in keep] if labels is not None else None
     report = audit(model, texts, labels, method=args.method, target=args.target, rank_by=args.rank_by,
                    normalize=args.normalize, min_count=args.min_count, batch_size=args.batch_size,
-                   progress=not args.quiet, **params)
+                   progress=not args.quiet, options=params)
     if labels is not None and report.signed:
         for lab in model.labels:
             tops = [st for st in report.top(lab, args.flip) if st.in_vocab]

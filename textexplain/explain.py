@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import Explainer
@@ -28,7 +28,7 @@ def method_class(method: str) -> type[Explainer]:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}") from None
 
 
-def make_explainer(model: TextModel, method: str, **params: Any) -> Explainer:
+def make_explainer(model: TextModel, method: str, /, **params: Any) -> Explainer:
     """``METHODS[method](model, **params)`` with a clear error for a misspelt hyperparameter."""
     cls = method_class(method)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
@@ -39,17 +39,34 @@ def make_explainer(model: TextModel, method: str, **params: Any) -> Explainer:
     return cls(model, **params)
 
 
+def hyperparameters(options: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's hyperparameters from ``options`` (a dict, for names such as IG's quadrature
+    ``method`` that clash with the caller's own arguments) and keyword ``params``."""
+    if options is None:
+        return dict(params)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict of the method's hyperparameters, got {type(options).__name__}")
+    both = sorted(set(options) & set(params))
+    if both:
+        raise TypeError(f"{', '.join(map(repr, both))} given both in options and as keyword arguments: give each once")
+    return {**options, **params}
+
+
 def explain(model: TextModel, text: str, method: str = "integrated_gradients",
-            target: int | str | None = None, **params: Any) -> Explanation:
+            target: int | str | None = None, options: Mapping[str, Any] | None = None, **params: Any) -> Explanation:
     """Explain ``model``'s output for ``target`` (None = predicted class) on ``text``.
 
-    ``params`` are the method's hyperparameters, e.g. ``explain(m, text, "shap", seed=1)``.
+    ``params`` are the method's hyperparameters, e.g. ``explain(m, text, "shap", seed=1)``; a name
+    that clashes with this function's arguments goes in ``options``, e.g. Integrated Gradients'
+    quadrature: ``explain(m, text, "integrated_gradients", options={"method": "gausslegendre"})``.
     """
-    return make_explainer(model, method, **params).explain(text, target)
+    return make_explainer(model, method, **hyperparameters(options, params)).explain(text, target)
 
 
 def explain_batch(model: TextModel, texts: Sequence[str], method: str = "integrated_gradients",
                   target: int | str | None | Sequence[int | str | None] = None, progress: bool | None = None,
-                  **params: Any) -> list[Explanation]:
-    """Explain many texts with one method; ``target`` is one for all or one per text."""
-    return make_explainer(model, method, **params).explain_batch(texts, target, progress=progress)
+                  options: Mapping[str, Any] | None = None, **params: Any) -> list[Explanation]:
+    """Explain many texts with one method; ``target`` is one for all or one per text. ``options``
+    and ``params`` as in ``explain``."""
+    return make_explainer(model, method, **hyperparameters(options, params)).explain_batch(texts, target,
+                                                                                           progress=progress)
