@@ -61,10 +61,13 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 SIGNS = ("positive", "negative", "both")
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_N_CODES = 256  # quantile buckets per cell (one byte per value)
+_N_CODES = 256  # buckets per cell (one byte per value)
+# Thresholds whose keys are bucket edges in every cell (the explorer's threshold steps by 0.05): for
+# these the codes alone decide every step, exactly. Other thresholds read the keys of one bucket.
+EDGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21))
 _BUILD_BYTES = 1 << 25  # rows per index-build block: about 32 MiB of states
 
 
@@ -281,10 +284,14 @@ class MatchIndex:
         threshold = np.array([k_pos, k_neg], dtype=self.bounds.dtype)[low.astype(np.int64)]
         bounds = self.bounds[column]
         bucket = (bounds <= threshold[:, None]).sum(axis=1).astype(np.int64) - 1  # bounds[:, 0] is the least key
-        exact_edge = bounds[np.arange(len(cells)), bucket] == threshold
-        # high: code > bucket is on, code < bucket off; code == bucket is on when bounds[bucket] == k_pos
-        split = np.where(~low & exact_edge, bucket - 1, bucket)
-        check = np.where(~low & exact_edge, -1, bucket)
+        rows = np.arange(len(cells))
+        high_edge = ~low & (bounds[rows, bucket] == threshold)
+        upper = bounds[rows, np.minimum(bucket + 1, _N_CODES - 1)].astype(np.int64)
+        low_edge = low & (bucket < _N_CODES - 1) & (upper == threshold.astype(np.int64) + 1)
+        # high: code > bucket is on, code < bucket off; code == bucket is on when bounds[bucket] == k_pos.
+        # low: code < bucket is on, code > bucket off; code == bucket is on when bounds[bucket + 1] == k_neg + 1.
+        split = np.where(high_edge, bucket - 1, np.where(low_edge, bucket + 1, bucket))
+        check = np.where(high_edge | low_edge, -1, bucket)
         return column, low, split, check
 
 
@@ -375,14 +382,16 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
                 rm[a:b] = keys
                 _transpose(keys, cm_arr, a)
                 bar.update(b - a)
-        rank = (np.arange(_N_CODES) * n) // _N_CODES
+        edges = _edge_keys(dtype)
+        n_quantiles = _N_CODES - len(edges)
+        rank = (np.arange(n_quantiles) * n) // n_quantiles
         for j in tqdm(range(d), desc=f"sorting {source}", unit="cell", disable=quiet):
             column = cm_arr[j]
             by_value = np.argsort(column, kind="stable")
             ordered = column[by_value]
-            if n:
-                bounds[j] = ordered[rank]
-            bounds[j, 0] = 0  # the least key: every key has a bucket
+            quantiles = ordered[rank] if n else np.zeros(n_quantiles, dtype=key_type)
+            quantiles[0] = 0  # the least key: every key has a bucket
+            bounds[j] = np.sort(np.concatenate([quantiles, edges]))  # ties: empty buckets, harmless
             order[j] = by_value
             bucket_start[j, :-1] = np.searchsorted(ordered, bounds[j], side="left")
             bucket_start[j, -1] = n
@@ -415,6 +424,17 @@ def _build(store, source: str, folder: Path, fingerprint: dict, progress: bool |
             if old.get(k) and old[k] != names[k]:
                 (folder / old[k]).unlink(missing_ok=True)
     return meta
+
+
+def _edge_keys(dtype: np.dtype) -> np.ndarray:
+    """Keys that are bucket edges in every cell: for each of ``EDGE_THRESHOLDS``, ``k_pos`` (the least
+    key on when high) and ``k_neg + 1`` (the least key off when low)."""
+    utype = _UINT[np.dtype(dtype).itemsize]
+    keys = set()
+    for threshold in EDGE_THRESHOLDS:
+        k_pos, k_neg = threshold_keys(threshold, dtype)
+        keys.update((k_pos, k_neg + 1))
+    return np.array(sorted(k for k in keys if k <= np.iinfo(utype).max), dtype=utype)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -565,48 +585,36 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
     cells = _check_cells(cells, n_virtual, sign)
 
     index = MatchIndex.load(store, source, index_dir, progress)
-    k_pos, k_neg = threshold_keys(threshold, index.dtype)
     n = len(cells)
-    column, low, split, check = index.cell_tests(cells, sign, k_pos, k_neg)
-    k_pos, k_neg = index.cell_major.dtype.type(k_pos), index.cell_major.dtype.type(k_neg)
-    count = np.empty(index.n_tokens, dtype=np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32)
-    planes = np.zeros(((n + 7) // 8, index.n_tokens), dtype=np.uint8)
-    chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
+    k_pos, k_neg = (index.cell_major.dtype.type(k) for k in threshold_keys(threshold, index.dtype))
+    planes, count, chunk_max, chunk_rise = _selected_on(index, cells, sign, threshold)
     pool = _pool()
-    step_parts = _token_parts(index.n_tokens, _THREADS)
-    list(pool.map(lambda part: _on_planes(index.codes, column, low, split, part[0], part[1], planes, count, chunk_max),
-                  step_parts))
-    _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
-                chunk_max)
     longest = int(np.diff(index.offsets).max(initial=0))  # padding never reaches past a sequence
     seq_parts = _sequence_parts(index.offsets, _THREADS)
     histograms = np.zeros((len(seq_parts), longest + 1), dtype=np.int64)
     cands = [np.empty((4096, 5), dtype=np.int64) for _ in seq_parts]
 
     def runs(i: int, level: int):
-        return _runs(planes, count, chunk_max, n, (0,) * ((n + 63) // 64), level, index.offsets, seq_parts[i][0], seq_parts[i][1],
-                     min(pad_left, longest), min(pad_right, longest), min_length, phrase_length or 0, top, cands[i],
-                     histograms[i])
+        return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, index.offsets, seq_parts[i][0], seq_parts[i][1],
+                     min(pad_left, longest), min(pad_right, longest), min_length, phrase_length or 0, top, cands[i])
 
-    # Runs from level ``level`` up (each part of the store on its own thread). Done when the top-th
-    # best |C & C'| found is >= level: a run that is a run only below ``level`` has |C & C'| <= its
-    # highest level < level. Otherwise the top-th best found is a lower bound ``known`` of the true
-    # one, so a pass from ``known`` is always the last; passes cost more the lower they start, so
-    # bisect between ``known`` and ``level``, or go down in growing steps while nothing is known.
-    level, step, known = n, 1, 0
-    while True:
-        results = list(pool.map(lambda i: runs(i, level), range(len(seq_parts))))
-        full = [i for i, r in enumerate(results) if r[0] < 0]
-        for i in full:
+    list(pool.map(lambda i: _full_runs(count, chunk_max, n, index.offsets, seq_parts[i][0], seq_parts[i][1],
+                                       histograms[i]), range(len(seq_parts))))
+
+    # One scan from level 1 (each part of the store on its own thread); its level rises with the
+    # top-th best |C & C'| found, and runs whose start bounds |C & C'| below it are skipped. A part
+    # whose candidate array filled up is scanned again with a larger one.
+    level = 1
+    results = [None] * len(seq_parts)
+    todo = list(range(len(seq_parts)))
+    while todo:
+        for i, r in zip(todo, pool.map(lambda i: runs(i, level), todo)):
+            results[i] = r
+        todo = [i for i in todo if results[i][0] < 0]
+        for i in todo:
             cands[i] = np.empty((4 * len(cands[i]), 5), dtype=np.int64)
-        if full:
-            continue
-        cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
-        floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
-        if floor >= level or level == 1:
-            break
-        known = max(known, floor)
-        level, step = ((known + level) // 2 if known else max(1, level - step)), 2 * step
+    cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
+    floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
     n_candidates = sum(r[2] for r in results)
     histogram = histograms.sum(axis=0)
     histogram = histogram[:int(np.flatnonzero(histogram)[-1]) + 1] if histogram.any() else histogram[:1]
@@ -630,6 +638,27 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
         hits.append(Hit(s, e, seq, inter_i, union_i, cprime, c_lo, c_hi, tokens, count[c_lo:c_hi].copy()))
     return MatchResult(source, cells, threshold, sign, pad_left, pad_right, hits, count, histogram,
                        int(n_candidates), int(n_verified), list(range(n, level - 1, -1)))
+
+
+def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For sorted (virtual) ``cells``, over the whole store: ``planes`` (bit ``j & 7`` of
+    ``planes[j >> 3, t]``: cell ``j`` on at ``t``), ``count`` (cells on per step), and per chunk of
+    64 steps ``chunk_max`` (the largest count) and ``chunk_rise`` (at least the largest number of
+    cells on at a step and off at the step before it; the count at a part's first step)."""
+    n = len(cells)
+    k_pos, k_neg = threshold_keys(threshold, index.dtype)
+    column, low, split, check = index.cell_tests(cells, sign, k_pos, k_neg)
+    k_pos, k_neg = index.cell_major.dtype.type(k_pos), index.cell_major.dtype.type(k_neg)
+    count = np.empty(index.n_tokens, dtype=np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32)
+    planes = np.zeros(((n + 7) // 8, index.n_tokens), dtype=np.uint8)
+    chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
+    chunk_rise = np.empty(len(chunk_max), dtype=np.int32)
+    list(_pool().map(lambda part: _on_planes(index.codes, column, low, split, part[0], part[1], planes, count,
+                                             chunk_max, chunk_rise), _token_parts(index.n_tokens, _THREADS)))
+    _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
+                chunk_max, chunk_rise)
+    return planes, count, chunk_max, chunk_rise
 
 
 def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
@@ -689,13 +718,17 @@ def _popcount(typingctx, x):
 
 
 @numba.njit(cache=True, nogil=True)
-def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max):
+def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max, chunk_rise):
     """The selected cells over the whole store: ``planes[j >> 3, t]`` bit ``j & 7`` = cell ``j`` on at
     ``t``, ``count[t]`` = how many are on, ``chunk_max[k]`` = the largest count in steps
     ``[64k, 64k + 64)``; over steps ``[start, stop)`` (``start`` a multiple of 64). Comparisons run
     on the one-byte codes, vectorized, in blocks that stay in cache; the threshold's own bucket
-    counts as off here (``_fix_bucket`` adds its steps that are on)."""
+    counts as off here (``_fix_bucket`` adds its steps that are on). ``chunk_rise[k]``: the largest
+    number of selected cells that switch on (on at ``t``, off at ``t - 1``) at a step ``t`` of the
+    chunk (at ``t = start``, where ``t - 1`` is another thread's, its count)."""
     block, chunk = 4096, 64
+    n_planes = planes.shape[0]
+    rise = np.zeros(block, dtype=np.int32)
     for b0 in range(start, stop, block):
         b1 = min(stop, b0 + block)
         size = b1 - b0
@@ -728,12 +761,29 @@ def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max)
             for t in range(c0 + 1, min(size, c0 + chunk)):
                 top = max(top, cnt[t])
             chunk_max[(b0 + c0) // chunk] = top
+        rise[:] = 0
+        first = 1 if b0 == start else 0
+        if first:
+            rise[0] = cnt[0]
+        for p in range(n_planes):
+            now, before = planes[p, b0 + first:b1], planes[p, b0 + first - 1:b1 - 1]
+            for t in range(size - first):
+                x = now[t] & ~before[t]  # popcount of a byte, vectorized
+                x = x - ((x >> np.uint8(1)) & np.uint8(0x55))
+                x = (x & np.uint8(0x33)) + ((x >> np.uint8(2)) & np.uint8(0x33))
+                rise[t + first] += np.int32((x + (x >> np.uint8(4))) & np.uint8(0x0F))
+        for c0 in range(0, size, chunk):
+            top = rise[c0]
+            for t in range(c0 + 1, min(size, c0 + chunk)):
+                top = max(top, rise[t])
+            chunk_rise[(b0 + c0) // chunk] = top
 
 
 @numba.njit(cache=True, nogil=True)
-def _fix_bucket(keys, order, bucket_start, column, low, check, k_pos, k_neg, planes, count, chunk_max):
+def _fix_bucket(keys, order, bucket_start, column, low, check, k_pos, k_neg, planes, count, chunk_max, chunk_rise):
     """Add to ``_on_planes``'s result the steps of the threshold's own bucket (``check``) that are
-    on: a prefix (low) or suffix (high) of the bucket in key order (``order``), found by bisection."""
+    on: a prefix (low) or suffix (high) of the bucket in key order (``order``), found by bisection.
+    ``chunk_rise`` stays an upper bound: each cell added at a step adds at most one to its rise."""
     chunk = 64
     for j in range(len(column)):
         if check[j] < 0:
@@ -753,6 +803,7 @@ def _fix_bucket(keys, order, bucket_start, column, low, check, k_pos, k_neg, pla
             planes[p, t] |= bit
             count[t] += np.uint8(1)
             chunk_max[t // chunk] = max(chunk_max[t // chunk], count[t])
+            chunk_rise[t // chunk] += 1
 
 
 @numba.njit(inline="always")
@@ -765,44 +816,120 @@ def _step_bits(planes, t, w, n_planes):
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(planes, count, chunk_max, n, word_slots, level, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
-          phrase_length, top, cand, histogram):
-    """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
-    ``>= level`` (steps counting fewer than ``level`` end runs) with their exact ``|C & C'|``; keep in
-    ``cand`` (rows ``start, stop, lo, hi, |C & C'|``; ``[lo, hi)``: the run with its padding inside
-    its sequence) those that fewer than ``top`` others beat on ``|C & C'|``. Also counts the
-    level-``n`` runs by length into ``histogram``. ``word_slots``: a tuple of ``(n + 63) // 64``
-    zeros, so that the number of bit words per step is known when compiling (2x faster loops). Returns ``(kept, floor, n_candidates)``: ``floor`` is the ``top``-th best
-    ``|C & C'|`` found (0 if fewer than ``top`` were found); ``kept = -1`` when ``cand`` is too small.
+def _full_runs(count, chunk_max, n, offsets, first_seq, last_seq, histogram):
+    """``histogram[L]`` += the number of maximal runs of length ``L`` with all ``n`` selected cells on
+    (``count == n``) in sequences ``[first_seq, last_seq)``; chunks of 64 steps whose largest count
+    is below ``n`` are skipped."""
+    histogram[:] = 0
+    for seq in range(first_seq, last_seq):
+        lo, hi = offsets[seq], offsets[seq + 1]
+        t, open_at = lo, -1
+        while t < hi:
+            if open_at < 0 and t % 64 == 0 and chunk_max[t // 64] < n:
+                t += 64
+                continue
+            if count[t] == n:
+                if open_at < 0:
+                    open_at = t
+            elif open_at >= 0:
+                histogram[t - open_at] += 1
+                open_at = -1
+            t += 1
+        if open_at >= 0:
+            histogram[hi - open_at] += 1
 
-    A stack holds the open runs of all levels (heights strictly increasing above a floor of height
-    0), each with the AND of its own steps' bits and the OR of its start's left padding. A step of
-    count ``v`` closes every open run higher than ``v``: the run ``[s, t)`` on top is maximal at the
-    levels above ``max(v, height below it)``, one candidate, and its AND goes on to the run below.
-    Steps outside every run (count below ``level``) are skipped 64 at a time by ``chunk_max``.
+
+@numba.njit(inline="always")
+def _start_bound(planes, t, seq_lo, pad_left, words, n_planes):
+    """How many selected cells are on at ``t`` and off at each of its left padding steps (inside
+    its sequence): no run starting at ``t`` has a larger ``|C & C'|``."""
+    bound = 0
+    for w in range(words):
+        pad = np.uint64(0)
+        for r in range(max(seq_lo, t - pad_left), t):
+            pad |= _step_bits(planes, r, w, n_planes)
+        bound += _popcount(_step_bits(planes, t, w, n_planes) & ~pad)
+    return bound
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
+          phrase_length, top, cand):
+    """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
+    ``>= level`` (steps counting fewer than ``level`` end runs) and can reach the ``top`` best, with
+    their exact ``|C & C'|``; keep in ``cand`` (rows ``start, stop, lo, hi, |C & C'|``; ``[lo, hi)``:
+    the run with its padding inside its sequence) those that fewer than ``top`` others beat on
+    ``|C & C'|``. ``word_slots``: a tuple of ``(n + 63) // 64`` zeros, so that the number of bit words
+    per step is known when compiling (2x faster loops). Returns ``(kept, floor, n_candidates)``:
+    ``floor`` is the ``top``-th best ``|C & C'|`` found (0 if fewer than ``top`` were found);
+    ``kept = -1`` when ``cand`` is too small.
+
+    A stack holds the open runs of all levels (heights strictly increasing), each with the AND of
+    its own steps' bits, the OR of its start's left padding and the *bound* of its start: how many
+    selected cells are on at the start and off at its padding (``|C & C'|`` of every run starting
+    there is at most that). A step of count ``v`` closes every open run higher than ``v``: the run
+    ``[s, t)`` on top is maximal at the levels above ``max(v, height below it)``, one candidate, and
+    its AND goes on to the run below. Runs whose bound is below the ``top``-th best ``|C & C'|`` found
+    so far (the *floor*), and runs lower than ``level``, are *dead*: they can never be kept. The
+    bottom of the stack (entry 0) stands for all the open dead runs: its height is the highest level
+    they reach. While no live run is open, the scan only looks for the next step where a run with a
+    large enough bound starts (the count rises above the dead height there), skipping 64 steps at a
+    time where every count is below ``level``. As the floor rises, ``level`` rises with it: a run
+    at level ``m`` has ``|C & C'| <= m``.
     """
     words = len(word_slots)  # ``(n + 63) // 64``, known when compiling: one version per tuple length
     end = offsets[last_seq]
     n_planes = planes.shape[0]
     st_start = np.zeros(n + 2, dtype=np.int64)
     st_height = np.zeros(n + 2, dtype=np.int64)
+    st_bound = np.zeros(n + 2, dtype=np.int64)
     st_and = np.zeros((n + 2, words), dtype=np.uint64)
     st_pad = np.zeros((n + 2, words), dtype=np.uint64)
     acc = np.empty(words, dtype=np.uint64)
     by_inter = np.zeros(n + 1, dtype=np.int64)
-    kept, floor, at_least_floor, n_candidates = 0, 1, 0, 0
-    histogram[:] = 0
+    kept, floor, at_least_floor, n_candidates, fold = 0, 1, 0, 0, False
+    level = max(level, 1)
     seq = first_seq
     seq_lo = seq_hi = t = offsets[first_seq]  # an empty sequence before the first: its first step "ends" it
-    sp = 1  # stack[0]: the floor (height 0)
+    sp = 1  # entries 1 .. sp - 1: live (or not yet folded) runs; entry 0: the dead runs
     while t <= end:
-        if sp == 1 and t < seq_hi:  # no open run: skip steps below ``level``
-            while t < seq_hi and count[t] < level:
-                if t % 64 == 0 and chunk_max[t // 64] < level:
-                    t += 64
-                else:
-                    t += 1
+        if fold:  # the bottom entries are dead: into entry 0, the entries above move down
+            fold = False
+            k = 1
+            while k < sp and (st_height[k] < level or st_bound[k] < floor):
+                k += 1
+            if k > 1:
+                st_height[0] = st_height[k - 1]
+                for i in range(k, sp):
+                    st_start[i - k + 1], st_height[i - k + 1], st_bound[i - k + 1] = st_start[i], st_height[i], st_bound[i]
+                    for w in range(words):
+                        st_and[i - k + 1, w], st_pad[i - k + 1, w] = st_and[i, w], st_pad[i, w]
+                sp -= k - 1
+            if st_height[0] < level:
+                st_height[0] = 0
+        if sp == 1 and t < seq_hi:  # no live run: on to the next step where one starts
+            dead = st_height[0]
+            while t < seq_hi:
+                if t % 64 == 0:
+                    if dead == 0 and chunk_max[t // 64] < level:
+                        t += 64
+                        continue
+                    if t != seq_lo and t + 64 <= seq_hi and (chunk_rise[t // 64] if pad_left else chunk_max[t // 64]) < floor:
+                        t += 64  # no run with a large enough bound starts in these 64 steps
+                        dead = np.int64(count[t - 1])
+                        if dead < level:
+                            dead = 0
+                        continue
+                v = np.int64(count[t])
+                if v < level:
+                    v = 0
+                if v > dead and (v if t == seq_lo or pad_left == 0 else
+                                 _start_bound(planes, t, seq_lo, pad_left, words, n_planes)) >= floor:
+                    break
+                dead = v
+                t += 1
             t = min(t, seq_hi)
+            st_height[0] = dead
         v = np.int64(count[t]) if t < seq_hi else 0
         if v < level:
             v = 0
@@ -815,16 +942,15 @@ def _runs(planes, count, chunk_max, n, word_slots, level, offsets, first_seq, la
         for w in range(words):
             acc[w] = ~np.uint64(0)
         first = t
-        while st_height[sp - 1] > v:
+        while sp > 1 and st_height[sp - 1] > v:
             sp -= 1
             for w in range(words):
                 acc[w] &= st_and[sp, w]
-            s, h = st_start[sp], st_height[sp]
+            s = st_start[sp]
             first = s
             length = t - s
-            if h == n:
-                histogram[length] += 1
-            if (length == phrase_length) if phrase_length > 0 else (length >= min_length):
+            if st_bound[sp] >= floor and st_height[sp] >= level and (
+                    (length == phrase_length) if phrase_length > 0 else (length >= min_length)):
                 n_candidates += 1
                 e_pad = t if ending else min(seq_hi, t + pad_right)
                 inter = 0
@@ -851,18 +977,18 @@ def _runs(planes, count, chunk_max, n, word_slots, level, offsets, first_seq, la
                     while at_least_floor - by_inter[floor] >= top:
                         at_least_floor -= by_inter[floor]
                         floor += 1
+                        fold = True
+                    level = max(level, floor)
+        if st_height[0] > v:  # the dead runs above ``v`` end here too
+            st_height[0] = v
         if ending:
             if t == end:
                 break
             while offsets[seq + 1] <= t:  # on to the sequence holding t
                 seq += 1
             seq_lo, seq_hi = offsets[seq], offsets[seq + 1]
-            sp, first = 1, t
-            for w in range(words):
-                acc[w] = ~np.uint64(0)
-            v = np.int64(count[t])
-            if v < level:
-                continue  # t is examined again, inside its sequence
+            sp, first, st_height[0] = 1, t, 0
+            continue  # t is examined again, inside its sequence
         for w in range(words):
             acc[w] &= _step_bits(planes, t, w, n_planes)
         if st_height[sp - 1] == v:  # the step extends the open run of its own height
@@ -872,13 +998,18 @@ def _runs(planes, count, chunk_max, n, word_slots, level, offsets, first_seq, la
             st_start[sp], st_height[sp] = first, v
             for w in range(words):
                 st_and[sp, w] = acc[w]
-            if first == t:  # a run starting here: OR of its left padding inside the sequence
+            if first == t:  # a run starting here: OR of its left padding inside the sequence, its bound
+                bound = 0
                 for w in range(words):
                     st_pad[sp, w] = 0
                     for r in range(max(seq_lo, t - pad_left), t):
                         st_pad[sp, w] |= _step_bits(planes, r, w, n_planes)
-            # else it starts where the last closed run started, in that run's slot: same padding
+                    bound += _popcount(acc[w] & ~st_pad[sp, w])
+                st_bound[sp] = bound
+            # else it starts where the last closed run started, in that run's slot: same padding and bound
             sp += 1
+        if st_bound[1] < floor or st_height[1] < level:
+            fold = fold or sp > 1
         t += 1
     m = 0
     for i in range(kept):

@@ -316,3 +316,115 @@ def test_concurrent_first_queries_build_the_index_once(tmp_path, monkeypatch):
             results = list(pool.map(lambda _: match(store, "rnn.l0.h", [0, 1], top=5), range(4)))
         assert len({repr(r.to_dict()) for r in results}) == 1 and len(builds) == 1
         _check_same(results[0], *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
+
+
+def _smooth_store(tmp_path, n, d, n_seq, seed, dtype=np.float16):
+    """Many distinct values (buckets of several values each), cells switching on and off in runs."""
+    rng = np.random.default_rng(seed)
+    values = np.tanh(np.cumsum(rng.normal(0, 0.35, size=(n, d)), axis=0) * 0.5 + rng.uniform(-0.5, 0.5, d))
+    values = values.astype(dtype)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=n_seq - 1, replace=False))
+    offsets = np.concatenate([[0], cuts, [n]])
+    store = StateStore.from_arrays(tmp_path / "smooth.h5", {"rnn.l0.h": values}, tokens=["t"] * n, offsets=offsets)
+    return store, values.astype(np.float64), offsets
+
+
+def test_round_thresholds_are_bucket_edges_and_others_read_keys(tmp_path):
+    # thresholds on the explorer's 0.05 grid are decided by the codes alone (no bucket to read);
+    # any other threshold (between stored values, or equal to one) reads the keys of its own bucket
+    module = importlib.import_module("lstmvis.match")
+    store, x, offsets = _smooth_store(tmp_path, n=600, d=10, n_seq=8, seed=21)
+    rng = np.random.default_rng(21)
+    with store:
+        index = MatchIndex.load(store, "rnn.l0.h")
+        cells = np.arange(20)
+        for threshold in (0.3, 0.05, 0.0, 0.95):
+            k_pos, k_neg = threshold_keys(threshold, index.dtype)
+            assert (index.cell_tests(cells, "both", k_pos, k_neg)[3] == -1).all()
+        stored = x[rng.integers(0, 600, 3), rng.integers(0, 10, 3)]
+        checked = 0
+        for threshold in (0.33, 0.171, -0.07, *np.abs(stored)):
+            k_pos, k_neg = threshold_keys(float(threshold), index.dtype)
+            checked += int((index.cell_tests(cells, "both", k_pos, k_neg)[3] >= 0).sum())
+            for sign in module.SIGNS:
+                for top in (1, 50):
+                    chosen = np.sort(rng.choice(module.n_virtual_cells(10, sign), size=int(rng.integers(1, 8)),
+                                                replace=False))
+                    result = match(store, "rnn.l0.h", chosen, float(threshold), 1, int(rng.integers(0, 2)), sign,
+                                   top=top)
+                    _check_same(result, *brute_match(x, offsets, chosen, float(threshold), 1, result.pad_right,
+                                                     sign, top))
+        assert checked > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_floor_rising_during_the_scan(tmp_path, monkeypatch, threads):
+    # many levels, small ``top``: the scan's level rises while runs of lower levels are open, which
+    # drops them; more than 64 selected cells (two bit words) and padding at sequence edges
+    module = importlib.import_module("lstmvis.match")
+    monkeypatch.setattr(module, "_THREADS", threads)
+    store, x, offsets = _smooth_store(tmp_path, n=500, d=40, n_seq=6, seed=22)
+    rng = np.random.default_rng(22)
+    with store:
+        for size, sign, threshold in ((12, "positive", 0.2), (70, "both", 0.25), (80, "both", 0.13),
+                                      (30, "negative", 0.3)):
+            cells = np.sort(rng.choice(module.n_virtual_cells(40, sign), size=size, replace=False))
+            for top in (1, 3, 20):
+                for pad_left, pad_right in ((1, 0), (2, 1)):
+                    result = match(store, "rnn.l0.h", cells, threshold, pad_left, pad_right, sign, top=top)
+                    _check_same(result, *brute_match(x, offsets, cells, threshold, pad_left, pad_right, sign, top))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunk_summaries_bound_the_steps(tmp_path, monkeypatch, threads):
+    # the scan skips 64 steps at a time by ``chunk_max`` (largest count) and ``chunk_rise`` (an upper
+    # bound of the cells switching on at a step): exact bits and counts, and bounds that hold, also
+    # for thresholds inside a bucket (their steps are added after the code comparison) and at the
+    # boundaries between the threads' parts
+    module = importlib.import_module("lstmvis.match")
+    monkeypatch.setattr(module, "_THREADS", threads)
+    rng = np.random.default_rng(23)
+    n, d = 5000, 24
+    shared = np.cumsum(rng.normal(0, 0.6, size=(n, 4)), axis=0)  # groups of cells switch on together
+    values = np.tanh(0.3 * shared[:, np.arange(d) % 4] + rng.normal(0, 0.4, size=(n, d))).astype(np.float16)
+    with StateStore.from_arrays(tmp_path / "c.h5", {"a.h": values}, tokens=["t"] * n, offsets=[0, 1300, n]) as store:
+        index = MatchIndex.load(store, "a.h")
+        x = values.astype(np.float64)
+        for threshold, sign in ((0.3, "positive"), (0.137, "positive"), (0.211, "negative"), (0.0713, "both")):
+            cells = np.sort(rng.choice(module.n_virtual_cells(d, sign), size=20, replace=False))
+            k_pos, k_neg = threshold_keys(threshold, index.dtype)
+            assert threshold == 0.3 or (index.cell_tests(cells, sign, k_pos, k_neg)[3] >= 0).all()
+            planes, count, chunk_max, chunk_rise = module._selected_on(index, cells, sign, threshold)
+            on = _on(x, threshold, sign)[:, cells]
+            bits = np.unpackbits(planes, axis=0, bitorder="little")[:len(cells)].T.astype(bool)
+            np.testing.assert_array_equal(bits, on)
+            np.testing.assert_array_equal(count, on.sum(axis=1))
+            padded = np.zeros(-(-n // 64) * 64, dtype=np.int64)
+            padded[:n] = count
+            np.testing.assert_array_equal(chunk_max, padded.reshape(-1, 64).max(axis=1))
+            rise = on.sum(axis=1)
+            rise[1:] = (on[1:] & ~on[:-1]).sum(axis=1)
+            padded[:n] = rise
+            assert (chunk_rise >= padded.reshape(-1, 64).max(axis=1)).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_skipping_by_chunk_at_sequence_starts_and_without_padding(tmp_path, monkeypatch, threads):
+    # a match is found first (top=1 sets the floor to 3), then the best one starts in a chunk of 64
+    # steps where no cell switches on (a sequence start: no padding to be off) or where fewer than
+    # 3 cells switch on (pad_left=0: the count bounds |C & C'|, not the cells switching on)
+    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
+    values = np.full((400, 4), -0.5, dtype=np.float16)
+    values[40:100, :3] = 0.5  # across the sequence start at 64
+    values[200:203, :3] = 0.5  # a short match, then a long one starting where 2 cells switch on
+    values[260:330, :2] = 0.5
+    values[250:300, 2] = 0.5
+    offsets = [0, 64, 190, 400]
+    x = values.astype(np.float64)
+    with StateStore.from_arrays(tmp_path / "k.h5", {"a.h": values}, tokens=["t"] * 400, offsets=offsets) as store:
+        result = match(store, "a.h", [0, 1, 2], top=1)
+        assert [(h.start, h.stop, h.intersection) for h in result.hits] == [(64, 100, 3)]
+        _check_same(result, *brute_match(x, np.array(offsets), [0, 1, 2], 0.3, 1, 0, "positive", 1))
+        result = match(store, "a.h", [0, 1, 2], pad_left=0, top=1)
+        assert [(h.start, h.stop, h.intersection) for h in result.hits] == [(260, 300, 3)]
+        _check_same(result, *brute_match(x, np.array(offsets), [0, 1, 2], 0.3, 0, 0, "positive", 1))
