@@ -92,9 +92,9 @@ def run_load(n_clients: int, requests_list: list, prepare, base: str) -> list[fl
     after another (a closed loop, as a user's page does); all start together. The clients are kept
     light, because they share the machine with the server: requests are encoded before the clock
     starts (``prepare(req) -> (method, path, body or None)``) and answers are read as bytes, not
-    parsed (``requests`` cost ~2 ms of CPU per request here, plain ``http.client`` ~0.7 ms). The
-    server closes every connection after its answer, so a client reconnects for each request (part
-    of what is timed, as for a browser).
+    parsed (``requests`` cost ~2 ms of CPU per request here, plain ``http.client`` ~0.7 ms). A client
+    keeps its connection open between requests when the server allows it (as a browser does) and
+    reconnects when the server closes it (part of what is timed).
     """
     host, port = urlsplit(base).hostname, urlsplit(base).port
     latencies: list[float] = []

@@ -9,14 +9,17 @@ API views use :func:`server.validation.api`; they reach models and stores throug
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import hashlib
 import importlib
+import io
 import ipaddress
 import math
 import os
 import queue
+import socket
 import sys
 import threading
 import webbrowser
@@ -290,8 +293,8 @@ class ReusedThreadsMixIn:
     another), except that a thread which has answered its connection waits up to
     :attr:`idle_seconds` for the next one instead of exiting.
 
-    werkzeug's server closes every connection after one request, so with ThreadingMixIn every request
-    ran on a brand-new thread: its first large allocations came from a fresh malloc arena (page faults
+    Clients that do not keep connections alive (and werkzeug's own handler, which closes every one)
+    open a connection per request, so with ThreadingMixIn every request ran on a brand-new thread: its first large allocations came from a fresh malloc arena (page faults
     on every tensor), which made a 50-token IG explanation cost about 75 ms of CPU instead of 50
     (and a match about 1 ms more). Reused threads keep their warm arenas. Idle threads beyond the
     current need exit after ``idle_seconds``; there is no upper bound, as with ThreadingMixIn.
@@ -341,17 +344,37 @@ class ReusedThreadsMixIn:
                     # a connection was handed to this thread just as it timed out: take it
 
 
+_failed = threading.local()  # set on a request thread when werkzeug reports an error in its request
+
+
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
     """A threaded WSGI server (werkzeug's, without reloader or debugger, with reused request threads:
     :class:`ReusedThreadsMixIn`); port 0 picks a free one."""
     from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
     class JSONErrorRequestHandler(WSGIRequestHandler):
-        """Errors the HTTP layer answers before Flask sees the request (a request line over 64 KiB,
-        malformed syntax) come in the API's JSON error shape too, not as an HTML page."""
+        """werkzeug's request handler with two changes.
+
+        * Errors the HTTP layer answers before Flask sees the request (a request line over 64 KiB,
+          malformed syntax) come in the API's JSON error shape too, not as an HTML page.
+        * Keep-alive: werkzeug closes every connection after one answer, because it cannot tell
+          where a request body the app left unread ends and the next request begins. Here a
+          request whose body has a known length (``Content-Length`` up to the app's limit, no chunked
+          encoding, no ``Expect: 100-continue``) has its body read whole before the app runs (as
+          waitress does), so the next request on the connection starts right after it, and the
+          connection stays open; an HTTP/1.0 request, ``Connection: close``, any other body, a body
+          cut short, or an error while sending keep werkzeug's close. A connection idle for
+          :attr:`keep_alive_seconds` is closed. Each request on a connection gets its own answer
+          in order, on the connection's thread.
+        """
+
+        keep_alive_seconds = 15.0
+        _keep = False
+        _served = 0
 
         def send_error(self, code, message=None, explain=None):
             import json
+            self._keep = False
             short, long = self.responses.get(code, ("error", ""))
             text = f"{message or short}: {explain or long}".rstrip(": ")
             body = json.dumps({"error": {"status": int(code), "message": text}}).encode()
@@ -364,8 +387,68 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT):
             if self.command != "HEAD" and code >= 200 and code not in (204, 205, 304):
                 self.wfile.write(body)
 
+        def setup(self):
+            super().setup()
+            # No Nagle delay: the headers and the body of an answer are two writes, and on a kept-alive
+            # connection the second would wait for the client's delayed ACK of the first (40 ms).
+            with contextlib.suppress(OSError, AttributeError):
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def handle_one_request(self):
+            # Between requests the socket waits at most keep_alive_seconds for the next request line;
+            # while a request is handled it has no time limit (as with werkzeug).
+            self.connection.settimeout(self.keep_alive_seconds if self._served else None)
+            self._served += 1
+            super().handle_one_request()
+
+        def parse_request(self):
+            ok = super().parse_request()
+            self.connection.settimeout(None)
+            return ok
+
+        def log_error(self, format, *args):
+            if self._served > 1 and format.startswith("Request timed out"):
+                return  # an idle keep-alive connection closed: nothing went wrong
+            super().log_error(format, *args)
+
+        def _body_length(self) -> int | None:
+            """The request body's length when the connection may stay open after this request."""
+            if (self.request_version != "HTTP/1.1" or self.close_connection or "Transfer-Encoding" in self.headers
+                    or "Expect" in self.headers):
+                return None
+            length = self.headers.get("Content-Length", "0").strip()
+            limit = self.server.app.config.get("MAX_CONTENT_LENGTH") or 0
+            if not length.isdigit() or len(length) > 18 or int(length) > limit:
+                return None
+            return int(length)
+
+        def run_wsgi(self):
+            length = self._body_length()
+            if length is None:
+                return super().run_wsgi()
+            raw = self.rfile
+            body = raw.read(length) if length else b""
+            self.rfile, self._keep = io.BytesIO(body), len(body) == length  # short: the client stopped sending
+            _failed.on = False
+            try:
+                super().run_wsgi()
+            finally:
+                self.rfile, self._keep = raw, False
+            if _failed.on:  # werkzeug caught an error while sending: the answer may be cut short
+                self.close_connection = True
+
+        def send_header(self, keyword, value):
+            if self._keep and keyword.lower() == "connection" and value.lower() == "close":
+                return  # werkzeug closes unconditionally; here the body was read whole, so the next request is next
+            super().send_header(keyword, value)
+
     class ReusedThreadsWSGIServer(ReusedThreadsMixIn, BaseWSGIServer):
         multithread = True
+
+        def log(self, type: str, message: str, *args) -> None:
+            if type == "error":
+                _failed.on = True  # werkzeug logs an error it caught while running the app or sending
+            super().log(type, message, *args)
 
     return ReusedThreadsWSGIServer(host, port, app, handler=JSONErrorRequestHandler)
 

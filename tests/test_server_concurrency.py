@@ -3,6 +3,7 @@ overtaking), the lanes every API view waits in, and a live server that still ans
 requests exactly as sequential ones while requests queue."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -183,3 +184,124 @@ def test_concurrent_answers_equal_sequential_ones_through_the_gate(data_dir, slo
     assert {s for s, _ in sequential} == {200, 400, 404}
     gates = app.extensions["lstmvis_gates"]
     assert gates.info()["store"] == {"slots": slots, "busy": 0, "waiting": 0}
+
+
+# ------------------------------------------------------------------------------ keep-alive
+
+class RawConnection:
+    """A socket to the server and a reader of its answers (status, lower-cased headers, body), framed
+    by Content-Length as the server sends them."""
+
+    def __init__(self, base: str, timeout: float = 5.0):
+        import socket
+        from urllib.parse import urlsplit
+        u = urlsplit(base)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        self.reader = self.sock.makefile("rb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.reader.close()
+        self.sock.close()
+
+    def exchange(self, raw: bytes) -> list[tuple[int, dict, bytes]]:
+        """Send ``raw`` (one or more requests) and read answers until one says close or the server does."""
+        if raw:
+            self.sock.sendall(raw)
+        out = []
+        n_requests = max(1, raw.count(b" HTTP/1."))
+        while len(out) < n_requests:
+            status_line = self.reader.readline()
+            if not status_line:
+                break
+            headers = {}
+            for line in iter(self.reader.readline, b"\r\n"):
+                key, _, value = line.decode("latin-1").partition(":")
+                headers[key.strip().lower()] = value.strip()
+            body = self.reader.read(int(headers.get("content-length", 0)))
+            out.append((int(status_line.split()[1]), headers, body))
+            if headers.get("connection") == "close":
+                break
+        return out
+
+    def closed_by_server(self) -> bool:
+        return self.reader.read(1) == b""
+
+
+@pytest.fixture()
+def served(data_dir):
+    from server.app import create_app
+    with live_server(create_app(data_dir, {"TESTING": True, "MAX_CONTENT_LENGTH": 4096})) as base:
+        yield base
+
+
+def test_connections_are_kept_alive_and_bodies_end_where_they_say(served):
+    """Three requests on one connection, sent at once: a POST whose body the API refuses unread (415),
+    a POST with a JSON body, a GET; every answer is the one a fresh connection gets."""
+    body = b'{"model": "no-such-model", "text": "x"}'
+    raw = (b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\n"
+           b"GET / x\r\n\r\n"  # the unread body looks like a request line: it must not be taken for one
+           + b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+           + b"GET /api/stores/toy/tokens?start=0&stop=3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    with RawConnection(served) as conn:
+        answers = conn.exchange(raw)
+        assert [a[0] for a in answers] == [415, 404, 200]
+        assert all(a[1].get("connection") != "close" for a in answers)
+        assert json.loads(answers[2][2])["tokens"] == " ".join(TOY_TEXTS).split()[:3]
+        # still open: one more request on the same connection
+        again = conn.exchange(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert [a[0] for a in again] == [200]
+
+
+@pytest.mark.parametrize("head,closes", [
+    (b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", True),
+    (b"GET /api/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", True),
+    (b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", True),
+    (b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Content-Length: 5000\r\n\r\n" + b" " * 5000, True),  # over the app's limit: 413, then closed
+    (b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", False),
+])
+def test_connections_close_when_keeping_them_is_not_safe(served, head, closes):
+    with RawConnection(served) as conn:
+        answers = conn.exchange(head)
+        assert len(answers) == 1 and answers[0][1]["content-type"].startswith("application/json")
+        assert (answers[0][1].get("connection") == "close") is closes
+        if closes:
+            assert conn.closed_by_server()
+        else:
+            assert [a[0] for a in conn.exchange(head)] == [200]
+
+
+def test_a_body_shorter_than_its_length_closes_the_connection(served):
+    import socket
+    with RawConnection(served) as conn:
+        conn.sock.sendall(b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"model\": ")
+        conn.sock.shutdown(socket.SHUT_WR)  # the client stops sending
+        answers = conn.exchange(b"")
+        assert len(answers) == 1 and 400 <= answers[0][0] < 500
+        assert conn.closed_by_server()
+
+
+def test_idle_kept_alive_connections_are_closed(data_dir, monkeypatch):
+    from server import app as app_module
+    from server.app import create_app
+
+    real = app_module.make_server
+
+    def short_idle(app, host, port):
+        srv = real(app, host, port)
+        monkeypatch.setattr(srv.RequestHandlerClass, "keep_alive_seconds", 0.3)
+        return srv
+
+    monkeypatch.setattr(app_module, "make_server", short_idle)  # live_server imports it when called
+    with live_server(create_app(data_dir, {"TESTING": True})) as base:
+        with RawConnection(base, timeout=10) as conn:
+            assert [a[0] for a in conn.exchange(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")] == [200]
+            t0 = time.monotonic()
+            assert conn.closed_by_server(), "an idle connection is closed by the server"
+            assert time.monotonic() - t0 < 5
