@@ -21,28 +21,37 @@ the first ``top`` are returned. No run, hence no match, spans two sequences.
 
 The result is exact. Compiled passes (numba; the store is cut into parts at sequence boundaries,
 one thread each) first compute, for the selected cells, ``count`` and each step's on-bits from the
-index's one-byte codes. Then a scan enumerates the runs of all levels ``>= L`` at once with a
-stack of open runs (runs of different levels nest: at most ``n + 1`` are open at any step; steps
-counting fewer than ``L`` close them all), each with the AND of its steps' bits and the OR of its
-left padding's bits, so closing a run gives its exact ``|C & C'|``. Candidates that ``top`` others
-already beat on ``|C & C'|`` are dropped on the fly. A run at level ``m`` has ``|C & C'| <= m``:
-``L`` starts at ``n`` and goes down only until the ``top``-th best ``|C & C'|`` found is ``>= L``.
-The survivors are verified best bound first (``(-|C & C'|, n, -length, start)``, as
-``|C | C'| >= n``): whole rows are read for ``C'`` and the union, and verification stops once the
-``top``-th best key is no worse than the next bound. LSTMVis instead keeps a heuristic shortlist
-of 1,000 (fast mode, first 500k steps only) or 10,000 candidates.
+index's one-byte codes, and per chunk of 64 steps the largest count and the largest number of
+selected cells that switch on (on at a step, off at the one before). Then one scan enumerates the
+runs of all levels at once with a stack of open runs (runs of different levels nest: at most
+``n + 1`` are open at any step), each with the AND of its steps' bits and the OR of its left
+padding's bits, so closing a run gives its exact ``|C & C'|``. Candidates that ``top`` others
+already beat on ``|C & C'|`` (the *floor*: the ``top``-th best found so far) are dropped, and two
+bounds let the scan skip most of the store: a run at level ``m`` has ``|C & C'| <= m``, so the
+scan's level rises with the floor (steps counting less end runs); and every cell of ``C & C'`` is
+on at the run's start and off at the padding before it, so a run whose start has fewer such cells
+than the floor is never evaluated, and 64 steps where no step has that many cells switching on
+(nor a sequence start; with ``pad_left=0``: where no count reaches the floor) are skipped at once
+while no run that can still qualify is open. The survivors are verified best bound first
+(``(-|C & C'|, n, -length, start)``, as ``|C | C'| >= n``): whole rows are read for ``C'`` and the
+union, and verification stops once the ``top``-th best key is no worse than the next bound.
+LSTMVis instead keeps a heuristic shortlist of 1,000 (fast mode, first 500k steps only) or 10,000
+candidates.
 
 **Index.** Every query reads an index built once per source with a progress bar and kept beside
 the store (``<store>.index/``; a cache folder if that is not writable): the states as
 order-preserving unsigned integer keys (``float_keys``), once cell-major ``(D, N)`` and once
 row-major ``(N, D)`` (for reading whole candidate runs); one byte per value, ``codes (D, N)``,
-the value's bucket among 256 per-cell quantile buckets (``bounds (D, 256)``, keys); and per cell
-the steps in key order (``order (D, N)``, bucket ``b`` at ``bucket_start[:, b]``). For a
-threshold, a cell is on wherever its code is above the threshold's bucket and off wherever it is
-below; the on-steps of the threshold's own bucket (about 1/256 of the steps) are a suffix (or a
-prefix) of that bucket in key order, found by bisection. So a query reads one byte per step per
-selected cell, and one index serves every threshold exactly: comparing keys is comparing the
-stored floats. It is rebuilt when the store file changes. Size: 4.5x float16 states (2 B keys
+the value's bucket among 256 per-cell buckets (``bounds (D, 256)``, keys: 214 quantiles, plus
+edges at the keys of the thresholds ``0, 0.05, ..., 1`` and their negatives, ``EDGE_THRESHOLDS``);
+and per cell the steps in key order (``order (D, N)``, bucket ``b`` at ``bucket_start[:, b]``).
+For a threshold, a cell is on wherever its code is above the threshold's bucket and off wherever
+it is below. For a threshold of ``EDGE_THRESHOLDS`` (the explorer's threshold steps by 0.05) the
+bucket starts exactly at it and the codes decide everything; for any other, the on-steps of the
+threshold's own bucket (about 1/214 of the steps) are a suffix (or a prefix) of that bucket in key
+order, found by bisection. So a query reads one byte per step per selected cell, and one index
+serves every threshold exactly: comparing keys is comparing the stored floats. It is rebuilt when
+the store file changes (or was built by an older version). Size: 4.5x float16 states (2 B keys
 twice, 1 B code, 4 B order per value), 3.25x float32 states.
 """
 from __future__ import annotations
@@ -502,7 +511,8 @@ class MatchResult:
     ``counts[t]``: selected cells on at step ``t`` (whole store; the heatmap). ``length_histogram[L]``:
     how many maximal runs with *all* selected cells on (inside sequences) have length ``L``.
     ``n_candidates``: candidates whose intersection was computed; ``n_verified``: of those, the ones
-    whose whole ``C'`` was read; ``levels``: levels ``m`` scanned.
+    whose whole ``C'`` was read; ``levels``: levels ``m`` scanned (all of ``n .. 1``: the scan's
+    level starts at 1 and rises with the ``top``-th best ``|C & C'|`` found).
     """
 
     source: str
@@ -651,10 +661,11 @@ def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: flo
     column, low, split, check = index.cell_tests(cells, sign, k_pos, k_neg)
     k_pos, k_neg = index.cell_major.dtype.type(k_pos), index.cell_major.dtype.type(k_neg)
     count = np.empty(index.n_tokens, dtype=np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32)
-    planes = np.zeros(((n + 7) // 8, index.n_tokens), dtype=np.uint8)
+    planes = np.empty(((n + 7) // 8, index.n_tokens), dtype=np.uint8)  # every byte is written
     chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
     chunk_rise = np.empty(len(chunk_max), dtype=np.int32)
-    list(_pool().map(lambda part: _on_planes(index.codes, column, low, split, part[0], part[1], planes, count,
+    rows, flips, least = _plane_tables(column, low, split)
+    list(_pool().map(lambda part: _on_planes(index.codes, rows, flips, least, part[0], part[1], planes, count,
                                              chunk_max, chunk_rise), _token_parts(index.n_tokens, _THREADS)))
     _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
                 chunk_max, chunk_rise)
@@ -717,15 +728,23 @@ def _popcount(typingctx, x):
     return types.int64(types.uint64), codegen
 
 
+@numba.njit(inline="always")
+def _on_bit(codes, t, flip, least):
+    """1 if the cell is on at ``t``: its code (flipped, ``code ^ 255``, for cells on when low) is at
+    least ``least`` (0: on everywhere, 256: nowhere)."""
+    return np.uint8(np.int16(codes[t] ^ flip) >= least)
+
+
 @numba.njit(cache=True, nogil=True)
-def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max, chunk_rise):
-    """The selected cells over the whole store: ``planes[j >> 3, t]`` bit ``j & 7`` = cell ``j`` on at
-    ``t``, ``count[t]`` = how many are on, ``chunk_max[k]`` = the largest count in steps
-    ``[64k, 64k + 64)``; over steps ``[start, stop)`` (``start`` a multiple of 64). Comparisons run
-    on the one-byte codes, vectorized, in blocks that stay in cache; the threshold's own bucket
-    counts as off here (``_fix_bucket`` adds its steps that are on). ``chunk_rise[k]``: the largest
-    number of selected cells that switch on (on at ``t``, off at ``t - 1``) at a step ``t`` of the
-    chunk (at ``t = start``, where ``t - 1`` is another thread's, its count)."""
+def _on_planes(codes, rows, flips, least, start, stop, planes, count, chunk_max, chunk_rise):
+    """The selected cells over steps ``[start, stop)`` (``start`` a multiple of 64): ``planes[p, t]``
+    bit ``k`` = cell ``8p + k`` on at ``t``, ``count[t]`` = how many are on, ``chunk_max[k]`` = the
+    largest count in steps ``[64k, 64k + 64)``, ``chunk_rise[k]`` = the largest number of selected
+    cells that switch on (on at ``t``, off at ``t - 1``) at a step ``t`` of the chunk (at ``t =
+    start``, where ``t - 1`` is another thread's, its count). Eight cells at a time (one plane
+    byte; ``rows``, ``flips``, ``least``: ``(planes, 8)``, see ``_on_bit``), vectorized over steps,
+    in blocks that stay in cache. The threshold's own bucket counts as off here (``_fix_bucket``
+    adds its steps that are on)."""
     block, chunk = 4096, 64
     n_planes = planes.shape[0]
     rise = np.zeros(block, dtype=np.int32)
@@ -734,28 +753,24 @@ def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max,
         size = b1 - b0
         cnt = count[b0:b1]
         cnt[:] = 0
-        for j in range(len(column)):
-            cell, cut = column[j], split[j]
-            plane = planes[j >> 3, b0:b1]
-            bit = np.uint8(1 << (j & 7))
-            code = codes[cell, b0:b1]
-            if low[j]:
-                if cut > 0:
-                    below = np.uint8(cut)
-                    for t in range(size):
-                        on = np.uint8(code[t] < below)
-                        plane[t] |= on * bit
-                        cnt[t] += on
-            elif cut < 0:
-                for t in range(size):
-                    plane[t] |= bit
-                    cnt[t] += np.uint8(1)
-            elif cut < 255:
-                above = np.uint8(cut)
-                for t in range(size):
-                    on = np.uint8(code[t] > above)
-                    plane[t] |= on * bit
-                    cnt[t] += on
+        for p in range(n_planes):
+            plane = planes[p, b0:b1]
+            c0, c1, c2, c3 = codes[rows[p, 0], b0:b1], codes[rows[p, 1], b0:b1], codes[rows[p, 2], b0:b1], \
+                codes[rows[p, 3], b0:b1]
+            c4, c5, c6, c7 = codes[rows[p, 4], b0:b1], codes[rows[p, 5], b0:b1], codes[rows[p, 6], b0:b1], \
+                codes[rows[p, 7], b0:b1]
+            f0, f1, f2, f3, f4, f5, f6, f7 = flips[p, 0], flips[p, 1], flips[p, 2], flips[p, 3], flips[p, 4], \
+                flips[p, 5], flips[p, 6], flips[p, 7]
+            l0, l1, l2, l3, l4, l5, l6, l7 = least[p, 0], least[p, 1], least[p, 2], least[p, 3], least[p, 4], \
+                least[p, 5], least[p, 6], least[p, 7]
+            for t in range(size):
+                o0, o1, o2, o3 = _on_bit(c0, t, f0, l0), _on_bit(c1, t, f1, l1), _on_bit(c2, t, f2, l2), \
+                    _on_bit(c3, t, f3, l3)
+                o4, o5, o6, o7 = _on_bit(c4, t, f4, l4), _on_bit(c5, t, f5, l5), _on_bit(c6, t, f6, l6), \
+                    _on_bit(c7, t, f7, l7)
+                plane[t] = (o0 | (o1 << np.uint8(1)) | (o2 << np.uint8(2)) | (o3 << np.uint8(3)) | (o4 << np.uint8(4))
+                            | (o5 << np.uint8(5)) | (o6 << np.uint8(6)) | (o7 << np.uint8(7)))
+                cnt[t] += (o0 + o1) + (o2 + o3) + (o4 + o5) + (o6 + o7)
         for c0 in range(0, size, chunk):
             top = cnt[c0]
             for t in range(c0 + 1, min(size, c0 + chunk)):
@@ -777,6 +792,23 @@ def _on_planes(codes, column, low, split, start, stop, planes, count, chunk_max,
             for t in range(c0 + 1, min(size, c0 + chunk)):
                 top = max(top, rise[t])
             chunk_rise[(b0 + c0) // chunk] = top
+
+
+def _plane_tables(column: np.ndarray, low: np.ndarray, split: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_on_planes``'s ``(rows, flips, least)`` for the cells of ``cell_tests``: cell ``j`` is slot
+    ``j & 7`` of plane ``j >> 3``. On when high: ``code > split``, i.e. ``code >= split + 1``; on
+    when low: ``code < split``, i.e. ``code ^ 255 >= 256 - split``. Empty slots are never on (and
+    read the plane's first row again, already in cache)."""
+    n_planes = (len(column) + 7) // 8
+    rows = np.repeat(column[::8], 8).reshape(n_planes, 8).astype(np.int64)
+    flips = np.zeros((n_planes, 8), dtype=np.uint8)
+    least = np.full((n_planes, 8), 256, dtype=np.int16)
+    j = np.arange(len(column))
+    rows.flat[j] = column
+    flips.flat[j] = np.where(low, 255, 0)
+    least.flat[j] = np.where(low, 256 - np.maximum(split, 0), split + 1)
+    return rows, flips, least
 
 
 @numba.njit(cache=True, nogil=True)

@@ -428,3 +428,17 @@ def test_skipping_by_chunk_at_sequence_starts_and_without_padding(tmp_path, monk
         result = match(store, "a.h", [0, 1, 2], pad_left=0, top=1)
         assert [(h.start, h.stop, h.intersection) for h in result.hits] == [(260, 300, 3)]
         _check_same(result, *brute_match(x, np.array(offsets), [0, 1, 2], 0.3, 0, 0, "positive", 1))
+
+
+def test_a_run_open_when_the_floor_reaches_its_bound_is_kept(tmp_path):
+    # cells 0 and 1 switch on at 10 (bound 2) and stay on to 60; inside, cells 2 and 3 are on at
+    # 20..23: that match (|C & C'| = 2) sets the floor to 2 while the run from 10 is still open.
+    # It can still tie (2) and wins on length: it must not be dropped as dead
+    values = np.full((100, 4), -0.5, dtype=np.float16)
+    values[10:60, :2] = 0.5
+    values[20:23, 2:] = 0.5
+    x = values.astype(np.float64)
+    with StateStore.from_arrays(tmp_path / "f.h5", {"a.h": values}, tokens=["t"] * 100, offsets=[0, 100]) as store:
+        result = match(store, "a.h", [0, 1, 2, 3], top=1)
+        assert [(h.start, h.stop, h.intersection) for h in result.hits] == [(10, 60, 2)]
+        _check_same(result, *brute_match(x, np.array([0, 100]), [0, 1, 2, 3], 0.3, 1, 0, "positive", 1))
