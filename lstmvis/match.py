@@ -664,8 +664,8 @@ def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: flo
     planes = np.empty(((n + 7) // 8, index.n_tokens), dtype=np.uint8)  # every byte is written
     chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
     chunk_rise = np.empty(len(chunk_max), dtype=np.int32)
-    rows, flips, least = _plane_tables(column, low, split)
-    list(_pool().map(lambda part: _on_planes(index.codes, rows, flips, least, part[0], part[1], planes, count,
+    rows, flips, least, enable = _plane_tables(column, low, split)
+    list(_pool().map(lambda part: _on_planes(index.codes, rows, flips, least, enable, part[0], part[1], planes, count,
                                              chunk_max, chunk_rise), _token_parts(index.n_tokens, _THREADS)))
     _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
                 chunk_max, chunk_rise)
@@ -728,26 +728,34 @@ def _popcount(typingctx, x):
     return types.int64(types.uint64), codegen
 
 
+@intrinsic
+def _popcount8(typingctx, x):
+    """Set bits of a uint8 (LLVM's ctpop: vectorized with a table lookup per byte)."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.uint8(types.uint8), codegen
+
+
 @numba.njit(inline="always")
-def _on_bit(codes, t, flip, least):
+def _on_bit(codes, t, flip, least, enable):
     """1 if the cell is on at ``t``: its code (flipped, ``code ^ 255``, for cells on when low) is at
-    least ``least`` (0: on everywhere, 256: nowhere)."""
-    return np.uint8(np.int16(codes[t] ^ flip) >= least)
+    least ``least``, and ``enable`` is 1 (0: the cell is on nowhere)."""
+    return np.uint8((codes[t] ^ flip) >= least) & enable
 
 
 @numba.njit(cache=True, nogil=True)
-def _on_planes(codes, rows, flips, least, start, stop, planes, count, chunk_max, chunk_rise):
+def _on_planes(codes, rows, flips, least, enable, start, stop, planes, count, chunk_max, chunk_rise):
     """The selected cells over steps ``[start, stop)`` (``start`` a multiple of 64): ``planes[p, t]``
     bit ``k`` = cell ``8p + k`` on at ``t``, ``count[t]`` = how many are on, ``chunk_max[k]`` = the
     largest count in steps ``[64k, 64k + 64)``, ``chunk_rise[k]`` = the largest number of selected
     cells that switch on (on at ``t``, off at ``t - 1``) at a step ``t`` of the chunk (at ``t =
     start``, where ``t - 1`` is another thread's, its count). Eight cells at a time (one plane
-    byte; ``rows``, ``flips``, ``least``: ``(planes, 8)``, see ``_on_bit``), vectorized over steps,
-    in blocks that stay in cache. The threshold's own bucket counts as off here (``_fix_bucket``
-    adds its steps that are on)."""
+    byte; ``rows``, ``flips``, ``least``, ``enable``: ``(planes, 8)``, see ``_on_bit``), vectorized
+    over steps with one-byte arithmetic, in blocks that stay in cache. The threshold's own bucket
+    counts as off here (``_fix_bucket`` adds its steps that are on)."""
     block, chunk = 4096, 64
     n_planes = planes.shape[0]
-    rise = np.zeros(block, dtype=np.int32)
+    rise = np.zeros(block, dtype=count.dtype)
     for b0 in range(start, stop, block):
         b1 = min(stop, b0 + block)
         size = b1 - b0
@@ -763,14 +771,15 @@ def _on_planes(codes, rows, flips, least, start, stop, planes, count, chunk_max,
                 flips[p, 5], flips[p, 6], flips[p, 7]
             l0, l1, l2, l3, l4, l5, l6, l7 = least[p, 0], least[p, 1], least[p, 2], least[p, 3], least[p, 4], \
                 least[p, 5], least[p, 6], least[p, 7]
+            e0, e1, e2, e3, e4, e5, e6, e7 = enable[p, 0], enable[p, 1], enable[p, 2], enable[p, 3], enable[p, 4], \
+                enable[p, 5], enable[p, 6], enable[p, 7]
             for t in range(size):
-                o0, o1, o2, o3 = _on_bit(c0, t, f0, l0), _on_bit(c1, t, f1, l1), _on_bit(c2, t, f2, l2), \
-                    _on_bit(c3, t, f3, l3)
-                o4, o5, o6, o7 = _on_bit(c4, t, f4, l4), _on_bit(c5, t, f5, l5), _on_bit(c6, t, f6, l6), \
-                    _on_bit(c7, t, f7, l7)
-                plane[t] = (o0 | (o1 << np.uint8(1)) | (o2 << np.uint8(2)) | (o3 << np.uint8(3)) | (o4 << np.uint8(4))
-                            | (o5 << np.uint8(5)) | (o6 << np.uint8(6)) | (o7 << np.uint8(7)))
-                cnt[t] += (o0 + o1) + (o2 + o3) + (o4 + o5) + (o6 + o7)
+                on = (_on_bit(c0, t, f0, l0, e0) | (_on_bit(c1, t, f1, l1, e1) << np.uint8(1))
+                      | (_on_bit(c2, t, f2, l2, e2) << np.uint8(2)) | (_on_bit(c3, t, f3, l3, e3) << np.uint8(3))
+                      | (_on_bit(c4, t, f4, l4, e4) << np.uint8(4)) | (_on_bit(c5, t, f5, l5, e5) << np.uint8(5))
+                      | (_on_bit(c6, t, f6, l6, e6) << np.uint8(6)) | (_on_bit(c7, t, f7, l7, e7) << np.uint8(7)))
+                plane[t] = on
+                cnt[t] += _popcount8(on)
         for c0 in range(0, size, chunk):
             top = cnt[c0]
             for t in range(c0 + 1, min(size, c0 + chunk)):
@@ -783,10 +792,7 @@ def _on_planes(codes, rows, flips, least, start, stop, planes, count, chunk_max,
         for p in range(n_planes):
             now, before = planes[p, b0 + first:b1], planes[p, b0 + first - 1:b1 - 1]
             for t in range(size - first):
-                x = now[t] & ~before[t]  # popcount of a byte, vectorized
-                x = x - ((x >> np.uint8(1)) & np.uint8(0x55))
-                x = (x & np.uint8(0x33)) + ((x >> np.uint8(2)) & np.uint8(0x33))
-                rise[t + first] += np.int32((x + (x >> np.uint8(4))) & np.uint8(0x0F))
+                rise[t + first] += _popcount8(now[t] & ~before[t])
         for c0 in range(0, size, chunk):
             top = rise[c0]
             for t in range(c0 + 1, min(size, c0 + chunk)):
@@ -795,11 +801,11 @@ def _on_planes(codes, rows, flips, least, start, stop, planes, count, chunk_max,
 
 
 def _plane_tables(column: np.ndarray, low: np.ndarray, split: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_on_planes``'s ``(rows, flips, least)`` for the cells of ``cell_tests``: cell ``j`` is slot
-    ``j & 7`` of plane ``j >> 3``. On when high: ``code > split``, i.e. ``code >= split + 1``; on
-    when low: ``code < split``, i.e. ``code ^ 255 >= 256 - split``. Empty slots are never on (and
-    read the plane's first row again, already in cache)."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_on_planes``'s ``(rows, flips, least, enable)`` for the cells of ``cell_tests``: cell ``j`` is
+    slot ``j & 7`` of plane ``j >> 3``. On when high: ``code > split``, i.e. ``code >= split + 1``;
+    on when low: ``code < split``, i.e. ``code ^ 255 >= 256 - split``; a bound of 256 is nowhere
+    (``enable`` 0). Empty slots are never on (and read the plane's first row again, in cache)."""
     n_planes = (len(column) + 7) // 8
     rows = np.repeat(column[::8], 8).reshape(n_planes, 8).astype(np.int64)
     flips = np.zeros((n_planes, 8), dtype=np.uint8)
@@ -808,7 +814,7 @@ def _plane_tables(column: np.ndarray, low: np.ndarray, split: np.ndarray
     rows.flat[j] = column
     flips.flat[j] = np.where(low, 255, 0)
     least.flat[j] = np.where(low, 256 - np.maximum(split, 0), split + 1)
-    return rows, flips, least
+    return rows, flips, np.minimum(least, 255).astype(np.uint8), (least < 256).astype(np.uint8)
 
 
 @numba.njit(cache=True, nogil=True)
