@@ -225,6 +225,7 @@ def main(argv=None) -> None:
           f"{index.nbytes / states_bytes:.2f} x the states")
 
     queries = random_queries(store, args.queries, args.seed, args.threshold)
+    load_before = os.getloadavg()
     for start, stop in queries:  # warm-up pass: index pages mapped and in the page cache
         match(store, SOURCE, select(store, SOURCE, start, stop, args.threshold), args.threshold)
     wall, cpu, n_cells, n_cand, verified = [], [], [], [], []
@@ -241,7 +242,8 @@ def main(argv=None) -> None:
           f"{int(np.median(n_cells))} (range {min(n_cells)}-{max(n_cells)}); candidates per query median "
           f"{int(np.median(n_cand))} (max {max(n_cand)}), of which rows read for median {int(np.median(verified))}")
     print(f"ours select+match top 50, warm: wall p50 {percentile(wall, 50):.1f} ms, p99 {percentile(wall, 99):.1f} ms;"
-          f" CPU p50 {percentile(cpu, 50):.1f} ms, p99 {percentile(cpu, 99):.1f} ms")
+          f" CPU p50 {percentile(cpu, 50):.1f} ms, p99 {percentile(cpu, 99):.1f} ms (CPU: all threads; load average "
+          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
 
     if raw_path is not None:
         raw, thr = np.load(raw_path, mmap_mode="r"), args.threshold

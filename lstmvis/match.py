@@ -595,36 +595,55 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
     cells = _check_cells(cells, n_virtual, sign)
 
     index = MatchIndex.load(store, source, index_dir, progress)
+    scratch = _take_scratch(((len(cells) + 7) // 8) * index.n_tokens)
+    try:
+        return _match(store, source, index, cells, threshold, pad_left, pad_right, sign, top, min_length,
+                      phrase_length, left, right, n_virtual, scratch)
+    finally:
+        _give_scratch(scratch)
+
+
+def _match(store, source, index, cells, threshold, pad_left, pad_right, sign, top, min_length, phrase_length,
+           left, right, n_virtual, scratch) -> MatchResult:
+    """``match`` after its checks, with ``scratch`` bytes for the selected cells' bit planes."""
     n = len(cells)
     k_pos, k_neg = (index.cell_major.dtype.type(k) for k in threshold_keys(threshold, index.dtype))
-    planes, count, chunk_max, chunk_rise = _selected_on(index, cells, sign, threshold)
+    planes, count, chunk_max, chunk_rise = _selected_on(index, cells, sign, threshold, scratch)
     pool = _pool()
     longest = int(np.diff(index.offsets).max(initial=0))  # padding never reaches past a sequence
     seq_parts = _sequence_parts(index.offsets, _THREADS)
     histograms = np.zeros((len(seq_parts), longest + 1), dtype=np.int64)
     cands = [np.empty((4096, 5), dtype=np.int64) for _ in seq_parts]
 
-    def runs(i: int, level: int):
-        return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, index.offsets, seq_parts[i][0], seq_parts[i][1],
+    def runs(i: int, level: int, known: int):
+        return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, known, index.offsets, seq_parts[i][0], seq_parts[i][1],
                      min(pad_left, longest), min(pad_right, longest), min_length, phrase_length or 0, top, cands[i])
 
     list(pool.map(lambda i: _full_runs(count, chunk_max, n, index.offsets, seq_parts[i][0], seq_parts[i][1],
                                        histograms[i]), range(len(seq_parts))))
 
-    # One scan from level 1 (each part of the store on its own thread); its level rises with the
-    # top-th best |C & C'| found, and runs whose start bounds |C & C'| below it are skipped. A part
-    # whose candidate array filled up is scanned again with a larger one.
-    level = 1
-    results = [None] * len(seq_parts)
-    todo = list(range(len(seq_parts)))
-    while todo:
-        for i, r in zip(todo, pool.map(lambda i: runs(i, level), todo)):
-            results[i] = r
-        todo = [i for i in todo if results[i][0] < 0]
-        for i in todo:
-            cands[i] = np.empty((4 * len(cands[i]), 5), dtype=np.int64)
-    cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
-    floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
+    # Scans (each part of the store on its own thread) whose level rises with the top-th best
+    # |C & C'| found; runs whose start bounds |C & C'| below it are skipped. The first scan is of
+    # level n only (often enough when few cells are selected): done if the top-th best found is n.
+    # Otherwise that top-th best is a lower bound ``known`` of the true one, and a scan from level
+    # ``known`` (runs lower have less) is the last. A part whose candidate array filled up is
+    # scanned again with a larger one.
+    level, known = n, 0
+    while True:
+        results = [None] * len(seq_parts)
+        todo = list(range(len(seq_parts)))
+        while todo:
+            for i, r in zip(todo, pool.map(lambda i: runs(i, level, known), todo)):
+                results[i] = r
+            todo = [i for i in todo if results[i][0] < 0]
+            for i in todo:
+                cands[i] = np.empty((4 * len(cands[i]), 5), dtype=np.int64)
+        cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
+        floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
+        if floor >= level or level <= max(known, 1):
+            break
+        known = floor
+        level = max(known, 1)
     n_candidates = sum(r[2] for r in results)
     histogram = histograms.sum(axis=0)
     histogram = histogram[:int(np.flatnonzero(histogram)[-1]) + 1] if histogram.any() else histogram[:1]
@@ -650,18 +669,20 @@ def match(store, source: str, cells: Sequence[int] | np.ndarray, threshold: floa
                        int(n_candidates), int(n_verified), list(range(n, level - 1, -1)))
 
 
-def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: float,
+                 scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For sorted (virtual) ``cells``, over the whole store: ``planes`` (bit ``j & 7`` of
-    ``planes[j >> 3, t]``: cell ``j`` on at ``t``), ``count`` (cells on per step), and per chunk of
-    64 steps ``chunk_max`` (the largest count) and ``chunk_rise`` (at least the largest number of
-    cells on at a step and off at the step before it; the count at a part's first step)."""
+    ``planes[j >> 3, t]``: cell ``j`` on at ``t``; in ``scratch``, uint8, when given), ``count``
+    (cells on per step), and per chunk of 64 steps ``chunk_max`` (the largest count) and
+    ``chunk_rise`` (at least the largest number of cells on at a step and off at the step before
+    it; the count at a part's first step)."""
     n = len(cells)
     k_pos, k_neg = threshold_keys(threshold, index.dtype)
     column, low, split, check = index.cell_tests(cells, sign, k_pos, k_neg)
     k_pos, k_neg = index.cell_major.dtype.type(k_pos), index.cell_major.dtype.type(k_neg)
     count = np.empty(index.n_tokens, dtype=np.uint8 if n < 256 else np.uint16 if n < 65536 else np.uint32)
-    planes = np.empty(((n + 7) // 8, index.n_tokens), dtype=np.uint8)  # every byte is written
+    shape = ((n + 7) // 8, index.n_tokens)  # every byte is written
+    planes = np.empty(shape, dtype=np.uint8) if scratch is None else scratch[:shape[0] * shape[1]].reshape(shape)
     chunk_max = np.empty((index.n_tokens + 63) // 64, dtype=count.dtype)
     chunk_rise = np.empty(len(chunk_max), dtype=np.int32)
     rows, flips, least, enable = _plane_tables(column, low, split)
@@ -670,6 +691,30 @@ def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: flo
     _fix_bucket(index.cell_major, index.order, index.bucket_start, column, low, check, k_pos, k_neg, planes, count,
                 chunk_max, chunk_rise)
     return planes, count, chunk_max, chunk_rise
+
+
+_SCRATCH: list[np.ndarray] = []  # free bit-plane buffers, reused: fresh pages cost more than the pass
+_SCRATCH_LOCK = threading.Lock()
+_SCRATCH_KEEP = 256 << 20  # largest buffer kept between queries (bytes)
+
+
+def _take_scratch(nbytes: int) -> np.ndarray:
+    """A free uint8 buffer of at least ``nbytes`` (a kept one if one is large enough)."""
+    with _SCRATCH_LOCK:
+        for i, buffer in enumerate(_SCRATCH):
+            if buffer.size >= nbytes:
+                return _SCRATCH.pop(i)
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+def _give_scratch(buffer: np.ndarray) -> None:
+    """Keep ``buffer`` for later queries: the largest ones, at most one per thread of the pool."""
+    if buffer.size > _SCRATCH_KEEP:
+        return
+    with _SCRATCH_LOCK:
+        _SCRATCH.append(buffer)
+        _SCRATCH.sort(key=lambda b: b.size)
+        del _SCRATCH[:-_THREADS]
 
 
 def _check_cells(cells, n_virtual: int, sign: str) -> np.ndarray:
@@ -763,6 +808,17 @@ def _on_planes(codes, rows, flips, least, enable, start, stop, planes, count, ch
         cnt[:] = 0
         for p in range(n_planes):
             plane = planes[p, b0:b1]
+            if enable[p, 3] == 0:  # at most 3 cells on somewhere (the last plane): one at a time is cheaper
+                plane[:] = 0
+                for k in range(8):
+                    if enable[p, k] == 0:
+                        continue
+                    c0, f0, l0, e0 = codes[rows[p, k], b0:b1], flips[p, k], least[p, k], enable[p, k]
+                    for t in range(size):
+                        on = _on_bit(c0, t, f0, l0, e0)
+                        plane[t] |= on << np.uint8(k)
+                        cnt[t] += on
+                continue
             c0, c1, c2, c3 = codes[rows[p, 0], b0:b1], codes[rows[p, 1], b0:b1], codes[rows[p, 2], b0:b1], \
                 codes[rows[p, 3], b0:b1]
             c4, c5, c6, c7 = codes[rows[p, 4], b0:b1], codes[rows[p, 5], b0:b1], codes[rows[p, 6], b0:b1], \
@@ -891,16 +947,17 @@ def _start_bound(planes, t, seq_lo, pad_left, words, n_planes):
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
+def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
           phrase_length, top, cand):
     """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
     ``>= level`` (steps counting fewer than ``level`` end runs) and can reach the ``top`` best, with
     their exact ``|C & C'|``; keep in ``cand`` (rows ``start, stop, lo, hi, |C & C'|``; ``[lo, hi)``:
     the run with its padding inside its sequence) those that fewer than ``top`` others beat on
-    ``|C & C'|``. ``word_slots``: a tuple of ``(n + 63) // 64`` zeros, so that the number of bit words
-    per step is known when compiling (2x faster loops). Returns ``(kept, floor, n_candidates)``:
-    ``floor`` is the ``top``-th best ``|C & C'|`` found (0 if fewer than ``top`` were found);
-    ``kept = -1`` when ``cand`` is too small.
+    ``|C & C'|``; ``known``: a lower bound of the ``top``-th best ``|C & C'|`` (0: none), candidates
+    below it are not kept. ``word_slots``: a tuple of ``(n + 63) // 64`` zeros, so that the number
+    of bit words per step is known when compiling (2x faster loops). Returns ``(kept, floor,
+    n_candidates)``: ``floor`` is the ``top``-th best ``|C & C'|`` found (0 if fewer than ``top``
+    were found above ``known``); ``kept = -1`` when ``cand`` is too small.
 
     A stack holds the open runs of all levels (heights strictly increasing), each with the AND of
     its own steps' bits, the OR of its start's left padding and the *bound* of its start: how many
@@ -925,8 +982,8 @@ def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, offsets, f
     st_pad = np.zeros((n + 2, words), dtype=np.uint64)
     acc = np.empty(words, dtype=np.uint64)
     by_inter = np.zeros(n + 1, dtype=np.int64)
-    kept, floor, at_least_floor, n_candidates, fold = 0, 1, 0, 0, False
-    level = max(level, 1)
+    kept, floor, at_least_floor, n_candidates, fold = 0, max(known, 1), 0, 0, False
+    level = max(level, floor)
     seq = first_seq
     seq_lo = seq_hi = t = offsets[first_seq]  # an empty sequence before the first: its first step "ends" it
     sp = 1  # entries 1 .. sp - 1: live (or not yet folded) runs; entry 0: the dead runs

@@ -442,3 +442,18 @@ def test_a_run_open_when_the_floor_reaches_its_bound_is_kept(tmp_path):
         result = match(store, "a.h", [0, 1, 2, 3], top=1)
         assert [(h.start, h.stop, h.intersection) for h in result.hits] == [(10, 60, 2)]
         _check_same(result, *brute_match(x, np.array([0, 100]), [0, 1, 2, 3], 0.3, 1, 0, "positive", 1))
+
+
+def test_concurrent_queries_of_different_sizes_share_no_buffers(tmp_path):
+    # bit-plane buffers are reused between queries: queries running at once each get their own
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, x, offsets = _smooth_store(tmp_path, n=400, d=40, n_seq=4, seed=24)
+    rng = np.random.default_rng(24)
+    queries = [np.sort(rng.choice(80, size=size, replace=False)) for size in (3, 70, 9, 40, 1, 17, 66, 5) * 2]
+    with store:
+        match(store, "rnn.l0.h", [0], sign="both")  # the index, built once
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda cells: match(store, "rnn.l0.h", cells, 0.2, sign="both", top=10), queries))
+        for cells, result in zip(queries, results):
+            _check_same(result, *brute_match(x, offsets, cells, 0.2, 1, 0, "both", 10))
