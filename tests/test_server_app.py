@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import requests
@@ -63,6 +64,19 @@ def test_data_dir_paths_are_confined(client, data_dir):
     # path-like names never reach the file system
     for name in ("..%2Foutside", "%2Fetc%2Fpasswd", "..", "escape"):
         assert client.get(f"/api/stores/{name}/tokens").status_code in (404,)
+
+
+def test_a_store_in_a_data_subfolder_answers_under_its_name(client):
+    """Stores below --data are named by their relative path (``sub/nested``); every store route takes
+    that name, as a path or percent-encoded the way the pages send it."""
+    for name in ("sub/nested", "sub%2Fnested"):
+        info = client.get(f"/api/stores/{name}")
+        assert info.status_code == 200, info.data
+        assert info.get_json()["name"] == "sub/nested"
+        tokens = client.get(f"/api/stores/{name}/tokens?start=0&stop=5")
+        assert tokens.status_code == 200, tokens.data
+        assert len(tokens.get_json()["tokens"]) == 5
+    error_of(client.get("/api/stores/sub/missing/tokens"), 404)
 
 
 def test_confine_rejects_escapes(tmp_path):
@@ -156,7 +170,7 @@ def test_openapi_document_covers_every_api_route(app, client):
     api_rules = {r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/")}
     documented = set(doc["paths"])
     for rule in api_rules:
-        path = rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
         assert path in documented, f"{rule} is missing from the OpenAPI document"
     tokens = doc["paths"]["/api/stores/{store}/tokens"]["get"]
     names = {p["name"] for p in tokens["parameters"]}
