@@ -135,9 +135,9 @@ def test_every_api_view_has_a_lane_and_model_calls_wait_in_the_model_lane(data_d
         if spec is not None:
             assert spec["lane"] in (None, *LANES), rule.rule
             lanes[rule.rule] = spec["lane"]
-    for path in ("/api/explain", "/api/images/explain", "/api/stores/<store>/cells/<int:cell>/explain"):
+    for path in ("/api/explain", "/api/images/explain", "/api/stores/<path:store>/cells/<int:cell>/explain"):
         assert lanes[path] == "model", path
-    for path in ("/api/stores/<store>/match", "/api/stores/<store>/select", "/api/stores/<store>/states"):
+    for path in ("/api/stores/<path:store>/match", "/api/stores/<path:store>/select", "/api/stores/<path:store>/states"):
         assert lanes[path] == "store", path
     for path in ("/api/status", "/api/jobs/<job_id>"):
         assert lanes[path] is None, path
