@@ -613,7 +613,7 @@ def _match(store, source, index, cells, threshold, pad_left, pad_right, sign, to
     longest = int(np.diff(index.offsets).max(initial=0))  # padding never reaches past a sequence
     seq_parts = _sequence_parts(index.offsets, _THREADS)
     histograms = np.zeros((len(seq_parts), longest + 1), dtype=np.int64)
-    cands = [np.empty((4096, 5), dtype=np.int64) for _ in seq_parts]
+    cands = [np.empty((_CANDIDATES, 5), dtype=np.int64) for _ in seq_parts]  # grown by ``_runs`` when full
 
     def runs(i: int, level: int, known: int):
         return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, known, index.offsets, seq_parts[i][0], seq_parts[i][1],
@@ -626,19 +626,11 @@ def _match(store, source, index, cells, threshold, pad_left, pad_right, sign, to
     # |C & C'| found; runs whose start bounds |C & C'| below it are skipped. The first scan is of
     # level n only (often enough when few cells are selected): done if the top-th best found is n.
     # Otherwise that top-th best is a lower bound ``known`` of the true one, and a scan from level
-    # ``known`` (runs lower have less) is the last. A part whose candidate array filled up is
-    # scanned again with a larger one.
+    # ``known`` (runs lower have less) is the last.
     level, known = n, 0
     while True:
-        results = [None] * len(seq_parts)
-        todo = list(range(len(seq_parts)))
-        while todo:
-            for i, r in zip(todo, pool.map(lambda i: runs(i, level, known), todo)):
-                results[i] = r
-            todo = [i for i in todo if results[i][0] < 0]
-            for i in todo:
-                cands[i] = np.empty((4 * len(cands[i]), 5), dtype=np.int64)
-        cand = np.concatenate([c[:r[0]] for c, r in zip(cands, results)])
+        results = list(pool.map(lambda i: runs(i, level, known), range(len(seq_parts))))
+        cand = np.concatenate([r[0] for r in results])
         floor = int(np.partition(cand[:, 4], len(cand) - top)[len(cand) - top]) if len(cand) >= top else 0
         if floor >= level or level <= max(known, 1):
             break
@@ -693,6 +685,7 @@ def _selected_on(index: MatchIndex, cells: np.ndarray, sign: str, threshold: flo
     return planes, count, chunk_max, chunk_rise
 
 
+_CANDIDATES = 4096  # rows of each part's candidate array at first
 _SCRATCH: list[np.ndarray] = []  # free bit-plane buffers, reused: fresh pages cost more than the pass
 _SCRATCH_LOCK = threading.Lock()
 _SCRATCH_KEEP = 256 << 20  # largest buffer kept between queries (bytes)
@@ -957,7 +950,8 @@ def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, off
     below it are not kept. ``word_slots``: a tuple of ``(n + 63) // 64`` zeros, so that the number
     of bit words per step is known when compiling (2x faster loops). Returns ``(kept, floor,
     n_candidates)``: ``floor`` is the ``top``-th best ``|C & C'|`` found (0 if fewer than ``top``
-    were found above ``known``); ``kept = -1`` when ``cand`` is too small.
+    were found above ``known``); ``kept``: the candidates kept, rows of ``cand`` or of a larger
+    array that replaced it when it filled up.
 
     A stack holds the open runs of all levels (heights strictly increasing), each with the AND of
     its own steps' bits, the OR of its start's left padding and the *bound* of its start: how many
@@ -1061,9 +1055,11 @@ def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, off
                             if cand[i, 4] >= floor:
                                 cand[m] = cand[i]
                                 m += 1
-                        if m == kept:
-                            return -1, floor, n_candidates
                         kept = m
+                        if 2 * kept > len(cand):  # still more than half full: a larger array
+                            larger = np.empty((2 * len(cand), 5), dtype=cand.dtype)
+                            larger[:kept] = cand[:kept]
+                            cand = larger
                     cand[kept, 0], cand[kept, 1], cand[kept, 2] = s, t, max(seq_lo, s - pad_left)
                     cand[kept, 3], cand[kept, 4] = e_pad, inter
                     kept += 1
@@ -1111,7 +1107,7 @@ def _runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, off
         if cand[i, 4] >= floor:
             cand[m] = cand[i]
             m += 1
-    return m, floor if at_least_floor >= top else 0, n_candidates
+    return cand[:m], floor if at_least_floor >= top else 0, n_candidates
 
 
 @numba.njit(inline="always")

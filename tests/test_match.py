@@ -457,3 +457,17 @@ def test_concurrent_queries_of_different_sizes_share_no_buffers(tmp_path):
             results = list(pool.map(lambda cells: match(store, "rnn.l0.h", cells, 0.2, sign="both", top=10), queries))
         for cells, result in zip(queries, results):
             _check_same(result, *brute_match(x, offsets, cells, 0.2, 1, 0, "both", 10))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_candidate_arrays_grow_when_full(tmp_path, monkeypatch, threads):
+    # one cell: every run of it is a candidate with |C & C'| = 1, none can be dropped before the end
+    module = importlib.import_module("lstmvis.match")
+    monkeypatch.setattr(module, "_THREADS", threads)
+    monkeypatch.setattr(module, "_CANDIDATES", 2)
+    store, x, offsets = _smooth_store(tmp_path, n=600, d=6, n_seq=5, seed=25)
+    with store:
+        for cells, top in (([2], 50), ([0, 3, 4], 20), ([1, 5], 3)):
+            result = match(store, "rnn.l0.h", cells, 0.2, top=top)
+            _check_same(result, *brute_match(x, offsets, cells, 0.2, 1, 0, "positive", top))
+        assert result.n_candidates > 8
