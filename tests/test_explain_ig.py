@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import textexplain as te
+from textexplain import integrated_gradients as igm
 from textexplain.integrated_gradients import FIXED_RULES, RULES, adaptive_nodes, quadrature
 from test_explain_analytic import TEXT, contributions, make_bag_model
 
@@ -41,9 +42,14 @@ def run_adaptive(n_steps, f, rate):
 
 
 @pytest.mark.parametrize("n_steps", [1, 3, 9, 10, 50, 101])
-def test_adaptive_rule_is_a_quadrature_rule_with_n_steps_gradient_evaluations(n_steps):
+@pytest.mark.parametrize("early_exit", [0.0, 1.0])
+def test_adaptive_rule_is_a_quadrature_rule_with_n_steps_gradient_evaluations(monkeypatch, n_steps, early_exit):
+    monkeypatch.setattr(igm, "EARLY_EXIT", early_exit)
     nodes, weights, rates, calls = run_adaptive(n_steps, steep_step, steep_step_rate)
-    assert calls["gradients"] == n_steps  # the budget is the number of gradient evaluations
+    n_first = n_steps - (int(n_steps * igm.SECOND_PASS) if n_steps >= 10 else 0)
+    # the budget is the number of gradient evaluations; the second pass is skipped when the first
+    # already closes the completeness gap (always with EARLY_EXIT = 1, never with 0)
+    assert calls["gradients"] == (n_steps if early_exit == 0.0 else n_first)
     assert len(nodes) <= n_steps and len(nodes) == len(weights) == len(rates)
     assert ((nodes > 0) & (nodes < 1)).all() and (weights > 0).all()
     assert weights.sum() == pytest.approx(1.0, abs=1e-12)
@@ -72,7 +78,8 @@ def test_adaptive_rule_on_smooth_paths_matches_gauss_legendre():
     rate = lambda a: np.cos(np.asarray(a)) + 2 * np.asarray(a)  # noqa: E731
     nodes, weights, rates, calls = run_adaptive(50, f, rate)
     assert (weights * rates).sum() == pytest.approx(f(1.0) - f(0.0), abs=1e-10)
-    assert calls["probes"] == 9 + 6  # nothing to zoom into; the second pass adds its probes
+    # nothing to zoom into, and the first pass is already exact: no second pass, no probes for it
+    assert calls["probes"] == 9 and calls["gradients"] == 40
     flat = run_adaptive(20, lambda a: np.zeros(len(np.atleast_1d(a))), lambda a: np.zeros(len(np.atleast_1d(a))))
     assert flat[1].sum() == pytest.approx(1.0, abs=1e-12)  # F constant: uniform segments, no division by zero
 
@@ -82,9 +89,10 @@ def test_row_accounting_and_exactness_per_rule(method):
     model = make_bag_model()
     e = te.IntegratedGradients(model, n_steps=12, method=method).explain(TEXT, target=1)
     np.testing.assert_allclose(e.scores, contributions(model, TEXT, 1), atol=1e-5)
-    assert e.info["n_gradient_rows"] == 12
+    # linear path: no zoom, and the adaptive rule's first pass is exact, so it skips the second
+    assert e.info["n_gradient_rows"] == (12 if method in FIXED_RULES else 12 - 2)
     assert e.info["n_forward_rows"] == e.info["n_gradient_rows"] + e.info["n_probe_rows"]
-    assert e.info["n_probe_rows"] == (2 if method in FIXED_RULES else 9 + 6)  # linear path: no zoom
+    assert e.info["n_probe_rows"] == (2 if method in FIXED_RULES else 9)
     assert e.params["method"] == method
 
 

@@ -60,6 +60,7 @@ def test_integrated_gradients_delta_is_the_completeness_gap(shipped, test_senten
 # pad baseline meets |delta| <= 1% of |F(x) - F(x')|, measured 2026-11-22 with
 # `python benchmarks/bench_explain.py --sections completeness` (benchmarks/results/explain.md):
 #   default (adaptive):   lstm 16/20, gru 19/20, cnn 17/20, shortcut 20/20
+#   (with the early exit, 2026-11-22: 16, 19, 18, 20; second pass skipped on 9, 15, 4, 16 of them)
 #   fixed Gauss-Legendre: lstm  9/20, gru 18/20, cnn 16/20, shortcut 13/20
 # The thresholds are one below (float differences between CPUs can move a sentence near 1%).
 # The misses are RNN state flips narrower than the probes resolve and the CNN's kinks; they stay
@@ -80,7 +81,9 @@ def test_integrated_gradients_completeness_at_50_steps(shipped, method):
         relative = abs(e.delta) / abs(e.info["f_input"] - e.info["f_baseline"])
         assert e.info["relative_delta"] == pytest.approx(relative)
         assert e.info["converged"] == (relative <= 0.01)
-        assert e.info["n_gradient_rows"] == 50
+        # the adaptive rule skips its second pass (the last 10) when the first is within 0.3%
+        assert e.info["n_gradient_rows"] == 50 or (method == "adaptive" and e.info["n_gradient_rows"] == 40
+                                                   and relative <= 3e-3)
         converged += relative <= 0.01
     assert converged >= MIN_CONVERGED[method][shipped.name], (shipped.name, method, converged)
 

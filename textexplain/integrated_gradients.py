@@ -28,6 +28,7 @@ DENSITY_CUT = 8.0      # segments end where that density jumps by more than this
 NODES_PER_SEGMENT = 5  # Gauss-Legendre nodes per segment of the composite rule
 SECOND_PASS = 0.2      # share of the gradient evaluations kept for the worst segment
 SECOND_PASS_PROBES = 6
+EARLY_EXIT = 3e-3      # no second pass when the first already closes the gap to this share of |F(x) - F(x')|
 
 
 @lru_cache(maxsize=64)
@@ -64,15 +65,18 @@ class IntegratedGradients(Explainer):
     ``(x - x') * avg_grad``. Every result carries ``delta = sum(scores) - (F(x) - F(x'))``,
     ``info["relative_delta"]`` = |delta| / |F(x) - F(x')| and ``info["converged"]`` (False above 1%).
 
-    ``method`` is the quadrature over the path; ``n_steps`` gradient evaluations in every case:
+    ``method`` is the quadrature over the path; ``n_steps`` gradient evaluations (at most, for
+    ``"adaptive"``):
 
     - ``"adaptive"`` (default): composite Gauss-Legendre whose nodes follow where F changes. A few
       forward-only probes of F(alpha) (no gradients; about a quarter of a gradient evaluation each)
       locate fast changes -- RNN states flip along the path within 1e-3 of alpha or less, which a
       fixed rule's nodes straddle -- and nodes go where F changes (``adaptive_nodes``); the segment
       whose completeness gap is largest (known exactly: F is probed at every segment end) is
-      integrated again with the last 20% of the evaluations. Still IG, only a better quadrature;
-      ``info["n_probe_rows"]`` counts the probes (9 to 27).
+      integrated again with the last 20% of the evaluations, unless the first 80% already close the
+      completeness gap to ``EARLY_EXIT`` (0.3%) of |F(x) - F(x')|. Still IG, only a better
+      quadrature; ``info["n_probe_rows"]`` counts the probes (9 to 27), ``info["n_gradient_rows"]``
+      the gradient evaluations.
     - ``"gausslegendre"`` or a Riemann rule: fixed nodes, no probes (``quadrature``).
 
     F(x) and F(x') come from a forward-only pass (the probes for ``"adaptive"``); gradient passes
@@ -187,10 +191,14 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
        This pass spends 80% of ``n_steps``.
     3. Every segment ends at a probe, so its exact integral F(b) - F(a) is known: the segment with the
        largest gap gets ``SECOND_PASS_PROBES`` more probes and is integrated again, by the same
-       placement, with the remaining 20% of the evaluations (its first-pass nodes are dropped).
+       placement, with the remaining 20% of the evaluations (its first-pass nodes are dropped). This
+       step is skipped when the first pass's total gap is already within ``EARLY_EXIT`` of |F(1) - F(0)|
+       (adaptive quadrature's stopping rule: on the shipped classifiers' test sentences this spends
+       fewer evaluations on 20-80% of them with the same completeness and agreement with a
+       1000-step reference).
 
     Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1, m <= n_steps) and the gradients at the alphas;
-    exactly ``n_steps`` gradient rows are evaluated.
+    ``n_steps`` gradient rows are evaluated, or the first pass's 80% when step 3 is skipped.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
     for _ in range(ZOOM_ROUNDS):
@@ -207,6 +215,8 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     grads = gradients(nodes)
     if n_second:
         rates = weights * derivative(grads)
+        if abs(rates.sum() - (f[-1] - f[0])) <= EARLY_EXIT * abs(f[-1] - f[0]):
+            return nodes, weights, grads
         gaps = [rates[segment == s].sum() - (f[bounds[s + 1]] - f[bounds[s]]) for s in range(len(bounds) - 1)]
         worst = int(np.argmax(np.abs(gaps)))
         lo, hi = alphas[bounds[worst]], alphas[bounds[worst + 1]]
