@@ -43,10 +43,17 @@ TEXT_PARAMS = {"integrated_gradients": {"n_steps": 32}, "smoothgrad": {"n_sample
 # ----------------------------------------------------------------------------- server process
 
 def serve(port_file: str) -> None:
-    """Child: serve the demo (built into the test cache) on a free loopback port."""
+    """Child: serve the demo (built into the test cache) on a free loopback port, with the process
+    settings of ``lstmvis serve``: glibc's allocator tuned (one arena per core) before any thread
+    starts, and one torch thread."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
+    from lstmvis.allocator import tune_allocator
+    tune_allocator()
     import logging
+
+    import torch
+    torch.set_num_threads(1)
 
     from conftest_server import demo_resources
     from server.app import create_app, make_server
