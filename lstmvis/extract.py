@@ -39,7 +39,9 @@ from .store import StateStore, StoreError, StoreWriter
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
 EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see tune_allocator_for_extraction
-WRITE_QUEUE = 4  # chunks waiting for the writer thread (bounds the memory their states hold)
+WRITE_QUEUE_BYTES = 1024 * MiB  # about this much memory held by chunks waiting for the writer thread ...
+WRITE_QUEUE_CHUNKS = (2, 8)      # ... in at least 2 and at most 8 chunks (a deep queue rides out write stalls)
+HELD_PER_STORED = 4              # a waiting chunk holds about 4x its stored rows (deferred c keeps the gates)
 
 
 class _Corpus:
@@ -134,18 +136,18 @@ class _Sink:
     Everything after the forward pass runs on one background thread, in order: the deferred cell
     states (``Recorder(defer=True)``), the copies of each stream's rows and the HDF5 writes (h5py
     releases the GIL while writing), so the next chunk's forward pass overlaps all of it. A
-    sequence is marked done only after all of its rows are written. At most ``WRITE_QUEUE`` chunks
+    sequence is marked done only after all of its rows are written. At most ``max_chunks`` chunks
     wait (each holds its states), and an error on the thread reaches the caller at the next chunk.
     """
 
     def __init__(self, writer: StoreWriter, corpus: _Corpus, sources: list[str], dtype: str, done: np.ndarray,
-                 bar):
+                 bar, max_chunks: int = WRITE_QUEUE_CHUNKS[0]):
         self.writer, self.corpus, self.sources, self.dtype = writer, corpus, sources, np.dtype(dtype)
         self.done, self.bar = done, bar
         self.buffers: dict[int, dict[str, np.ndarray]] = {}  # per sequence: a block of rows per source
         self.written: dict[int, int] = {}
         self.pending: dict[int, int] = {}
-        self._jobs: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_chunks)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="lstmvis-extract-writer", daemon=True)
         self._thread.start()
@@ -405,7 +407,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                 left = int(corpus.lengths[todo].sum()) if todo else 0
                 with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
                           desc=f"extract {path.name}") as bar:
-                    sink = _Sink(writer, corpus, list(widths), dtype, done, bar)
+                    sink = _Sink(writer, corpus, list(widths), dtype, done, bar,
+                                 _queue_chunks(batch_size * chunk_size * sum(widths.values())))
                     try:
                         if kind == "language-model":
                             _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad,
@@ -425,6 +428,14 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     finally:
         module.train(was_training)
     return StateStore.open(path)
+
+
+def _queue_chunks(values_per_chunk: int) -> int:
+    """How many chunks may wait for the writer thread: ``WRITE_QUEUE_BYTES`` worth, within ``WRITE_QUEUE_CHUNKS``
+    (charlm-python, 32 streams x 512 characters of h and c: 4 chunks)."""
+    held = max(1, values_per_chunk * 4 * HELD_PER_STORED)
+    low, high = WRITE_QUEUE_CHUNKS
+    return int(min(high, max(low, WRITE_QUEUE_BYTES // held)))
 
 
 def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,

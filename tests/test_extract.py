@@ -375,3 +375,15 @@ def test_shipped_charlm_python_files(tmp_path):
                 # batch 2 in 400-step chunks vs one whole pass: float32 rounding drifts over 1,500 recurrent
                 # steps (|c| reaches 4.4 in the stateful-trained model), hence a relative tolerance of 1e-5
                 np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_chunks_waiting_for_the_writer_are_bounded_by_memory():
+    """Deferred cell states keep each waiting chunk's gate workspace alive: the queue holds about
+    WRITE_QUEUE_BYTES, never fewer than 2 chunks (overlap) nor more than 8."""
+    from lstmvis.extract import WRITE_QUEUE_BYTES, _queue_chunks
+    assert _queue_chunks(32 * 512 * 4 * 256) == 4  # charlm-python: h and c of 2 layers of 256
+    assert _queue_chunks(32 * 512 * 8 * 1024) == 2  # 4 layers of 1024: 2 chunks, not 4 x 2 GiB
+    assert _queue_chunks(2 * 9 * 16) == 8
+    for values in (10 ** 3, 10 ** 6, 10 ** 7, 10 ** 9):
+        n = _queue_chunks(values)
+        assert 2 <= n <= 8 and (n == 2 or n * values * 4 * 4 <= WRITE_QUEUE_BYTES)
