@@ -665,6 +665,11 @@ def _onednn_ld(width: int) -> int:
     return ld + 16 if ld % 256 == 0 else ld
 
 
+def _reproduces(ours: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """Whether a value computed from the workspace gates matches the kernel's own (its check)."""
+    return torch.allclose(ours, kernel, rtol=1e-4, atol=1e-5)
+
+
 def _workspace_usable(x: torch.Tensor) -> bool:
     return (_WORKSPACE["usable"] and x.device.type == "cpu" and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled())
@@ -706,7 +711,7 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
             c_state = c0[d]
             for s in range(min(2, T)):
                 c_state = f[s] * c_state + i[s] * g[s]
-                if not torch.allclose(o[s] * torch.tanh(c_state), h_steps[s], rtol=1e-4, atol=1e-5):
+                if not _reproduces(o[s] * torch.tanh(c_state), h_steps[s]):
                     return _workspace_failed(f"gates at step {s} do not reproduce the kernel's h")
             if "c" in kinds:
                 values["c"] = Deferred(lambda args=(m, w, x_tm, out, h0[d], c0[d], cy, i, f, g, o, d == 1):
@@ -714,9 +719,9 @@ def _lstm_layer_from_workspace(m, active, layer, kinds, x, h0, c0, params, per_d
         else:
             c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0[d]).transpose(0, 1)
             for s in (0, T - 1):
-                if not torch.allclose(o[s] * torch.tanh(c[s]), h_steps[s], rtol=1e-4, atol=1e-5):
+                if not _reproduces(o[s] * torch.tanh(c[s]), h_steps[s]):
                     return _workspace_failed(f"gates at step {s} do not reproduce the kernel's h")
-            if not torch.allclose(c[-1], cy, rtol=1e-4, atol=1e-5):
+            if not _reproduces(c[-1], cy):
                 return _workspace_failed("the cell state does not reproduce the kernel's c_n")
             for kind, v in (("c", c), *zip(LSTM_GATES, (i, f, g, o))):
                 if kind in kinds:
@@ -739,8 +744,7 @@ def _workspace_cell_state(m, w, x_tm, out, h0, c0, cy, i, f, g, o, reverse: bool
     (a build whose workspace is laid out otherwise), c comes from the matmul route instead."""
     c = _cell_recurrence(f.transpose(0, 1), i.transpose(0, 1), g.transpose(0, 1), c0).transpose(0, 1)
     h_steps = out.flip(0) if reverse else out  # processing order
-    if not (torch.allclose(o[-1] * torch.tanh(c[-1]), h_steps[-1], rtol=1e-4, atol=1e-5)
-            and torch.allclose(c[-1], cy, rtol=1e-4, atol=1e-5)):
+    if not (_reproduces(o[-1] * torch.tanh(c[-1]), h_steps[-1]) and _reproduces(c[-1], cy)):
         _workspace_failed("the last step does not reproduce the kernel's h and c_n")
         x_steps = x_tm.flip(0) if reverse else x_tm
         h_prev = torch.cat([h0[None], h_steps[:-1]], 0)

@@ -215,6 +215,9 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.url_map.converters["int"] = BoundedIntConverter
+    # No slash merging: a doubled slash is no route (404) rather than a redirect to a merged path, so a
+    # store name (``<path:store>``, stores in --data subfolders) can never start with "/".
+    app.url_map.merge_slashes = False
     app.json = NumpyJSONProvider(app)
     app.config.update(DEFAULT_CONFIG)
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False,

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 import textexplain
 from textexplain import audit as text_audit
 from textexplain import metrics, render
-from textexplain.explain import method_class
+from textexplain.explain import make_explainer
 from textexplain.integrated_gradients import RULES
 
 from .app import resources
@@ -244,10 +244,7 @@ def explain_text(model, req: ExplainRequest) -> dict:
     rows, explanations = [], []
     for method in req.methods:
         start = time.perf_counter()
-        # the explainer class is called directly: IG's own ``method`` (its quadrature rule) would clash
-        # with the ``method`` keyword of explain() and make_explainer() (the request model already
-        # refuses unknown hyperparameters)
-        e = method_class(method)(model, **req.params.of(method)).explain(req.text, target)
+        e = make_explainer(model, method, **req.params.of(method)).explain(req.text, target)
         target = e.target
         seconds = time.perf_counter() - start
         explanations.append(e)
@@ -317,9 +314,7 @@ def run_audit(model, req: AuditRequest, report) -> dict:
     done = 0
     report(0, len(texts), "explaining")
 
-    # one explainer for the whole audit, built here with the method's hyperparameters: passed through
-    # audit(**params), IG's ``method`` (its quadrature rule) would clash with audit()'s ``method``
-    explainer = method_class(req.method)(model, **req.params.of(req.method))
+    explainer = make_explainer(model, req.method, **req.params.of(req.method))  # one for the whole audit
 
     def explain_batch(model, texts_, method, target=None, progress=None):
         nonlocal done

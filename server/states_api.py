@@ -5,7 +5,6 @@ the library (``lstmvis.match``, ``lstmvis.cells``, ``lstmvis.textcnn``) for the 
 """
 from __future__ import annotations
 
-import re
 import threading
 from typing import Literal
 
@@ -212,7 +211,7 @@ def stores():
     return {"stores": [s.info() for s in resources().stores.values()]}
 
 
-@blueprint.get("/stores/<path:store>", merge_slashes=False)
+@blueprint.get("/stores/<path:store>")
 @api(summary="One store: sizes, sources, meta tracks and model card", tag="stores")
 def store_info(store: str):
     """Details of one store, including its model card."""
@@ -221,7 +220,7 @@ def store_info(store: str):
     return entry.info(detail=True)
 
 
-@blueprint.get("/stores/<path:store>/tokens", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/tokens")
 @api(Window, summary="Tokens, sequence bounds and meta tracks of a range of positions", tag="stores")
 def tokens(store: str, params: Window):
     """Tokens of ``[start, stop)`` with the sequences they belong to and every meta track."""
@@ -231,7 +230,7 @@ def tokens(store: str, params: Window):
             "text": surface(s, start, stop), "sequences": _sequences(s, start, stop), "meta": _meta(s, start, stop)}
 
 
-@blueprint.get("/stores/<path:store>/states", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/states")
 @api(StatesQuery, summary="Cell values of one source over a range (cell-major)", tag="stores")
 def states(store: str, params: StatesQuery):
     """``values[i][t]`` is cell ``cells[i]`` at position ``start + t`` (rounded)."""
@@ -252,7 +251,7 @@ def states(store: str, params: StatesQuery):
             "max": float(arr.max()) if arr.size else None}
 
 
-@blueprint.get("/stores/<path:store>/select", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/select")
 @api(SelectQuery, summary="Cells that are on over a range and off in its padding (LSTMVis select)", tag="match")
 def select(store: str, params: SelectQuery):
     """The cells >= threshold at every step of ``[start, stop)`` and < threshold at the padding steps."""
@@ -289,7 +288,7 @@ def _ensure_index(store, source: str) -> None:
         _index_ready.add(ready)
 
 
-@blueprint.get("/stores/<path:store>/match", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/match")
 @api(MatchQuery, summary="Runs elsewhere where the selected cells are on, ranked as LSTMVis does", tag="match")
 def match(store: str, params: MatchQuery):
     """Ranked by cells shared (|C∩C'| desc), then fewest extra cells on (|C∪C'| asc), then length.
@@ -365,7 +364,7 @@ def _search_index(name: str, store) -> _SearchIndex:
         return _search_indexes[key]
 
 
-@blueprint.get("/stores/<path:store>/search", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/search")
 @api(SearchQuery, summary="Find a phrase (or regular expression) in the store's text", tag="stores")
 def search(store: str, params: SearchQuery):
     """Positions where the text occurs; word-level stores are searched as tokens joined by spaces."""
@@ -484,7 +483,7 @@ def hypotheses_list():
     return {"named": named, "forms": forms}
 
 
-@blueprint.get("/stores/<path:store>/hypothesis", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/hypothesis")
 @api(HypothesisQuery, summary="A hypothesis's values over a range of positions", tag="cells")
 def hypothesis_window(store: str, params: HypothesisQuery):
     """The per-token hypothesis series for ``[start, stop)``, to draw next to a cell."""
@@ -494,7 +493,7 @@ def hypothesis_window(store: str, params: HypothesisQuery):
     return {"hypothesis": h.name, "kind": h.kind, "start": start, "stop": stop, "values": values[start:stop]}
 
 
-@blueprint.get("/stores/<path:store>/cells/rank", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/cells/rank")
 @api(RankQuery, summary="Rank every cell of a source against a hypothesis (AUROC or correlation)", tag="cells")
 def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
@@ -522,7 +521,7 @@ def rank(store: str, params: RankQuery):
     return out
 
 
-@blueprint.get("/stores/<path:store>/cells/<int:cell>/contexts", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/cells/<int:cell>/contexts")
 @api(ContextsQuery, summary="Where one cell is highest (or lowest): its top contexts", tag="cells")
 def contexts(store: str, cell: int, params: ContextsQuery):
     """The ``k`` most extreme steps of a cell, each with the tokens around it and the cell's values."""
@@ -543,7 +542,7 @@ def contexts(store: str, cell: int, params: ContextsQuery):
     return {"source": source, "cell": cell, "direction": params.direction, "contexts": out}
 
 
-@blueprint.get("/stores/<path:store>/saturation", merge_slashes=False)
+@blueprint.get("/stores/<path:store>/saturation")
 @api(SaturationQuery, summary="Gate saturation: per gate unit, the fraction of steps < low and > high", tag="cells")
 def saturation(store: str, params: SaturationQuery):
     """Karpathy's saturation plot data for the store's gate sources."""
@@ -565,7 +564,7 @@ def saturation(store: str, params: SaturationQuery):
     return out
 
 
-@blueprint.post("/stores/<path:store>/cells/<int:cell>/explain", merge_slashes=False)
+@blueprint.post("/stores/<path:store>/cells/<int:cell>/explain")
 @api(ExplainCellBody, summary="Explain one cell at one step: which input tokens drive it", tag="cells", lane="model")
 def explain(store: str, cell: int, params: ExplainCellBody):
     """Integrated Gradients (or the gradient) of the cell's activation at ``position`` with respect to

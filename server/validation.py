@@ -113,14 +113,14 @@ def api(model: type[Params] | None = None, *, summary: str = "", tag: str = "",
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
+            if model is not None:  # before the queue: a bad request is answered at once
+                raw, source = _raw_params(multi)
+                try:
+                    kwargs["params"] = model.model_validate(raw)
+                except ValidationError as exc:
+                    return validation_error(exc, source)
             gates = current_app.extensions.get("lstmvis_gates")
             with gates.admit(lane) if gates is not None else contextlib.nullcontext():
-                if model is not None:
-                    raw, source = _raw_params(multi)
-                    try:
-                        kwargs["params"] = model.model_validate(raw)
-                    except ValidationError as exc:
-                        return validation_error(exc, source)
                 out = view(*args, **kwargs)
                 return out if isinstance(out, Response) else jsonify(out)
 

@@ -167,6 +167,21 @@ def test_requests_queue_in_their_own_lane_only(data_dir):
     assert resp.status_code == 200 and resp.json()["tokens"] == " ".join(TOY_TEXTS).split()[:3]
 
 
+def test_a_malformed_request_is_answered_without_waiting_for_its_lane(data_dir):
+    """Validation runs before the queue: a 400 never waits behind the lane's computations."""
+    from server.app import create_app
+    app = create_app(data_dir, {"TESTING": True, "COMPUTE_SLOTS": 1})
+    store_gate = app.extensions["lstmvis_gates"]._gates["store"]
+    with live_server(app) as base:
+        store_gate.acquire()  # the store lane's only slot is taken
+        try:
+            bad = requests.get(f"{base}/api/stores/toy/tokens?start=zero", timeout=5)
+            assert bad.status_code == 400 and "start" in bad.json()["error"]["message"]
+            assert store_gate.waiting == 0
+        finally:
+            store_gate.release()
+
+
 @pytest.mark.parametrize("slots", [1, 2])
 def test_concurrent_answers_equal_sequential_ones_through_the_gate(data_dir, slots):
     from server.app import create_app
