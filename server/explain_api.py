@@ -68,6 +68,9 @@ class GradientXInputParams(Params):
 
 class IntegratedGradientsParams(Params):
     n_steps: int | None = Field(None, ge=1, le=300, description="points on the path (default 50)")
+    max_steps: int | None = Field(None, ge=1, le=1000, description="adaptive rule only: keep refining while the "
+                                  "completeness gap is above 1%, up to this many gradient evaluations "
+                                  "(default: off, n_steps)")
     method: Literal[RULES] | None = Field(  # type: ignore[valid-type]
         None, description="quadrature rule (default adaptive: probes follow RNN state flips; gausslegendre: fixed)")
     baseline: Literal["pad", "zero", "unk"] | None = Field(None, description="reference input (default pad "

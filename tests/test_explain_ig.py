@@ -23,7 +23,7 @@ def steep_step_rate(alpha, at=0.05, width=2e-4, height=3.0):
     return height / (2 * width) / np.cosh(t) ** 2 + 1.0
 
 
-def run_adaptive(n_steps, f, rate):
+def run_adaptive(n_steps, f, rate, max_steps=None):
     """adaptive_nodes on a scalar F: 'gradients' are dF/dalpha in a (K, 1, 1) tensor."""
     calls = {"probes": 0, "gradients": 0}
 
@@ -37,7 +37,8 @@ def run_adaptive(n_steps, f, rate):
 
     start = np.linspace(0.0, 1.0, 9)
     calls["probes"] += len(start)
-    nodes, weights, grads = adaptive_nodes(n_steps, start, f(start), probe, gradients, lambda g: g[:, 0, 0].numpy())
+    nodes, weights, grads = adaptive_nodes(n_steps, start, f(start), probe, gradients, lambda g: g[:, 0, 0].numpy(),
+                                           max_steps)
     return nodes, weights, grads[:, 0, 0].numpy(), calls
 
 
@@ -71,6 +72,53 @@ def test_adaptive_rule_integrates_a_state_flip_that_gauss_legendre_misses(width)
     assert gl_error > 0.1, gl_error  # the fixed rule's nodes straddle the step
     assert adaptive_error < 0.005, adaptive_error  # within the 1% completeness tolerance
     assert calls["probes"] <= 9 + 4 * 3 + 6
+
+
+FLIPS = ((0.05, 3.0), (0.2, -2.0), (0.37, 2.5), (0.61, -1.5))
+
+
+def four_flips(alpha, width):
+    """Four state flips up and down (total variation 3x the net change), like the shipped LSTM's paths."""
+    return sum(steep_step(alpha, at, width, height) for at, height in FLIPS) - 3 * np.asarray(alpha)
+
+
+def four_flips_rate(alpha, width):
+    return sum(steep_step_rate(alpha, at, width, height) for at, height in FLIPS) - 3
+
+
+@pytest.mark.parametrize("width", [1e-3, 2e-4, 5e-5])
+@pytest.mark.parametrize("n_steps", [10, 20, 50])
+def test_max_steps_refines_until_the_completeness_gap_is_within_tolerance(width, n_steps):
+    f = lambda a: four_flips(a, width)  # noqa: E731
+    rate = lambda a: four_flips_rate(a, width)  # noqa: E731
+    exact = f(1.0) - f(0.0)
+    nodes, weights, rates, calls = run_adaptive(n_steps, f, rate)
+    assert abs((weights * rates).sum() - exact) > 0.01 * abs(exact)  # n_steps alone is not enough here
+    nodes, weights, rates, calls = run_adaptive(n_steps, f, rate, max_steps=400)
+    assert abs((weights * rates).sum() - exact) <= igm.COMPLETENESS_TOLERANCE * abs(exact)
+    assert n_steps < calls["gradients"] <= 400
+    assert ((nodes > 0) & (nodes < 1)).all() and (weights > 0).all()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12) and (weights * nodes).sum() == pytest.approx(0.5, abs=1e-12)
+    np.testing.assert_allclose(rates, rate(nodes))  # gradients stay paired with their nodes
+
+
+def test_max_steps_costs_nothing_where_n_steps_suffice():
+    smooth = (lambda a: np.sin(np.asarray(a)), lambda a: np.cos(np.asarray(a)))
+    for fn, rt, n_steps in ((steep_step, steep_step_rate, 50), (*smooth, 50), (*smooth, 9)):
+        plain, refined = run_adaptive(n_steps, fn, rt), run_adaptive(n_steps, fn, rt, max_steps=4 * n_steps)
+        assert refined[3] == plain[3]  # same probes and gradient evaluations
+        for a, b in zip(plain[:3], refined[:3]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_max_steps_is_checked():
+    model = make_bag_model()
+    with pytest.raises(ValueError, match="at least n_steps"):
+        te.IntegratedGradients(model, n_steps=50, max_steps=20)
+    with pytest.raises(ValueError, match="method='adaptive'"):
+        te.IntegratedGradients(model, method="gausslegendre", max_steps=200)
+    e = te.IntegratedGradients(model, n_steps=20, max_steps=80).explain(TEXT)
+    assert e.params["max_steps"] == 80 and e.info["n_gradient_rows"] <= 80
 
 
 def test_adaptive_rule_on_smooth_paths_matches_gauss_legendre():

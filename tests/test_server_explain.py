@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import data
 import textexplain
 from textexplain import render
 from conftest import _BagOfWeights
@@ -265,6 +266,20 @@ def test_integrated_gradients_rule_can_be_chosen(client):
     job = run_audit(client, {"model": "bag", "sample": 20, "method": "integrated_gradients", "params": params,
                            "flip": False, "min_count": 2})
     assert job["status"] == "done", job
+
+
+def test_integrated_gradients_max_steps_reaches_the_library(client):
+    params = {"integrated_gradients": {"n_steps": 10, "max_steps": 60}}
+    out = post(client, {"model": "sentiment-lstm", "text": "a gorgeous , witty , seductive movie .",
+                        "methods": ["integrated_gradients"], "params": params, "faithfulness": False})
+    ig = out["explanations"][0]
+    ref = textexplain.IntegratedGradients(data.load_model("sentiment-lstm"), n_steps=10, max_steps=60).explain(
+        "a gorgeous , witty , seductive movie .", out["target"])
+    assert ig["params"]["max_steps"] == 60
+    np.testing.assert_allclose(ig["scores"], ref.scores, rtol=1e-5, atol=1e-7)
+    resp = client.post("/api/explain", json={"model": "sentiment-lstm", "text": "good", "methods": ["integrated_gradients"],
+                                             "params": {"integrated_gradients": {"n_steps": 50, "max_steps": 20}}})
+    assert resp.status_code == 400 and "max_steps" in resp.get_json()["error"]["message"]
 
 
 def test_audit_of_the_analytic_model_has_exact_means(client):
