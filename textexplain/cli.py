@@ -152,7 +152,8 @@ def add_explain(sub) -> None:
         epilog="methods: gradient, gradient_x_input, integrated_gradients, smoothgrad, occlusion, lime, shap\n"
                "examples:\n"
                '  textexplain "a gorgeous, witty film" --method integrated_gradients,lime,shap --html out.html\n'
-               '  textexplain "a dull mess" --target fresh --set integrated_gradients.n_steps=200\n'
+               '  textexplain "a dull mess" --target fresh --set integrated_gradients.max_steps=200\n'
+               '    (IG refines until |delta| is within 1% of F(x) - F(x\'), up to 200 gradient evaluations)\n'
                '  textexplain "not bad at all" --method occlusion --set window=2 --set mask=unk')
     p.add_argument("text", nargs="?", help="the text to explain (or use --file)")
     p.add_argument("--file", metavar="PATH", help="read the text from a file ('-' = standard input)")
