@@ -616,8 +616,9 @@ def _match(store, source, index, cells, threshold, pad_left, pad_right, sign, to
     cands = [np.empty((_CANDIDATES, 5), dtype=np.int64) for _ in seq_parts]  # grown by ``_runs`` when full
 
     def runs(i: int, level: int, known: int):
-        return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, known, index.offsets, seq_parts[i][0], seq_parts[i][1],
-                     min(pad_left, longest), min(pad_right, longest), min_length, phrase_length or 0, top, cands[i])
+        return _runs(planes, count, chunk_max, chunk_rise, n, (0,) * ((n + 63) // 64), level, known, index.offsets,
+                     seq_parts[i][0], seq_parts[i][1], min(pad_left, longest), min(pad_right, longest), min_length,
+                     phrase_length or 0, top, cands[i])
 
     list(pool.map(lambda i: _full_runs(count, chunk_max, n, index.offsets, seq_parts[i][0], seq_parts[i][1],
                                        histograms[i]), range(len(seq_parts))))

@@ -277,8 +277,9 @@ def test_integrated_gradients_max_steps_reaches_the_library(client):
         "a gorgeous , witty , seductive movie .", out["target"])
     assert ig["params"]["max_steps"] == 60
     np.testing.assert_allclose(ig["scores"], ref.scores, rtol=1e-5, atol=1e-7)
-    resp = client.post("/api/explain", json={"model": "sentiment-lstm", "text": "good", "methods": ["integrated_gradients"],
-                                             "params": {"integrated_gradients": {"n_steps": 50, "max_steps": 20}}})
+    resp = client.post("/api/explain", json={
+        "model": "sentiment-lstm", "text": "good", "methods": ["integrated_gradients"],
+        "params": {"integrated_gradients": {"n_steps": 50, "max_steps": 20}}})
     assert resp.status_code == 400 and "max_steps" in resp.get_json()["error"]["message"]
 
 

@@ -249,8 +249,7 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         lo, hi = spans.pop(worst)
         n_more = min(n_refine if used < n_steps else max(n_refine, REFINE_MIN), budget - used)
         alphas, f = _add_probes(alphas, f, np.linspace(lo, hi, SECOND_PASS_PROBES + 2)[1:-1], probe)
-        inner, inner_mass = _segments(alphas, f, int(np.searchsorted(alphas, lo)), int(np.searchsorted(alphas, hi)),
-                                      n_more)
+        inner, inner_mass = _segments(alphas, f, *np.searchsorted(alphas, [lo, hi]).tolist(), n_more)
         more, more_weights, more_segment = _composite_gauss_legendre(alphas[inner], n_more, inner_mass)
         spans.update({next_label + k: (alphas[inner[k]], alphas[inner[k + 1]]) for k in range(len(inner) - 1)})
         more_grads = gradients(more)
