@@ -7,9 +7,13 @@ held-out test corpus, then rank every cell of every source against the hypothese
   for bracket depth, position in line and indentation (|r|); gate saturation summary.
 * parens-lstm: best cell for nesting depth (|r|, goal >= 0.9), checked against the generator's
   ground-truth depth.
+* explaining a cell (``--explain-trials``): completeness of Integrated Gradients of random
+  charlm-python cells at random steps, per quadrature rule (fixed Gauss-Legendre vs the adaptive
+  rule with and without refinement), with time and gradient evaluations.
 
     python benchmarks/bench_cells.py                 # every model that has a checkpoint
     python benchmarks/bench_cells.py --models parens-lstm --max-chars 100000
+    python benchmarks/bench_cells.py --models --explain-trials 40 --threads 1   # explaining cells only
 """
 from __future__ import annotations
 
@@ -148,6 +152,41 @@ def parens(out_dir: Path, n_sequences: int) -> list[str]:
     return rows
 
 
+EXPLAIN_RULES = {  # label -> explain_cell arguments
+    "Gauss-Legendre, 32 nodes (the cells page's default before 2026-11-22)": {"rule": "gausslegendre", "n_steps": 32},
+    "Gauss-Legendre, 256 nodes": {"rule": "gausslegendre", "n_steps": 256},
+    "adaptive, 50, no refinement (max_steps=50)": {"max_steps": 50},
+    "adaptive, 50, refined up to 200 (default)": {},
+    "adaptive, 50, refined up to 400": {"max_steps": 400},
+}
+
+
+def explain_completeness(trials: int, window: int = 100, seed: int = 1) -> list[str]:
+    """IG of ``trials`` random (source, cell, step) of charlm-python over the ``window`` characters
+    before a random test-split position: share within 1% completeness, gaps, time, evaluations."""
+    lm = data.load_model("charlm-python")
+    text = data.python_source_text("test")
+    rng = np.random.default_rng(seed)
+    cases = [(int(rng.integers(2 * window, len(text) - 10)), ("rnn.l0.c", "rnn.l1.c", "rnn.l1.h", "rnn.l0.h")[k % 4],
+              int(rng.integers(0, 256))) for k in range(trials)]
+    rows = [f"charlm-python, {trials} random cells x steps, {window} characters before each, one torch thread",
+            "", "| rule | within 1% | median gap | max gap | median time (s) | gradient evaluations (mean / max) |",
+            "|---|---|---|---|---|---|"]
+    for label, kwargs in EXPLAIN_RULES.items():
+        gaps, seconds, evals = [], [], []
+        for pos, source, cell in cases:
+            t0 = time.perf_counter()
+            e = explain_cell(lm, text[pos - window:pos], source, cell, **kwargs)
+            seconds.append(time.perf_counter() - t0)
+            gaps.append(e.info["relative_delta"])
+            evals.append(e.info["n_gradient_rows"])
+        gaps = np.asarray(gaps)
+        rows.append(f"| {label} | {np.mean(gaps <= 0.01):.0%} | {np.median(gaps):.2%} | {gaps.max():.1%} | "
+                    f"{np.median(seconds):.2f} | {np.mean(evals):.0f} / {max(evals)} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=None, help="default: every shipped LM with a checkpoint")
@@ -155,6 +194,8 @@ def main(argv=None) -> None:
     p.add_argument("--parens-sequences", type=int, default=200)
     p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-cells"))
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--explain-trials", type=int, default=0, help="explaining cells: random charlm-python cells "
+                   "and steps per rule (0: skip)")
     args = p.parse_args(argv)
     import torch
 
@@ -170,6 +211,8 @@ def main(argv=None) -> None:
         rows += parens(args.dir, args.parens_sequences) if name == "parens-lstm" else charlm(name, args.dir,
                                                                                              args.max_chars)
     print("\n".join(rows))
+    if args.explain_trials:
+        print("\n".join(explain_completeness(args.explain_trials)))
 
 
 if __name__ == "__main__":

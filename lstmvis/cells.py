@@ -361,26 +361,35 @@ def gate_saturation(store, sources: list[str] | None = None, low: float = 0.1, h
 
 # ---------------------------------------------------------------------------- explain one cell
 def explain_cell(model, text: str, source: str, cell: int, step: int = -1, method: str = "integrated_gradients",
-                 n_steps: int = 50, rule: str = "gausslegendre", baseline: str = "pad",
-                 reduce: str | None = None):
+                 n_steps: int = 50, rule: str = "adaptive", baseline: str = "pad",
+                 reduce: str | None = None, max_steps: int | None = None):
     """Gradient or Integrated Gradients of one cell's activation at ``step`` w.r.t. the input tokens.
 
     ``model``: a ``data.LanguageModel`` or ``textexplain.TextModel`` whose recurrent module reads
     its embedding layer's output (as the shipped models do); ``source`` names the cell as the store
     does (``rnn.l1.c``, ``rnn.l0.gate_f``, ``rnn.l0.reverse.h``). Attribution is at the embedding
     layer: IG along the straight path from the baseline embeddings (``"pad"``: the pad token's
-    embedding at every position, or ``"zero"``), Gauss-Legendre (default) or a Riemann rule, score
-    per token = signed sum over embedding dims of ``(x - x') * mean gradient``, with the
-    completeness ``delta = sum(scores) - (a(x) - a(x'))``. ``"gradient"``: the gradient at the
-    input, reduced by its L2 norm per token (unsigned; ``reduce="sum"`` for signed). Tokens after
-    ``step`` get exactly 0 (a forward RNN cannot see them). Returns a ``textexplain.Explanation``
-    whose single label is the cell and whose ``info`` holds the activation.
+    embedding at every position, or ``"zero"``), score per token = signed sum over embedding dims of
+    ``(x - x') * mean gradient``, with the completeness ``delta = sum(scores) - (a(x) - a(x'))``.
+
+    ``rule``: the quadrature, as ``textexplain.IntegratedGradients``' ``method``: ``"adaptive"``
+    (default: nodes follow where the activation changes, found by forward-only probes) or a fixed
+    rule (``"gausslegendre"``, ``"riemann_*"``: ``n_steps`` nodes). With ``"adaptive"``, ``max_steps``
+    (default ``4 * n_steps``; ``n_steps`` turns it off) is spent only while the gap is above 1% of
+    ``|a(x) - a(x')|``: a cell's activation along the path has many steep flips (on charlm-python, 3%
+    of random cells and steps converge with 32 Gauss-Legendre nodes, 97% with 50 refined up to 200).
+
+    ``"gradient"``: the gradient at the input, reduced by its L2 norm per token (unsigned;
+    ``reduce="sum"`` for signed). Tokens after ``step`` get exactly 0 (a forward RNN cannot see
+    them). Returns a ``textexplain.Explanation`` whose single label is the cell and whose ``info``
+    holds the activation and, for IG, the relative gap, ``converged`` and the rows evaluated.
     """
     import torch
 
-    from textexplain.base import reduce_dims, substituted_embeddings
+    from textexplain.base import check_choice, check_positive_int, reduce_dims, substituted_embeddings
     from textexplain.explanation import Explanation
-    from textexplain.integrated_gradients import quadrature
+    from textexplain.integrated_gradients import (COMPLETENESS_TOLERANCE, PROBES, RULES, adaptive_nodes,
+                                                  path_derivative, path_rows, quadrature)
 
     from .capture import Recorder
 
@@ -388,6 +397,14 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
         raise ValueError(f"method={method!r}: use 'integrated_gradients' or 'gradient'")
     if baseline not in ("pad", "zero"):
         raise ValueError(f"baseline={baseline!r}: use 'pad' or 'zero'")
+    check_positive_int("n_steps", n_steps)
+    check_choice("rule", rule, RULES)
+    if max_steps is not None and rule != "adaptive":
+        raise ValueError(f"max_steps refines the adaptive rule's segments; rule={rule!r} has fixed nodes: raise "
+                         "n_steps instead, or use rule='adaptive'")
+    budget = 4 * n_steps if max_steps is None else check_positive_int("max_steps", max_steps)
+    if budget < n_steps:
+        raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
     module, embedding, vocab = _model_parts(model)
     if module.training:
         raise ValueError("the model is in training mode (dropout changes every run): call .eval() first")
@@ -404,34 +421,62 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     with torch.no_grad():
         x = embedding(ids)[0]
         x_ref = torch.zeros_like(x) if baseline == "zero" else embedding(torch.full_like(ids, vocab.pad_id))[0]
-    if method == "integrated_gradients":
-        alphas, weights = quadrature(n_steps, rule)
-        path = x_ref + torch.tensor(alphas, dtype=x.dtype)[:, None, None] * (x - x_ref)
-        rows = torch.cat([x[None], x_ref[None], path])
-        weights = np.concatenate([[0.0, 0.0], weights])
-    else:
-        rows, weights = x[None], np.array([1.0])
-    rows = rows.detach().clone().requires_grad_(True)
-    recorder = Recorder(module, kinds=[kind], modules=[module_name], layers=[layer], detach=False)
-    with torch.enable_grad(), substituted_embeddings(SimpleNamespace(embedding=embedding), rows), recorder:
-        module(ids.expand(rows.shape[0], -1))
-    states = recorder.states
-    if source not in states:
-        raise ValueError(f"{source!r} was not recorded; the model records {', '.join(states) or 'nothing'}")
-    values = states[source]
-    if not 0 <= cell < values.shape[-1]:
-        raise ValueError(f"cell {cell} is outside 0..{values.shape[-1] - 1} of {source}")
-    activation = values[:, step, cell]
-    (grad,) = torch.autograd.grad((activation * torch.as_tensor(weights, dtype=activation.dtype)).sum(), rows)
-    observed = activation.detach()
-    a_x, a_ref = float(observed[0]), float(observed[1]) if method == "integrated_gradients" else None
-    if method == "integrated_gradients":
-        scores = reduce_dims((x - x_ref) * grad.sum(0), reduce or "sum")
-        delta = float(scores.sum() - (a_x - a_ref)) if (reduce or "sum") == "sum" else None
-        params = {"n_steps": n_steps, "method": rule, "baseline": baseline, "reduce": reduce or "sum"}
-    else:
+    counts = {"probe": 0, "gradient": 0}
+
+    def activation(rows: torch.Tensor) -> torch.Tensor:
+        """The cell at ``step`` for each row of substitute embeddings (with autograd if rows need it)."""
+        recorder = Recorder(module, kinds=[kind], modules=[module_name], layers=[layer], detach=not rows.requires_grad)
+        with torch.set_grad_enabled(rows.requires_grad), \
+                substituted_embeddings(SimpleNamespace(embedding=embedding), rows), recorder:
+            module(ids.expand(rows.shape[0], -1))
+        states = recorder.states
+        if source not in states:
+            raise ValueError(f"{source!r} was not recorded; the model records {', '.join(states) or 'nothing'}")
+        values = states[source]
+        if not 0 <= cell < values.shape[-1]:
+            raise ValueError(f"cell {cell} is outside 0..{values.shape[-1] - 1} of {source}")
+        return values[:, step, cell]
+
+    def probe(alphas) -> np.ndarray:
+        counts["probe"] += len(alphas)
+        return activation(path_rows(x, x_ref, alphas)).double().numpy()
+
+    def gradients(rows: torch.Tensor, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row gradients of the activation (rows are independent sequences), and the activations."""
+        counts["gradient"] += len(rows)
+        rows = rows.detach().clone().requires_grad_(True)
+        a = activation(rows)
+        (grad,) = torch.autograd.grad(a.sum() if weights is None else (a * weights).sum(), rows)
+        return grad, a.detach()
+
+    info = {}
+    if method == "gradient":
+        grad, a = gradients(x[None])
         scores = reduce_dims(grad[0], reduce or "l2")
-        delta, params = None, {"reduce": reduce or "l2"}
+        a_x, a_ref, delta, params = float(a[0]), None, None, {"reduce": reduce or "l2"}
+    else:
+        if rule == "adaptive":
+            alphas = np.linspace(0.0, 1.0, PROBES)
+            f = probe(alphas)
+            a_x, a_ref = float(f[-1]), float(f[0])
+            nodes, weights, grads = adaptive_nodes(
+                n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0],
+                lambda g: path_derivative(g, x, x_ref), budget)
+            avg_grad = torch.einsum("k,kte->te", torch.tensor(weights, dtype=x.dtype), grads)
+        else:  # fixed nodes: the input, the baseline and the path in one pass
+            alphas, weights = quadrature(n_steps, rule)
+            rows = torch.cat([x[None], x_ref[None], path_rows(x, x_ref, alphas)])
+            weight_t = torch.as_tensor(np.concatenate([[0.0, 0.0], weights]), dtype=x.dtype)
+            grad, a = gradients(rows, weight_t)
+            avg_grad, a_x, a_ref = grad.sum(0), float(a[0]), float(a[1])
+        scores = reduce_dims((x - x_ref) * avg_grad, reduce or "sum")
+        delta = float(scores.sum() - (a_x - a_ref)) if (reduce or "sum") == "sum" else None
+        params = {"n_steps": n_steps, "method": rule, "baseline": baseline, "reduce": reduce or "sum",
+                  **({"max_steps": budget} if rule == "adaptive" else {})}
+        info = {"n_gradient_rows": counts["gradient"], "n_probe_rows": counts["probe"]}
+        if delta is not None:
+            relative = abs(delta) / abs(a_x - a_ref) if a_x != a_ref else (0.0 if delta == 0 else float("inf"))
+            info.update(relative_delta=relative, converged=relative <= COMPLETENESS_TOLERANCE)
     label = f"{source}[{cell}] at step {step}"
     spans = model.token_spans(text) if hasattr(model, "token_spans") else None
     return Explanation(text=text, tokens=list(tokens), token_ids=list(token_ids), scores=scores, method=method,
@@ -439,7 +484,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
                        spans=[tuple(map(int, s)) for s in spans] if spans is not None else None,
                        params={"source": source, "cell": int(cell), "step": int(step), **params}, delta=delta,
                        info={"model": getattr(model, "name", ""), "activation": a_x, "activation_baseline": a_ref,
-                             "explains": "one cell's activation (not a class logit)"})
+                             "explains": "one cell's activation (not a class logit)", **info})
 
 
 def _model_parts(model):

@@ -12,6 +12,8 @@ import numpy as np
 from flask import Blueprint, current_app
 from pydantic import Field, field_validator, model_validator
 
+from textexplain.integrated_gradients import RULES as IG_RULES
+
 from .app import resources
 from .validation import ApiError, CsvInts, CsvStrs, Params, api
 
@@ -438,7 +440,13 @@ class ExplainCellBody(Params):
     source: str = Field(description="recurrent source of the cell, e.g. rnn.l1.c")
     position: int = Field(ge=0, description="global token position of the step to explain")
     method: Literal["integrated_gradients", "gradient"] = Field("integrated_gradients")
-    n_steps: int = Field(32, ge=1, le=300, description="integration points (integrated_gradients)")
+    n_steps: int = Field(50, ge=1, le=300, description="gradient evaluations (integrated_gradients): nodes of a "
+                         "fixed rule, or the adaptive rule's first pass")
+    rule: Literal[IG_RULES] = Field("adaptive",  # type: ignore[valid-type]
+                                    description="quadrature over the path (integrated_gradients)")
+    max_steps: int | None = Field(None, ge=1, le=1000, description="adaptive rule only: keep refining while the "
+                                  "completeness gap is above 1%, up to this many gradient evaluations (default "
+                                  "4 x n_steps; n_steps turns refinement off)")
     window: int = Field(100, ge=1, le=1000, description="at most this many tokens of the sequence are fed "
                         "to the model, ending at the step (starting from a zero state)")
 
@@ -590,7 +598,7 @@ def explain(store: str, cell: int, params: ExplainCellBody):
     text = s.sequence_text(seq)[int(spans[0, 0]):int(spans[-1, 1])]
     with resources().model(entry.model) as model:
         e = explain_cell(model, text, source, cell, step=params.position - lo, method=params.method,
-                         n_steps=params.n_steps)
+                         n_steps=params.n_steps, rule=params.rule, max_steps=params.max_steps)
     if len(e.tokens) != hi - lo:
         raise ApiError(409, f"the model tokenizes the stored text into {len(e.tokens)} tokens, the store has "
                             f"{hi - lo}: this store was not made by model {entry.model!r} from its text")
@@ -599,6 +607,8 @@ def explain(store: str, cell: int, params: ExplainCellBody):
             "tokens": e.tokens, "scores": e.scores, "signed": e.signed, "method": e.method,
             "delta": e.delta, "activation": e.info.get("activation"),
             "activation_baseline": e.info.get("activation_baseline"), "params": e.params,
+            "relative_delta": e.info.get("relative_delta"), "converged": e.info.get("converged"),
+            "n_gradient_rows": e.info.get("n_gradient_rows"), "n_probe_rows": e.info.get("n_probe_rows"),
             "stored_activation": float(s.states(source, params.position, params.position + 1)[0, cell])}
 
 

@@ -120,6 +120,14 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
     # Integrated Gradients is complete, and tokens after the step get nothing (a forward LSTM)
     assert abs(r["delta"]) < 0.05 * max(1.0, abs(r["activation"] - r["activation_baseline"]))
     assert np.allclose(r["scores"][pos - a + 1:], 0.0)
+    # the default adaptive rule reports how far it went; a fixed rule gives the same scores here
+    body = {"source": "rnn.l0.c", "position": pos, "window": 200}
+    r = ok(client.post("/api/stores/parens/cells/5/explain", json=body))
+    assert r["params"]["method"] == "adaptive" and r["params"]["max_steps"] == 200
+    assert r["converged"] and r["relative_delta"] <= 0.01 and 40 <= r["n_gradient_rows"] <= 200
+    fixed = ok(client.post("/api/stores/parens/cells/5/explain", json={**body, "rule": "gausslegendre", "n_steps": 256}))
+    assert fixed["params"]["method"] == "gausslegendre" and fixed["n_gradient_rows"] == 258
+    assert np.allclose(fixed["scores"], r["scores"], atol=0.02 * np.abs(r["scores"]).max())
     # a window shorter than the sequence starts from a zero state at the window's start
     r = ok(client.post("/api/stores/parens/cells/5/explain", json={"source": "rnn.l0.c", "position": pos, "window": 10,
                                                                    "n_steps": 4}))
@@ -131,6 +139,10 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
     ({"source": "rnn.l0.c", "position": 10 ** 9}, 400, "past the end"),
     ({"source": "rnn.l0.c", "position": 5, "method": "lime"}, 400, "method"),
     ({"source": "rnn.l0.c", "position": 5, "n_steps": 0}, 400, "n_steps"),
+    ({"source": "rnn.l0.c", "position": 5, "rule": "simpson"}, 400, "rule"),
+    ({"source": "rnn.l0.c", "position": 5, "max_steps": 20}, 400, "max_steps (20) must be at least n_steps (50)"),
+    ({"source": "rnn.l0.c", "position": 5, "rule": "gausslegendre", "max_steps": 100}, 400, "fixed nodes"),
+    ({"source": "rnn.l0.c", "position": 5, "max_steps": 5000}, 400, "max_steps"),
     ({"source": "nope", "position": 5}, 404, "unknown source"),
 ])
 def test_explain_bad_input(parens_app, body, status, needle):

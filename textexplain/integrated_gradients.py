@@ -138,6 +138,19 @@ class IntegratedGradients(Explainer):
                                  "n_gradient_rows": path.n_gradient_rows, "n_probe_rows": path.n_probe_rows})
 
 
+def path_rows(x: torch.Tensor, x_ref: torch.Tensor, alphas) -> torch.Tensor:
+    """``x' + alpha (x - x')`` for each alpha, ``(K, T, E)``; alpha 0 and 1 give the ends exactly."""
+    alphas = torch.tensor(np.asarray(alphas, dtype=np.float64), dtype=x.dtype)
+    out = torch.addcmul(x_ref, alphas[:, None, None], x - x_ref)
+    out[alphas == 0], out[alphas == 1] = x_ref, x  # the ends exactly, not up to rounding
+    return out
+
+
+def path_derivative(grads: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor) -> np.ndarray:
+    """dF/dalpha at each gradient row ``(K, T, E)`` (chain rule along the straight path)."""
+    return torch.einsum("kte,te->k", grads, x - x_ref).double().numpy()
+
+
 class _Path:
     """The straight path ``x' + alpha (x - x')`` of one explanation: F at alphas (forward only) and
     gradients at alphas, with row counts. ``target`` is resolved by the first forward pass."""
@@ -151,10 +164,7 @@ class _Path:
         self.f_input = self.f_baseline = float("nan")
 
     def rows(self, alphas) -> torch.Tensor:
-        alphas = torch.tensor(np.asarray(alphas, dtype=np.float64), dtype=self.x.dtype)
-        out = torch.addcmul(self.x_ref, alphas[:, None, None], self.x - self.x_ref)
-        out[alphas == 0], out[alphas == 1] = self.x_ref, self.x  # the ends exactly, not up to rounding
-        return out
+        return path_rows(self.x, self.x_ref, alphas)
 
     def values(self, alphas, target=None) -> tuple[np.ndarray, np.ndarray]:
         """F (target output) and logits at ``alphas``, forward only; resolves ``target`` from alpha = 1."""
@@ -177,8 +187,7 @@ class _Path:
         return output_gradients(self.model, self.ids, self.rows(alphas), self.target, self.output, self.batch)
 
     def derivative(self, grads: torch.Tensor) -> np.ndarray:
-        """dF/dalpha at each gradient row (chain rule along the straight path)."""
-        return torch.einsum("kte,te->k", grads, self.x - self.x_ref).double().numpy()
+        return path_derivative(grads, self.x, self.x_ref)
 
     def adaptive(self, n_steps: int, target, max_steps: int | None = None):
         """``adaptive_nodes`` on this path: logits of the input, target, alphas, weights, gradients."""

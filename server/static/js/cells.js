@@ -253,18 +253,20 @@
     if (here) here.classList.add("focus");
     $("explain-panel").hidden = false;
     $("explain-title").textContent = `cell ${state.cell} of ${state.source} at position ${pos}`;
-    $("explain-summary").textContent = `computing Integrated Gradients (${$("explain-steps").value} steps)…`;
+    const maxSteps = parseInt($("explain-steps").value, 10);
+    $("explain-summary").textContent = `computing Integrated Gradients (at most ${maxSteps} steps)…`;
     LV.clear($("explain-text"));
-    const steps = parseInt($("explain-steps").value, 10);
     const e = await LV.api(`/api/stores/${enc(state.store)}/cells/${state.cell}/explain`, {},
-                           { body: { source: state.source, position: pos, n_steps: steps } });
-    const parts = [`Integrated Gradients (${e.params.n_steps} steps, ${e.params.baseline} baseline) on ${e.model}`,
+                           { body: { source: state.source, position: pos, n_steps: Math.min(50, maxSteps),
+                                     max_steps: maxSteps } });
+    const parts = [`Integrated Gradients (${e.n_gradient_rows} gradient evaluations of at most ${e.params.max_steps}, ` +
+                   `${e.params.baseline} baseline) on ${e.model}`,
                    `activation ${e.activation.toFixed(4)} (stored ${e.stored_activation.toFixed(4)})`,
                    `baseline ${e.activation_baseline.toFixed(4)}`];
     if (e.delta !== null) {
-      const rel = Math.abs(e.delta) / Math.max(1e-9, Math.abs(e.activation - e.activation_baseline));
-      parts.push(`completeness delta ${e.delta.toExponential(2)} (${(100 * rel).toFixed(1)}%` +
-                 (rel > 0.05 ? ": not converged, use more integration steps)" : ")"));
+      const rel = e.relative_delta === null ? "no change to compare with" : `${(100 * e.relative_delta).toFixed(2)}%`;
+      parts.push(`completeness delta ${e.delta.toExponential(2)} (${rel}` +
+                 (e.converged ? ")" : ": not converged, allow more integration steps)"));
     }
     parts.push(e.whole_sequence ? "whole sequence" : `the ${e.stop - e.start} tokens before the step, from a zero state`);
     $("explain-summary").textContent = parts.join(" · ");
