@@ -16,7 +16,7 @@ from torch import nn
 from test_image_models import RELU_KINDS, GapNet, OneConvNet, gap_input, one_conv_input, one_thread  # noqa: F401
 from textexplain import image
 from textexplain.image.base import select
-from textexplain.image.gradients import path_points
+from textexplain.integrated_gradients import quadrature
 from textexplain.image.occlusion import window_starts
 
 
@@ -242,19 +242,24 @@ def test_integrated_gradients_is_not_the_path_averaged_gradient():
     """The popular bug: forgetting (x - x') leaves a mean gradient that fails completeness."""
     m, x = GapNet(), gap_input(2)
     attr = image.IntegratedGradients(m, n_steps=64).attribute(x, 0)
-    alphas, weights = path_points(64, "gausslegendre")
+    alphas, weights = quadrature(64, "gausslegendre")
     mean_grad = sum(w * image.Gradient(m).attribute(a * x, 0) for a, w in zip(alphas, weights))
     torch.testing.assert_close(attr, x * mean_grad, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(attr, mean_grad)
 
 
-def test_quadrature_rules_integrate_polynomials():
+def test_quadrature_rules_integrate_polynomials_and_bad_rules_are_refused():
+    m = GapNet()
     for method, degree in (("gausslegendre", 9), ("riemann_trapezoid", 1), ("riemann_middle", 1)):
-        a, w = path_points(5, method)
+        a, w = quadrature(5, method)
         for k in range(degree + 1):
             assert abs((w * a ** k).sum() - 1 / (k + 1)) < 1e-12, (method, k)
-    with pytest.raises(ValueError, match="method"):
-        path_points(5, "simpson")
+    with pytest.raises(ValueError, match="method='simpson'"):
+        image.IntegratedGradients(m, method="simpson")
+    with pytest.raises(ValueError, match="n_steps"):
+        image.IntegratedGradients(m, n_steps=0)
+    with pytest.raises(ValueError, match="trapezoid"):
+        image.IntegratedGradients(m, n_steps=1, method="riemann_trapezoid")
 
 
 # ----------------------------------------------------------------------------- SmoothGrad

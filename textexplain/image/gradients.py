@@ -1,10 +1,11 @@
 """Gradient attributions: saliency, gradient x input, SmoothGrad, Integrated Gradients."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..base import check_choice, check_positive_int
+from ..integrated_gradients import FIXED_RULES, quadrature
 from .base import ImageMethod, TargetSpec, check_images, input_gradients, predicted_or_given, register, \
     select, logits_of, warn_if_training
 
@@ -107,26 +108,6 @@ class SmoothGrad(ImageMethod):
         return torch.cat(out)
 
 
-def path_points(n_steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Points alpha in [0, 1] and weights of a quadrature rule for the path integral."""
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if method == "gausslegendre":
-        t, w = np.polynomial.legendre.leggauss(n_steps)
-        return (t + 1) / 2, w / 2
-    if method == "riemann_trapezoid":
-        if n_steps < 2:
-            raise ValueError("riemann_trapezoid needs n_steps >= 2")
-        w = np.full(n_steps, 1.0 / (n_steps - 1))
-        w[[0, -1]] /= 2
-        return np.linspace(0, 1, n_steps), w
-    offsets = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
-    if method not in offsets:
-        raise ValueError(f"method must be one of gausslegendre, riemann_trapezoid, {', '.join(offsets)}; "
-                         f"got {method!r}")
-    return (np.arange(n_steps) + offsets[method]) / n_steps, np.full(n_steps, 1.0 / n_steps)
-
-
 @register("integrated_gradients")
 class IntegratedGradients(ImageMethod):
     """Integrated Gradients (Sundararajan et al. 2017): (x - x') * integral of the gradient on the path.
@@ -139,7 +120,10 @@ class IntegratedGradients(ImageMethod):
     def __init__(self, model: nn.Module, n_steps: int = 50, method: str = "gausslegendre",
                  baseline: float | torch.Tensor = 0.0, batch_size: int = 256):
         super().__init__(model)
-        self.n_steps = n_steps
+        self.n_steps = check_positive_int("n_steps", n_steps)
+        check_choice("method", method, FIXED_RULES)
+        if method == "riemann_trapezoid" and n_steps < 2:
+            raise ValueError("the trapezoid rule needs n_steps >= 2")
         self.method = method
         self.baseline = baseline
         self.batch_size = batch_size
@@ -166,7 +150,7 @@ class IntegratedGradients(ImageMethod):
                              f"{tuple(x.shape)}: give a number, one image (C, H, W) or a batch") from None
 
     def _integrate(self, x: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        alphas, weights = path_points(self.n_steps, self.method)
+        alphas, weights = quadrature(self.n_steps, self.method)
         alphas_t = torch.as_tensor(alphas, dtype=x.dtype, device=x.device)
         weights_t = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
         n = len(alphas)
