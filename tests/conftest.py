@@ -52,10 +52,11 @@ def bag_model():
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def single_thread():
-    """One torch thread for the duration of a test: on a loaded machine two threads that wait for
-    each other at every op make small-batch model calls many times slower."""
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("single_thread")``),
+    restored afterwards: tiny models gain nothing from intra-op threads, and on a loaded machine two
+    threads that wait for each other at every op make small-batch model calls many times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -18,14 +18,7 @@ from torch import nn
 import textexplain as te
 from textexplain.kernel_shap import exact_shapley, kernel_coalitions
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded machine the thread hand-off
-    costs 30x; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 WORDS = ["<pad>", "<unk>", "good", "bad", "plot", "acting", "not", "great", "dull", "film", "a", "the"]

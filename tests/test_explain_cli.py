@@ -5,17 +5,11 @@ import json
 import re
 
 import pytest
-import torch
 
 from textexplain import cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 def test_bare_text_explains_with_several_methods_and_writes_html_and_json(tmp_path, capsys):

@@ -13,14 +13,7 @@ from test_explain_analytic import LABELS, WORDS, make_bag_model
 from textexplain.base import substituted_embeddings
 from textexplain.perturb import MaskedModel
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded machine the thread hand-off
-    costs 30x; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 FAST = {

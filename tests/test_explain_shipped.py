@@ -14,12 +14,7 @@ FAST = {"integrated_gradients": {"n_steps": 20}, "smoothgrad": {"n_samples": 10}
         "lime": {"num_samples": 400}, "shap": {"budget": 128, "exact_max_tokens": 8}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 @pytest.fixture(scope="module", params=CLASSIFIERS)

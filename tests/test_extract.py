@@ -24,13 +24,7 @@ extract_module = importlib.import_module("lstmvis.extract")  # the attribute lst
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzT_()[]{}'\"#:=.,+-*/ \n0123456789"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster single-threaded on the shared, loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 def char_lm(rnn="lstm", seed=0):

@@ -12,13 +12,7 @@ from torch import nn
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a loaded machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 RELU_KINDS = ("module", "inplace", "functional", "functional_inplace", "tensor_relu_", "clamp")
