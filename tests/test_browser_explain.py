@@ -4,6 +4,7 @@ script runs), and the corpus audit puts the planted junk token of sentiment-shor
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from urllib.parse import quote
 
@@ -81,6 +82,11 @@ def test_one_highlighted_row_per_method_with_hover_and_plots(watched, base_url):
     assert len(set(bgs)) > 3
     # faithfulness table: one row per method + the random baseline
     assert page.locator("#faith-table tbody tr").count() == len(methods) + 1
+    # IG's completeness gap relative to F(x) - F(baseline): within 1% with the page's refinement (max steps 200)
+    ig_label = first_line.locator(".sal-label").nth(2).text_content()
+    assert re.search(r"Δ [+−-]?\d\S* \(\d\.\d%\)", ig_label) and "not converged" not in ig_label, ig_label
+    ig_delta = page.locator('#faith-table tr[data-method="integrated_gradients"] td').nth(1).text_content()
+    assert "%" in ig_delta and "not converged" not in ig_delta, ig_delta
     shot(page, "explain-side-by-side.png", docs=True)
 
 

@@ -150,8 +150,15 @@ def test_hover_values_header_and_legend():
 def test_unconverged_completeness_is_flagged():
     e = _explanation(["good", "bad"], [1.0, -0.5])
     e.delta, e.info = 0.2, {**e.info, "converged": False, "relative_delta": 0.4}
-    assert "not converged" in e.to_html() and "40% of the output change" in e.to_html()
-    assert "NOT CONVERGED: 40%" in terminal(e, color="none")
+    assert "not converged" in e.to_html() and "40.0% of the output change" in e.to_html()
+    assert "NOT CONVERGED: 40.0%" in terminal(e, color="none")
+    # the fix it names fits the rule: refinement for the adaptive rule, more nodes for a fixed one
+    e.params = {"method": "adaptive", "n_steps": 50}
+    assert "max_steps=200" in terminal(e, color="none") and "max_steps=200" in e.to_html()
+    e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 300}
+    assert "max_steps=600" in terminal(e, color="none")
+    e.params = {"method": "gausslegendre", "n_steps": 50}
+    assert "raise n_steps" in terminal(e, color="none")
     e.info["converged"] = True
     assert "not converged" not in side_by_side_html([e]) and "delta +0.2" in side_by_side_html([e])
 

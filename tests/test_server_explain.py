@@ -283,6 +283,24 @@ def test_integrated_gradients_max_steps_reaches_the_library(client):
     assert resp.status_code == 400 and "max_steps" in resp.get_json()["error"]["message"]
 
 
+def test_completeness_is_reported_relative_with_the_fix_when_not_converged(client):
+    """IG rows say how far the scores miss F(x) - F(baseline) and, above 1%, what to change; methods
+    that promise no completeness carry none of it."""
+    text = "Offers a guilt-free trip into feel-good territory."  # 1.1% gap at 50 evaluations, no refinement
+    body = {"model": "sentiment-lstm", "text": text, "methods": ["integrated_gradients", "gradient"],
+            "faithfulness": False}
+    ig, grad = post(client, body)["explanations"]
+    assert ig["converged"] is False and 0.01 < ig["relative_delta"] < 0.02
+    assert ig["convergence_fix"] == "allow refinement: max_steps=200"
+    assert "converged" not in grad and "relative_delta" not in grad
+    refined = post(client, {**body, "methods": ["integrated_gradients"],
+                            "params": {"integrated_gradients": {"max_steps": 200}}})["explanations"][0]
+    assert refined["converged"] is True and refined["relative_delta"] <= 0.01 and refined["convergence_fix"] is None
+    fixed = post(client, {**body, "methods": ["integrated_gradients"],
+                          "params": {"integrated_gradients": {"method": "riemann_left", "n_steps": 5}}})
+    assert fixed["explanations"][0]["convergence_fix"] == "raise n_steps, or use the adaptive rule with max_steps"
+
+
 def test_audit_of_the_analytic_model_has_exact_means(client):
     job = run_audit(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
                            "min_count": 2, "flip": False})

@@ -171,13 +171,22 @@ def _header_html(e: Explanation) -> str:
     return " &middot; ".join(head)
 
 
+def convergence_fix(e: Explanation) -> str:
+    """What to change when an Integrated Gradients result is not complete to 1%."""
+    if e.params.get("method") == "adaptive":
+        n_steps = int(e.params.get("n_steps") or 50)
+        budget = max(4 * n_steps, 2 * int(e.params.get("max_steps") or n_steps))
+        return f"allow refinement: max_steps={budget}"
+    return "raise n_steps, or use the adaptive rule with max_steps"
+
+
 def _delta_html(e: Explanation) -> str:
     """The completeness delta, flagged when the method reports it did not converge."""
     text = f"completeness delta {e.delta:+.3g}"
     if e.info.get("converged") is False:
         share = e.info.get("relative_delta", float("nan"))
         return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
-                f'raise n_steps">{text} ({share:.0%} of the output change: not converged)</span>')
+                f'{html.escape(convergence_fix(e))}">{text} ({share:.1%} of the output change: not converged)</span>')
     return text
 
 
@@ -320,8 +329,8 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     pred = e.predicted
     head = (f"{e.method}: predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} "
             f"({e.probs[e.target]:.3f})" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
-            + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.0%} of the output change; raise n_steps)"
-               if e.info.get("converged") is False else ""))
+            + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.1%} of the output change; "
+               f"{convergence_fix(e)})" if e.info.get("converged") is False else ""))
     body = []
     for piece, i in segments(e):
         if i is None:

@@ -203,7 +203,12 @@
         const label = el("div", { class: "sal-label", title: e.legend.note },
                          el("b", {}, e.title),
                          el("span", { class: "kind" }, e.signed ? "signed" : "unsigned",
-                            e.delta !== null && e.delta !== undefined ? ` · Δ ${signed(e.delta)}` : ""));
+                            e.delta !== null && e.delta !== undefined ? ` · Δ ${signed(e.delta)}` : "",
+                            Number.isFinite(e.relative_delta) ? ` (${(100 * e.relative_delta).toFixed(1)}%)` : ""),
+                         e.converged === false
+                           ? el("span", { class: "not-converged", title: `the scores miss F(x) − F(baseline) by more ` +
+                                          `than 1%: ${e.convergence_fix}` }, "not converged")
+                           : "");
         if (li === 0) {
           const bar = el("span", { class: "legend-bar", title: legendText(e, r) });
           bar.style.background = `linear-gradient(to right, ${e.legend.stops.join(", ")})`;
@@ -246,12 +251,20 @@
     for (const c of grid.querySelectorAll(".hover-col")) c.classList.remove("hover-col");
   }
 
+  function deltaText(row) {  // "+0.0031 (1.1%, not converged)": the gap relative to F(x) − F(baseline)
+    const rel = Number.isFinite(row.relative) ? `${(100 * row.relative).toFixed(1)}%` : "";
+    const flag = row.converged === false ? "not converged" : "";
+    const note = [rel, flag].filter(Boolean).join(", ");
+    return signed(row.values.delta) + (note ? ` (${note})` : "");
+  }
+
   function renderFaithTable(r) {
     const table = LV.clear($("faith-table"));
     table.append(el("thead", {}, el("tr", {}, el("th", {}, "method"),
       ...FAITH_COLUMNS.map(([, name, , help]) => el("th", { class: "num", title: help }, name)))));
     const rows = r.explanations.map(e => ({ name: e.title, method: e.method, values: {
-      ...(e.faithfulness || {}), delta: e.delta, seconds: e.seconds } }));
+      ...(e.faithfulness || {}), delta: e.delta, seconds: e.seconds }, converged: e.converged,
+      relative: e.relative_delta }));
     const best = {};
     for (const [key, , higher] of FAITH_COLUMNS) {
       if (higher === null) continue;
@@ -263,7 +276,7 @@
       body.append(el("tr", { dataset: { method: row.method } }, el("td", {}, row.name),
         ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" + (best[key] === row.values[key] ? " best" : "") },
                                            key === "delta" && row.values[key] !== null && row.values[key] !== undefined
-                                             ? signed(row.values[key]) : fmt(row.values[key])))));
+                                             ? deltaText(row) : fmt(row.values[key])))));
     }
     if (r.random_faithfulness) {
       const v = r.random_faithfulness;
