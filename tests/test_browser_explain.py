@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from urllib.parse import quote
 
 import pytest
 
-from conftest_server import CHROMIUM, REPO, SCREENSHOTS, Watched, live_server
+from conftest_server import CHROMIUM, Watched, live_server, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -18,7 +17,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
 TEXT = "the plot is predictable and the acting is wooden , but the soundtrack is great"
 XSS = ('fun <img src=x onerror="window.__xss=1;alert(1)"> and <script>window.__xss=2;alert(2)</script> '
        '<svg onload="window.__xss=3">')
-DOCS = REPO / "docs" / "screenshots"
 TIMEOUT_MS = 90_000  # the CI machine is shared: model calls can take many times longer than alone
 
 
@@ -43,15 +41,6 @@ def watched(browser):
 def wait_results(page):
     page.wait_for_selector("#salience .sal-line")
     page.wait_for_selector("#probs-plot .barlayer .trace", state="attached")
-
-
-def shot(page, name: str, docs: bool = False):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
-    page.screenshot(path=str(path), full_page=True)
-    if docs:
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS / name)
 
 
 def test_one_highlighted_row_per_method_with_hover_and_plots(watched, base_url):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest_server import CHROMIUM, Watched, live_server
-from test_browser_explain import TIMEOUT_MS, shot
+from conftest_server import CHROMIUM, Watched, live_server, shot
+from test_browser_explain import TIMEOUT_MS
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]

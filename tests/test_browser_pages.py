@@ -8,7 +8,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from conftest_server import CHROMIUM, SCREENSHOTS, demo_resources, live_server
+from conftest_server import CHROMIUM, demo_resources, live_server, shot
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -51,11 +51,6 @@ def drawn(page, selector: str):
     expect(page.locator(f"{selector} .plot-container .trace").first).to_be_attached(timeout=SLOW)
 
 
-def shoot(page, name: str):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def test_landing_lists_pages_models_and_stores(page, base_url, app):
     page.goto(base_url + "/")
     for p in app.config["NAV_PAGES"]:
@@ -63,7 +58,7 @@ def test_landing_lists_pages_models_and_stores(page, base_url, app):
     for name in ("parens", "sentiment", "python-code"):
         expect(page.locator(f'#stores-table tr[data-store="{name}"][data-status="ready"]')).to_have_count(1)
     expect(page.locator('#models-table tr[data-model="charlm-python"]')).to_have_count(1)
-    shoot(page, "landing")
+    shot(page, "landing.png", docs=True)
 
 
 def test_every_nav_page_loads_clean(page, base_url, app):
@@ -92,7 +87,7 @@ def test_explorer_on_the_python_demo(page, base_url):
     drawn(page, "#length-hist")
     drawn(page, "#match-overview")
     assert "brush=23404,23407" in page.url and "match=1" in page.url
-    shoot(page, "explorer")
+    shot(page, "explorer.png", docs=True)
 
 
 def test_cells_page_ranks_shows_and_explains_a_cell(page, base_url):
@@ -111,7 +106,7 @@ def test_cells_page_ranks_shows_and_explains_a_cell(page, base_url):
     assert "activation" in summary and "gradient evaluations of at most 200" in summary
     assert "not converged" not in summary, summary  # the adaptive rule refines until the gap is within 1%
     assert "step=" in page.url and "cell=" in page.url
-    shoot(page, "cells")
+    shot(page, "cells.png", docs=True)
 
 
 def test_textcnn_page_shows_filters(page, base_url):
@@ -121,7 +116,7 @@ def test_textcnn_page_shows_filters(page, base_url):
     assert page.locator(".ngram-card").count() == 128
     page.fill("#filter-search", "boring")
     expect(page.locator(".ngram-card").first).to_contain_text("boring")
-    shoot(page, "textcnn")
+    shot(page, "textcnn.png", docs=True)
 
 
 def test_tokens_from_user_text_render_inert(page, base_url, app, tmp_path):
