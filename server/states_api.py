@@ -440,8 +440,8 @@ class ExplainCellBody(Params):
     source: str = Field(description="recurrent source of the cell, e.g. rnn.l1.c")
     position: int = Field(ge=0, description="global token position of the step to explain")
     method: Literal["integrated_gradients", "gradient"] = Field("integrated_gradients")
-    n_steps: int = Field(50, ge=1, le=300, description="gradient evaluations (integrated_gradients): nodes of a "
-                         "fixed rule, or the adaptive rule's first pass")
+    n_steps: int = Field(50, ge=1, le=250, description="gradient evaluations (integrated_gradients): nodes of a "
+                         "fixed rule, or the adaptive rule's first pass (refined up to 4 x n_steps by default)")
     rule: Literal[IG_RULES] = Field("adaptive",  # type: ignore[valid-type]
                                     description="quadrature over the path (integrated_gradients)")
     max_steps: int | None = Field(None, ge=1, le=1000, description="adaptive rule only: keep refining while the "
