@@ -3,6 +3,6 @@ from .capture import Recorder
 from .extract import extract
 from .store import StateStore, StoreError
 from . import hypotheses
-from .cells import CellRanking, explain_cell, gate_saturation, rank_cells, top_contexts
+from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts
 from .match import MatchIndex, MatchResult, build_index, match, select
 from .textcnn import receptive_fields, top_ngrams

@@ -487,6 +487,34 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
                              "explains": "one cell's activation (not a class logit)", **info})
 
 
+def explain_stored_cell(store, model, source: str, cell: int, position: int, window: int = 100, **ig):
+    """``explain_cell`` of a stored cell at a global token ``position``: the model is run on the
+    stored text of that position's sequence, the ``window`` tokens up to and including the step (from
+    a zero state, like a fresh reader), or the whole sequence when it is that short or the source is a
+    reverse direction. ``ig``: ``explain_cell``'s method and quadrature arguments.
+
+    Returns ``(explanation, where)``: ``where`` holds ``start``/``stop`` (global positions of the text
+    fed), ``whole_sequence`` and ``stored_activation`` (the store's value at ``position``, which the
+    explanation's ``activation`` reproduces when the whole sequence was fed)."""
+    if source not in store.sources:
+        raise ValueError(f"unknown source {source!r}; the store has {', '.join(store.sources)}")
+    if not 0 <= position < store.n_tokens:
+        raise ValueError(f"position {position} is outside the store's {store.n_tokens} tokens")
+    if not store.has_texts:
+        raise ValueError("this store keeps no original texts to run the model on (extract it with texts)")
+    seq = store.sequence_of(position)
+    a, b = store.sequence_bounds(seq)
+    lo, hi = (a, b) if ".reverse." in source or b - a <= window else (max(a, position + 1 - window), position + 1)
+    spans = store.token_spans(lo, hi)
+    text = store.sequence_text(seq)[int(spans[0, 0]):int(spans[-1, 1])]
+    e = explain_cell(model, text, source, cell, step=position - lo, **ig)
+    if len(e.tokens) != hi - lo:
+        raise ValueError(f"the model tokenizes the stored text into {len(e.tokens)} tokens, the store has "
+                         f"{hi - lo}: this store was not made by this model from its text")
+    stored = float(store.states(source, position, position + 1)[0, cell])
+    return e, {"start": lo, "stop": hi, "whole_sequence": (lo, hi) == (a, b), "stored_activation": stored}
+
+
 def _model_parts(model):
     module = getattr(model, "module", None)
     vocab = getattr(model, "vocab", None)
@@ -527,6 +555,8 @@ def _cmd_cells(args) -> int:
     from .store import StateStore
 
     with StateStore.open(args.store) as store:
+        if args.explain is not None:
+            return _cmd_explain_cell(args, store)
         if args.saturation:
             sat = gate_saturation(store, args.source or None)
             if args.json:
@@ -565,6 +595,36 @@ def _cmd_cells(args) -> int:
     return 0
 
 
+def _cmd_explain_cell(args, store) -> int:
+    """``lstmvis cells STORE --explain CELL --position P``: which input tokens drive the cell there."""
+    import json
+
+    import data
+    from textexplain.render import terminal, write_html
+
+    if args.position is None or not args.source or len(args.source) != 1:
+        raise ValueError("--explain CELL needs --position P (a global token position) and one --source, e.g. "
+                         "--source rnn.l1.c")
+    name = args.model or store.card.get("name")
+    if not name:
+        raise ValueError("the store does not name the model it came from: give --model NAME")
+    model = data.load_model(name)
+    e, where = explain_stored_cell(store, model, args.source[0], args.explain, args.position, window=args.window,
+                                   max_steps=args.max_steps)
+    if args.json:
+        print(json.dumps({**e.to_dict(), **where}))
+        return 0
+    fed = "the whole sequence" if where["whole_sequence"] else (f"the {where['stop'] - where['start']} tokens up "
+                                                                 "to the step, from a zero state")
+    print(f"{args.source[0]}[{args.explain}] at position {args.position} ({name}, {fed}): activation "
+          f"{e.info['activation']:.4f} (stored {where['stored_activation']:.4f}), baseline "
+          f"{e.info['activation_baseline']:.4f}; {e.info['n_gradient_rows']} gradient evaluations")
+    print(terminal(e))
+    if args.html:
+        print(f"wrote {write_html(args.html, e.to_html(), title=f'{args.source[0]}[{args.explain}]')}")
+    return 0
+
+
 def add_cells(sub) -> None:
     import argparse
     import textwrap
@@ -576,10 +636,12 @@ def add_cells(sub) -> None:
                     "set, 0/1 meta track), Pearson or Spearman correlation for scalar ones (bracket depth, "
                     "position in line, indentation, numeric meta track). Scores are signed: AUROC near 0 or r "
                     "near -1 is a cell that is low where the hypothesis holds. With --saturation, print "
-                    "Karpathy's gate saturation per gate source instead.", 88),
+                    "Karpathy's gate saturation per gate source instead; with --explain CELL --position P, "
+                    "Integrated Gradients of that cell at that step over the input tokens.", 88),
         epilog="examples:\n  lstmvis cells states.h5 --source rnn.l1.c --hypothesis quotes --top 10\n"
                "  lstmvis cells states.h5 --hypothesis regex:'def ' --method auroc\n"
-               "  lstmvis cells states.h5 --saturation",
+               "  lstmvis cells states.h5 --saturation\n"
+               "  lstmvis cells states.h5 --source rnn.l1.c --explain 239 --position 15478   # what drives it there",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="state store (.h5) written by `lstmvis extract`")
     p.add_argument("--source", action="append", help="source to rank, e.g. rnn.l1.c (repeatable; default: "
@@ -592,5 +654,14 @@ def add_cells(sub) -> None:
     p.add_argument("--start", type=int, help="first token position (default 0)")
     p.add_argument("--stop", type=int, help="end token position (default: the whole store)")
     p.add_argument("--saturation", action="store_true", help="gate saturation (< 0.1 / > 0.9) per gate source")
+    p.add_argument("--explain", type=int, metavar="CELL", help="explain this cell of --source at --position: "
+                   "Integrated Gradients of its activation over the input tokens (runs the store's model)")
+    p.add_argument("--position", type=int, help="--explain: global token position of the step")
+    p.add_argument("--window", type=int, default=100, help="--explain: at most this many tokens up to the step are "
+                   "fed to the model, from a zero state (default 100)")
+    p.add_argument("--max-steps", type=int, default=None, help="--explain: refine Integrated Gradients up to this "
+                   "many gradient evaluations while the completeness gap is above 1%% (default 200)")
+    p.add_argument("--model", help="--explain: the model to run (default: the one named in the store's card)")
+    p.add_argument("--html", help="--explain: also write the highlighted text to this HTML file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_cells)

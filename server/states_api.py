@@ -577,7 +577,7 @@ def saturation(store: str, params: SaturationQuery):
 def explain(store: str, cell: int, params: ExplainCellBody):
     """Integrated Gradients (or the gradient) of the cell's activation at ``position`` with respect to
     the input tokens, run on the store's own model over the text leading up to the step."""
-    from lstmvis.cells import explain_cell
+    from lstmvis.cells import explain_stored_cell
 
     entry = resources().store_entry(store)
     s = entry.open()
@@ -589,27 +589,16 @@ def explain(store: str, cell: int, params: ExplainCellBody):
         raise ApiError(409, f"store {store!r} does not name the model it came from, so a cell cannot be explained")
     if not s.has_texts:
         raise ApiError(409, f"store {store!r} keeps no original texts to run the model on")
-    seq = s.sequence_of(params.position)
-    a, b = s.sequence_bounds(seq)
-    reverse = ".reverse." in source
-    lo, hi = (a, b) if reverse or b - a <= params.window else (max(a, params.position + 1 - params.window),
-                                                             params.position + 1)
-    spans = s.token_spans(lo, hi)
-    text = s.sequence_text(seq)[int(spans[0, 0]):int(spans[-1, 1])]
     with resources().model(entry.model) as model:
-        e = explain_cell(model, text, source, cell, step=params.position - lo, method=params.method,
-                         n_steps=params.n_steps, rule=params.rule, max_steps=params.max_steps)
-    if len(e.tokens) != hi - lo:
-        raise ApiError(409, f"the model tokenizes the stored text into {len(e.tokens)} tokens, the store has "
-                            f"{hi - lo}: this store was not made by model {entry.model!r} from its text")
-    return {"source": source, "cell": cell, "position": params.position, "start": lo, "stop": hi,
-            "whole_sequence": (lo, hi) == (a, b), "model": entry.model, "text": surface(s, lo, hi),
-            "tokens": e.tokens, "scores": e.scores, "signed": e.signed, "method": e.method,
-            "delta": e.delta, "activation": e.info.get("activation"),
+        e, where = explain_stored_cell(s, model, source, cell, params.position, window=params.window,
+                                       method=params.method, n_steps=params.n_steps, rule=params.rule,
+                                       max_steps=params.max_steps)
+    return {"source": source, "cell": cell, "position": params.position, **where, "model": entry.model,
+            "text": surface(s, where["start"], where["stop"]), "tokens": e.tokens, "scores": e.scores,
+            "signed": e.signed, "method": e.method, "delta": e.delta, "activation": e.info.get("activation"),
             "activation_baseline": e.info.get("activation_baseline"), "params": e.params,
             "relative_delta": e.info.get("relative_delta"), "converged": e.info.get("converged"),
-            "n_gradient_rows": e.info.get("n_gradient_rows"), "n_probe_rows": e.info.get("n_probe_rows"),
-            "stored_activation": float(s.states(source, params.position, params.position + 1)[0, cell])}
+            "n_gradient_rows": e.info.get("n_gradient_rows"), "n_probe_rows": e.info.get("n_probe_rows")}
 
 
 # ------------------------------------------------------------------------------- text CNN

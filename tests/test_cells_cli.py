@@ -62,3 +62,50 @@ def test_parens_lstm_has_a_depth_cell(tmp_path):
         np.testing.assert_allclose(ranking.scores,
                                    [np.corrcoef(store.states("rnn.l0.c")[:, c], depth)[0, 1]
                                     for c in range(store.n_cells("rnn.l0.c"))], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def parens_store(tmp_path_factory):
+    """The shipped parens-lstm's states over 3 held-out sequences (the store names its model)."""
+    import data
+    from lstmvis import extract
+
+    seqs = data.parens("test", n_sequences=3, length=60)
+    path = tmp_path_factory.mktemp("parens") / "p.h5"
+    extract(data.load_model("parens-lstm"), ["".join(t) for t, _ in seqs], path, kinds="h,c", progress=False).close()
+    return path
+
+
+def test_explain_a_stored_cell_reproduces_the_stored_activation(parens_store):
+    import data
+    from lstmvis.cells import explain_stored_cell
+
+    lm = data.load_model("parens-lstm")
+    with StateStore.open(parens_store) as store:
+        a, b = store.sequence_bounds(1)
+        position = a + 30
+        e, where = explain_stored_cell(store, lm, "rnn.l0.c", 49, position)  # the whole 60-token sequence fits
+        assert where == {"start": a, "stop": b, "whole_sequence": True,
+                         "stored_activation": pytest.approx(float(store.states("rnn.l0.c", position, position + 1)[0, 49]))}
+        assert e.info["activation"] == pytest.approx(where["stored_activation"], abs=1e-4)
+        assert e.info["converged"] and np.all(e.scores[position - a + 1:] == 0)
+        short, where = explain_stored_cell(store, lm, "rnn.l0.c", 49, position, window=10)
+        assert (where["start"], where["stop"], where["whole_sequence"]) == (position - 9, position + 1, False)
+        assert len(short.tokens) == 10
+        with pytest.raises(ValueError, match="unknown source"):
+            explain_stored_cell(store, lm, "rnn.l9.c", 49, position)
+        with pytest.raises(ValueError, match="outside the store"):
+            explain_stored_cell(store, lm, "rnn.l0.c", 49, store.n_tokens)
+
+
+def test_cells_command_explains_a_cell(parens_store, capsys):
+    assert main(["cells", str(parens_store), "--source", "rnn.l0.c", "--explain", "49", "--position", "70"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rnn.l0.c[49] at position 70 (parens-lstm, the whole sequence)")
+    assert "gradient evaluations" in out and "completeness delta" in out
+    assert main(["cells", str(parens_store), "--source", "rnn.l0.c", "--explain", "49", "--position", "70",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["params"]["cell"] == 49 and got["whole_sequence"] and got["info"]["converged"]
+    assert main(["cells", str(parens_store), "--explain", "49"]) == 2
+    assert "needs --position" in capsys.readouterr().err

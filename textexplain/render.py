@@ -157,15 +157,28 @@ def legend_html(signed: bool, scale: float, note: str, target_label: str | None 
     return f'<span style="font-size:0.85em;color:#444">{ends} &middot; {_esc(note)}</span>'
 
 
+def _of_a_unit(e: Explanation) -> bool:
+    """Whether ``e`` explains one unit's activation (``lstmvis.explain_cell``) rather than a class."""
+    return "activation" in e.info and len(e.labels) == 1
+
+
+def _activation_summary(e: Explanation) -> str:
+    baseline = e.info.get("activation_baseline")
+    return f"activation {e.info['activation']:.4g}" + (f" (baseline {baseline:.4g})" if baseline is not None else "")
+
+
 def _header_html(e: Explanation) -> str:
     model = e.info.get("model")
     head = [f"<b>{_esc(e.method)}</b>"]
     if model:
         head.append(f"model {_esc(model)}")
-    pred = e.predicted
-    head.append(f"predicted <b>{_esc(e.labels[pred])}</b> ({e.probs[pred]:.3f})")
-    head.append(f"target <b>{_esc(e.target_label)}</b> ({e.probs[e.target]:.3f})")
-    head.append(f"probabilities: {_prob_summary(e)}")
+    if _of_a_unit(e):  # lstmvis.explain_cell: one cell's activation, no classes
+        head.append(f"explains <b>{_esc(e.labels[0])}</b>: {_esc(_activation_summary(e))}")
+    else:
+        pred = e.predicted
+        head.append(f"predicted <b>{_esc(e.labels[pred])}</b> ({e.probs[pred]:.3f})")
+        head.append(f"target <b>{_esc(e.target_label)}</b> ({e.probs[e.target]:.3f})")
+        head.append(f"probabilities: {_prob_summary(e)}")
     if e.delta is not None:
         head.append(_delta_html(e))
     return " &middot; ".join(head)
@@ -327,8 +340,9 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     gamma = _check_gamma(gamma)
     scale, note = scale_of(e.scores, normalize)
     pred = e.predicted
-    head = (f"{e.method}: predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} "
-            f"({e.probs[e.target]:.3f})" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
+    subject = (f"{e.labels[0]}, {_activation_summary(e)}" if _of_a_unit(e) else
+               f"predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} ({e.probs[e.target]:.3f})")
+    head = (f"{e.method}: {subject}" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
             + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.1%} of the output change; "
                f"{convergence_fix(e)})" if e.info.get("converged") is False else ""))
     body = []
