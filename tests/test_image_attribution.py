@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from test_image_models import RELU_KINDS, GapNet, OneConvNet, gap_input, one_conv_input, one_thread  # noqa: F401
+from test_image_models import RELU_KINDS, GapNet, OneConvNet, gap_input, one_conv_input
 from textexplain import image
 from textexplain.image.base import select
 from textexplain.integrated_gradients import quadrature
 from textexplain.image.occlusion import window_starts
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 def window_map(coefficients: dict[tuple[int, int], float]) -> torch.Tensor:

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from test_image_models import GapNet, gap_input, one_thread  # noqa: F401
+from test_image_models import GapNet, gap_input
 from textexplain import image
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4},
         "occlusion": {"window": 2, "stride": 2}}

@@ -9,11 +9,13 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
-from test_image_models import GapNet, gap_input, one_thread  # noqa: F401
+from test_image_models import GapNet, gap_input
 from textexplain import image
 from textexplain.image.base import ImageMethod
 from textexplain.image.sanity import spearman_rows
 from textexplain.image.visualize import gaussian_blur, random_affine
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
 
 # ----------------------------------------------------------------------------- filters and maps
