@@ -118,9 +118,16 @@ def section_ig(args) -> list[str]:
 
 
 def section_shap(args) -> list[str]:
+    rows = []
+    for name in args.shap_models.split(","):
+        rows += shap_rows(args, name)
+    return rows
+
+
+def shap_rows(args, model_name: str) -> list[str]:
     import shap
 
-    model = data.load_model("sentiment-lstm")
+    model = data.load_model(model_name)
     texts, _ = data.rotten_tomatoes("test")
     text = next(t for t in texts if len(model.tokenize(t)) == 14)
     token_ids = model.encode(text)
@@ -138,8 +145,8 @@ def section_shap(args) -> list[str]:
             return output_values(masked.logits(z > 0.5), target, "logit")
         return f, calls, masked
 
-    rows = ["## KernelSHAP vs shap.KernelExplainer",
-            f"sentiment-lstm, a {n}-token test sentence, target logit, masked tokens = pad embedding; exact "
+    rows = [f"## KernelSHAP vs shap.KernelExplainer ({model_name})",
+            f"{model_name}, a {n}-token test sentence, target logit, masked tokens = pad embedding; exact "
             f"Shapley (2^{n} = {2 ** n} evaluations) is the reference. Relative L2 error "
             f"||phi - phi_exact|| / ||phi_exact||, mean over {args.seeds} seeds; model evaluations = distinct "
             "inputs run through the model; time = median per explanation.", "",
@@ -263,6 +270,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sentences", type=int, default=40, help="completeness: test sentences")
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512, 2048])
+    p.add_argument("--shap-models", default="sentiment-lstm", help="shap: comma-separated classifiers")
     p.add_argument("--sections", default="ig,shap,lime,completeness")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "explain.md"))
     args = p.parse_args(argv)
