@@ -376,8 +376,8 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     (default: nodes follow where the activation changes, found by forward-only probes) or a fixed
     rule (``"gausslegendre"``, ``"riemann_*"``: ``n_steps`` nodes). With ``"adaptive"``, ``max_steps``
     (default ``4 * n_steps``; ``n_steps`` turns it off) is spent only while the gap is above 1% of
-    ``|a(x) - a(x')|``: a cell's activation along the path has many steep flips (on charlm-python, 3%
-    of random cells and steps converge with 32 Gauss-Legendre nodes, 97% with 50 refined up to 200).
+    ``|a(x) - a(x')|``: a cell's activation along the path has many steep flips (on charlm-python, 2%
+    of random cells and steps converge with 32 Gauss-Legendre nodes, 98% with 50 refined up to 200).
 
     ``"gradient"``: the gradient at the input, reduced by its L2 norm per token (unsigned;
     ``reduce="sum"`` for signed). Tokens after ``step`` get exactly 0 (a forward RNN cannot see

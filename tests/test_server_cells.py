@@ -125,7 +125,8 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
     r = ok(client.post("/api/stores/parens/cells/5/explain", json=body))
     assert r["params"]["method"] == "adaptive" and r["params"]["max_steps"] == 200
     assert r["converged"] and r["relative_delta"] <= 0.01 and 40 <= r["n_gradient_rows"] <= 200
-    fixed = ok(client.post("/api/stores/parens/cells/5/explain", json={**body, "rule": "gausslegendre", "n_steps": 250}))
+    fixed = ok(client.post("/api/stores/parens/cells/5/explain",
+                           json={**body, "rule": "gausslegendre", "n_steps": 250}))
     assert fixed["params"]["method"] == "gausslegendre" and fixed["n_gradient_rows"] == 252
     assert np.allclose(fixed["scores"], r["scores"], atol=0.02 * np.abs(r["scores"]).max())
     # a window shorter than the sequence starts from a zero state at the window's start
