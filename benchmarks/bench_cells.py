@@ -7,6 +7,8 @@ held-out test corpus, then rank every cell of every source against the hypothese
   for bracket depth, position in line and indentation (|r|); gate saturation summary.
 * parens-lstm: best cell for nesting depth (|r|, goal >= 0.9), checked against the generator's
   ground-truth depth.
+* ``--probe``: a linear probe over every h and c unit for the string and comment hypotheses, the
+  ceiling for any single cell.
 * explaining a cell (``--explain-trials``): completeness of Integrated Gradients of random
   charlm-python cells at random steps, per quadrature rule (fixed Gauss-Legendre vs the adaptive
   rule with and without refinement), with time and gradient evaluations.
@@ -58,7 +60,46 @@ def _best(store, hypothesis, sources):
     return max(out)
 
 
-def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
+def _linear_probe(name: str, store, sources) -> list[str]:
+    """How well the whole state (every h and c unit, linearly) tells the string/comment hypotheses
+    apart, against the best single cell, on held-out files: a ceiling for any one cell. Logistic
+    regression trained on the first half of the files (every second character), scored on the rest."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x = np.concatenate([np.asarray(store.states(s), np.float32) for s in sources], 1)
+    mid = store.sequence_bounds(store.n_sequences // 2)[0]
+    x = (x - x[:mid].mean(0)) / (x[:mid].std(0) + 1e-6)
+    rows = []
+    for h in (hyp.inside_quotes, hyp.inside_triple_quotes, hyp.inside_comment):
+        y = np.asarray(h(store)) > 0
+        probe = LogisticRegression(max_iter=2000).fit(x[:mid:2], y[:mid:2]).decision_function(x[mid:])
+        single = max(max(a, 1 - a) for a in (roc_auc_score(y[mid:], x[mid:, j]) for j in range(x.shape[1])))
+        rows.append(f"| {name} | {h.name}: linear probe over all {x.shape[1]} h and c units vs best single unit "
+                    f"(held-out half of the files) | probe | AUROC {roc_auc_score(y[mid:], probe):.3f} vs "
+                    f"{single:.3f} | a ceiling for any one cell |")
+        print(rows[-1], flush=True)
+        if h is hyp.inside_triple_quotes:
+            rows.append(_docstring_misses(name, store, mid, y[mid:], probe))
+    return rows
+
+
+def _docstring_misses(name: str, store, mid: int, inside: np.ndarray, probe: np.ndarray) -> str:
+    """Which docstring characters the probe misses at 5% false positives: code examples or prose."""
+    text = "".join(store.tokens(mid, store.n_tokens))
+    missed = inside & (probe < np.quantile(probe[~inside], 0.95))
+    line_start = np.concatenate([[0], np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), "<u4") == 10) + 1])
+    line = np.searchsorted(line_start, np.arange(len(text)), side="right") - 1
+    stripped = [text[a:b].lstrip() for a, b in zip(line_start, list(line_start[1:] - 1) + [len(text)])]
+    doctest = np.array([stripped[k].startswith((">>>", "...")) for k in line])
+    parts = [f"{label} {missed[inside & sel].mean():.0%} of {int((inside & sel).sum()):,}"
+             for label, sel in (("doctest lines", doctest), ("other lines", ~doctest))]
+    row = f"| {name} | docstring characters the probe misses at 5% false positives | probe | {', '.join(parts)} | |"
+    print(row, flush=True)
+    return row
+
+
+def charlm(name: str, out_dir: Path, max_chars: int, probe: bool = False) -> list[str]:
     lm = data.load_model(name)
     texts, total = [], 0
     for _, src in data.python_source("test"):
@@ -87,6 +128,8 @@ def charlm(name: str, out_dir: Path, max_chars: int) -> list[str]:
         rows.append(f"| {name} | {h.name} | {source} cell {cell} | {shown} | {note} |")
         print(rows[-1], f"[{secs:.1f} s per source ranking]")
     rows += _comment_vs_docstring(name, store, state_sources)
+    if probe:
+        rows += _linear_probe(name, store, state_sources)
     rows += _explain_string_cell(lm, name, store, state_sources)
     sat = gate_saturation(store)
     for s in sat.summary():
@@ -189,11 +232,14 @@ def explain_completeness(trials: int, window: int = 100, seed: int = 1) -> list[
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", default=None, help="default: every shipped LM with a checkpoint")
+    p.add_argument("--models", nargs="*", default=None, help="default: every shipped LM with a checkpoint; "
+                   "--models with no names ranks none (e.g. with --explain-trials only)")
     p.add_argument("--max-chars", type=int, default=300_000, help="held-out characters for the char LMs")
     p.add_argument("--parens-sequences", type=int, default=200)
     p.add_argument("--dir", type=Path, default=Path("/tmp/lstmvis-bench-cells"))
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--probe", action="store_true", help="char LMs: also a linear probe over every h and c unit "
+                   "for the string and comment hypotheses (a ceiling for any single cell)")
     p.add_argument("--explain-trials", type=int, default=0, help="explaining cells: random charlm-python cells "
                    "and steps per rule (0: skip)")
     args = p.parse_args(argv)
@@ -202,14 +248,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     args.dir.mkdir(parents=True, exist_ok=True)
     available = {m["name"] for m in data.list_models() if m["card"] is not None}
-    wanted = args.models or ["parens-lstm", "charlm-python", "charlm-python-gru"]
+    wanted = ["parens-lstm", "charlm-python", "charlm-python-gru"] if args.models is None else args.models
     rows = ["| model | hypothesis | best cell | score | note |", "|---|---|---|---|---|"]
     for name in wanted:
         if name not in available:
             print(f"{name}: no checkpoint yet (python -m data.train {name}); skipped")
             continue
-        rows += parens(args.dir, args.parens_sequences) if name == "parens-lstm" else charlm(name, args.dir,
-                                                                                             args.max_chars)
+        rows += (parens(args.dir, args.parens_sequences) if name == "parens-lstm" else
+                 charlm(name, args.dir, args.max_chars, probe=args.probe))
     print("\n".join(rows))
     if args.explain_trials:
         print("\n".join(explain_completeness(args.explain_trials)))
