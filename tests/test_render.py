@@ -226,3 +226,15 @@ def test_real_explanation_renders(sentiment_lstm):
         torch.set_num_threads(before)
     markup = e.to_html()
     assert html.escape("<") in markup and "gradient_x_input" in markup and "sentiment-lstm" in markup
+
+
+def test_a_cell_explanation_is_headed_by_the_cell_and_its_activation():
+    """lstmvis.explain_cell results have one label (the cell) and no classes: no 'predicted'."""
+    e = te.Explanation(text="a<b", tokens=["a", "<", "b"], token_ids=[0, 1, 2], scores=np.array([0.5, -1.0, 0.0]),
+                       method="integrated_gradients", target=0, labels=["rnn.l1.c[3] at step 1 <x>"],
+                       probs=np.array([1.0]), signed=True, info={"activation": 2.5, "activation_baseline": 0.25})
+    markup = e.to_html()
+    assert "explains <b>rnn.l1.c[3] at step 1 &lt;x&gt;</b>: activation 2.5 (baseline 0.25)" in markup
+    assert "predicted" not in markup and "probabilities" not in markup
+    head = terminal(e, color="none").splitlines()[0]
+    assert head == "integrated_gradients: rnn.l1.c[3] at step 1 <x>, activation 2.5 (baseline 0.25)"

@@ -199,7 +199,7 @@ def _delta_html(e: Explanation) -> str:
     if e.info.get("converged") is False:
         share = e.info.get("relative_delta", float("nan"))
         return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
-                f'{html.escape(convergence_fix(e))}">{text} ({share:.1%} of the output change: not converged)</span>')
+                f'{_esc(convergence_fix(e))}">{text} ({share:.1%} of the output change: not converged)</span>')
     return text
 
 
