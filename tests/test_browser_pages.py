@@ -105,6 +105,9 @@ def test_cells_page_ranks_shows_and_explains_a_cell(page, base_url):
     summary = page.text_content("#explain-summary")
     assert "activation" in summary and "gradient evaluations of at most 200" in summary
     assert "not converged" not in summary, summary  # the adaptive rule refines until the gap is within 1%
+    assert "the 100 tokens before the step" in summary
+    page.select_option("#explain-window", "300")  # more context for the model: explained again
+    expect(page.locator("#explain-summary")).to_contain_text("the 300 tokens before the step", timeout=SLOW)
     assert "step=" in page.url and "cell=" in page.url
     shot(page, "cells.png", docs=True)
 

@@ -258,7 +258,7 @@
     LV.clear($("explain-text"));
     const e = await LV.api(`/api/stores/${enc(state.store)}/cells/${state.cell}/explain`, {},
                            { body: { source: state.source, position: pos, n_steps: Math.min(50, maxSteps),
-                                     max_steps: maxSteps } });
+                                     max_steps: maxSteps, window: parseInt($("explain-window").value, 10) } });
     const parts = [`Integrated Gradients (${e.n_gradient_rows} gradient evaluations of at most ${e.params.max_steps}, ` +
                    `${e.params.baseline} baseline) on ${e.model}`,
                    `activation ${e.activation.toFixed(4)} (stored ${e.stored_activation.toFixed(4)})`,
@@ -291,7 +291,9 @@
       const c = parseInt($("cell-input").value, 10);
       if (Number.isFinite(c)) openCell(c, true).catch(fail);
     });
-    $("explain-steps").addEventListener("change", () => { if (state.step !== null) explainAt(state.step).catch(fail); });
+    for (const id of ["explain-steps", "explain-window"]) {
+      $(id).addEventListener("change", () => { if (state.step !== null) explainAt(state.step).catch(fail); });
+    }
     $("direction").addEventListener("change", () => {
       state.direction = parseInt($("direction").value, 10);
       saveUrl();
