@@ -38,6 +38,7 @@ from .store import StateStore, StoreError, StoreWriter
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
+STAGE_BYTES = 64 << 20          # whole short sequences wait in memory up to this size, then go out in few writes
 EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see tune_allocator_for_extraction
 WRITE_QUEUE_BYTES = 1024 * MiB  # about this much memory held by chunks waiting for the writer thread ...
 WRITE_QUEUE_CHUNKS = (2, 8)      # ... in at least 2 and at most 8 chunks (a deep queue rides out write stalls)
@@ -138,6 +139,11 @@ class _Sink:
     releases the GIL while writing), so the next chunk's forward pass overlaps all of it. A
     sequence is marked done only after all of its rows are written. At most ``max_chunks`` chunks
     wait (each holds its states), and an error on the thread reaches the caller at the next chunk.
+
+    A sequence that arrives whole in one chunk (a sentence of a classifier's corpus) is staged in
+    memory with the others instead of written alone: they are written, merged into runs of
+    neighbouring sequences, when ``STAGE_BYTES`` is reached and at ``close`` (one HDF5 write per
+    source and run instead of one per source and sentence: 0.5 ms each).
     """
 
     def __init__(self, writer: StoreWriter, corpus: _Corpus, sources: list[str], dtype: str, done: np.ndarray,
@@ -147,6 +153,8 @@ class _Sink:
         self.buffers: dict[int, dict[str, np.ndarray]] = {}  # per sequence: a block of rows per source
         self.written: dict[int, int] = {}
         self.pending: dict[int, int] = {}
+        self.staged: list[tuple[int, int, dict[str, np.ndarray]]] = []  # whole sequences: (seq, rows, blocks)
+        self.staged_bytes = 0
         self._jobs: queue.Queue = queue.Queue(maxsize=max_chunks)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="lstmvis-extract-writer", daemon=True)
@@ -182,11 +190,41 @@ class _Sink:
             np.copyto(buffers[s][filled:filled + n], states[s][b, :n].to("cpu", torch.float32).numpy(),
                       casting="same_kind")
         self.pending[seq] = filled + n
-        if finished or self.pending[seq] >= FLUSH_ROWS:
-            self._flush(seq)
-        if finished:
-            self.finish(seq)
+        if finished and not self.written.get(seq) and self.pending[seq] == self.corpus.lengths[seq]:
+            self._stage(seq)
+        else:
+            if finished or self.pending[seq] >= FLUSH_ROWS:
+                self._flush(seq)
+            if finished:
+                self.finish(seq)
         self.bar.update(n)
+
+    def _stage(self, seq: int) -> None:
+        """Keep a whole sequence's rows for ``_write_staged`` (written with its neighbours)."""
+        n = self.pending.pop(seq)
+        blocks = {s: b[:n] for s, b in self.buffers.pop(seq).items()}
+        self.staged.append((seq, n, blocks))
+        self.staged_bytes += sum(b.nbytes for b in blocks.values())
+        if self.staged_bytes >= STAGE_BYTES:
+            self._write_staged()
+
+    def _write_staged(self) -> None:
+        """Write the staged sequences in runs of neighbours (one write per source and run), then mark
+        them done."""
+        staged = sorted(self.staged, key=lambda item: item[0])
+        self.staged, self.staged_bytes = [], 0
+        run: list[tuple[int, int, dict[str, np.ndarray]]] = []
+        for item in staged + [None]:
+            if run and (item is None or item[0] != run[-1][0] + 1):
+                start = int(self.corpus.offsets[run[0][0]])
+                for s in self.sources:
+                    self.writer.write_states(s, start, np.concatenate([blocks[s] for _, _, blocks in run]))
+                run = []
+            if item is not None:
+                run.append(item)
+        if staged:
+            self.written.update((seq, n) for seq, n, _ in staged)
+            self._mark_done([seq for seq, _, _ in staged])  # one HDF5 write for all their done flags
 
     def _flush(self, seq: int) -> None:
         n = self.pending.pop(seq, 0)
@@ -200,15 +238,21 @@ class _Sink:
     def finish(self, seq: int) -> None:
         self._flush(seq)
         self.buffers.pop(seq, None)
-        if self.written.get(seq, 0) != self.corpus.lengths[seq]:
-            raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
-                               f"expected {self.corpus.lengths[seq]}")
-        self.done[seq] = True
-        self.writer.f["done"][seq] = True
+        self._mark_done([seq])
+
+    def _mark_done(self, seqs: list[int]) -> None:
+        """Mark sequences (increasing) done, in memory and on disk, once all their rows are written."""
+        for seq in seqs:
+            if self.written.get(seq, 0) != self.corpus.lengths[seq]:
+                raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
+                                   f"expected {self.corpus.lengths[seq]}")
+        self.done[seqs] = True
+        self.writer.f["done"][seqs] = True
 
     def close(self) -> None:
         """Wait until every queued chunk is on disk; raise the first error of the thread, if any."""
         if self._thread.is_alive():
+            self._jobs.put(self._write_staged)
             self._jobs.put(None)
             self._thread.join()
         if self._error is not None:

@@ -184,16 +184,17 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
     lm = char_lm()
     path = tmp_path / "r.h5"
     texts = [t for t in TEXTS if t] * 3
-    original_finish = extract_module._Sink.finish
+    original_mark_done = extract_module._Sink._mark_done
     calls = {"n": 0}
 
-    def failing_finish(self, seq):
-        original_finish(self, seq)
-        calls["n"] += 1
+    def failing_mark_done(self, seqs):
+        original_mark_done(self, seqs)
+        calls["n"] += len(seqs)
         if calls["n"] == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_module._Sink, "finish", failing_finish)
+    monkeypatch.setattr(extract_module, "STAGE_BYTES", 1)  # whole short sequences are written one by one
+    monkeypatch.setattr(extract_module._Sink, "_mark_done", failing_mark_done)
     with pytest.raises(KeyboardInterrupt):
         lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False)
     assert not path.exists()
@@ -201,7 +202,7 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
         StateStore.open(path)
     with pytest.raises(StoreError, match="incomplete"):
         StateStore.open(tmp_path / "r.h5.partial")
-    monkeypatch.setattr(extract_module._Sink, "finish", original_finish)
+    monkeypatch.setattr(extract_module._Sink, "_mark_done", original_mark_done)
     processed = []
     original_add = extract_module._Sink.add
     monkeypatch.setattr(extract_module._Sink, "add",

@@ -31,7 +31,7 @@ def harness(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("point", ["after-tenth-done-flag", "mid-states-write", "before-rename"])
+@pytest.mark.parametrize("point", ["after-done-flags", "mid-states-write", "before-rename"])
 def test_kill_at_a_code_point_loses_nothing(harness, point):
     row = harness.trial(0, point=point)
     assert row["killed"], row
