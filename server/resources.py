@@ -367,11 +367,7 @@ class Resources:
             self.stores[spec.name] = entry
 
     def build_demo(self) -> None:
-        """Build every queued demo store once, all at the same time (each extraction waits on its own
-        writer thread and small model calls, so together they keep both cores busy); a progress bar on
-        stderr; other server processes wait on a file lock."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Build every queued demo store once (progress bar on stderr); others wait on a file lock."""
         todo = [(s, self.stores[s.name]) for s in self.demo_specs if self.stores[s.name].status == "queued"]
         if not todo:
             return
@@ -379,27 +375,21 @@ class Resources:
         (self.cache_dir / "demo").mkdir(parents=True, exist_ok=True)
         with open(self.cache_dir / "demo" / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another server process may be building the same stores
-            bar = tqdm(total=len(todo), desc="lstmvis: building demo stores (once)", unit="store",
-                       disable=not self.progress)
-            with ThreadPoolExecutor(len(todo), thread_name_prefix="demo-build") as pool:
-                for spec, entry in todo:
-                    pool.submit(self._build_entry, spec, entry).add_done_callback(lambda _: bar.update())
-            bar.close()
-
-    def _build_entry(self, spec: DemoStore, entry: StoreEntry) -> None:
-        """Build one demo store and set its status (an error keeps the other stores served)."""
-        if entry.path.is_file():
-            entry.status = "ready"
-            return
-        entry.status = "building"
-        t0 = time.perf_counter()
-        try:
-            self._build_one(spec, entry.path)
-        except Exception as exc:  # keep serving the other stores; say what failed
-            entry.status, entry.message = "error", f"building failed: {type(exc).__name__}: {exc}"
-            return
-        entry.status = "ready"
-        entry.message = f"built in {time.perf_counter() - t0:.1f} s"
+            bar = tqdm(todo, desc="lstmvis: building demo stores (once)", unit="store", disable=not self.progress)
+            for spec, entry in bar:
+                bar.set_postfix_str(spec.name)
+                if entry.path.is_file():
+                    entry.status = "ready"
+                    continue
+                entry.status = "building"
+                t0 = time.perf_counter()
+                try:
+                    self._build_one(spec, entry.path)
+                except Exception as exc:  # keep serving the other stores; say what failed
+                    entry.status, entry.message = "error", f"building failed: {type(exc).__name__}: {exc}"
+                    continue
+                entry.status = "ready"
+                entry.message = f"built in {time.perf_counter() - t0:.1f} s"
 
     def _build_one(self, spec: DemoStore, path: Path) -> None:
         """Extract the store (atomic: written aside, renamed when complete); match indexes follow on first use."""
