@@ -180,7 +180,6 @@ def section_audit(args, params, figures):
     ours = audit.flip_test(shortcut, texts, labels, token, "fresh")
     ours_clean = audit.flip_test(clean, texts, labels, token, "fresh")
     clean_texts, clean_labels = data.rotten_tomatoes("test")
-    fresh = shortcut.label_index("fresh")
     prefix = data.add_shortcut("")
 
     def card_remove(t):

@@ -193,7 +193,7 @@ class Harness:
 
     def trial(self, trial: int, delay: float | None = None, point: str | None = None) -> dict:
         """Kill after ``delay`` seconds (random trials) or at ``point``; then check and rerun."""
-        from lstmvis import StateStore, StoreError
+        from lstmvis import StoreError
         folder = self.fresh_folder(trial)
         target, partial = folder / "states.h5", folder / "states.h5.partial"
         sibling_digest = file_digest(folder / "sibling.h5")
