@@ -86,12 +86,10 @@ def _linear_probe(name: str, store, sources) -> list[str]:
 
 def _docstring_misses(name: str, store, mid: int, inside: np.ndarray, probe: np.ndarray) -> str:
     """Which docstring characters the probe misses at 5% false positives: code examples or prose."""
-    text = "".join(store.tokens(mid, store.n_tokens))
+    lines = "".join(store.tokens(mid, store.n_tokens)).split("\n")
     missed = inside & (probe < np.quantile(probe[~inside], 0.95))
-    line_start = np.concatenate([[0], np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), "<u4") == 10) + 1])
-    line = np.searchsorted(line_start, np.arange(len(text)), side="right") - 1
-    stripped = [text[a:b].lstrip() for a, b in zip(line_start, list(line_start[1:] - 1) + [len(text)])]
-    doctest = np.array([stripped[k].startswith((">>>", "...")) for k in line])
+    line_of_char = np.repeat(np.arange(len(lines)), [len(line) + 1 for line in lines])[:len(inside)]
+    doctest = np.array([line.lstrip().startswith((">>>", "...")) for line in lines])[line_of_char]
     parts = [f"{label} {missed[inside & sel].mean():.0%} of {int((inside & sel).sum()):,}"
              for label, sel in (("doctest lines", doctest), ("other lines", ~doctest))]
     row = f"| {name} | docstring characters the probe misses at 5% false positives | probe | {', '.join(parts)} | |"

@@ -235,7 +235,7 @@ def section_completeness(args) -> list[str]:
                 dt, e = timed(lambda: ig.explain(t))
                 rel[i, j], ms[i, j], used[i, j] = e.info["relative_delta"], 1000 * dt, e.info["n_gradient_rows"]
         for (rule, steps, max_steps), r, m, u in zip(configs, rel, ms, used):
-            label = {None: " (default)", 200: f", max_steps={max_steps}"}[max_steps] if rule == "adaptive" else ""
+            label = "" if rule != "adaptive" else " (default)" if max_steps is None else f", max_steps={max_steps}"
             evaluations = f"{steps}" if max_steps is None else f"{steps}-{max_steps} (mean {u.mean():.0f}, max {u.max():.0f})"
             rows.append(f"| {name} | {rule}{label} | {evaluations} | "
                         f"{np.mean(r[:20] <= 0.01):.0%} | {np.mean(r <= 0.01):.0%} | {np.median(r):.2%} | {r.max():.0%} | "

@@ -298,9 +298,10 @@ class ReusedThreadsMixIn:
 
     Clients that do not keep connections alive (and werkzeug's own handler, which closes every one)
     open a connection per request, so with ThreadingMixIn every request ran on a brand-new thread:
-    its first large allocations came from a fresh malloc arena (page faults on every tensor), which made a 50-token IG explanation cost about 75 ms of CPU instead of 50
-    (and a match about 1 ms more). Reused threads keep their warm arenas. Idle threads beyond the
-    current need exit after ``idle_seconds``; there is no upper bound, as with ThreadingMixIn.
+    its first large allocations came from a fresh malloc arena (page faults on every tensor), which
+    made a 50-token IG explanation cost about 75 ms of CPU instead of 50 (and a match about 1 ms
+    more). Reused threads keep their warm arenas. Idle threads beyond the current need exit after
+    ``idle_seconds``; there is no upper bound, as with ThreadingMixIn.
     """
 
     daemon_threads = True
