@@ -255,13 +255,54 @@ def section_completeness(args) -> list[str]:
     return rows
 
 
+def section_precision(args) -> list[str]:
+    """IG on 50-token texts: float32 against float64 (``precision``), each against a float64 reference."""
+    from bench_server import fifty_token_texts
+
+    texts = fifty_token_texts(args.sentences)
+    rows = ["## Integrated Gradients on 50-token texts: float32 or float64",
+            f"{len(texts)} texts of 50 tokens (consecutive test sentences joined and cut, as bench_server.py's IG "
+            "requests), predicted class, pad baseline, adaptive rule, `n_steps=50`. Reference: float64, "
+            "`n_steps=200, max_steps=2000`. Share with |delta| <= 1%, gaps, cosine of the scores with the "
+            f"reference, time per explanation (load average before: {load()}).", "",
+            "| model | precision, max_steps | share <= 1% | median gap | 90th pct gap | cosine with reference: "
+            "median / worst | float64 used | gradient evaluations (mean) | ms: median / 90th pct / max |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    configs = [("model", None), ("model", 200), ("model", 1000), ("auto", 200), ("auto", 1000), ("float64", 1000)]
+    for name in args.precision_models.split(","):
+        model = data.load_model(name.strip())
+        reference = te.IntegratedGradients(model, n_steps=200, max_steps=2000, precision="float64")
+        refs = [reference.explain(t) for t in texts]
+        ref_gaps = np.array([r.info["relative_delta"] for r in refs])
+        for precision, max_steps in configs:
+            ig = te.IntegratedGradients(model, n_steps=50, max_steps=max_steps, precision=precision)
+            gap, ms, used, cos, high = (np.zeros(len(texts)) for _ in range(5))
+            for j, (t, ref) in enumerate(zip(texts, refs)):
+                dt, e = timed(lambda: ig.explain(t))
+                gap[j], ms[j], used[j] = e.info["relative_delta"], 1000 * dt, e.info["n_gradient_rows"]
+                cos[j], high[j] = cosine(e.scores, ref.scores), e.info["precision"] == "float64"
+            rows.append(f"| {name} | {precision}, {max_steps or 'off'} | {np.mean(gap <= 0.01):.0%} | {np.median(gap):.2%} "
+                        f"| {np.percentile(gap, 90):.1%} | {np.median(cos):.5f} / {cos.min():.4f} | {high.mean():.0%} | "
+                        f"{used.mean():.0f} | {np.median(ms):.0f} / {np.percentile(ms, 90):.0f} / {ms.max():.0f} |")
+            print(rows[-1], flush=True)
+        rows.append(f"| {name} | reference (float64, 200-2000) | {np.mean(ref_gaps <= 0.01):.0%} | "
+                    f"{np.median(ref_gaps):.2%} | {np.percentile(ref_gaps, 90):.1%} | | | | |")
+    rows += ["", "Along these paths the LSTM's state flips over about 1e-7 of alpha (dF/dalpha up to 2e7, "
+             "measured in float64): in float32 F then jumps between neighbouring inputs, by 0.14 logits on one "
+             "text, and no quadrature can follow. The adaptive rule stops refining a segment narrower than 64 ulps "
+             "of the path's precision and reports it (`info['unresolved_alpha']`); `precision='auto'` then "
+             "integrates again on a float64 copy of the model.", ""]
+    return rows
+
+
 def load() -> str:
     import os
 
     return f"{os.getloadavg()[0]:.1f}"
 
 
-SECTIONS = {"ig": section_ig, "shap": section_shap, "lime": section_lime, "completeness": section_completeness}
+SECTIONS = {"ig": section_ig, "shap": section_shap, "lime": section_lime, "completeness": section_completeness,
+            "precision": section_precision}
 
 
 def main(argv=None) -> int:
@@ -271,7 +312,9 @@ def main(argv=None) -> int:
     p.add_argument("--sentences", type=int, default=40, help="completeness: test sentences")
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[128, 512, 2048])
     p.add_argument("--shap-models", default="sentiment-lstm", help="shap: comma-separated classifiers")
-    p.add_argument("--sections", default="ig,shap,lime,completeness")
+    p.add_argument("--precision-models", default="sentiment-lstm,sentiment-gru",
+                   help="precision: comma-separated classifiers")
+    p.add_argument("--sections", default="ig,shap,lime,completeness,precision")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "explain.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)

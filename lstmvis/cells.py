@@ -459,9 +459,9 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
             alphas = np.linspace(0.0, 1.0, PROBES)
             f = probe(alphas)
             a_x, a_ref = float(f[-1]), float(f[0])
-            nodes, weights, grads = adaptive_nodes(
+            nodes, weights, grads, _ = adaptive_nodes(
                 n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0],
-                lambda g: path_derivative(g, x, x_ref), budget)
+                lambda g: path_derivative(g, x, x_ref), budget, resolution=torch.finfo(x.dtype).eps)
             avg_grad = torch.einsum("k,kte->te", torch.tensor(weights, dtype=x.dtype), grads)
         else:  # fixed nodes: the input, the baseline and the path in one pass
             alphas, weights = quadrature(n_steps, rule)

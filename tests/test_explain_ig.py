@@ -23,7 +23,7 @@ def steep_step_rate(alpha, at=0.05, width=2e-4, height=3.0):
     return height / (2 * width) / np.cosh(t) ** 2 + 1.0
 
 
-def run_adaptive(n_steps, f, rate, max_steps=None):
+def run_adaptive(n_steps, f, rate, max_steps=None, resolution=0.0):
     """adaptive_nodes on a scalar F: 'gradients' are dF/dalpha in a (K, 1, 1) tensor."""
     calls = {"probes": 0, "gradients": 0}
 
@@ -37,8 +37,8 @@ def run_adaptive(n_steps, f, rate, max_steps=None):
 
     start = np.linspace(0.0, 1.0, 9)
     calls["probes"] += len(start)
-    nodes, weights, grads = adaptive_nodes(n_steps, start, f(start), probe, gradients, lambda g: g[:, 0, 0].numpy(),
-                                           max_steps)
+    nodes, weights, grads, calls["unresolved"] = adaptive_nodes(n_steps, start, f(start), probe, gradients,
+                                                                lambda g: g[:, 0, 0].numpy(), max_steps, resolution)
     return nodes, weights, grads[:, 0, 0].numpy(), calls
 
 
@@ -100,6 +100,70 @@ def test_max_steps_refines_until_the_completeness_gap_is_within_tolerance(width,
     assert ((nodes > 0) & (nodes < 1)).all() and (weights > 0).all()
     assert weights.sum() == pytest.approx(1.0, abs=1e-12) and (weights * nodes).sum() == pytest.approx(0.5, abs=1e-12)
     np.testing.assert_allclose(rates, rate(nodes))  # gradients stay paired with their nodes
+
+
+def test_refinement_stops_at_a_jump_narrower_than_the_precision_resolves():
+    """F jumps by 3 at alpha = 0.05 while its derivative never shows it -- what float32 makes of an RNN state
+    flip narrower than its resolution. Refining cannot close that gap: with the precision known, refinement
+    stops once the jump sits in a segment a few ulps wide and names it; without, it spends max_steps."""
+    def jump(alpha):
+        return 3.0 * (np.asarray(alpha) >= 0.05) + np.asarray(alpha)
+
+    def rate(alpha):
+        return np.ones_like(np.asarray(alpha, dtype=np.float64))
+
+    eps = float(torch.finfo(torch.float32).eps)
+    *_, stopped = run_adaptive(50, jump, rate, max_steps=1000, resolution=eps)
+    lo, hi = stopped["unresolved"]
+    assert lo < 0.05 <= hi and hi - lo <= igm.SPLIT_ULPS * eps * hi
+    assert stopped["gradients"] < 500
+    *_, blind = run_adaptive(50, jump, rate, max_steps=1000)
+    assert blind["unresolved"] is None and blind["gradients"] == 1000
+    # a steep but resolvable flip is refined as before: the precision only bounds how far
+    *_, smooth = run_adaptive(50, steep_step, steep_step_rate, max_steps=1000, resolution=eps)
+    assert smooth["unresolved"] is None
+
+
+# A 50-token text (consecutive Rotten Tomatoes test sentences, as benchmarks/bench_server.py builds them)
+# along whose IG path sentiment-lstm's state flips near alpha = 0.0515 over about 1e-7: in float32, F jumps
+# by 0.14 between neighbouring inputs there (measured 2026-11-22).
+FLIP_TEXT = ("The rich and surprising series of 'impressions' that comprise ABC Africa celebrate the orphans' "
+             "resilience and, even amid such destitution, the richness of human experience. A thoroughly "
+             "entertaining comedy that uses Grant's own twist of acidity to prevent itself from succumbing to its own")
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_float64_closes_the_gap_float32_cannot(sentiment_lstm):
+    assert len(sentiment_lstm.tokenize(FLIP_TEXT)) == 50
+    params = {"n_steps": 50, "max_steps": 1000}
+    low = te.IntegratedGradients(sentiment_lstm, **params).explain(FLIP_TEXT)
+    assert low.info["precision"] == "float32" and not low.info["converged"]
+    lo, hi = low.info["unresolved_alpha"]
+    assert 0.05 < lo < hi < 0.053 and low.info["n_gradient_rows"] < 300  # stopped, not 1000 spent
+    assert "precision='float64'" in te.render.convergence_fix(low)
+    high = te.IntegratedGradients(sentiment_lstm, precision="float64", **params).explain(FLIP_TEXT)
+    assert high.info["precision"] == "float64" and high.info["converged"] and "unresolved_alpha" not in high.info
+    assert high.target == low.target
+    np.testing.assert_allclose(high.probs, low.probs, atol=1e-6)
+    auto = te.IntegratedGradients(sentiment_lstm, precision="auto", **params).explain(FLIP_TEXT)
+    np.testing.assert_array_equal(auto.scores, high.scores)
+    assert auto.info["precision"] == "float64" and auto.info["model_precision_relative_delta"] == low.info["relative_delta"]
+    assert auto.info["n_gradient_rows"] == low.info["n_gradient_rows"] + high.info["n_gradient_rows"]
+    # where float32 converges, auto is the float32 result itself, and float64 agrees with it
+    easy = "a gorgeous , witty , seductive movie ."
+    plain = te.IntegratedGradients(sentiment_lstm, **params).explain(easy)
+    assert plain.info["converged"]
+    same = te.IntegratedGradients(sentiment_lstm, precision="auto", **params).explain(easy)
+    np.testing.assert_array_equal(same.scores, plain.scores)
+    assert same.info["precision"] == "float32" and same.info["n_gradient_rows"] == plain.info["n_gradient_rows"]
+    double = te.IntegratedGradients(sentiment_lstm, precision="float64", **params).explain(easy)
+    np.testing.assert_allclose(double.scores, plain.scores, atol=0.02 * np.abs(plain.scores).max())
+    assert sentiment_lstm.module.emb.weight.dtype == torch.float32
+    twin = sentiment_lstm.float64().module
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in twin.modules())
+    assert all(p.grad is None for p in twin.parameters())
+    with pytest.raises(ValueError, match="precision"):
+        te.IntegratedGradients(sentiment_lstm, precision="half")
 
 
 def test_max_steps_costs_nothing_where_n_steps_suffice():

@@ -159,6 +159,13 @@ def test_unconverged_completeness_is_flagged():
     assert "max_steps=600" in terminal(e, color="none")
     e.params = {"method": "gausslegendre", "n_steps": 50}
     assert "raise n_steps" in terminal(e, color="none")
+    # refinement stopped at a jump narrower than the precision resolves: more precision, not more steps
+    e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 200}
+    e.info.update(unresolved_alpha=[0.0515201, 0.0515202], precision="float32")
+    assert "F jumps near alpha=0.05152 faster than float32 resolves" in terminal(e, color="none")
+    assert "precision='float64'" in html.unescape(e.to_html()) and "max_steps=400" not in terminal(e, color="none")
+    e.info["precision"] = "float64"
+    assert "no quadrature closes this gap" in terminal(e, color="none")
     e.info["converged"] = True
     assert "not converged" not in side_by_side_html([e]) and "delta +0.2" in side_by_side_html([e])
 

@@ -296,9 +296,27 @@ def test_completeness_is_reported_relative_with_the_fix_when_not_converged(clien
     refined = post(client, {**body, "methods": ["integrated_gradients"],
                             "params": {"integrated_gradients": {"max_steps": 200}}})["explanations"][0]
     assert refined["converged"] is True and refined["relative_delta"] <= 0.01 and refined["convergence_fix"] is None
+    assert ig["precision"] == refined["precision"] == "float32"
     fixed = post(client, {**body, "methods": ["integrated_gradients"],
                           "params": {"integrated_gradients": {"method": "riemann_left", "n_steps": 5}}})
     assert fixed["explanations"][0]["convergence_fix"] == "raise n_steps, or use the adaptive rule with max_steps"
+
+
+def test_float64_precision_through_the_api(client):
+    """A text whose state flip float32 cannot resolve: the model's precision names the fix, auto applies it."""
+    from test_explain_ig import FLIP_TEXT
+
+    body = {"model": "sentiment-lstm", "text": FLIP_TEXT, "methods": ["integrated_gradients"], "faithfulness": False,
+            "params": {"integrated_gradients": {"max_steps": 1000}}}
+    low = post(client, body)["explanations"][0]
+    assert low["converged"] is False and low["precision"] == "float32"
+    assert "precision='float64'" in low["convergence_fix"]
+    body["params"]["integrated_gradients"]["precision"] = "auto"
+    high = post(client, body)["explanations"][0]
+    assert high["converged"] is True and high["precision"] == "float64" and high["convergence_fix"] is None
+    body["params"]["integrated_gradients"]["precision"] = "double"
+    resp = client.post("/api/explain", json=body)
+    assert resp.status_code == 400 and "precision" in resp.get_json()["error"]["message"]
 
 
 def test_audit_of_the_analytic_model_has_exact_means(client):

@@ -66,3 +66,25 @@ def test_word_tokenizer_spans_cover_the_tokens():
     text = "It's a <script>alert(1)</script> film!"
     assert [text[a:b].lower() for a, b in tok.spans(text)] == tok(text)
     assert tok("Don't stop") == ["don't", "stop"]
+
+
+def test_float64_copy_is_cached_refreshed_and_leaves_the_model_alone(sentiment_lstm):
+    texts = ["a gorgeous, witty film", "a bore"]
+    twin = sentiment_lstm.float64()
+    assert twin.dtype == torch.float64 and sentiment_lstm.dtype == torch.float32
+    assert twin.embedding is twin.module.emb and twin.module is not sentiment_lstm.module
+    assert twin.vocab is sentiment_lstm.vocab and twin.labels == sentiment_lstm.labels
+    np.testing.assert_allclose(twin.predict_proba(texts), sentiment_lstm.predict_proba(texts), atol=1e-6)
+    assert sentiment_lstm.float64() is twin  # cached
+    assert twin.float64() is twin
+
+
+def test_float64_copy_follows_parameter_changes():
+    model = make_model()
+    twin = model.float64()
+    with torch.no_grad():
+        model.module.emb.weight[2, 0] += 1.0  # in place: the copy is stale now
+    fresh = model.float64()
+    assert fresh is not twin
+    np.testing.assert_allclose(fresh.predict_proba("good film"), model.predict_proba("good film"), atol=1e-12)
+    assert not np.allclose(twin.predict_proba("good film"), model.predict_proba("good film"))

@@ -15,6 +15,7 @@ from .model import TextModel
 COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is flagged as not converged
 FIXED_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 RULES = FIXED_RULES + ("adaptive",)
+PRECISIONS = ("model", "float64", "auto")
 
 # The adaptive rule (see ``adaptive_nodes``). Chosen on the first 40 test sentences of the shipped
 # classifiers (benchmarks/bench_explain.py, section completeness).
@@ -30,6 +31,7 @@ SECOND_PASS = 0.2      # share of the gradient evaluations kept for the worst se
 SECOND_PASS_PROBES = 6
 EARLY_EXIT = 3e-3      # no second pass when the first already closes the gap to this share of |F(x) - F(x')|
 REFINE_MIN = 10        # gradient evaluations per refinement pass beyond n_steps (max_steps), at least
+SPLIT_ULPS = 64        # segments narrower than this many steps of the path's precision are not split
 
 
 @lru_cache(maxsize=64)
@@ -80,6 +82,14 @@ class IntegratedGradients(Explainer):
       the gradient evaluations.
     - ``"gausslegendre"`` or a Riemann rule: fixed nodes, no probes (``quadrature``).
 
+    ``precision``: ``"model"`` (default) runs the path at the model's own precision; ``"float64"`` on a
+    float64 copy of the model (``TextModel.float64``, about 5x slower on CPU); ``"auto"`` at the model's
+    precision first and again in float64 only when that misses the 1% tolerance. Why: on longer texts an
+    RNN's state can flip over a stretch of alpha narrower than float32 resolves -- F then jumps between
+    neighbouring float32 inputs and no number of steps closes the gap (sentiment-lstm, 50-token texts:
+    15% of them at ``max_steps=1000`` in float32, none in float64; benchmarks/results/explain.md).
+    ``info["precision"]`` names the precision of the result.
+
     ``max_steps`` (adaptive only, default None = ``n_steps``): a larger budget that is spent only while
     the completeness gap is above ``COMPLETENESS_TOLERANCE`` (1%), on the segment with the largest known
     gap (``adaptive_nodes`` step 4). On the shipped LSTM's hard sentences 50 evaluations are not enough
@@ -94,8 +104,9 @@ class IntegratedGradients(Explainer):
 
     def __init__(self, model: TextModel, n_steps: int = 50, method: str = "adaptive",
                  baseline: str | int | Sequence[int] = "pad", internal_batch_size: int | None = None,
-                 output: str = "logit", max_steps: int | None = None):
+                 output: str = "logit", max_steps: int | None = None, precision: str = "model"):
         super().__init__(model)
+        check_choice("precision", precision, PRECISIONS)
         self.n_steps = check_positive_int("n_steps", n_steps)
         check_choice("method", method, RULES)
         if method == "riemann_trapezoid" and n_steps < 2:
@@ -114,12 +125,25 @@ class IntegratedGradients(Explainer):
         if isinstance(baseline, str):
             check_choice("baseline", baseline, ("pad", "zero", "unk"))
         self.method, self.baseline, self.internal_batch_size, self.output = method, baseline, internal_batch_size, output
+        self.precision = precision
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
-        ids = prepared.ids
-        x = embed(self.model, ids)[0]
-        x_ref = baseline_embeddings(self.model, ids, self.baseline)[0]
-        path = _Path(self.model, ids, x, x_ref, self.output, self.internal_batch_size)
+        if self.precision == "float64":
+            return self._integrate(self.model.float64(), prepared.ids, target)
+        result = self._integrate(self.model, prepared.ids, target)
+        if self.precision == "auto" and not result.info["converged"] and self.model.dtype != torch.float64:
+            first = result.info
+            result = self._integrate(self.model.float64(), prepared.ids, target)
+            result.info["model_precision_relative_delta"] = first["relative_delta"]
+            for rows in ("n_forward_rows", "n_gradient_rows", "n_probe_rows"):  # the work of both passes
+                result.info[rows] += first[rows]
+        return result
+
+    def _integrate(self, model: TextModel, ids: torch.Tensor, target) -> Attribution:
+        """IG on ``model`` (the explained model or its float64 copy)."""
+        x = embed(model, ids)[0]
+        x_ref = baseline_embeddings(model, ids, self.baseline)[0]
+        path = _Path(model, ids, x, x_ref, self.output, self.internal_batch_size)
         if self.method == "adaptive":
             logits, target, alphas, weights, grads = path.adaptive(self.n_steps, target, self.max_steps)
         else:
@@ -135,7 +159,9 @@ class IntegratedGradients(Explainer):
                            info={"f_input": f_x, "f_baseline": f_ref, "relative_delta": relative,
                                  "converged": relative <= COMPLETENESS_TOLERANCE,
                                  "n_forward_rows": path.n_probe_rows + path.n_gradient_rows,
-                                 "n_gradient_rows": path.n_gradient_rows, "n_probe_rows": path.n_probe_rows})
+                                 "n_gradient_rows": path.n_gradient_rows, "n_probe_rows": path.n_probe_rows,
+                                 "precision": str(x.dtype).removeprefix("torch."),
+                                 **({"unresolved_alpha": [float(a) for a in path.unresolved]} if path.unresolved else {})})
 
 
 def path_rows(x: torch.Tensor, x_ref: torch.Tensor, alphas) -> torch.Tensor:
@@ -162,6 +188,7 @@ class _Path:
         self.target: int | None = None
         self.n_probe_rows = self.n_gradient_rows = 0
         self.f_input = self.f_baseline = float("nan")
+        self.unresolved: tuple[float, float] | None = None  # set by ``adaptive``
 
     def rows(self, alphas) -> torch.Tensor:
         return path_rows(self.x, self.x_ref, alphas)
@@ -194,13 +221,14 @@ class _Path:
         alphas = np.linspace(0.0, 1.0, PROBES)
         f, logits = self.values(alphas, target)
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
-        alphas, weights, grads = adaptive_nodes(n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients,
-                                                self.derivative, max_steps)
+        alphas, weights, grads, self.unresolved = adaptive_nodes(
+            n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients, self.derivative, max_steps,
+            resolution=torch.finfo(self.x.dtype).eps)
         return logits[-1], self.target, alphas, weights, grads
 
 
 def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, derivative,
-                   max_steps: int | None = None):
+                   max_steps: int | None = None, resolution: float = 0.0):
     """Composite Gauss-Legendre nodes for the integral of dF/dalpha over [0, 1], placed from probes.
 
     ``alphas``/``f``: probes of F so far (sorted, 0 and 1 included); ``probe(alphas) -> F``,
@@ -224,11 +252,14 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     4. ``max_steps`` (> ``n_steps``): step 3 repeats on whichever segment then has the largest gap, with
        20% of ``n_steps`` (at least ``REFINE_MIN``) evaluations each time, until the total gap is within
        ``COMPLETENESS_TOLERANCE`` or ``max_steps`` gradient evaluations are spent: IG to a tolerance,
-       paying more only for the inputs that need it.
+       paying more only for the inputs that need it. A segment narrower than ``SPLIT_ULPS`` steps of
+       ``resolution`` (the relative precision alpha is evaluated at, e.g. float32's eps) is not split:
+       F can jump there between neighbouring representable inputs. Refinement stops when such a
+       segment alone misses by more than the tolerance -- more evaluations cannot help; more precision can.
 
-    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1) and the gradients at the alphas. ``n_steps``
-    gradient rows are evaluated (at most ``max_steps`` with step 4), or the first pass's 80% when it
-    already closes the gap.
+    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and the alpha
+    interval that stopped refinement that way (else None). ``n_steps`` gradient rows are evaluated (at
+    most ``max_steps`` with step 4), or the first pass's 80% when it already closes the gap.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
     for _ in range(ZOOM_ROUNDS):
@@ -251,10 +282,21 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     def exact(lo, hi):  # segment ends are probes: F(hi) - F(lo) is known
         return f[np.searchsorted(alphas, hi)] - f[np.searchsorted(alphas, lo)]
 
+    def splittable(lo, hi):
+        return hi - lo > SPLIT_ULPS * resolution * hi
+
+    unresolved = None
     while used < budget and abs(rates.sum() - total) > (EARLY_EXIT if used < n_steps else
                                                           COMPLETENESS_TOLERANCE) * abs(total):
         gaps = {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
-        worst = max(gaps, key=lambda s: abs(gaps[s]))
+        stuck = [s for s in gaps if not splittable(*spans[s])]
+        if stuck and max(abs(gaps[s]) for s in stuck) > COMPLETENESS_TOLERANCE * abs(total):
+            unresolved = spans[max(stuck, key=lambda s: abs(gaps[s]))]
+            break
+        candidates = [s for s in gaps if s not in stuck]
+        if not candidates:
+            break
+        worst = max(candidates, key=lambda s: abs(gaps[s]))
         lo, hi = spans.pop(worst)
         n_more = min(n_refine if used < n_steps else max(n_refine, REFINE_MIN), budget - used)
         alphas, f = _add_probes(alphas, f, np.linspace(lo, hi, SECOND_PASS_PROBES + 2)[1:-1], probe)
@@ -270,11 +312,11 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         rates = np.concatenate([rates[keep], more_weights * derivative(more_grads)])
         grads = torch.cat([grads[torch.from_numpy(keep)], more_grads])
         used += n_more
-    return nodes, weights, grads
+    return nodes, weights, grads, unresolved
 
 
 def _add_probes(alphas: np.ndarray, f: np.ndarray, new: np.ndarray, probe) -> tuple[np.ndarray, np.ndarray]:
-    new = new[~np.isin(new, alphas)]
+    new = np.unique(new[~np.isin(new, alphas)])  # a very narrow interval's linspace can repeat values
     if not len(new):
         return alphas, f
     alphas, f = np.concatenate([alphas, new]), np.concatenate([f, probe(new)])

@@ -6,6 +6,7 @@ Tokenizers also give character spans so explanations can be mapped back onto the
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -141,10 +142,37 @@ class TextModel:
         self.batch_size = batch_size
         self.card = card or {}
         self.name = name or self.card.get("name", type(module).__name__)
+        self._float64_twin: tuple[tuple, TextModel] | None = None
 
     def __repr__(self) -> str:
         return (f"TextModel({self.name!r}, labels={self.labels}, vocab={len(self.vocab)} tokens, "
                 f"module={type(self.module).__name__})")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point type of the embedding (the precision explanations run at)."""
+        return self.embedding.weight.dtype
+
+    def float64(self) -> TextModel:
+        """This model in double precision: a float64 copy of ``module`` with everything else shared.
+
+        For Integrated Gradients on recurrent models, whose outputs can flip along the path over a
+        stretch narrower than float32 resolves (``IntegratedGradients(precision=...)``). The copy is
+        cached and made again when a parameter or buffer of ``module`` changes; ``module`` itself is
+        never touched. A model that already is float64 returns itself.
+        """
+        if self.dtype == torch.float64:
+            return self
+        state = tuple((t.data_ptr(), t._version) for t in (*self.module.parameters(), *self.module.buffers()))
+        cached = self._float64_twin
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        memo: dict = {}
+        module = copy.deepcopy(self.module, memo).double().eval()
+        twin = copy.copy(self)
+        twin.module, twin.embedding, twin._float64_twin = module, memo[id(self.embedding)], None
+        self._float64_twin = (state, twin)
+        return twin
 
     @property
     def pad_id(self) -> int:

@@ -186,6 +186,12 @@ def _header_html(e: Explanation) -> str:
 
 def convergence_fix(e: Explanation) -> str:
     """What to change when an Integrated Gradients result is not complete to 1%."""
+    unresolved = e.info.get("unresolved_alpha")
+    if unresolved:  # refinement stopped: F jumps between neighbouring inputs of this precision
+        where = f"F jumps near alpha={unresolved[0]:.4g} faster than {e.info.get('precision', 'this precision')} resolves"
+        if e.info.get("precision") == "float64":
+            return f"{where}: no quadrature closes this gap; try another baseline"
+        return f"{where}, so more steps cannot help: use precision='float64' (or 'auto')"
     if e.params.get("method") == "adaptive":
         n_steps = int(e.params.get("n_steps") or 50)
         budget = max(4 * n_steps, 2 * int(e.params.get("max_steps") or n_steps))

@@ -204,7 +204,8 @@
                          el("b", {}, e.title),
                          el("span", { class: "kind" }, e.signed ? "signed" : "unsigned",
                             e.delta !== null && e.delta !== undefined ? ` · Δ ${signed(e.delta)}` : "",
-                            Number.isFinite(e.relative_delta) ? ` (${(100 * e.relative_delta).toFixed(1)}%)` : ""),
+                            Number.isFinite(e.relative_delta) ? ` (${(100 * e.relative_delta).toFixed(1)}%)` : "",
+                            e.precision === "float64" ? " · float64" : ""),
                          e.converged === false
                            ? el("span", { class: "not-converged", title: `the scores miss F(x) − F(baseline) by more ` +
                                           `than 1%: ${e.convergence_fix}` }, "not converged")
