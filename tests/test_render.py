@@ -166,6 +166,7 @@ def test_unconverged_completeness_is_flagged():
     assert "precision='float64'" in html.unescape(e.to_html()) and "max_steps=400" not in terminal(e, color="none")
     e.info["precision"] = "float64"
     assert "no quadrature closes this gap" in terminal(e, color="none")
+    assert "delta +0.2 (in float64)" in terminal(e, color="none") and "delta +0.2 (in float64)" in e.to_html()
     e.info["converged"] = True
     assert "not converged" not in side_by_side_html([e]) and "delta +0.2" in side_by_side_html([e])
 

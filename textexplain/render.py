@@ -201,7 +201,7 @@ def convergence_fix(e: Explanation) -> str:
 
 def _delta_html(e: Explanation) -> str:
     """The completeness delta, flagged when the method reports it did not converge."""
-    text = f"completeness delta {e.delta:+.3g}"
+    text = f"completeness delta {e.delta:+.3g}" + (" (in float64)" if e.info.get("precision") == "float64" else "")
     if e.info.get("converged") is False:
         share = e.info.get("relative_delta", float("nan"))
         return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
@@ -349,6 +349,7 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     subject = (f"{e.labels[0]}, {_activation_summary(e)}" if _of_a_unit(e) else
                f"predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} ({e.probs[e.target]:.3f})")
     head = (f"{e.method}: {subject}" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
+            + (" (in float64)" if e.info.get("precision") == "float64" else "")
             + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.1%} of the output change; "
                f"{convergence_fix(e)})" if e.info.get("converged") is False else ""))
     body = []
