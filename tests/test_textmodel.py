@@ -88,3 +88,13 @@ def test_float64_copy_follows_parameter_changes():
     assert fresh is not twin
     np.testing.assert_allclose(fresh.predict_proba("good film"), model.predict_proba("good film"), atol=1e-12)
     assert not np.allclose(twin.predict_proba("good film"), model.predict_proba("good film"))
+
+
+def test_float64_copy_of_a_module_that_cannot_be_copied_is_a_clear_error():
+    import threading
+
+    model = make_model()
+    model.module.lock = threading.Lock()  # not deep-copyable
+    with pytest.raises(TypeError, match="deepcopy of the module"):
+        model.float64()
+    assert model.dtype == torch.float32

@@ -168,7 +168,11 @@ class TextModel:
         if cached is not None and cached[0] == state:
             return cached[1]
         memo: dict = {}
-        module = copy.deepcopy(self.module, memo).double().eval()
+        try:
+            module = copy.deepcopy(self.module, memo).double().eval()
+        except Exception as err:  # e.g. a module holding a lock or an open file
+            raise TypeError(f"a float64 copy needs copy.deepcopy of the module, which failed ({err}); use "
+                            "precision='model', or make the module deep-copyable") from err
         twin = copy.copy(self)
         twin.module, twin.embedding, twin._float64_twin = module, memo[id(self.embedding)], None
         self._float64_twin = (state, twin)
