@@ -304,3 +304,40 @@ def test_to_words_merges_sub_tokens_and_characters():
         e.scores[12:14][np.argmax(np.abs(e.scores[12:14]))])
     with pytest.raises(ValueError, match="how"):
         e.to_words("median")
+
+
+@pytest.mark.parametrize("precision", ["float64", "auto"])
+def test_integrated_gradients_in_float64_meets_the_same_contract(lstm, precision):
+    """IG on the model's float64 copy: batch equals singles, deterministic, thread-safe, and neither the
+    model nor its copy keeps hooks, gradients or changed parameters."""
+    params = {**FAST["integrated_gradients"], "precision": precision, "max_steps": 40}
+    state, grads, modes = _snapshot(lstm.module)
+    targets = [None, 1, "neg", 2]
+    batch = te.explain_batch(lstm, TEXTS, method="integrated_gradients", target=targets, **params)
+    singles = [te.explain(lstm, t, method="integrated_gradients", target=g, **params) for t, g in zip(TEXTS, targets)]
+    for got, single in zip(batch, singles):
+        np.testing.assert_array_equal(got.scores, single.scores)
+        assert got.params == single.params and got.params["precision"] == precision
+        if precision == "float64":
+            assert got.info["precision"] == "float64"
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = te.explain(lstm, TEXTS[i], method="integrated_gradients", target=targets[i], **params).scores
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(TEXTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, single in enumerate(singles):
+        np.testing.assert_array_equal(results[i], single.scores)
+    after_state, after_grads, after_modes = _snapshot(lstm.module)
+    assert after_grads == grads and after_modes == modes
+    assert all(torch.equal(state[k], after_state[k]) for k in state)
+    for module in (lstm.module, lstm.float64().module):
+        assert _hooks(module) == 0 and all(p.grad is None for p in module.parameters())
