@@ -287,6 +287,7 @@ def section_precision(args) -> list[str]:
                         f"| {np.percentile(gap, 90):.1%} | {np.median(cos):.5f} / {cos.min():.4f} | {high.mean():.0%} | "
                         f"{used.mean():.0f} | {np.median(ms):.0f} / {np.percentile(ms, 90):.0f} / {ms.max():.0f} |")
             print(rows[-1], flush=True)
+        rows += captum_precision_rows(model, name, texts, refs)
         rows.append(f"| {name} | reference (float64, 200-2000) | {np.mean(ref_gaps <= 0.01):.0%} | "
                     f"{np.median(ref_gaps):.2%} | {np.percentile(ref_gaps, 90):.1%} | | | | |")
     rows += ["", "Along these paths the LSTM's state flips over about 1e-7 of alpha (dF/dalpha up to 2e7, "
@@ -294,6 +295,29 @@ def section_precision(args) -> list[str]:
              "text, and no quadrature can follow. The adaptive rule stops refining a segment narrower than 64 ulps "
              "of the path's precision and reports it (`info['unresolved_alpha']`); `precision='auto'` then "
              "integrates again on a float64 copy of the model.", ""]
+    return rows
+
+
+def captum_precision_rows(model, name: str, texts: list[str], refs: list) -> list[str]:
+    """captum's LayerIntegratedGradients (pad ids as baseline, as section_ig) on the same texts and targets."""
+    from captum.attr import LayerIntegratedGradients
+
+    lig = LayerIntegratedGradients(model.module, model.embedding)
+    rows = []
+    for steps in (50, 500):
+        gap, ms, cos = (np.zeros(len(texts)) for _ in range(3))
+        for j, (t, ref) in enumerate(zip(texts, refs)):
+            ids = torch.tensor([model.encode(t)])
+            dt, attr = timed(lambda: lig.attribute(ids, baselines=torch.full_like(ids, model.pad_id), target=ref.target,
+                                                   n_steps=steps, method="gausslegendre", internal_batch_size=50))
+            scores = attr.sum(-1)[0].detach().double().numpy()
+            change = ref.info["f_input"] - ref.info["f_baseline"]
+            gap[j], ms[j], cos[j] = abs(scores.sum() - change) / abs(change), 1000 * dt, cosine(scores, ref.scores)
+        rows.append(f"| {name} | captum LayerIntegratedGradients, {steps} Gauss-Legendre steps | "
+                    f"{np.mean(gap <= 0.01):.0%} | {np.median(gap):.2%} | {np.percentile(gap, 90):.1%} | "
+                    f"{np.median(cos):.5f} / {cos.min():.4f} | | {steps} | {np.median(ms):.0f} / "
+                    f"{np.percentile(ms, 90):.0f} / {ms.max():.0f} |")
+        print(rows[-1], flush=True)
     return rows
 
 
