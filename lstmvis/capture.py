@@ -51,6 +51,10 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+# textexplain.base.TRANSIENT (not imported: lstmvis.capture stays free of textexplain): hooks and forward
+# overrides that live only while recording, which a copy of the module (TextModel.float64) leaves out
+TRANSIENT = "_textexplain_transient"
+
 LSTM_GATES = ("gate_i", "gate_f", "gate_g", "gate_o")
 GRU_GATES = ("gate_r", "gate_z", "gate_n")
 KINDS = ("h", "c", *LSTM_GATES, *GRU_GATES, "conv")
@@ -286,6 +290,7 @@ class Recorder:
             x = args[0]
             hx = args[1] if len(args) > 1 else kwargs.get("hx")
             _record_cell(self, name, m, x, hx, output)
+        setattr(hook, TRANSIENT, True)
         return hook
 
     def _conv_hook(self, name: str):
@@ -294,6 +299,7 @@ class Recorder:
                 out = output if output.dim() == 3 else output.unsqueeze(0)
                 lengths = torch.full((out.shape[0],), out.shape[2], dtype=torch.long)
                 self.emit(f"{name}.conv", out.transpose(1, 2), lengths)
+        setattr(hook, TRANSIENT, True)
         return hook
 
 
@@ -371,6 +377,8 @@ class _Dispatch:
     Calls from a thread with an active Recorder on this module run the layer-by-layer recording
     forward; all other calls run the module's own forward unchanged.
     """
+
+    _textexplain_transient = True  # TRANSIENT: a copy of the module taken while recording leaves it out
 
     def __init__(self, module: nn.Module):
         self.module = module

@@ -78,7 +78,7 @@ class IntegratedGradientsParams(Params):
     precision: Literal[PRECISIONS] | None = Field(  # type: ignore[valid-type]
         None, description="model (default): the model's own float32; float64: a float64 copy (about 5x slower; "
                           "RNN state flips can be narrower than float32 resolves); auto: float64 only when the "
-                          "model's precision misses the 1% completeness tolerance")
+                          "adaptive rule finds a completeness gap float32 cannot resolve")
     output: Output | None = Field(None, description=OUTPUT_HELP)
 
 

@@ -23,7 +23,7 @@ def steep_step_rate(alpha, at=0.05, width=2e-4, height=3.0):
     return height / (2 * width) / np.cosh(t) ** 2 + 1.0
 
 
-def run_adaptive(n_steps, f, rate, max_steps=None, resolution=0.0):
+def run_adaptive(n_steps, f, rate, max_steps=None, resolution=0.0, origin=0.0):
     """adaptive_nodes on a scalar F: 'gradients' are dF/dalpha in a (K, 1, 1) tensor."""
     calls = {"probes": 0, "gradients": 0}
 
@@ -38,7 +38,8 @@ def run_adaptive(n_steps, f, rate, max_steps=None, resolution=0.0):
     start = np.linspace(0.0, 1.0, 9)
     calls["probes"] += len(start)
     nodes, weights, grads, calls["unresolved"] = adaptive_nodes(n_steps, start, f(start), probe, gradients,
-                                                                lambda g: g[:, 0, 0].numpy(), max_steps, resolution)
+                                                                lambda g: g[:, 0, 0].numpy(), max_steps, resolution,
+                                                                origin)
     return nodes, weights, grads[:, 0, 0].numpy(), calls
 
 
@@ -123,6 +124,26 @@ def test_refinement_stops_at_a_jump_narrower_than_the_precision_resolves():
     *_, smooth = run_adaptive(50, steep_step, steep_step_rate, max_steps=1000, resolution=eps)
     assert smooth["unresolved"] is None
 
+    # the jump does not stop refinement elsewhere: a resolvable flip at 0.6 is integrated as if alone
+    def both(alpha):
+        return jump(alpha) + steep_step(alpha, at=0.6, width=2e-3) - np.asarray(alpha)
+
+    def both_rate(alpha):
+        return steep_step_rate(alpha, at=0.6, width=2e-3)
+
+    nodes, weights, rates, calls = run_adaptive(50, both, both_rate, max_steps=1000, resolution=eps)
+    assert calls["unresolved"][0] < 0.05 <= calls["unresolved"][1]
+    flip_alone = steep_step(1.0, at=0.6, width=2e-3) - steep_step(0.0, at=0.6, width=2e-3)
+    assert abs(weights @ rates - flip_alone) <= 1e-3 * abs(flip_alone)  # all that is missing is the jump's 3
+    # near alpha 0 a nonzero baseline sets the precision (inputs x' + alpha dx): with origin 1 a jump at 3e-6
+    # is final at a width of about 64 eps, not 64 eps x 3e-6
+    def early(alpha):
+        return 3.0 * (np.asarray(alpha) >= 3e-6) + np.asarray(alpha)
+
+    *_, near_zero = run_adaptive(50, early, rate, max_steps=1000, resolution=eps, origin=1.0)
+    lo, hi = near_zero["unresolved"]
+    assert lo < 3e-6 <= hi and hi - lo >= eps and near_zero["gradients"] < 300
+
 
 # A 50-token text (consecutive Rotten Tomatoes test sentences, as benchmarks/bench_server.py builds them)
 # along whose IG path sentiment-lstm's state flips near alpha = 0.0515 over about 1e-7: in float32, F jumps
@@ -149,6 +170,13 @@ def test_float64_closes_the_gap_float32_cannot(sentiment_lstm):
     np.testing.assert_array_equal(auto.scores, high.scores)
     assert auto.info["precision"] == "float64" and auto.info["model_precision_relative_delta"] == low.info["relative_delta"]
     assert auto.info["n_gradient_rows"] == low.info["n_gradient_rows"] + high.info["n_gradient_rows"]
+    # a miss that more steps would fix is not a reason for float64: auto keeps the float32 result
+    budget_miss = "Offers a guilt-free trip into feel-good territory."  # 1.1% at 50 evaluations, no refinement
+    short = te.IntegratedGradients(sentiment_lstm, n_steps=50).explain(budget_miss)
+    assert not short.info["converged"] and "unresolved_alpha" not in short.info
+    kept = te.IntegratedGradients(sentiment_lstm, n_steps=50, precision="auto").explain(budget_miss)
+    np.testing.assert_array_equal(kept.scores, short.scores)
+    assert kept.info["precision"] == "float32" and kept.info["n_gradient_rows"] == short.info["n_gradient_rows"]
     # where float32 converges, auto is the float32 result itself, and float64 agrees with it
     easy = "a gorgeous , witty , seductive movie ."
     plain = te.IntegratedGradients(sentiment_lstm, **params).explain(easy)

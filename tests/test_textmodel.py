@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from textexplain import TextModel, Vocab, WordTokenizer
+from textexplain import model as te_model
 
 
 class BagOfEmbeddings(nn.Module):
@@ -68,26 +69,48 @@ def test_word_tokenizer_spans_cover_the_tokens():
     assert tok("Don't stop") == ["don't", "stop"]
 
 
-def test_float64_copy_is_cached_refreshed_and_leaves_the_model_alone(sentiment_lstm):
+def test_float64_copy_is_fresh_and_leaves_the_model_alone(sentiment_lstm):
     texts = ["a gorgeous, witty film", "a bore"]
     twin = sentiment_lstm.float64()
     assert twin.dtype == torch.float64 and sentiment_lstm.dtype == torch.float32
     assert twin.embedding is twin.module.emb and twin.module is not sentiment_lstm.module
     assert twin.vocab is sentiment_lstm.vocab and twin.labels == sentiment_lstm.labels
     np.testing.assert_allclose(twin.predict_proba(texts), sentiment_lstm.predict_proba(texts), atol=1e-6)
-    assert sentiment_lstm.float64() is twin  # cached
+    assert sentiment_lstm.float64() is not twin  # made anew: never stale
     assert twin.float64() is twin
 
 
-def test_float64_copy_follows_parameter_changes():
+def test_float64_copy_follows_every_kind_of_change():
     model = make_model()
-    twin = model.float64()
     with torch.no_grad():
-        model.module.emb.weight[2, 0] += 1.0  # in place: the copy is stale now
-    fresh = model.float64()
-    assert fresh is not twin
-    np.testing.assert_allclose(fresh.predict_proba("good film"), model.predict_proba("good film"), atol=1e-12)
-    assert not np.allclose(twin.predict_proba("good film"), model.predict_proba("good film"))
+        model.module.emb.weight[2, 0] += 1.0  # in place
+    np.testing.assert_allclose(model.float64().predict_proba("good film"), model.predict_proba("good film"), atol=1e-7)
+    model.module.emb.weight.data[3, 1] = 5.0  # through .data: no version bump
+    np.testing.assert_allclose(model.float64().predict_proba("bad film"), model.predict_proba("bad film"), atol=1e-7)
+    model.labels = ["minus", "plus"]
+    assert model.float64().labels == ["minus", "plus"]
+
+
+def test_float64_copy_leaves_out_hooks_held_by_running_calls():
+    """A copy taken while another call substitutes the embeddings or records states must not inherit
+    that call's temporary hooks (they would fire forever in the copy); the user's own hooks stay."""
+    from textexplain.base import substituted_embeddings
+
+    from lstmvis.capture import Recorder
+
+    model = make_model()
+    seen = []
+    model.module.emb.register_forward_hook(lambda m, i, o: seen.append(o.shape))  # the user's own
+    with substituted_embeddings(model, torch.zeros(1, 2, 2)):
+        twin = model.float64()
+    assert len(twin.module.emb._forward_hooks) == 1
+    np.testing.assert_allclose(twin.predict_proba("good bad film"), model.predict_proba("good bad film"), atol=1e-7)
+    assert len(seen) == 2  # the user's hook fired in the copy and in the model
+    lstm = nn.LSTM(2, 3, batch_first=True)
+    with Recorder(lstm):
+        copied, _ = te_model._copy_without_transients(lstm)
+    assert "forward" not in copied.__dict__ and "forward" not in lstm.__dict__
+    copied(torch.zeros(1, 4, 2))
 
 
 def test_float64_copy_of_a_module_that_cannot_be_copied_is_a_clear_error():

@@ -88,6 +88,16 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+TRANSIENT = "_textexplain_transient"  # marks hooks and forward overrides that live only during one call
+
+
+def transient(obj):
+    """Mark a hook (or an instance-level ``forward``) as living only during one call, so that a copy of
+    the module taken meanwhile (``TextModel.float64``) leaves it out."""
+    setattr(obj, TRANSIENT, True)
+    return obj
+
+
 def embed(model: TextModel, ids: torch.Tensor) -> torch.Tensor:
     """The embedding layer's output for ``ids``, detached (no autograd history)."""
     with torch.no_grad():
@@ -110,7 +120,7 @@ def substituted_embeddings(model: TextModel, embeddings: torch.Tensor):
                              f"{tuple(embeddings.shape)}: the module must call its embedding once on the ids")
         return embeddings
 
-    handle = model.embedding.register_forward_hook(hook)
+    handle = model.embedding.register_forward_hook(transient(hook))
     try:
         yield
     finally:

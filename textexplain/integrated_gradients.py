@@ -84,7 +84,8 @@ class IntegratedGradients(Explainer):
 
     ``precision``: ``"model"`` (default) runs the path at the model's own precision; ``"float64"`` on a
     float64 copy of the model (``TextModel.float64``, about 5x slower on CPU); ``"auto"`` at the model's
-    precision first and again in float64 only when that misses the 1% tolerance. Why: on longer texts an
+    precision first and again in float64 only when refinement found a gap it cannot resolve at that
+    precision (``info["unresolved_alpha"]``, adaptive rule). Why: on longer texts an
     RNN's state can flip over a stretch of alpha narrower than float32 resolves -- F then jumps between
     neighbouring float32 inputs and no number of steps closes the gap (sentiment-lstm, 50-token texts:
     15% of them at ``max_steps=1000`` in float32, none in float64; benchmarks/results/explain.md).
@@ -131,9 +132,9 @@ class IntegratedGradients(Explainer):
         if self.precision == "float64":
             return self._integrate(self.model.float64(), prepared.ids, target)
         result = self._integrate(self.model, prepared.ids, target)
-        if self.precision == "auto" and not result.info["converged"] and self.model.dtype != torch.float64:
+        if self.precision == "auto" and "unresolved_alpha" in result.info:  # more precision can help, more steps not
             first = result.info
-            result = self._integrate(self.model.float64(), prepared.ids, target)
+            result = self._integrate(self.model.float64(), prepared.ids, result.target)
             result.info["model_precision_relative_delta"] = first["relative_delta"]
             for rows in ("n_forward_rows", "n_gradient_rows", "n_probe_rows"):  # the work of both passes
                 result.info[rows] += first[rows]
@@ -170,6 +171,13 @@ def path_rows(x: torch.Tensor, x_ref: torch.Tensor, alphas) -> torch.Tensor:
     out = torch.addcmul(x_ref, alphas[:, None, None], x - x_ref)
     out[alphas == 0], out[alphas == 1] = x_ref, x  # the ends exactly, not up to rounding
     return out
+
+
+def path_origin(x: torch.Tensor, x_ref: torch.Tensor) -> float:
+    """``|x'| / |x - x'|``: where the path's inputs ``x' + alpha (x - x')`` sit, in units of alpha, at
+    alpha 0 (0 for a zero baseline, whose inputs are as precise near alpha 0 as alpha itself)."""
+    step = float(torch.linalg.vector_norm(x - x_ref))
+    return float(torch.linalg.vector_norm(x_ref)) / step if step > 0 else 0.0
 
 
 def path_derivative(grads: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor) -> np.ndarray:
@@ -223,12 +231,12 @@ class _Path:
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
         alphas, weights, grads, self.unresolved = adaptive_nodes(
             n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients, self.derivative, max_steps,
-            resolution=torch.finfo(self.x.dtype).eps)
+            resolution=torch.finfo(self.x.dtype).eps, origin=path_origin(self.x, self.x_ref))
         return logits[-1], self.target, alphas, weights, grads
 
 
 def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, derivative,
-                   max_steps: int | None = None, resolution: float = 0.0):
+                   max_steps: int | None = None, resolution: float = 0.0, origin: float = 0.0):
     """Composite Gauss-Legendre nodes for the integral of dF/dalpha over [0, 1], placed from probes.
 
     ``alphas``/``f``: probes of F so far (sorted, 0 and 1 included); ``probe(alphas) -> F``,
@@ -252,13 +260,16 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     4. ``max_steps`` (> ``n_steps``): step 3 repeats on whichever segment then has the largest gap, with
        20% of ``n_steps`` (at least ``REFINE_MIN``) evaluations each time, until the total gap is within
        ``COMPLETENESS_TOLERANCE`` or ``max_steps`` gradient evaluations are spent: IG to a tolerance,
-       paying more only for the inputs that need it. A segment narrower than ``SPLIT_ULPS`` steps of
-       ``resolution`` (the relative precision alpha is evaluated at, e.g. float32's eps) is not split:
-       F can jump there between neighbouring representable inputs. Refinement stops when such a
-       segment alone misses by more than the tolerance -- more evaluations cannot help; more precision can.
+       paying more only for the inputs that need it. Segments too narrow for the path's precision are
+       final: the inputs at alpha, ``x' + alpha (x - x')``, are spaced about ``resolution x (alpha +
+       origin)`` apart in alpha (``resolution``: the dtype's eps; ``origin``: ``|x'| / |x - x'|``), and a
+       segment narrower than ``SPLIT_ULPS`` such spacings is not split -- F can jump there between
+       neighbouring representable inputs. Refinement goes on elsewhere while the other segments miss by
+       more than the tolerance; if the final segments still do, their widest-missing one is returned:
+       more evaluations cannot close that gap, more precision can.
 
-    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and the alpha
-    interval that stopped refinement that way (else None). ``n_steps`` gradient rows are evaluated (at
+    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and that
+    unresolved interval (else None). ``n_steps`` gradient rows are evaluated (at
     most ``max_steps`` with step 4), or the first pass's 80% when it already closes the gap.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
@@ -283,19 +294,19 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         return f[np.searchsorted(alphas, hi)] - f[np.searchsorted(alphas, lo)]
 
     def splittable(lo, hi):
-        return hi - lo > SPLIT_ULPS * resolution * hi
+        return hi - lo > SPLIT_ULPS * resolution * (hi + origin)
 
-    unresolved = None
-    while used < budget and abs(rates.sum() - total) > (EARLY_EXIT if used < n_steps else
-                                                          COMPLETENESS_TOLERANCE) * abs(total):
-        gaps = {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
-        stuck = [s for s in gaps if not splittable(*spans[s])]
-        if stuck and max(abs(gaps[s]) for s in stuck) > COMPLETENESS_TOLERANCE * abs(total):
-            unresolved = spans[max(stuck, key=lambda s: abs(gaps[s]))]
-            break
-        candidates = [s for s in gaps if s not in stuck]
-        if not candidates:
-            break
+    def segment_gaps():
+        return {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
+
+    while used < budget:
+        tolerance = (EARLY_EXIT if used < n_steps else COMPLETENESS_TOLERANCE) * abs(total)
+        gaps = segment_gaps()
+        candidates = [s for s in gaps if splittable(*spans[s])]
+        refinable = sum(gaps[s] for s in candidates)
+        if abs(sum(gaps.values())) <= tolerance or not candidates or (
+                abs(refinable) <= tolerance < abs(sum(gaps.values()) - refinable)):
+            break  # complete, or what is left sits in segments too narrow to split
         worst = max(candidates, key=lambda s: abs(gaps[s]))
         lo, hi = spans.pop(worst)
         n_more = min(n_refine if used < n_steps else max(n_refine, REFINE_MIN), budget - used)
@@ -312,6 +323,11 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         rates = np.concatenate([rates[keep], more_weights * derivative(more_grads)])
         grads = torch.cat([grads[torch.from_numpy(keep)], more_grads])
         used += n_more
+    gaps, unresolved = segment_gaps(), None
+    final = [s for s in gaps if not splittable(*spans[s])]
+    missing = COMPLETENESS_TOLERANCE * abs(total)
+    if final and abs(sum(gaps.values())) > missing and abs(sum(gaps[s] for s in final)) > missing:
+        unresolved = spans[max(final, key=lambda s: abs(gaps[s]))]
     return nodes, weights, grads, unresolved
 
 

@@ -106,6 +106,46 @@ class Vocab:
         return [self.itos[int(i)] for i in ids]
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+def _copy_without_transients(module: nn.Module, attempts: int = 3) -> tuple[nn.Module, dict]:
+    """``copy.deepcopy(module)`` without the hooks and forward overrides marked transient (held by
+    calls running in other threads), and the deepcopy memo (original id -> copy)."""
+    from .base import TRANSIENT
+
+    for attempt in range(attempts):
+        memo: dict = {}
+        for m in module.modules():  # transient objects copy to None (list() of a dict is atomic under the GIL)
+            forward = m.__dict__.get("forward")
+            if getattr(forward, TRANSIENT, False):
+                memo[id(forward)] = None
+            for name in _HOOK_DICTS:
+                for hook in list(m.__dict__.get(name, {}).values()):
+                    if getattr(hook, TRANSIENT, False):
+                        memo[id(hook)] = None
+        try:
+            copied = copy.deepcopy(module, memo)
+            break
+        except RuntimeError:  # a hook dict changed size while being copied: another thread came or went
+            if attempt == attempts - 1:
+                raise
+        except Exception as err:  # e.g. a module holding a lock or an open file
+            raise TypeError(f"a float64 copy needs copy.deepcopy of the module, which failed ({err}); use "
+                            "precision='model', or make the module deep-copyable") from err
+    for m in copied.modules():
+        if "forward" in m.__dict__ and m.__dict__["forward"] is None:
+            del m.__dict__["forward"]
+        for name in _HOOK_DICTS:
+            hooks = m.__dict__.get(name, {})
+            for key in [k for k, hook in hooks.items() if hook is None]:
+                del hooks[key]
+                for flags in _HOOK_FLAGS:
+                    m.__dict__.get(flags, {}).pop(key, None)
+    return copied, memo
+
+
 class TextModel:
     """A text classifier with everything an explanation needs.
 
@@ -142,7 +182,6 @@ class TextModel:
         self.batch_size = batch_size
         self.card = card or {}
         self.name = name or self.card.get("name", type(module).__name__)
-        self._float64_twin: tuple[tuple, TextModel] | None = None
 
     def __repr__(self) -> str:
         return (f"TextModel({self.name!r}, labels={self.labels}, vocab={len(self.vocab)} tokens, "
@@ -154,28 +193,19 @@ class TextModel:
         return self.embedding.weight.dtype
 
     def float64(self) -> TextModel:
-        """This model in double precision: a float64 copy of ``module`` with everything else shared.
+        """This model in double precision: a fresh float64 copy of ``module``, everything else shared.
 
         For Integrated Gradients on recurrent models, whose outputs can flip along the path over a
-        stretch narrower than float32 resolves (``IntegratedGradients(precision=...)``). The copy is
-        cached and made again when a parameter or buffer of ``module`` changes; ``module`` itself is
-        never touched. A model that already is float64 returns itself.
+        stretch narrower than float32 resolves (``IntegratedGradients(precision=...)``). Made anew on
+        every call (a few ms for the shipped classifiers), so it always has the current parameters;
+        hooks that other calls hold on the module only for their duration are left out of the copy.
+        ``module`` itself is never touched. A model that already is float64 returns itself.
         """
         if self.dtype == torch.float64:
             return self
-        state = tuple((t.data_ptr(), t._version) for t in (*self.module.parameters(), *self.module.buffers()))
-        cached = self._float64_twin
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        memo: dict = {}
-        try:
-            module = copy.deepcopy(self.module, memo).double().eval()
-        except Exception as err:  # e.g. a module holding a lock or an open file
-            raise TypeError(f"a float64 copy needs copy.deepcopy of the module, which failed ({err}); use "
-                            "precision='model', or make the module deep-copyable") from err
+        module, memo = _copy_without_transients(self.module)
         twin = copy.copy(self)
-        twin.module, twin.embedding, twin._float64_twin = module, memo[id(self.embedding)], None
-        self._float64_twin = (state, twin)
+        twin.module, twin.embedding = module.double().eval(), memo[id(self.embedding)]
         return twin
 
     @property
