@@ -159,27 +159,38 @@ def test_substitution_only_affects_its_own_thread(lstm):
     assert _hooks(lstm.module) == 0
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "shap"])
-def test_concurrent_calls_equal_sequential(lstm, method):
-    """The server calls methods concurrently on one model; each call must see only its own inputs."""
-    expected = [te.explain(lstm, t, method=method, **FAST[method]).scores for t in TEXTS]
-    probs = lstm.predict_proba(TEXTS)
+def _in_threads(work, n: int) -> dict:
+    """``work(i)`` for i < n, each in a thread of its own, started together: results by i (errors raised)."""
     results, errors = {}, []
 
-    def work(i):
+    def run(i):
         try:
-            for _ in range(3):
-                results[i] = te.explain(lstm, TEXTS[i], method=method, **FAST[method]).scores
-                np.testing.assert_allclose(lstm.predict_proba(TEXTS), probs, atol=1e-6)
+            results[i] = work(i)
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(TEXTS))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "shap"])
+def test_concurrent_calls_equal_sequential(lstm, method):
+    """The server calls methods concurrently on one model; each call must see only its own inputs."""
+    expected = [te.explain(lstm, t, method=method, **FAST[method]).scores for t in TEXTS]
+    probs = lstm.predict_proba(TEXTS)
+
+    def work(i):
+        for _ in range(3):
+            scores = te.explain(lstm, TEXTS[i], method=method, **FAST[method]).scores
+            np.testing.assert_allclose(lstm.predict_proba(TEXTS), probs, atol=1e-6)
+        return scores
+
+    results = _in_threads(work, len(TEXTS))
     for i, scores in enumerate(expected):
         np.testing.assert_allclose(results[i], scores, rtol=1e-5, atol=1e-6)
     assert _hooks(lstm.module) == 0
@@ -308,8 +319,8 @@ def test_to_words_merges_sub_tokens_and_characters():
 
 @pytest.mark.parametrize("precision", ["float64", "auto"])
 def test_integrated_gradients_in_float64_meets_the_same_contract(lstm, precision):
-    """IG on the model's float64 copy: batch equals singles, deterministic, thread-safe, and neither the
-    model nor its copy keeps hooks, gradients or changed parameters."""
+    """IG on float64 copies of the model: batch equals singles, deterministic, thread-safe (each call copies
+    while others hold hooks on the module), and the model keeps no hooks, gradients or changed parameters."""
     params = {**FAST["integrated_gradients"], "precision": precision, "max_steps": 40}
     state, grads, modes = _snapshot(lstm.module)
     targets = [None, 1, "neg", 2]
@@ -320,24 +331,11 @@ def test_integrated_gradients_in_float64_meets_the_same_contract(lstm, precision
         assert got.params == single.params and got.params["precision"] == precision
         if precision == "float64":
             assert got.info["precision"] == "float64"
-    results, errors = {}, []
-
-    def work(i):
-        try:
-            results[i] = te.explain(lstm, TEXTS[i], method="integrated_gradients", target=targets[i], **params).scores
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(TEXTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = _in_threads(lambda i: te.explain(lstm, TEXTS[i], method="integrated_gradients", target=targets[i],
+                                               **params).scores, len(TEXTS))
     for i, single in enumerate(singles):
         np.testing.assert_array_equal(results[i], single.scores)
     after_state, after_grads, after_modes = _snapshot(lstm.module)
     assert after_grads == grads and after_modes == modes
     assert all(torch.equal(state[k], after_state[k]) for k in state)
-    for module in (lstm.module, lstm.float64().module):
-        assert _hooks(module) == 0 and all(p.grad is None for p in module.parameters())
+    assert _hooks(lstm.module) == 0 and all(p.grad is None for p in lstm.module.parameters())
