@@ -389,7 +389,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     from textexplain.base import check_choice, check_positive_int, reduce_dims, substituted_embeddings
     from textexplain.explanation import Explanation
     from textexplain.integrated_gradients import (COMPLETENESS_TOLERANCE, PROBES, RULES, adaptive_nodes,
-                                                  path_derivative, path_rows, quadrature)
+                                                  path_derivative, path_origin, path_rows, quadrature)
 
     from .capture import Recorder
 
@@ -461,7 +461,8 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
             a_x, a_ref = float(f[-1]), float(f[0])
             nodes, weights, grads, _ = adaptive_nodes(
                 n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0],
-                lambda g: path_derivative(g, x, x_ref), budget, resolution=torch.finfo(x.dtype).eps)
+                lambda g: path_derivative(g, x, x_ref), budget, resolution=torch.finfo(x.dtype).eps,
+                origin=path_origin(x, x_ref))
             avg_grad = torch.einsum("k,kte->te", torch.tensor(weights, dtype=x.dtype), grads)
         else:  # fixed nodes: the input, the baseline and the path in one pass
             alphas, weights = quadrature(n_steps, rule)

@@ -265,7 +265,7 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
        origin)`` apart in alpha (``resolution``: the dtype's eps; ``origin``: ``|x'| / |x - x'|``), and a
        segment narrower than ``SPLIT_ULPS`` such spacings is not split -- F can jump there between
        neighbouring representable inputs. Refinement goes on elsewhere while the other segments miss by
-       more than the tolerance; if the final segments still do, their widest-missing one is returned:
+       more than the tolerance; if the final segments still do, the one that misses most is returned:
        more evaluations cannot close that gap, more precision can.
 
     Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and that
