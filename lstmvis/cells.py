@@ -388,8 +388,8 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
 
     from textexplain.base import check_choice, check_positive_int, reduce_dims, substituted_embeddings
     from textexplain.explanation import Explanation
-    from textexplain.integrated_gradients import (COMPLETENESS_TOLERANCE, PROBES, RULES, adaptive_nodes,
-                                                  path_derivative, path_origin, path_rows, quadrature)
+    from textexplain.integrated_gradients import (COMPLETENESS_TOLERANCE, PROBES, RULES, adaptive_path_nodes,
+                                                  check_max_steps, path_rows, quadrature, relative_gap)
 
     from .capture import Recorder
 
@@ -399,12 +399,8 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
         raise ValueError(f"baseline={baseline!r}: use 'pad' or 'zero'")
     check_positive_int("n_steps", n_steps)
     check_choice("rule", rule, RULES)
-    if max_steps is not None and rule != "adaptive":
-        raise ValueError(f"max_steps refines the adaptive rule's segments; rule={rule!r} has fixed nodes: raise "
-                         "n_steps instead, or use rule='adaptive'")
-    budget = 4 * n_steps if max_steps is None else check_positive_int("max_steps", max_steps)
-    if budget < n_steps:
-        raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
+    check_max_steps(max_steps, n_steps, rule, name="rule")
+    budget = 4 * n_steps if max_steps is None else max_steps
     module, embedding, vocab = _model_parts(model)
     if module.training:
         raise ValueError("the model is in training mode (dropout changes every run): call .eval() first")
@@ -459,10 +455,8 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
             alphas = np.linspace(0.0, 1.0, PROBES)
             f = probe(alphas)
             a_x, a_ref = float(f[-1]), float(f[0])
-            nodes, weights, grads, _ = adaptive_nodes(
-                n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0],
-                lambda g: path_derivative(g, x, x_ref), budget, resolution=torch.finfo(x.dtype).eps,
-                origin=path_origin(x, x_ref))
+            nodes, weights, grads, _ = adaptive_path_nodes(
+                n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0], x, x_ref, budget)
             avg_grad = torch.einsum("k,kte->te", torch.tensor(weights, dtype=x.dtype), grads)
         else:  # fixed nodes: the input, the baseline and the path in one pass
             alphas, weights = quadrature(n_steps, rule)
@@ -476,7 +470,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
                   **({"max_steps": budget} if rule == "adaptive" else {})}
         info = {"n_gradient_rows": counts["gradient"], "n_probe_rows": counts["probe"]}
         if delta is not None:
-            relative = abs(delta) / abs(a_x - a_ref) if a_x != a_ref else (0.0 if delta == 0 else float("inf"))
+            relative = relative_gap(delta, a_x - a_ref)
             info.update(relative_delta=relative, converged=relative <= COMPLETENESS_TOLERANCE)
     label = f"{source}[{cell}] at step {step}"
     spans = model.token_spans(text) if hasattr(model, "token_spans") else None

@@ -112,13 +112,7 @@ class IntegratedGradients(Explainer):
         check_choice("method", method, RULES)
         if method == "riemann_trapezoid" and n_steps < 2:
             raise ValueError("the trapezoid rule needs n_steps >= 2")
-        if max_steps is not None:
-            check_positive_int("max_steps", max_steps)
-            if method != "adaptive":
-                raise ValueError(f"max_steps refines the adaptive rule's segments; method={method!r} has fixed "
-                                 "nodes: raise n_steps instead, or use method='adaptive'")
-            if max_steps < n_steps:
-                raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
+        check_max_steps(max_steps, n_steps, method)
         self.max_steps = max_steps
         if internal_batch_size is not None:
             check_positive_int("internal_batch_size", internal_batch_size)
@@ -155,7 +149,7 @@ class IntegratedGradients(Explainer):
         scores = reduce_dims((x - x_ref) * avg_grad, "sum")
         f_x, f_ref = path.f_input, path.f_baseline
         delta = float(scores.sum() - (f_x - f_ref))
-        relative = abs(delta) / abs(f_x - f_ref) if f_x != f_ref else (0.0 if delta == 0 else float("inf"))
+        relative = relative_gap(delta, f_x - f_ref)
         return Attribution(scores, logits, target, delta=delta,
                            info={"f_input": f_x, "f_baseline": f_ref, "relative_delta": relative,
                                  "converged": relative <= COMPLETENESS_TOLERANCE,
@@ -163,6 +157,26 @@ class IntegratedGradients(Explainer):
                                  "n_gradient_rows": path.n_gradient_rows, "n_probe_rows": path.n_probe_rows,
                                  "precision": str(x.dtype).removeprefix("torch."),
                                  **({"unresolved_alpha": [float(a) for a in path.unresolved]} if path.unresolved else {})})
+
+
+def check_max_steps(max_steps: int | None, n_steps: int, rule: str, name: str = "method") -> None:
+    """``max_steps`` refines the adaptive rule only, and is at least ``n_steps`` (``name``: what the caller
+    calls the rule argument)."""
+    if max_steps is None:
+        return
+    check_positive_int("max_steps", max_steps)
+    if rule != "adaptive":
+        raise ValueError(f"max_steps refines the adaptive rule's segments; {name}={rule!r} has fixed nodes: raise "
+                         f"n_steps instead, or use {name}='adaptive'")
+    if max_steps < n_steps:
+        raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
+
+
+def relative_gap(delta: float, change: float) -> float:
+    """|delta| as a share of |F(x) - F(x')| (0 or infinity when F does not change along the path)."""
+    if change != 0:
+        return abs(delta) / abs(change)
+    return 0.0 if delta == 0 else float("inf")
 
 
 def path_rows(x: torch.Tensor, x_ref: torch.Tensor, alphas) -> torch.Tensor:
@@ -221,18 +235,22 @@ class _Path:
         self.n_gradient_rows += len(alphas)
         return output_gradients(self.model, self.ids, self.rows(alphas), self.target, self.output, self.batch)
 
-    def derivative(self, grads: torch.Tensor) -> np.ndarray:
-        return path_derivative(grads, self.x, self.x_ref)
-
     def adaptive(self, n_steps: int, target, max_steps: int | None = None):
         """``adaptive_nodes`` on this path: logits of the input, target, alphas, weights, gradients."""
         alphas = np.linspace(0.0, 1.0, PROBES)
         f, logits = self.values(alphas, target)
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
-        alphas, weights, grads, self.unresolved = adaptive_nodes(
-            n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients, self.derivative, max_steps,
-            resolution=torch.finfo(self.x.dtype).eps, origin=path_origin(self.x, self.x_ref))
+        alphas, weights, grads, self.unresolved = adaptive_path_nodes(
+            n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients, self.x, self.x_ref, max_steps)
         return logits[-1], self.target, alphas, weights, grads
+
+
+def adaptive_path_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, x: torch.Tensor,
+                        x_ref: torch.Tensor, max_steps: int | None = None):
+    """``adaptive_nodes`` on the straight path from ``x_ref`` to ``x``: dF/dalpha by the chain rule
+    (``path_derivative``), and the precision of the path's inputs (their dtype's eps, ``path_origin``)."""
+    return adaptive_nodes(n_steps, alphas, f, probe, gradients, lambda g: path_derivative(g, x, x_ref), max_steps,
+                          resolution=torch.finfo(x.dtype).eps, origin=path_origin(x, x_ref))
 
 
 def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, derivative,

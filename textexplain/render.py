@@ -199,9 +199,14 @@ def convergence_fix(e: Explanation) -> str:
     return "raise n_steps, or use the adaptive rule with max_steps"
 
 
+def _delta_text(e: Explanation) -> str:
+    """"completeness delta +0.002", and the precision when it is not the model's own."""
+    return f"completeness delta {e.delta:+.3g}" + (" (in float64)" if e.info.get("precision") == "float64" else "")
+
+
 def _delta_html(e: Explanation) -> str:
     """The completeness delta, flagged when the method reports it did not converge."""
-    text = f"completeness delta {e.delta:+.3g}" + (" (in float64)" if e.info.get("precision") == "float64" else "")
+    text = _delta_text(e)
     if e.info.get("converged") is False:
         share = e.info.get("relative_delta", float("nan"))
         return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
@@ -348,8 +353,7 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     pred = e.predicted
     subject = (f"{e.labels[0]}, {_activation_summary(e)}" if _of_a_unit(e) else
                f"predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} ({e.probs[e.target]:.3f})")
-    head = (f"{e.method}: {subject}" + (f", completeness delta {e.delta:+.3g}" if e.delta is not None else "")
-            + (" (in float64)" if e.info.get("precision") == "float64" else "")
+    head = (f"{e.method}: {subject}" + (f", {_delta_text(e)}" if e.delta is not None else "")
             + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.1%} of the output change; "
                f"{convergence_fix(e)})" if e.info.get("converged") is False else ""))
     body = []
