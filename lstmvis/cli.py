@@ -10,9 +10,9 @@ import sys
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import data
+    from textexplain import providers
 
-    models = data.list_models()
+    models = providers.list_models()
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -36,12 +36,6 @@ def add_models(sub) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-def add_serve(sub) -> None:
-    from server.app import add_serve as add
-
-    add(sub)
-
-
 def add_state_commands(sub) -> None:
     """extract, info, import-lstmvis, export-lstmvis (handlers in lstmvis.extract/store/lstmvis_format)."""
     from .extract import add_extract
@@ -58,7 +52,8 @@ def add_cells(sub) -> None:
     add(sub)
 
 
-SUBCOMMANDS = [add_models, add_serve, add_state_commands, add_cells]
+SUBCOMMANDS = [add_models, add_state_commands, add_cells]
+COMMANDS_GROUP = "lstmvis.commands"  # entry points of other packages' subcommands: ``add(subparsers)``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explore LSTM/GRU hidden states, find interpretable cells and explain text classifiers. "
                     "Run a subcommand with --help for its options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS:
+    from importlib.metadata import entry_points
+
+    for add in SUBCOMMANDS + [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)]:
         add(sub)
     return parser
 

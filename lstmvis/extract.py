@@ -536,40 +536,6 @@ def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------------- CLI
-CORPORA = ("python_source", "rotten_tomatoes", "parens")
-
-
-def load_corpus(spec: str, model) -> tuple[list, dict, str]:
-    """``(texts, meta, name)`` for a CLI corpus spec: ``NAME:SPLIT`` or a path to a .txt file.
-
-    ``python_source:SPLIT``: one sequence per file. ``rotten_tomatoes:SPLIT``: one per sentence,
-    meta track ``label``. ``parens:SPLIT``: one per sequence, meta track ``depth``. A ``.txt``
-    file is one sequence for a language model and one sequence per non-empty line for a classifier.
-    """
-    import data
-
-    name, _, split = spec.partition(":")
-    if name in CORPORA:
-        split = split or "test"
-        if name == "python_source":
-            return [src for _, src in data.python_source(split)], {}, spec
-        if name == "rotten_tomatoes":
-            texts, labels = data.rotten_tomatoes(split)
-            encode = model.encode
-            label_names = np.array(data.SENTIMENT_LABELS, dtype=object)
-            return texts, {"label": [label_names[np.full(len(encode(t)), y)] for t, y in zip(texts, labels)]}, spec
-        seqs = data.parens(split)
-        return ["".join(tokens) for tokens, _ in seqs], {"depth": [depth for _, depth in seqs]}, spec
-    path = Path(spec)
-    if path.suffix != ".txt" or not path.is_file():
-        raise ValueError(f"unknown corpus {spec!r}: use {', '.join(c + ':SPLIT' for c in CORPORA)} "
-                         "(SPLIT = train, dev or test) or the path of an existing .txt file")
-    text = path.read_text(encoding="utf-8")
-    if _kind_of_model(model) == "classifier":
-        return [line for line in text.splitlines() if line.strip()], {}, path.name
-    return [text], {}, path.name
-
-
 def tune_allocator_for_extraction() -> bool:
     """glibc settings under which oneDNN's LSTM workspace (~100 MB a layer call) is reused instead of
     faulting in fresh pages on every call (see ``lstmvis.allocator``). Returns whether applied."""
@@ -577,14 +543,14 @@ def tune_allocator_for_extraction() -> bool:
 
 
 def _cmd_extract(args) -> int:
-    import data
+    from textexplain import providers
 
     tune_allocator_for_extraction()
-    model = data.load_model(args.model)
+    model = providers.load_model(args.model)
     if isinstance(model, nn.Module):
-        raise ValueError(f"{args.model} is an image model: extract works on text models "
-                         f"({', '.join(n for n, (k, _) in data.MODELS.items() if k != 'image-classifier')})")
-    texts, meta, name = load_corpus(args.corpus, model)
+        text_models = [m["name"] for m in providers.list_models() if m["kind"] != "image-classifier"]
+        raise ValueError(f"{args.model} is an image model: extract works on text models ({', '.join(text_models)})")
+    texts, meta, name = providers.load_corpus(args.corpus, model)
     if args.limit:
         texts = texts[:args.limit]
         meta = {k: v[:args.limit] for k, v in meta.items()}

@@ -15,31 +15,19 @@ from typing import Any
 
 
 def load_text_model(spec: str):
-    """A shipped model by name, or a checkpoint file of this project (loaded with weights_only)."""
-    import data
-    from data.registry import MODELS, build_from_checkpoint, load_checkpoint
-
+    """A text classifier by name or checkpoint path, from the registered model providers."""
+    from . import providers
     from .model import TextModel
 
-    if spec in MODELS:
-        if MODELS[spec][0] != "classifier":
-            raise ValueError(f"{spec} is a {MODELS[spec][0]}, not a text classifier: explanations need one of "
-                             f"{', '.join(_classifiers())}")
-        model = data.load_model(spec)
-    elif Path(spec).suffix == ".pt" or Path(spec).is_file():
-        model = build_from_checkpoint(load_checkpoint(spec), name=Path(spec).stem)
-    else:
-        raise ValueError(f"unknown model {spec!r}: give a shipped classifier ({', '.join(_classifiers())}) "
-                         "or the path of a .pt checkpoint")
+    classifiers = ", ".join(m["name"] for m in providers.list_models("classifier"))
+    try:
+        model = providers.load_model(spec)
+    except LookupError:
+        raise ValueError(f"unknown model {spec!r}: give a text classifier ({classifiers}) "
+                         "or the path of a .pt checkpoint") from None
     if not isinstance(model, TextModel):
-        raise ValueError(f"{spec} is not a text classifier: explanations need one of {', '.join(_classifiers())}")
+        raise ValueError(f"{spec} is not a text classifier: explanations need one of {classifiers}")
     return model
-
-
-def _classifiers() -> list[str]:
-    from data.registry import MODELS
-
-    return [name for name, (kind, _) in MODELS.items() if kind == "classifier"]
 
 
 def parse_settings(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,54 @@
+"""The demo package as a model provider (see ``textexplain.providers``): shipped models by name,
+checkpoints of this project by path, and the shipped corpora by ``NAME:SPLIT``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from textexplain.model import TextModel
+
+from . import loaders
+from .registry import MODELS, build_from_checkpoint, list_models, load_checkpoint, load_model as load_shipped
+
+__all__ = ["CORPORA", "list_models", "load_corpus", "load_model"]
+
+CORPORA = ("python_source", "rotten_tomatoes", "parens")
+
+
+def load_model(spec: str):
+    """A shipped model by name, or a checkpoint file of this project (loaded with weights_only)."""
+    if spec in MODELS:
+        return load_shipped(spec)
+    if Path(spec).suffix == ".pt" or Path(spec).is_file():
+        return build_from_checkpoint(load_checkpoint(spec), name=Path(spec).stem)
+    raise LookupError(spec)
+
+
+def load_corpus(spec: str, model) -> tuple[list, dict, str]:
+    """``(texts, meta, name)`` for a corpus spec: ``NAME:SPLIT`` or a path to a .txt file.
+
+    ``python_source:SPLIT``: one sequence per file. ``rotten_tomatoes:SPLIT``: one per sentence,
+    meta track ``label``. ``parens:SPLIT``: one per sequence, meta track ``depth``. A ``.txt``
+    file is one sequence for a language model and one sequence per non-empty line for a classifier.
+    """
+    name, _, split = spec.partition(":")
+    if name in CORPORA:
+        split = split or "test"
+        if name == "python_source":
+            return [src for _, src in loaders.python_source(split)], {}, spec
+        if name == "rotten_tomatoes":
+            texts, labels = loaders.rotten_tomatoes(split)
+            label_names = np.array(loaders.SENTIMENT_LABELS, dtype=object)
+            return texts, {"label": [label_names[np.full(len(model.encode(t)), y)]
+                                     for t, y in zip(texts, labels)]}, spec
+        seqs = loaders.parens(split)
+        return ["".join(tokens) for tokens, _ in seqs], {"depth": [depth for _, depth in seqs]}, spec
+    path = Path(spec)
+    if path.suffix != ".txt" or not path.is_file():
+        raise LookupError(f"unknown corpus {spec!r}: use {', '.join(c + ':SPLIT' for c in CORPORA)} "
+                          "(SPLIT = train, dev or test) or the path of an existing .txt file")
+    text = path.read_text(encoding="utf-8")
+    if isinstance(model, TextModel):
+        return [line for line in text.splitlines() if line.strip()], {}, path.name
+    return [text], {}, path.name
