@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["serve"])
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, LookupError) as exc:
         print(f"lstmvis {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -44,9 +44,10 @@ def load_model(spec: str) -> Any:
 def load_corpus(spec: str, model: Any) -> tuple[list, dict, str]:
     """``(texts, meta, name)`` for a corpus spec, from the first provider that knows it."""
     offering = [p for p in model_providers() if hasattr(p, "load_corpus")]
+    refusals = []
     for provider in offering:
         try:
             return provider.load_corpus(spec, model)
-        except LookupError:
-            continue
-    raise LookupError(f"unknown corpus {spec!r}" + ("" if offering else ": no model provider offers corpora"))
+        except LookupError as exc:
+            refusals.append(str(exc).strip("'\""))
+    raise LookupError("; ".join(refusals) or f"unknown corpus {spec!r}: no model provider offers corpora")
