@@ -64,7 +64,7 @@ def main() -> None:
                              "LSTM workspace); default: glibc's defaults, as in a plain Python process")
     args = parser.parse_args()
     if args.tuned_allocator:
-        from lstmvis.extract import tune_allocator_for_extraction
+        from lstmvis.extraction import tune_allocator_for_extraction
         print("allocator tuned:", tune_allocator_for_extraction())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

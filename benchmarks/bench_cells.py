@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 from lstmvis import hypotheses as hyp  # noqa: E402
 from lstmvis.cells import explain_cell, gate_saturation, rank_cells  # noqa: E402
-from lstmvis.extract import extract  # noqa: E402
+from lstmvis.extraction import extract  # noqa: E402
 from lstmvis.store import StateStore  # noqa: E402
 
 CHARLM_HYPOTHESES = [hyp.inside_quotes, hyp.inside_short_string, hyp.inside_triple_quotes, hyp.inside_comment,

@@ -3,7 +3,7 @@
 Ours: ``lstmvis.extract`` over whole files (one sequence per file, exact state carried from chunk
 to chunk, up to 32 parallel streams, 512-char chunks), writing float32 h (and c) of both layers
 to HDF5. Baselines, plain forward of the same model over the same characters with nothing
-recorded or written: (a) the same schedule of streams and chunks (``lstmvis.extract.run_streams``
+recorded or written: (a) the same schedule of streams and chunks (``lstmvis.extraction.run_streams``
 without a recorder), which isolates the cost of recording and writing; (b) the best case for
 throughput, the text cut into 32 equal streams (not exact per file: files run concurrently only
 as far as the corpus has files, so few long files leave streams idle). Repetitions are
@@ -34,7 +34,7 @@ from data.registry import CHECKPOINTS, LanguageModel  # noqa: E402
 from data.train import CHARLM_CONFIGS  # noqa: E402
 from textexplain.model import CharTokenizer, Vocab  # noqa: E402
 
-run_streams = sys.modules["lstmvis.extract"].run_streams  # the attribute lstmvis.extract is the function
+from lstmvis.extraction import run_streams  # noqa: E402
 
 VARIANTS = {"h": ("h", "fused"), "h,c": ("h,c", "fused"), "h,c unroll": ("h,c", "unroll")}
 
@@ -88,7 +88,7 @@ def main() -> None:
                              "LSTM workspace); default: glibc's defaults, as in a plain Python process")
     args = parser.parse_args()
     if args.tuned_allocator:
-        from lstmvis.extract import tune_allocator_for_extraction
+        from lstmvis.extraction import tune_allocator_for_extraction
         print("allocator tuned:", tune_allocator_for_extraction())
     variants = [v.strip() for v in args.variants.split(";")]
     unknown = set(variants) - set(VARIANTS)

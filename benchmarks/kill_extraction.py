@@ -42,13 +42,13 @@ BATCH, CHUNK = 8, 64
 
 # Named code points where the child kills itself: (module attribute path, when, which call)
 POINTS = {
-    "after-first-done-flag": ("lstmvis.extract._Sink.finish", "after", 1),
-    "after-done-flags": ("lstmvis.extract._Sink._mark_done", "after", 1),  # sequences marked done, store unfinished
+    "after-first-done-flag": ("lstmvis.extraction._Sink.finish", "after", 1),
+    "after-done-flags": ("lstmvis.extraction._Sink._mark_done", "after", 1),  # sequences marked done, store unfinished
     "mid-states-write": ("lstmvis.store.StoreWriter.write_states", "after", 1),
     "before-finish": ("lstmvis.store.StoreWriter.finish", "before", 1),
     "before-rename": ("os.replace", "before", 1),
     "after-rename": ("os.replace", "after", 1),
-    "before-meta": ("lstmvis.extract._write_meta", "before", 1),
+    "before-meta": ("lstmvis.extraction._write_meta", "before", 1),
 }
 
 

@@ -1,6 +1,6 @@
 """Capture, store, select-and-match and interpret the hidden states of recurrent and conv text models."""
 from .capture import Recorder
-from .extract import extract
+from .extraction import extract
 from .store import StateStore, StoreError
 from . import hypotheses
 from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts

@@ -37,9 +37,9 @@ def add_models(sub) -> None:
 
 
 def add_state_commands(sub) -> None:
-    """extract, info, import-lstmvis, export-lstmvis (handlers in lstmvis.extract/store/lstmvis_format)."""
-    from .extract import add_extract
-    from .lstmvis_format import add_export_lstmvis, add_import_lstmvis
+    """extract, info, import-lstmvis, export-lstmvis (handlers in lstmvis.extraction/store/project)."""
+    from .extraction import add_extract
+    from .project import add_export_lstmvis, add_import_lstmvis
     from .store import add_info
 
     for add in (add_extract, add_info, add_import_lstmvis, add_export_lstmvis):

@@ -1,5 +1,4 @@
 """extract: stored states equal a single unbatched pass per sequence; atomic, resumable writes."""
-import importlib
 import os
 import signal
 import subprocess
@@ -16,11 +15,10 @@ from torch import nn
 import lstmvis
 from data.architectures import CharLM, RNNClassifier, TextCNN
 from data.registry import CHECKPOINTS, LanguageModel
-from lstmvis import Recorder, StateStore, StoreError
+from lstmvis import Recorder, StateStore, StoreError, extraction
 from textexplain.model import CharTokenizer, TextModel, Vocab, WordTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-extract_module = importlib.import_module("lstmvis.extract")  # the attribute lstmvis.extract is the function
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzT_()[]{}'\"#:=.,+-*/ \n0123456789"))
 
 
@@ -184,7 +182,7 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
     lm = char_lm()
     path = tmp_path / "r.h5"
     texts = [t for t in TEXTS if t] * 3
-    original_mark_done = extract_module._Sink._mark_done
+    original_mark_done = extraction._Sink._mark_done
     calls = {"n": 0}
 
     def failing_mark_done(self, seqs):
@@ -193,8 +191,8 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
         if calls["n"] == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_module, "STAGE_BYTES", 1)  # whole short sequences are written one by one
-    monkeypatch.setattr(extract_module._Sink, "_mark_done", failing_mark_done)
+    monkeypatch.setattr(extraction, "STAGE_BYTES", 1)  # whole short sequences are written one by one
+    monkeypatch.setattr(extraction._Sink, "_mark_done", failing_mark_done)
     with pytest.raises(KeyboardInterrupt):
         lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False)
     assert not path.exists()
@@ -202,10 +200,10 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
         StateStore.open(path)
     with pytest.raises(StoreError, match="incomplete"):
         StateStore.open(tmp_path / "r.h5.partial")
-    monkeypatch.setattr(extract_module._Sink, "_mark_done", original_mark_done)
+    monkeypatch.setattr(extraction._Sink, "_mark_done", original_mark_done)
     processed = []
-    original_add = extract_module._Sink.add
-    monkeypatch.setattr(extract_module._Sink, "add",
+    original_add = extraction._Sink.add
+    monkeypatch.setattr(extraction._Sink, "add",
                         lambda self, seq, *a, **k: (processed.append(seq), original_add(self, seq, *a, **k))[1])
     with lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False) as resumed:
         got = {s: resumed.states(s) for s in resumed.sources}
@@ -221,7 +219,7 @@ def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monk
     not open as complete, and a rerun finishes it."""
     lm = char_lm()
     path = tmp_path / "w.h5"
-    original = extract_module.StoreWriter.write_states
+    original = extraction.StoreWriter.write_states
     calls = {"n": 0}
 
     def failing_write(self, name, start, arr):
@@ -230,7 +228,7 @@ def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monk
             raise OSError(28, "No space left on device")
         return original(self, name, start, arr)
 
-    monkeypatch.setattr(extract_module.StoreWriter, "write_states", failing_write)
+    monkeypatch.setattr(extraction.StoreWriter, "write_states", failing_write)
     with pytest.raises(OSError, match="No space left"):
         lstmvis.extract(lm, TEXTS * 2, path, batch_size=2, chunk_size=9, progress=False)
     assert not path.exists()
@@ -245,7 +243,7 @@ def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monk
 
 def test_partial_from_another_model_is_not_resumed(tmp_path, monkeypatch):
     path = tmp_path / "p.h5"
-    monkeypatch.setattr(extract_module._Sink, "finish", lambda self, seq: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(extraction._Sink, "finish", lambda self, seq: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError):
         lstmvis.extract(char_lm(seed=0), TEXTS, path, progress=False)
     monkeypatch.undo()
@@ -262,7 +260,7 @@ def test_killed_process_leaves_no_store(tmp_path):
         sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch; torch.set_num_threads(1)
         import lstmvis
-        import importlib; ex = importlib.import_module("lstmvis.extract")
+        from lstmvis import extraction as ex
         from test_extract import char_lm, TEXTS
         add = ex._Sink.add
         def slow_add(self, *a, **k):
@@ -375,7 +373,7 @@ def test_shipped_charlm_python_files(tmp_path):
 def test_chunks_waiting_for_the_writer_are_bounded_by_memory():
     """Deferred cell states keep each waiting chunk's gate workspace alive: the queue holds about
     WRITE_QUEUE_BYTES, never fewer than 2 chunks (overlap) nor more than 8."""
-    from lstmvis.extract import WRITE_QUEUE_BYTES, _queue_chunks
+    from lstmvis.extraction import WRITE_QUEUE_BYTES, _queue_chunks
     assert _queue_chunks(32 * 512 * 4 * 256) == 4  # charlm-python: h and c of 2 layers of 256
     assert _queue_chunks(32 * 512 * 8 * 1024) == 2  # 4 layers of 1024: 2 chunks, not 4 x 2 GiB
     assert _queue_chunks(2 * 9 * 16) == 8

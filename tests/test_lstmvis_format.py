@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from lstmvis.cli import main
-from lstmvis.lstmvis_format import export_lstmvis, import_lstmvis, read_words_dict
+from lstmvis.project import export_lstmvis, import_lstmvis, read_words_dict
 from lstmvis.store import StateStore
 
 

@@ -354,7 +354,7 @@ def test_symlinks_and_absolute_names_stay_inside_the_data_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def lstmvis_project(tmp_path_factory, base_store):
-    from lstmvis.lstmvis_format import SIDECAR, export_lstmvis
+    from lstmvis.project import SIDECAR, export_lstmvis
     folder = tmp_path_factory.mktemp("lstmvis") / "project"
     with StateStore.open(base_store) as store:
         export_lstmvis(store, folder)
@@ -427,7 +427,7 @@ MALFORMED_PROJECTS = {
 
 @pytest.mark.parametrize("name", list(MALFORMED_PROJECTS))
 def test_malformed_lstmvis_projects_are_clear_errors(lstmvis_project, tmp_path, name):
-    from lstmvis.lstmvis_format import import_lstmvis
+    from lstmvis.project import import_lstmvis
     folder = tmp_path / "project"
     shutil.copytree(lstmvis_project, folder)
     (tmp_path / "secret.txt").write_bytes(SECRET)
@@ -440,6 +440,6 @@ def test_malformed_lstmvis_projects_are_clear_errors(lstmvis_project, tmp_path, 
 
 
 def test_the_unedited_lstmvis_project_imports(lstmvis_project, tmp_path):
-    from lstmvis.lstmvis_format import import_lstmvis
+    from lstmvis.project import import_lstmvis
     with import_lstmvis(lstmvis_project, tmp_path / "out.h5") as store:
         assert store.tokens() == TOKENS
