@@ -535,56 +535,7 @@ def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
         writer.add_meta(name, values)
 
 
-# ---------------------------------------------------------------------- CLI
 def tune_allocator_for_extraction() -> bool:
     """glibc settings under which oneDNN's LSTM workspace (~100 MB a layer call) is reused instead of
     faulting in fresh pages on every call (see ``lstmvis.allocator``). Returns whether applied."""
     return tune_allocator(mmap_threshold=EXTRACT_MMAP_THRESHOLD, trim_threshold=EXTRACT_MMAP_THRESHOLD)
-
-
-def _cmd_extract(args) -> int:
-    from textexplain import providers
-
-    tune_allocator_for_extraction()
-    model = providers.load_model(args.model)
-    if isinstance(model, nn.Module):
-        text_models = [m["name"] for m in providers.list_models() if m["kind"] != "image-classifier"]
-        raise ValueError(f"{args.model} is an image model: extract works on text models ({', '.join(text_models)})")
-    texts, meta, name = providers.load_corpus(args.corpus, model)
-    if args.limit:
-        texts = texts[:args.limit]
-        meta = {k: v[:args.limit] for k, v in meta.items()}
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                    dtype="float16" if args.float16 else "float32", progress=not args.quiet, meta=meta,
-                    corpus_name=name, route="unroll" if args.unroll else "fused")
-    with store:
-        print(f"wrote {store.path}: {store.n_tokens} tokens, {store.n_sequences} sequences, "
-              f"sources {', '.join(store.sources)}")
-    return 0
-
-
-def add_extract(sub) -> None:
-    p = sub.add_parser("extract", help="record a model's hidden states over a corpus into a state store",
-                       description="Run a shipped model over a corpus and write h, c, gates or Conv1D outputs of every "
-                                   "layer, one row per token, to an HDF5 state store (atomic; rerun to resume).")
-    p.add_argument("--model", required=True, help="a shipped text model, e.g. charlm-python or sentiment-lstm "
-                                                  "(see `lstmvis models`)")
-    p.add_argument("--corpus", required=True,
-                   help="python_source:SPLIT, rotten_tomatoes:SPLIT, parens:SPLIT (SPLIT = train/dev/test) or a "
-                        ".txt file")
-    p.add_argument("--out", required=True, help="the store file to write, e.g. states.h5")
-    p.add_argument("--kinds", default="h,c", help="what to record: h, c, gates (or gate_i, gate_f, ...), conv, "
-                                                  "all (default: h,c)")
-    p.add_argument("--float16", action="store_true", help="store states as float16 (half the disk)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences run in parallel (default 32)")
-    p.add_argument("--chunk-size", type=int, default=512,
-                   help="tokens per step for language models; state is carried across chunks (default 512)")
-    p.add_argument("--unroll", action="store_true",
-                   help="compute c and gates of unidirectional LSTM/GRU layers in one pass of our own (faster for GRUs "
-                        "on CPU; states equal the fused kernel's to ~1e-6 instead of bitwise)")
-    p.add_argument("--limit", type=int, help="only the first N sequences of the corpus")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_extract)

@@ -551,10 +551,6 @@ class StoreWriter:
                              "per token")
         self.f.create_dataset("spans", data=spans)
 
-    def set_card(self, card: dict) -> None:
-        del self.f["card"]
-        self.f.create_dataset("card", data=json_blob(card))
-
     def finish(self) -> None:
         """Mark complete, close, and rename into place (atomic)."""
         self.f.attrs["complete"] = True
@@ -567,34 +563,3 @@ class StoreWriter:
             self.f.close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-
-def _cmd_info(args) -> int:
-    with StateStore.open(args.store) as store:
-        info = store.info()
-        if args.json:
-            info["card"] = store.card
-            print(json.dumps(info, indent=2))
-            return 0
-        print(f"{store.path}: {store.n_tokens:,} tokens in {store.n_sequences:,} sequences, "
-              f"vocabulary {len(store.vocab):,}")
-        model = store.card.get("name")
-        extraction = store.card.get("extraction", {})
-        if model or extraction:
-            print(f"model: {model or '?'}  corpus: {extraction.get('corpus') or '?'}")
-        print("sources:")
-        for source, s in info["sources"].items():
-            print(f"  {source:<32} {s['cells']:>6} cells  {s['dtype']}")
-        if store.meta_names:
-            print(f"meta tracks: {', '.join(store.meta_names)}")
-        print(f"texts stored: {'yes' if store.has_texts else 'no (tokens joined by spaces)'}")
-    return 0
-
-
-def add_info(sub) -> None:
-    p = sub.add_parser("info", help="summarise a state store (sizes, sources, model card)",
-                       description="Open a state store (validating it) and print its sizes, sources with their cell "
-                                   "counts, meta tracks and the model it came from.")
-    p.add_argument("store", help="the state store file")
-    p.add_argument("--json", action="store_true", help="print everything, including the model card, as JSON")
-    p.set_defaults(func=_cmd_info)
