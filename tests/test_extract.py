@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import lstmvis
 from data.architectures import CharLM, RNNClassifier, TextCNN
 from data.registry import CHECKPOINTS, LanguageModel
 from lstmvis import Recorder, StateStore, StoreError, extraction
+from lstmvis.store import StoreWriter
 from textexplain.model import CharTokenizer, TextModel, Vocab, WordTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,21 +178,32 @@ def test_float16_sources_selection_and_errors(tmp_path):
     assert not (tmp_path / "e.h5").exists()
 
 
+def patch_write_states(monkeypatch, fail_at: int = 0, error: BaseException | None = None,
+                       written: list | None = None) -> None:
+    """``StoreWriter.write_states`` raises ``error`` at its ``fail_at``-th call (0: never) and appends the
+    start of every write to ``written``."""
+    original = StoreWriter.write_states
+    calls = {"n": 0}
+
+    def write_states(self, name, start, arr):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise error
+        if written is not None:
+            written.append(start)
+        return original(self, name, start, arr)
+
+    monkeypatch.setattr(StoreWriter, "write_states", write_states)
+
+
 def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
     lm = char_lm()
     path = tmp_path / "r.h5"
     texts = [t for t in TEXTS if t] * 3
-    original_mark_done = extraction._Sink._mark_done
-    calls = {"n": 0}
-
-    def failing_mark_done(self, seqs):
-        original_mark_done(self, seqs)
-        calls["n"] += len(seqs)
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(extraction, "STAGE_BYTES", 1)  # whole short sequences are written one by one
-    monkeypatch.setattr(extraction._Sink, "_mark_done", failing_mark_done)
+    # every sequence is written whole (one write per source: 4) and then marked done, so the
+    # 25th write interrupts after six finished sequences
+    monkeypatch.setattr(extraction, "STAGE_BYTES", 1)
+    patch_write_states(monkeypatch, 6 * 4 + 1, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False)
     assert not path.exists()
@@ -200,15 +211,16 @@ def test_interrupted_extraction_never_opens_and_resumes(tmp_path, monkeypatch):
         StateStore.open(path)
     with pytest.raises(StoreError, match="incomplete"):
         StateStore.open(tmp_path / "r.h5.partial")
-    monkeypatch.setattr(extraction._Sink, "_mark_done", original_mark_done)
-    processed = []
-    original_add = extraction._Sink.add
-    monkeypatch.setattr(extraction._Sink, "add",
-                        lambda self, seq, *a, **k: (processed.append(seq), original_add(self, seq, *a, **k))[1])
+    monkeypatch.undo()
+    monkeypatch.setattr(extraction, "STAGE_BYTES", 1)  # one write per sequence and source: starts name sequences
+    written = []
+    patch_write_states(monkeypatch, written=written)
     with lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False) as resumed:
         got = {s: resumed.states(s) for s in resumed.sources}
-    assert len(set(processed)) == len(texts) - 6  # the six finished sequences were not run again
+        processed = {int(resumed.sequence_of(start)) for start in written}
+    assert len(processed) == len(texts) - 6  # the six finished sequences were not run again
     assert not (tmp_path / "r.h5.partial").exists()
+    monkeypatch.undo()
     with lstmvis.extract(lm, texts, tmp_path / "fresh.h5", progress=False) as fresh:
         for s in fresh.sources:
             np.testing.assert_allclose(got[s], fresh.states(s), atol=1e-6, rtol=0)
@@ -219,16 +231,7 @@ def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monk
     not open as complete, and a rerun finishes it."""
     lm = char_lm()
     path = tmp_path / "w.h5"
-    original = extraction.StoreWriter.write_states
-    calls = {"n": 0}
-
-    def failing_write(self, name, start, arr):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(28, "No space left on device")
-        return original(self, name, start, arr)
-
-    monkeypatch.setattr(extraction.StoreWriter, "write_states", failing_write)
+    patch_write_states(monkeypatch, 5, OSError(28, "No space left on device"))
     with pytest.raises(OSError, match="No space left"):
         lstmvis.extract(lm, TEXTS * 2, path, batch_size=2, chunk_size=9, progress=False)
     assert not path.exists()
@@ -243,40 +246,47 @@ def test_a_failed_write_on_the_writer_thread_stops_the_extraction(tmp_path, monk
 
 def test_partial_from_another_model_is_not_resumed(tmp_path, monkeypatch):
     path = tmp_path / "p.h5"
-    monkeypatch.setattr(extraction._Sink, "finish", lambda self, seq: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(extraction, "STAGE_BYTES", 1)  # each sequence is written (4 sources) and marked done
+    patch_write_states(monkeypatch, 3 * 4 + 1, RuntimeError("x"))  # after three finished sequences
     with pytest.raises(RuntimeError):
         lstmvis.extract(char_lm(seed=0), TEXTS, path, progress=False)
+    assert (tmp_path / "p.h5.partial").exists()
     monkeypatch.undo()
     other = char_lm(seed=1)
     with lstmvis.extract(other, TEXTS, path, progress=False) as store:
-        a, b = store.sequence_bounds(0)
-        ref = single_pass(other.module, other.encode(TEXTS[0]))
-        np.testing.assert_allclose(store.states("rnn.l0.h", a, b), ref["rnn.l0.h"], atol=1e-5, rtol=0)
+        for i, text in enumerate(TEXTS):
+            a, b = store.sequence_bounds(i)
+            ref = single_pass(other.module, other.encode(text)) if text else {}
+            for name, arr in ref.items():
+                np.testing.assert_allclose(store.states(name, a, b), arr, atol=1e-5, rtol=0, err_msg=f"{i} {name}")
 
 
 def test_killed_process_leaves_no_store(tmp_path):
+    """SIGKILL in the middle of an extraction: the child says when it is there (its 30th forward call
+    blocks, earlier chunks handed to its writer thread) and is killed then."""
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys, threading
         sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch; torch.set_num_threads(1)
         import lstmvis
-        from lstmvis import extraction as ex
         from test_extract import char_lm, TEXTS
-        add = ex._Sink.add
-        def slow_add(self, *a, **k):
-            add(self, *a, **k); time.sleep(0.05)
-        ex._Sink.add = slow_add
-        lstmvis.extract(char_lm(), TEXTS * 40, {str(tmp_path / 'k.h5')!r}, batch_size=2, chunk_size=5,
-                        progress=False)
+        lm, calls = char_lm(), []
+        def hold_at_the_30th_call(module, inputs):
+            calls.append(1)
+            if len(calls) == 30:
+                print("extracting", flush=True)
+                threading.Event().wait()
+        lm.module.register_forward_pre_hook(hold_at_the_30th_call)
+        lstmvis.extract(lm, TEXTS * 40, {str(tmp_path / 'k.h5')!r}, batch_size=2, chunk_size=5, progress=False)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     partial = tmp_path / "k.h5.partial"
-    deadline = time.time() + 60
-    while not partial.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        assert proc.stdout.readline() == "extracting\n", "the child ended before its 30th forward call"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
     assert partial.exists()
     assert not (tmp_path / "k.h5").exists()
     with pytest.raises(FileNotFoundError):

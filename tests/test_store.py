@@ -166,15 +166,15 @@ def test_written_layout(tmp_path):
         assert json.loads(f["card"][()].tobytes()) == {"name": "toy"}
 
 
-def test_select_and_match_delegate(tmp_path, monkeypatch):
-    import sys
-    import types
+def test_select_and_match_delegate(tmp_path):
+    """``store.select``/``store.match`` are ``lstmvis.select``/``lstmvis.match`` on the store, arguments passed on."""
+    import lstmvis
 
-    fake = types.ModuleType("lstmvis.match")
-    fake.select = lambda store, *a, **k: ("select", a, k)
-    fake.match = lambda store, *a, **k: ("match", a, k)
-    monkeypatch.setitem(sys.modules, "lstmvis.match", fake)
     store, _, _ = _example(tmp_path)
     with store:
-        assert store.select("rnn.l0.h", 1, 3, threshold=0.5) == ("select", ("rnn.l0.h", 1, 3), {"threshold": 0.5})
-        assert store.match("rnn.l0.h", [1])[0] == "match"
+        cells = store.select("rnn.l0.c", 6, 8, threshold=-0.5, pad_left=0)
+        assert cells.tolist() == [0, 3, 4, 5, 6]  # the default threshold and padding select [3, 6]
+        assert cells.tolist() == lstmvis.select(store, "rnn.l0.c", 6, 8, threshold=-0.5, pad_left=0).tolist()
+        got = store.match("rnn.l0.c", cells, threshold=-0.5, top=3)
+        want = lstmvis.match(store, "rnn.l0.c", cells, threshold=-0.5, top=3)
+        assert got.to_dict(counts=True) == want.to_dict(counts=True) and len(got) == 3
