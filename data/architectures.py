@@ -69,12 +69,21 @@ class TextCNN(nn.Module):
         lengths = (ids != self.pad_id).sum(1).clamp(min=1)
         x = self.emb(ids).transpose(1, 2)  # (B, E, T)
         for conv in self.convs[:-1]:
-            x = F.max_pool1d(F.relu(conv(x)), self.pool, ceil_mode=True)
+            # Padding must never reach a valid position: the pool sees -inf there (as past the end of a
+            # text alone) and the next conv zeros (its own zero padding), so a text's logits are the
+            # same alone and in any batch.
+            x = F.relu(conv(x)).masked_fill(~_valid(lengths, x.shape[-1])[:, None, :], float("-inf"))
+            x = F.max_pool1d(x, self.pool, ceil_mode=True)
             lengths = torch.div(lengths + self.pool - 1, self.pool, rounding_mode="floor")
+            x = x.masked_fill(~_valid(lengths, x.shape[-1])[:, None, :], 0.0)
         x = F.relu(self.convs[-1](x))
-        mask = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
-        x = x.masked_fill(~mask[:, None, :], float("-inf")).amax(-1)
+        x = x.masked_fill(~_valid(lengths, x.shape[-1])[:, None, :], float("-inf")).amax(-1)
         return self.out(self.drop(F.relu(self.fc(self.drop(x)))))
+
+
+def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """``(B, width)``: True at the positions that lie inside each row's text."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class CharLM(nn.Module):
