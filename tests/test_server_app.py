@@ -257,7 +257,7 @@ def test_request_threads_are_reused_and_retire_when_idle(app):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.app import make_server
+    from server.serving import make_server
 
     def workers():
         return {t for t in threading.enumerate() if t.name == "http-worker"}
@@ -326,7 +326,7 @@ class _Stop(Exception):
 
 
 def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
-    import server.app
+    import server.serving
     from lstmvis import cli
     seen = {}
 
@@ -337,11 +337,11 @@ def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
     def fake_make_server(app, host, port):
         seen.update(app=app, host=host, port=port)
         raise _Stop()
-    monkeypatch.setattr(server.app, "create_app", fake_create_app)
-    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    monkeypatch.setattr(server.serving, "create_app", fake_create_app)
+    monkeypatch.setattr(server.serving, "make_server", fake_make_server)
     with pytest.raises(_Stop):
         cli.main([])
-    assert seen == {"data_dir": None, "app": "app", "host": "127.0.0.1", "port": server.app.DEFAULT_PORT}
+    assert seen == {"data_dir": None, "app": "app", "host": "127.0.0.1", "port": server.serving.DEFAULT_PORT}
 
 
 def test_serve_refuses_a_missing_data_dir(capsys, tmp_path):
@@ -351,12 +351,12 @@ def test_serve_refuses_a_missing_data_dir(capsys, tmp_path):
 
 
 def test_serve_warns_loudly_off_loopback(monkeypatch, capsys, tmp_path):
-    import server.app
+    import server.serving
     from lstmvis import cli
 
     def fake_make_server(app, host, port):
         raise _Stop()
-    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    monkeypatch.setattr(server.serving, "make_server", fake_make_server)
     with pytest.raises(_Stop):
         cli.main(["serve", "--data", str(tmp_path), "--host", "0.0.0.0", "--no-browser"])
     err = capsys.readouterr().err
@@ -364,7 +364,7 @@ def test_serve_warns_loudly_off_loopback(monkeypatch, capsys, tmp_path):
 
 
 def test_is_loopback():
-    from server.app import is_loopback
+    from server.serving import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
 
