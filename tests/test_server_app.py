@@ -363,6 +363,27 @@ def test_serve_warns_loudly_off_loopback(monkeypatch, capsys, tmp_path):
     assert "WARNING" in err and "0.0.0.0" in err
 
 
+def test_parsing_the_command_line_loads_no_server_module():
+    """``lstmvis`` finds ``serve`` through its entry point; flask and the app load only when it runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from lstmvis.cli import build_parser; build_parser().parse_args(['serve']); "
+            "print(sorted(m for m in sys.modules if m == 'flask' or m.startswith('server.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "['server.cli']"
+
+
+def test_only_the_command_line_module_uses_argparse():
+    from pathlib import Path
+
+    import server
+    users = sorted(p.name for p in Path(server.__file__).parent.glob("*.py") if "argparse" in p.read_text())
+    assert users == ["cli.py"]
+
+
 def test_is_loopback():
     from server.serving import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")

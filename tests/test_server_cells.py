@@ -150,6 +150,13 @@ def test_explain_bad_input(parens_app, body, status, needle):
     assert needle in err(parens_app.test_client().post("/api/stores/parens/cells/5/explain", json=body), status)
 
 
+def test_explaining_a_cell_the_source_lacks_is_a_400(parens_app):
+    """The library checks the cell (the view does not check it again)."""
+    msg = err(parens_app.test_client().post("/api/stores/parens/cells/999/explain",
+                                            json={"source": "rnn.l0.c", "position": 5, "n_steps": 4}))
+    assert "999" in msg and "0..63" in msg
+
+
 def test_concurrent_explanations_equal_sequential_ones(parens_app):
     """Requests on the same model at once give exactly what they give one at a time."""
     jobs = [(cell, pos) for cell, pos in [(1, 30), (7, 55), (12, 80), (20, 140), (33, 210), (40, 260)]]
