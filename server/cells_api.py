@@ -12,6 +12,8 @@ import numpy as np
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from lstmvis import explain_stored_cell, gate_saturation, hypotheses, rank_cells, top_contexts
+from lstmvis.cells import gate_sources
 from textexplain.integrated_gradients import RULES as IG_RULES
 
 from .context import caches, resources
@@ -78,8 +80,6 @@ class ExplainCellBody(Params):
 
 def hypothesis_values(name: str, store, spec: str) -> tuple[object, np.ndarray]:
     """A hypothesis and its per-token values over the whole store (cached per store and spec)."""
-    from lstmvis import hypotheses
-
     h = hypotheses.resolve(spec)
     values = caches().hypotheses.get((name, str(store.path), spec),
                                      lambda: np.asarray(h(store), dtype=np.float64))
@@ -92,7 +92,6 @@ def hypothesis_values(name: str, store, spec: str) -> tuple[object, np.ndarray]:
 @api(summary="Named hypotheses to rank cells against", tag="cells", lane=None)
 def hypotheses_list():
     """Built-in hypotheses (name, kind, description) and the parameterised forms."""
-    from lstmvis import hypotheses
     seen, named = set(), []
     for name, h in hypotheses.NAMED.items():
         if id(h) not in seen:
@@ -120,8 +119,6 @@ def hypothesis_window(store: str, params: HypothesisQuery):
 @api(RankQuery, summary="Rank every cell of a source against a hypothesis (AUROC or correlation)", tag="cells")
 def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
-    from lstmvis import rank_cells
-
     s = open_store(store)
     source = known_source(s, params.source)
 
@@ -140,8 +137,6 @@ def rank(store: str, params: RankQuery):
 @api(ContextsQuery, summary="Where one cell is highest (or lowest): its top contexts", tag="cells")
 def contexts(store: str, cell: int, params: ContextsQuery):
     """The ``k`` most extreme steps of a cell, each with the tokens around it and the cell's values."""
-    from lstmvis import top_contexts
-
     s = open_store(store)
     source = known_source(s, params.source)
     found = top_contexts(s, source, cell, k=params.k, before=params.before, after=params.after,
@@ -159,9 +154,6 @@ def contexts(store: str, cell: int, params: ContextsQuery):
 @api(SaturationQuery, summary="Gate saturation: per gate unit, the fraction of steps < low and > high", tag="cells")
 def saturation(store: str, params: SaturationQuery):
     """Karpathy's saturation plot data for the store's gate sources."""
-    from lstmvis import gate_saturation
-    from lstmvis.cells import gate_sources
-
     s = open_store(store)
     if params.sources:
         for src in params.sources:
@@ -180,8 +172,6 @@ def saturation(store: str, params: SaturationQuery):
 def explain(store: str, cell: int, params: ExplainCellBody):
     """Integrated Gradients (or the gradient) of the cell's activation at ``position`` with respect to
     the input tokens, run on the store's own model over the text leading up to the step."""
-    from lstmvis import explain_stored_cell
-
     entry = resources().store_entry(store)
     s = entry.open()
     source = known_source(s, params.source)

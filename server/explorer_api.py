@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import regex as regex_engine  # re with a time limit: a pattern like (a|aa)+$ must not hang the server
 from flask import Blueprint
 from pydantic import Field, model_validator
 
@@ -226,8 +227,6 @@ def match(store: str, params: MatchQuery):
 @api(SearchQuery, summary="Find a phrase (or regular expression) in the store's text", tag="stores")
 def search(store: str, params: SearchQuery):
     """Positions where the text occurs; word-level stores are searched as tokens joined by spaces."""
-    import regex as regex_engine  # re with a time limit: a pattern like (a|aa)+$ must not hang the server
-
     s = open_store(store)
     index = caches().search_indexes.get((store, str(s.path)), lambda: TextSearchIndex(s))
     flags = 0 if params.case else regex_engine.IGNORECASE

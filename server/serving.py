@@ -14,12 +14,12 @@ import queue
 import socket
 import threading
 import webbrowser
-from typing import Iterable
-
-from flask import Flask
+from typing import TYPE_CHECKING, Iterable
 
 from . import DEFAULT_PORT
-from .app import create_app
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -94,7 +94,7 @@ class ReusedThreadsMixIn:
 _failed = threading.local()  # set on a request thread when werkzeug reports an error in its request
 
 
-def make_server(app: Flask, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, keep_alive_seconds: float = 15.0):
+def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, keep_alive_seconds: float = 15.0):
     """A threaded WSGI server (werkzeug's, without reloader or debugger, with reused request threads:
     :class:`ReusedThreadsMixIn`); port 0 picks a free one. A kept-alive connection idle for
     ``keep_alive_seconds`` is closed."""
@@ -207,11 +207,11 @@ def tune_process() -> None:
     counts from the first extra arena), and one torch intra-op thread per request: concurrent requests
     are the parallelism, and torch's worker threads would fight over the cores (spin-waiting threads
     make small models many times slower)."""
-    import torch
-
     from lstmvis.allocator import tune_allocator
 
     tune_allocator()
+    import torch  # after the allocator: importing torch starts a thread
+
     torch.set_num_threads(1)
 
 
@@ -225,6 +225,8 @@ def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1"
     be bound.
     """
     tune_process()
+    from .app import create_app  # after tune_process: the app's imports (torch) start threads
+
     config = {"LSTMVIS_CACHE": str(cache_dir)} if cache_dir else {}
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field
 
+from lstmvis import top_ngrams
+from lstmvis.textcnn import conv_stack
+
 from .context import caches, resources
 from .store_views import open_store
 from .validation import ApiError, Params, api
@@ -27,8 +30,6 @@ def _is_textcnn(entry) -> bool:
 
 def _filters_report(name: str, store, k: int) -> dict:
     """Every filter's top ``k`` n-grams over the store's texts, each also as it reads in the original text."""
-    from lstmvis.textcnn import conv_stack, top_ngrams
-
     texts = [store.sequence_text(i) for i in range(store.n_sequences)]
     with resources().model(name) as model:
         try:

@@ -326,6 +326,7 @@ class _Stop(Exception):
 
 
 def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
+    import server.app
     import server.serving
     from lstmvis import cli
     seen = {}
@@ -337,7 +338,7 @@ def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
     def fake_make_server(app, host, port):
         seen.update(app=app, host=host, port=port)
         raise _Stop()
-    monkeypatch.setattr(server.serving, "create_app", fake_create_app)
+    monkeypatch.setattr(server.app, "create_app", fake_create_app)
     monkeypatch.setattr(server.serving, "make_server", fake_make_server)
     with pytest.raises(_Stop):
         cli.main([])
