@@ -17,7 +17,7 @@ from lstmvis.cells import gate_sources
 from textexplain.integrated_gradients import RULES as IG_RULES
 
 from .context import caches, resources
-from .store_views import Window, known_source, open_store, rounded, surface, token_window
+from .store_views import Window, known_source, rounded, surface, token_window
 from .validation import ApiError, CsvStrs, Params, api
 
 blueprint = Blueprint("cells_api", __name__, url_prefix="/api")
@@ -109,7 +109,7 @@ def hypotheses_list():
 @api(HypothesisQuery, summary="A hypothesis's values over a range of positions", tag="cells")
 def hypothesis_window(store: str, params: HypothesisQuery):
     """The per-token hypothesis series for ``[start, stop)``, to draw next to a cell."""
-    s = open_store(store)
+    s = resources().store(store)
     start, stop = token_window(s, params.start, params.stop)
     h, values = hypothesis_values(store, s, params.hypothesis)
     return {"hypothesis": h.name, "kind": h.kind, "start": start, "stop": stop, "values": values[start:stop]}
@@ -119,7 +119,7 @@ def hypothesis_window(store: str, params: HypothesisQuery):
 @api(RankQuery, summary="Rank every cell of a source against a hypothesis (AUROC or correlation)", tag="cells")
 def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
-    s = open_store(store)
+    s = resources().store(store)
     source = known_source(s, params.source)
 
     def ranking():
@@ -137,7 +137,7 @@ def rank(store: str, params: RankQuery):
 @api(ContextsQuery, summary="Where one cell is highest (or lowest): its top contexts", tag="cells")
 def contexts(store: str, cell: int, params: ContextsQuery):
     """The ``k`` most extreme steps of a cell, each with the tokens around it and the cell's values."""
-    s = open_store(store)
+    s = resources().store(store)
     source = known_source(s, params.source)
     found = top_contexts(s, source, cell, k=params.k, before=params.before, after=params.after,
                          direction=params.direction)
@@ -154,7 +154,7 @@ def contexts(store: str, cell: int, params: ContextsQuery):
 @api(SaturationQuery, summary="Gate saturation: per gate unit, the fraction of steps < low and > high", tag="cells")
 def saturation(store: str, params: SaturationQuery):
     """Karpathy's saturation plot data for the store's gate sources."""
-    s = open_store(store)
+    s = resources().store(store)
     if params.sources:
         for src in params.sources:
             known_source(s, src)

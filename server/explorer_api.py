@@ -13,7 +13,7 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 
 from .context import caches, resources
-from .store_views import Window, known_source, open_store, rounded, surface, token_window
+from .store_views import Window, known_source, rounded, surface, token_window
 from .validation import ApiError, CsvInts, Params, api
 
 blueprint = Blueprint("explorer_api", __name__, url_prefix="/api")
@@ -162,7 +162,7 @@ def store_info(store: str):
 @api(Window, summary="Tokens, sequence bounds and meta tracks of a range of positions", tag="stores")
 def tokens(store: str, params: Window):
     """Tokens of ``[start, stop)`` with the sequences they belong to and every meta track."""
-    s = open_store(store)
+    s = resources().store(store)
     start, stop = token_window(s, params.start, params.stop)
     return {"start": start, "stop": stop, "n_tokens": s.n_tokens, "tokens": s.tokens(start, stop),
             "text": surface(s, start, stop), "sequences": _sequences(s, start, stop), "meta": _meta(s, start, stop)}
@@ -172,7 +172,7 @@ def tokens(store: str, params: Window):
 @api(StatesQuery, summary="Cell values of one source over a range (cell-major)", tag="stores")
 def states(store: str, params: StatesQuery):
     """``values[i][t]`` is cell ``cells[i]`` at position ``start + t`` (rounded)."""
-    s = open_store(store)
+    s = resources().store(store)
     source = known_source(s, params.source)
     start, stop = token_window(s, params.start, params.stop)
     cells = _cells(s, source, params.cells)
@@ -193,7 +193,7 @@ def states(store: str, params: StatesQuery):
 @api(SelectQuery, summary="Cells that are on over a range and off in its padding (LSTMVis select)", tag="match")
 def select(store: str, params: SelectQuery):
     """The cells >= threshold at every step of ``[start, stop)`` and < threshold at the padding steps."""
-    s = open_store(store)
+    s = resources().store(store)
     source = known_source(s, params.source)
     cells = s.select(source, params.start, params.stop, threshold=params.threshold,
                      pad_left=params.pad_left, pad_right=params.pad_right, sign=params.sign)
@@ -210,7 +210,7 @@ def match(store: str, params: MatchQuery):
     Each hit has its context tokens and, per context token, how many selected cells are on there.
     ``length_histogram[L]`` counts the maximal runs (all selected cells on) of length L.
     """
-    s = open_store(store)
+    s = resources().store(store)
     source = known_source(s, params.source)
     result = s.match(source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
                      pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
@@ -227,7 +227,7 @@ def match(store: str, params: MatchQuery):
 @api(SearchQuery, summary="Find a phrase (or regular expression) in the store's text", tag="stores")
 def search(store: str, params: SearchQuery):
     """Positions where the text occurs; word-level stores are searched as tokens joined by spaces."""
-    s = open_store(store)
+    s = resources().store(store)
     index = caches().search_indexes.get((store, str(s.path)), lambda: TextSearchIndex(s))
     flags = 0 if params.case else regex_engine.IGNORECASE
     try:

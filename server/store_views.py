@@ -1,5 +1,5 @@
-"""What the views over state stores share (explorer, cells): finding a store and a source, a window of
-token positions, rounding for JSON, and each token as it reads in the original text."""
+"""What the views over state stores share (explorer, cells): the window model, a store's source, a
+window of token positions, rounding for JSON, and each token as it reads in the original text."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ import numpy as np
 from flask import current_app
 from pydantic import Field
 
-from .context import caches, resources
+from .context import caches
 from .validation import ApiError, Params
 
 MAX_WINDOW = 2000  # tokens per /tokens, /states or /hypothesis request
@@ -17,11 +17,6 @@ MAX_WINDOW = 2000  # tokens per /tokens, /states or /hypothesis request
 class Window(Params):
     start: int = Field(0, ge=0, description="first token position (global index into the store)")
     stop: int | None = Field(None, ge=0, description=f"one past the last position (default start+{MAX_WINDOW})")
-
-
-def open_store(name: str):
-    """The ready store called ``name`` (404, 503 while building, 409 when unavailable)."""
-    return resources().store(name)
 
 
 def known_source(store, source: str) -> str:

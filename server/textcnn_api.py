@@ -9,7 +9,6 @@ from lstmvis import top_ngrams
 from lstmvis.textcnn import conv_stack
 
 from .context import caches, resources
-from .store_views import open_store
 from .validation import ApiError, Params, api
 
 blueprint = Blueprint("textcnn_api", __name__, url_prefix="/api")
@@ -65,7 +64,7 @@ def textcnn_filters(params: TextCNNQuery):
         (stores[0].name if stores else None)
     if store_name is None:
         raise ApiError(409, "no ready store with texts to use as the corpus")
-    s = open_store(store_name)
+    s = resources().store(store_name)
     if not s.has_texts:
         raise ApiError(409, f"store {store_name!r} keeps no original texts to run the model on")
     # the corpus runs once per model, store and k; concurrent first requests wait for it
