@@ -49,8 +49,9 @@ def child(mode: str, target: str, port_file: str) -> None:
     """A server: ``data`` serves the stores in ``target``; ``demo`` builds the demo into cache ``target``."""
     import logging
 
-    from server.app import create_app, make_server
+    from server.app import create_app
     from server.resources import Resources
+    from server.serving import make_server
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     if mode == "data":
         res = Resources(target, demo=False, build="off", progress=False)

@@ -56,7 +56,8 @@ def serve(port_file: str) -> None:
     torch.set_num_threads(1)
 
     from conftest_server import demo_resources
-    from server.app import create_app, make_server
+    from server.app import create_app
+    from server.serving import make_server
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = create_app(None, {"RESOURCES": demo_resources()})
     srv = make_server(app, "127.0.0.1", 0)

@@ -92,16 +92,20 @@ class Gates:
         self.slots = int(slots) if slots else n_cores()
         self._gates = {lane: FairGate(self.slots) for lane in LANES}
 
+    def gate(self, lane: str) -> FairGate:
+        """The gate of ``lane``."""
+        try:
+            return self._gates[lane]
+        except KeyError:
+            raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
+
     @contextlib.contextmanager
     def admit(self, lane: str | None) -> Iterator[None]:
+        """Wait for a slot of ``lane`` and hold it inside the ``with`` block (``None``: no wait)."""
         if lane is None:
             yield
             return
-        try:
-            gate = self._gates[lane]
-        except KeyError:
-            raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
-        with gate:
+        with self.gate(lane):
             yield
 
     def info(self) -> dict:

@@ -22,7 +22,7 @@ from textexplain import metrics, render
 from textexplain.explain import make_explainer
 from textexplain.integrated_gradients import PRECISIONS, RULES
 
-from .app import resources
+from .context import resources
 from .jobs import jobs
 from .validation import ApiError, Params, api
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from textexplain import image as img
 
-from .app import resources
+from .context import resources
 from .jobs import jobs
 from .validation import ApiError, Params, api
 

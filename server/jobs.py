@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, current_app
 
 from .validation import ApiError, api
 
@@ -116,19 +116,12 @@ class JobRunner:
                 del self._by_key[job.key]
 
 
-def jobs(app: Flask | None = None) -> JobRunner:
-    """The app's job runner (created on first use, one per app)."""
-    app = app or current_app
-    runner = app.extensions.get("lstmvis.jobs")
-    if runner is None:
-        with _create_lock:
-            runner = app.extensions.get("lstmvis.jobs")
-            if runner is None:
-                runner = app.extensions["lstmvis.jobs"] = JobRunner(workers=app.config.get("JOB_WORKERS", 1))
-    return runner
+RUNNER_KEY = "lstmvis.jobs"  # app.extensions key, set by server.app.create_app
 
 
-_create_lock = threading.Lock()
+def jobs() -> JobRunner:
+    """The job runner of the app handling this request (one per app)."""
+    return current_app.extensions[RUNNER_KEY]
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
-from .app import resources
+from .context import resources
 
 blueprint = Blueprint("pages", __name__)
 

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .validation import ApiError
 
@@ -235,11 +235,15 @@ def _checkpoint_digest(model: str) -> str | None:
 # -------------------------------------------------------------------------------------- registry
 
 class Resources:
-    """All models and stores the server knows, with thread-safe lazy loading."""
+    """All models and stores the server knows, with thread-safe lazy loading.
+
+    ``demo_stores``: the demo's recipes (default :data:`DEMO_STORES`); ``demo_names``: only these of them.
+    """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  demo: bool | None = None, build: str = "background", pool_size: int = 2,
-                 progress: bool = True, demo_names: list[str] | None = None):
+                 progress: bool = True, demo_names: list[str] | None = None,
+                 demo_stores: Sequence[DemoStore] = DEMO_STORES):
         if build not in ("background", "sync", "off"):
             raise ValueError(f"build must be 'background', 'sync' or 'off', got {build!r}")
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
@@ -249,14 +253,13 @@ class Resources:
         self.demo = (self.data_dir is None) if demo is None else demo
         self.pool_size = pool_size
         self.progress = progress
-        known = [spec.name for spec in DEMO_STORES]
+        known = [spec.name for spec in demo_stores]
         unknown = sorted(set(demo_names or ()) - set(known))
         if unknown:
             raise ValueError(f"unknown demo stores {unknown}: the demo has {', '.join(known)}")
-        self.demo_specs = [spec for spec in DEMO_STORES if demo_names is None or spec.name in demo_names]
+        self.demo_specs = [spec for spec in demo_stores if demo_names is None or spec.name in demo_names]
         self.models: dict[str, ModelEntry] = {}
         self.stores: dict[str, StoreEntry] = {}
-        self._build_thread: threading.Thread | None = None
         self._register_shipped_models()
         if self.data_dir is not None:
             self._register_user_dir(self.data_dir)
@@ -265,8 +268,7 @@ class Resources:
             if build == "sync":
                 self.build_demo()
             elif build == "background":
-                self._build_thread = threading.Thread(target=self.build_demo, name="demo-build", daemon=True)
-                self._build_thread.start()
+                threading.Thread(target=self.build_demo, name="demo-build", daemon=True).start()
 
     # -- models
     def _register_shipped_models(self) -> None:
@@ -405,13 +407,6 @@ class Resources:
             store = lstmvis.extract(model, texts, path, kinds=spec.kinds, sources=spec.sources, dtype="float16",
                                     progress=False, meta=meta, corpus_name=f"demo:{spec.name}")
         store.close()
-
-    def wait_demo(self, timeout: float | None = None) -> bool:
-        """Block until the background demo build has finished (for tests and benchmarks)."""
-        if self._build_thread is not None:
-            self._build_thread.join(timeout)
-            return not self._build_thread.is_alive()
-        return True
 
     def summary(self) -> dict:
         return {"mode": "demo" if self.demo else "data", "data_dir": str(self.data_dir) if self.data_dir else None,

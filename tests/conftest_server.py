@@ -59,14 +59,15 @@ def toy_states_by_sequence(seqs: list[list[str]]) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def live_server(app):
-    """Serve ``app`` on 127.0.0.1 on a free port in a background thread; yields the base URL."""
+def live_server(app, **server_options):
+    """Serve ``app`` on 127.0.0.1 on a free port in a background thread; yields the base URL.
+    ``server_options``: keyword arguments of ``server.serving.make_server``."""
     import logging
 
-    from server.app import make_server
+    from server.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in test output
-    srv = make_server(app, "127.0.0.1", 0)
+    srv = make_server(app, "127.0.0.1", 0, **server_options)
     thread = threading.Thread(target=srv.serve_forever, name="test-server", daemon=True)
     thread.start()
     try:

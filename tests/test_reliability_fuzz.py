@@ -138,7 +138,7 @@ def test_catastrophic_regular_expressions_end(send, hints, pattern):
 
 def test_loopback_server_refuses_other_host_names(monkeypatch, tmp_path):
     """DNS rebinding: a web page whose name resolves to 127.0.0.1 must not get answers from the server."""
-    import server.app
+    import server.serving
     from lstmvis import cli
     from conftest_server import make_toy_store
     make_toy_store(tmp_path / "toy.h5").close()
@@ -150,7 +150,7 @@ def test_loopback_server_refuses_other_host_names(monkeypatch, tmp_path):
     def capture(app, host, port):
         apps.append(app)
         raise Stop()
-    monkeypatch.setattr(server.app, "make_server", capture)
+    monkeypatch.setattr(server.serving, "make_server", capture)
     for argv in (["serve", "--data", str(tmp_path), "--no-browser"],
                  ["serve", "--data", str(tmp_path), "--no-browser", "--allow-host", "lstmvis.example.org"]):
         with pytest.raises(Stop):

@@ -257,7 +257,7 @@ def test_request_threads_are_reused_and_retire_when_idle(app):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.app import make_server
+    from server.serving import make_server
 
     def workers():
         return {t for t in threading.enumerate() if t.name == "http-worker"}
@@ -327,6 +327,7 @@ class _Stop(Exception):
 
 def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
     import server.app
+    import server.serving
     from lstmvis import cli
     seen = {}
 
@@ -338,10 +339,10 @@ def test_bare_lstmvis_starts_the_demo_server(monkeypatch):
         seen.update(app=app, host=host, port=port)
         raise _Stop()
     monkeypatch.setattr(server.app, "create_app", fake_create_app)
-    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    monkeypatch.setattr(server.serving, "make_server", fake_make_server)
     with pytest.raises(_Stop):
         cli.main([])
-    assert seen == {"data_dir": None, "app": "app", "host": "127.0.0.1", "port": server.app.DEFAULT_PORT}
+    assert seen == {"data_dir": None, "app": "app", "host": "127.0.0.1", "port": server.serving.DEFAULT_PORT}
 
 
 def test_serve_refuses_a_missing_data_dir(capsys, tmp_path):
@@ -351,20 +352,41 @@ def test_serve_refuses_a_missing_data_dir(capsys, tmp_path):
 
 
 def test_serve_warns_loudly_off_loopback(monkeypatch, capsys, tmp_path):
-    import server.app
+    import server.serving
     from lstmvis import cli
 
     def fake_make_server(app, host, port):
         raise _Stop()
-    monkeypatch.setattr(server.app, "make_server", fake_make_server)
+    monkeypatch.setattr(server.serving, "make_server", fake_make_server)
     with pytest.raises(_Stop):
         cli.main(["serve", "--data", str(tmp_path), "--host", "0.0.0.0", "--no-browser"])
     err = capsys.readouterr().err
     assert "WARNING" in err and "0.0.0.0" in err
 
 
+def test_parsing_the_command_line_loads_no_server_module():
+    """``lstmvis`` finds ``serve`` through its entry point; flask and the app load only when it runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from lstmvis.cli import build_parser; build_parser().parse_args(['serve']); "
+            "print(sorted(m for m in sys.modules if m == 'flask' or m.startswith('server.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "['server.cli']"
+
+
+def test_only_the_command_line_module_uses_argparse():
+    from pathlib import Path
+
+    import server
+    users = sorted(p.name for p in Path(server.__file__).parent.glob("*.py") if "argparse" in p.read_text())
+    assert users == ["cli.py"]
+
+
 def test_is_loopback():
-    from server.app import is_loopback
+    from server.serving import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
 

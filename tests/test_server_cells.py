@@ -78,7 +78,7 @@ def test_top_contexts(client):
     low = ok(client.get("/api/stores/toy/cells/1/contexts?source=rnn.l0.h&k=1&direction=-1"))["contexts"]
     assert low[0]["value"] == pytest.approx(0.0)
     assert "direction" in err(client.get("/api/stores/toy/cells/1/contexts?source=rnn.l0.h&direction=0"))
-    assert "out of range" in err(client.get("/api/stores/toy/cells/9/contexts?source=rnn.l0.h"))
+    assert "0..3" in err(client.get("/api/stores/toy/cells/9/contexts?source=rnn.l0.h"))  # the library's check
 
 
 def test_gate_saturation_exact(client):
@@ -137,7 +137,7 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
 
 @pytest.mark.parametrize("body,status,needle", [
     ({"source": "rnn.l0.c"}, 400, "position"),
-    ({"source": "rnn.l0.c", "position": 10 ** 9}, 400, "past the end"),
+    ({"source": "rnn.l0.c", "position": 10 ** 9}, 400, "outside the store"),
     ({"source": "rnn.l0.c", "position": 5, "method": "lime"}, 400, "method"),
     ({"source": "rnn.l0.c", "position": 5, "n_steps": 0}, 400, "n_steps"),
     ({"source": "rnn.l0.c", "position": 5, "rule": "simpson"}, 400, "rule"),
@@ -148,6 +148,13 @@ def test_explain_a_cell_matches_the_stored_activation(parens_app):
 ])
 def test_explain_bad_input(parens_app, body, status, needle):
     assert needle in err(parens_app.test_client().post("/api/stores/parens/cells/5/explain", json=body), status)
+
+
+def test_explaining_a_cell_the_source_lacks_is_a_400(parens_app):
+    """The library checks the cell (the view does not check it again)."""
+    msg = err(parens_app.test_client().post("/api/stores/parens/cells/999/explain",
+                                            json={"source": "rnn.l0.c", "position": 5, "n_steps": 4}))
+    assert "999" in msg and "0..63" in msg
 
 
 def test_concurrent_explanations_equal_sequential_ones(parens_app):

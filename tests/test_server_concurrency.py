@@ -63,8 +63,7 @@ def test_a_released_slot_goes_to_the_waiter_not_to_a_newcomer():
     assert gate.busy == 1, "the slot is handed over, never free in between"
     newcomer = threading.Thread(target=lambda: (gate.acquire(), order.append("newcomer"), gate.release()))
     newcomer.start()
-    wait_until(lambda: "waiter" in order)
-    time.sleep(0.05)
+    wait_until(lambda: "waiter" in order and gate.waiting == 1)  # the newcomer is queued
     assert order == ["waiter"], "the newcomer must queue behind the waiter"
     hold.set()
     t.join(10)
@@ -149,7 +148,7 @@ def test_requests_queue_in_their_own_lane_only(data_dir):
     from server.app import create_app
     app = create_app(data_dir, {"TESTING": True, "COMPUTE_SLOTS": 1})
     gates = app.extensions["lstmvis_gates"]
-    store_gate = gates._gates["store"]
+    store_gate = gates.gate("store")
     with live_server(app) as base:
         store_gate.acquire()  # the lane's only slot, as a long request would hold it
         try:
@@ -171,7 +170,7 @@ def test_a_malformed_request_is_answered_without_waiting_for_its_lane(data_dir):
     """Validation runs before the queue: a 400 never waits behind the lane's computations."""
     from server.app import create_app
     app = create_app(data_dir, {"TESTING": True, "COMPUTE_SLOTS": 1})
-    store_gate = app.extensions["lstmvis_gates"]._gates["store"]
+    store_gate = app.extensions["lstmvis_gates"].gate("store")
     with live_server(app) as base:
         store_gate.acquire()  # the store lane's only slot is taken
         try:
@@ -302,19 +301,10 @@ def test_a_body_shorter_than_its_length_closes_the_connection(served):
         assert conn.closed_by_server()
 
 
-def test_idle_kept_alive_connections_are_closed(data_dir, monkeypatch):
-    from server import app as app_module
+def test_idle_kept_alive_connections_are_closed(data_dir):
     from server.app import create_app
 
-    real = app_module.make_server
-
-    def short_idle(app, host, port):
-        srv = real(app, host, port)
-        monkeypatch.setattr(srv.RequestHandlerClass, "keep_alive_seconds", 0.3)
-        return srv
-
-    monkeypatch.setattr(app_module, "make_server", short_idle)  # live_server imports it when called
-    with live_server(create_app(data_dir, {"TESTING": True})) as base:
+    with live_server(create_app(data_dir, {"TESTING": True}), keep_alive_seconds=0.3) as base:
         with RawConnection(base, timeout=10) as conn:
             assert [a[0] for a in conn.exchange(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")] == [200]
             t0 = time.monotonic()

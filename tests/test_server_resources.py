@@ -77,14 +77,14 @@ def test_cache_lives_outside_the_package(monkeypatch, tmp_path):
     assert Path(server.__file__).resolve().parent not in root.resolve().parents
 
 
-def test_demo_store_of_an_untrained_model_is_unavailable(monkeypatch, tmp_path):
-    from server import resources
-    spec = resources.DemoStore("ghost", "charlm-python-gru", "Ghost", "never trained", lambda model: ([], {}))
-    monkeypatch.setattr(resources, "DEMO_STORES", [spec])
-    monkeypatch.setattr(resources, "_checkpoint_digest", lambda model: None)
-    res = resources.Resources(None, cache_dir=tmp_path, build="sync", progress=False)
+def test_demo_store_of_an_untrained_model_is_unavailable(tmp_path):
+    from server.resources import DemoStore, Resources
+    from server.validation import ApiError
+    spec = DemoStore("ghost", "ghost-lstm", "Ghost", "never trained", lambda model: ([], {}))
+    res = Resources(None, cache_dir=tmp_path, build="sync", progress=False, demo_stores=[spec])
+    assert list(res.stores) == ["ghost"]
     entry = res.store_entry("ghost")
-    assert entry.status == "unavailable" and "python -m data.train charlm-python-gru" in entry.message
-    with pytest.raises(resources.ApiError) as e:
+    assert entry.status == "unavailable" and "python -m data.train ghost-lstm" in entry.message
+    with pytest.raises(ApiError) as e:
         entry.open()
     assert e.value.status == 409

@@ -1,0 +1,103 @@
+"""What the views over state stores share (explorer, cells): the window model, a store's source, a
+window of token positions, rounding for JSON, and each token as it reads in the original text."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from flask import current_app
+from pydantic import Field
+
+from .context import caches
+from .validation import ApiError, Params
+
+MAX_WINDOW = 2000  # tokens per /tokens, /states or /hypothesis request
+
+
+class Window(Params):
+    start: int = Field(0, ge=0, description="first token position (global index into the store)")
+    stop: int | None = Field(None, ge=0, description=f"one past the last position (default start+{MAX_WINDOW})")
+
+
+def known_source(store, source: str) -> str:
+    """``source`` when the store has it; else a 404 naming the sources it has."""
+    if source not in store.sources:
+        raise ApiError(404, f"unknown source {source!r} in this store; sources: {', '.join(store.sources)}")
+    return source
+
+
+def token_window(store, start: int, stop: int | None, limit: int = MAX_WINDOW) -> tuple[int, int]:
+    """``[start, stop)`` inside the store and at most ``limit`` long (``stop=None``: as long as allowed)."""
+    stop = min(start + limit, store.n_tokens) if stop is None else stop
+    if start >= store.n_tokens and store.n_tokens:
+        raise ApiError(400, f"start={start} is past the end of the store ({store.n_tokens} tokens)")
+    if stop > store.n_tokens:
+        raise ApiError(400, f"stop={stop} is past the end of the store ({store.n_tokens} tokens)")
+    if stop < start:
+        raise ApiError(400, f"stop={stop} is before start={start}")
+    if stop - start > limit:
+        raise ApiError(400, f"the range [{start}, {stop}) has {stop - start} tokens; ask for at most {limit}")
+    return start, stop
+
+
+def rounded(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float64 rounded to the app's ``JSON_DIGITS`` decimals."""
+    return np.round(np.asarray(arr, dtype=np.float64), current_app.config["JSON_DIGITS"])
+
+
+class TokenSurface:
+    """A store's original texts and token spans, read once and kept in memory (for display).
+
+    Stores up to :attr:`FLAT_TOKENS` tokens keep every token's surface string in one list, so a
+    request's contexts are list slices (a match answers 50 of them).
+    """
+
+    MAX_TOKENS = 20_000_000  # beyond this, read per request instead of holding every span
+    FLAT_TOKENS = 1_000_000  # up to this, one str per token (about 60 bytes each; 8 for single characters)
+
+    def __init__(self, store):
+        self.offsets = np.asarray(store.offsets, dtype=np.int64)
+        self.spans = store.token_spans() if store.n_tokens <= self.MAX_TOKENS else None
+        self.texts: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.flat: list[str] | None = None
+        if self.spans is not None and store.n_tokens <= self.FLAT_TOKENS:
+            spans, flat = self.spans.tolist(), []
+            for seq in range(len(self.offsets) - 1):
+                text = store.sequence_text(seq)
+                flat.extend(text[x:y] for x, y in spans[self.offsets[seq]:self.offsets[seq + 1]])
+            self.flat = flat
+
+    def text(self, store, seq: int) -> str:
+        t = self.texts.get(seq)
+        if t is None:
+            t = store.sequence_text(seq)
+            with self.lock:
+                if sum(map(len, self.texts.values())) > 50_000_000:
+                    self.texts.clear()
+                self.texts[seq] = t
+        return t
+
+    def slice(self, store, start: int, stop: int) -> list[str]:
+        if self.flat is not None:
+            return self.flat[start:stop]
+        spans = self.spans[start:stop] if self.spans is not None else store.token_spans(start, stop)
+        spans = spans.tolist()
+        out: list[str] = []
+        first = int(np.searchsorted(self.offsets, start, side="right") - 1)
+        last = int(np.searchsorted(self.offsets, stop - 1, side="right") - 1)
+        for seq in range(first, last + 1):
+            lo, hi = max(int(self.offsets[seq]), start), min(int(self.offsets[seq + 1]), stop)
+            text = self.text(store, seq)
+            out.extend(text[x:y] for x, y in spans[lo - start:hi - start])
+        return out
+
+
+def surface(store, start: int, stop: int) -> list[str]:
+    """What each token of ``[start, stop)`` looked like in the original text (case kept, no ``<unk>``);
+    the vocabulary tokens when the store has no texts."""
+    if not store.has_texts or stop <= start:
+        return store.tokens(start, stop)
+    # built once per store, even when several requests need it at the same time
+    token_surface = caches().surfaces.get((id(store), str(store.path)), lambda: TokenSurface(store))
+    return token_surface.slice(store, start, stop)

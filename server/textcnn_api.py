@@ -1,0 +1,78 @@
+"""The text-CNN page's JSON API: what each Conv1d filter of a text CNN detects, as its top-activating
+n-grams over the texts of a store (``lstmvis.textcnn`` does the work)."""
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import Field
+
+from lstmvis import top_ngrams
+from lstmvis.textcnn import conv_stack
+
+from .context import caches, resources
+from .validation import ApiError, Params, api
+
+blueprint = Blueprint("textcnn_api", __name__, url_prefix="/api")
+
+
+class TextCNNQuery(Params):
+    model: str | None = Field(None, max_length=200, description="a text-CNN classifier (default: the first loaded)")
+    store: str | None = Field(None, max_length=300, description="corpus: the texts of this store (default: the "
+                              "first ready store with texts)")
+    layer: str | None = Field(None, max_length=100, description="one Conv1d layer, e.g. convs.0 (default: all)")
+    k: int = Field(9, ge=1, le=50, description="top n-grams per filter")
+
+
+def _is_textcnn(entry) -> bool:
+    arch = (entry.card.get("architecture") or {}).get("class", "") if isinstance(entry.card, dict) else ""
+    return entry.kind == "classifier" and arch.endswith("TextCNN")
+
+
+def _filters_report(name: str, store, k: int) -> dict:
+    """Every filter's top ``k`` n-grams over the store's texts, each also as it reads in the original text."""
+    texts = [store.sequence_text(i) for i in range(store.n_sequences)]
+    with resources().model(name) as model:
+        try:
+            conv_stack(model.module)
+        except TypeError as exc:
+            raise ApiError(400, f"model {name!r} has no Conv1d filters to show: {exc}") from None
+        result = top_ngrams(model, texts, k=k, progress=False)
+        spans = {h.text_index: model.token_spans(texts[h.text_index]) for f in result.filters for h in f.ngrams}
+    report = result.to_dict()
+    for f, filt in zip(report["filters"], result.filters):
+        f["max"] = filt.ngrams[0].activation if filt.ngrams else None
+        for hit, h in zip(f["ngrams"], filt.ngrams):
+            sp = spans[h.text_index]
+            hit["original"] = texts[h.text_index][sp[h.start][0]:sp[h.stop - 1][1]] if sp else " ".join(h.tokens)
+    return report
+
+
+@blueprint.get("/textcnn/filters")
+@api(TextCNNQuery, summary="Top-activating input n-grams of every Conv1d filter of a text CNN", tag="textcnn")
+def textcnn_filters(params: TextCNNQuery):
+    """For each filter, the ``k`` highest pre-activation outputs over the store's texts, each shown as
+    the n-gram under its receptive field (and as it reads in the original text)."""
+    res = resources()
+    cnns = [name for name, m in res.models.items() if _is_textcnn(m)]
+    name = params.model or (cnns[0] if cnns else None)
+    if name is None:
+        raise ApiError(404, "no text-CNN model is loaded")
+    entry = res.model_entry(name)
+    if entry.kind != "classifier":
+        raise ApiError(400, f"model {name!r} is a {entry.kind}, not a text classifier with Conv1d filters")
+    stores = [s for s in res.stores.values() if s.status == "ready" and s.open().has_texts]
+    store_name = params.store or next((s.name for s in stores if s.name == "sentiment"), None) or \
+        (stores[0].name if stores else None)
+    if store_name is None:
+        raise ApiError(409, "no ready store with texts to use as the corpus")
+    s = resources().store(store_name)
+    if not s.has_texts:
+        raise ApiError(409, f"store {store_name!r} keeps no original texts to run the model on")
+    # the corpus runs once per model, store and k; concurrent first requests wait for it
+    report = caches().textcnn_reports.get((name, store_name, str(s.path), params.k),
+                                          lambda: {**_filters_report(name, s, params.k), "model": name,
+                                                   "store": store_name, "k": params.k, "models": cnns})
+    if params.layer is not None:
+        if params.layer not in report["fields"]:
+            raise ApiError(404, f"unknown layer {params.layer!r}: the model has {', '.join(report['fields'])}")
+        return {**report, "filters": [f for f in report["filters"] if f["layer"] == params.layer]}
+    return report
