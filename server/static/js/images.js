@@ -30,6 +30,7 @@
     }
     $("image-form").addEventListener("submit", ev => { ev.preventDefault(); explainIndex(Number($("index").value)); });
     $("target").addEventListener("change", () => { if (current) explain(current); });
+    $("param-inputs").addEventListener("change", () => { if (current) explain(current); });
     $("model").addEventListener("change", () => { loadModelViews(); if (current) explain(current); });
     $("upload").addEventListener("change", upload);
     explainIndex(url.index !== undefined ? Number(url.index) : data.picker[0].index);

@@ -22,7 +22,7 @@ const LVParams = (() => {
         } else if (p.type === "bool") {
           input = el("input", { type: "checkbox", id, checked: Boolean(start) });
         } else {
-          input = el("input", { type: p.type === "str" ? "text" : "number", id, placeholder: start === null ? "off" : undefined,
+          input = el("input", { type: p.type === "str" ? "text" : "number", id, placeholder: start === null ? "default" : undefined,
                                 step: p.type === "int" ? "1" : "any", min: p.ge ?? p.gt, max: p.le });
           if (start !== null) input.value = start;
         }
