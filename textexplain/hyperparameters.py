@@ -161,8 +161,13 @@ class Method:
                 register_method(cls, name)
 
     def __init__(self, model: Any, **params: Any):
+        declared = type(self).hyperparameters
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} does not take {', '.join(map(repr, unknown))}: its parameters "
+                            f"are {', '.join(declared) or 'none'}")
         self._accept_model(model)
-        for key, hyper in type(self).hyperparameters.items():
+        for key, hyper in declared.items():
             setattr(self, key, hyper.validate(params.get(key, hyper.default)))
         self._validate()
 

@@ -104,7 +104,7 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     n_steps = Hyper(int, 50, ge=1, api_le=300, help="points on the path (default 50)")
     method = Hyper(str, "adaptive", choices=RULES,
                    help="quadrature rule (default adaptive: probes follow RNN state flips; gausslegendre: fixed)")
-    baseline = Hyper((str, int, list, tuple), "pad", choices=("pad", "zero", "unk"),
+    baseline = Hyper((str, int, list, tuple, np.ndarray, torch.Tensor), "pad", choices=("pad", "zero", "unk"),
                      other_values="a token id or one token id per token", help="reference input (default pad embeddings)")
     internal_batch_size = Hyper(int, None, ge=1, api=False, help=INTERNAL_BATCH_HELP)
     output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)

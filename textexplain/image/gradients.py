@@ -1,6 +1,7 @@
 """Gradient attributions: saliency, gradient x input, SmoothGrad, Integrated Gradients."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..hyperparameters import Hyper
@@ -100,7 +101,7 @@ class IntegratedGradients(ImageMethod, name="integrated_gradients", title="Integ
 
     n_steps = Hyper(int, 50, ge=1, api_le=300, help="points on the path (default 50)")
     method = Hyper(str, "gausslegendre", choices=FIXED_RULES, help="quadrature rule over the path")
-    baseline = Hyper((float, torch.Tensor), 0.0, api=False,
+    baseline = Hyper((float, torch.Tensor, np.ndarray), 0.0, api=False,
                      help="a number or a tensor broadcastable to one image (default 0: a black image)")
     batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..hyperparameters import Hyper
@@ -32,9 +33,9 @@ class Occlusion(ImageMethod, name="occlusion", title="Occlusion"):
 
     output = "map"
 
-    window = Hyper((int, tuple), 4, api_ge=1, api_le=28, help="side of the covered square (or an (h, w) pair)")
-    stride = Hyper((int, tuple), 2, api_ge=1, api_le=28, help="step between windows, at most the window")
-    baseline = Hyper((float, torch.Tensor), 0.0, api=False, help="what a covered pixel becomes (default 0)")
+    window = Hyper((int, tuple, list), 4, api_ge=1, api_le=28, help="side of the covered square (or an (h, w) pair)")
+    stride = Hyper((int, tuple, list), 2, api_ge=1, api_le=28, help="step between windows, at most the window")
+    baseline = Hyper((float, torch.Tensor, np.ndarray), 0.0, api=False, help="what a covered pixel becomes (default 0)")
     batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _masks(self, height: int, width: int) -> torch.Tensor:
