@@ -11,9 +11,10 @@ from textexplain.model import TextModel
 from . import loaders
 from .registry import MODELS, build_from_checkpoint, list_models, load_checkpoint, load_model as load_shipped
 
-__all__ = ["CORPORA", "list_models", "load_corpus", "load_model"]
+__all__ = ["CORPORA", "LABELLED_CORPORA", "list_models", "load_corpus", "load_labelled_corpus", "load_model"]
 
 CORPORA = ("python_source", "rotten_tomatoes", "parens")
+LABELLED_CORPORA = ("rotten_tomatoes", "rotten_tomatoes_shortcut")  # sentences with their sentiment labels
 
 
 def load_model(spec: str):
@@ -52,3 +53,14 @@ def load_corpus(spec: str, model) -> tuple[list, dict, str]:
     if isinstance(model, TextModel):
         return [line for line in text.splitlines() if line.strip()], {}, path.name
     return [text], {}, path.name
+
+
+def load_labelled_corpus(spec: str) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` for ``NAME:SPLIT`` (NAME in ``LABELLED_CORPORA``, SPLIT train, dev or test,
+    default test): the sentences and their label names (``loaders.SENTIMENT_LABELS``)."""
+    name, _, split = spec.partition(":")
+    if name not in LABELLED_CORPORA:
+        raise LookupError(f"unknown labelled corpus {spec!r}: use {', '.join(c + ':SPLIT' for c in LABELLED_CORPORA)} "
+                          "(SPLIT = train, dev or test)")
+    texts, labels = getattr(loaders, name)(split or "test")
+    return list(texts), [loaders.SENTIMENT_LABELS[int(y)] for y in labels]

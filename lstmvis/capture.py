@@ -51,9 +51,7 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-# textexplain.base.TRANSIENT (not imported: lstmvis.capture stays free of textexplain): hooks and forward
-# overrides that live only while recording, which a copy of the module (TextModel.float64) leaves out
-TRANSIENT = "_textexplain_transient"
+from textexplain.hooks import TRANSIENT  # marks hooks that live only while recording (TextModel.float64 skips them)
 
 LSTM_GATES = ("gate_i", "gate_f", "gate_g", "gate_o")
 GRU_GATES = ("gate_r", "gate_z", "gate_n")

@@ -17,13 +17,14 @@ from flask import Blueprint, jsonify, render_template
 from pydantic import Field, field_validator
 
 import textexplain
+from data.provider import LABELLED_CORPORA
 from textexplain import audit as text_audit
 from textexplain import metrics, render
 from textexplain.explain import make_explainer
-from textexplain.integrated_gradients import PRECISIONS, RULES
 
 from .context import resources
 from .jobs import jobs
+from .method_params import method_params_model
 from .validation import ApiError, Params, api
 
 blueprint = Blueprint("explain_api", __name__)
@@ -40,95 +41,21 @@ MAX_TEXT_CHARS = 2000
 MAX_TOKENS = 256
 CURVE_POINTS = 51  # deletion/insertion curves of long texts are sampled at this many points
 DEFAULT_METHODS = ["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
-TITLES = {"gradient": "Gradient", "gradient_x_input": "Gradient × input", "integrated_gradients": "Integrated Gradients",
-          "smoothgrad": "SmoothGrad", "occlusion": "Occlusion", "lime": "LIME", "shap": "SHAP"}
 NOT_CLASSIFIERS = ("language-model", "image-classifier")
 MAX_AUDIT_SAMPLE = 1000  # texts per audit job (about a minute with IG on two busy cores)
 SHORTCUT_MODEL = "sentiment-shortcut"
 
 MethodName = Literal[tuple(textexplain.METHODS)]  # type: ignore[valid-type]
-Output = Literal["logit", "proba"]
-Mask = Literal["pad", "unk", "delete"]
-OUTPUT_HELP = "explain the target's logit (default) or its probability"
-MASK_HELP = "what a removed token becomes: the pad embedding (default), <unk>, or deleted"
+MethodParams = method_params_model(textexplain.METHODS)  # from each method's declarations
+TITLES = {name: cls.title for name, cls in textexplain.METHODS.items()}
+# where the page's inputs start when they differ from the library's defaults (cheaper or safer on the page)
+PAGE_PRESETS = {"integrated_gradients": {"max_steps": 200, "precision": "auto"}, "lime": {"num_samples": 1000}}
 
 
-# ------------------------------------------------------------------------- method parameters
-# Bounds keep one request's cost bounded; None leaves the library's default.
-
-class GradientParams(Params):
-    reduce: Literal["l2", "sum"] | None = Field(None, description="l2 norm over embedding dims (unsigned, "
-                                                "default) or their sum (signed)")
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class GradientXInputParams(Params):
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class IntegratedGradientsParams(Params):
-    n_steps: int | None = Field(None, ge=1, le=300, description="points on the path (default 50)")
-    max_steps: int | None = Field(None, ge=1, le=1000, description="adaptive rule only: keep refining while the "
-                                  "completeness gap is above 1%, up to this many gradient evaluations "
-                                  "(default: off, n_steps)")
-    method: Literal[RULES] | None = Field(  # type: ignore[valid-type]
-        None, description="quadrature rule (default adaptive: probes follow RNN state flips; gausslegendre: fixed)")
-    baseline: Literal["pad", "zero", "unk"] | None = Field(None, description="reference input (default pad "
-                                                           "embeddings)")
-    precision: Literal[PRECISIONS] | None = Field(  # type: ignore[valid-type]
-        None, description="model (default): the model's own float32; float64: a float64 copy (about 5x slower; "
-                          "RNN state flips can be narrower than float32 resolves); auto: float64 only when the "
-                          "adaptive rule finds a completeness gap float32 cannot resolve")
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class SmoothGradParams(Params):
-    n_samples: int | None = Field(None, ge=1, le=200, description="noisy copies (default 50)")
-    noise_level: float | None = Field(None, ge=0, le=1, description="noise sigma as a fraction of the embedding "
-                                      "range (default 0.05)")
-    base: Literal["gradient_x_input", "gradient"] | None = Field(None, description="what is averaged")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class OcclusionParams(Params):
-    window: int | None = Field(None, ge=1, le=16, description="tokens hidden at once (default 1)")
-    stride: int | None = Field(None, ge=1, le=16, description="step between windows (default 1)")
-    mask: Mask | None = Field(None, description=MASK_HELP)
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class LimeParams(Params):
-    num_samples: int | None = Field(None, ge=10, le=5000, description="perturbed texts (default 5000)")
-    kernel_width: float | None = Field(None, gt=0, le=1000, description="locality kernel width (default 25)")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    mask: Mask | None = Field(None, description=MASK_HELP)
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class ShapParams(Params):
-    budget: int | None = Field(None, ge=4, le=4096, description="coalitions for KernelSHAP (default: the library's)")
-    algorithm: Literal["auto", "exact", "kernel"] | None = Field(None, description="exact enumeration, KernelSHAP, "
-                                                                 "or auto (exact up to exact_max_tokens)")
-    exact_max_tokens: int | None = Field(None, ge=1, le=14, description="longest text explained exactly")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    mask: Mask | None = Field(None, description=MASK_HELP)
-    output: Output | None = Field(None, description=OUTPUT_HELP)
-
-
-class MethodParams(Params):
-    """Hyperparameters per method; anything left out takes the library's default."""
-
-    gradient: GradientParams = GradientParams()
-    gradient_x_input: GradientXInputParams = GradientXInputParams()
-    integrated_gradients: IntegratedGradientsParams = IntegratedGradientsParams()
-    smoothgrad: SmoothGradParams = SmoothGradParams()
-    occlusion: OcclusionParams = OcclusionParams()
-    lime: LimeParams = LimeParams()
-    shap: ShapParams = ShapParams()
-
-    def of(self, method: str) -> dict:
-        return getattr(self, method).model_dump(exclude_none=True)
+def method_inputs() -> dict[str, dict]:
+    """What the page builds its hyperparameter inputs from: each method's title, declarations and presets."""
+    return {name: {"title": cls.title, "params": cls.describe_hyperparameters(), "presets": PAGE_PRESETS.get(name, {})}
+            for name, cls in textexplain.METHODS.items()}
 
 
 class ExplainRequest(Params):
@@ -255,7 +182,7 @@ def explain_text(model, req: ExplainRequest) -> dict:
         target = e.target
         seconds = time.perf_counter() - start
         explanations.append(e)
-        row = {"method": method, "title": TITLES.get(method, method), "signed": e.signed,
+        row = {"method": method, "title": TITLES[method], "signed": e.signed,
                "scores": e.scores, "delta": e.delta, "params": e.params, "seconds": round(seconds, 4),
                **colour_row(e.scores, e.signed, req.normalize)}
         if "converged" in e.info:  # methods that promise completeness: how far off, and the fix if too far
@@ -284,7 +211,7 @@ def explain_text(model, req: ExplainRequest) -> dict:
 
 class AuditRequest(Params):
     model: str = Field(min_length=1, max_length=200, description="a text classifier")
-    corpus: Literal[text_audit.CORPORA] | None = Field(  # type: ignore[valid-type]
+    corpus: Literal[LABELLED_CORPORA] | None = Field(  # type: ignore[valid-type]
         None, description="shipped corpus (default: rotten_tomatoes_shortcut for sentiment-shortcut, else "
                           "rotten_tomatoes)")
     split: Literal["train", "dev", "test"] = Field("test", description="corpus split")
@@ -359,8 +286,8 @@ def run_audit(model, req: AuditRequest, report) -> dict:
 def explain_page():
     return render_template("explain.html", page_data={
         "models": text_classifiers(), "methods": list(textexplain.METHODS), "titles": TITLES,
-        "default_methods": DEFAULT_METHODS, "max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS,
-        "audit": {"corpora": list(text_audit.CORPORA), "max_sample": MAX_AUDIT_SAMPLE}})
+        "method_inputs": method_inputs(), "default_methods": DEFAULT_METHODS, "max_text_chars": MAX_TEXT_CHARS, "max_tokens": MAX_TOKENS,
+        "audit": {"corpora": list(LABELLED_CORPORA), "max_sample": MAX_AUDIT_SAMPLE}})
 
 
 @blueprint.get("/api/explain/models")

@@ -27,6 +27,7 @@ from textexplain import image as img
 
 from .context import resources
 from .jobs import jobs
+from .method_params import method_params_model
 from .validation import ApiError, Params, api
 
 blueprint = Blueprint("image_api", __name__)
@@ -47,12 +48,8 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
 OVERLAY_SCALE = 6  # 28 px -> 168 px, nearest neighbour
 PICKER_PER_CLASS = 3
 MAX_SANITY_IMAGES = 64
-TITLES = {"saliency": "Saliency", "gradient": "Gradient", "gradient_x_input": "Gradient × input",
-          "smoothgrad": "SmoothGrad", "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion",
-          "guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "cam": "CAM", "gradcam": "Grad-CAM",
-          "gradcam_plus_plus": "Grad-CAM++", "hirescam": "HiResCAM", "guided_gradcam": "Guided Grad-CAM"}
-
 MethodName = Literal[tuple(img.METHODS)]  # type: ignore[valid-type]
+ImageMethodParams = method_params_model(img.METHODS, prefix="Image")  # from each method's declarations
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -177,6 +174,8 @@ class ExplainImageRequest(Params):
     target: int | None = Field(None, ge=0, description="class to explain (default: predicted)")
     methods: list[MethodName] | None = Field(None, min_length=1, max_length=len(img.METHODS),  # type: ignore[valid-type]
                                              description="methods (default: all)")
+    params: ImageMethodParams = Field(default_factory=ImageMethodParams,  # type: ignore[valid-type]
+                                      description="hyperparameters per method (default: the library's)")
 
     @model_validator(mode="after")
     def _one_input(self):
@@ -218,8 +217,10 @@ class SanityRequest(ModelRequest):
 
 # ------------------------------------------------------------------------------------ the work
 
-def explain_image(module: nn.Module, x: np.ndarray, target: int | None, methods: list[str]) -> dict:
-    """Prediction, one overlay per method, and feature maps of the first and last conv layers."""
+def explain_image(module: nn.Module, x: np.ndarray, target: int | None, methods: list[str],
+                  params: dict[str, dict] | None = None) -> dict:
+    """Prediction, one overlay per method (``params``: its hyperparameters by method name), and feature
+    maps of the first and last conv layers."""
     xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
     with torch.no_grad():
         probs = torch.softmax(module(xb), 1)[0].double().numpy()
@@ -228,13 +229,13 @@ def explain_image(module: nn.Module, x: np.ndarray, target: int | None, methods:
     target = int(np.argmax(probs)) if target is None else target
     overlays = []
     for name in methods:
-        method = img.METHODS[name](module)
+        method = img.METHODS[name](module, **(params or {}).get(name, {}))
         start = time.perf_counter()
         attr = method.attribute(xb, target)
         seconds = time.perf_counter() - start
         amap = img.base.pixel_map(attr)[0].numpy()
         signed = bool(method.signed)
-        overlays.append({"method": name, "title": TITLES.get(name, name), "signed": signed,
+        overlays.append({"method": name, "title": img.METHODS[name].title, "signed": signed,
                          "summary": type(method).__doc__.strip().splitlines()[0] if type(method).__doc__ else "",
                          "png": png_data_url(img.overlay_png(x, amap, signed=signed, scale=OVERLAY_SCALE)),
                          "min": float(amap.min()), "max": float(amap.max()), "seconds": round(seconds, 4)})
@@ -310,8 +311,7 @@ def _start(kind: str, req: ModelRequest, work) -> Response:
 def images_page():
     _, y = test_digits()
     return render_template("images.html", page_data={
-        "models": image_models(), "methods": [{**d, "title": TITLES.get(d["name"], d["name"])}
-                                              for d in img.describe_methods()],
+        "models": image_models(), "methods": img.describe_methods(),
         "picker": [{"index": i, "label": int(y[i])} for i in picker_indices()], "n_test": int(len(y))})
 
 
@@ -339,7 +339,7 @@ def explain_endpoint(params: ExplainImageRequest):
         digit, source = decode_upload(params.image)
     methods = list(params.methods or img.METHODS)
     with _Loan(entry) as module:
-        out = explain_image(module, digit, params.target, methods)
+        out = explain_image(module, digit, params.target, methods, {m: params.params.of(m) for m in methods})
     return {"model": params.model, "source": source, **out}
 
 

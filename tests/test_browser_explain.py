@@ -145,3 +145,21 @@ def test_corpus_audit_puts_the_planted_token_on_top(watched, base_url):
     assert any("rtcritic" in f for f in page.locator(".flip").all_text_contents())
     assert "tab=audit" in page.url
     shot(page, "explain-corpus-audit.png", docs=True)
+
+
+def test_method_settings_are_built_from_the_declarations_and_sent(watched, base_url):
+    page = watched.page
+    page.goto(f"{base_url}/explain?model=sentiment-lstm&methods=integrated_gradients&text=good")
+    wait_results(page)
+    n_steps = page.locator("#p-integrated_gradients-n_steps")
+    assert n_steps.get_attribute("max") == "300" and n_steps.input_value() == "50"  # cap and default, declared
+    assert page.locator("#p-integrated_gradients-max_steps").input_value() == "200"  # the page's preset
+    assert page.locator("#p-lime-num_samples").input_value() == "1000"
+    assert page.locator("#p-integrated_gradients-method option").count() == 6
+    page.locator("#params summary").click()
+    n_steps.fill("8")
+    with page.expect_request("**/api/explain") as request:
+        page.locator("#run").click()
+    sent = request.value.post_data_json["params"]
+    assert sent == {"integrated_gradients": {"n_steps": 8, "max_steps": 200, "precision": "auto"}}
+    wait_results(page)

@@ -95,3 +95,17 @@ def test_uploading_a_png_explains_it(watched, base_url, tmp_path):
     assert "PNG" in page.text_content("#error-banner")
     watched.problems = [p for p in watched.problems if "400" not in p]
     shot(page, "images-upload.png")
+
+
+def test_method_settings_are_built_from_the_declarations_and_sent(watched, base_url):
+    page = watched.page
+    page.goto(f"{base_url}/images?index=0")
+    page.wait_for_selector("#overlays .image-card")
+    n_samples = page.locator("#p-smoothgrad-n_samples")
+    assert n_samples.get_attribute("max") == "200" and n_samples.input_value() == "50"
+    page.locator("#params summary").click()
+    with page.expect_request("**/api/images/explain") as request:
+        n_samples.fill("4")
+        n_samples.dispatch_event("change")
+    assert request.value.post_data_json["params"] == {"smoothgrad": {"n_samples": 4}}
+    page.wait_for_selector("#overlays .image-card")

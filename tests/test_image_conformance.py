@@ -1,4 +1,5 @@
-"""One conformance suite for every registered image attribution method (scikit-learn style).
+"""The image method contract (textexplain.testing.check_image_method) over every registered method, plus
+what it does not cover: failures at each forward pass, several methods at once, training-mode warnings.
 
 Shape and dtype; a batch equals single calls; targets None/int/sequence; deterministic; the
 model (weights, requires_grad, .grad, training flag) and the input are left untouched; no
@@ -14,6 +15,8 @@ from torch import nn
 
 from test_image_models import GapNet, gap_input
 from textexplain import image
+from textexplain.hyperparameters import Hyper
+from textexplain.testing import check_image_method, hooks_left
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one torch thread per module
 
@@ -26,15 +29,6 @@ def make(name, model):
     return image.METHODS[name](model, **FAST.get(name, {}))
 
 
-def hooks_left(model: nn.Module) -> int:
-    g = nn.modules.module
-    total = sum(len(d) for d in (g._global_forward_hooks, g._global_forward_pre_hooks, g._global_backward_hooks))
-    for m in model.modules():
-        total += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        total += len(m._backward_pre_hooks)
-    return total + torch._C._len_torch_function_stack()
-
-
 def test_registry_lists_every_method_with_json_ready_descriptions():
     assert {"saliency", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
             "deconvnet", "occlusion", "cam", "gradcam", "gradcam_plus_plus", "hirescam", "guided_gradcam"} <= set(NAMES)
@@ -44,40 +38,35 @@ def test_registry_lists_every_method_with_json_ready_descriptions():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shape_batch_equals_singles_and_targets(name):
-    m, x = GapNet(), gap_input(3)
-    method = make(name, m)
-    targets = [2, 0, 1]
-    batch = method.attribute(x, targets)
-    expected_shape = (3, 8, 8) if method.output == "map" else (3, 2, 8, 8)
-    assert batch.shape == expected_shape and batch.dtype == torch.float32 and not batch.requires_grad
-    assert torch.isfinite(batch).all() and batch.abs().sum() > 0
-    singles = torch.cat([method.attribute(x[i:i + 1], t) for i, t in enumerate(targets)])
-    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(method.attribute(x, targets), batch, rtol=0, atol=0)  # deterministic
-    predicted = m(x).argmax(1).tolist()
-    torch.testing.assert_close(method.attribute(x), method.attribute(x, predicted), rtol=0, atol=0)
-    torch.testing.assert_close(method.attribute(x, 1), method.attribute(x, [1, 1, 1]), rtol=0, atol=0)
-    torch.testing.assert_close(method.attribute(x, torch.tensor(targets)), batch, rtol=0, atol=0)
+def test_every_registered_method_meets_the_contract(name):
+    """textexplain.testing.check_image_method: shape, batch = singles, targets, determinism, model and input
+    untouched, no hooks left (also after the model fails), concurrent calls agree, declarations enforced."""
+    check_image_method(image.METHODS[name], GapNet(), FAST.get(name), gap_input(3))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_model_and_input_are_left_untouched(name):
-    m, x = GapNet(), gap_input(2)
-    m.train()  # no dropout/batch-norm: the flag must survive, and no warning is due
-    m.features[0].weight.requires_grad_(False)
-    m.fc.bias.grad = torch.full_like(m.fc.bias, 7.0)
-    state = {k: v.clone() for k, v in m.state_dict().items()}
-    flags = {k: p.requires_grad for k, p in m.named_parameters()}
-    x_before = x.clone()
-    make(name, m).attribute(x, 0)
-    assert m.training and all(mod.training for mod in m.modules())
-    assert {k: p.requires_grad for k, p in m.named_parameters()} == flags
-    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
-    assert torch.equal(m.fc.bias.grad, torch.full_like(m.fc.bias, 7.0))
-    assert all(p.grad is None for n, p in m.named_parameters() if n != "fc.bias")
-    assert torch.equal(x, x_before) and not x.requires_grad
-    assert hooks_left(m) == 0
+def test_the_contract_holds_on_the_default_module():
+    check_image_method(image.Gradient)
+
+
+class _Leaky(image.ImageMethod, name="leaky", register=False):
+    """The gradient, with a flaw: ``flaw="hook"`` leaves a forward hook behind, ``"input"`` changes the input."""
+
+    flaw = Hyper(str, "none", choices=("none", "hook", "input"), help="which promise to break")
+
+    def _attribute(self, x, targets):
+        if self.flaw == "hook":
+            self.model.register_forward_hook(lambda *a: None)
+        if self.flaw == "input":
+            x.mul_(0.5)  # check_images detaches, but the storage is the caller's
+        return image.Gradient(self.model)._attribute(x.detach(), targets)
+
+
+def test_the_checker_catches_broken_methods():
+    check_image_method(_Leaky)
+    assert "leaky" not in image.METHODS
+    for flaw in ("hook", "input"):
+        with pytest.raises(AssertionError):
+            check_image_method(_Leaky, params={"flaw": flaw})
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,7 @@ confidence bound of the mean (``mean - 1.96 * sd / sqrt(n)``).
 Tokens are ranked by their **total** score for the class: how much of the evidence behind the
 model's decisions over this corpus the token supplies (removing it from every text would take
 that much away). A junk token that co-occurs with one class in training (the 20-newsgroups
-headers; the planted ``rtcritic`` of ``data.rotten_tomatoes_shortcut``) is both frequent and
+headers; the planted ``rtcritic`` of the demo corpus ``rotten_tomatoes_shortcut``) is both frequent and
 strong, so it comes first. ``rank_by="mean"`` or ``"lower_bound"`` rank by strength per
 occurrence instead (sentiment words), ``"mean_abs"`` by magnitude.
 
@@ -20,15 +20,12 @@ and "flipped" (token removed from the texts of its class and added to every othe
 """
 from __future__ import annotations
 
-import argparse
 import heapq
 import html
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -371,111 +368,3 @@ def flip_test(model: TextModel, texts: Sequence[str], labels: Sequence[int | str
            "accuracy_removed": accuracy(removed), "accuracy_flipped": accuracy(flipped)}
     out["drop"] = base - out["accuracy_flipped"]
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# command line: textexplain audit
-
-CORPORA = ("rotten_tomatoes", "rotten_tomatoes_shortcut")
-
-
-def _read_corpus(path: str) -> tuple[list[str], list[str] | None]:
-    """A text file (one text per line) or a CSV with a ``text`` column (and optional ``label``)."""
-    import csv
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
-    if p.suffix.lower() == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows or "text" not in rows[0]:
-            raise ValueError(f"{path}: a CSV corpus needs a header with a 'text' column (and optionally 'label')")
-        texts = [r["text"] for r in rows if r["text"].strip()]
-        labels = [r["label"] for r in rows if r["text"].strip()] if "label" in rows[0] else None
-        return texts, labels
-    texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts, None
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    import data
-
-    from .cli import _write_atomic, load_text_model, parse_settings
-
-    model = load_text_model(args.model)
-    params = parse_settings(list(args.set or []), [args.method])[args.method]
-    if args.file:
-        texts, labels = _read_corpus(args.file)
-        source = args.file
-    else:
-        corpus = args.data or ("rotten_tomatoes_shortcut" if model.name == "sentiment-shortcut" else "rotten_tomatoes")
-        texts, labels = getattr(data, corpus)(args.split)
-        labels = [model.labels[int(y)] for y in labels]
-        source = f"{corpus}/{args.split}"
-    if args.limit and args.limit < len(texts):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(texts), args.limit, replace=False))
-        texts = [texts[i] for i in keep]
-        labels = [labels[i] for i in keep] if labels is not None else None
-    report = audit(model, texts, labels, method=args.method, target=args.target, rank_by=args.rank_by,
-                   normalize=args.normalize, min_count=args.min_count, batch_size=args.batch_size,
-                   progress=not args.quiet, options=params)
-    if labels is not None and report.signed:
-        for lab in model.labels:
-            tops = [st for st in report.top(lab, args.flip) if st.in_vocab]
-            for st in tops:
-                report.flips.append(flip_test(model, texts, labels, st.token, lab))
-    print(f"source: {source}")
-    print(report.to_markdown(top=args.top, examples=args.examples))
-    if args.json:
-        _write_atomic(Path(args.json), json.dumps(report.to_dict(top=max(args.top, 20)), indent=2))
-        print(f"\nwrote {args.json}")
-    if args.figure:
-        _write_atomic(Path(args.figure), report.figure().to_html(include_plotlyjs=True, full_html=True))
-        print(f"wrote {args.figure}")
-    return 0
-
-
-def add_audit(sub) -> None:
-    """Register ``textexplain audit``."""
-    from .explain import METHODS
-
-    p = sub.add_parser(
-        "audit", help="find the tokens a classifier relies on over a whole corpus (shortcut detection)",
-        description="Explain every text of a corpus split, aggregate the token scores per class and rank the "
-                    "tokens the model relies on (by their total score over the corpus), with example "
-                    "sentences; then flip the top tokens to measure how much accuracy depends on them. "
-                    "Example: textexplain audit --model sentiment-shortcut --split test "
-                    "--method integrated_gradients")
-    p.add_argument("--model", required=True,
-                   help="a shipped classifier (see `lstmvis models`) or a .pt checkpoint")
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"), help="corpus split (default: test)")
-    p.add_argument("--data", choices=CORPORA, default=None,
-                   help="shipped corpus (default: the one the model was trained on)")
-    p.add_argument("--file", default=None, help="audit your own corpus instead: a .txt file (one text per line) "
-                                                "or a .csv with a 'text' and optional 'label' column")
-    p.add_argument("--method", default="integrated_gradients", choices=sorted(METHODS),
-                   help="explanation method (default: integrated_gradients)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="a method hyperparameter, repeatable (e.g. --set n_steps=20, --set num_samples=500)")
-    p.add_argument("--target", default="predicted", choices=TARGETS,
-                   help="explain each text for the predicted class (default) or for its gold label")
-    p.add_argument("--rank-by", default="total", choices=RANK_BY,
-                   help="ranking statistic: total (default; reliance over the corpus) or per occurrence (mean, "
-                        "lower_bound)")
-    p.add_argument("--normalize", default="none", choices=NORMALIZE,
-                   help="rescale each explanation first (default: none)")
-    p.add_argument("--min-count", type=int, default=3,
-                   help="rank only tokens seen at least this often for a class (default: 3)")
-    p.add_argument("--limit", type=int, default=None, help="audit a seeded random sample of this many texts")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts explained per batch (default: 64)")
-    p.add_argument("--top", type=int, default=10, help="tokens shown per class (default: 10)")
-    p.add_argument("--examples", type=int, default=1, help="example sentences shown per top-3 token (default: 1)")
-    p.add_argument("--flip", type=int, default=1,
-                   help="flip-test the top N tokens of each class (needs labels; default: 1)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
-    p.add_argument("--figure", default=None, metavar="PATH", help="also write a plotly HTML figure")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_audit)
-

@@ -13,7 +13,6 @@ other's embeddings and plain predictions running meanwhile are untouched.
 """
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -24,9 +23,14 @@ import numpy as np
 import torch
 
 from .explanation import Explanation
+from .hooks import transient
+from .hyperparameters import Method, check_choice, check_positive_int  # noqa: F401 (check_*: shared by lstmvis)
 from .model import TextModel
 
 OUTPUTS = ("logit", "proba")
+OUTPUT_HELP = "explain the target's logit (default) or its probability"
+SEED_HELP = "seed of the method's random draws (the same seed, the same result)"
+INTERNAL_BATCH_HELP = "path rows per gradient pass (default: chunks of about 2048 row-tokens)"
 
 
 @dataclass(frozen=True)
@@ -75,27 +79,6 @@ def select_output(logits: torch.Tensor, target: int, output: str) -> torch.Tenso
     if output == "logit":
         return logits[:, target]
     return torch.softmax(logits, dim=-1)[:, target]
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported: use one of {', '.join(map(repr, choices))}")
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-TRANSIENT = "_textexplain_transient"  # marks hooks and forward overrides that live only during one call
-
-
-def transient(obj):
-    """Mark a hook (or an instance-level ``forward``) as living only during one call, so that a copy of
-    the module taken meanwhile (``TextModel.float64``) leaves it out."""
-    setattr(obj, TRANSIENT, True)
-    return obj
 
 
 def embed(model: TextModel, ids: torch.Tensor) -> torch.Tensor:
@@ -257,23 +240,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-class Explainer:
-    """Base of every method: constructor = model + hyperparameters, ``explain`` does the work.
+METHODS: dict[str, type["Explainer"]] = {}  # every text method by name (``textexplain.METHODS``)
 
-    Subclasses set ``name`` and ``signed`` and implement ``_attribute(prepared, target)``.
+
+class Explainer(Method):
+    """Base of every text method: constructor = model + hyperparameters, ``explain`` does the work.
+
+    Subclasses are declared as ``class Mine(Explainer, name="mine", title="Mine")`` with their
+    hyperparameters as ``Hyper`` class attributes (``textexplain.hyperparameters``), set ``signed``
+    and implement ``_attribute(prepared, target)``; the name registers them in ``METHODS``.
     """
 
-    name: str = ""
+    registry = METHODS
     signed: bool = True
 
-    def __init__(self, model: TextModel):
+    def _accept_model(self, model: TextModel) -> None:
         check_model(model)
         self.model = model
-
-    def get_params(self) -> dict[str, Any]:
-        """The hyperparameters given to the constructor (scikit-learn style)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "model")]
-        return {p: _plain(getattr(self, p)) for p in names}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -326,13 +309,3 @@ def _no_progress(progress: bool | None, n: int) -> bool | None:
         return None if n > 8 else True
     return not progress
 
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of a hyperparameter value."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    return value

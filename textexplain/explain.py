@@ -1,23 +1,14 @@
 """One-call entry points: ``explain(model, text, method=...)`` and ``explain_batch``."""
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import Explainer
+# importing a method's module registers it; this order is METHODS' order
+from . import gradient, integrated_gradients, smoothgrad, occlusion, lime_text, kernel_shap  # noqa: F401, I001
+from .base import METHODS, Explainer
 from .explanation import Explanation
-from .gradient import Gradient, GradientXInput
-from .integrated_gradients import IntegratedGradients
-from .kernel_shap import Shap
-from .lime_text import Lime
 from .model import TextModel
-from .occlusion import Occlusion
-from .smoothgrad import SmoothGrad
-
-METHODS: dict[str, type[Explainer]] = {
-    cls.name: cls for cls in (Gradient, GradientXInput, IntegratedGradients, SmoothGrad, Occlusion, Lime, Shap)
-}
 
 
 def method_class(method: str) -> type[Explainer]:
@@ -31,7 +22,7 @@ def method_class(method: str) -> type[Explainer]:
 def make_explainer(model: TextModel, method: str, /, **params: Any) -> Explainer:
     """``METHODS[method](model, **params)`` with a clear error for a misspelt hyperparameter."""
     cls = method_class(method)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+    accepted = list(cls.hyperparameters)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise TypeError(f"{method} does not take {', '.join(map(repr, unknown))}: its parameters are "

@@ -1,12 +1,11 @@
 """Gradient and gradient x input at the embedding layer (gradients w.r.t. token ids do not exist)."""
 from __future__ import annotations
 
-from .base import (OUTPUTS, Attribution, Explainer, Prepared, check_choice, embed, gradient_sum,
-                   reduce_dims)
-from .model import TextModel
+from .base import OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, embed, gradient_sum, reduce_dims
+from .hyperparameters import Hyper
 
 
-class Gradient(Explainer):
+class Gradient(Explainer, name="gradient", title="Gradient"):
     """Saliency: the gradient of the target output w.r.t. each token's embedding.
 
     ``reduce="l2"`` (default) scores a token by the L2 norm of its gradient (unsigned: how
@@ -14,13 +13,9 @@ class Gradient(Explainer):
     dimensions (signed).
     """
 
-    name = "gradient"
-
-    def __init__(self, model: TextModel, reduce: str = "l2", output: str = "logit"):
-        super().__init__(model)
-        check_choice("reduce", reduce, ("l2", "sum"))
-        check_choice("output", output, OUTPUTS)
-        self.reduce, self.output = reduce, output
+    reduce = Hyper(str, "l2", choices=("l2", "sum"),
+                   help="l2 norm over embedding dims (unsigned, default) or their sum (signed)")
+    output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
 
     @property
     def signed(self) -> bool:  # type: ignore[override]
@@ -33,19 +28,14 @@ class Gradient(Explainer):
                            info={"n_forward_rows": 1, "score": f"{self.reduce} of the gradient over embedding dims"})
 
 
-class GradientXInput(Explainer):
+class GradientXInput(Explainer, name="gradient_x_input", title="Gradient × input"):
     """Gradient x input: ``sum_d x_d * dF/dx_d`` per token (signed).
 
     The first-order Taylor contribution of each token relative to an all-zero embedding; exact
     per-token contributions for a model linear in its embeddings.
     """
 
-    name = "gradient_x_input"
-
-    def __init__(self, model: TextModel, output: str = "logit"):
-        super().__init__(model)
-        check_choice("output", output, OUTPUTS)
-        self.output = output
+    output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
         ids = prepared.ids

@@ -1,15 +1,15 @@
 """Integrated Gradients at the embedding layer, with the completeness delta on every result."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from .base import (OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings, check_choice,
-                   check_positive_int, embed, logits_at_embeddings, output_gradients, reduce_dims,
+from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings,
+                   check_choice, check_positive_int, embed, logits_at_embeddings, output_gradients, reduce_dims,
                    resolve_target, select_output)
+from .hyperparameters import Hyper
 from .model import TextModel
 
 COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is flagged as not converged
@@ -59,7 +59,7 @@ def quadrature(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-class IntegratedGradients(Explainer):
+class IntegratedGradients(Explainer, name="integrated_gradients", title="Integrated Gradients"):
     """IG (Sundararajan et al. 2017) along the straight line from baseline to input embeddings.
 
     ``baseline``: ``"pad"`` (default: the pad token's embedding at every position, so the sequence
@@ -101,26 +101,27 @@ class IntegratedGradients(Explainer):
     run in chunks (``internal_batch_size`` rows, default ``base.row_chunks``).
     """
 
-    name = "integrated_gradients"
+    n_steps = Hyper(int, 50, ge=1, api_le=300, help="points on the path (default 50)")
+    method = Hyper(str, "adaptive", choices=RULES,
+                   help="quadrature rule (default adaptive: probes follow RNN state flips; gausslegendre: fixed)")
+    baseline = Hyper((str, int, list, tuple, np.ndarray, torch.Tensor), "pad", choices=("pad", "zero", "unk"),
+                     other_values="a token id or one token id per token", help="reference input (default pad embeddings)")
+    internal_batch_size = Hyper(int, None, ge=1, api=False, help=INTERNAL_BATCH_HELP)
+    output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
+    max_steps = Hyper(int, None, ge=1, api_le=1000,
+                      help="adaptive rule only: keep refining while the completeness gap is above 1%, up to this many "
+                           "gradient evaluations (default: off, n_steps)")
+    precision = Hyper(str, "model", choices=PRECISIONS,
+                      help="model (default): the model's own float32; float64: a float64 copy (about 5x slower; RNN "
+                           "state flips can be narrower than float32 resolves); auto: float64 only when the adaptive "
+                           "rule finds a completeness gap float32 cannot resolve")
 
-    def __init__(self, model: TextModel, n_steps: int = 50, method: str = "adaptive",
-                 baseline: str | int | Sequence[int] = "pad", internal_batch_size: int | None = None,
-                 output: str = "logit", max_steps: int | None = None, precision: str = "model"):
-        super().__init__(model)
-        check_choice("precision", precision, PRECISIONS)
-        self.n_steps = check_positive_int("n_steps", n_steps)
-        check_choice("method", method, RULES)
-        if method == "riemann_trapezoid" and n_steps < 2:
-            raise ValueError("the trapezoid rule needs n_steps >= 2")
-        check_max_steps(max_steps, n_steps, method)
-        self.max_steps = max_steps
-        if internal_batch_size is not None:
-            check_positive_int("internal_batch_size", internal_batch_size)
-        check_choice("output", output, OUTPUTS)
-        if isinstance(baseline, str):
-            check_choice("baseline", baseline, ("pad", "zero", "unk"))
-        self.method, self.baseline, self.internal_batch_size, self.output = method, baseline, internal_batch_size, output
-        self.precision = precision
+    def _validate(self) -> None:
+        if self.method in FIXED_RULES:
+            quadrature(self.n_steps, self.method)  # the rule's own limits (the trapezoid needs n_steps >= 2)
+        check_max_steps(self.max_steps, self.n_steps, self.method)
+        if isinstance(self.baseline, str):
+            check_choice("baseline", self.baseline, ("pad", "zero", "unk"))
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
         if self.precision == "float64":

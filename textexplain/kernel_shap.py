@@ -13,9 +13,9 @@ from math import comb, factorial
 
 import numpy as np
 
-from .base import check_choice, check_positive_int
-from .model import TextModel
-from .perturb import DEFAULT_MAX_BATCH_TOKENS, PerturbationExplainer, rng
+from .base import SEED_HELP
+from .hyperparameters import Hyper
+from .perturb import PerturbationExplainer, rng
 
 MAX_EXACT_TOKENS = 20
 
@@ -147,7 +147,7 @@ def constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -
     return solution[:n]
 
 
-class Shap(PerturbationExplainer):
+class Shap(PerturbationExplainer, name="shap", title="SHAP"):
     """Shapley values of the tokens (signed; they add up to ``v(all) - v(none)``).
 
     ``algorithm="auto"`` enumerates exactly when the text has at most ``exact_max_tokens``
@@ -156,20 +156,13 @@ class Shap(PerturbationExplainer):
     (zero up to rounding: efficiency holds by construction).
     """
 
-    name = "shap"
-
-    def __init__(self, model: TextModel, budget: int | None = None, algorithm: str = "auto",
-                 exact_max_tokens: int = 14, seed: int = 0, mask: str | int = "pad", output: str = "logit",
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        super().__init__(model, mask, output, max_batch_tokens)
-        check_choice("algorithm", algorithm, ("auto", "exact", "kernel"))
-        if budget is not None:
-            check_positive_int("budget", budget, minimum=4)
-        self.exact_max_tokens = check_positive_int("exact_max_tokens", exact_max_tokens)
-        if self.exact_max_tokens > MAX_EXACT_TOKENS:
-            raise ValueError(f"exact_max_tokens={exact_max_tokens} would need 2^{exact_max_tokens} model calls: "
-                             f"use at most {MAX_EXACT_TOKENS}")
-        self.budget, self.algorithm, self.seed = budget, algorithm, int(seed)
+    budget = Hyper(int, None, ge=4, api_le=4096,
+                   help="distinct model evaluations for KernelSHAP (default: 2 x tokens + 2048)")
+    algorithm = Hyper(str, "auto", choices=("auto", "exact", "kernel"),
+                      help="exact enumeration, KernelSHAP, or auto (exact up to exact_max_tokens)")
+    exact_max_tokens = Hyper(int, 14, ge=1, le=MAX_EXACT_TOKENS, api_le=14,
+                             help="longest text explained exactly (2^tokens model calls)")
+    seed = Hyper(int, 0, api_ge=0, api_le=2**31 - 1, help=SEED_HELP)
 
     def _plan(self, n_tokens: int) -> dict:
         exact = self.algorithm == "exact" or (self.algorithm == "auto" and n_tokens <= self.exact_max_tokens)

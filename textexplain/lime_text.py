@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_choice, check_positive_int
-from .model import TextModel
-from .perturb import DEFAULT_MAX_BATCH_TOKENS, PerturbationExplainer
+from .base import SEED_HELP
+from .hyperparameters import Hyper
+from .perturb import PerturbationExplainer
 
 _MASKED = "x"  # what lime writes for a removed placeholder
 
 
-class Lime(PerturbationExplainer):
+class Lime(PerturbationExplainer, name="lime", title="LIME"):
     """LIME scores: the ridge surrogate's weight of each token position (signed).
 
     ``num_samples`` (default 5000, lime's default) neighbourhood samples, ``kernel_width`` 25,
@@ -26,18 +26,12 @@ class Lime(PerturbationExplainer):
     every call, so repeated calls agree.
     """
 
-    name = "lime"
-
-    def __init__(self, model: TextModel, num_samples: int = 5000, kernel_width: float = 25.0,
-                 feature_selection: str = "none", seed: int = 0, mask: str | int = "pad",
-                 output: str = "logit", max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        super().__init__(model, mask, output, max_batch_tokens)
-        self.num_samples = check_positive_int("num_samples", num_samples, minimum=2)
-        if not isinstance(kernel_width, (int, float)) or not kernel_width > 0:
-            raise ValueError(f"kernel_width must be a positive number, got {kernel_width!r}")
-        check_choice("feature_selection", feature_selection, ("none", "auto", "forward_selection",
-                                                              "highest_weights", "lasso_path"))
-        self.kernel_width, self.feature_selection, self.seed = float(kernel_width), feature_selection, int(seed)
+    num_samples = Hyper(int, 5000, ge=2, api_ge=10, api_le=5000, help="perturbed texts (default 5000)")
+    kernel_width = Hyper(float, 25.0, gt=0, api_le=1000, help="locality kernel width (default 25)")
+    feature_selection = Hyper(str, "none", choices=("none", "auto", "forward_selection", "highest_weights",
+                                                    "lasso_path"), api=False,
+                              help="lime's feature selection (default none: every token gets a weight)")
+    seed = Hyper(int, 0, api_ge=0, api_le=2**31 - 1, help=SEED_HELP)
 
     def _scores(self, n_tokens: int, value, plan=None):
         from lime.lime_text import LimeTextExplainer

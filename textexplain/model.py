@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .hooks import TRANSIENT
+
 Span = tuple[int, int]
 
 
@@ -113,7 +115,6 @@ _HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_f
 def _copy_without_transients(module: nn.Module, attempts: int = 3) -> tuple[nn.Module, dict]:
     """``copy.deepcopy(module)`` without the hooks and forward overrides marked transient (held by
     calls running in other threads), and the deepcopy memo (original id -> copy)."""
-    from .base import TRANSIENT
 
     for attempt in range(attempts):
         memo: dict = {}

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_positive_int
-from .model import TextModel
-from .perturb import DEFAULT_MAX_BATCH_TOKENS, PerturbationExplainer
+from .hyperparameters import Hyper
+from .perturb import PerturbationExplainer
 
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -19,7 +18,7 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
     return [(s, s + window) for s in starts]
 
 
-class Occlusion(PerturbationExplainer):
+class Occlusion(PerturbationExplainer, name="occlusion", title="Occlusion"):
     """Score of a token = mean over the windows covering it of ``F(x) - F(x with the window masked)``.
 
     With ``window=1`` this is leave-one-out. ``mask`` says what a masked token becomes (see
@@ -27,13 +26,8 @@ class Occlusion(PerturbationExplainer):
     token id). Signed: positive = the token supports the target.
     """
 
-    name = "occlusion"
-
-    def __init__(self, model: TextModel, window: int = 1, stride: int = 1, mask: str | int = "pad",
-                 output: str = "logit", max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        super().__init__(model, mask, output, max_batch_tokens)
-        self.window = check_positive_int("window", window)
-        self.stride = check_positive_int("stride", stride)
+    window = Hyper(int, 1, ge=1, api_le=16, help="tokens hidden at once (default 1)")
+    stride = Hyper(int, 1, ge=1, api_le=16, help="step between windows (default 1)")
 
     def _plan(self, n_tokens: int) -> dict:
         spans = windows(n_tokens, self.window, self.stride)

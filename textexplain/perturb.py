@@ -20,8 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .base import (OUTPUTS, Attribution, Explainer, Prepared, check_choice, check_positive_int, embed,
-                   forward_at_embeddings, resolve_target, softmax)
+from .base import (OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, embed, forward_at_embeddings,
+                   resolve_target, softmax)
+from .hyperparameters import Hyper
 from .model import TextModel
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -147,13 +148,14 @@ class PerturbationExplainer(Explainer):
     masks up front so that they are evaluated together with the text in one batched pass.
     """
 
-    def __init__(self, model: TextModel, mask: str | int = "pad", output: str = "logit",
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        super().__init__(model)
-        resolve_mask(model, mask)
-        check_choice("output", output, OUTPUTS)
-        self.mask, self.output = mask, output
-        self.max_batch_tokens = check_positive_int("max_batch_tokens", max_batch_tokens)
+    mask = Hyper((str, int), "pad", choices=("pad", "unk", "delete"), other_values="a token id or a vocabulary token",
+                 help="what a removed token becomes: the pad embedding (default), <unk>, or deleted")
+    output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
+    max_batch_tokens = Hyper(int, DEFAULT_MAX_BATCH_TOKENS, ge=1, api=False,
+                             help="tokens per model call (bounds memory)")
+
+    def _validate(self) -> None:
+        resolve_mask(self.model, self.mask)
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
         masked = MaskedModel(self.model, prepared.token_ids, self.mask, self.max_batch_tokens)

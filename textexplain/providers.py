@@ -4,7 +4,9 @@ A provider is any object (a module will do) with ``list_models() -> list[dict]``
 ``name``, ``kind`` -- ``classifier``, ``language-model`` or ``image-classifier`` --,
 ``description`` and ``card``) and ``load_model(spec)``, which returns a model for a name or a
 checkpoint path it knows and raises ``LookupError`` for one it does not. It may also offer
-``load_corpus(spec, model) -> (texts, meta, name)``. Providers register under the entry-point
+``load_corpus(spec, model) -> (texts, meta, name)`` (sequences to record) and
+``load_labelled_corpus(spec) -> (texts, labels)`` (texts with their gold label names, to audit a
+classifier on), both raising ``LookupError`` for a spec they do not know. Providers register under the entry-point
 group ``textexplain.model_providers`` of their distribution, so a library never imports the
 package that ships the models (this project's demo models register from ``data``)::
 
@@ -43,11 +45,23 @@ def load_model(spec: str) -> Any:
 
 def load_corpus(spec: str, model: Any) -> tuple[list, dict, str]:
     """``(texts, meta, name)`` for a corpus spec, from the first provider that knows it."""
-    offering = [p for p in model_providers() if hasattr(p, "load_corpus")]
+    return _first_that_knows("load_corpus", spec, model)
+
+
+def load_labelled_corpus(spec: str) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` -- texts and their gold label names -- for a corpus spec, from the first
+    provider that knows it."""
+    return _first_that_knows("load_labelled_corpus", spec)
+
+
+def _first_that_knows(function: str, spec: str, *args: Any) -> Any:
+    """``provider.<function>(spec, *args)`` of the first provider that knows ``spec``; every refusal otherwise."""
     refusals = []
-    for provider in offering:
+    for provider in model_providers():
+        if not hasattr(provider, function):
+            continue
         try:
-            return provider.load_corpus(spec, model)
+            return getattr(provider, function)(spec, *args)
         except LookupError as exc:
             refusals.append(str(exc).strip("'\""))
     raise LookupError("; ".join(refusals) or f"unknown corpus {spec!r}: no model provider offers corpora")

@@ -20,10 +20,12 @@ import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .explanation import Explanation
+if TYPE_CHECKING:  # typing only: Explanation's own rendering methods import this module
+    from .explanation import Explanation
 
 # RdBu-like ends with equal CIELAB lightness (L* = 40), so +v and -v are equally prominent
 POSITIVE = (20, 96, 165)     # blue: evidence for the target
@@ -215,7 +217,7 @@ def _delta_html(e: Explanation) -> str:
 
 
 def _prepare(e: Explanation, words: bool | str) -> Explanation:
-    if not isinstance(e, Explanation):
+    if not all(hasattr(e, attr) for attr in ("tokens", "scores", "to_words")):
         raise TypeError(f"expected a textexplain.Explanation, got {type(e).__name__}")
     if words:
         return e.to_words(how="sum" if words is True else words)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import (OUTPUTS, Attribution, Explainer, Prepared, check_choice, check_positive_int, embed,
+from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, SEED_HELP, Attribution, Explainer, Prepared, embed,
                    gradient_sum, reduce_dims)
-from .model import TextModel
+from .hyperparameters import Hyper
 
 
-class SmoothGrad(Explainer):
+class SmoothGrad(Explainer, name="smoothgrad", title="SmoothGrad"):
     """Average the embedding gradient over ``n_samples`` noisy copies of the input embeddings.
 
     Noise is Gaussian with ``sigma = noise_level * (max - min)`` of the model's embedding matrix,
@@ -18,21 +18,13 @@ class SmoothGrad(Explainer):
     ``seed`` on every call, so a result never depends on what ran before.
     """
 
-    name = "smoothgrad"
-
-    def __init__(self, model: TextModel, n_samples: int = 50, noise_level: float = 0.05,
-                 base: str = "gradient_x_input", seed: int = 0, internal_batch_size: int | None = None,
-                 output: str = "logit"):
-        super().__init__(model)
-        self.n_samples = check_positive_int("n_samples", n_samples)
-        if not isinstance(noise_level, (int, float)) or not noise_level >= 0:
-            raise ValueError(f"noise_level must be a number >= 0 (a fraction of the embedding range), got {noise_level!r}")
-        check_choice("base", base, ("gradient_x_input", "gradient"))
-        check_choice("output", output, OUTPUTS)
-        if internal_batch_size is not None:
-            check_positive_int("internal_batch_size", internal_batch_size)
-        self.noise_level, self.base, self.seed = float(noise_level), base, int(seed)
-        self.internal_batch_size, self.output = internal_batch_size, output
+    n_samples = Hyper(int, 50, ge=1, api_le=200, help="noisy copies (default 50)")
+    noise_level = Hyper(float, 0.05, ge=0, api_le=1,
+                        help="noise sigma as a fraction of the embedding range (default 0.05)")
+    base = Hyper(str, "gradient_x_input", choices=("gradient_x_input", "gradient"), help="what is averaged")
+    seed = Hyper(int, 0, api_ge=0, api_le=2**31 - 1, help=SEED_HELP)
+    internal_batch_size = Hyper(int, None, ge=1, api=False, help=INTERNAL_BATCH_HELP)
+    output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
 
     @property
     def signed(self) -> bool:  # type: ignore[override]

@@ -20,21 +20,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hyperparameters import Hyper, Method, register_method
+
 TargetSpec = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
 LayerSpec = Union[None, str, nn.Module]
 
 METHODS: dict[str, type["ImageMethod"]] = {}
+BATCH_HELP = "inputs per forward/backward pass (bounds memory)"
 
 
 def register(name: str) -> Callable[[type], type]:
-    """Class decorator: list an attribution method in ``METHODS`` under ``name``."""
+    """Class decorator: list an attribution method in ``METHODS`` under ``name`` -- the same registration
+    as declaring the class with ``name=...`` (``textexplain.hyperparameters.register_method``)."""
 
     def wrap(cls: type) -> type:
-        if name in METHODS:
-            raise ValueError(f"image method {name!r} is registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
+        return register_method(cls, name)
 
     return wrap
 
@@ -326,18 +326,57 @@ class Configurable:
         return f"{type(self).__name__}({args})"
 
 
-class ImageMethod(Configurable):
-    """Base of every image attribution method; subclasses implement ``_attribute(x, targets)``."""
+class ImageMethod(Method):
+    """Base of every image attribution method: declared as ``class Mine(ImageMethod, name="mine",
+    title="Mine")`` with ``Hyper`` class attributes (``textexplain.hyperparameters``); subclasses
+    implement ``_attribute(x, targets)``."""
 
+    registry = METHODS
     #: whether scores carry a sign (positive = evidence for the target) or are magnitudes
     signed: ClassVar[bool] = True
     #: "pixels": (B, C, H, W) per input value; "map": (B, H, W) per pixel location
     output: ClassVar[str] = "pixels"
 
+    def _accept_model(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to the constructor (layers given as modules become names)."""
+        params = {}
+        for n in type(self).hyperparameters:
+            v = getattr(self, n)
+            params[n] = layer_name(self.model, v) if isinstance(v, nn.Module) else v
+        return params
+
+    def set_params(self, **params: Any) -> "ImageMethod":
+        """Change hyperparameters, checked as the constructor checks them."""
+        declared = type(self).hyperparameters
+        for k, v in params.items():
+            if k not in declared:
+                raise ValueError(f"{type(self).__name__} has no parameter {k!r}; parameters are {sorted(declared)}")
+            setattr(self, k, declared[k].validate(v))
+        self._validate()
+        return self
+
+    def clone_for(self, model: nn.Module) -> "ImageMethod":
+        """The same hyperparameters on another model (e.g. a randomized deep copy)."""
+        return type(self)(model, **self.get_params())
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """JSON-ready description for a UI: name, title, class, defaults, declarations, output kind, signedness."""
+        doc = (cls.__doc__ or "").strip().splitlines()
         signed = cls.signed if isinstance(cls.signed, bool) else None  # None: depends on the parameters
-        return {**super().describe(), "output": cls.output, "signed": signed}
+        return {"name": cls.name, "title": cls.title, "class": cls.__name__,
+                "params": {k: h.default for k, h in cls.hyperparameters.items()},
+                "hyperparameters": cls.describe_hyperparameters(), "summary": doc[0] if doc else "",
+                "output": cls.output, "signed": signed}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
     # -- the work ----------------------------------------------------------------------------
     def attribute(self, x: torch.Tensor, target: TargetSpec = None) -> torch.Tensor:

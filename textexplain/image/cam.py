@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (ImageMethod, LayerSpec, capture, default_layer, last_linear, logits_of, register, resolve_layer,
+from ..hyperparameters import Hyper
+from .base import (BATCH_HELP, ImageMethod, capture, default_layer, last_linear, logits_of, resolve_layer,
                    select)
 from .guided import GuidedBackprop
 
@@ -48,14 +49,12 @@ class BaseCAM(ImageMethod):
     signed = False
     uses_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, relu: bool = True,
-                 upsample: str | None = "bilinear", normalize: bool = False, batch_size: int = 256):
-        super().__init__(model)
-        self.layer = layer
-        self.relu = relu
-        self.upsample = upsample
-        self.normalize = normalize
-        self.batch_size = batch_size
+    layer = Hyper((str, nn.Module), None, api=False, help="the convolutional layer (default: the last spatial one)")
+    relu = Hyper(bool, True, help="keep positive evidence only, as in the papers")
+    upsample = Hyper((str, type(None)), "bilinear", choices=(*UPSAMPLE_MODES, None),
+                     help="resize to the input (bilinear, bicubic, nearest) or none: the layer's h x w")
+    normalize = Hyper(bool, False, help="min-max each map to [0, 1]")
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     # -- hooks a variant overrides -------------------------------------------------------------
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor | None:
@@ -95,19 +94,16 @@ class BaseCAM(ImageMethod):
         return minmax_normalize(cam) if self.normalize else cam
 
 
-@register("cam")
-class CAM(BaseCAM):
+class CAM(BaseCAM, name="cam", title="CAM"):
     """CAM (Zhou et al. 2016): sum_k W[c, k] A_k for a layer feeding global-average-pool -> linear.
 
     ``classifier``: the linear layer after the pooling (default: the model's last nn.Linear).
     """
 
     uses_gradients = False
-
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, classifier: LayerSpec = None, relu: bool = True,
-                 upsample: str | None = "bilinear", normalize: bool = False, batch_size: int = 256):
-        super().__init__(model, layer, relu, upsample, normalize, batch_size)
-        self.classifier = classifier
+    layer = BaseCAM.layer  # redeclared: the constructor takes (layer, classifier, ...)
+    classifier = Hyper((str, nn.Module), None, api=False,
+                       help="the linear layer after the pooling (default: the model's last nn.Linear)")
 
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
         fc = resolve_layer(self.model, self.classifier) if self.classifier is not None else last_linear(self.model)
@@ -117,16 +113,14 @@ class CAM(BaseCAM):
         return fc.weight.detach()[targets.to(fc.weight.device)].to(acts)
 
 
-@register("gradcam")
-class GradCAM(BaseCAM):
+class GradCAM(BaseCAM, name="gradcam", title="Grad-CAM"):
     """Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of d logit / dA."""
 
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
         return grads.mean((2, 3))
 
 
-@register("gradcam_plus_plus")
-class GradCAMPlusPlus(BaseCAM):
+class GradCAMPlusPlus(BaseCAM, name="gradcam_plus_plus", title="Grad-CAM++"):
     """Grad-CAM++ (Chattopadhay et al. 2018): weights from positive gradients with per-pixel alphas."""
 
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
@@ -137,8 +131,7 @@ class GradCAMPlusPlus(BaseCAM):
         return (alpha * grads.clamp(min=0)).sum((2, 3))
 
 
-@register("hirescam")
-class HiResCAM(BaseCAM):
+class HiResCAM(BaseCAM, name="hirescam", title="HiResCAM"):
     """HiResCAM (Draelos & Carin 2020): sum_k dy/dA_k * A_k elementwise, faithful to the gradient."""
 
     def cam_weights(self, acts: torch.Tensor, grads: torch.Tensor | None, targets: torch.Tensor) -> None:
@@ -148,14 +141,11 @@ class HiResCAM(BaseCAM):
         return (grads * acts).sum(1)
 
 
-@register("guided_gradcam")
-class GuidedGradCAM(ImageMethod):
+class GuidedGradCAM(ImageMethod, name="guided_gradcam", title="Guided Grad-CAM"):
     """Guided Grad-CAM: guided backprop times the bilinearly upsampled Grad-CAM map, (B, C, H, W)."""
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, batch_size: int = 256):
-        super().__init__(model)
-        self.layer = layer
-        self.batch_size = batch_size
+    layer = BaseCAM.layer
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cam = GradCAM(self.model, self.layer, batch_size=self.batch_size)._attribute(x, targets)

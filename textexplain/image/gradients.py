@@ -1,17 +1,16 @@
 """Gradient attributions: saliency, gradient x input, SmoothGrad, Integrated Gradients."""
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch import nn
 
-from ..base import check_choice, check_positive_int
+from ..hyperparameters import Hyper
 from ..integrated_gradients import FIXED_RULES, quadrature
-from .base import ImageMethod, TargetSpec, check_images, input_gradients, predicted_or_given, register, \
-    select, logits_of, warn_if_training
+from .base import BATCH_HELP, ImageMethod, TargetSpec, check_images, input_gradients, predicted_or_given, select, \
+    logits_of, warn_if_training
 
 
-@register("saliency")
-class Saliency(ImageMethod):
+class Saliency(ImageMethod, name="saliency", title="Saliency"):
     """Vanilla saliency (Simonyan et al. 2014): |d logit / d x|, reduced over channels by max.
 
     ``reduce``: "max" (the paper), "sum" of |grad| over channels, or "none" to keep (B, C, H, W).
@@ -20,46 +19,36 @@ class Saliency(ImageMethod):
     signed = False
     output = "map"
 
-    def __init__(self, model: nn.Module, reduce: str = "max", batch_size: int = 256):
-        super().__init__(model)
-        self.reduce = reduce
-        self.batch_size = batch_size
+    reduce = Hyper(str, "max", choices=("max", "sum", "none"),
+                   help="over channels: max of |grad| (the paper), their sum, or none (keep channels)")
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.reduce not in ("max", "sum", "none"):
-            raise ValueError(f"reduce must be 'max', 'sum' or 'none', got {self.reduce!r}")
         g = input_gradients(self.model, x, targets, self.batch_size).abs()
         if self.reduce == "max":
             return g.amax(1)
         return g.sum(1) if self.reduce == "sum" else g
 
 
-@register("gradient")
-class Gradient(ImageMethod):
+class Gradient(ImageMethod, name="gradient", title="Gradient"):
     """The signed gradient d logit / d x, (B, C, H, W)."""
 
-    def __init__(self, model: nn.Module, batch_size: int = 256):
-        super().__init__(model)
-        self.batch_size = batch_size
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return input_gradients(self.model, x, targets, self.batch_size)
 
 
-@register("gradient_x_input")
-class GradientXInput(ImageMethod):
+class GradientXInput(ImageMethod, name="gradient_x_input", title="Gradient × input"):
     """Gradient times input (Shrikumar et al.), (B, C, H, W): first-order Taylor term vs a zero image."""
 
-    def __init__(self, model: nn.Module, batch_size: int = 256):
-        super().__init__(model)
-        self.batch_size = batch_size
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return input_gradients(self.model, x, targets, self.batch_size) * x
 
 
-@register("smoothgrad")
-class SmoothGrad(ImageMethod):
+class SmoothGrad(ImageMethod, name="smoothgrad", title="SmoothGrad"):
     """SmoothGrad (Smilkov et al. 2017): the gradient averaged over noisy copies of the input.
 
     The noise std is ``noise_level * (max(x) - min(x))`` per image, as in the paper (10-20%);
@@ -69,24 +58,18 @@ class SmoothGrad(ImageMethod):
     gives the same result as single calls.
     """
 
-    def __init__(self, model: nn.Module, n_samples: int = 50, noise_level: float = 0.15,
-                 kind: str = "smoothgrad", seed: int = 0, batch_size: int = 256):
-        super().__init__(model)
-        self.n_samples = n_samples
-        self.noise_level = noise_level
-        self.kind = kind
-        self.seed = seed
-        self.batch_size = batch_size
+    n_samples = Hyper(int, 50, ge=1, api_le=200, help="noisy copies per image (default 50)")
+    noise_level = Hyper(float, 0.15, ge=0, api_le=1, help="noise std as a fraction of the image's range")
+    kind = Hyper(str, "smoothgrad", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+                 help="mean gradient (signed), mean squared gradient, or their variance")
+    seed = Hyper(int, 0, api_ge=0, api_le=2**31 - 1, help="seed of the noise")
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     @property
     def signed(self) -> bool:  # type: ignore[override]
         return self.kind == "smoothgrad"
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.kind not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-            raise ValueError(f"kind must be 'smoothgrad', 'smoothgrad_sq' or 'vargrad', got {self.kind!r}")
-        if self.n_samples < 1 or self.noise_level < 0:
-            raise ValueError("n_samples must be >= 1 and noise_level >= 0")
         n = self.n_samples
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn((n, *x.shape[1:]), generator=gen).to(x)
@@ -108,8 +91,7 @@ class SmoothGrad(ImageMethod):
         return torch.cat(out)
 
 
-@register("integrated_gradients")
-class IntegratedGradients(ImageMethod):
+class IntegratedGradients(ImageMethod, name="integrated_gradients", title="Integrated Gradients"):
     """Integrated Gradients (Sundararajan et al. 2017): (x - x') * integral of the gradient on the path.
 
     ``baseline``: a number (default 0, a black image) or a tensor broadcastable to one image
@@ -117,16 +99,14 @@ class IntegratedGradients(ImageMethod):
     gap sum(attr) - (F(x) - F(x')) per image, which tends to 0 as ``n_steps`` grows.
     """
 
-    def __init__(self, model: nn.Module, n_steps: int = 50, method: str = "gausslegendre",
-                 baseline: float | torch.Tensor = 0.0, batch_size: int = 256):
-        super().__init__(model)
-        self.n_steps = check_positive_int("n_steps", n_steps)
-        check_choice("method", method, FIXED_RULES)
-        if method == "riemann_trapezoid" and n_steps < 2:
-            raise ValueError("the trapezoid rule needs n_steps >= 2")
-        self.method = method
-        self.baseline = baseline
-        self.batch_size = batch_size
+    n_steps = Hyper(int, 50, ge=1, api_le=300, help="points on the path (default 50)")
+    method = Hyper(str, "gausslegendre", choices=FIXED_RULES, help="quadrature rule over the path")
+    baseline = Hyper((float, torch.Tensor, np.ndarray), 0.0, api=False,
+                     help="a number or a tensor broadcastable to one image (default 0: a black image)")
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
+
+    def _validate(self) -> None:
+        quadrature(self.n_steps, self.method)  # the rule's own limits (the trapezoid needs n_steps >= 2)
 
     def attribute(self, x: torch.Tensor, target: TargetSpec = None,
                   return_delta: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .base import ImageMethod, input_gradients, register
+from ..hyperparameters import Hyper
+from .base import BATCH_HELP, ImageMethod, input_gradients
 
 RULES = ("guided", "deconvnet")
 
@@ -104,10 +105,7 @@ class _ModifiedReLUGradient(ImageMethod):
     """Shared parent of guided backprop and deconvnet: the input gradient under a ReLU ``rule``."""
 
     rule: ClassVar[str] = ""
-
-    def __init__(self, model: nn.Module, batch_size: int = 256):
-        super().__init__(model)
-        self.batch_size = batch_size
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         modes: list[RectifierRules] = []
@@ -131,15 +129,13 @@ class _ModifiedReLUGradient(ImageMethod):
         return grads
 
 
-@register("guided_backprop")
-class GuidedBackprop(_ModifiedReLUGradient):
+class GuidedBackprop(_ModifiedReLUGradient, name="guided_backprop", title="Guided backprop"):
     """Guided backpropagation: only positive gradients through active ReLUs, (B, C, H, W)."""
 
     rule = "guided"
 
 
-@register("deconvnet")
-class Deconvnet(_ModifiedReLUGradient):
+class Deconvnet(_ModifiedReLUGradient, name="deconvnet", title="Deconvnet"):
     """Deconvnet (Zeiler & Fergus): positive gradients through every ReLU, ignoring the forward mask."""
 
     rule = "deconvnet"

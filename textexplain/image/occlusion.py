@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-from torch import nn
 
-from .base import ImageMethod, logits_of, register, select
+from ..hyperparameters import Hyper
+from .base import BATCH_HELP, ImageMethod, logits_of, select
 
 
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -21,8 +22,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return [k * stride for k in range(math.ceil((size - window) / stride) + 1)]
 
 
-@register("occlusion")
-class Occlusion(ImageMethod):
+class Occlusion(ImageMethod, name="occlusion", title="Occlusion"):
     """Occlusion map (B, H, W): f(x) - f(x with a window set to ``baseline``), averaged over windows.
 
     Every pixel gets the mean drop of the target logit over all windows that cover it (all
@@ -33,13 +33,10 @@ class Occlusion(ImageMethod):
 
     output = "map"
 
-    def __init__(self, model: nn.Module, window: int | tuple[int, int] = 4, stride: int | tuple[int, int] = 2,
-                 baseline: float | torch.Tensor = 0.0, batch_size: int = 256):
-        super().__init__(model)
-        self.window = window
-        self.stride = stride
-        self.baseline = baseline
-        self.batch_size = batch_size
+    window = Hyper((int, tuple, list), 4, api_ge=1, api_le=28, help="side of the covered square (or an (h, w) pair)")
+    stride = Hyper((int, tuple, list), 2, api_ge=1, api_le=28, help="step between windows, at most the window")
+    baseline = Hyper((float, torch.Tensor, np.ndarray), 0.0, api=False, help="what a covered pixel becomes (default 0)")
+    batch_size = Hyper(int, 256, ge=1, api=False, help=BATCH_HELP)
 
     def _masks(self, height: int, width: int) -> torch.Tensor:
         (wh, ww), (sh, sw) = _pair(self.window, "window"), _pair(self.stride, "stride")

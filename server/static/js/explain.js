@@ -59,16 +59,7 @@
   }
 
   function methodParams() {
-    const out = {};
-    for (const input of document.querySelectorAll("[id^='p-']")) {
-      const [, method, ...rest] = input.id.split("-");
-      const name = rest.join("-");
-      let v = input.value;
-      if (v === "") continue;
-      if (input.type === "number") v = Number(v);
-      (out[method] = out[method] || {})[name] = v;
-    }
-    return out;
+    return LVParams.values($("param-inputs"));
   }
 
   function setUp() {
@@ -79,6 +70,7 @@
     }
     LV.fillSelect($("model"), models.map(m => ({ value: m.name, label: m.name })), url.model || "sentiment-lstm");
     fillTargets(url.target);
+    LVParams.build($("param-inputs"), data.methods.map(m => ({ name: m, ...data.method_inputs[m] })));
     const wanted = url.methods ? url.methods.split(",") : data.default_methods;
     for (const m of data.methods) {
       $("methods").append(el("label", {}, el("input", { type: "checkbox", value: m, name: "method",

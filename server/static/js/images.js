@@ -22,6 +22,7 @@
                                 ...Array.from({ length: 10 }, (_, i) => ({ value: String(i), label: String(i) }))],
                   url.target ?? "");
     $("index").max = data.n_test - 1;
+    LVParams.build($("param-inputs"), data.methods.map(m => ({ name: m.name, title: m.title, params: m.hyperparameters })));
     for (const d of data.picker) {
       $("picker").append(el("button", { type: "button", title: `test digit ${d.index} (label ${d.label})`,
                                         dataset: { index: d.index }, onclick: () => explainIndex(d.index) },
@@ -29,6 +30,7 @@
     }
     $("image-form").addEventListener("submit", ev => { ev.preventDefault(); explainIndex(Number($("index").value)); });
     $("target").addEventListener("change", () => { if (current) explain(current); });
+    $("param-inputs").addEventListener("change", () => { if (current) explain(current); });
     $("model").addEventListener("change", () => { loadModelViews(); if (current) explain(current); });
     $("upload").addEventListener("change", upload);
     explainIndex(url.index !== undefined ? Number(url.index) : data.picker[0].index);
@@ -59,7 +61,8 @@
     busy = true;
     current = input;
     const target = $("target").value;
-    const body = { model: $("model").value, target: target === "" ? null : Number(target), ...input };
+    const body = { model: $("model").value, target: target === "" ? null : Number(target),
+                   params: LVParams.values($("param-inputs")), ...input };
     LV.writeUrl({ model: body.model, index: input.index, target });
     for (const b of $("picker").querySelectorAll("button")) {
       b.classList.toggle("current", Number(b.dataset.index) === input.index);
