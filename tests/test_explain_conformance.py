@@ -60,6 +60,11 @@ def test_output_shape_and_record(lstm, method):
     back = te.Explanation.from_json(e.to_json())
     np.testing.assert_array_equal(back.scores, e.scores)
     assert back.spans == e.spans and back.params == e.params and back.target_label == e.target_label
+    # Integrated Gradients' typed convergence record survives JSON, whose info keeps its keys
+    assert (e.convergence is not None) == (method == "integrated_gradients")
+    assert back.convergence == e.convergence and back.info == e.info
+    if e.convergence is not None:
+        assert e.to_dict()["info"]["converged"] == e.convergence.converged
 
 
 @pytest.mark.parametrize("method", list(FAST))
@@ -330,7 +335,7 @@ def test_integrated_gradients_in_float64_meets_the_same_contract(lstm, precision
         np.testing.assert_array_equal(got.scores, single.scores)
         assert got.params == single.params and got.params["precision"] == precision
         if precision == "float64":
-            assert got.info["precision"] == "float64"
+            assert got.convergence.precision == "float64"
     results = _in_threads(lambda i: te.explain(lstm, TEXTS[i], method="integrated_gradients", target=targets[i],
                                                **params).scores, len(TEXTS))
     for i, single in enumerate(singles):
