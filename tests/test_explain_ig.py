@@ -304,3 +304,30 @@ def test_the_quadrature_method_reaches_ig_through_explain_and_audit_options():
         te.explain(model, TEXT, options={"n_steps": 7}, n_steps=8)
     with pytest.raises(TypeError, match="options must be a dict"):
         te.explain(model, TEXT, options=["method"])
+
+
+def test_integrate_explains_any_scalar_output():
+    """The engine takes any differentiable F of the embeddings: on a separable F = sum w * tanh(e), IG gives
+    each coordinate exactly w * (tanh(x) - tanh(x')); the first row it evaluates is the input itself."""
+    gen = torch.Generator().manual_seed(0)
+    x, x_ref, w = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    first_rows = []
+
+    def output(rows):
+        first_rows.append(rows[0].clone())
+        return (w * torch.tanh(rows)).sum((1, 2))
+
+    expected = (w * (torch.tanh(x) - torch.tanh(x_ref))).numpy()
+    for rule in ("adaptive", "gausslegendre"):
+        first_rows.clear()
+        path = igm.integrate(output, x, x_ref, n_steps=20, rule=rule)
+        torch.testing.assert_close(first_rows[0], x, rtol=0, atol=0)
+        np.testing.assert_allclose(path.attributions.numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(path.scores(), expected.sum(1), atol=1e-6)
+        np.testing.assert_allclose(path.scores("l2"), np.linalg.norm(expected, axis=1), atol=1e-6)
+        c = path.convergence
+        assert c.f_input == pytest.approx(float(output(x[None])[0])) and c.precision == "float64"
+        assert c.f_baseline == pytest.approx(float(output(x_ref[None])[0]))
+        assert abs(path.delta) < 1e-6 and c.converged and c.relative_delta < 1e-6
+        assert (c.n_probe_rows >= igm.PROBES if rule == "adaptive" else c.n_probe_rows == 2)  # forward only
+        assert c.n_gradient_rows <= 20
