@@ -219,8 +219,8 @@ def explain_completeness(trials: int, window: int = 100, seed: int = 1) -> list[
             t0 = time.perf_counter()
             e = explain_cell(lm, text[pos - window:pos], source, cell, **kwargs)
             seconds.append(time.perf_counter() - t0)
-            gaps.append(e.info["relative_delta"])
-            evals.append(e.info["n_gradient_rows"])
+            gaps.append(e.convergence.relative_delta)
+            evals.append(e.convergence.n_gradient_rows)
         gaps = np.asarray(gaps)
         rows.append(f"| {label} | {np.mean(gaps <= 0.01):.0%} | {np.median(gaps):.2%} | {gaps.max():.1%} | "
                     f"{np.median(seconds):.2f} | {np.mean(evals):.0f} / {max(evals)} |")

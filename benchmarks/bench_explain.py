@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import textexplain as te  # noqa: E402
+from textexplain.convergence import default_max_steps  # noqa: E402
 from textexplain.perturb import MaskedModel, output_values  # noqa: E402
 
 DATE, MACHINE = "2026-11-22", "2 cores shared with ~6 engineers, 1 torch thread"
@@ -65,9 +66,9 @@ def section_ig(args) -> list[str]:
     text = long_text(model, 64)
     ids = torch.tensor([model.encode(text)])
     pad_ids = torch.full_like(ids, model.pad_id)
-    ours = {"adaptive": te.IntegratedGradients(model, n_steps=50),
+    ours = {"adaptive": te.IntegratedGradients(model, n_steps=50, max_steps=50),  # 50 evaluations, as captum's
             "gausslegendre": te.IntegratedGradients(model, n_steps=50, method="gausslegendre")}
-    assert ours["adaptive"].method == "adaptive"  # the default
+    assert ours["adaptive"].method == "adaptive"  # the default rule
     lig = LayerIntegratedGradients(model.module, model.embedding)
 
     def captum(delta: bool):
@@ -105,14 +106,14 @@ def section_ig(args) -> list[str]:
         "|---|---|---|---|---|---|---|---|"]
     for k in ("adaptive", "gausslegendre"):
         e = res[k]
-        lines.append(f"| ours, {k}{' (default)' if k == 'adaptive' else ''} | {med[k]:.3f} | {ratio(k, 'captum')} | "
+        lines.append(f"| ours, {k}{' (default rule)' if k == 'adaptive' else ''} | {med[k]:.3f} | {ratio(k, 'captum')} | "
                      f"{ratio(k, 'captum+delta')} | {cosine(e.scores, captum_scores):.6f} | "
-                     f"{cosine(e.scores, reference.scores):.4f} | {e.info['relative_delta']:.2%} | {e.info['n_probe_rows']} |")
+                     f"{cosine(e.scores, reference.scores):.4f} | {e.convergence.relative_delta:.2%} | {e.convergence.n_probe_rows} |")
     lines += [f"| captum (prediction + attribute) | {med['captum']:.3f} | | | | {cosine(captum_scores, reference.scores):.4f} | | |",
               f"| captum (prediction + attribute + delta) | {med['captum+delta']:.3f} | | | | | | |", "",
               f"Goals: time ratio <= 0.8, cosine >= 0.99. Reference: adaptive rule in float64 "
-              f"(`precision='float64'`, {reference.info['n_gradient_rows']} gradient evaluations), complete to "
-              f"{reference.info['relative_delta']:.2%} on this text, where the RNN's state flips within ~1e-4 of alpha.",
+              f"(`precision='float64'`, {reference.convergence.n_gradient_rows} gradient evaluations), complete to "
+              f"{reference.convergence.relative_delta:.2%} on this text, where the RNN's state flips within ~1e-4 of alpha.",
               "- captum's own delta runs the model on the pad *ids* (an all-pad text of length 1 for this "
               "length-aware model), not on the pad embeddings its path starts from, so it is not the "
               "completeness gap of its attributions; ours is.", ""]
@@ -225,7 +226,7 @@ def section_completeness(args) -> list[str]:
             "ms / explanation |", "|---|---|---|---|---|---|---|---|"]
     texts, _ = data.rotten_tomatoes("test")
     texts = [t for t in texts if 4 <= len(t.split()) <= 25][:n]
-    configs = [("adaptive", 50, None), ("adaptive", 50, 200), ("gausslegendre", 50, None),
+    configs = [("adaptive", 50, 50), ("adaptive", 50, None), ("gausslegendre", 50, None),
                ("gausslegendre", 64, None), ("riemann_trapezoid", 50, None), ("gausslegendre", 200, None)]
     for name in ("sentiment-lstm", "sentiment-gru", "sentiment-cnn", "sentiment-shortcut"):
         model = data.load_model(name)
@@ -235,10 +236,14 @@ def section_completeness(args) -> list[str]:
         for j, t in enumerate(texts):
             for i, ig in enumerate(explainers):
                 dt, e = timed(lambda: ig.explain(t))
-                rel[i, j], ms[i, j], used[i, j] = e.info["relative_delta"], 1000 * dt, e.info["n_gradient_rows"]
+                c = e.convergence
+                rel[i, j], ms[i, j], used[i, j] = c.relative_delta, 1000 * dt, c.n_gradient_rows
         for (rule, steps, max_steps), r, m, u in zip(configs, rel, ms, used):
-            label = "" if rule != "adaptive" else " (default)" if max_steps is None else f", max_steps={max_steps}"
-            evaluations = f"{steps}" if max_steps is None else f"{steps}-{max_steps} (mean {u.mean():.0f}, max {u.max():.0f})"
+            budget = default_max_steps(steps, max_steps)
+            label = ("" if rule != "adaptive" else ", no refinement" if budget == steps else
+                     f", max_steps={budget}" + (" (default)" if max_steps is None else ""))
+            evaluations = (f"{steps}" if rule != "adaptive" or budget == steps else
+                           f"{steps}-{budget} (mean {u.mean():.0f}, max {u.max():.0f})")
             rows.append(f"| {name} | {rule}{label} | {evaluations} | "
                         f"{np.mean(r[:20] <= 0.01):.0%} | {np.mean(r <= 0.01):.0%} | {np.median(r):.2%} | {r.max():.0%} | "
                         f"{np.median(m):.0f} |")
@@ -249,7 +254,7 @@ def section_completeness(args) -> list[str]:
              "(ReLU, max pooling): kinks everywhere, errors shrink only like 1/steps. `adaptive` probes F "
              "(forward only), zooms into the steps and places composite Gauss-Legendre nodes by |dF|, then "
              "re-integrates the segment with the largest known gap; with `max_steps` it repeats that while the gap "
-             "is above 1%. Unconverged results stay flagged in `info['converged']` and in every rendering.", "",
+             "is above 1%. Unconverged results stay flagged in `convergence.converged` and in every rendering.", "",
              "Default: `adaptive` costs 1.5-2x the time of 50 fixed steps on these short sentences (probes, a second "
              "pass) and beats 200 fixed steps (3x the time) on both LSTMs, and is at least as good as 50 fixed steps "
              "on every model; on the GRU and the CNN, fixed Gauss-Legendre with more steps is as good per unit of "
@@ -270,20 +275,20 @@ def section_precision(args) -> list[str]:
             "| model | precision, max_steps | share <= 1% | median gap | 90th pct gap | cosine with reference: "
             "median / worst | float64 used | gradient evaluations (mean) | ms: median / 90th pct / max |",
             "|---|---|---|---|---|---|---|---|---|"]
-    configs = [("model", None), ("model", 200), ("model", 1000), ("auto", 200), ("auto", 1000), ("float64", 1000)]
+    configs = [("model", 50), ("model", 200), ("model", 1000), ("auto", 200), ("auto", 1000), ("float64", 1000)]
     for name in args.precision_models.split(","):
         model = data.load_model(name.strip())
         reference = te.IntegratedGradients(model, n_steps=200, max_steps=2000, precision="float64")
         refs = [reference.explain(t) for t in texts]
-        ref_gaps = np.array([r.info["relative_delta"] for r in refs])
+        ref_gaps = np.array([r.convergence.relative_delta for r in refs])
         for precision, max_steps in configs:
             ig = te.IntegratedGradients(model, n_steps=50, max_steps=max_steps, precision=precision)
             gap, ms, used, cos, high = (np.zeros(len(texts)) for _ in range(5))
             for j, (t, ref) in enumerate(zip(texts, refs)):
                 dt, e = timed(lambda: ig.explain(t))
-                gap[j], ms[j], used[j] = e.info["relative_delta"], 1000 * dt, e.info["n_gradient_rows"]
-                cos[j], high[j] = cosine(e.scores, ref.scores), e.info["precision"] == "float64"
-            rows.append(f"| {name} | {precision}, {max_steps or 'off'} | {np.mean(gap <= 0.01):.0%} | {np.median(gap):.2%} "
+                gap[j], ms[j], used[j] = e.convergence.relative_delta, 1000 * dt, e.convergence.n_gradient_rows
+                cos[j], high[j] = cosine(e.scores, ref.scores), e.convergence.precision == "float64"
+            rows.append(f"| {name} | {precision}, {'off' if max_steps == 50 else max_steps} | {np.mean(gap <= 0.01):.0%} | {np.median(gap):.2%} "
                         f"| {np.percentile(gap, 90):.1%} | {np.median(cos):.5f} / {cos.min():.4f} | {high.mean():.0%} | "
                         f"{used.mean():.0f} | {np.median(ms):.0f} / {np.percentile(ms, 90):.0f} / {ms.max():.0f} |")
             print(rows[-1], flush=True)
@@ -293,7 +298,7 @@ def section_precision(args) -> list[str]:
     rows += ["", "Along these paths the LSTM's state flips over about 1e-7 of alpha (dF/dalpha up to 2e7, "
              "measured in float64): in float32 F then jumps between neighbouring inputs, by 0.14 logits on one "
              "text, and no quadrature can follow. The adaptive rule stops refining a segment narrower than 64 ulps "
-             "of the path's precision and reports it (`info['unresolved_alpha']`); `precision='auto'` then "
+             "of the path's precision and reports it (`convergence.unresolved_alpha`); `precision='auto'` then "
              "integrates again on a float64 copy of the model.", ""]
     return rows
 
@@ -311,7 +316,7 @@ def captum_precision_rows(model, name: str, texts: list[str], refs: list) -> lis
             dt, attr = timed(lambda: lig.attribute(ids, baselines=torch.full_like(ids, model.pad_id), target=ref.target,
                                                    n_steps=steps, method="gausslegendre", internal_batch_size=50))
             scores = attr.sum(-1)[0].detach().double().numpy()
-            change = ref.info["f_input"] - ref.info["f_baseline"]
+            change = ref.convergence.f_input - ref.convergence.f_baseline
             gap[j], ms[j], cos[j] = abs(scores.sum() - change) / abs(change), 1000 * dt, cosine(scores, ref.scores)
         rows.append(f"| {name} | captum LayerIntegratedGradients, {steps} Gauss-Legendre steps | "
                     f"{np.mean(gap <= 0.01):.0%} | {np.median(gap):.2%} | {np.percentile(gap, 90):.1%} | "

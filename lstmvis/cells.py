@@ -367,9 +367,10 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
 
     ``model``: a ``data.LanguageModel`` or ``textexplain.TextModel`` whose recurrent module reads
     its embedding layer's output (as the shipped models do); ``source`` names the cell as the store
-    does (``rnn.l1.c``, ``rnn.l0.gate_f``, ``rnn.l0.reverse.h``). Attribution is at the embedding
-    layer: IG along the straight path from the baseline embeddings (``"pad"``: the pad token's
-    embedding at every position, or ``"zero"``), score per token = signed sum over embedding dims of
+    does (``rnn.l1.c``, ``rnn.l0.gate_f``, ``rnn.l0.reverse.h``). Integrated Gradients is
+    ``textexplain.integrated_gradients.integrate`` of the cell's activation (``CellActivation``), with
+    its defaults, along the straight path from the baseline embeddings (``"pad"``: the pad token's
+    embedding at every position, or ``"zero"``); score per token = signed sum over embedding dims of
     ``(x - x') * mean gradient``, with the completeness ``delta = sum(scores) - (a(x) - a(x'))``.
 
     ``rule``: the quadrature, as ``textexplain.IntegratedGradients``' ``method``: ``"adaptive"``
@@ -381,17 +382,16 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
 
     ``"gradient"``: the gradient at the input, reduced by its L2 norm per token (unsigned;
     ``reduce="sum"`` for signed). Tokens after ``step`` get exactly 0 (a forward RNN cannot see
-    them). Returns a ``textexplain.Explanation`` whose single label is the cell and whose ``info``
-    holds the activation and, for IG, the relative gap, ``converged`` and the rows evaluated.
+    them). Returns a ``textexplain.Explanation`` whose single label is the cell, whose ``info`` holds
+    the activation and, for IG, whose ``convergence`` holds the relative gap, ``converged`` and the
+    rows evaluated.
     """
     import torch
 
-    from textexplain.base import check_choice, check_positive_int, reduce_dims, substituted_embeddings
+    from textexplain.base import check_choice, check_positive_int, reduce_dims
+    from textexplain.convergence import default_max_steps
     from textexplain.explanation import Explanation
-    from textexplain.integrated_gradients import (COMPLETENESS_TOLERANCE, PROBES, RULES, adaptive_path_nodes,
-                                                  check_max_steps, path_rows, quadrature, relative_gap)
-
-    from .capture import Recorder
+    from textexplain.integrated_gradients import RULES, check_max_steps, gradients_at, integrate
 
     if method not in ("integrated_gradients", "gradient"):
         raise ValueError(f"method={method!r}: use 'integrated_gradients' or 'gradient'")
@@ -400,11 +400,10 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     check_positive_int("n_steps", n_steps)
     check_choice("rule", rule, RULES)
     check_max_steps(max_steps, n_steps, rule, name="rule")
-    budget = 4 * n_steps if max_steps is None else max_steps
     module, embedding, vocab = _model_parts(model)
     if module.training:
         raise ValueError("the model is in training mode (dropout changes every run): call .eval() first")
-    module_name, layer, kind = _parse_source(source)
+    _parse_source(source)
     tokens = model.tokenize(text)
     if not tokens:
         raise ValueError("the text has no tokens")
@@ -417,61 +416,20 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     with torch.no_grad():
         x = embedding(ids)[0]
         x_ref = torch.zeros_like(x) if baseline == "zero" else embedding(torch.full_like(ids, vocab.pad_id))[0]
-    counts = {"probe": 0, "gradient": 0}
-
-    def activation(rows: torch.Tensor) -> torch.Tensor:
-        """The cell at ``step`` for each row of substitute embeddings (with autograd if rows need it)."""
-        recorder = Recorder(module, kinds=[kind], modules=[module_name], layers=[layer], detach=not rows.requires_grad)
-        with torch.set_grad_enabled(rows.requires_grad), \
-                substituted_embeddings(SimpleNamespace(embedding=embedding), rows), recorder:
-            module(ids.expand(rows.shape[0], -1))
-        states = recorder.states
-        if source not in states:
-            raise ValueError(f"{source!r} was not recorded; the model records {', '.join(states) or 'nothing'}")
-        values = states[source]
-        if not 0 <= cell < values.shape[-1]:
-            raise ValueError(f"cell {cell} is outside 0..{values.shape[-1] - 1} of {source}")
-        return values[:, step, cell]
-
-    def probe(alphas) -> np.ndarray:
-        counts["probe"] += len(alphas)
-        return activation(path_rows(x, x_ref, alphas)).double().numpy()
-
-    def gradients(rows: torch.Tensor, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row gradients of the activation (rows are independent sequences), and the activations."""
-        counts["gradient"] += len(rows)
-        rows = rows.detach().clone().requires_grad_(True)
-        a = activation(rows)
-        (grad,) = torch.autograd.grad(a.sum() if weights is None else (a * weights).sum(), rows)
-        return grad, a.detach()
-
-    info = {}
+    activation = CellActivation(module, embedding, ids, source, cell, step)
+    convergence = None
     if method == "gradient":
-        grad, a = gradients(x[None])
-        scores = reduce_dims(grad[0], reduce or "l2")
-        a_x, a_ref, delta, params = float(a[0]), None, None, {"reduce": reduce or "l2"}
+        grads, values = gradients_at(activation, x[None])
+        scores = reduce_dims(grads[0], reduce or "l2")
+        a_x, a_ref, delta, params = float(values[0]), None, None, {"reduce": reduce or "l2"}
     else:
-        if rule == "adaptive":
-            alphas = np.linspace(0.0, 1.0, PROBES)
-            f = probe(alphas)
-            a_x, a_ref = float(f[-1]), float(f[0])
-            nodes, weights, grads, _ = adaptive_path_nodes(
-                n_steps, alphas, f, probe, lambda al: gradients(path_rows(x, x_ref, al))[0], x, x_ref, budget)
-            avg_grad = torch.einsum("k,kte->te", torch.tensor(weights, dtype=x.dtype), grads)
-        else:  # fixed nodes: the input, the baseline and the path in one pass
-            alphas, weights = quadrature(n_steps, rule)
-            rows = torch.cat([x[None], x_ref[None], path_rows(x, x_ref, alphas)])
-            weight_t = torch.as_tensor(np.concatenate([[0.0, 0.0], weights]), dtype=x.dtype)
-            grad, a = gradients(rows, weight_t)
-            avg_grad, a_x, a_ref = grad.sum(0), float(a[0]), float(a[1])
-        scores = reduce_dims((x - x_ref) * avg_grad, reduce or "sum")
-        delta = float(scores.sum() - (a_x - a_ref)) if (reduce or "sum") == "sum" else None
+        path = integrate(activation, x, x_ref, n_steps, rule, max_steps)
+        convergence = path.convergence
+        scores = path.scores(reduce or "sum")
+        a_x, a_ref = convergence.f_input, convergence.f_baseline
+        delta = path.delta if (reduce or "sum") == "sum" else None
         params = {"n_steps": n_steps, "method": rule, "baseline": baseline, "reduce": reduce or "sum",
-                  **({"max_steps": budget} if rule == "adaptive" else {})}
-        info = {"n_gradient_rows": counts["gradient"], "n_probe_rows": counts["probe"]}
-        if delta is not None:
-            relative = relative_gap(delta, a_x - a_ref)
-            info.update(relative_delta=relative, converged=relative <= COMPLETENESS_TOLERANCE)
+                  **({"max_steps": default_max_steps(n_steps, max_steps)} if rule == "adaptive" else {})}
     label = f"{source}[{cell}] at step {step}"
     spans = model.token_spans(text) if hasattr(model, "token_spans") else None
     return Explanation(text=text, tokens=list(tokens), token_ids=list(token_ids), scores=scores, method=method,
@@ -479,7 +437,40 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
                        spans=[tuple(map(int, s)) for s in spans] if spans is not None else None,
                        params={"source": source, "cell": int(cell), "step": int(step), **params}, delta=delta,
                        info={"model": getattr(model, "name", ""), "activation": a_x, "activation_baseline": a_ref,
-                             "explains": "one cell's activation (not a class logit)", **info})
+                             "explains": "one cell's activation (not a class logit)"},
+                       convergence=convergence)
+
+
+class CellActivation:
+    """One cell of a recorded ``source`` at one ``step`` as a function of the embedding layer's output:
+    the scalar output ``textexplain.integrated_gradients.integrate`` explains for ``explain_cell``.
+    Called with substitute embeddings ``(K, T, E)`` for ``ids (1, T)``, it runs ``module`` under a
+    ``Recorder`` (keeping the autograd graph when the rows need gradients) and returns ``(K,)``."""
+
+    def __init__(self, module, embedding, ids, source: str, cell: int, step: int):
+        self.module, self.embedding, self.ids = module, embedding, ids
+        self.source, self.cell, self.step = source, cell, step
+        self.module_name, self.layer, self.kind = _parse_source(source)
+
+    def __call__(self, rows):
+        import torch
+
+        from textexplain.base import substituted_embeddings
+
+        from .capture import Recorder
+
+        recorder = Recorder(self.module, kinds=[self.kind], modules=[self.module_name], layers=[self.layer],
+                            detach=not rows.requires_grad)
+        with torch.set_grad_enabled(rows.requires_grad), \
+                substituted_embeddings(SimpleNamespace(embedding=self.embedding), rows), recorder:
+            self.module(self.ids.expand(rows.shape[0], -1))
+        states = recorder.states
+        if self.source not in states:
+            raise ValueError(f"{self.source!r} was not recorded; the model records {', '.join(states) or 'nothing'}")
+        values = states[self.source]
+        if not 0 <= self.cell < values.shape[-1]:
+            raise ValueError(f"cell {self.cell} is outside 0..{values.shape[-1] - 1} of {self.source}")
+        return values[:, self.step, self.cell]
 
 
 def explain_stored_cell(store, model, source: str, cell: int, position: int, window: int = 100, **ig):

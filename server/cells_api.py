@@ -183,9 +183,10 @@ def explain(store: str, cell: int, params: ExplainCellBody):
         e, where = explain_stored_cell(s, model, source, cell, params.position, window=params.window,
                                        method=params.method, n_steps=params.n_steps, rule=params.rule,
                                        max_steps=params.max_steps)
+    c = e.convergence  # None for the gradient
     return {"source": source, "cell": cell, "position": params.position, **where, "model": entry.model,
             "text": surface(s, where["start"], where["stop"]), "tokens": e.tokens, "scores": e.scores,
             "signed": e.signed, "method": e.method, "delta": e.delta, "activation": e.info.get("activation"),
             "activation_baseline": e.info.get("activation_baseline"), "params": e.params,
-            "relative_delta": e.info.get("relative_delta"), "converged": e.info.get("converged"),
-            "n_gradient_rows": e.info.get("n_gradient_rows"), "n_probe_rows": e.info.get("n_probe_rows")}
+            "relative_delta": c.relative_delta if c else None, "converged": c.converged if c else None,
+            "n_gradient_rows": c.n_gradient_rows if c else None, "n_probe_rows": c.n_probe_rows if c else None}

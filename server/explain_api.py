@@ -185,10 +185,10 @@ def explain_text(model, req: ExplainRequest) -> dict:
         row = {"method": method, "title": TITLES[method], "signed": e.signed,
                "scores": e.scores, "delta": e.delta, "params": e.params, "seconds": round(seconds, 4),
                **colour_row(e.scores, e.signed, req.normalize)}
-        if "converged" in e.info:  # methods that promise completeness: how far off, and the fix if too far
-            row.update(relative_delta=e.info["relative_delta"], converged=e.info["converged"],
-                       convergence_fix=None if e.info["converged"] else render.convergence_fix(e),
-                       precision=e.info.get("precision"))
+        if e.convergence is not None:  # methods that promise completeness: how far off, and the fix if too far
+            row.update(relative_delta=e.convergence.relative_delta, converged=e.convergence.converged,
+                       convergence_fix=None if e.convergence.converged else render.convergence_fix(e),
+                       precision=e.convergence.precision)
         if req.faithfulness:
             row["faithfulness"] = _faithfulness(model, e.token_ids, e.scores, target)
         rows.append(row)

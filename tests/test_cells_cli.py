@@ -88,7 +88,7 @@ def test_explain_a_stored_cell_reproduces_the_stored_activation(parens_store):
         stored = float(store.states("rnn.l0.c", position, position + 1)[0, 49])
         assert where == {"start": a, "stop": b, "whole_sequence": True, "stored_activation": pytest.approx(stored)}
         assert e.info["activation"] == pytest.approx(where["stored_activation"], abs=1e-4)
-        assert e.info["converged"] and np.all(e.scores[position - a + 1:] == 0)
+        assert e.convergence.converged and np.all(e.scores[position - a + 1:] == 0)
         short, where = explain_stored_cell(store, lm, "rnn.l0.c", 49, position, window=10)
         assert (where["start"], where["stop"], where["whole_sequence"]) == (position - 9, position + 1, False)
         assert len(short.tokens) == 10

@@ -139,7 +139,7 @@ def test_coarse_riemann_rule_reports_its_completeness_gap():
     """Left Riemann with 3 steps is inexact on a curved path: delta must say so, and match its definition."""
     model = make_bag_model(nonlinear=True)
     e = te.IntegratedGradients(model, n_steps=3, method="riemann_left").explain(TEXT, target=1)
-    f_x, f_ref = e.info["f_input"], e.info["f_baseline"]
+    f_x, f_ref = e.convergence.f_input, e.convergence.f_baseline
     assert e.delta == pytest.approx(e.scores.sum() - (f_x - f_ref), abs=1e-9)
     assert abs(e.delta) > 1e-2
 
@@ -240,6 +240,6 @@ def test_smoothgrad_on_linear_model_equals_gradient_x_input(bag):
 def test_probability_output_completeness(bag):
     """output='proba': F is the target probability; the pad baseline (zero sum) gives softmax(bias)."""
     e = te.IntegratedGradients(bag, n_steps=50, output="proba").explain(TEXT, target=1)
-    assert e.info["f_input"] == pytest.approx(bag.predict_proba(TEXT)[0, 1], abs=1e-6)
-    assert e.info["f_baseline"] == pytest.approx(np.exp(BIAS[1]) / np.exp(BIAS).sum(), abs=1e-6)
+    assert e.convergence.f_input == pytest.approx(bag.predict_proba(TEXT)[0, 1], abs=1e-6)
+    assert e.convergence.f_baseline == pytest.approx(np.exp(BIAS[1]) / np.exp(BIAS).sum(), abs=1e-6)
     assert abs(e.delta) < 1e-4

@@ -52,6 +52,14 @@ def test_every_registered_method_meets_the_contract(lstm, method):
     check_explainer(te.METHODS[method], lstm, FAST.get(method))
 
 
+@pytest.mark.parametrize("method", list(FAST))
+def test_only_integrated_gradients_carries_a_typed_convergence_record(lstm, method):
+    e = te.explain(lstm, TEXTS[0], method=method, **FAST[method])
+    assert (e.convergence is not None) == (method == "integrated_gradients")
+    if e.convergence is not None:  # the JSON keeps its info keys
+        assert e.to_dict()["info"]["converged"] == e.convergence.converged
+
+
 @pytest.mark.parametrize("method", ["gradient", "shap"])
 def test_the_contract_holds_on_the_default_model(method):
     check_explainer(te.METHODS[method], params=FAST.get(method))
@@ -261,4 +269,4 @@ def test_integrated_gradients_in_float64_meets_the_same_contract(lstm, precision
     e = te.explain(lstm, TEXTS[0], method="integrated_gradients", **params)
     assert e.params["precision"] == precision
     if precision == "float64":
-        assert e.info["precision"] == "float64"
+        assert e.convergence.precision == "float64"

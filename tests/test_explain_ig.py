@@ -158,32 +158,38 @@ def test_float64_closes_the_gap_float32_cannot(sentiment_lstm):
     assert len(sentiment_lstm.tokenize(FLIP_TEXT)) == 50
     params = {"n_steps": 50, "max_steps": 1000}
     low = te.IntegratedGradients(sentiment_lstm, **params).explain(FLIP_TEXT)
-    assert low.info["precision"] == "float32" and not low.info["converged"]
-    lo, hi = low.info["unresolved_alpha"]
-    assert 0.05 < lo < hi < 0.053 and low.info["n_gradient_rows"] < 300  # stopped, not 1000 spent
+    assert low.convergence.precision == "float32" and not low.convergence.converged
+    lo, hi = low.convergence.unresolved_alpha
+    assert 0.05 < lo < hi < 0.053 and low.convergence.n_gradient_rows < 300  # stopped, not 1000 spent
     assert "precision='float64'" in te.render.convergence_fix(low)
     high = te.IntegratedGradients(sentiment_lstm, precision="float64", **params).explain(FLIP_TEXT)
-    assert high.info["precision"] == "float64" and high.info["converged"] and "unresolved_alpha" not in high.info
+    assert high.convergence.precision == "float64" and high.convergence.converged
+    assert high.convergence.unresolved_alpha is None and "unresolved_alpha" not in high.to_dict()["info"]
     assert high.target == low.target
     np.testing.assert_allclose(high.probs, low.probs, atol=1e-6)
     auto = te.IntegratedGradients(sentiment_lstm, precision="auto", **params).explain(FLIP_TEXT)
     np.testing.assert_array_equal(auto.scores, high.scores)
-    assert auto.info["precision"] == "float64" and auto.info["model_precision_relative_delta"] == low.info["relative_delta"]
-    assert auto.info["n_gradient_rows"] == low.info["n_gradient_rows"] + high.info["n_gradient_rows"]
+    assert auto.convergence.precision == "float64"
+    assert auto.convergence.model_precision_relative_delta == low.convergence.relative_delta
+    assert auto.convergence.n_gradient_rows == low.convergence.n_gradient_rows + high.convergence.n_gradient_rows
+    assert auto.to_dict()["info"]["model_precision_relative_delta"] == low.convergence.relative_delta
     # a miss that more steps would fix is not a reason for float64: auto keeps the float32 result
     budget_miss = "Offers a guilt-free trip into feel-good territory."  # 1.1% at 50 evaluations, no refinement
-    short = te.IntegratedGradients(sentiment_lstm, n_steps=50).explain(budget_miss)
-    assert not short.info["converged"] and "unresolved_alpha" not in short.info
-    kept = te.IntegratedGradients(sentiment_lstm, n_steps=50, precision="auto").explain(budget_miss)
+    off = {"n_steps": 50, "max_steps": 50}
+    short = te.IntegratedGradients(sentiment_lstm, **off).explain(budget_miss)
+    assert not short.convergence.converged and short.convergence.unresolved_alpha is None
+    kept = te.IntegratedGradients(sentiment_lstm, **off, precision="auto").explain(budget_miss)
     np.testing.assert_array_equal(kept.scores, short.scores)
-    assert kept.info["precision"] == "float32" and kept.info["n_gradient_rows"] == short.info["n_gradient_rows"]
+    assert kept.convergence.precision == "float32"
+    assert kept.convergence.n_gradient_rows == short.convergence.n_gradient_rows
     # where float32 converges, auto is the float32 result itself, and float64 agrees with it
     easy = "a gorgeous , witty , seductive movie ."
     plain = te.IntegratedGradients(sentiment_lstm, **params).explain(easy)
-    assert plain.info["converged"]
+    assert plain.convergence.converged
     same = te.IntegratedGradients(sentiment_lstm, precision="auto", **params).explain(easy)
     np.testing.assert_array_equal(same.scores, plain.scores)
-    assert same.info["precision"] == "float32" and same.info["n_gradient_rows"] == plain.info["n_gradient_rows"]
+    assert same.convergence.precision == "float32"
+    assert same.convergence.n_gradient_rows == plain.convergence.n_gradient_rows
     double = te.IntegratedGradients(sentiment_lstm, precision="float64", **params).explain(easy)
     np.testing.assert_allclose(double.scores, plain.scores, atol=0.02 * np.abs(plain.scores).max())
     assert sentiment_lstm.module.emb.weight.dtype == torch.float32
@@ -210,7 +216,7 @@ def test_max_steps_is_checked():
     with pytest.raises(ValueError, match="method='adaptive'"):
         te.IntegratedGradients(model, method="gausslegendre", max_steps=200)
     e = te.IntegratedGradients(model, n_steps=20, max_steps=80).explain(TEXT)
-    assert e.params["max_steps"] == 80 and e.info["n_gradient_rows"] <= 80
+    assert e.params["max_steps"] == 80 and e.convergence.n_gradient_rows <= 80
 
 
 def test_adaptive_rule_on_smooth_paths_matches_gauss_legendre():
@@ -230,9 +236,10 @@ def test_row_accounting_and_exactness_per_rule(method):
     e = te.IntegratedGradients(model, n_steps=12, method=method).explain(TEXT, target=1)
     np.testing.assert_allclose(e.scores, contributions(model, TEXT, 1), atol=1e-5)
     # linear path: no zoom, and the adaptive rule's first pass is exact, so it skips the second
-    assert e.info["n_gradient_rows"] == (12 if method in FIXED_RULES else 12 - 2)
-    assert e.info["n_forward_rows"] == e.info["n_gradient_rows"] + e.info["n_probe_rows"]
-    assert e.info["n_probe_rows"] == (2 if method in FIXED_RULES else 9)
+    c = e.convergence
+    assert c.n_gradient_rows == (12 if method in FIXED_RULES else 12 - 2)
+    assert c.n_forward_rows == c.n_gradient_rows + c.n_probe_rows
+    assert c.n_probe_rows == (2 if method in FIXED_RULES else 9)
     assert e.params["method"] == method
 
 
@@ -243,8 +250,8 @@ def test_default_is_adaptive_and_gauss_legendre_stays_available():
     ids = model.encode(TEXT)
     for method in ("adaptive", "gausslegendre"):
         e = te.IntegratedGradients(model, method=method).explain(TEXT, target=1)
-        assert abs(e.delta) <= 1e-4 * abs(e.info["f_input"] - e.info["f_baseline"])
-        assert e.info["converged"] and len(e.scores) == len(ids)
+        assert abs(e.delta) <= 1e-4 * abs(e.convergence.f_input - e.convergence.f_baseline)
+        assert e.convergence.converged and len(e.scores) == len(ids)
 
 
 def test_quadrature_refuses_the_adaptive_rule_with_a_clear_message():
@@ -297,3 +304,30 @@ def test_the_quadrature_method_reaches_ig_through_explain_and_audit_options():
         te.explain(model, TEXT, options={"n_steps": 7}, n_steps=8)
     with pytest.raises(TypeError, match="options must be a dict"):
         te.explain(model, TEXT, options=["method"])
+
+
+def test_integrate_explains_any_scalar_output():
+    """The engine takes any differentiable F of the embeddings: on a separable F = sum w * tanh(e), IG gives
+    each coordinate exactly w * (tanh(x) - tanh(x')); the first row it evaluates is the input itself."""
+    gen = torch.Generator().manual_seed(0)
+    x, x_ref, w = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    first_rows = []
+
+    def output(rows):
+        first_rows.append(rows[0].clone())
+        return (w * torch.tanh(rows)).sum((1, 2))
+
+    expected = (w * (torch.tanh(x) - torch.tanh(x_ref))).numpy()
+    for rule in ("adaptive", "gausslegendre"):
+        first_rows.clear()
+        path = igm.integrate(output, x, x_ref, n_steps=20, rule=rule)
+        torch.testing.assert_close(first_rows[0], x, rtol=0, atol=0)
+        np.testing.assert_allclose(path.attributions.numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(path.scores(), expected.sum(1), atol=1e-6)
+        np.testing.assert_allclose(path.scores("l2"), np.linalg.norm(expected, axis=1), atol=1e-6)
+        c = path.convergence
+        assert c.f_input == pytest.approx(float(output(x[None])[0])) and c.precision == "float64"
+        assert c.f_baseline == pytest.approx(float(output(x_ref[None])[0]))
+        assert abs(path.delta) < 1e-6 and c.converged and c.relative_delta < 1e-6
+        assert (c.n_probe_rows >= igm.PROBES if rule == "adaptive" else c.n_probe_rows == 2)  # forward only
+        assert c.n_gradient_rows <= 20

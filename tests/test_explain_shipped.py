@@ -46,8 +46,8 @@ def test_integrated_gradients_delta_is_the_completeness_gap(shipped, test_senten
         with torch.no_grad():
             f_x = shipped.module(ids)[0, e.target].item()
             f_ref = forward_at_embeddings(shipped, ids, torch.zeros_like(embed(shipped, ids)))[0, e.target].item()
-        assert e.info["f_input"] == pytest.approx(f_x, abs=1e-4)
-        assert e.info["f_baseline"] == pytest.approx(f_ref, abs=1e-4)  # pad embedding is zero in these models
+        assert e.convergence.f_input == pytest.approx(f_x, abs=1e-4)
+        assert e.convergence.f_baseline == pytest.approx(f_ref, abs=1e-4)  # pad embedding is zero in these models
         assert e.delta == pytest.approx(e.scores.sum() - (f_x - f_ref), abs=1e-3)
 
 
@@ -59,7 +59,7 @@ def test_integrated_gradients_delta_is_the_completeness_gap(shipped, test_senten
 #   fixed Gauss-Legendre: lstm  9/20, gru 18/20, cnn 16/20, shortcut 13/20
 # The thresholds are one below (float differences between CPUs can move a sentence near 1%).
 # The misses are RNN state flips narrower than the probes resolve and the CNN's kinks; they stay
-# flagged in info["converged"].
+# flagged in convergence.converged.
 MIN_CONVERGED = {"adaptive": {"sentiment-lstm": 15, "sentiment-gru": 18, "sentiment-cnn": 16, "sentiment-shortcut": 19},
                  "gausslegendre": {"sentiment-lstm": 8, "sentiment-gru": 17, "sentiment-cnn": 15,
                                    "sentiment-shortcut": 12}}
@@ -69,38 +69,39 @@ MIN_CONVERGED = {"adaptive": {"sentiment-lstm": 15, "sentiment-gru": 18, "sentim
 def test_integrated_gradients_completeness_at_50_steps(shipped, method):
     texts, _ = data.rotten_tomatoes("test")
     texts = [t for t in texts if 4 <= len(t.split()) <= 25][:20]
-    explainer = te.IntegratedGradients(shipped, n_steps=50, method=method)
+    explainer = te.IntegratedGradients(shipped, n_steps=50, method=method,
+                                       **({"max_steps": 50} if method == "adaptive" else {}))  # no refinement
     converged = 0
     for text in texts:
         e = explainer.explain(text)
-        relative = abs(e.delta) / abs(e.info["f_input"] - e.info["f_baseline"])
-        assert e.info["relative_delta"] == pytest.approx(relative)
-        assert e.info["converged"] == (relative <= 0.01)
+        c = e.convergence
+        relative = abs(e.delta) / abs(c.f_input - c.f_baseline)
+        assert c.relative_delta == pytest.approx(relative)
+        assert c.converged == (relative <= 0.01)
         # the adaptive rule skips its second pass (the last 10) when the first is within 0.3%
-        assert e.info["n_gradient_rows"] == 50 or (method == "adaptive" and e.info["n_gradient_rows"] == 40
-                                                   and relative <= 3e-3)
+        assert c.n_gradient_rows == 50 or (method == "adaptive" and c.n_gradient_rows == 40 and relative <= 3e-3)
         converged += relative <= 0.01
     assert converged >= MIN_CONVERGED[method][shipped.name], (shipped.name, method, converged)
 
 
 def test_integrated_gradients_to_tolerance_with_max_steps(shipped):
-    """``max_steps=200`` spends more gradient evaluations only where 50 leave the gap above 1%: all 20
-    sentences converged on every shipped classifier (measured 2026-11-22; at most 120 evaluations,
-    44-51 on average), and the already converged results are unchanged."""
+    """``max_steps=200`` (the default, 4 x n_steps) spends more gradient evaluations only where 50 leave
+    the gap above 1%: all 20 sentences converged on every shipped classifier (measured 2026-11-22; at
+    most 120 evaluations, 44-51 on average), and the already converged results are unchanged."""
     texts, _ = data.rotten_tomatoes("test")
     texts = [t for t in texts if 4 <= len(t.split()) <= 25][:20]
-    plain = te.IntegratedGradients(shipped, n_steps=50)
-    refined = te.IntegratedGradients(shipped, n_steps=50, max_steps=200)
+    plain = te.IntegratedGradients(shipped, n_steps=50, max_steps=50)
+    refined = te.IntegratedGradients(shipped, n_steps=50)
     converged = 0
     for text in texts:
         a, b = plain.explain(text), refined.explain(text)
-        assert b.info["n_gradient_rows"] <= 200
-        if a.info["converged"]:
+        assert b.convergence.n_gradient_rows <= 200
+        if a.convergence.converged:
             np.testing.assert_array_equal(a.scores, b.scores)
-            assert b.info["n_gradient_rows"] == a.info["n_gradient_rows"]
+            assert b.convergence.n_gradient_rows == a.convergence.n_gradient_rows
         else:
-            assert b.info["n_gradient_rows"] > 50
-        converged += b.info["converged"]
+            assert b.convergence.n_gradient_rows > 50
+        converged += b.convergence.converged
     assert converged >= 19, (shipped.name, converged)
 
 
@@ -120,7 +121,7 @@ def test_integrated_gradients_agree_with_a_float64_reference(shipped):
     worst_ours = worst_fixed = 1.0
     for text in texts:
         ref = reference.explain(text)
-        assert ref.info["converged"] and ref.info["precision"] == "float64"
+        assert ref.convergence.converged and ref.convergence.precision == "float64"
         worst_ours = min(worst_ours, cosine(ours.explain(text).scores, ref.scores))
         worst_fixed = min(worst_fixed, cosine(fixed.explain(text).scores, ref.scores))
     assert worst_ours >= 0.9999, (shipped.name, worst_ours)

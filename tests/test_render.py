@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 import textexplain as te
 from textexplain import render
+from textexplain.convergence import Convergence
 from textexplain.render import score_color, side_by_side_html, terminal, write_html
 
 HOSTILE = ['<script>alert(1)</script>', '"><img src=x onerror=alert(2)>', "<b>bold</b>", "a&amp;b",
@@ -149,26 +151,36 @@ def test_hover_values_header_and_legend():
 
 def test_unconverged_completeness_is_flagged():
     e = _explanation(["good", "bad"], [1.0, -0.5])
-    e.delta, e.info = 0.2, {**e.info, "converged": False, "relative_delta": 0.4}
+    e.delta = 0.2
+    e.convergence = Convergence(f_input=1.0, f_baseline=0.5, relative_delta=0.4, converged=False, n_gradient_rows=50,
+                                n_probe_rows=9, precision="float32")
     assert "not converged" in e.to_html() and "40.0% of the output change" in e.to_html()
     assert "NOT CONVERGED: 40.0%" in terminal(e, color="none")
-    # the fix it names fits the rule: refinement for the adaptive rule, more nodes for a fixed one
+    # the fix it names fits the rule: refinement for the adaptive rule (beyond the default 4 x n_steps, or
+    # twice what was allowed), more nodes for a fixed one
     e.params = {"method": "adaptive", "n_steps": 50}
-    assert "max_steps=200" in terminal(e, color="none") and "max_steps=200" in e.to_html()
+    assert "max_steps=400" in terminal(e, color="none") and "max_steps=400" in e.to_html()
+    e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 50}
+    assert "max_steps=200" in terminal(e, color="none")
     e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 300}
     assert "max_steps=600" in terminal(e, color="none")
     e.params = {"method": "gausslegendre", "n_steps": 50}
     assert "raise n_steps" in terminal(e, color="none")
     # refinement stopped at a jump narrower than the precision resolves: more precision, not more steps
-    e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 200}
-    e.info.update(unresolved_alpha=[0.0515201, 0.0515202], precision="float32")
+    e.params = {"method": "adaptive", "n_steps": 50, "max_steps": 200, "precision": "model"}
+    e.convergence = replace(e.convergence, unresolved_alpha=(0.0515201, 0.0515202))
     assert "F jumps near alpha=0.05152 faster than float32 resolves" in terminal(e, color="none")
     assert "precision='float64'" in html.unescape(e.to_html()) and "max_steps=400" not in terminal(e, color="none")
-    e.info["precision"] = "float64"
+    del e.params["precision"]  # lstmvis.explain_cell has no precision to raise
+    assert "more steps cannot help)" in terminal(e, color="none") and "precision=" not in terminal(e, color="none")
+    e.convergence = replace(e.convergence, precision="float64")
     assert "no quadrature closes this gap" in terminal(e, color="none")
     assert "delta +0.2 (in float64)" in terminal(e, color="none") and "delta +0.2 (in float64)" in e.to_html()
-    e.info["converged"] = True
+    e.convergence = replace(e.convergence, converged=True)
     assert "not converged" not in side_by_side_html([e]) and "delta +0.2" in side_by_side_html([e])
+    # the JSON keeps the keys in info, and reads back into the typed record
+    assert e.to_dict()["info"]["converged"] is True and e.to_dict()["info"]["unresolved_alpha"] == [0.0515201, 0.0515202]
+    assert te.Explanation.from_json(e.to_json()).convergence == e.convergence
 
 
 def test_text_between_tokens_is_kept():

@@ -288,13 +288,12 @@ def test_completeness_is_reported_relative_with_the_fix_when_not_converged(clien
     that promise no completeness carry none of it."""
     text = "Offers a guilt-free trip into feel-good territory."  # 1.1% gap at 50 evaluations, no refinement
     body = {"model": "sentiment-lstm", "text": text, "methods": ["integrated_gradients", "gradient"],
-            "faithfulness": False}
+            "faithfulness": False, "params": {"integrated_gradients": {"max_steps": 50}}}
     ig, grad = post(client, body)["explanations"]
     assert ig["converged"] is False and 0.01 < ig["relative_delta"] < 0.02
     assert ig["convergence_fix"] == "allow refinement: max_steps=200"
     assert "converged" not in grad and "relative_delta" not in grad
-    refined = post(client, {**body, "methods": ["integrated_gradients"],
-                            "params": {"integrated_gradients": {"max_steps": 200}}})["explanations"][0]
+    refined = post(client, {**body, "methods": ["integrated_gradients"], "params": {}})["explanations"][0]  # 4 x 50
     assert refined["converged"] is True and refined["relative_delta"] <= 0.01 and refined["convergence_fix"] is None
     assert ig["precision"] == refined["precision"] == "float32"
     fixed = post(client, {**body, "methods": ["integrated_gradients"],

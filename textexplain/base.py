@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .convergence import Convergence
 from .explanation import Explanation
 from .hooks import transient
 from .hyperparameters import Method, check_choice, check_positive_int  # noqa: F401 (check_*: shared by lstmvis)
@@ -50,13 +51,15 @@ class Prepared:
 
 @dataclass
 class Attribution:
-    """What a method computes for one text: scores, the logits of the unperturbed input, extras."""
+    """What a method computes for one text: scores, the logits of the unperturbed input, extras
+    (``convergence``: Integrated Gradients' record of how complete the scores are)."""
 
     scores: np.ndarray
     logits: np.ndarray
     target: int
     delta: float | None = None
     info: dict[str, Any] | None = None
+    convergence: Convergence | None = None
 
 
 def check_model(model: TextModel) -> None:
@@ -205,30 +208,6 @@ def row_chunks(n_rows: int, n_tokens: int, internal_batch_size: int | None = Non
     return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, max(1, size))]
 
 
-def logits_at_embeddings(model: TextModel, ids: torch.Tensor, rows: torch.Tensor,
-                         internal_batch_size: int | None = None) -> torch.Tensor:
-    """Logits ``(K, C)`` of ``ids (1, T)`` with the embedding output replaced by each row of ``rows
-    (K, T, E)``; forward only (``torch.inference_mode``: no autograd graph), in chunks."""
-    with torch.inference_mode():
-        out = [forward_at_embeddings(model, ids.expand(rows[part].shape[0], -1), rows[part])
-               for part in row_chunks(rows.shape[0], ids.shape[1], internal_batch_size)]
-        return torch.cat(out) if len(out) > 1 else out[0]
-
-
-def output_gradients(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, target: int, output: str,
-                     internal_batch_size: int | None = None) -> torch.Tensor:
-    """Per-row gradients ``(K, T, E)``: ``dF/d(embeddings)`` at each row of ``rows`` for ``ids (1, T)``,
-    F = the target's logit or probability. Rows run in chunks (``row_chunks``); like ``gradient_sum``
-    only the embeddings get gradients, the model's parameters and their ``.grad`` are never touched."""
-    grads = torch.empty_like(rows)
-    for part in row_chunks(rows.shape[0], ids.shape[1], internal_batch_size):
-        block = rows[part].detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = forward_at_embeddings(model, ids.expand(block.shape[0], -1), block)
-            (grads[part],) = torch.autograd.grad(select_output(logits, target, output).sum(), block)
-    return grads
-
-
 def logits_of(model: TextModel, token_ids: Sequence[int]) -> np.ndarray:
     """Logits ``(C,)`` of one unperturbed text."""
     return model.logits_ids([list(token_ids)])[0].astype(np.float64)
@@ -276,7 +255,8 @@ class Explainer(Method):
         return Explanation(text=prepared.text, tokens=prepared.tokens, token_ids=prepared.token_ids,
                            scores=result.scores, method=self.name, target=result.target,
                            labels=list(self.model.labels), probs=softmax(logits), signed=self.signed,
-                           spans=prepared.spans, params=self.get_params(), delta=result.delta, info=info)
+                           spans=prepared.spans, params=self.get_params(), delta=result.delta, info=info,
+                           convergence=result.convergence)
 
     def explain_batch(self, texts: Sequence[str], target: int | str | None | Sequence[int | str | None] = None,
                       progress: bool | None = None) -> list[Explanation]:

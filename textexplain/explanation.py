@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .convergence import Convergence
+
 AGGREGATIONS = ("sum", "mean", "max", "absmax")
 
 
@@ -22,6 +24,8 @@ class Explanation:
     promise completeness (Integrated Gradients, SHAP), else None. ``metrics`` holds faithfulness
     numbers once computed. ``info`` holds what the method observed (model name, logits, number of
     model evaluations, F(x) and F(baseline), surrogate fit), as opposed to ``params`` (its settings).
+    ``convergence``: Integrated Gradients' record of how complete the result is (``Convergence``; its
+    fields are keys of ``info`` in the JSON form), else None.
     """
 
     text: str
@@ -38,6 +42,7 @@ class Explanation:
     delta: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    convergence: Convergence | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -64,8 +69,11 @@ class Explanation:
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field, plus ``target_label``, ``predicted`` and its label."""
-        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        """Plain JSON-ready dict of every field, plus ``target_label``, ``predicted`` and its label;
+        ``convergence`` goes into ``info`` (``Convergence.to_info``)."""
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "convergence"}
+        if self.convergence is not None:
+            out["info"].update(_jsonable(self.convergence.to_info()))
         out.update(target_label=self.target_label, predicted=self.predicted, predicted_label=self.predicted_label)
         return out
 
@@ -76,7 +84,9 @@ class Explanation:
         missing = {"text", "tokens", "token_ids", "scores", "method", "target", "labels", "probs"} - set(data)
         if missing:
             raise ValueError(f"not an Explanation dict: missing {', '.join(sorted(missing))}")
-        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs = {k: v for k, v in data.items() if k in names and k != "convergence"}
+        if "info" in kwargs:
+            kwargs["convergence"], kwargs["info"] = Convergence.from_info(kwargs["info"])
         if kwargs.get("spans") is not None:
             kwargs["spans"] = [tuple(s) for s in kwargs["spans"]]
         return cls(**kwargs)

@@ -1,18 +1,20 @@
 """Integrated Gradients at the embedding layer, with the completeness delta on every result."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings,
-                   check_choice, check_positive_int, embed, logits_at_embeddings, output_gradients, reduce_dims,
-                   resolve_target, select_output)
+                   check_choice, check_positive_int, embed, forward_at_embeddings, reduce_dims, resolve_target,
+                   row_chunks, select_output)
+from .convergence import COMPLETENESS_TOLERANCE, Convergence, default_max_steps
 from .hyperparameters import Hyper
 from .model import TextModel
 
-COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is flagged as not converged
 FIXED_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 RULES = FIXED_RULES + ("adaptive",)
 PRECISIONS = ("model", "float64", "auto")
@@ -65,8 +67,10 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     ``baseline``: ``"pad"`` (default: the pad token's embedding at every position, so the sequence
     keeps its length because the ids still say where the text is), ``"zero"``, ``"unk"``, one token
     id, or one id per token. Score per token = signed sum over embedding dims of
-    ``(x - x') * avg_grad``. Every result carries ``delta = sum(scores) - (F(x) - F(x'))``,
-    ``info["relative_delta"]`` = |delta| / |F(x) - F(x')| and ``info["converged"]`` (False above 1%).
+    ``(x - x') * avg_grad``. Every result carries ``delta = sum(scores) - (F(x) - F(x'))`` and
+    ``convergence`` (``Convergence``: ``relative_delta`` = |delta| / |F(x) - F(x')|, ``converged``
+    (False above 1%), rows evaluated, precision). The engine is ``integrate``, which explains any
+    scalar output of the embedding layer's output; here F is a class logit (``ClassOutput``).
 
     ``method`` is the quadrature over the path; ``n_steps`` gradient evaluations (at most, for
     ``"adaptive"``):
@@ -78,24 +82,25 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
       whose completeness gap is largest (known exactly: F is probed at every segment end) is
       integrated again with the last 20% of the evaluations, unless the first 80% already close the
       completeness gap to ``EARLY_EXIT`` (0.3%) of |F(x) - F(x')|. Still IG, only a better
-      quadrature; ``info["n_probe_rows"]`` counts the probes (9 to 27), ``info["n_gradient_rows"]``
+      quadrature; ``convergence.n_probe_rows`` counts the probes (9 to 27), ``n_gradient_rows``
       the gradient evaluations.
     - ``"gausslegendre"`` or a Riemann rule: fixed nodes, no probes (``quadrature``).
 
     ``precision``: ``"model"`` (default) runs the path at the model's own precision; ``"float64"`` on a
     float64 copy of the model (``TextModel.float64``, about 5x slower on CPU); ``"auto"`` at the model's
     precision first and again in float64 only when refinement found a gap it cannot resolve at that
-    precision (``info["unresolved_alpha"]``, adaptive rule). Why: on longer texts an
+    precision (``convergence.unresolved_alpha``, adaptive rule). Why: on longer texts an
     RNN's state can flip over a stretch of alpha narrower than float32 resolves -- F then jumps between
     neighbouring float32 inputs and no number of steps closes the gap (sentiment-lstm, 50-token texts:
     15% of them at ``max_steps=1000`` in float32, none in float64; benchmarks/results/explain.md).
-    ``info["precision"]`` names the precision of the result.
+    ``convergence.precision`` names the precision of the result.
 
-    ``max_steps`` (adaptive only, default None = ``n_steps``): a larger budget that is spent only while
-    the completeness gap is above ``COMPLETENESS_TOLERANCE`` (1%), on the segment with the largest known
-    gap (``adaptive_nodes`` step 4). On the shipped LSTM's hard sentences 50 evaluations are not enough
-    (steep, narrow state flips); ``n_steps=50, max_steps=200`` converges them and changes nothing on the
-    others (benchmarks/results/explain.md).
+    ``max_steps`` (adaptive only; default None = ``4 * n_steps``, ``convergence.default_max_steps``;
+    ``n_steps`` turns it off): a larger budget that is spent only while the completeness gap is above
+    ``COMPLETENESS_TOLERANCE`` (1%), on the segment with the largest known gap (``adaptive_nodes`` step
+    4). On the shipped LSTM's hard sentences 50 evaluations are not enough (steep, narrow state flips);
+    ``n_steps=50, max_steps=200`` converges them and changes nothing on the others
+    (benchmarks/results/explain.md).
 
     F(x) and F(x') come from a forward-only pass (the probes for ``"adaptive"``); gradient passes
     run in chunks (``internal_batch_size`` rows, default ``base.row_chunks``).
@@ -110,7 +115,7 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
     max_steps = Hyper(int, None, ge=1, api_le=1000,
                       help="adaptive rule only: keep refining while the completeness gap is above 1%, up to this many "
-                           "gradient evaluations (default: off, n_steps)")
+                           "gradient evaluations (default 4 x n_steps; n_steps turns refinement off)")
     precision = Hyper(str, "model", choices=PRECISIONS,
                       help="model (default): the model's own float32; float64: a float64 copy (about 5x slower; RNN "
                            "state flips can be narrower than float32 resolves); auto: float64 only when the adaptive "
@@ -127,37 +132,22 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
         if self.precision == "float64":
             return self._integrate(self.model.float64(), prepared.ids, target)
         result = self._integrate(self.model, prepared.ids, target)
-        if self.precision == "auto" and "unresolved_alpha" in result.info:  # more precision can help, more steps not
-            first = result.info
+        first = result.convergence
+        if self.precision == "auto" and first.unresolved_alpha is not None:  # more precision helps, more steps not
             result = self._integrate(self.model.float64(), prepared.ids, result.target)
-            result.info["model_precision_relative_delta"] = first["relative_delta"]
-            for rows in ("n_forward_rows", "n_gradient_rows", "n_probe_rows"):  # the work of both passes
-                result.info[rows] += first[rows]
+            result.convergence = replace(  # the work of both passes
+                result.convergence, model_precision_relative_delta=first.relative_delta,
+                n_gradient_rows=result.convergence.n_gradient_rows + first.n_gradient_rows,
+                n_probe_rows=result.convergence.n_probe_rows + first.n_probe_rows)
         return result
 
     def _integrate(self, model: TextModel, ids: torch.Tensor, target) -> Attribution:
         """IG on ``model`` (the explained model or its float64 copy)."""
-        x = embed(model, ids)[0]
-        x_ref = baseline_embeddings(model, ids, self.baseline)[0]
-        path = _Path(model, ids, x, x_ref, self.output, self.internal_batch_size)
-        if self.method == "adaptive":
-            logits, target, alphas, weights, grads = path.adaptive(self.n_steps, target, self.max_steps)
-        else:
-            logits, target = path.ends(target)
-            alphas, weights = quadrature(self.n_steps, self.method)
-            grads = path.gradients(alphas)
-        avg_grad = torch.einsum("k,kte->te", torch.tensor(np.asarray(weights), dtype=x.dtype), grads)
-        scores = reduce_dims((x - x_ref) * avg_grad, "sum")
-        f_x, f_ref = path.f_input, path.f_baseline
-        delta = float(scores.sum() - (f_x - f_ref))
-        relative = relative_gap(delta, f_x - f_ref)
-        return Attribution(scores, logits, target, delta=delta,
-                           info={"f_input": f_x, "f_baseline": f_ref, "relative_delta": relative,
-                                 "converged": relative <= COMPLETENESS_TOLERANCE,
-                                 "n_forward_rows": path.n_probe_rows + path.n_gradient_rows,
-                                 "n_gradient_rows": path.n_gradient_rows, "n_probe_rows": path.n_probe_rows,
-                                 "precision": str(x.dtype).removeprefix("torch."),
-                                 **({"unresolved_alpha": [float(a) for a in path.unresolved]} if path.unresolved else {})})
+        output = ClassOutput(model, ids, target, self.output)
+        path = integrate(output, embed(model, ids)[0], baseline_embeddings(model, ids, self.baseline)[0],
+                         self.n_steps, self.method, self.max_steps, self.internal_batch_size)
+        return Attribution(path.scores(), output.input_logits, output.target, delta=path.delta,
+                           convergence=path.convergence)
 
 
 def check_max_steps(max_steps: int | None, n_steps: int, rule: str, name: str = "method") -> None:
@@ -171,13 +161,6 @@ def check_max_steps(max_steps: int | None, n_steps: int, rule: str, name: str = 
                          f"n_steps instead, or use {name}='adaptive'")
     if max_steps < n_steps:
         raise ValueError(f"max_steps ({max_steps}) must be at least n_steps ({n_steps})")
-
-
-def relative_gap(delta: float, change: float) -> float:
-    """|delta| as a share of |F(x) - F(x')| (0 or infinity when F does not change along the path)."""
-    if change != 0:
-        return abs(delta) / abs(change)
-    return 0.0 if delta == 0 else float("inf")
 
 
 def path_rows(x: torch.Tensor, x_ref: torch.Tensor, alphas) -> torch.Tensor:
@@ -200,50 +183,132 @@ def path_derivative(grads: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor) -
     return torch.einsum("kte,te->k", grads, x - x_ref).double().numpy()
 
 
+ScalarOutput = Callable[[torch.Tensor], torch.Tensor]  # substitute embeddings (K, T, E) -> F (K,)
+
+
+class ClassOutput:
+    """F of a classifier: the ``target`` class's logit or probability (``output``) of ``model`` on ``ids
+    (1, T)`` with the embedding output substituted by each row -- the scalar ``IntegratedGradients``
+    explains. ``target`` (index, label, None = predicted) is resolved from the first row evaluated,
+    which ``integrate`` makes the input itself; ``input_logits`` keeps that row's logits. One per call
+    (it holds the resolved target)."""
+
+    def __init__(self, model: TextModel, ids: torch.Tensor, target: int | str | None, output: str = "logit"):
+        self.model, self.ids, self.requested, self.output = model, ids, target, output
+        self.target: int | None = None
+        self.input_logits: np.ndarray | None = None
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        logits = forward_at_embeddings(self.model, self.ids.expand(rows.shape[0], -1), rows)
+        if self.input_logits is None:
+            self.input_logits = logits[0].detach().double().numpy()
+            self.target = resolve_target(self.model, self.requested, self.input_logits)
+        return select_output(logits, self.target, self.output)
+
+
+def values_at(output: ScalarOutput, rows: torch.Tensor, internal_batch_size: int | None = None) -> np.ndarray:
+    """F at each row of ``rows (K, T, E)``, float64 ``(K,)``; forward only (``torch.inference_mode``: no
+    autograd graph), in chunks (``row_chunks``)."""
+    with torch.inference_mode():
+        parts = [output(rows[part]) for part in row_chunks(rows.shape[0], rows.shape[1], internal_batch_size)]
+        return torch.cat(parts).double().numpy()
+
+
+def gradients_at(output: ScalarOutput, rows: torch.Tensor, internal_batch_size: int | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray]:
+    """dF/d(embeddings) at each row of ``rows (K, T, E)``, and F ``(K,)``, in chunks (``row_chunks``).
+    Only the rows get gradients (``torch.autograd.grad``): a model's parameters and their ``.grad`` are
+    never touched."""
+    grads, values = torch.empty_like(rows), np.empty(rows.shape[0])
+    for part in row_chunks(rows.shape[0], rows.shape[1], internal_batch_size):
+        block = rows[part].detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = output(block)
+            (grads[part],) = torch.autograd.grad(f.sum(), block)
+        values[part] = f.detach().double().numpy()
+    return grads, values
+
+
+@dataclass(frozen=True)
+class PathIntegral:
+    """Integrated Gradients of one scalar output along one straight path (``integrate``)."""
+
+    attributions: torch.Tensor  # (T, E): (x - x') * the average gradient along the path
+    delta: float  # sum of the signed scores - (F(x) - F(x'))
+    convergence: Convergence
+
+    def scores(self, reduce: str = "sum") -> np.ndarray:
+        """One score per token: the signed ``"sum"`` over embedding dims (``delta`` is its gap) or ``"l2"``."""
+        return reduce_dims(self.attributions, reduce)
+
+
+def integrate(output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, n_steps: int = 50,
+              rule: str = "adaptive", max_steps: int | None = None,
+              internal_batch_size: int | None = None) -> PathIntegral:
+    """Integrated Gradients of any scalar output F of the embedding layer's output, along the straight
+    path ``x' + alpha (x - x')`` from ``x_ref`` to ``x`` (both ``(T, E)``; their dtype is the path's
+    precision).
+
+    ``output(rows (K, T, E)) -> (K,)``: F at each row of substitute embeddings, differentiable -- a
+    class logit (``ClassOutput``), one cell at one step (``lstmvis.cells.CellActivation``), or any
+    function of the embedding-substituted forward pass. ``rule``, ``n_steps`` and ``max_steps`` (None:
+    ``default_max_steps``, 4 x ``n_steps``) are ``IntegratedGradients``' ``method``, ``n_steps`` and
+    ``max_steps``, as it validates them. F(x) and F(x') come from a forward-only pass, whose first row
+    is the input itself (an output may resolve what depends on the input there: ``ClassOutput``'s
+    predicted class); rows run in chunks of ``internal_batch_size`` (default ``row_chunks``).
+    """
+    path = _Path(output, x, x_ref, internal_batch_size)
+    if rule == "adaptive":
+        alphas, weights, grads = path.adaptive(n_steps, default_max_steps(n_steps, max_steps))
+    else:
+        path.ends()
+        alphas, weights = quadrature(n_steps, rule)
+        grads = path.gradients(alphas)
+    avg_grad = torch.einsum("k,kte->te", torch.tensor(np.asarray(weights), dtype=x.dtype), grads)
+    attributions = (x - x_ref) * avg_grad
+    delta = float(reduce_dims(attributions, "sum").sum() - (path.f_input - path.f_baseline))
+    unresolved = tuple(map(float, path.unresolved)) if path.unresolved else None
+    convergence = Convergence.measure(delta, path.f_input, path.f_baseline, n_gradient_rows=path.n_gradient_rows,
+                                      n_probe_rows=path.n_probe_rows, precision=str(x.dtype).removeprefix("torch."),
+                                      unresolved_alpha=unresolved)
+    return PathIntegral(attributions, delta, convergence)
+
+
 class _Path:
     """The straight path ``x' + alpha (x - x')`` of one explanation: F at alphas (forward only) and
-    gradients at alphas, with row counts. ``target`` is resolved by the first forward pass."""
+    gradients at alphas, with row counts."""
 
-    def __init__(self, model: TextModel, ids: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor, output: str,
-                 internal_batch_size: int | None):
-        self.model, self.ids, self.x, self.x_ref, self.output = model, ids, x, x_ref, output
-        self.batch = internal_batch_size
-        self.target: int | None = None
+    def __init__(self, output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, internal_batch_size: int | None):
+        self.output, self.x, self.x_ref, self.batch = output, x, x_ref, internal_batch_size
         self.n_probe_rows = self.n_gradient_rows = 0
         self.f_input = self.f_baseline = float("nan")
         self.unresolved: tuple[float, float] | None = None  # set by ``adaptive``
 
-    def rows(self, alphas) -> torch.Tensor:
-        return path_rows(self.x, self.x_ref, alphas)
-
-    def values(self, alphas, target=None) -> tuple[np.ndarray, np.ndarray]:
-        """F (target output) and logits at ``alphas``, forward only; resolves ``target`` from alpha = 1."""
-        logits = logits_at_embeddings(self.model, self.ids, self.rows(alphas), self.batch)
+    def values(self, alphas) -> np.ndarray:
+        """F at ``alphas``, forward only."""
         self.n_probe_rows += len(alphas)
-        if self.target is None:
-            at_input = int(np.flatnonzero(np.asarray(alphas) == 1)[0])
-            self.target = resolve_target(self.model, target, logits[at_input].double().numpy())
-        return select_output(logits, self.target, self.output).double().numpy(), logits.double().numpy()
+        return values_at(self.output, path_rows(self.x, self.x_ref, alphas), self.batch)
 
-    def ends(self, target) -> tuple[np.ndarray, int]:
-        """Logits of the input, the resolved target, F(x) and F(x') from one forward-only pass."""
-        f, logits = self.values([1.0, 0.0], target)
-        self.f_input, self.f_baseline = float(f[0]), float(f[1])
-        return logits[0], self.target
+    def ends(self) -> None:
+        """F(x) and F(x') from one forward-only pass, the input first."""
+        self.f_input, self.f_baseline = map(float, self.values([1.0, 0.0]))
 
     def gradients(self, alphas) -> torch.Tensor:
         """dF/d(embeddings) at each alpha, ``(K, T, E)``."""
         self.n_gradient_rows += len(alphas)
-        return output_gradients(self.model, self.ids, self.rows(alphas), self.target, self.output, self.batch)
+        return gradients_at(self.output, path_rows(self.x, self.x_ref, alphas), self.batch)[0]
 
-    def adaptive(self, n_steps: int, target, max_steps: int | None = None):
-        """``adaptive_nodes`` on this path: logits of the input, target, alphas, weights, gradients."""
+    def adaptive(self, n_steps: int, max_steps: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """``adaptive_nodes`` on this path, from ``PROBES`` uniform probes (the input first): alphas,
+        weights, gradients."""
         alphas = np.linspace(0.0, 1.0, PROBES)
-        f, logits = self.values(alphas, target)
+        input_first = np.roll(np.arange(PROBES), 1)
+        f = np.empty(PROBES)
+        f[input_first] = self.values(alphas[input_first])
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
         alphas, weights, grads, self.unresolved = adaptive_path_nodes(
-            n_steps, alphas, f, lambda a: self.values(a)[0], self.gradients, self.x, self.x_ref, max_steps)
-        return logits[-1], self.target, alphas, weights, grads
+            n_steps, alphas, f, self.values, self.gradients, self.x, self.x_ref, max_steps)
+        return alphas, weights, grads
 
 
 def adaptive_path_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, x: torch.Tensor,

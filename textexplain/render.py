@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .convergence import default_max_steps
+
 if TYPE_CHECKING:  # typing only: Explanation's own rendering methods import this module
     from .explanation import Explanation
 
@@ -188,29 +190,37 @@ def _header_html(e: Explanation) -> str:
 
 def convergence_fix(e: Explanation) -> str:
     """What to change when an Integrated Gradients result is not complete to 1%."""
-    unresolved = e.info.get("unresolved_alpha")
-    if unresolved:  # refinement stopped: F jumps between neighbouring inputs of this precision
-        where = f"F jumps near alpha={unresolved[0]:.4g} faster than {e.info.get('precision', 'this precision')} resolves"
-        if e.info.get("precision") == "float64":
+    convergence = e.convergence
+    if convergence is not None and convergence.unresolved_alpha:  # F jumps between neighbouring inputs
+        where = (f"F jumps near alpha={convergence.unresolved_alpha[0]:.4g} faster than {convergence.precision} "
+                 "resolves")
+        if convergence.precision == "float64":
             return f"{where}: no quadrature closes this gap; try another baseline"
+        if "precision" not in e.params:  # lstmvis.explain_cell: the model's own precision only
+            return f"{where}, so more steps cannot help"
         return f"{where}, so more steps cannot help: use precision='float64' (or 'auto')"
     if e.params.get("method") == "adaptive":
         n_steps = int(e.params.get("n_steps") or 50)
-        budget = max(4 * n_steps, 2 * int(e.params.get("max_steps") or n_steps))
-        return f"allow refinement: max_steps={budget}"
+        spent = default_max_steps(n_steps, e.params.get("max_steps"))
+        return f"allow refinement: max_steps={max(default_max_steps(n_steps, None), 2 * spent)}"
     return "raise n_steps, or use the adaptive rule with max_steps"
 
 
 def _delta_text(e: Explanation) -> str:
     """"completeness delta +0.002", and the precision when it is not the model's own."""
-    return f"completeness delta {e.delta:+.3g}" + (" (in float64)" if e.info.get("precision") == "float64" else "")
+    in_float64 = e.convergence is not None and e.convergence.precision == "float64"
+    return f"completeness delta {e.delta:+.3g}" + (" (in float64)" if in_float64 else "")
+
+
+def _not_converged(e: Explanation) -> bool:
+    return e.convergence is not None and not e.convergence.converged
 
 
 def _delta_html(e: Explanation) -> str:
     """The completeness delta, flagged when the method reports it did not converge."""
     text = _delta_text(e)
-    if e.info.get("converged") is False:
-        share = e.info.get("relative_delta", float("nan"))
+    if _not_converged(e):
+        share = e.convergence.relative_delta
         return (f'<span style="color:#a50f15" title="sum of scores misses F(x) - F(baseline) by {share:.1%}: '
                 f'{_esc(convergence_fix(e))}">{text} ({share:.1%} of the output change: not converged)</span>')
     return text
@@ -356,8 +366,8 @@ def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "a
     subject = (f"{e.labels[0]}, {_activation_summary(e)}" if _of_a_unit(e) else
                f"predicted {e.labels[pred]} ({e.probs[pred]:.3f}), target {e.target_label} ({e.probs[e.target]:.3f})")
     head = (f"{e.method}: {subject}" + (f", {_delta_text(e)}" if e.delta is not None else "")
-            + (f" (NOT CONVERGED: {e.info.get('relative_delta', float('nan')):.1%} of the output change; "
-               f"{convergence_fix(e)})" if e.info.get("converged") is False else ""))
+            + (f" (NOT CONVERGED: {e.convergence.relative_delta:.1%} of the output change; "
+               f"{convergence_fix(e)})" if _not_converged(e) else ""))
     body = []
     for piece, i in segments(e):
         if i is None:

@@ -249,6 +249,7 @@ def check_explainer(cls: type[Explainer], model: TextModel | None = None,
     back = Explanation.from_json(e.to_json())
     np.testing.assert_array_equal(back.scores, e.scores)
     assert back.params == e.params and back.target_label == e.target_label, "the JSON round trip loses data"
+    assert back.convergence == e.convergence and back.info == e.info, "the JSON round trip loses the convergence record"
     page = explainer.explain(MARKUP_TEXT).to_html()
     assert "<script" not in page and "<b>good" not in page and "&lt;" in page, "the HTML does not escape the text"
 

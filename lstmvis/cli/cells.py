@@ -120,7 +120,7 @@ def explain(args: argparse.Namespace, store: StateStore) -> int:
                                                                  "to the step, from a zero state")
     print(f"{args.source[0]}[{args.explain}] at position {args.position} ({name}, {fed}): activation "
           f"{e.info['activation']:.4f} (stored {where['stored_activation']:.4f}), baseline "
-          f"{e.info['activation_baseline']:.4f}; {e.info['n_gradient_rows']} gradient evaluations")
+          f"{e.info['activation_baseline']:.4f}; {e.convergence.n_gradient_rows} gradient evaluations")
     print(terminal(e))
     if args.html:
         print(f"wrote {write_html(args.html, e.to_html(), title=f'{args.source[0]}[{args.explain}]')}")
