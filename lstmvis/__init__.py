@@ -4,5 +4,6 @@ from .extract import extract
 from .store import StateStore, StoreError
 from . import hypotheses
 from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts
-from .match import MatchIndex, MatchResult, build_index, match, select
+from .index import MatchIndex, build_index
+from .query import MatchResult, match, select
 from .textcnn import receptive_fields, top_ngrams

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import hypotheses as hyp
-from .match import MatchIndex, _check_source, float_keys, threshold_keys
+from .index import MatchIndex, _check_source, float_keys, threshold_keys
 
 METHODS = ("auroc", "pearson", "spearman")
 

@@ -277,7 +277,7 @@ _index_ready: set[tuple[int, str, str]] = set()
 def _ensure_index(store, source: str) -> None:
     """Build a source's match index once, even when several requests ask for it at the same time
     (afterwards a set lookup: the library finds the built index itself)."""
-    from lstmvis.match import MatchIndex
+    from lstmvis.index import MatchIndex
 
     ready = (id(store), str(store.path), source)
     if ready in _index_ready:

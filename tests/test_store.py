@@ -170,10 +170,10 @@ def test_select_and_match_delegate(tmp_path, monkeypatch):
     import sys
     import types
 
-    fake = types.ModuleType("lstmvis.match")
+    fake = types.ModuleType("lstmvis.query")
     fake.select = lambda store, *a, **k: ("select", a, k)
     fake.match = lambda store, *a, **k: ("match", a, k)
-    monkeypatch.setitem(sys.modules, "lstmvis.match", fake)
+    monkeypatch.setitem(sys.modules, "lstmvis.query", fake)
     store, _, _ = _example(tmp_path)
     with store:
         assert store.select("rnn.l0.h", 1, 3, threshold=0.5) == ("select", ("rnn.l0.h", 1, 3), {"threshold": 0.5})
