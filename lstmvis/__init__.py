@@ -5,5 +5,5 @@ from .store import StateStore, StoreError
 from . import hypotheses
 from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts
 from .index import MatchIndex, build_index
-from .query import MatchResult, match, select
+from .query import MatchQuery, MatchResult, match, select
 from .textcnn import receptive_fields, top_ngrams

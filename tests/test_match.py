@@ -1,4 +1,5 @@
 """Select and match against a brute-force reference that enumerates every interval of every sequence."""
+import dataclasses
 import json
 import os
 import threading
@@ -9,7 +10,7 @@ import pytest
 from lstmvis import index as index_module
 from lstmvis import query as query_module
 from lstmvis.index import MatchIndex, build_index, float_keys, forget_indexes, threshold_keys
-from lstmvis.query import SIGNS, match, n_virtual_cells, select, set_threads
+from lstmvis.query import SIGNS, MatchQuery, match, n_virtual_cells, select, set_threads
 from lstmvis.store import StateStore
 
 LEVELS = np.round(np.linspace(-1, 1, 21), 2)  # few distinct values: many ties at the threshold
@@ -241,6 +242,24 @@ def test_store_methods_delegate(tmp_path):
         if len(cells):
             assert store.match("rnn.l0.h", cells, threshold=0.2).to_dict() == \
                 match(store, "rnn.l0.h", cells, threshold=0.2).to_dict()
+
+
+def test_a_match_query_is_checked_when_built_and_runs_like_match(tmp_path):
+    query = MatchQuery("rnn.l0.h", [3, 1, 1], threshold=0.2, pad_right=1, context=2)
+    assert query.cells.tolist() == [1, 3] and query.context == (2, 2) and not query.cells.flags.writeable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        query.top = 3
+    for bad, message in (({"top": 0}, "top"), ({"threshold": float("inf")}, "finite"), ({"sign": "abs"}, "sign"),
+                         ({"context": (1, -1)}, "context"), ({"phrase_length": 0}, "phrase_length")):
+        with pytest.raises(ValueError, match=message):
+            MatchQuery("rnn.l0.h", [1], **bad)
+    store, x, offsets = _store(tmp_path, seed=1)
+    with store:
+        result = query.run(store)
+        assert result.to_dict() == match(store, "rnn.l0.h", [1, 3], 0.2, pad_right=1, context=(2, 2)).to_dict()
+        _check_same(result, *brute_match(x, offsets, [1, 3], 0.2, 1, 1, "positive", 50))
+        with pytest.raises(ValueError, match=r"0\.\.5"):
+            MatchQuery("rnn.l0.h", [1, 6]).run(store)  # the store decides which ids exist
 
 
 def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
