@@ -194,8 +194,8 @@ def _start_bound(planes, t, seq_lo, pad_left, words, n_planes):
 
 
 @numba.njit(cache=True, nogil=True)
-def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offsets, first_seq, last_seq, pad_left, pad_right, min_length,
-          phrase_length, top, cand):
+def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offsets, first_seq, last_seq, pad_left,
+         pad_right, min_length, phrase_length, top, cand):
     """In sequences ``[first_seq, last_seq)``, enumerate the candidates that are runs at some level
     ``>= level`` (steps counting fewer than ``level`` end runs) and can reach the ``top`` best, with
     their exact ``|C & C'|``; keep in ``cand`` (rows ``start, stop, lo, hi, |C & C'|``; ``[lo, hi)``:
@@ -236,43 +236,12 @@ def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offs
     seq_lo = seq_hi = t = offsets[first_seq]  # an empty sequence before the first: its first step "ends" it
     sp = 1  # entries 1 .. sp - 1: live (or not yet folded) runs; entry 0: the dead runs
     while t <= end:
-        if fold:  # the bottom entries are dead: into entry 0, the entries above move down
+        if fold:
             fold = False
-            k = 1
-            while k < sp and (st_height[k] < level or st_bound[k] < floor):
-                k += 1
-            if k > 1:
-                st_height[0] = st_height[k - 1]
-                for i in range(k, sp):
-                    st_start[i - k + 1], st_height[i - k + 1], st_bound[i - k + 1] = st_start[i], st_height[i], st_bound[i]
-                    for w in range(words):
-                        st_and[i - k + 1, w], st_pad[i - k + 1, w] = st_and[i, w], st_pad[i, w]
-                sp -= k - 1
-            if st_height[0] < level:
-                st_height[0] = 0
-        if sp == 1 and t < seq_hi:  # no live run: on to the next step where one starts
-            dead = st_height[0]
-            while t < seq_hi:
-                if t % 64 == 0:
-                    if dead == 0 and chunk_max[t // 64] < level:
-                        t += 64
-                        continue
-                    if t != seq_lo and t + 64 <= seq_hi and (chunk_rise[t // 64] if pad_left else chunk_max[t // 64]) < floor:
-                        t += 64  # no run with a large enough bound starts in these 64 steps
-                        dead = np.int64(count[t - 1])
-                        if dead < level:
-                            dead = 0
-                        continue
-                v = np.int64(count[t])
-                if v < level:
-                    v = 0
-                if v > dead and (v if t == seq_lo or pad_left == 0 else
-                                 _start_bound(planes, t, seq_lo, pad_left, words, n_planes)) >= floor:
-                    break
-                dead = v
-                t += 1
-            t = min(t, seq_hi)
-            st_height[0] = dead
+            sp = _fold_dead(st_start, st_height, st_bound, st_and, st_pad, sp, level, floor, words)
+        if sp == 1 and t < seq_hi:
+            t, st_height[0] = _next_live_start(planes, count, chunk_max, chunk_rise, t, seq_lo, seq_hi, st_height[0],
+                                               level, floor, pad_left, words, n_planes)
         v = np.int64(count[t]) if t < seq_hi else 0
         if v < level:
             v = 0
@@ -285,7 +254,7 @@ def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offs
         for w in range(words):
             acc[w] = ~np.uint64(0)
         first = t
-        while sp > 1 and st_height[sp - 1] > v:
+        while sp > 1 and st_height[sp - 1] > v:  # close the runs higher than v, each a candidate
             sp -= 1
             for w in range(words):
                 acc[w] &= st_and[sp, w]
@@ -296,33 +265,12 @@ def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offs
                     (length == phrase_length) if phrase_length > 0 else (length >= min_length)):
                 n_candidates += 1
                 e_pad = t if ending else min(seq_hi, t + pad_right)
-                inter = 0
-                for w in range(words):
-                    pad = st_pad[sp, w]
-                    for r in range(t, e_pad):
-                        pad |= _step_bits(planes, r, w, n_planes)
-                    inter += _popcount(acc[w] & ~pad)
+                inter = _intersection(planes, acc, st_pad, sp, t, e_pad, words, n_planes)
                 if inter >= floor:
-                    if kept == len(cand):  # full: drop what the floor now excludes
-                        m = 0
-                        for i in range(kept):
-                            if cand[i, 4] >= floor:
-                                cand[m] = cand[i]
-                                m += 1
-                        kept = m
-                        if 2 * kept > len(cand):  # still more than half full: a larger array
-                            larger = np.empty((2 * len(cand), 5), dtype=cand.dtype)
-                            larger[:kept] = cand[:kept]
-                            cand = larger
-                    cand[kept, 0], cand[kept, 1], cand[kept, 2] = s, t, max(seq_lo, s - pad_left)
-                    cand[kept, 3], cand[kept, 4] = e_pad, inter
-                    kept += 1
+                    cand, kept = _keep(cand, kept, floor, s, t, max(seq_lo, s - pad_left), e_pad, inter)
                     by_inter[inter] += 1
-                    at_least_floor += 1
-                    while at_least_floor - by_inter[floor] >= top:
-                        at_least_floor -= by_inter[floor]
-                        floor += 1
-                        fold = True
+                    at_least_floor, floor, raised = _raise_floor(by_inter, at_least_floor + 1, floor, top)
+                    fold = fold or raised
                     level = max(level, floor)
         if st_height[0] > v:  # the dead runs above ``v`` end here too
             st_height[0] = v
@@ -340,28 +288,131 @@ def runs(planes, count, chunk_max, chunk_rise, n, word_slots, level, known, offs
             for w in range(words):
                 st_and[sp - 1, w] &= acc[w]
         else:
-            st_start[sp], st_height[sp] = first, v
-            for w in range(words):
-                st_and[sp, w] = acc[w]
-            if first == t:  # a run starting here: OR of its left padding inside the sequence, its bound
-                bound = 0
-                for w in range(words):
-                    st_pad[sp, w] = 0
-                    for r in range(max(seq_lo, t - pad_left), t):
-                        st_pad[sp, w] |= _step_bits(planes, r, w, n_planes)
-                    bound += _popcount(acc[w] & ~st_pad[sp, w])
-                st_bound[sp] = bound
-            # else it starts where the last closed run started, in that run's slot: same padding and bound
+            _open_run(planes, st_start, st_height, st_bound, st_and, st_pad, sp, first, t, v, acc, seq_lo, pad_left,
+                      words, n_planes)
             sp += 1
         if st_bound[1] < floor or st_height[1] < level:
             fold = fold or sp > 1
         t += 1
+    return cand[:_drop_below(cand, kept, floor)], floor if at_least_floor >= top else 0, n_candidates
+
+
+@numba.njit(inline="always")
+def _fold_dead(st_start, st_height, st_bound, st_and, st_pad, sp, level, floor, words):
+    """Fold the dead entries at the bottom of ``runs``' stack (lower than ``level`` or with a bound
+    below ``floor``) into entry 0; the entries above move down. Returns the new stack size."""
+    k = 1
+    while k < sp and (st_height[k] < level or st_bound[k] < floor):
+        k += 1
+    if k > 1:
+        st_height[0] = st_height[k - 1]
+        for i in range(k, sp):
+            st_start[i - k + 1], st_height[i - k + 1], st_bound[i - k + 1] = st_start[i], st_height[i], st_bound[i]
+            for w in range(words):
+                st_and[i - k + 1, w], st_pad[i - k + 1, w] = st_and[i, w], st_pad[i, w]
+        sp -= k - 1
+    if st_height[0] < level:
+        st_height[0] = 0
+    return sp
+
+
+@numba.njit(inline="always")
+def _next_live_start(planes, count, chunk_max, chunk_rise, t, seq_lo, seq_hi, dead, level, floor, pad_left, words,
+                     n_planes):
+    """With no live run open: the next step from ``t`` in the sequence where a run with a large enough
+    bound starts (its count rises above ``dead``, the height of the dead runs), skipping 64 steps at a
+    time where every count is below ``level`` or no run with such a bound starts; ``seq_hi`` if none.
+    Returns that step and the dead height there."""
+    while t < seq_hi:
+        if t % 64 == 0:
+            if dead == 0 and chunk_max[t // 64] < level:
+                t += 64
+                continue
+            if t != seq_lo and t + 64 <= seq_hi and (chunk_rise[t // 64] if pad_left else chunk_max[t // 64]) < floor:
+                t += 64  # no run with a large enough bound starts in these 64 steps
+                dead = np.int64(count[t - 1])
+                if dead < level:
+                    dead = 0
+                continue
+        v = np.int64(count[t])
+        if v < level:
+            v = 0
+        if v > dead and (v if t == seq_lo or pad_left == 0 else
+                         _start_bound(planes, t, seq_lo, pad_left, words, n_planes)) >= floor:
+            break
+        dead = v
+        t += 1
+    return min(t, seq_hi), dead
+
+
+@numba.njit(inline="always")
+def _intersection(planes, acc, st_pad, sp, t, e_pad, words, n_planes):
+    """``|C & C'|`` of the run in stack entry ``sp`` closing at ``t``: the selected cells on over all of
+    it (``acc``) and off at its left padding (``st_pad``) and at its right padding ``[t, e_pad)``."""
+    inter = 0
+    for w in range(words):
+        pad = st_pad[sp, w]
+        for r in range(t, e_pad):
+            pad |= _step_bits(planes, r, w, n_planes)
+        inter += _popcount(acc[w] & ~pad)
+    return inter
+
+
+@numba.njit(inline="always")
+def _keep(cand, kept, floor, start, stop, lo, hi, inter):
+    """Append the candidate ``(start, stop, lo, hi, inter)`` to ``cand[:kept]``; when full, first drop
+    the rows below ``floor``, and if more than half remain, move to an array twice as large. Returns
+    the array and the new count."""
+    if kept == len(cand):
+        kept = _drop_below(cand, kept, floor)
+        if 2 * kept > len(cand):
+            larger = np.empty((2 * len(cand), 5), dtype=cand.dtype)
+            larger[:kept] = cand[:kept]
+            cand = larger
+    cand[kept, 0], cand[kept, 1], cand[kept, 2], cand[kept, 3], cand[kept, 4] = start, stop, lo, hi, inter
+    return cand, kept + 1
+
+
+@numba.njit(inline="always")
+def _drop_below(cand, kept, floor):
+    """Move the rows of ``cand[:kept]`` with ``|C & C'| >= floor`` to the front, in order; their number."""
     m = 0
     for i in range(kept):
         if cand[i, 4] >= floor:
             cand[m] = cand[i]
             m += 1
-    return cand[:m], floor if at_least_floor >= top else 0, n_candidates
+    return m
+
+
+@numba.njit(inline="always")
+def _raise_floor(by_inter, at_least_floor, floor, top):
+    """Raise ``floor`` while ``top`` candidates still have a larger ``|C & C'|`` (``by_inter``: how many
+    have each; ``at_least_floor``: how many have at least ``floor``). Returns both and whether it rose."""
+    raised = False
+    while at_least_floor - by_inter[floor] >= top:
+        at_least_floor -= by_inter[floor]
+        floor += 1
+        raised = True
+    return at_least_floor, floor, raised
+
+
+@numba.njit(inline="always")
+def _open_run(planes, st_start, st_height, st_bound, st_and, st_pad, sp, first, t, v, acc, seq_lo, pad_left, words,
+              n_planes):
+    """Push the run of height ``v`` that starts at ``first`` and has the bits ``acc`` so far as stack
+    entry ``sp``. If it starts at ``t``: the OR of its left padding inside the sequence and its bound;
+    else it starts where the last closed run started, in that run's slot: same padding and bound."""
+    st_start[sp], st_height[sp] = first, v
+    for w in range(words):
+        st_and[sp, w] = acc[w]
+    if first == t:
+        bound = 0
+        for w in range(words):
+            st_pad[sp, w] = 0
+            for r in range(max(seq_lo, t - pad_left), t):
+                st_pad[sp, w] |= _step_bits(planes, r, w, n_planes)
+            bound += _popcount(acc[w] & ~st_pad[sp, w])
+        st_bound[sp] = bound
 
 
 @numba.njit(inline="always")
