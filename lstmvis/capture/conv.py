@@ -1,0 +1,17 @@
+"""``nn.Conv1d``: the pre-activation output recorded as it is, as ``(B, T_out, C)``."""
+from __future__ import annotations
+
+import torch
+
+from .base import TRANSIENT
+
+
+def conv_hook(rec, name: str):
+    """The forward hook that records the Conv1d ``name`` for ``rec`` (calls from other threads pass)."""
+    def hook(m, args, output):
+        if rec.records_this_thread():
+            out = output if output.dim() == 3 else output.unsqueeze(0)
+            lengths = torch.full((out.shape[0],), out.shape[2], dtype=torch.long)
+            rec.emit(f"{name}.conv", out.transpose(1, 2), lengths)
+    setattr(hook, TRANSIENT, True)
+    return hook
