@@ -1,7 +1,8 @@
 """The match index: the states of one source as order-preserving keys and one-byte codes, on disk.
 
-**Index.** Every query reads an index built once per source with a progress bar and kept beside
-the store (``<store>.index/``; a cache folder if that is not writable): the states as
+Every query (``lstmvis.query``) and the cell ranking (``lstmvis.cells``, a column store) read an
+index built once per source with a progress bar and kept beside the store (``<store>.index/``; a
+cache folder if that is not writable or is a symlink leading out of the store's folder): the states as
 order-preserving unsigned integer keys (``float_keys``), once cell-major ``(D, N)`` and once
 row-major ``(N, D)`` (for reading whole candidate runs); one byte per value, ``codes (D, N)``,
 the value's bucket among 256 per-cell buckets (``bounds (D, 256)``, keys: 214 quantiles, plus
@@ -15,6 +16,9 @@ order, found by bisection. So a query reads one byte per step per selected cell,
 serves every threshold exactly: comparing keys is comparing the stored floats. It is rebuilt when
 the store file changes (or was built by an older version). Size: 4.5x float16 states (2 B keys
 twice, 1 B code, 4 B order per value), 3.25x float32 states.
+
+The folder may hold a stranger's files (a store someone sent, with its index): only files named as
+``write_index`` names them, inside the folder, are ever opened or deleted.
 """
 from __future__ import annotations
 
