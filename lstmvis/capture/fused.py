@@ -136,8 +136,6 @@ def recording_forward(m: nn.RNNBase, active: list, input, hx=None):
 def _unpack_call(m: nn.RNNBase, input, hx) -> _Call:
     """The call's input and initial states, checked as ``m.forward`` checks them."""
     is_lstm = m.mode == "LSTM"
-    n_dirs = 2 if m.bidirectional else 1
-    out_size = m.proj_size if is_lstm and m.proj_size > 0 else m.hidden_size
     packed = isinstance(input, PackedSequence)
     unbatched, batch_sizes, sorted_idx, unsorted_idx = False, None, None, None
     if packed:
@@ -153,24 +151,32 @@ def _unpack_call(m: nn.RNNBase, input, hx) -> _Call:
             input = input.unsqueeze(batch_dim)
         batch = input.size(batch_dim)
         ref = input
-    n_states = m.num_layers * n_dirs
-    if hx is None:
-        h0 = ref.new_zeros(n_states, batch, out_size)
-        c0 = ref.new_zeros(n_states, batch, m.hidden_size) if is_lstm else None
-    else:
-        h0, c0 = hx if is_lstm else (hx, None)
-        want_dim = 2 if unbatched else 3
-        if h0.dim() != want_dim or (is_lstm and c0.dim() != want_dim):
-            raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, hx should also be "
-                               f"{want_dim}-D")
-        if unbatched:
-            h0 = h0.unsqueeze(1)
-            c0 = c0.unsqueeze(1) if is_lstm else None
+    h0, c0 = _initial_states(m, hx, ref, batch, unbatched)
     m.check_forward_args(data if packed else input, (h0, c0) if is_lstm else h0, batch_sizes)
     h0_run = h0 if sorted_idx is None else h0.index_select(1, sorted_idx)
     c0_run = None if c0 is None else (c0 if sorted_idx is None else c0.index_select(1, sorted_idx))
     return _Call(data if packed else input, packed, batch_sizes, sorted_idx, unsorted_idx, unbatched, h0, c0, h0_run,
                  c0_run)
+
+
+def _initial_states(m: nn.RNNBase, hx, ref: torch.Tensor, batch: int, unbatched: bool):
+    """``(h0, c0)`` with a batch dimension: ``hx`` checked, or zeros like ``ref`` (``c0`` None but for LSTMs)."""
+    is_lstm = m.mode == "LSTM"
+    if hx is None:
+        n_states = m.num_layers * (2 if m.bidirectional else 1)
+        out_size = m.proj_size if is_lstm and m.proj_size > 0 else m.hidden_size
+        h0 = ref.new_zeros(n_states, batch, out_size)
+        c0 = ref.new_zeros(n_states, batch, m.hidden_size) if is_lstm else None
+        return h0, c0
+    h0, c0 = hx if is_lstm else (hx, None)
+    want_dim = 2 if unbatched else 3
+    if h0.dim() != want_dim or (is_lstm and c0.dim() != want_dim):
+        raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, hx should also be "
+                           f"{want_dim}-D")
+    if unbatched:
+        h0 = h0.unsqueeze(1)
+        c0 = c0.unsqueeze(1) if is_lstm else None
+    return h0, c0
 
 
 def _wanted_kinds(m: nn.RNNBase, active: list) -> dict[int, set[str]]:
