@@ -81,8 +81,8 @@ def main() -> None:
             label = name if cls is nn.LSTM else name.replace("all", "h,gates")
             print(f"{cls.__name__:<6} {label:<16} {med['plain'] * 1e3:>9.1f} {med[name] * 1e3:>12.1f} "
                   f"{med[name] / med['plain']:>6.2f}")
-    from lstmvis import capture
-    print("LSTM gates read from oneDNN's workspace:", "yes" if capture._WORKSPACE["usable"] else
+    from lstmvis.capture import workspace
+    print("LSTM gates read from oneDNN's workspace:", "yes" if workspace.WORKSPACE["usable"] else
           "no (this build's workspace failed the layout check; matmul route)")
 
 

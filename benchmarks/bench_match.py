@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lstmvis.match import MatchIndex, match, select, threshold_keys  # noqa: E402
+from lstmvis.index import MatchIndex, threshold_keys  # noqa: E402
+from lstmvis.query import match, select  # noqa: E402
 from lstmvis.store import StateStore, StoreWriter  # noqa: E402
 
 SOURCE = "rnn.l0.h"

@@ -5,5 +5,11 @@ from .store import StateStore, StoreError
 from .project import export_lstmvis, import_lstmvis
 from . import hypotheses
 from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts
-from .match import MatchIndex, MatchResult, build_index, match, select
+from .index import MatchIndex, build_index
+from .query import MatchQuery, MatchResult, match, select
 from .textcnn import receptive_fields, top_ngrams
+
+__all__ = ["CellRanking", "MatchIndex", "MatchQuery", "MatchResult", "Recorder", "StateStore", "StoreError",
+           "build_index", "explain_cell", "explain_stored_cell", "export_lstmvis", "extract", "gate_saturation",
+           "hypotheses", "import_lstmvis", "match", "rank_cells", "receptive_fields", "select", "top_contexts",
+           "top_ngrams"]

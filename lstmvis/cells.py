@@ -10,7 +10,7 @@ top activating contexts, gate saturation, and explain one cell's activation.
 Binary hypotheses rank by AUROC (Mann-Whitney, ties count half), scalar ones by Pearson (or
 Spearman) correlation. Both are signed: a cell that is *low* inside strings (AUROC 0.02) tracks
 them as well as one that is high (0.98); ``strength`` is ``|2 AUROC - 1|`` or ``|r|`` and
-``direction`` the sign. Cell columns are read from the match index (``lstmvis.match``), built
+``direction`` the sign. Cell columns are read from the match index (``lstmvis.index``), built
 once per source and shared with select/match.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import hypotheses as hyp
-from .match import MatchIndex, _check_source, float_keys, threshold_keys
+from .index import MatchIndex, _check_source, float_keys, threshold_keys
 
 METHODS = ("auroc", "pearson", "spearman")
 

@@ -374,16 +374,16 @@ class StateStore:
             out[lo - start:hi - start, 1] = begins[lo - a:hi - a] + lengths[lo - a:hi - a]
         return out
 
-    # ------------------------------------------------------------------ select & match (lstmvis.match)
+    # ------------------------------------------------------------------ select & match (lstmvis.query)
     def select(self, *args, **kwargs):
-        """Cells on over a token range: see ``lstmvis.match.select``."""
-        from .match import select
+        """Cells on over a token range: see ``lstmvis.query.select``."""
+        from .query import select
 
         return select(self, *args, **kwargs)
 
     def match(self, *args, **kwargs):
-        """Runs elsewhere where the selected cells are on: see ``lstmvis.match.match``."""
-        from .match import match
+        """Runs elsewhere where the selected cells are on: see ``lstmvis.query.match``."""
+        from .query import match
 
         return match(self, *args, **kwargs)
 

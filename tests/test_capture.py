@@ -481,8 +481,8 @@ def test_cell_state_without_output_gate_matches_reference(kinds):
 def test_lstm_gates_come_from_the_kernel_workspace(monkeypatch, hidden):
     """float32 on CPU: the gates are read from oneDNN's workspace (4H = 256 pads its rows to 272),
     not recomputed by matmul, and equal the reference unroll."""
-    from lstmvis import capture
-    monkeypatch.setattr(capture, "_layer_gates", lambda *a, **k: pytest.fail("matmul route used"))
+    from lstmvis.capture import gates
+    monkeypatch.setattr(gates, "layer_gates", lambda *a, **k: pytest.fail("matmul route used"))
     torch.manual_seed(3)
     m = nn.LSTM(7, hidden, num_layers=2, bidirectional=True, batch_first=True).eval()
     x = torch.randn(3, 11, 7)
@@ -493,14 +493,14 @@ def test_lstm_gates_come_from_the_kernel_workspace(monkeypatch, hidden):
 
 def test_workspace_with_another_layout_falls_back_to_matmul(monkeypatch):
     """A build whose workspace is laid out otherwise is detected, warned about, and still exact."""
-    from lstmvis import capture
-    monkeypatch.setitem(capture._WORKSPACE, "usable", True)
-    monkeypatch.setattr(capture, "_onednn_ld", lambda width: width + 1)
+    from lstmvis.capture import workspace
+    monkeypatch.setitem(workspace.WORKSPACE, "usable", True)
+    monkeypatch.setattr(workspace, "onednn_ld", lambda width: width + 1)
     m = _module("lstm", 2, False, True, 0)
     x = torch.randn(3, 6, 4)
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="workspace"), Recorder(m, kinds="all") as rec:
         m(x)
-    assert capture._WORKSPACE["usable"] is False
+    assert workspace.WORKSPACE["usable"] is False
     _check_against(reference_unroll(m, x, torch.full((3,), 6), name="lstm"), rec)
 
 
@@ -535,9 +535,9 @@ def test_deferred_cell_state_is_computed_on_read_and_equals_the_eager_one():
 def test_deferred_cell_state_falls_back_to_matmul_when_the_last_step_disagrees(monkeypatch):
     """A layout that only goes wrong after the first two steps is caught when c is computed: warned
     about, and c is recomputed by matmul, so the values stay exact."""
-    from lstmvis import capture
-    monkeypatch.setitem(capture._WORKSPACE, "usable", True)
-    real = capture._cell_recurrence
+    from lstmvis.capture import gates, workspace
+    monkeypatch.setitem(workspace.WORKSPACE, "usable", True)
+    real = gates.cell_recurrence
     corrupted = {"n": 0}
 
     def recurrence(f, i, g, c0):
@@ -551,9 +551,9 @@ def test_deferred_cell_state_falls_back_to_matmul_when_the_last_step_disagrees(m
     x = torch.randn(2, 7, 4)
     with torch.no_grad(), Recorder(m, kinds="h,c", defer=True) as rec:
         m(x)
-    monkeypatch.setattr(capture, "_cell_recurrence", recurrence)
+    monkeypatch.setattr(gates, "cell_recurrence", recurrence)
     with pytest.warns(RuntimeWarning, match="workspace"):
         states = rec.states
-    assert capture._WORKSPACE["usable"] is False
+    assert workspace.WORKSPACE["usable"] is False
     ref = reference_unroll(m, x, torch.full((2,), 7), name="lstm")
     torch.testing.assert_close(states["lstm.l0.c"], ref["lstm.l0.c"], rtol=1e-5, atol=1e-5)

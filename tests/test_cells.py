@@ -51,7 +51,7 @@ def test_rank_cells_matches_sklearn_and_scipy(tmp_path, dtype):
 def test_average_ranks_equal_scipy():
     from scipy.stats import rankdata
 
-    from lstmvis.match import float_keys
+    from lstmvis.index import float_keys
 
     rng = np.random.default_rng(1)
     for dtype in (np.float16, np.float32):

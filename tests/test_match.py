@@ -1,12 +1,16 @@
 """Select and match against a brute-force reference that enumerates every interval of every sequence."""
-import importlib
+import dataclasses
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
 
-from lstmvis.match import MatchIndex, build_index, float_keys, match, select, threshold_keys
+from lstmvis import index as index_module
+from lstmvis import query as query_module
+from lstmvis.index import MatchIndex, build_index, float_keys, forget_indexes, threshold_keys
+from lstmvis.query import SIGNS, MatchQuery, match, n_virtual_cells, select, set_threads
 from lstmvis.store import StateStore
 
 LEVELS = np.round(np.linspace(-1, 1, 21), 2)  # few distinct values: many ties at the threshold
@@ -79,6 +83,14 @@ def brute_match(x, offsets, cells, threshold, pad_left, pad_right, sign, top, mi
     return found[:top], count, np.bincount(np.array(run_lengths, dtype=int), minlength=1)
 
 
+@pytest.fixture
+def use_threads():
+    """``use_threads(n)``: queries cut the store into ``n`` parts, one thread each, until the test ends."""
+    previous = set_threads()
+    yield set_threads
+    set_threads(previous)
+
+
 def _check_same(result, expected, count, histogram):
     got = [(-h.intersection, h.union, -h.length, h.start, h.stop) for h in result.hits]
     assert got == [r[:5] for r in expected]
@@ -90,9 +102,9 @@ def _check_same(result, expected, count, histogram):
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("seed", range(6))
-def test_select_and_match_equal_brute_force(tmp_path, monkeypatch, seed, threads):
+def test_select_and_match_equal_brute_force(tmp_path, use_threads, seed, threads):
     # threads: the store is cut into that many parts (steps and whole sequences), one per thread
-    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
+    use_threads(threads)
     rng = np.random.default_rng(100 + seed)
     sign = ["positive", "negative", "both"][seed % 3]
     dtype = np.float16 if seed < 4 else np.float32
@@ -132,9 +144,9 @@ def test_arbitrary_cell_sets_and_min_length(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_more_than_64_selected_cells(tmp_path, monkeypatch, threads):
+def test_more_than_64_selected_cells(tmp_path, use_threads, threads):
     # 40 cells on both signs: 80 virtual cells, two 64-bit words per step
-    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
+    use_threads(threads)
     store, x, offsets = _store(tmp_path, seed=11, d=40, n=200)
     rng = np.random.default_rng(11)
     with store:
@@ -232,6 +244,24 @@ def test_store_methods_delegate(tmp_path):
                 match(store, "rnn.l0.h", cells, threshold=0.2).to_dict()
 
 
+def test_a_match_query_is_checked_when_built_and_runs_like_match(tmp_path):
+    query = MatchQuery("rnn.l0.h", [3, 1, 1], threshold=0.2, pad_right=1, context=2)
+    assert query.cells.tolist() == [1, 3] and query.context == (2, 2) and not query.cells.flags.writeable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        query.top = 3
+    for bad, message in (({"top": 0}, "top"), ({"threshold": float("inf")}, "finite"), ({"sign": "abs"}, "sign"),
+                         ({"context": (1, -1)}, "context"), ({"phrase_length": 0}, "phrase_length")):
+        with pytest.raises(ValueError, match=message):
+            MatchQuery("rnn.l0.h", [1], **bad)
+    store, x, offsets = _store(tmp_path, seed=1)
+    with store:
+        result = query.run(store)
+        assert result.to_dict() == match(store, "rnn.l0.h", [1, 3], 0.2, pad_right=1, context=(2, 2)).to_dict()
+        _check_same(result, *brute_match(x, offsets, [1, 3], 0.2, 1, 1, "positive", 50))
+        with pytest.raises(ValueError, match=r"0\.\.5"):
+            MatchQuery("rnn.l0.h", [1, 6]).run(store)  # the store decides which ids exist
+
+
 def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
     store, _, _ = _store(tmp_path, seed=2)
     folder = tmp_path / "s.h5.index"
@@ -246,9 +276,7 @@ def test_index_is_persisted_reused_and_rebuilt_when_the_store_changes(tmp_path):
         d = store.n_cells("rnn.l0.h")
         assert first.nbytes == store.dataset("rnn.l0.h").size * (2 * 2 + 1 + 4) + d * (256 * 2 + 257 * 8) \
             + 4 * store.n_tokens
-    import importlib
-
-    importlib.import_module("lstmvis.match")._OPEN_INDEXES.clear()  # a new process: reads the files, does not rebuild
+    forget_indexes()  # a new process: reads the files, does not rebuild
     with StateStore.open(tmp_path / "s.h5") as again:
         MatchIndex.load(again, "rnn.l0.h")
         assert {p: os.stat(folder / p).st_mtime_ns for p in files} == mtimes
@@ -266,7 +294,7 @@ def test_a_damaged_index_is_rebuilt_not_an_error(tmp_path, damage):
     folder = tmp_path / "s.h5.index"
     with store:
         build_index(store)
-    importlib.import_module("lstmvis.match")._OPEN_INDEXES.clear()
+    forget_indexes()
     meta_path = folder / "rnn.l0.h.json"
     meta = json.loads(meta_path.read_text())
     if damage == "meta without an entry":
@@ -297,23 +325,26 @@ def test_float_keys_sort_like_the_floats():
 
 
 def test_concurrent_first_queries_build_the_index_once(tmp_path, monkeypatch):
-    import importlib
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
-    module = importlib.import_module("lstmvis.match")
-    builds, real_build = [], module._build
+    n_threads, builds, real_write = 4, [], index_module.write_index
+    arrived = threading.Semaphore(0)
 
-    def slow_build(*args, **kwargs):
+    def counted_write(*args, **kwargs):
         builds.append(1)
-        time.sleep(0.2)  # a long build: the other threads arrive meanwhile
-        return real_build(*args, **kwargs)
+        for _ in range(n_threads):  # build only once every thread has asked for the index
+            assert arrived.acquire(timeout=10)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(module, "_build", slow_build)
+    def first_query(_):
+        arrived.release()
+        return match(store, "rnn.l0.h", [0, 1], top=5)
+
+    monkeypatch.setattr(index_module, "write_index", counted_write)
     store, x, offsets = _store(tmp_path, seed=8)
     with store:
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: match(store, "rnn.l0.h", [0, 1], top=5), range(4)))
+        with ThreadPoolExecutor(n_threads) as pool:
+            results = list(pool.map(first_query, range(n_threads)))
         assert len({repr(r.to_dict()) for r in results}) == 1 and len(builds) == 1
         _check_same(results[0], *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
 
@@ -332,7 +363,6 @@ def _smooth_store(tmp_path, n, d, n_seq, seed, dtype=np.float16):
 def test_round_thresholds_are_bucket_edges_and_others_read_keys(tmp_path):
     # thresholds on the explorer's 0.05 grid are decided by the codes alone (no bucket to read);
     # any other threshold (between stored values, or equal to one) reads the keys of its own bucket
-    module = importlib.import_module("lstmvis.match")
     store, x, offsets = _smooth_store(tmp_path, n=600, d=10, n_seq=8, seed=21)
     rng = np.random.default_rng(21)
     with store:
@@ -346,9 +376,9 @@ def test_round_thresholds_are_bucket_edges_and_others_read_keys(tmp_path):
         for threshold in (0.33, 0.171, -0.07, *np.abs(stored)):
             k_pos, k_neg = threshold_keys(float(threshold), index.dtype)
             checked += int((index.cell_tests(cells, "both", k_pos, k_neg)[3] >= 0).sum())
-            for sign in module.SIGNS:
+            for sign in SIGNS:
                 for top in (1, 50):
-                    chosen = np.sort(rng.choice(module.n_virtual_cells(10, sign), size=int(rng.integers(1, 8)),
+                    chosen = np.sort(rng.choice(n_virtual_cells(10, sign), size=int(rng.integers(1, 8)),
                                                 replace=False))
                     result = match(store, "rnn.l0.h", chosen, float(threshold), 1, int(rng.integers(0, 2)), sign,
                                    top=top)
@@ -358,17 +388,16 @@ def test_round_thresholds_are_bucket_edges_and_others_read_keys(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_floor_rising_during_the_scan(tmp_path, monkeypatch, threads):
+def test_floor_rising_during_the_scan(tmp_path, use_threads, threads):
     # many levels, small ``top``: the scan's level rises while runs of lower levels are open, which
     # drops them; more than 64 selected cells (two bit words) and padding at sequence edges
-    module = importlib.import_module("lstmvis.match")
-    monkeypatch.setattr(module, "_THREADS", threads)
+    use_threads(threads)
     store, x, offsets = _smooth_store(tmp_path, n=500, d=40, n_seq=6, seed=22)
     rng = np.random.default_rng(22)
     with store:
         for size, sign, threshold in ((12, "positive", 0.2), (70, "both", 0.25), (80, "both", 0.13),
                                       (30, "negative", 0.3)):
-            cells = np.sort(rng.choice(module.n_virtual_cells(40, sign), size=size, replace=False))
+            cells = np.sort(rng.choice(n_virtual_cells(40, sign), size=size, replace=False))
             for top in (1, 3, 20):
                 for pad_left, pad_right in ((1, 0), (2, 1)):
                     result = match(store, "rnn.l0.h", cells, threshold, pad_left, pad_right, sign, top=top)
@@ -376,13 +405,12 @@ def test_floor_rising_during_the_scan(tmp_path, monkeypatch, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_chunk_summaries_bound_the_steps(tmp_path, monkeypatch, threads):
+def test_chunk_summaries_bound_the_steps(tmp_path, use_threads, threads):
     # the scan skips 64 steps at a time by ``chunk_max`` (largest count) and ``chunk_rise`` (an upper
     # bound of the cells switching on at a step): exact bits and counts, and bounds that hold, also
     # for thresholds inside a bucket (their steps are added after the code comparison) and at the
     # boundaries between the threads' parts
-    module = importlib.import_module("lstmvis.match")
-    monkeypatch.setattr(module, "_THREADS", threads)
+    use_threads(threads)
     rng = np.random.default_rng(23)
     n, d = 5000, 24
     shared = np.cumsum(rng.normal(0, 0.6, size=(n, 4)), axis=0)  # groups of cells switch on together
@@ -391,10 +419,10 @@ def test_chunk_summaries_bound_the_steps(tmp_path, monkeypatch, threads):
         index = MatchIndex.load(store, "a.h")
         x = values.astype(np.float64)
         for threshold, sign in ((0.3, "positive"), (0.137, "positive"), (0.211, "negative"), (0.0713, "both")):
-            cells = np.sort(rng.choice(module.n_virtual_cells(d, sign), size=20, replace=False))
+            cells = np.sort(rng.choice(n_virtual_cells(d, sign), size=20, replace=False))
             k_pos, k_neg = threshold_keys(threshold, index.dtype)
             assert threshold == 0.3 or (index.cell_tests(cells, sign, k_pos, k_neg)[3] >= 0).all()
-            planes, count, chunk_max, chunk_rise = module._selected_on(index, cells, sign, threshold)
+            planes, count, chunk_max, chunk_rise = query_module._selected_on(index, cells, sign, k_pos, k_neg)
             on = _on(x, threshold, sign)[:, cells]
             bits = np.unpackbits(planes, axis=0, bitorder="little")[:len(cells)].T.astype(bool)
             np.testing.assert_array_equal(bits, on)
@@ -409,11 +437,11 @@ def test_chunk_summaries_bound_the_steps(tmp_path, monkeypatch, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_skipping_by_chunk_at_sequence_starts_and_without_padding(tmp_path, monkeypatch, threads):
+def test_skipping_by_chunk_at_sequence_starts_and_without_padding(tmp_path, use_threads, threads):
     # a match is found first (top=1 sets the floor to 3), then the best one starts in a chunk of 64
     # steps where no cell switches on (a sequence start: no padding to be off) or where fewer than
     # 3 cells switch on (pad_left=0: the count bounds |C & C'|, not the cells switching on)
-    monkeypatch.setattr(importlib.import_module("lstmvis.match"), "_THREADS", threads)
+    use_threads(threads)
     values = np.full((400, 4), -0.5, dtype=np.float16)
     values[40:100, :3] = 0.5  # across the sequence start at 64
     values[200:203, :3] = 0.5  # a short match, then a long one starting where 2 cells switch on
@@ -460,14 +488,97 @@ def test_concurrent_queries_of_different_sizes_share_no_buffers(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_candidate_arrays_grow_when_full(tmp_path, monkeypatch, threads):
+def test_candidate_arrays_grow_when_full(tmp_path, monkeypatch, use_threads, threads):
     # one cell: every run of it is a candidate with |C & C'| = 1, none can be dropped before the end
-    module = importlib.import_module("lstmvis.match")
-    monkeypatch.setattr(module, "_THREADS", threads)
-    monkeypatch.setattr(module, "_CANDIDATES", 2)
+    use_threads(threads)
+    monkeypatch.setattr(query_module, "_CANDIDATES", 2)
     store, x, offsets = _smooth_store(tmp_path, n=600, d=6, n_seq=5, seed=25)
     with store:
         for cells, top in (([2], 50), ([0, 3, 4], 20), ([1, 5], 3)):
             result = match(store, "rnn.l0.h", cells, 0.2, top=top)
             _check_same(result, *brute_match(x, offsets, cells, 0.2, 1, 0, "positive", top))
         assert result.n_candidates > 8
+
+
+def _stale_index_naming(folder, names):
+    """Make the index in ``folder`` stale (another fingerprint) and its json name ``names``."""
+    meta_path = folder / "rnn.l0.h.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = {**meta["fingerprint"], "size": -1}
+    meta.update(names)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_a_crafted_stale_index_deletes_nothing_outside_its_folder(tmp_path):
+    # issue 24, finding 1: rebuilding a stale index deletes the files its json names; a crafted
+    # json names files outside the index folder (absolute, ``..``, a separator inside): they survive
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir(), outside.mkdir()
+    precious = {name: outside / name for name in ("precious.txt", "x", "y.npy")}
+    for path in precious.values():
+        path.write_text("keep me")
+    (data / "sub").mkdir()
+    inner = data / "sub" / "inner.npy"
+    inner.write_text("keep me too")
+    store, x, offsets = _store(data, seed=2)
+    folder = data / "s.h5.index"
+    with store:
+        build_index(store)
+        forget_indexes()
+        stale = folder / json.loads((folder / "rnn.l0.h.json").read_text())["bucket_start"]
+        _stale_index_naming(folder, {"cell_major": str(precious["precious.txt"]), "row_major": "../../outside/x",
+                                     "codes": "../outside/y.npy", "order": "../sub/inner.npy",
+                                     "bounds": "sub/inner.npy", "token_ids": str(inner)})
+        result = match(store, "rnn.l0.h", [0, 1], top=5)
+        _check_same(result, *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
+    assert all(path.read_text() == "keep me" for path in precious.values())
+    assert inner.read_text() == "keep me too"
+    assert not stale.exists()  # the one stale file the json names as this code does is deleted
+    assert len([p for p in folder.iterdir() if p.suffix == ".npy"]) == 7 + 6  # the others are left alone
+    meta = json.loads((folder / "rnn.l0.h.json").read_text())
+    assert all((folder / meta[kind]).is_file() for kind in index_module.FILE_KINDS)
+
+
+def test_an_index_json_naming_files_elsewhere_is_not_opened(tmp_path):
+    # a json that names files outside its folder (with the right fingerprint) is not read: rebuilt
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    store, x, offsets = _store(tmp_path / "a", seed=3)
+    other, _, _ = _store(tmp_path / "b", seed=4)
+    with store, other:
+        build_index(store)
+        build_index(other)
+        forget_indexes()
+        meta_path = tmp_path / "a" / "s.h5.index" / "rnn.l0.h.json"
+        meta = json.loads(meta_path.read_text())
+        theirs = json.loads((tmp_path / "b" / "s.h5.index" / "rnn.l0.h.json").read_text())
+        meta.update({kind: f"../../b/s.h5.index/{theirs[kind]}" for kind in index_module.FILE_KINDS})
+        meta_path.write_text(json.dumps(meta))
+        result = match(store, "rnn.l0.h", [0, 1], top=5)
+        _check_same(result, *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
+        assert MatchIndex.load(store, "rnn.l0.h").folder == tmp_path / "a" / "s.h5.index"
+
+
+def test_an_index_folder_that_is_a_symlink_out_of_the_store_folder_receives_nothing(tmp_path, monkeypatch):
+    # issue 24, finding 2: ``<store>.h5.index`` leading out of the store's folder is not written to:
+    # the index goes to the user cache instead
+    data, elsewhere, cache = tmp_path / "data", tmp_path / "elsewhere", tmp_path / "cache"
+    for folder in (data, elsewhere):
+        folder.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    (data / "s.h5.index").symlink_to(elsewhere, target_is_directory=True)
+    store, x, offsets = _store(data, seed=5)
+    with store:
+        index = build_index(store)["rnn.l0.h"]
+        result = match(store, "rnn.l0.h", [0, 1], top=5)
+        _check_same(result, *brute_match(x, offsets, [0, 1], 0.3, 1, 0, "positive", 5))
+    assert list(elsewhere.iterdir()) == []
+    assert index.folder.resolve().is_relative_to(cache.resolve()) and (index.folder / "rnn.l0.h.json").is_file()
+    # a symlink to a folder inside the store's folder is followed
+    inside = data / "indexes"
+    inside.mkdir()
+    (data / "s.h5.index").unlink()
+    (data / "s.h5.index").symlink_to(inside, target_is_directory=True)
+    forget_indexes()
+    with StateStore.open(data / "s.h5") as again:
+        assert MatchIndex.load(again, "rnn.l0.h").folder == data / "s.h5.index"
+    assert (inside / "rnn.l0.h.json").is_file()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hyperparameters import Hyper, Method, register_method
+from ..hyperparameters import Method, register_method
 
 TargetSpec = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
 LayerSpec = Union[None, str, nn.Module]

@@ -19,7 +19,6 @@ from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..hyperparameters import Hyper
