@@ -20,14 +20,34 @@ import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-from .convergence import default_max_steps
+from .convergence import Convergence, default_max_steps
 
-if TYPE_CHECKING:  # typing only: Explanation's own rendering methods import this module
-    from .explanation import Explanation
+
+class Renderable(Protocol):
+    """What rendering reads of an explanation; ``textexplain.Explanation`` is one. (A protocol rather
+    than an import: ``Explanation``'s own ``to_html``/``to_terminal`` call this module.)"""
+
+    text: str
+    tokens: list[str]
+    scores: np.ndarray
+    method: str
+    target: int
+    predicted: int
+    target_label: str
+    labels: list[str]
+    probs: np.ndarray
+    signed: bool
+    spans: list[tuple[int, int]] | None
+    params: dict[str, Any]
+    delta: float | None
+    info: dict[str, Any]
+    convergence: Convergence | None
+
+    def to_words(self, how: str = "sum") -> Renderable: ...
 
 # RdBu-like ends with equal CIELAB lightness (L* = 40), so +v and -v are equally prominent
 POSITIVE = (20, 96, 165)     # blue: evidence for the target
@@ -100,7 +120,7 @@ def _check_gamma(gamma: float) -> float:
 
 
 # ---------------------------------------------------------------- pieces of text
-def segments(e: Explanation) -> list[tuple[str, int | None]]:
+def segments(e: Renderable) -> list[tuple[str, int | None]]:
     """The text cut into ``(piece, token index or None)``: tokens at their spans, the text between
     them kept as is. Without spans, tokens joined by spaces."""
     if e.spans is None:
@@ -129,11 +149,11 @@ def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _prob_summary(e: Explanation) -> str:
+def _prob_summary(e: Renderable) -> str:
     return ", ".join(f"{_esc(lab)} {p:.3f}" for lab, p in zip(e.labels, e.probs))
 
 
-def _tokens_html(e: Explanation, scale: float, gamma: float) -> str:
+def _tokens_html(e: Renderable, scale: float, gamma: float) -> str:
     parts = []
     for piece, i in segments(e):
         if i is None:
@@ -161,17 +181,17 @@ def legend_html(signed: bool, scale: float, note: str, target_label: str | None 
     return f'<span style="font-size:0.85em;color:#444">{ends} &middot; {_esc(note)}</span>'
 
 
-def _of_a_unit(e: Explanation) -> bool:
+def _of_a_unit(e: Renderable) -> bool:
     """Whether ``e`` explains one unit's activation (``lstmvis.explain_cell``) rather than a class."""
     return "activation" in e.info and len(e.labels) == 1
 
 
-def _activation_summary(e: Explanation) -> str:
+def _activation_summary(e: Renderable) -> str:
     baseline = e.info.get("activation_baseline")
     return f"activation {e.info['activation']:.4g}" + (f" (baseline {baseline:.4g})" if baseline is not None else "")
 
 
-def _header_html(e: Explanation) -> str:
+def _header_html(e: Renderable) -> str:
     model = e.info.get("model")
     head = [f"<b>{_esc(e.method)}</b>"]
     if model:
@@ -188,7 +208,7 @@ def _header_html(e: Explanation) -> str:
     return " &middot; ".join(head)
 
 
-def convergence_fix(e: Explanation) -> str:
+def convergence_fix(e: Renderable) -> str:
     """What to change when an Integrated Gradients result is not complete to 1%."""
     convergence = e.convergence
     if convergence is not None and convergence.unresolved_alpha:  # F jumps between neighbouring inputs
@@ -206,17 +226,17 @@ def convergence_fix(e: Explanation) -> str:
     return "raise n_steps, or use the adaptive rule with max_steps"
 
 
-def _delta_text(e: Explanation) -> str:
+def _delta_text(e: Renderable) -> str:
     """"completeness delta +0.002", and the precision when it is not the model's own."""
     in_float64 = e.convergence is not None and e.convergence.precision == "float64"
     return f"completeness delta {e.delta:+.3g}" + (" (in float64)" if in_float64 else "")
 
 
-def _not_converged(e: Explanation) -> bool:
+def _not_converged(e: Renderable) -> bool:
     return e.convergence is not None and not e.convergence.converged
 
 
-def _delta_html(e: Explanation) -> str:
+def _delta_html(e: Renderable) -> str:
     """The completeness delta, flagged when the method reports it did not converge."""
     text = _delta_text(e)
     if _not_converged(e):
@@ -226,7 +246,7 @@ def _delta_html(e: Explanation) -> str:
     return text
 
 
-def _prepare(e: Explanation, words: bool | str) -> Explanation:
+def _prepare(e: Renderable, words: bool | str) -> Renderable:
     if not all(hasattr(e, attr) for attr in ("tokens", "scores", "to_words")):
         raise TypeError(f"expected a textexplain.Explanation, got {type(e).__name__}")
     if words:
@@ -237,7 +257,7 @@ def _prepare(e: Explanation, words: bool | str) -> Explanation:
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif;line-height:2;font-size:15px"
 
 
-def explanation_html(e: Explanation, normalize: str | float = "max_abs", gamma: float = 1.0,
+def explanation_html(e: Renderable, normalize: str | float = "max_abs", gamma: float = 1.0,
                      words: bool | str = False) -> str:
     """One explanation as an HTML fragment: header, highlighted text, legend.
 
@@ -253,7 +273,7 @@ def explanation_html(e: Explanation, normalize: str | float = "max_abs", gamma: 
             f'<div>{legend_html(e.signed, scale, note, e.target_label, gamma)}</div></div>')
 
 
-def side_by_side_html(explanations: Sequence[Explanation], normalize: str | float = "max_abs",
+def side_by_side_html(explanations: Sequence[Renderable], normalize: str | float = "max_abs",
                       gamma: float = 1.0, words: bool | str = False, shared_scale: bool = False) -> str:
     """Several explanations of one text, one method per row (LIT-style), with the prediction on top.
 
@@ -354,7 +374,7 @@ def color_mode(color_option: str = "auto", stream=None) -> str:
     return "truecolor" if os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit") else "256"
 
 
-def terminal(e: Explanation, normalize: str | float = "max_abs", color: str = "auto", gamma: float = 1.0,
+def terminal(e: Renderable, normalize: str | float = "max_abs", color: str = "auto", gamma: float = 1.0,
              words: bool | str = False, stream=None) -> str:
     """The explanation as terminal text: coloured token backgrounds (ANSI) or, without colour,
     each token followed by its score in brackets."""
