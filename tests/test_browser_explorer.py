@@ -21,6 +21,11 @@ def base_url(tmp_path_factory):
     from server.app import create_app
     d = tmp_path_factory.mktemp("browserdata")
     make_toy_store(d / "toy.h5").close()
+    # compile the match kernels first (numba, cached on disk): in a fresh clone on a busy machine the
+    # first compile alone can outlast the page's 30 s wait, which would test the JIT, not the page
+    warm = make_toy_store(tmp_path_factory.mktemp("warm") / "warm.h5")
+    with warm:
+        warm.match(warm.sources[0], [0], progress=False)
     with live_server(create_app(d, {"TESTING": True})) as url:
         yield url
 
