@@ -68,8 +68,9 @@ class ModelEntry:
     """
 
     def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
-                 card: dict | None = None, pool_size: int = 2):
+                 card: dict | None = None, pool_size: int = 2, problem: str = ""):
         self.name, self.kind, self.description, self.card = name, kind, description, card or {}
+        self.problem = problem  # why the model cannot be used ("" while it can)
         self._loader = loader
         self._pool_size = max(1, pool_size)
         self._lock = threading.Lock()
@@ -82,17 +83,29 @@ class ModelEntry:
         return self._template is not None
 
     def _instance(self) -> Any:
+        if self.problem:
+            raise ApiError(409, f"model {self.name!r} cannot be used: {self.problem}")
         try:
             return self._free.get_nowait()
         except queue.Empty:
             pass
         with self._lock:
             if self._template is None:
-                self._template = self._loader()
+                self._template = self._load()
             if self._made < self._pool_size:
                 self._made += 1
                 return copy.deepcopy(self._template)
         return self._free.get()  # all copies busy: wait for one
+
+    def _load(self) -> Any:
+        """The loaded model; a checkpoint the library refuses (or that breaks it) makes the model unusable,
+        with the library's message, instead of failing every request with a 500."""
+        try:
+            return self._loader()
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            # CheckpointError is a ValueError; the others: fields of a checkpoint the library did not check
+            self.problem = f"loading it failed: {str(exc).strip() or type(exc).__name__}"
+            raise ApiError(409, f"model {self.name!r} cannot be used: {self.problem}") from None
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Any]:
@@ -104,7 +117,42 @@ class ModelEntry:
 
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
-                "loaded": self.loaded, "card": self.card or None}
+                "loaded": self.loaded, "card": self.card or None, "usable": not self.problem,
+                "problem": self.problem}
+
+
+# The fields of a user's model card that the server reads, and what each must be.
+CARD_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "kind": (str,), "description": (str,),
+                                            "labels": (list,), "architecture": (dict,), "metrics": (dict,)}
+
+
+def read_user_card(path: Path) -> tuple[dict, str]:
+    """A model card from ``--data`` and, when it cannot be used, why (the card is then empty).
+
+    A card that is unreadable, not JSON, nested too deeply to parse, not an object, or with a field
+    the server reads of the wrong type never stops the server: the model is listed as unusable with
+    the reason, and every request for it is a 409 naming it.
+    """
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}, f"its card {path.name} is unreadable: {exc}"
+    except RecursionError:
+        return {}, f"its card {path.name} is nested too deeply to be a model card"
+    if not isinstance(card, dict):
+        return {}, f"its card {path.name} is not a JSON object"
+    for key, types in CARD_FIELDS.items():
+        if key in card and not isinstance(card[key], types):
+            return {}, (f"its card {path.name} has a malformed field {key!r}: expected "
+                        f"{' or '.join(t.__name__ for t in types)}, got {type(card[key]).__name__}")
+    metrics = card.get("metrics") or {}
+    if not all(isinstance(v, (str, int, float, type(None))) for v in metrics.values()):
+        return {}, f"its card {path.name} has a malformed field 'metrics': values must be numbers or text"
+    if not isinstance((card.get("architecture") or {}).get("class", ""), str):
+        return {}, f"its card {path.name} has a malformed field 'architecture.class': expected str"
+    if not all(isinstance(v, str) for v in card.get("labels") or ()):
+        return {}, f"its card {path.name} has a malformed field 'labels': expected a list of strings"
+    return card, ""
 
 
 # --------------------------------------------------------------------------------------- stores
@@ -323,19 +371,13 @@ class Resources:
                     self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
             elif path.suffix == ".pt":
                 card_path = path.with_suffix(".json")
-                try:  # a broken card must not keep the server from starting
-                    card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
-                except (OSError, ValueError) as exc:
-                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is unreadable: "
-                                                         f"{exc})"}
-                if not isinstance(card, dict):
-                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is not an object)"}
+                card, problem = read_user_card(card_path) if card_path.is_file() else ({"name": name}, "")
 
                 def load(path=path, name=name, card=card):
                     return build_from_checkpoint(load_checkpoint(path), name=name, card=card)
                 self.models[name] = ModelEntry(name, card.get("kind", "user model"),
                                                card.get("description", f"{path.name} in --data"),
-                                               load, card=card, pool_size=self.pool_size)
+                                               load, card=card, pool_size=self.pool_size, problem=problem)
         self._link_stores_to_models()
 
     def _link_stores_to_models(self) -> None:
