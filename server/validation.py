@@ -248,10 +248,12 @@ def openapi_document(app: Flask) -> dict:
                     "example": None}
         path, path_params = _flask_path_to_openapi(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            responses = {"200": {"description": "success"}, "400": error_ref, "404": error_ref,
+                         "403": {**error_ref, "description": "the request came from another site's web page"}}
+            if method in BODY_METHODS:
+                responses["415"] = {**error_ref, "description": "the body is not declared application/json"}
             op: dict[str, Any] = {"operationId": f"{rule.endpoint}.{method.lower()}", "summary": spec["summary"],
-                                  "parameters": list(path_params),
-                                  "responses": {"200": {"description": "success"}, "400": error_ref,
-                                                "404": error_ref}}
+                                  "parameters": list(path_params), "responses": responses}
             if spec["description"] and spec["description"] != spec["summary"]:
                 op["description"] = spec["description"]
             if spec["tag"]:
