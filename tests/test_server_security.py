@@ -257,3 +257,12 @@ def test_idle_and_half_sent_connections_are_closed_and_capped(app):
         while (resp := requests.get(f"{base}/api/status", timeout=10)).status_code == 503:
             assert time.monotonic() < deadline, "closed connections must free their places"
         assert resp.status_code == 200
+
+
+def test_a_chunked_body_that_stops_coming_is_refused_and_closed(app):
+    with live_server(app, body_seconds=1.0) as base:
+        sock = connect(base)
+        sock.sendall(b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n10\r\n{")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]  # werkzeug: the client stopped sending
