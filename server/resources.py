@@ -68,9 +68,9 @@ class ModelEntry:
     """
 
     def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
-                 card: dict | None = None, pool_size: int = 2, problem: str = ""):
+                 card: dict | None = None, pool_size: int = 2):
         self.name, self.kind, self.description, self.card = name, kind, description, card or {}
-        self.problem = problem  # why the model cannot be used ("" while it can)
+        self.problem = ""  # why the model cannot be used, once loading it failed
         self._loader = loader
         self._pool_size = max(1, pool_size)
         self._lock = threading.Lock()
@@ -126,33 +126,45 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "kind": (str,), "des
                                             "labels": (list,), "architecture": (dict,), "metrics": (dict,)}
 
 
-def read_user_card(path: Path) -> tuple[dict, str]:
-    """A model card from ``--data`` and, when it cannot be used, why (the card is then empty).
+def read_user_card(path: Path, name: str) -> dict:
+    """A model card from ``--data``; when it cannot be used, a card of the model's name whose
+    description says why (the weights may be fine: the model still loads).
 
     A card that is unreadable, not JSON, nested too deeply to parse, not an object, or with a field
-    the server reads of the wrong type never stops the server: the model is listed as unusable with
-    the reason, and every request for it is a 409 naming it.
+    the server reads of the wrong type never stops the server or breaks a page.
     """
+    card, problem = _parsed_card(path)
+    if not problem:
+        return card
+    return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({path.name} {problem})"}
+
+
+def _parsed_card(path: Path) -> tuple[Any, str]:
+    """The card at ``path`` and why it cannot be used ("" when it can)."""
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return {}, f"its card {path.name} is unreadable: {exc}"
+        return None, f"is unreadable: {exc}"
     except RecursionError:
-        return {}, f"its card {path.name} is nested too deeply to be a model card"
+        return None, "is nested too deeply to be a model card"
     if not isinstance(card, dict):
-        return {}, f"its card {path.name} is not a JSON object"
+        return card, "is not a JSON object"
+    return card, _card_field_problem(card)
+
+
+def _card_field_problem(card: dict) -> str:
+    """The first field the server reads that has the wrong type in ``card`` ("" when none)."""
     for key, types in CARD_FIELDS.items():
         if key in card and not isinstance(card[key], types):
-            return {}, (f"its card {path.name} has a malformed field {key!r}: expected "
-                        f"{' or '.join(t.__name__ for t in types)}, got {type(card[key]).__name__}")
-    metrics = card.get("metrics") or {}
-    if not all(isinstance(v, (str, int, float, type(None))) for v in metrics.values()):
-        return {}, f"its card {path.name} has a malformed field 'metrics': values must be numbers or text"
+            return (f"has a malformed field {key!r}: expected {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(card[key]).__name__}")
+    if not all(isinstance(v, (str, int, float, type(None))) for v in (card.get("metrics") or {}).values()):
+        return "has a malformed field 'metrics': values must be numbers or text"
     if not isinstance((card.get("architecture") or {}).get("class", ""), str):
-        return {}, f"its card {path.name} has a malformed field 'architecture.class': expected str"
+        return "has a malformed field 'architecture.class': expected str"
     if not all(isinstance(v, str) for v in card.get("labels") or ()):
-        return {}, f"its card {path.name} has a malformed field 'labels': expected a list of strings"
-    return card, ""
+        return "has a malformed field 'labels': expected a list of strings"
+    return ""
 
 
 # --------------------------------------------------------------------------------------- stores
@@ -371,13 +383,13 @@ class Resources:
                     self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
             elif path.suffix == ".pt":
                 card_path = path.with_suffix(".json")
-                card, problem = read_user_card(card_path) if card_path.is_file() else ({"name": name}, "")
+                card = read_user_card(card_path, name) if card_path.is_file() else {"name": name}
 
                 def load(path=path, name=name, card=card):
                     return build_from_checkpoint(load_checkpoint(path), name=name, card=card)
                 self.models[name] = ModelEntry(name, card.get("kind", "user model"),
                                                card.get("description", f"{path.name} in --data"),
-                                               load, card=card, pool_size=self.pool_size, problem=problem)
+                                               load, card=card, pool_size=self.pool_size)
         self._link_stores_to_models()
 
     def _link_stores_to_models(self) -> None:
