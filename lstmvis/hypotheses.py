@@ -15,13 +15,14 @@ last character. Stores without stored texts fall back to tokens joined by spaces
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import regex as regex_engine  # like re, with a time limit: user patterns cannot backtrack forever
 
-REGEX_TIMEOUT = 5.0  # seconds one regex hypothesis may spend on one text
+REGEX_SECONDS = 5.0  # seconds one regex hypothesis may spend on one whole store (all its texts together)
 
 KINDS = ("binary", "scalar")
 
@@ -41,6 +42,10 @@ class Hypothesis:
         return f"<hypothesis {self.name} ({self.kind})>"
 
 
+class Cancelled(ValueError):
+    """The caller's ``cancelled()`` said to stop (e.g. the client that asked went away)."""
+
+
 class TextHypothesis(Hypothesis):
     """A hypothesis from a function ``text -> one value per character``."""
 
@@ -55,7 +60,14 @@ class TextHypothesis(Hypothesis):
             raise ValueError(f"hypothesis {self.name} gave shape {values.shape} for a text of {len(text)} chars")
         return values
 
-    def __call__(self, store) -> np.ndarray:
+    def __call__(self, store, cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """Per-token values over ``store``; ``cancelled`` is asked before each text and a True
+        stops the work with :class:`Cancelled`."""
+        return self.over_texts(store, self.of_text, cancelled)
+
+    def over_texts(self, store, of_text: Callable[[str], np.ndarray],
+                   cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """Per-token values from ``of_text`` (one value per character) applied to each text of ``store``."""
         if not store.has_texts:
             warnings.warn(f"the store has no original texts: hypothesis {self.name} runs on the tokens joined "
                           "by spaces (for char-level models, extract with lstmvis.extract to keep the text)",
@@ -65,7 +77,9 @@ class TextHypothesis(Hypothesis):
             a, b = store.sequence_bounds(seq)
             if a == b:
                 continue
-            chars = self.of_text(store.sequence_text(seq)).astype(np.float64)
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"hypothesis {self.name} was cancelled")
+            chars = of_text(store.sequence_text(seq)).astype(np.float64)
             out[a:b] = token_values(chars, store.token_spans(a, b))
         return out
 
@@ -219,17 +233,35 @@ def _indentation(text: str, tab: int = 8) -> np.ndarray:
     return out
 
 
-def _regex_mask(pattern, timeout: float | None) -> Callable[[str], np.ndarray]:
-    def per_char(text: str) -> np.ndarray:
+class RegexHypothesis(TextHypothesis):
+    """1 on characters a compiled ``regex`` pattern matches, with one time limit for a whole store:
+    ``timeout`` seconds over all its texts together (None: no limit; :meth:`of_text` gets it per text)."""
+
+    def __init__(self, pattern, timeout: float | None):
+        self.pattern, self.timeout = pattern, timeout
+        super().__init__(f"regex({pattern.pattern!r})", "binary", lambda text: self.mask(text, self._deadline()))
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def __call__(self, store, cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        deadline = self._deadline()
+        return self.over_texts(store, lambda text: self.mask(text, deadline), cancelled)
+
+    def mask(self, text: str, deadline: float | None) -> np.ndarray:
+        """Where the pattern matches ``text``; a ValueError once ``time.monotonic()`` passes ``deadline``."""
         mask = np.zeros(len(text), dtype=bool)
         try:
-            for m in pattern.finditer(text, timeout=timeout, concurrent=True):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError
+            for m in self.pattern.finditer(text, timeout=left, concurrent=True):
                 mask[m.start():m.end()] = True
         except TimeoutError:
-            raise ValueError(f"the regular expression {pattern.pattern!r} ran longer than {timeout} s on one text: "
-                             "simplify it (nested repetition such as (a+)+ can take exponential time)") from None
+            raise ValueError(f"the regular expression {self.pattern.pattern!r} ran longer than {self.timeout} s "
+                             "over the store's texts: simplify it (nested repetition such as (a+)+ can take "
+                             "exponential time)") from None
         return mask
-    return per_char
 
 
 # ---------------------------------------------------------------------------- the hypotheses
@@ -254,14 +286,15 @@ def brackets(opening: str = "(", closing: str = ")") -> TextHypothesis:
     return TextHypothesis(f"depth({opening}{closing})", "scalar", lambda t: depth_per_char(t, opening, closing))
 
 
-def regex(pattern: str, flags: int = 0, timeout: float | None = REGEX_TIMEOUT) -> TextHypothesis:
+def regex(pattern: str, flags: int = 0, timeout: float | None = REGEX_SECONDS) -> RegexHypothesis:
     """1 on characters covered by a match of ``pattern`` (``re`` syntax). A pattern that runs longer
-    than ``timeout`` seconds on one text (catastrophic backtracking) is a ValueError, not a hang."""
+    than ``timeout`` seconds over a store's texts together (catastrophic backtracking) is a
+    ValueError, not a hang."""
     try:
         compiled = regex_engine.compile(pattern, flags)
     except (regex_engine.error, re.error) as exc:
         raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-    return TextHypothesis(f"regex({pattern!r})", "binary", _regex_mask(compiled, timeout))
+    return RegexHypothesis(compiled, timeout)
 
 
 def token_in(tokens: Iterable[str]) -> TokenHypothesis:
@@ -301,7 +334,7 @@ def resolve(spec: str | Hypothesis) -> Hypothesis:
         return brackets("(", ")")
     kind, _, arg = spec.partition(":")
     if kind == "regex" and arg:
-        return regex(arg)
+        return regex(arg, timeout=REGEX_SECONDS)
     if kind == "tokens" and arg:
         return token_in([t for t in arg.split(",") if t])
     if kind == "meta" and arg:

@@ -25,7 +25,7 @@ from .caches import Caches
 from .concurrency import Gates
 from .context import CACHES_KEY, RESOURCES_KEY
 from .resources import Resources
-from .validation import register_error_handlers
+from .validation import refuse_foreign_requests, refuse_oversize_streams, register_error_handlers
 
 # Modules that define ``blueprint`` (and optionally ``PAGES``), registered in this order.
 BLUEPRINTS = [core_api, pages, explorer_api, cells_api, textcnn_api, jobs, explain_api, image_api]
@@ -158,6 +158,9 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
             if host not in allowed_hosts:
                 abort(400, description=f"Host {host!r} is not trusted: this server answers only "
                                        f"{', '.join(sorted(allowed_hosts))} (add a name with --allow-host)")
+
+    app.before_request(refuse_foreign_requests)
+    app.before_request(refuse_oversize_streams)
 
     @app.after_request
     def _security_headers(resp):

@@ -16,7 +16,7 @@ from lstmvis import explain_stored_cell, gate_saturation, hypotheses, rank_cells
 from lstmvis.cells import gate_sources
 from textexplain.integrated_gradients import RULES as IG_RULES
 
-from .context import caches, resources
+from .context import caches, client_gone, resources
 from .store_views import Window, known_source, rounded, surface, token_window
 from .validation import ApiError, CsvStrs, Params, api
 
@@ -81,8 +81,12 @@ class ExplainCellBody(Params):
 def hypothesis_values(name: str, store, spec: str) -> tuple[object, np.ndarray]:
     """A hypothesis and its per-token values over the whole store (cached per store and spec)."""
     h = hypotheses.resolve(spec)
-    values = caches().hypotheses.get((name, str(store.path), spec),
-                                     lambda: np.asarray(h(store), dtype=np.float64))
+
+    def compute() -> np.ndarray:  # text hypotheses (regex:) stop when the client has gone away
+        return np.asarray(h(store, cancelled=client_gone) if isinstance(h, hypotheses.TextHypothesis) else h(store),
+                          dtype=np.float64)
+
+    values = caches().hypotheses.get((name, str(store.path), spec), compute)
     return h, values
 
 

@@ -70,6 +70,7 @@ class ModelEntry:
     def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
                  card: dict | None = None, pool_size: int = 2):
         self.name, self.kind, self.description, self.card = name, kind, description, card or {}
+        self.problem = ""  # why the model cannot be used, once loading it failed
         self._loader = loader
         self._pool_size = max(1, pool_size)
         self._lock = threading.Lock()
@@ -82,17 +83,29 @@ class ModelEntry:
         return self._template is not None
 
     def _instance(self) -> Any:
+        if self.problem:
+            raise ApiError(409, f"model {self.name!r} cannot be used: {self.problem}")
         try:
             return self._free.get_nowait()
         except queue.Empty:
             pass
         with self._lock:
             if self._template is None:
-                self._template = self._loader()
+                self._template = self._load()
             if self._made < self._pool_size:
                 self._made += 1
                 return copy.deepcopy(self._template)
         return self._free.get()  # all copies busy: wait for one
+
+    def _load(self) -> Any:
+        """The loaded model; a checkpoint the library refuses (or that breaks it) makes the model unusable,
+        with the library's message, instead of failing every request with a 500."""
+        try:
+            return self._loader()
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            # CheckpointError is a ValueError; the others: fields of a checkpoint the library did not check
+            self.problem = f"loading it failed: {str(exc).strip() or type(exc).__name__}"
+            raise ApiError(409, f"model {self.name!r} cannot be used: {self.problem}") from None
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Any]:
@@ -104,7 +117,54 @@ class ModelEntry:
 
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
-                "loaded": self.loaded, "card": self.card or None}
+                "loaded": self.loaded, "card": self.card or None, "usable": not self.problem,
+                "problem": self.problem}
+
+
+# The fields of a user's model card that the server reads, and what each must be.
+CARD_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "kind": (str,), "description": (str,),
+                                            "labels": (list,), "architecture": (dict,), "metrics": (dict,)}
+
+
+def read_user_card(path: Path, name: str) -> dict:
+    """A model card from ``--data``; when it cannot be used, a card of the model's name whose
+    description says why (the weights may be fine: the model still loads).
+
+    A card that is unreadable, not JSON, nested too deeply to parse, not an object, or with a field
+    the server reads of the wrong type never stops the server or breaks a page.
+    """
+    card, problem = _parsed_card(path)
+    if not problem:
+        return card
+    return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({path.name} {problem})"}
+
+
+def _parsed_card(path: Path) -> tuple[Any, str]:
+    """The card at ``path`` and why it cannot be used ("" when it can)."""
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"is unreadable: {exc}"
+    except RecursionError:
+        return None, "is nested too deeply to be a model card"
+    if not isinstance(card, dict):
+        return card, "is not a JSON object"
+    return card, _card_field_problem(card)
+
+
+def _card_field_problem(card: dict) -> str:
+    """The first field the server reads that has the wrong type in ``card`` ("" when none)."""
+    for key, types in CARD_FIELDS.items():
+        if key in card and not isinstance(card[key], types):
+            return (f"has a malformed field {key!r}: expected {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(card[key]).__name__}")
+    if not all(isinstance(v, (str, int, float, type(None))) for v in (card.get("metrics") or {}).values()):
+        return "has a malformed field 'metrics': values must be numbers or text"
+    if not isinstance((card.get("architecture") or {}).get("class", ""), str):
+        return "has a malformed field 'architecture.class': expected str"
+    if not all(isinstance(v, str) for v in card.get("labels") or ()):
+        return "has a malformed field 'labels': expected a list of strings"
+    return ""
 
 
 # --------------------------------------------------------------------------------------- stores
@@ -323,13 +383,7 @@ class Resources:
                     self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
             elif path.suffix == ".pt":
                 card_path = path.with_suffix(".json")
-                try:  # a broken card must not keep the server from starting
-                    card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
-                except (OSError, ValueError) as exc:
-                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is unreadable: "
-                                                         f"{exc})"}
-                if not isinstance(card, dict):
-                    card = {"name": name, "description": f"{path.name} in --data ({card_path.name} is not an object)"}
+                card = read_user_card(card_path, name) if card_path.is_file() else {"name": name}
 
                 def load(path=path, name=name, card=card):
                     return build_from_checkpoint(load_checkpoint(path), name=name, card=card)

@@ -13,6 +13,7 @@ import os
 import queue
 import socket
 import threading
+import time
 import webbrowser
 from typing import TYPE_CHECKING, Iterable
 
@@ -49,15 +50,24 @@ class ReusedThreadsMixIn:
 
     daemon_threads = True
     idle_seconds = 60.0
+    max_connections: int | None = None  # open connections at most; one more is answered 503 and closed
 
     def _reuse_state(self):
         state = vars(self).get("_reuse")
         if state is None:
-            state = vars(self).setdefault("_reuse", (threading.Lock(), queue.SimpleQueue(), [0]))
+            state = vars(self).setdefault("_reuse", (threading.Lock(), queue.SimpleQueue(), [0], [0]))
         return state
 
     def process_request(self, request, client_address):
-        lock, pending, idle = self._reuse_state()
+        lock, pending, idle, open_connections = self._reuse_state()
+        with lock:
+            if self.max_connections is not None and open_connections[0] >= self.max_connections:
+                refuse = True
+            else:
+                refuse, open_connections[0] = False, open_connections[0] + 1
+        if refuse:
+            self._refuse(request)
+            return
         with lock:
             reuse = idle[0] > 0
             if reuse:
@@ -68,8 +78,18 @@ class ReusedThreadsMixIn:
             threading.Thread(target=self._serve_connections, args=(request, client_address),
                              name="http-worker", daemon=self.daemon_threads).start()
 
+    def _refuse(self, request) -> None:
+        """Answer a connection over :attr:`max_connections` with a 503 (without waiting for it) and close it."""
+        body = (b'{"error": {"status": 503, "message": "the server has too many open connections; '
+                b'try again in a moment"}}')
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.shutdown_request(request)
+
     def _serve_connections(self, request, client_address):
-        lock, pending, idle = self._reuse_state()
+        lock, pending, idle, open_connections = self._reuse_state()
         while True:
             try:
                 self.finish_request(request, client_address)
@@ -78,6 +98,7 @@ class ReusedThreadsMixIn:
             finally:
                 self.shutdown_request(request)
             with lock:
+                open_connections[0] -= 1
                 idle[0] += 1
             while True:
                 try:
@@ -91,13 +112,46 @@ class ReusedThreadsMixIn:
                     # a connection was handed to this thread just as it timed out: take it
 
 
+class DeadlineSocketIO(socket.SocketIO):
+    """A socket's reading side that gives up at :attr:`deadline` (``time.monotonic()``; None: no limit),
+    however slowly the peer trickles its bytes in: every receive may wait only for the time left.
+    Between receives the socket keeps ``send_seconds`` as its timeout, the limit of one answer's send."""
+
+    deadline: float | None = None
+
+    def __init__(self, sock: socket.socket, send_seconds: float | None):
+        super().__init__(sock, "rb")
+        sock._io_refs += 1  # as socket.makefile does: the socket closes for real once this is closed too
+        self.send_seconds = send_seconds
+
+    def readinto(self, b):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(left)
+        try:
+            return super().readinto(b)
+        finally:
+            self._sock.settimeout(self.send_seconds)
+
+
 _failed = threading.local()  # set on a request thread when werkzeug reports an error in its request
 
 
-def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, keep_alive_seconds: float = 15.0):
+def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, keep_alive_seconds: float = 15.0,
+                header_seconds: float = 20.0, body_seconds: float = 60.0, send_seconds: float = 120.0,
+                max_connections: int = 256):
     """A threaded WSGI server (werkzeug's, without reloader or debugger, with reused request threads:
-    :class:`ReusedThreadsMixIn`); port 0 picks a free one. A kept-alive connection idle for
-    ``keep_alive_seconds`` is closed."""
+    :class:`ReusedThreadsMixIn`); port 0 picks a free one.
+
+    Slow or idle clients cannot hold threads (slowloris): a connection is closed when its request line
+    and headers have not arrived within ``header_seconds`` of its opening (within
+    ``keep_alive_seconds`` after the previous answer on a kept-alive connection), when the body has
+    not arrived within ``body_seconds`` after the headers, or when sending one answer's data takes
+    longer than ``send_seconds``; at most ``max_connections`` are open at once, and one more is
+    answered 503 and closed.
+    """
     from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
     class JSONErrorRequestHandler(WSGIRequestHandler):
@@ -136,21 +190,25 @@ def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
 
         def setup(self):
             super().setup()
+            self.rfile.close()  # werkzeug's reader, replaced by one with deadlines
+            self._reader = DeadlineSocketIO(self.connection, send_seconds)
+            self.rfile = io.BufferedReader(self._reader)
             # No Nagle delay: the headers and the body of an answer are two writes, and on a kept-alive
             # connection the second would wait for the client's delayed ACK of the first (40 ms).
             with contextlib.suppress(OSError, AttributeError):
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def handle_one_request(self):
-            # Between requests the socket waits at most keep_alive_seconds for the next request line;
-            # while a request is handled it has no time limit (as with werkzeug).
-            self.connection.settimeout(self.keep_alive_seconds if self._served else None)
+            # The request line and headers must arrive within header_seconds (keep_alive_seconds after
+            # the previous answer); then the body within body_seconds (see parse_request).
+            wait = self.keep_alive_seconds if self._served else header_seconds
+            self._reader.deadline = time.monotonic() + wait
             self._served += 1
             super().handle_one_request()
 
         def parse_request(self):
             ok = super().parse_request()
-            self.connection.settimeout(None)
+            self._reader.deadline = time.monotonic() + body_seconds
             return ok
 
         def log_error(self, format, *args):
@@ -199,7 +257,9 @@ def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                 _failed.on = True  # werkzeug logs an error it caught while running the app or sending
             super().log(type, message, *args)
 
-    return ReusedThreadsWSGIServer(host, port, app, handler=JSONErrorRequestHandler)
+    server = ReusedThreadsWSGIServer(host, port, app, handler=JSONErrorRequestHandler)
+    server.max_connections = max_connections
+    return server
 
 
 def tune_process() -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable
 
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .concurrency import LANES
 
@@ -81,10 +81,6 @@ def _raw_params(multi: frozenset[str]) -> tuple[dict, str]:
             values = request.args.getlist(key)
             raw[key] = values if key in multi or len(values) > 1 else values[0]
         return raw, "query parameters"
-    if not request.is_json:
-        if not request.content_length and not request.data:
-            return {}, "JSON body"
-        raise ApiError(415, "send the body as JSON with the header Content-Type: application/json")
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # json.loads on a body like [[[[...]]]] (not a ValueError, so not silenced)
@@ -94,6 +90,50 @@ def _raw_params(multi: frozenset[str]) -> tuple[dict, str]:
     if not isinstance(body, dict):
         raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}")
     return body, "JSON body"
+
+
+# Fetch metadata a browser sends with a request that another page (another site, or another port of
+# this machine: ports do not count for "same-site") made: such a request never reaches the API.
+FOREIGN_FETCH_SITES = ("cross-site", "same-site")
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def refuse_foreign_requests() -> None:
+    """Refuse an API request another web page made, and any API request with a body that is not JSON.
+
+    A page on another origin can make the browser send GETs (``<img src>``) and simple POSTs (forms,
+    ``fetch(..., {mode: "no-cors"})``) without asking the server (no CORS preflight). Such a request
+    is answered 403 when the browser marks it as foreign: ``Sec-Fetch-Site`` ``cross-site`` or
+    ``same-site`` or, from a browser that sends no fetch metadata, an ``Origin`` that is not this
+    server's own. Typing the address (``Sec-Fetch-Site: none``), the server's own pages and clients
+    that are no browser (scripts, curl) are answered as before. Every request that may carry a body
+    must declare ``Content-Type: application/json``, also when the body is empty: a cross-site page
+    cannot send that header without a preflight, which this server never allows (415 otherwise).
+    """
+    if not request.path.startswith("/api/") or request.routing_exception is not None:
+        return  # pages may be linked from anywhere; no route: the 404 or 405 says more
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    origin = request.headers.get("Origin")
+    if site in FOREIGN_FETCH_SITES or (not site and origin is not None
+                                       and origin.rstrip("/") != f"{request.scheme}://{request.host}"):
+        raise ApiError(403, "this API answers only the server's own pages and clients that are not a web page "
+                            f"of another site (Sec-Fetch-Site: {site or '-'}, Origin: {origin or '-'})")
+    if request.method in BODY_METHODS and not request.is_json:
+        raise ApiError(415, "send the body as JSON with the header Content-Type: application/json "
+                            "(also when it is empty)")
+
+
+def refuse_oversize_streams() -> None:
+    """413 for a body without ``Content-Length`` (chunked) that is longer than ``MAX_CONTENT_LENGTH``.
+
+    werkzeug refuses a declared length over the limit, but a chunked body is only cut at the limit,
+    so its first ``MAX_CONTENT_LENGTH`` bytes would be answered as if they were the whole request.
+    """
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is None or request.content_length is not None or "wsgi.input_terminated" not in request.environ:
+        return
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def api(model: type[Params] | None = None, *, summary: str = "", tag: str = "",
@@ -208,10 +248,12 @@ def openapi_document(app: Flask) -> dict:
                     "example": None}
         path, path_params = _flask_path_to_openapi(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            responses = {"200": {"description": "success"}, "400": error_ref, "404": error_ref,
+                         "403": {**error_ref, "description": "the request came from another site's web page"}}
+            if method in BODY_METHODS:
+                responses["415"] = {**error_ref, "description": "the body is not declared application/json"}
             op: dict[str, Any] = {"operationId": f"{rule.endpoint}.{method.lower()}", "summary": spec["summary"],
-                                  "parameters": list(path_params),
-                                  "responses": {"200": {"description": "success"}, "400": error_ref,
-                                                "404": error_ref}}
+                                  "parameters": list(path_params), "responses": responses}
             if spec["description"] and spec["description"] != spec["summary"]:
                 op["description"] = spec["description"]
             if spec["tag"]:

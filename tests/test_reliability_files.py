@@ -288,15 +288,17 @@ def hostile_data_dir(tmp_path_factory):
 def test_hostile_checkpoints_give_clear_errors_and_run_nothing(hostile_data_dir):
     from data.registry import CheckpointError
     from server.resources import Resources
+    from server.validation import ApiError
 
     d, marker = hostile_data_dir
     res = Resources(d, demo=False, build="off")  # a broken card must not keep the server from starting
     for name, pattern in {"pickled": "not a safe checkpoint", "truncated": "not a safe checkpoint",
                           "wrong-shapes": "does not fit", "wrong-config": "does not fit",
                           "unknown-arch": "unknown architecture"}.items():
-        with pytest.raises(ValueError, match=pattern):
+        with pytest.raises(ApiError, match=pattern) as refused:  # the library's CheckpointError, as a 409
             with res.model(name):
                 pass
+        assert refused.value.status == 409 and not res.models[name].info()["usable"]
     for name in ("broken-card", "list-card"):  # the weights are fine: the model loads, the card says why
         with res.model(name) as m:
             assert m.predict_proba(["a fine film"]).shape == (1, 2)

@@ -67,6 +67,17 @@ const LV = (() => {
                     .replace(/%\{/g, "%\u200b{");
   }
 
+  /** A figure built by the server (``fig.to_json()``) with every string escaped as {@link plotText} does,
+   *  except hover and text templates (the figure's own formatting): its strings include labels, tokens
+   *  and model names. */
+  function plotFigure(figure) {
+    const escape = (v, key) => typeof v === "string" ? (/template$/i.test(key) ? v : plotText(v))
+      : Array.isArray(v) ? v.map(x => escape(x, key))
+      : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, escape(x, k)]))
+      : v;
+    return { data: escape(figure.data || [], "data"), layout: escape(figure.layout || {}, "layout") };
+  }
+
   /** Resolves with plotly once its (deferred, 4.8 MB) script has run: pages load plotly after their own
    *  script, so their first API requests overlap plotly's parsing. */
   function plotly() {
@@ -150,6 +161,6 @@ const LV = (() => {
                             "They appear here when ready (reload)." : "";
   }
 
-  return { api, el, clear, plotText, plotly, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
+  return { api, el, clear, plotText, plotFigure, plotly, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
            sequential, diverging, textColorFor, plotConfig, fillSelect, readyStores, pendingStoresNote };
 })();

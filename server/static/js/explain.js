@@ -146,7 +146,7 @@
                el("br"), el("span", { class: "muted small" }, `${r.tokens.length} tokens · model ${r.model}`));
     const colors = r.labels.map((_, i) => i === r.target ? "#2166ac" : "#9fb7cc");
     Plotly.react("probs-plot", [{
-      type: "bar", orientation: "h", x: r.probs, y: r.labels, marker: { color: colors },
+      type: "bar", orientation: "h", x: r.probs, y: r.labels.map(LV.plotText), marker: { color: colors },
       text: r.probs.map(p => p.toFixed(3)), textposition: "auto", hovertemplate: "%{y}: %{x:.4f}<extra></extra>",
     }], { margin: { l: 80, r: 10, t: 10, b: 30 }, xaxis: { range: [0, 1], title: { text: "probability" } },
           yaxis: { autorange: "reversed", type: "category" }, height: 60 + 34 * r.labels.length },
@@ -286,9 +286,9 @@
       const f = e.faithfulness;
       if (!f) return;
       const color = palette[k % palette.length];
-      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: `${e.title} · deletion`, legendgroup: e.method,
+      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: LV.plotText(`${e.title} · deletion`), legendgroup: e.method,
                     line: { color }, mode: "lines" });
-      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: `${e.title} · insertion`, legendgroup: e.method,
+      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: LV.plotText(`${e.title} · insertion`), legendgroup: e.method,
                     line: { color, dash: "dot" }, mode: "lines" });
     });
     if (r.random_faithfulness) {
@@ -302,7 +302,7 @@
       height: 300, margin: { l: 55, r: 10, t: 10, b: 40 },
       xaxis: { title: { text: "fraction of tokens removed (deletion) / kept (insertion), most important first" },
                range: [0, 1] },
-      yaxis: { title: { text: `p(${r.target_label})` }, range: [0, 1.02] }, legend: { font: { size: 11 } },
+      yaxis: { title: { text: LV.plotText(`p(${r.target_label})`) }, range: [0, 1.02] }, legend: { font: { size: 11 } },
     }, LV.plotConfig);
   }
 
@@ -411,8 +411,8 @@
       host.append(grid);
       const plot = el("div", { id: "audit-plot", class: "plot" });
       host.append(el("div", { class: "panel" }, plot));
-      const layout = { ...r.figure.layout, width: undefined, autosize: true };
-      Plotly.react(plot, r.figure.data, layout, LV.plotConfig);
+      const figure = LV.plotFigure(r.figure);
+      Plotly.react(plot, figure.data, { ...figure.layout, width: undefined, autosize: true }, LV.plotConfig);
     }
 
     return { init };

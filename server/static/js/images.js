@@ -88,7 +88,7 @@
     $("input-note").textContent = s.index !== undefined ? `test digit ${s.index}, true label ${s.label}` :
       `uploaded ${s.width}×${s.height} PNG${s.inverted ? ", inverted (light background)" : ""}`;
     Plotly.react("probs-plot", [{
-      type: "bar", x: r.labels, y: r.probs, marker: { color: r.labels.map((_, i) => i === r.target ? "#d6604d" : "#9fb7cc") },
+      type: "bar", x: r.labels.map(LV.plotText), y: r.probs, marker: { color: r.labels.map((_, i) => i === r.target ? "#d6604d" : "#9fb7cc") },
       hovertemplate: "class %{x}: %{y:.4f}<extra></extra>",
     }], { margin: { l: 40, r: 10, t: 10, b: 30 }, yaxis: { range: [0, 1], title: { text: "probability" } },
           xaxis: { type: "category" }, height: 220 }, LV.plotConfig);
@@ -148,7 +148,7 @@
     const palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#555"];
     const traces = r.labels.map((lab, c) => {
       const idx = r.index.filter((_, i) => r.label[i] === c);
-      return { type: "scatter", mode: "markers", name: lab, x: idx.map(i => r.x[i]), y: idx.map(i => r.y[i]),
+      return { type: "scatter", mode: "markers", name: LV.plotText(lab), x: idx.map(i => r.x[i]), y: idx.map(i => r.y[i]),
                customdata: idx.map(i => [i, r.label[i], r.predicted[i]]),
                marker: { color: palette[c % palette.length], size: 7,
                          symbol: idx.map(i => r.predicted[i] === r.label[i] ? "circle" : "x") },
@@ -164,9 +164,10 @@
   }
 
   function showSanity(r) {
-    const layout = { ...r.figure.layout, height: 460, width: undefined, autosize: true,
+    const figure = LV.plotFigure(r.figure);
+    const layout = { ...figure.layout, height: 460, width: undefined, autosize: true,
                      margin: { l: 50, r: 10, t: 50, b: 60 }, title: { text: "Spearman of |maps| vs the trained model", font: { size: 13 } } };
-    Plotly.react("sanity-plot", r.figure.data, layout, LV.plotConfig);
+    Plotly.react("sanity-plot", figure.data, layout, LV.plotConfig);
   }
 
   setUp();

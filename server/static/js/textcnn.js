@@ -42,7 +42,7 @@
       marker: { color: order.map(f => f.filter === state.filter ? "#f28e2b" : "#1399e4") },
       hovertemplate: "filter %{customdata}: top activation %{y:.2f}<br>%{text}<extra></extra>",
     }], { margin: { l: 50, r: 10, t: 30, b: 30 }, bargap: 0.1,
-          title: { text: `${filters.length} filters of ${state.layer}, by their top activation`, font: { size: 13 } },
+          title: { text: LV.plotText(`${filters.length} filters of ${state.layer}, by their top activation`), font: { size: 13 } },
           xaxis: { showticklabels: false, title: { text: "filters (sorted)" } }, yaxis: { title: { text: "top activation" } } },
     LV.plotConfig);
     const gd = $("filters-plot");
