@@ -589,7 +589,9 @@ class StoreWriter:
         if name in sources:
             raise ValueError(f"source {name!r} is given twice")
         itemsize = np.dtype(dtype).itemsize
-        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype,
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all space now: later writes change no metadata (checkpoint)
+        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype, dcpl=dcpl,
                                         chunks=state_chunks(self.n_tokens, n_cells, itemsize)
                                         if self.n_tokens else None)
         self.f["states"].attrs["sources"] = json.dumps(sources + [name])
@@ -625,6 +627,16 @@ class StoreWriter:
             raise ValueError(f"spans has shape {spans.shape}: expected ({self.n_tokens}, 2), one (start, end) "
                              "per token")
         self.f.create_dataset("spans", data=spans)
+
+    def checkpoint(self, done: np.ndarray) -> None:
+        """Make the file readable after any kill, with ``done`` as its finished sequences.
+
+        Every dataset written while extracting has its space allocated before the first
+        checkpoint, so writes change only data, never HDF5 metadata; the states are flushed before
+        the done flags are written, so a sequence marked done on disk has all its rows there."""
+        self.f.flush()
+        self.f["done"][...] = done
+        self.f.flush()
 
     def finish(self) -> None:
         """Mark complete, close, and rename into place (atomic)."""
