@@ -112,6 +112,8 @@ def _missing_data(name: str, ds: h5py.Dataset) -> str | None:
     Contiguous data must be allocated in full. Chunked data (perhaps compressed, so its bytes
     say nothing) must have every chunk written: a chunk never written reads as the fill value,
     which lets a tiny file declare a huge array."""
+    if ds.shape is None:  # an empty (null) dataspace holds nothing and declares nothing
+        return None
     layout = ds.id.get_create_plist().get_layout()
     size = f"{'x'.join(map(str, ds.shape))} {ds.dtype} ({_amount(declared_bytes(ds))})"
     if layout == h5py.h5d.CONTIGUOUS and ds.id.get_storage_size() < declared_bytes(ds):
