@@ -23,6 +23,7 @@ with a warning that says why.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -269,10 +270,8 @@ class _Sink:
             self._jobs.put(None)
             self._thread.join()
         if self._error is not None:
-            try:  # the sequences finished before the error are kept for a resume
+            with contextlib.suppress(Exception):  # keep the sequences finished before it; report the first error
                 self.checkpoint()
-            except Exception:  # noqa: BLE001 -- the first error is the one to report
-                pass
             raise self._error
         self.checkpoint()
 
@@ -509,10 +508,12 @@ def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str
         except (OSError, StoreError, KeyError) as exc:
             reason = f"it cannot be read ({str(exc).splitlines()[0]}): it was killed while being set up or finished"
         else:
-            if writer.f.attrs.get("fingerprint") == fingerprint and "done" in writer.f:
+            same_run = writer.f.attrs.get("fingerprint") == fingerprint
+            if same_run and "done" in writer.f:
                 return writer, np.asarray(writer.f["done"][()], dtype=bool)
             writer.f.close()
-            reason = "it was made by another model, corpus or extraction settings"
+            reason = ("it was stopped while being finished" if same_run
+                      else "it was made by another model, corpus or extraction settings")
         warnings.warn(f"the unfinished extraction {partial} is not resumed and starts again: {reason}", stacklevel=3)
     partial.unlink(missing_ok=True)
     writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial)

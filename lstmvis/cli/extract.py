@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size,
                         chunk_size=args.chunk_size, dtype="float16" if args.float16 else "float32",
-                        progress=not args.quiet, meta=meta, corpus_name=name, route="unroll" if args.unroll else "fused")
+                        progress=not args.quiet, meta=meta, corpus_name=name,
+                        route="unroll" if args.unroll else "fused")
     except KeyboardInterrupt as exc:
         partial = partial_path_for(Path(args.out))
         kept = (f"the finished sequences are kept in {partial}: rerun the same command to resume"
