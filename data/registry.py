@@ -1,13 +1,20 @@
-"""Shipped demo models: names, model cards, safe checkpoint loading."""
+"""Shipped demo models: names, model cards, safe checkpoint loading.
+
+Cards and checkpoints may come from strangers (``lstmvis serve --data DIR``): both are checked
+against a schema of the fields this code reads when they are loaded, and anything malformed is a
+``CheckpointError`` that names the file and the field.
+"""
 from __future__ import annotations
 
 import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from textexplain.model import TextModel, Vocab, make_tokenizer
@@ -31,13 +38,71 @@ MODELS = {
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, foreign, or would need unsafe unpickling."""
+    """A checkpoint or model card is missing, foreign, malformed, or would need unsafe unpickling."""
+
+
+class CardArchitecture(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    class_: str | None = Field(None, alias="class")
+    config: dict[str, Any] | None = None
+    parameters: int | None = None
+
+
+class ModelCard(BaseModel):
+    """The fields of a model card that code reads (pages, API, training); others are free."""
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    kind: str | None = None
+    description: str | None = None
+    labels: list[str] | None = None
+    architecture: CardArchitecture | None = None
+    metrics: dict[str, Any] | None = None
+    training_seconds: float | None = None
+
+
+class CheckpointFields(BaseModel):
+    """What ``build_from_checkpoint`` reads from a checkpoint."""
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+    format: int | None = None
+    arch: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    vocab: list[str] | None = None
+    tokenizer: str | None = None
+    labels: list[str] | None = None
+
+
+def _check_schema(schema: type[BaseModel], obj: dict, what: str) -> None:
+    """Raise a ``CheckpointError`` naming the first field of ``obj`` that does not fit ``schema``."""
+    try:
+        schema.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise CheckpointError(f"{what}: field {where!r} is malformed: {first['msg']}") from None
+
+
+def read_card(path: str | Path) -> dict:
+    """A model card (``*.json``) read and checked against ``ModelCard``; anything else, from bad
+    JSON to nesting too deep to parse, is a ``CheckpointError``."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"model card {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"model card {path} is nested too deeply to be a model card") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {path} is not a JSON object")
+    _check_schema(ModelCard, card, f"model card {path}")
+    return card
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
 
-    A file holding pickled objects that would run code is refused with a clear error.
+    A file holding pickled objects that would run code is refused with a clear error, and so is
+    one whose fields do not fit ``CheckpointFields``.
     """
     path = Path(path)
     if not path.is_file():
@@ -48,9 +113,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it could not be loaded with weights_only=True "
             f"(it may contain pickled code or be truncated): {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it is nested too deeply") from None
     if not isinstance(ckpt, dict) or not {"arch", "config", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path} is not a checkpoint of this project: it needs the keys "
                               "'arch', 'config' and 'state_dict'")
+    _check_schema(CheckpointFields, ckpt, f"checkpoint {path}")
     return ckpt
 
 
@@ -122,7 +190,7 @@ def model_card(name: str) -> dict:
     path = CHECKPOINTS / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no model card for {name!r}: train it with `python -m data.train {name}`")
-    return json.loads(path.read_text())
+    return read_card(path)
 
 
 def list_models() -> list[dict]:
@@ -153,11 +221,15 @@ def build_from_checkpoint(ckpt: dict, name: str = "", card: dict | None = None):
         module.labels = list(ckpt.get("labels") or [])
         module.card = card
         return module
-    vocab = Vocab(ckpt["vocab"])
-    tokenizer = make_tokenizer(ckpt["tokenizer"])
-    if ckpt.get("labels"):
-        return TextModel(module, vocab, ckpt["labels"], embedding=module.emb, tokenizer=tokenizer,
-                         card=card, name=name)
+    try:
+        vocab = Vocab(ckpt["vocab"])
+        tokenizer = make_tokenizer(ckpt["tokenizer"])
+        if ckpt.get("labels"):
+            return TextModel(module, vocab, ckpt["labels"], embedding=module.emb, tokenizer=tokenizer,
+                             card=card, name=name)
+    except (TypeError, ValueError, AttributeError) as exc:  # vocab, tokenizer or labels do not make a text model
+        raise CheckpointError(f"checkpoint {name or ''} has a vocab, tokenizer or labels that do not fit: "
+                              f"{exc}") from None
     return LanguageModel(module, vocab, tokenizer, name=name, card=card)
 
 
@@ -173,5 +245,5 @@ def load_model(name: str):
         raise FileNotFoundError(f"model {name!r} has no checkpoint at {path}: "
                                 f"train it with `python -m data.train {name}`")
     card_path = CHECKPOINTS / f"{name}.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {"name": name}
+    card = read_card(card_path) if card_path.is_file() else {"name": name}
     return build_from_checkpoint(load_checkpoint(path), name=name, card=card)

@@ -270,7 +270,7 @@ def train_charlm(name: str, budget: Budget, seed: int, warm_start: Path | None =
 
 def _load_phase1(module, path: Path, config: dict, vocab: Vocab) -> float:
     """Load phase-1 weights for a warm start; return the phase-1 seconds from the card beside them."""
-    from .registry import load_checkpoint
+    from .registry import load_checkpoint, read_card
 
     ckpt = load_checkpoint(path)
     if ckpt.get("arch") != "CharLM" or ckpt.get("config") != config or ckpt.get("vocab") != vocab.itos:
@@ -279,7 +279,7 @@ def _load_phase1(module, path: Path, config: dict, vocab: Vocab) -> float:
     card_path = Path(path).with_suffix(".json")
     if not card_path.is_file():
         raise SystemExit(f"{card_path} (the card with phase 1's training seconds) is missing")
-    card = json.loads(card_path.read_text())
+    card = read_card(card_path)
     if "phases" in card:
         raise SystemExit(f"{path} already went through phase 2 ({card_path} lists its phases): warm-start from a "
                          "phase-1 checkpoint")

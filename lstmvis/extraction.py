@@ -15,14 +15,20 @@ Three kinds of model are understood:
 
 The store is written to ``<path>.partial`` and renamed to ``path`` when complete, so a killed
 extraction never leaves a store that opens. Rerunning the same extraction resumes from the
-sequences already written to the partial file.
+sequences already written to the partial file: it is checkpointed every ``CHECKPOINT_SECONDS``
+and when the extraction stops (``StoreWriter.checkpoint``), so a resume finds the work done up to
+the last checkpoint after any kill, SIGKILL included. A partial file that cannot be resumed (killed
+while it was set up or finished, or made by another model, corpus or settings) is started again
+with a warning that says why.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
-from .store import StateStore, StoreError, StoreWriter
+from .store import StateStore, StoreError, StoreWriter, partial_path_for
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
@@ -43,6 +49,7 @@ EXTRACT_MMAP_THRESHOLD = 1024 * MiB  # see tune_allocator_for_extraction
 WRITE_QUEUE_BYTES = 1024 * MiB  # about this much memory held by chunks waiting for the writer thread ...
 WRITE_QUEUE_CHUNKS = (2, 8)      # ... in at least 2 and at most 8 chunks (a deep queue rides out write stalls)
 HELD_PER_STORED = 4              # a waiting chunk holds about 4x its stored rows (deferred c keeps the gates)
+CHECKPOINT_SECONDS = 5.0         # at most this much finished work is redone after a kill
 
 
 class _Corpus:
@@ -155,6 +162,7 @@ class _Sink:
         self.pending: dict[int, int] = {}
         self.staged: list[tuple[int, int, dict[str, np.ndarray]]] = []  # whole sequences: (seq, rows, blocks)
         self.staged_bytes = 0
+        self.last_checkpoint = time.monotonic()
         self._jobs: queue.Queue = queue.Queue(maxsize=max_chunks)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_loop, name="lstmvis-extract-writer", daemon=True)
@@ -247,16 +255,25 @@ class _Sink:
                 raise RuntimeError(f"internal error: sequence {seq} got {self.written.get(seq, 0)} rows, "
                                    f"expected {self.corpus.lengths[seq]}")
         self.done[seqs] = True
-        self.writer.f["done"][seqs] = True
+        if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Put the finished sequences on disk so that a resume after a kill finds them."""
+        self.writer.checkpoint(self.done)
+        self.last_checkpoint = time.monotonic()
 
     def close(self) -> None:
-        """Wait until every queued chunk is on disk; raise the first error of the thread, if any."""
+        """Wait until every queued chunk is on disk and checkpoint; raise the first error of the thread, if any."""
         if self._thread.is_alive():
             self._jobs.put(self._write_staged)
             self._jobs.put(None)
             self._thread.join()
         if self._error is not None:
+            with contextlib.suppress(Exception):  # keep the sequences finished before it; report the first error
+                self.checkpoint()
             raise self._error
+        self.checkpoint()
 
     def _submit(self, job) -> None:
         if self._error is not None:
@@ -484,15 +501,20 @@ def _queue_chunks(values_per_chunk: int) -> int:
 
 def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
                  resume: bool) -> tuple[StoreWriter, np.ndarray]:
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path_for(path)
     if partial.exists() and resume:
         try:
             writer = StoreWriter.resume(path, partial)
-            if writer.f.attrs.get("fingerprint") == fingerprint and "done" in writer.f:
+        except (OSError, StoreError, KeyError) as exc:
+            reason = f"it cannot be read ({str(exc).splitlines()[0]}): it was killed while being set up or finished"
+        else:
+            same_run = writer.f.attrs.get("fingerprint") == fingerprint
+            if same_run and "done" in writer.f:
                 return writer, np.asarray(writer.f["done"][()], dtype=bool)
             writer.f.close()
-        except (OSError, StoreError, KeyError):
-            pass  # unreadable or from another run: start afresh
+            reason = ("it was stopped while being finished" if same_run
+                      else "it was made by another model, corpus or extraction settings")
+        warnings.warn(f"the unfinished extraction {partial} is not resumed and starts again: {reason}", stacklevel=3)
     partial.unlink(missing_ok=True)
     writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial)
     try:
@@ -504,11 +526,13 @@ def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str
             writer.set_texts(corpus.texts)
         if corpus.spans is not None:
             writer.set_spans(np.concatenate(corpus.spans) if corpus.n_tokens else np.zeros((0, 2), np.int64))
-        writer.f.create_dataset("done", data=np.zeros(len(corpus.ids), dtype=bool))
+        done = np.zeros(len(corpus.ids), dtype=bool)
+        writer.f.create_dataset("done", data=done)
+        writer.checkpoint(done)
     except BaseException:
         writer.abort()
         raise
-    return writer, np.zeros(len(corpus.ids), dtype=bool)
+    return writer, done
 
 
 def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:

@@ -36,11 +36,13 @@ import h5py
 import numpy as np
 import yaml
 
-from .store import (StateStore, StoreWriter, check_self_contained, check_source_name, json_blob, read_json_blob,
-                    read_text_datasets, write_text_datasets)
+from .store import (CHUNK_BYTES, StateStore, StoreWriter, check_read_size, check_self_contained, check_source_name,
+                    check_stored_data, declared_bytes, json_blob, read_cap, read_json_blob, read_text_datasets,
+                    write_text_datasets)
 
 SIDECAR = "lstmvis_store.h5"
-COPY_ROWS = 65536
+COPY_BYTES = 64 * CHUNK_BYTES  # states are copied in row blocks of about this size
+MAX_CONFIG_VALUES = 100_000  # lstm.yml is a few dozen values; YAML aliases could make it expand without end
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -101,8 +103,9 @@ def _write_project(store: StateStore, tmp: Path, name: str | None, description: 
             paths[source] = path
             types.append({"type": kind, "layer": layer, "path": path})
             ds = f.create_dataset(path, shape=(store.n_tokens, store.n_cells(source)), dtype="float32")
-            for a in range(0, store.n_tokens, COPY_ROWS):
-                b = min(a + COPY_ROWS, store.n_tokens)
+            step = _copy_rows(store.n_cells(source))
+            for a in range(0, store.n_tokens, step):
+                b = min(a + step, store.n_tokens)
                 ds[a:b] = store.states(source, a, b)
     with h5py.File(tmp / "train.h5", "w") as f:
         f.create_dataset("words", data=(store.token_ids() + 1).astype(np.int64))
@@ -152,6 +155,10 @@ def _write_project(store: StateStore, tmp: Path, name: str | None, description: 
             f.create_dataset("spans", data=store.token_spans())
 
 
+def _copy_rows(n_cells: int) -> int:
+    return max(1, COPY_BYTES // (4 * max(1, n_cells)))
+
+
 # ---------------------------------------------------------------------- import
 def read_words_dict(path: Path) -> dict[int, str]:
     """``{id: token}`` from a LSTMVis ``.dict`` file (``token id`` per line)."""
@@ -168,70 +175,117 @@ def read_words_dict(path: Path) -> dict[int, str]:
     return out
 
 
+def _inside(folder: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (symlinks followed); it must stay inside the project folder."""
+    resolved = path.resolve()
+    if folder.resolve() not in resolved.parents:
+        raise ValueError(f"{what} ({path}) resolves to {resolved}, outside the project folder {folder}: "
+                         "an LSTMVis project may only use its own files")
+    return resolved
+
+
 def _load_config(folder: Path) -> dict:
     yml = folder / "lstm.yml"
     if not yml.is_file():
         raise FileNotFoundError(f"{folder} is not an LSTMVis project: it has no lstm.yml")
     try:
-        config = yaml.safe_load(yml.read_text(encoding="utf-8"))
+        config = yaml.safe_load(_inside(folder, yml, "lstm.yml").read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ValueError(f"{yml} is not valid YAML: {exc}") from None
     if not isinstance(config, dict) or "states" not in config or "word_sequence" not in config:
         raise ValueError(f"{yml} needs the keys 'states' and 'word_sequence' (see LSTMVis's README)")
+    _check_config_size(yml, config)
+    for key in ("name", "description"):
+        if not isinstance(config.get(key, ""), (str, type(None))):
+            raise ValueError(f"{yml}: {key} must be a string")
     return config
+
+
+def _check_config_size(yml: Path, config: dict) -> None:
+    """Refuse a config that expands (through YAML aliases) to more than ``MAX_CONFIG_VALUES`` values."""
+    todo, seen = [config], 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ValueError(f"{yml} expands to more than {MAX_CONFIG_VALUES:,} values (through YAML aliases?): "
+                             "refused")
+        if isinstance(node, dict):
+            todo.extend(node.keys())
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
 
 
 def _file(folder: Path, config: dict, ref: str) -> Path:
     files = config.get("files") or {}
-    if ref not in files:
-        raise ValueError(f"lstm.yml refers to file {ref!r}, which is not listed under 'files'")
-    path = (folder / str(files[ref])).resolve()
-    if folder.resolve() not in path.parents:
-        raise ValueError(f"lstm.yml file {files[ref]!r} points outside the project folder")
+    if not isinstance(ref, str) or ref not in files or not isinstance(files[ref], str):
+        raise ValueError(f"lstm.yml refers to file {ref!r}, which is not listed under 'files' with a file name")
+    path = _inside(folder, folder / files[ref], f"files.{ref} in lstm.yml")
     if not path.is_file():
         raise FileNotFoundError(f"{path} (files.{ref} in lstm.yml) does not exist")
     return path
 
 
-def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32") -> StateStore:
-    """Read an LSTMVis project folder into a new store at ``out`` (written atomically)."""
+def import_lstmvis(folder: str | Path, out: str | Path, dtype: str = "float32", *,
+                   max_read_bytes: int | None = None) -> StateStore:
+    """Read an LSTMVis project folder into a new store at ``out`` (written atomically).
+
+    Every file read must lie inside ``folder`` (symlinks followed). ``max_read_bytes``: the most
+    read whole into memory from one dataset (word ids, offsets, texts, spans, a meta track);
+    default ``$LSTMVIS_MAX_READ_BYTES``, else 2 GiB."""
     try:
-        return _import_lstmvis(Path(folder), out, dtype)
+        return _import_lstmvis(Path(folder), out, dtype, read_cap(max_read_bytes))
     except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:  # entries of the wrong shape
         raise ValueError(f"{Path(folder) / 'lstm.yml'} is malformed ({type(exc).__name__}: {exc}); see LSTMVis's "
                          "README for the layout of lstm.yml") from None
 
 
 def _open_h5(path: Path) -> h5py.File:
-    """A project HDF5 file, read-only: unreadable ones and ones that point at other files are a ValueError."""
+    """A project HDF5 file, read-only: unreadable ones, ones that point at other files and ones
+    that declare more data than they hold are a ValueError."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise ValueError(f"{path} is not a readable HDF5 file (truncated or foreign): {exc}") from None
     try:
         check_self_contained(path, f)
+        check_stored_data(path, f)
     except BaseException:
         f.close()
         raise
     return f
 
 
-def _import_lstmvis(folder: Path, out: str | Path, dtype: str) -> StateStore:
+def _read_whole(path: Path, f: h5py.Group, name: str, cap: int) -> np.ndarray:
+    """Dataset ``name`` of ``f`` read whole, if it exists and fits under the read cap."""
+    ds = f.get(name) if isinstance(name, str) else None
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{name!r} is not a dataset in {path}")
+    check_read_size(path, f"dataset {name!r}", declared_bytes(ds), cap)
+    return ds[()]
+
+
+def _import_lstmvis(folder: Path, out: str | Path, dtype: str, cap: int) -> StateStore:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder: give the LSTMVis project folder holding lstm.yml")
     config = _load_config(folder)
     ws = config["word_sequence"]
-    with _open_h5(_file(folder, config, ws["file"])) as f:
-        if ws["path"] not in f:
-            raise ValueError(f"word_sequence path {ws['path']!r} is not a dataset in {ws['file']}")
-        raw_ids = np.asarray(f[ws["path"]][()]).reshape(-1).astype(np.int64)
+    words = _file(folder, config, ws["file"])
+    with _open_h5(words) as f:
+        raw_ids = np.asarray(_read_whole(words, f, ws["path"], cap)).reshape(-1).astype(np.int64)
     sidecar = folder / SIDECAR
+    if sidecar.is_symlink() or sidecar.exists():
+        sidecar = _inside(folder, sidecar, SIDECAR)
     side = _open_h5(sidecar) if sidecar.is_file() else None
     try:
         if side is not None:
+            for name in ("vocab", "card", "text_bytes", "spans"):
+                if name in side:
+                    check_read_size(sidecar, f"dataset {name!r}", declared_bytes(side[name]), cap)
             vocab = read_json_blob(side["vocab"])
             token_ids = raw_ids - 1
-            offsets = side["offsets"][()]
+            offsets = _read_whole(sidecar, side, "offsets", cap)
             source_names = json.loads(side.attrs["sources"])
             card = read_json_blob(side["card"])
         else:
@@ -260,17 +314,18 @@ def _import_lstmvis(folder: Path, out: str | Path, dtype: str) -> StateStore:
                 if path not in f:
                     raise ValueError(f"states path {path!r} is not a dataset in {ref}")
                 ds = f[path]
-                if ds.ndim != 2 or ds.shape[0] != n:
-                    raise ValueError(f"states {ref}::{path} has shape {ds.shape}, but the word sequence has {n} "
-                                     f"tokens: LSTMVis needs one row per token")
+                if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n:
+                    raise ValueError(f"states {ref}::{path} has shape {getattr(ds, 'shape', None)}, but the word "
+                                     f"sequence has {n} tokens: LSTMVis needs one row per token")
                 name = source_names.get(path) or _source_name(entry, used)
                 used.add(name)
                 writer.add_source(check_source_name(name), ds.shape[1], dtype)
-                for a in range(0, n, COPY_ROWS):
-                    writer.write_states(name, a, np.asarray(ds[a:min(a + COPY_ROWS, n)], dtype=np.float32))
+                step = _copy_rows(ds.shape[1])
+                for a in range(0, n, step):
+                    writer.write_states(name, a, np.asarray(ds[a:min(a + step, n)], dtype=np.float32))
             for f in files.values():
                 f.close()
-            for meta_name, values in _read_meta(folder, config, n).items():
+            for meta_name, values in _read_meta(folder, config, n, cap).items():
                 writer.add_meta(meta_name, values)
             if side is not None and "text_bytes" in side:
                 writer.set_texts(read_text_datasets(side))
@@ -320,14 +375,15 @@ def _offsets_at_end_tokens(token_ids: np.ndarray, vocab: list[str]) -> np.ndarra
     return np.array([0, n], dtype=np.int64)
 
 
-def _read_meta(folder: Path, config: dict, n: int) -> dict[str, np.ndarray]:
+def _read_meta(folder: Path, config: dict, n: int, cap: int) -> dict[str, np.ndarray]:
     out = {}
     for name, entry in (config.get("meta") or {}).items():
         if not isinstance(entry, dict) or "file" not in entry or "path" not in entry:
             warnings.warn(f"meta {name!r} has no file/path in lstm.yml: skipped", stacklevel=3)
             continue
-        with _open_h5(_file(folder, config, entry["file"])) as f:
-            values = np.asarray(f[entry["path"]][()])
+        meta_file = _file(folder, config, entry["file"])
+        with _open_h5(meta_file) as f:
+            values = np.asarray(_read_whole(meta_file, f, entry["path"], cap))
         if values.ndim != 1 or len(values) != n:
             warnings.warn(f"meta {name!r} has shape {values.shape}, not one value per token ({n}): skipped",
                           stacklevel=3)

@@ -19,6 +19,10 @@ File layout (``format = "lstmvis-state-store"``, ``version = 1``)::
 
 Writes are atomic: a store is written to a temporary file in the same folder, marked
 ``complete`` and renamed into place, so a killed write never leaves a store that opens.
+
+Opening checks declared sizes against the data the file really holds (a small file cannot declare
+a billion tokens) and reads whole into memory at most ``read_cap()`` bytes (2 GiB, or ``$LSTMVIS_MAX_READ_BYTES``):
+sequence offsets, vocabulary and card.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ import numpy as np
 FORMAT = "lstmvis-state-store"
 VERSION = 1
 CHUNK_BYTES = 1 << 20
+MAX_READ_BYTES_ENV = "LSTMVIS_MAX_READ_BYTES"
+DEFAULT_MAX_READ_BYTES = 2 << 30
 
 
 class StoreError(ValueError):
@@ -62,6 +68,70 @@ def state_chunks(n_rows: int, n_cells: int, itemsize: int) -> tuple[int, int]:
 
 def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def partial_path_for(path: Path) -> Path:
+    """Where an unfinished extraction into ``path`` keeps its work for a resume."""
+    return path.with_name(path.name + ".partial")
+
+
+def read_cap(value: int | None = None) -> int:
+    """The most bytes read whole into memory from one untrusted file: ``value``, else
+    ``$LSTMVIS_MAX_READ_BYTES``, else 2 GiB."""
+    if value is None:
+        raw = os.environ.get(MAX_READ_BYTES_ENV, "")
+        if not raw.strip():
+            return DEFAULT_MAX_READ_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{MAX_READ_BYTES_ENV}={raw!r} is not a number of bytes") from None
+    if value < 1:
+        raise ValueError(f"the read cap must be a positive number of bytes, got {value}")
+    return int(value)
+
+
+def declared_bytes(ds: h5py.Dataset) -> int:
+    return int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+
+
+def _amount(n_bytes: int) -> str:
+    return f"{n_bytes:,} bytes" if n_bytes < 2**20 else f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def check_read_size(path: Path, what: str, n_bytes: int, cap: int) -> None:
+    """Refuse to read ``n_bytes`` whole into memory when that is over ``cap``."""
+    if n_bytes > cap:
+        raise StoreError(f"{path} is refused: reading {what} needs {_amount(n_bytes)} of memory, more than the "
+                         f"{_amount(cap)} allowed (raise it with {MAX_READ_BYTES_ENV}=BYTES)")
+
+
+def _missing_data(name: str, ds: h5py.Dataset) -> str | None:
+    """Why dataset ``ds`` declares more data than the file holds (None: all of it is stored).
+
+    Contiguous data must be allocated in full. Chunked data (perhaps compressed, so its bytes
+    say nothing) must have every chunk written: a chunk never written reads as the fill value,
+    which lets a tiny file declare a huge array."""
+    if ds.shape is None:  # an empty (null) dataspace holds nothing and declares nothing
+        return None
+    layout = ds.id.get_create_plist().get_layout()
+    size = f"{'x'.join(map(str, ds.shape))} {ds.dtype} ({_amount(declared_bytes(ds))})"
+    if layout == h5py.h5d.CONTIGUOUS and ds.id.get_storage_size() < declared_bytes(ds):
+        return f"dataset /{name} declares {size} but the file holds {ds.id.get_storage_size():,} bytes of it"
+    if layout == h5py.h5d.CHUNKED:
+        expected = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks)], dtype=object))
+        stored = ds.id.get_num_chunks()
+        if stored < expected:
+            return f"dataset /{name} declares {size} but only {stored:,} of its {expected:,} chunks hold data"
+    return None
+
+
+def check_stored_data(path: Path, f: h5py.File) -> None:
+    """Refuse a file whose datasets declare more data than the file holds (see ``_missing_data``),
+    before anything is read: a 10 KB file must not make the reader allocate gigabytes."""
+    missing = f.visititems(lambda name, obj: _missing_data(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    if missing:
+        raise StoreError(f"{path} is refused: {missing}; the file is damaged or crafted")
 
 
 def read_text_datasets(f: h5py.Group) -> list[str]:
@@ -142,11 +212,15 @@ class StateStore:
 
     # ------------------------------------------------------------------ opening and validation
     @classmethod
-    def open(cls, path: str | Path) -> "StateStore":
-        """Open a store lazily; a missing, foreign, truncated or incomplete file gives a clear error."""
+    def open(cls, path: str | Path, *, max_read_bytes: int | None = None) -> "StateStore":
+        """Open a store lazily; a missing, foreign, truncated or incomplete file gives a clear error.
+
+        ``max_read_bytes``: the most read whole into memory (offsets, vocabulary, card); default
+        ``$LSTMVIS_MAX_READ_BYTES``, else 2 GiB."""
         path = Path(path)
+        cap = read_cap(max_read_bytes)
         if not path.exists():
-            partial = path.with_name(path.name + ".partial")
+            partial = partial_path_for(path)
             hint = (f" (an unfinished extraction is at {partial}: rerun the same `extract` to resume it)"
                     if partial.exists() else ": create one with `lstmvis extract` or StateStore.from_arrays")
             raise FileNotFoundError(f"no state store at {path}{hint}")
@@ -159,7 +233,7 @@ class StateStore:
             raise StoreError(f"{path} is not a readable HDF5 file: it is truncated, corrupt or not a state "
                              f"store ({exc})") from None
         try:
-            cls._validate(path, f)
+            cls._validate(path, f, cap)
             return cls(path, f)
         except StoreError:
             f.close()
@@ -173,7 +247,7 @@ class StateStore:
             raise
 
     @staticmethod
-    def _validate(path: Path, f: h5py.File) -> None:
+    def _validate(path: Path, f: h5py.File, cap: int) -> None:
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{path} is an HDF5 file but not an lstmvis state store (no format attribute "
                              f"{FORMAT!r}); to read an LSTMVis project use `lstmvis import-lstmvis DIR --out STORE`")
@@ -188,6 +262,9 @@ class StateStore:
         if missing:
             raise StoreError(f"{path} is damaged: it lacks {', '.join(missing)}; recreate the store")
         check_self_contained(path, f)
+        check_stored_data(path, f)
+        whole = [f[k] for k in ("offsets", "text_offsets", "vocab", "card") if isinstance(f.get(k), h5py.Dataset)]
+        check_read_size(path, "its offsets, vocabulary and card", sum(declared_bytes(ds) for ds in whole), cap)
         n = int(f.attrs["n_tokens"])
         offsets = f["offsets"][()]
         if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1 or offsets[0] != 0
@@ -514,7 +591,9 @@ class StoreWriter:
         if name in sources:
             raise ValueError(f"source {name!r} is given twice")
         itemsize = np.dtype(dtype).itemsize
-        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype,
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all space now: later writes change no metadata (checkpoint)
+        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype, dcpl=dcpl,
                                         chunks=state_chunks(self.n_tokens, n_cells, itemsize)
                                         if self.n_tokens else None)
         self.f["states"].attrs["sources"] = json.dumps(sources + [name])
@@ -550,6 +629,16 @@ class StoreWriter:
             raise ValueError(f"spans has shape {spans.shape}: expected ({self.n_tokens}, 2), one (start, end) "
                              "per token")
         self.f.create_dataset("spans", data=spans)
+
+    def checkpoint(self, done: np.ndarray) -> None:
+        """Make the file readable after any kill, with ``done`` as its finished sequences.
+
+        Every dataset written while extracting has its space allocated before the first
+        checkpoint, so writes change only data, never HDF5 metadata; the states are flushed before
+        the done flags are written, so a sequence marked done on disk has all its rows there."""
+        self.f.flush()
+        self.f["done"][...] = done
+        self.f.flush()
 
     def finish(self) -> None:
         """Mark complete, close, and rename into place (atomic)."""

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -91,6 +92,59 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
         data.load_checkpoint(foreign)
     with pytest.raises(data.CheckpointError, match="does not exist"):
         data.load_checkpoint(tmp_path / "missing.pt")
+
+
+MALFORMED_CARDS = {  # issue 24, findings 5 and 6: each once stopped the server or broke a page
+    "nested 100,000 deep": ("[" * 100_000, "nested too deeply"),
+    "metrics a list": (json.dumps({"name": "x", "metrics": [0.9, 0.8]}), "field 'metrics'"),
+    "architecture a string": (json.dumps({"name": "x", "architecture": "TextCNN"}), "field 'architecture'"),
+    "architecture class a list": (json.dumps({"architecture": {"class": ["TextCNN"]}}), "field 'architecture.class'"),
+    "labels numbers": (json.dumps({"labels": [0, 1]}), "field 'labels.0'"),
+    "a list": ("[1, 2]", "not a JSON object"),
+    "not JSON": ("{'name': 1}", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CARDS))
+def test_malformed_model_cards_are_refused_naming_the_field(tmp_path, monkeypatch, case):
+    text, message = MALFORMED_CARDS[case]
+    shutil.copy(data.registry.CHECKPOINTS / "parens-lstm.pt", tmp_path / "parens-lstm.pt")
+    (tmp_path / "parens-lstm.json").write_text(text)
+    monkeypatch.setattr(data.registry, "CHECKPOINTS", tmp_path)
+    with pytest.raises(data.CheckpointError, match=message):
+        data.model_card("parens-lstm")
+    with pytest.raises(data.CheckpointError, match=message):
+        data.load_model("parens-lstm")
+    with pytest.raises(data.CheckpointError, match=message):  # what the server's --data directory should call
+        data.registry.read_card(tmp_path / "parens-lstm.json")
+
+
+MALFORMED_CHECKPOINTS = {
+    "tokenizer a list": ("parens-lstm", {"tokenizer": ["word"]}, "field 'tokenizer'"),
+    "vocab a number": ("parens-lstm", {"vocab": 5}, "field 'vocab'"),
+    "vocab of numbers": ("parens-lstm", {"vocab": [1, 2, 3]}, "field 'vocab.0'"),
+    "labels a string": ("sentiment-cnn", {"labels": "rotten,fresh"}, "field 'labels'"),
+    "arch a number": ("parens-lstm", {"arch": 3}, "field 'arch'"),
+    "config a list": ("parens-lstm", {"config": [1, 2]}, "field 'config'"),
+    "a weight not a tensor": ("parens-lstm", {"state_dict": {"emb.weight": [1.0]}}, "field 'state_dict.emb.weight'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CHECKPOINTS))
+def test_malformed_checkpoint_fields_are_refused_naming_the_field(tmp_path, case):
+    name, change, message = MALFORMED_CHECKPOINTS[case]
+    ckpt = {**data.load_checkpoint(data.registry.CHECKPOINTS / f"{name}.pt"), **change}
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(data.CheckpointError, match=message):
+        data.load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("change", [{"tokenizer": ["word"]}, {"vocab": 5}, {"tokenizer": "bpe"},
+                                    {"vocab": ["a", "b"]}])
+def test_build_from_checkpoint_refuses_fields_that_make_no_text_model(change):
+    ckpt = {**data.load_checkpoint(data.registry.CHECKPOINTS / "sentiment-lstm.pt"), **change}
+    with pytest.raises(data.CheckpointError, match="vocab, tokenizer or labels that do not fit"):
+        data.registry.build_from_checkpoint(ckpt, name="sentiment-lstm")
 
 
 @pytest.mark.parametrize("name", list(MODELS))

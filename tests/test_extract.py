@@ -253,7 +253,9 @@ def test_partial_from_another_model_is_not_resumed(tmp_path, monkeypatch):
     assert (tmp_path / "p.h5.partial").exists()
     monkeypatch.undo()
     other = char_lm(seed=1)
-    with lstmvis.extract(other, TEXTS, path, progress=False) as store:
+    with pytest.warns(UserWarning, match="p.h5.partial is not resumed and starts again: it was made by another model"):
+        store = lstmvis.extract(other, TEXTS, path, progress=False)
+    with store:
         for i, text in enumerate(TEXTS):
             a, b = store.sequence_bounds(i)
             ref = single_pass(other.module, other.encode(text)) if text else {}
@@ -298,6 +300,125 @@ def test_killed_process_leaves_no_store(tmp_path):
         a, b = store.sequence_bounds(len(TEXTS) * 40 - 2)
         ref = single_pass(char_lm().module, char_lm().encode(TEXTS[-2]))
         np.testing.assert_allclose(store.states("rnn.l1.c", a, b), ref["rnn.l1.c"], atol=1e-5, rtol=0)
+
+
+CHECKPOINT_HOOKS = """
+    import sys, threading
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    import torch; torch.set_num_threads(1)
+    from lstmvis import extraction
+    extraction.CHECKPOINT_SECONDS = 0  # checkpoint whenever a sequence is done ...
+    extraction.STAGE_BYTES = 1  # ... and written at once (not staged in memory with others)
+    checkpointed, mark_done = threading.Event(), extraction._Sink._mark_done
+    def say_when_checkpointed(self, seqs):
+        mark_done(self, seqs)
+        checkpointed.set()
+    extraction._Sink._mark_done = say_when_checkpointed
+    def hold_after_a_checkpoint(module, calls=[]):
+        calls.append(1)
+        if len(calls) == 30:  # the writer thread has finished sequences to checkpoint by now
+            print("extracting" if checkpointed.wait(60) else "no checkpoint", flush=True)
+            threading.Event().wait()
+    def hold(module):
+        module.register_forward_pre_hook(lambda m, inputs: hold_after_a_checkpoint(m))
+"""
+
+
+def _run_until_checkpointed(script: str, stop: int):
+    """Run ``script`` (after CHECKPOINT_HOOKS) until it has checkpointed finished sequences and is
+    held mid-extraction, then send it signal ``stop``; returns the finished process and its stderr."""
+    hooks = CHECKPOINT_HOOKS.format(root=str(ROOT), tests=str(Path(__file__).parent))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(hooks) + textwrap.dedent(script)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line == "extracting\n", f"the child did not get mid-extraction: {line!r}"
+        os.kill(proc.pid, stop)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc, err
+
+
+def _done_on_disk(partial: Path) -> set[int]:
+    import h5py
+    with h5py.File(partial, "r") as f:  # the killed process's partial file reads
+        return set(np.flatnonzero(f["done"][()]).tolist())
+
+
+def _resumed_sequences(monkeypatch, run) -> tuple[StateStore, set[int]]:
+    """Run ``run()`` (an extraction) recording which sequences it writes states for."""
+    written = []
+    patch_write_states(monkeypatch, written=written)
+    store = run()
+    monkeypatch.undo()
+    return store, {int(store.sequence_of(start)) for start in written}
+
+
+def test_partial_store_resumes_after_sigkill(tmp_path, monkeypatch):
+    """kill -9 mid-extraction: the partial file opens (with h5py) and a rerun redoes none of the
+    sequences checkpointed as done, with the same states as an uninterrupted run."""
+    out = tmp_path / "k.h5"
+    proc, _ = _run_until_checkpointed(f"""
+        from test_extract import char_lm, TEXTS
+        import lstmvis
+        lm = char_lm()
+        hold(lm.module)
+        lstmvis.extract(lm, TEXTS * 40, {str(out)!r}, batch_size=2, chunk_size=5, progress=False)
+    """, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    done = _done_on_disk(tmp_path / "k.h5.partial")
+    assert done, "no finished sequence was checkpointed"
+    with pytest.raises(StoreError, match="incomplete"):
+        StateStore.open(tmp_path / "k.h5.partial")
+    store, processed = _resumed_sequences(
+        monkeypatch, lambda: lstmvis.extract(char_lm(), TEXTS * 40, out, batch_size=2, chunk_size=5, progress=False))
+    with store, lstmvis.extract(char_lm(), TEXTS * 40, tmp_path / "fresh.h5", progress=False) as fresh:
+        assert processed and not processed & done, "checkpointed sequences were extracted again"
+        for s in fresh.sources:
+            np.testing.assert_allclose(store.states(s), fresh.states(s), atol=1e-5, rtol=0)
+    assert not (tmp_path / "k.h5.partial").exists()
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "parens-lstm.pt").exists(), reason="parens-lstm not trained yet")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_cli_extract_stops_on_sigterm_and_sighup_like_ctrl_c(tmp_path, monkeypatch, capsys, stop):
+    """`lstmvis extract` told to stop by SIGTERM or SIGHUP keeps its finished sequences, says so, and
+    the same command resumes them."""
+    from lstmvis.cli import main
+    out = tmp_path / "p.h5"
+    argv = ["extract", "--model", "parens-lstm", "--corpus", "parens:test", "--limit", "60", "--batch-size", "2",
+            "--chunk-size", "16", "--quiet", "--out"]
+    proc, err = _run_until_checkpointed(f"""
+        from textexplain import providers
+        load_model = providers.load_model
+        def load_and_hold(spec):
+            model = load_model(spec)
+            hold(model.module)
+            return model
+        providers.load_model = load_and_hold
+        from lstmvis.cli import main
+        sys.exit(main({argv + [str(out)]!r}))
+    """, stop)
+    assert proc.returncode == 128 + stop, err
+    assert f"stopped by {signal.Signals(stop).name}" in err and "rerun the same command to resume" in err, err
+    done = _done_on_disk(tmp_path / "p.h5.partial")
+    assert done, "no finished sequence was kept"
+    store, processed = _resumed_sequences(monkeypatch, lambda: (main(argv + [str(out)]), StateStore.open(out))[1])
+    assert main(argv + [str(tmp_path / "fresh.h5")]) == 0
+    with store, StateStore.open(tmp_path / "fresh.h5") as fresh:
+        assert processed and not processed & done, "the kept sequences were extracted again"
+        for s in fresh.sources:
+            np.testing.assert_allclose(store.states(s), fresh.states(s), atol=1e-5, rtol=0)
+    assert "starts again" not in capsys.readouterr().err
+
+
+def test_a_partial_store_that_cannot_be_resumed_says_it_starts_again(tmp_path):
+    (tmp_path / "b.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # killed while being set up
+    with pytest.warns(UserWarning, match="b.h5.partial is not resumed and starts again: it cannot be read"):
+        lstmvis.extract(char_lm(), TEXTS, tmp_path / "b.h5", progress=False).close()
 
 
 @pytest.mark.skipif(not (CHECKPOINTS / "parens-lstm.pt").exists(), reason="parens-lstm not trained yet")

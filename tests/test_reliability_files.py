@@ -445,3 +445,146 @@ def test_the_unedited_lstmvis_project_imports(lstmvis_project, tmp_path):
     from lstmvis.project import import_lstmvis
     with import_lstmvis(lstmvis_project, tmp_path / "out.h5") as store:
         assert store.tokens() == TOKENS
+
+
+# --------------------------------------------------------------- tiny files declaring huge sizes (issue 24, finding 4)
+
+def _unwritten(path: str, shape, dtype, chunks=None, maxshape=None, resize_to=None):
+    """Replace ``path`` by a dataset that declares ``shape`` but whose data were never written."""
+    def edit(f: h5py.File) -> None:
+        attrs = dict(f[path].attrs)
+        del f[path]
+        ds = f.create_dataset(path, shape=shape, dtype=dtype, chunks=chunks, maxshape=maxshape)
+        if resize_to is not None:
+            ds.resize(resize_to)
+        ds.attrs.update(attrs)
+    return edit
+
+
+def _huge_stream(n: int):
+    """A store declaring ``n`` tokens: n_tokens, unwritten token_ids and states, honest offsets."""
+    def edit(f: h5py.File) -> None:
+        f.attrs["n_tokens"] = n
+        for name in ("offsets", "text_offsets", "text_bytes", "spans", "meta"):
+            del f[name]
+        f.create_dataset("offsets", data=np.array([0, n]))
+        _unwritten("token_ids", (n,), "i4")(f)
+        for source in ("rnn.l0.h", "rnn.l0.c"):
+            _unwritten(f"states/{source}", (n, 4), "f4", chunks=(65536, 4))(f)
+    return edit
+
+
+HUGE_DECLARATIONS = {
+    "125 M offsets in unwritten chunks": _unwritten("offsets", (125_000_001,), "i8", chunks=(1 << 16,)),
+    "offsets resized to 125 M": _unwritten("offsets", (3,), "i8", chunks=(4,), maxshape=(None,),
+                                           resize_to=(125_000_001,)),
+    "20 M unwritten contiguous token ids": _huge_stream(20_000_000),
+    "2e9 tokens": _huge_stream(2_000_000_000),
+    "100 MB card never written": _unwritten("card", (100_000_000,), "u1"),
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE_DECLARATIONS))
+def test_a_small_file_declaring_huge_data_is_refused_before_allocating(base_store, tmp_path, name):
+    import tracemalloc
+    path = tmp_path / "huge.h5"
+    shutil.copy(base_store, path)
+    with h5py.File(path, "r+") as f:
+        HUGE_DECLARATIONS[name](f)
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(StoreError, match="declares .* but (the file holds|only)") as err:
+            StateStore.open(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(err.value) and "crafted" in str(err.value)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+
+
+def test_compressed_and_chunked_stores_with_all_their_data_open(base_store, tmp_path):
+    """Declared sizes are checked honestly: compressed chunks hold fewer bytes than they declare."""
+    path = tmp_path / "compressed.h5"
+    shutil.copy(base_store, path)
+    with h5py.File(path, "r+") as f:
+        for name in ("states/rnn.l0.h", "offsets", "token_ids"):
+            data, attrs = f[name][()], dict(f[name].attrs)
+            del f[name]
+            f.create_dataset(name, data=data, chunks=True, compression="gzip", shuffle=True).attrs.update(attrs)
+    with StateStore.open(path) as store:
+        read_everything(store)
+        assert store.tokens() == TOKENS
+
+
+def test_what_open_reads_into_memory_is_capped(base_store, monkeypatch):
+    with pytest.raises(StoreError, match="more than the 64 bytes allowed .*LSTMVIS_MAX_READ_BYTES"):
+        StateStore.open(base_store, max_read_bytes=64)
+    monkeypatch.setenv("LSTMVIS_MAX_READ_BYTES", "64")
+    with pytest.raises(StoreError, match="offsets, vocabulary and card"):
+        StateStore.open(base_store)
+    monkeypatch.setenv("LSTMVIS_MAX_READ_BYTES", "lots")
+    with pytest.raises(ValueError, match="not a number of bytes"):
+        StateStore.open(base_store)
+    monkeypatch.delenv("LSTMVIS_MAX_READ_BYTES")
+    StateStore.open(base_store, max_read_bytes=10_000).close()
+
+
+def _huge_word_sequence(folder: Path) -> None:
+    with h5py.File(folder / "train.h5", "r+") as f:
+        del f["words"]
+        f.create_dataset("words", shape=(600_000_000,), dtype="i8", chunks=(1 << 16,))
+
+
+def test_an_lstmvis_project_declaring_huge_data_is_refused_before_allocating(lstmvis_project, tmp_path):
+    import tracemalloc
+
+    from lstmvis.project import import_lstmvis
+    folder = tmp_path / "project"
+    shutil.copytree(lstmvis_project, folder)
+    _huge_word_sequence(folder)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="declares .* but only 0 of its") as err:
+            import_lstmvis(folder, tmp_path / "out.h5")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "train.h5" in str(err.value)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+    assert not (tmp_path / "out.h5").exists()
+    with pytest.raises(ValueError, match="more than the 16 bytes allowed"):
+        import_lstmvis(lstmvis_project, tmp_path / "out.h5", max_read_bytes=16)
+
+
+def test_lstm_yml_expanding_through_aliases_is_refused(lstmvis_project, tmp_path):
+    from lstmvis.project import import_lstmvis
+    folder = tmp_path / "project"
+    shutil.copytree(lstmvis_project, folder)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = (folder / "lstm.yml").read_text().replace("name:", "name_was:")
+    (folder / "lstm.yml").write_text("\n".join(lines) + "\nname: *a8\n" + text)
+    with pytest.raises(ValueError, match="expands to more than"):
+        import_lstmvis(folder, tmp_path / "out.h5")
+
+
+# --------------------------------------------------------------- symlinked project files (issue 24, finding 8)
+
+def test_a_symlinked_sidecar_or_lstm_yml_leading_out_of_the_project_is_refused(base_store, lstmvis_project, tmp_path):
+    from lstmvis.project import SIDECAR, export_lstmvis, import_lstmvis
+    with StateStore.open(base_store) as store:
+        export_lstmvis(store, tmp_path / "elsewhere")  # its sidecar holds vocabulary, texts and card
+    folder = tmp_path / "project"
+    shutil.copytree(lstmvis_project, folder)
+    os.symlink(tmp_path / "elsewhere" / SIDECAR, folder / SIDECAR)
+    with pytest.raises(ValueError, match=f"{SIDECAR} .* outside the project folder"):
+        import_lstmvis(folder, tmp_path / "out.h5")
+    (folder / SIDECAR).unlink()
+    os.symlink(folder / "nowhere.h5", folder / SIDECAR)  # a dangling link inside is no sidecar
+    import_lstmvis(folder, tmp_path / "out.h5").close()
+    (folder / SIDECAR).unlink()
+    (folder / "lstm.yml").rename(tmp_path / "lstm.yml")
+    os.symlink(tmp_path / "lstm.yml", folder / "lstm.yml")
+    with pytest.raises(ValueError, match="lstm.yml .* outside the project folder"):
+        import_lstmvis(folder, tmp_path / "out2.h5")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -9,6 +12,21 @@ from torch import nn
 from textexplain import providers
 
 from ..extraction import extract, tune_allocator_for_extraction
+from ..store import partial_path_for
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # stop like Ctrl+C: the partial store is checkpointed for a resume
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds the extraction as Ctrl+C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame) -> None:
+    raise Stopped(signum)
 
 
 def register(sub) -> None:
@@ -48,9 +66,21 @@ def run(args: argparse.Namespace) -> int:
         meta = {k: v[:args.limit] for k, v in meta.items()}
     if args.threads:
         torch.set_num_threads(args.threads)
-    store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                    dtype="float16" if args.float16 else "float32", progress=not args.quiet, meta=meta,
-                    corpus_name=name, route="unroll" if args.unroll else "fused")
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    try:
+        store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size,
+                        chunk_size=args.chunk_size, dtype="float16" if args.float16 else "float32",
+                        progress=not args.quiet, meta=meta, corpus_name=name,
+                        route="unroll" if args.unroll else "fused")
+    except KeyboardInterrupt as exc:
+        partial = partial_path_for(Path(args.out))
+        kept = (f"the finished sequences are kept in {partial}: rerun the same command to resume"
+                if partial.exists() else "nothing was kept")
+        print(f"lstmvis extract: stopped by {str(exc) or 'Ctrl+C'}; {kept}", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     with store:
         print(f"wrote {store.path}: {store.n_tokens} tokens, {store.n_sequences} sequences, "
               f"sources {', '.join(store.sources)}")
