@@ -56,7 +56,7 @@ class ModelCard(BaseModel):
     description: str | None = None
     labels: list[str] | None = None
     architecture: CardArchitecture | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: dict[str, float | int | str | None] | None = None  # numbers or text: pages print them
     training_seconds: float | None = None
 
 

@@ -19,7 +19,6 @@ import copy
 import fcntl
 import functools
 import hashlib
-import json
 import os
 import queue
 import threading
@@ -27,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from data.registry import CheckpointError, read_card
 
 from .validation import ApiError
 
@@ -121,50 +122,19 @@ class ModelEntry:
                 "problem": self.problem}
 
 
-# The fields of a user's model card that the server reads, and what each must be.
-CARD_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "kind": (str,), "description": (str,),
-                                            "labels": (list,), "architecture": (dict,), "metrics": (dict,)}
-
-
 def read_user_card(path: Path, name: str) -> dict:
-    """A model card from ``--data``; when it cannot be used, a card of the model's name whose
-    description says why (the weights may be fine: the model still loads).
+    """A model card from ``--data`` (``data.registry.read_card``: JSON checked against the card
+    schema); when it cannot be used, a card of the model's name whose description says why (the
+    weights may be fine: the model still loads).
 
     A card that is unreadable, not JSON, nested too deeply to parse, not an object, or with a field
-    the server reads of the wrong type never stops the server or breaks a page.
+    of the wrong type never stops the server or breaks a page.
     """
-    card, problem = _parsed_card(path)
-    if not problem:
-        return card
-    return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({path.name} {problem})"}
-
-
-def _parsed_card(path: Path) -> tuple[Any, str]:
-    """The card at ``path`` and why it cannot be used ("" when it can)."""
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return None, f"is unreadable: {exc}"
-    except RecursionError:
-        return None, "is nested too deeply to be a model card"
-    if not isinstance(card, dict):
-        return card, "is not a JSON object"
-    return card, _card_field_problem(card)
-
-
-def _card_field_problem(card: dict) -> str:
-    """The first field the server reads that has the wrong type in ``card`` ("" when none)."""
-    for key, types in CARD_FIELDS.items():
-        if key in card and not isinstance(card[key], types):
-            return (f"has a malformed field {key!r}: expected {' or '.join(t.__name__ for t in types)}, "
-                    f"got {type(card[key]).__name__}")
-    if not all(isinstance(v, (str, int, float, type(None))) for v in (card.get("metrics") or {}).values()):
-        return "has a malformed field 'metrics': values must be numbers or text"
-    if not isinstance((card.get("architecture") or {}).get("class", ""), str):
-        return "has a malformed field 'architecture.class': expected str"
-    if not all(isinstance(v, str) for v in card.get("labels") or ()):
-        return "has a malformed field 'labels': expected a list of strings"
-    return ""
+        return read_card(path)
+    except (OSError, CheckpointError) as exc:
+        problem = str(exc).replace(str(path), path.name)  # the file's name, not where the data directory is
+        return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({problem})"}
 
 
 # --------------------------------------------------------------------------------------- stores

@@ -196,8 +196,8 @@ def test_malformed_cards_never_stop_the_server_or_break_a_page(crafted_client):
     assert page.status_code == 200
     html = unescape(page.get_data(as_text=True))
     models = {m["name"]: m for m in crafted_client.get("/api/status").get_json()["models"]}
-    for name, reason in [("deep", "deep.json is nested too deeply"), ("metrics", "malformed field 'metrics'"),
-                         ("arch", "malformed field 'architecture'"), ("notobject", "is not a JSON object")]:
+    for name, reason in [("deep", "deep.json is nested too deeply"), ("metrics", "field 'metrics' is malformed"),
+                         ("arch", "field 'architecture' is malformed"), ("notobject", "is not a JSON object")]:
         assert reason in models[name]["description"], models[name]
         assert reason in html
     # the weights are fine: the model still explains
