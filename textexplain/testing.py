@@ -323,7 +323,7 @@ def check_text_model(model: TextModel, texts: Sequence[str] | None = None, atol:
                      rtol: float = 1e-5) -> None:
     """Check that a text's logits are the same alone and inside padded batches of mixed lengths.
 
-    ``texts``: texts to check with (default: a few texts of 1 to 20 words; unknown words become the
+    ``texts``: texts to check with (default: six texts of 1 to 22 tokens; unknown words become the
     model's unk token), of more than one length. Each text runs alone, then inside shuffled batches
     (pairs, triples, all texts at once: right-padded to the longest) straight through the module;
     ``predict_proba`` must give the softmax of the logits alone, whatever its batching. The model
@@ -363,7 +363,7 @@ def check_text_model(model: TextModel, texts: Sequence[str] | None = None, atol:
         _, r, size, width, got = worst
         raise AssertionError(
             f"the logits of {texts[r]!r} ({len(ids[r])} tokens) depend on the batch: alone {np.round(alone[r], 5)}, "
-            f"padded to {width} tokens in a batch of {size} {np.round(got, 5)}; max difference "
+            f"in a batch of {size} padded to {width} tokens {np.round(got, 5)}; max difference "
             f"{np.abs(got - alone[r]).max():.3g} (tolerance {atol} + {rtol} x |logit|). Padded positions reach the "
             "output: mask them at every layer (not only at the final pooling), or every perturbation method and "
             "every metric with mask='delete' inherits the error.")
