@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         figures.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     lines = ["# Faithfulness, sanity checks and the shortcut audit", "",
-             "Date 2026-11-21; machine: 2 cores shared with other engineers' jobs (timings noisy, compare "
+             "Date 2026-12-06; machine: 2 cores shared with other engineers' jobs (timings noisy, compare "
              f"ratios); torch threads {args.threads}.", "",
              "Command: `python benchmarks/bench_faithfulness.py " + " ".join(argv or sys.argv[1:]) + "`", "",
              "Method parameters: the defaults, except " + (", ".join(f"{m} {p}" for m, p in params.items()) or "none")

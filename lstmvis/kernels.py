@@ -1,6 +1,6 @@
 """The compiled passes of ``match`` (numba; they release the GIL, ``lstmvis.query`` runs them on parts
 of the store in threads): the selected cells' on-bits per step from the index's codes (``on_planes``,
-``fix_bucket``), the run-length histogram (``full_runs``), the stack scan over the runs of all levels
+``fix_bucket``), LSTMVis's strict run-length histogram (``strict_runs``), the stack scan over the runs of all levels
 (``runs``) and the verification of the best candidates (``verify``). Definitions and the algorithm
 are in ``lstmvis.query``'s docstring.
 """
@@ -157,27 +157,35 @@ def _step_bits(planes, t, w, n_planes):
 
 
 @numba.njit(cache=True, nogil=True)
-def full_runs(count, chunk_max, n, offsets, first_seq, last_seq, histogram):
-    """``histogram[L]`` += the number of maximal runs of length ``L`` with all ``n`` selected cells on
-    (``count == n``) in sequences ``[first_seq, last_seq)``; chunks of 64 steps whose largest count
-    is below ``n`` are skipped."""
+def strict_runs(count, chunk_max, n, offsets, first_seq, last_seq, pad_left, pad_right, min_length, phrase_length,
+                histogram):
+    """``histogram[L]`` += the number of *strict* runs of length ``L`` in sequences ``[first_seq, last_seq)``:
+    maximal runs with all ``n`` selected cells on (``count == n``), of length ``>= min_length`` (exactly
+    ``phrase_length`` when it is not 0), with every selected cell off (``count == 0``) at each of the
+    ``pad_left`` steps before and the ``pad_right`` steps after (clipped to the sequence); chunks of 64
+    steps whose largest count is below ``n`` are skipped."""
     histogram[:] = 0
     for seq in range(first_seq, last_seq):
         lo, hi = offsets[seq], offsets[seq + 1]
         t, open_at = lo, -1
-        while t < hi:
-            if open_at < 0 and t % 64 == 0 and chunk_max[t // 64] < n:
+        while t <= hi:
+            if t < hi and open_at < 0 and t % 64 == 0 and chunk_max[t // 64] < n:
                 t += 64
                 continue
-            if count[t] == n:
+            if t < hi and count[t] == n:
                 if open_at < 0:
                     open_at = t
             elif open_at >= 0:
-                histogram[t - open_at] += 1
+                length = t - open_at
+                strict = length == phrase_length if phrase_length > 0 else length >= min_length
+                for r in range(max(lo, open_at - pad_left), open_at):
+                    strict = strict and count[r] == 0
+                for r in range(t, min(hi, t + pad_right)):
+                    strict = strict and count[r] == 0
+                if strict:
+                    histogram[length] += 1
                 open_at = -1
             t += 1
-        if open_at >= 0:
-            histogram[hi - open_at] += 1
 
 
 @numba.njit(inline="always")

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .index import MatchIndex, _check_source, float_keys, threshold_keys
-from .kernels import fix_bucket, full_runs, on_planes, plane_tables, runs, verify
+from .kernels import fix_bucket, on_planes, strict_runs, plane_tables, runs, verify
 
 SIGNS = ("positive", "negative", "both")
 
@@ -169,7 +169,11 @@ class MatchResult:
     """Ranked matches, the per-step count of selected cells on, and the run-length histogram.
 
     ``counts[t]``: selected cells on at step ``t`` (whole store; the heatmap). ``length_histogram[L]``:
-    how many maximal runs with *all* selected cells on (inside sequences) have length ``L``.
+    LSTMVis's *strict* histogram over the whole store: how many runs of length ``L`` have every
+    selected cell in their ``C'``, i.e. maximal runs (inside one sequence) with all selected cells
+    on, every selected cell off at the run's padding steps (clipped to the sequence, as in
+    ``select``: with the default ``pad_left=1``, off just before the run unless it starts its
+    sequence), and a length of at least ``min_length`` (exactly ``phrase_length`` when given).
     ``n_candidates``: candidates whose intersection was computed; ``n_verified``: of those, the ones
     whose whole ``C'`` was read; ``levels``: levels ``m`` scanned (all of ``n .. 1``: the scan's
     level starts at 1 and rises with the ``top``-th best ``|C & C'|`` found).
@@ -297,7 +301,7 @@ def _match(store, index: MatchIndex, query: MatchQuery, n_virtual: int, scratch:
     k_pos, k_neg = (index.cell_major.dtype.type(k) for k in threshold_keys(query.threshold, index.dtype))
     planes, count, chunk_max, chunk_rise = _selected_on(index, cells, query.sign, k_pos, k_neg, scratch)
     seq_parts = _sequence_parts(index.offsets, _THREADS)
-    histogram = _run_length_histogram(index, count, chunk_max, n, seq_parts)
+    histogram = _strict_length_histogram(index, query, count, chunk_max, seq_parts)
     cand, level, n_candidates = _scan(index, query, planes, count, chunk_max, chunk_rise, seq_parts)
     starts, stops, lo, hi, inter = cand.T
     order = np.lexsort((starts, starts - stops, -inter))
@@ -310,13 +314,15 @@ def _match(store, index: MatchIndex, query: MatchQuery, n_virtual: int, scratch:
                        count, histogram, int(n_candidates), int(n_verified), list(range(n, level - 1, -1)))
 
 
-def _run_length_histogram(index: MatchIndex, count: np.ndarray, chunk_max: np.ndarray, n: int,
-                          seq_parts: list[tuple[int, int]]) -> np.ndarray:
-    """``MatchResult.length_histogram``: maximal runs with all ``n`` selected cells on, by length."""
+def _strict_length_histogram(index: MatchIndex, query: MatchQuery, count: np.ndarray, chunk_max: np.ndarray,
+                             seq_parts: list[tuple[int, int]]) -> np.ndarray:
+    """``MatchResult.length_histogram``: LSTMVis's strict histogram over the whole store (see there)."""
     longest = int(np.diff(index.offsets).max(initial=0))
     histograms = np.zeros((len(seq_parts), longest + 1), dtype=np.int64)
-    list(_pool().map(lambda i: full_runs(count, chunk_max, n, index.offsets, seq_parts[i][0], seq_parts[i][1],
-                                         histograms[i]), range(len(seq_parts))))
+    n, pad_left, pad_right = len(query.cells), min(query.pad_left, longest), min(query.pad_right, longest)
+    list(_pool().map(lambda i: strict_runs(count, chunk_max, n, index.offsets, seq_parts[i][0], seq_parts[i][1],
+                                           pad_left, pad_right, query.min_length, query.phrase_length or 0,
+                                           histograms[i]), range(len(seq_parts))))
     histogram = histograms.sum(axis=0)
     return histogram[:int(np.flatnonzero(histogram)[-1]) + 1] if histogram.any() else histogram[:1]
 

@@ -208,7 +208,8 @@ def match(store: str, params: MatchQuery):
     """Ranked by cells shared (|C∩C'| desc), then fewest extra cells on (|C∪C'| asc), then length.
 
     Each hit has its context tokens and, per context token, how many selected cells are on there.
-    ``length_histogram[L]`` counts the maximal runs (all selected cells on) of length L.
+    ``length_histogram[L]`` (LSTMVis's strict histogram, ``n_runs`` its total) counts the runs of length L
+    with all selected cells on and off at the run's padding steps.
     """
     s = resources().store(store)
     source = known_source(s, params.source)

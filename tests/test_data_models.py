@@ -9,6 +9,7 @@ import data
 from data import train as recipes
 from data.registry import MODELS
 from textexplain import TextModel
+from textexplain.testing import check_text_model
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -239,13 +240,5 @@ CLASSIFIERS = [name for name, (kind, _) in MODELS.items() if kind == "classifier
 def test_a_texts_logits_are_the_same_alone_and_in_any_batch(name):
     """Padding never changes a text's output: every perturbation method (and every metric with
     mask="delete") batches texts of mixed lengths and would silently inherit such a bug."""
-    model = data.load_model(name)
     texts, _ = data.rotten_tomatoes("test")
-    ids = [model.encode(t) for t in texts[:120]]
-    alone = np.stack([model.logits_ids([i])[0] for i in ids])
-    order = np.random.default_rng(0).permutation(len(ids))  # mixed lengths in every batch
-    batched = np.empty_like(alone)
-    for start in range(0, len(ids), 24):
-        rows = order[start:start + 24]
-        batched[rows] = model.logits_ids([ids[r] for r in rows])
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-4)
+    check_text_model(data.load_model(name), texts[:60])

@@ -68,19 +68,20 @@ def brute_match(x, offsets, cells, threshold, pad_left, pad_right, sign, top, mi
                 if inter:
                     found.append((-inter, len(np.union1d(cells, cprime)), -length, s, e, cprime))
     found.sort(key=lambda r: r[:4])
-    run_lengths = []
+    # LSTMVis's strict histogram: maximal runs with all selected cells on that keep every one of them in C'
+    strict_lengths = []
     for seq in range(len(offsets) - 1):
         a, b = int(offsets[seq]), int(offsets[seq + 1])
-        length = 0
-        for t in range(a, b):
-            if count[t] == len(cells):
-                length += 1
-            elif length:
-                run_lengths.append(length)
-                length = 0
-        if length:
-            run_lengths.append(length)
-    return found[:top], count, np.bincount(np.array(run_lengths, dtype=int), minlength=1)
+        for s in range(a, b):
+            for e in range(s + 1, b + 1):
+                length = e - s
+                if (length != phrase_length) if phrase_length is not None else (length < min_length):
+                    continue
+                maximal = (s == a or count[s - 1] < len(cells)) and (e == b or count[e] < len(cells))
+                if maximal and (count[s:e] == len(cells)).all() and np.isin(
+                        cells, brute_select(x, offsets, s, e, threshold, pad_left, pad_right, sign)).all():
+                    strict_lengths.append(length)
+    return found[:top], count, np.bincount(np.array(strict_lengths, dtype=int), minlength=1)
 
 
 @pytest.fixture
@@ -189,6 +190,20 @@ def test_no_match_crosses_a_sequence_boundary(tmp_path):
         result = match(store, "a.h", [0, 1], top=10)
         assert [(h.start, h.stop, h.sequence) for h in result.hits] == [(10, 25, 2), (25, 40, 3), (0, 10, 0)]
         assert result.length_histogram[10] == 1 and result.length_histogram[15] == 2
+
+
+def test_length_histogram_is_lstmvis_strict_histogram(tmp_path):
+    """Counted: maximal runs with both cells on, both off just before (or at the sequence start), length >= 2."""
+    on = np.array([[1, 1], [1, 1], [0, 0], [1, 1], [0, 0],            # seq 0: length 2 (start) and 1 (too short)
+                   [1, 0], [1, 1], [1, 1], [1, 1], [0, 0],            # seq 1: cell 0 on before the run: not strict
+                   [0, 1], [0, 0], [1, 1], [1, 1], [1, 1], [0, 1]])   # seq 2: length 3, off before; the right is free
+    values = np.where(on, 0.9, -0.9).astype(np.float16)
+    with StateStore.from_arrays(tmp_path / "h.h5", {"a.h": values}, tokens=["x"] * len(on), offsets=[0, 5, 10, 16]) \
+            as store:
+        result = match(store, "a.h", [0, 1])
+        np.testing.assert_array_equal(result.length_histogram, [0, 0, 1, 1])
+        np.testing.assert_array_equal(match(store, "a.h", [0, 1], pad_right=1).length_histogram, [0, 0, 1])
+        np.testing.assert_array_equal(match(store, "a.h", [0, 1], pad_left=0).length_histogram, [0, 0, 1, 2])
 
 
 def test_threshold_outside_the_data_range(tmp_path):

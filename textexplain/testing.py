@@ -1,10 +1,11 @@
 """The method contract as a checker you can run on your own method class (like scikit-learn's
 ``check_estimator``)::
 
-    from textexplain.testing import check_explainer, check_image_method
+    from textexplain.testing import check_explainer, check_image_method, check_text_model
     check_explainer(MyMethod)                        # on a small default classifier
     check_explainer(MyMethod, my_text_model, params={"n_samples": 8})
     check_image_method(MyImageMethod)                # on a small default CNN
+    check_text_model(my_text_model)                  # your model: padding never changes a text's output
 
 Each check raises ``AssertionError`` naming the broken promise. ``check_explainer`` checks a text
 method (a ``textexplain.Explainer`` subclass): its declarations (constructor, ``get_params``,
@@ -14,11 +15,14 @@ seed matters), that the model is left as it was (weights, ``requires_grad``, ``.
 flag, no hooks, also after the model fails mid-call), that training mode is refused, and that
 concurrent calls on one model agree with sequential ones. ``check_image_method`` checks an image
 method (a ``textexplain.image.ImageMethod`` subclass) the same way on a batch of images.
+``check_text_model`` checks a model rather than a method: every perturbation method and every metric
+with ``mask="delete"`` runs texts of mixed lengths in one padded batch, so a model whose output for a
+text depends on the padding (or on the other texts of the batch) makes all of them silently wrong.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -315,6 +319,64 @@ def check_explainer(cls: type[Explainer], model: TextModel | None = None,
     assert hooks_left(model.module) == 0
 
 
+def check_text_model(model: TextModel, texts: Sequence[str] | None = None, atol: float = 1e-4,
+                     rtol: float = 1e-5) -> None:
+    """Check that a text's logits are the same alone and inside padded batches of mixed lengths.
+
+    ``texts``: texts to check with (default: six texts of 1 to 22 tokens; unknown words become the
+    model's unk token), of more than one length. Each text runs alone, then inside shuffled batches
+    (pairs, triples, all texts at once: right-padded to the longest) straight through the module;
+    ``predict_proba`` must give the softmax of the logits alone, whatever its batching. The model
+    must be in eval mode and is left as it was. Raises ``AssertionError`` naming the text whose
+    logits moved most and by how much (beyond ``atol + rtol * |logit|``).
+    """
+    assert isinstance(model, TextModel), f"{model!r} is not a textexplain.TextModel"
+    assert not model.module.training, "the model is in training mode: call model.module.eval() (dropout is random)"
+    texts = list(TEXTS + [LONG_TEXT, MARKUP_TEXT] if texts is None else texts)
+    ids = [model.encode(t) for t in texts]
+    assert len({len(i) for i in ids}) > 1, "give texts of more than one length: padding is what is checked"
+    before, hooks = _snapshot(model.module), hooks_left(model.module)
+
+    def logits(rows: Sequence[int]) -> np.ndarray:
+        with torch.no_grad():
+            out = model.module(model.pad_batch([ids[r] for r in rows]))
+        return out.detach().to(torch.float64).cpu().numpy()
+
+    alone = np.concatenate([logits([r]) for r in range(len(ids))])
+    assert alone.shape == (len(ids), len(model.labels)), \
+        f"the module returns {alone.shape[1:]} logits per text, the model has {len(model.labels)} labels"
+    assert np.isfinite(alone).all(), "the module returns non-finite logits"
+    rng = np.random.default_rng(0)
+    worst = (0.0, 0, 0, 0, alone[0])  # excess over the tolerance, text, batch size, padded width, its logits
+    for size in (2, 3, len(ids)):
+        for _ in range(3):
+            order = rng.permutation(len(ids))
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
+                batched = logits(rows)
+                excess = np.abs(batched - alone[rows]) - (atol + rtol * np.abs(alone[rows]))
+                i = int(excess.max(1).argmax())
+                if excess[i].max() > worst[0]:
+                    worst = (float(excess[i].max()), int(rows[i]), len(rows), max(len(ids[r]) for r in rows),
+                             batched[i])
+    if worst[0] > 0:
+        _, r, size, width, got = worst
+        raise AssertionError(
+            f"the logits of {texts[r]!r} ({len(ids[r])} tokens) depend on the batch: alone {np.round(alone[r], 5)}, "
+            f"in a batch of {size} padded to {width} tokens {np.round(got, 5)}; max difference "
+            f"{np.abs(got - alone[r]).max():.3g} (tolerance {atol} + {rtol} x |logit|). Padded positions reach the "
+            "output: mask them at every layer (not only at the final pooling), or every perturbation method and "
+            "every metric with mask='delete' inherits the error.")
+    probs = torch.softmax(torch.from_numpy(alone), -1).numpy()
+    for batch_size in (None, 2):
+        got = model.predict_proba(texts[::-1], batch_size=batch_size)[::-1]
+        diff = np.abs(got - probs).max(1)
+        assert diff.max() <= atol, (f"predict_proba(batch_size={batch_size}) of {texts[int(diff.argmax())]!r} differs "
+                                    f"from the softmax of its logits alone by {diff.max():.3g}")
+    _same_snapshot(before, _snapshot(model.module), "check_text_model")
+    assert hooks_left(model.module) == hooks, "check_text_model left hooks on the model"
+
+
 # ----------------------------------------------------------------------------------- images
 
 def check_image_method(cls: type[ImageMethod], module: nn.Module | None = None,
@@ -394,4 +456,4 @@ def check_image_method(cls: type[ImageMethod], module: nn.Module | None = None,
 
 
 __all__ = ["LABELS", "TEXTS", "WORDS", "TinyCNN", "TinyClassifier", "check_explainer", "check_image_method",
-           "hooks_left", "tiny_images", "tiny_text_model"]
+           "check_text_model", "hooks_left", "tiny_images", "tiny_text_model"]

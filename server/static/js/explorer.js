@@ -321,7 +321,7 @@
     Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i + 1), y: hist, marker: { color: "#1399e4" },
                                    hovertemplate: "length %{x}: %{y} runs<extra></extra>" }],
                  { margin: { l: 48, r: 10, t: 28, b: 36 },
-                   title: { text: `Lengths of the ${r.n_runs} runs with all selected cells on`, font: { size: 13 } },
+                   title: { text: `Lengths of the ${r.n_runs} runs with all selected cells on, off at the padding (LSTMVis's strict histogram)`, font: { size: 13 } },
                    xaxis: { title: { text: "run length (tokens)" }, dtick: hist.length > 30 ? undefined : 1 },
                    yaxis: { title: { text: "runs" } } }, LV.plotConfig);
     const ov = r.overview;
