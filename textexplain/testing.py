@@ -17,6 +17,7 @@ method (a ``textexplain.image.ImageMethod`` subclass) the same way on a batch of
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -276,8 +277,8 @@ def check_explainer(cls: type[Explainer], model: TextModel | None = None,
     _same_snapshot(before, _snapshot(model.module), cls.__name__)
     assert hooks_left(model.module) == 0, f"{cls.__name__} left hooks on the model"
 
-    failing = _FailsAfterForward(model.module)
-    broken = TextModel(failing, model.vocab, model.labels, embedding=model.embedding, tokenizer=model.tokenizer)
+    broken = copy.copy(model)  # TextModel() would refuse a module that fails on its probe call
+    broken.module = _FailsAfterForward(model.module).eval()
     try:
         cls(broken, **params).explain(TEXTS[0])
     except RuntimeError:
