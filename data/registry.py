@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from .architectures import build
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINT_FORMAT = 1
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch colours its weights-only message
 
 # name -> (kind, one-line description); training recipes live in data/train.py
 MODELS = {
@@ -46,7 +48,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it could not be loaded with weights_only=True "
-            f"(it may contain pickled code or be truncated): {str(exc).splitlines()[0]}") from None
+            f"(it may contain pickled code or be truncated): {ANSI_CODES.sub('', str(exc).splitlines()[0])}") from None
     if not isinstance(ckpt, dict) or not {"arch", "config", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path} is not a checkpoint of this project: it needs the keys "
                               "'arch', 'config' and 'state_dict'")
