@@ -9,8 +9,8 @@ import numpy as np
 from textexplain.model import TextModel
 
 from . import loaders
-from .registry import (MODELS, CheckpointError, build_from_checkpoint, list_models, load_checkpoint,
-                       load_model as load_shipped)
+from .registry import MODELS, CheckpointError, build_from_checkpoint, list_models, load_checkpoint
+from .registry import load_model as load_shipped
 
 __all__ = ["CORPORA", "LABELLED_CORPORA", "list_models", "load_corpus", "load_labelled_corpus", "load_model"]
 

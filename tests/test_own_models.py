@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,8 +23,9 @@ CHARS = ["<pad>", "<unk>", *"abcdefgh ."]
 class RecurrentLM(nn.Module):
     """The project's convention: ``(ids, state) -> (logits, state)``."""
 
-    def __init__(self, n=len(CHARS)):
+    def __init__(self, n=None):
         super().__init__()
+        n = n or len(CHARS)
         torch.manual_seed(0)
         self.emb = nn.Embedding(n, 4)
         self.rnn = nn.LSTM(4, 5, batch_first=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import Vocab, as_vocab, logits_of
+from .model import as_vocab, logits_of
 from .spans import Span, token_spans
 
 
