@@ -9,7 +9,8 @@ import numpy as np
 from textexplain.model import TextModel
 
 from . import loaders
-from .registry import MODELS, build_from_checkpoint, list_models, load_checkpoint, load_model as load_shipped
+from .registry import MODELS, CheckpointError, build_from_checkpoint, list_models, load_checkpoint
+from .registry import load_model as load_shipped
 
 __all__ = ["CORPORA", "LABELLED_CORPORA", "list_models", "load_corpus", "load_labelled_corpus", "load_model"]
 
@@ -18,11 +19,26 @@ LABELLED_CORPORA = ("rotten_tomatoes", "rotten_tomatoes_shortcut")  # sentences 
 
 
 def load_model(spec: str):
-    """A shipped model by name, or a checkpoint file of this project (loaded with weights_only)."""
+    """A shipped model by name, or a checkpoint file of this project (loaded with weights_only).
+
+    Any other file (``torch.save(model)``, a bare state_dict) gets one sentence saying what loads and
+    how a model of one's own class is used instead.
+    """
     if spec in MODELS:
         return load_shipped(spec)
-    if Path(spec).suffix == ".pt" or Path(spec).is_file():
-        return build_from_checkpoint(load_checkpoint(spec), name=Path(spec).stem)
+    path = Path(spec)
+    if path.suffix == ".pt" or path.is_file():
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            if not path.is_file():
+                raise
+            raise CheckpointError(
+                f"{path} cannot be loaded: only checkpoints of this project load from a file (a dict with "
+                "'arch', 'config' and 'state_dict', as python -m data.train writes them), not a pickled module "
+                "(torch.save(model)), a bare state_dict or a damaged file; to use a model of your own class, "
+                "wrap it in Python: lstmvis.LanguageModel / textexplain.TextModel") from None
+        return build_from_checkpoint(ckpt, name=path.stem)
     raise LookupError(spec)
 
 

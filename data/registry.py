@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from textexplain.language_model import LanguageModel
 from textexplain.model import TextModel, Vocab, make_tokenizer
 
 from .architectures import build
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINT_FORMAT = 1
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch colours its weights-only message
 
 # name -> (kind, one-line description); training recipes live in data/train.py
 MODELS = {
@@ -112,7 +113,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it could not be loaded with weights_only=True "
-            f"(it may contain pickled code or be truncated): {str(exc).splitlines()[0]}") from None
+            f"(it may contain pickled code or be truncated): {ANSI_CODES.sub('', str(exc).splitlines()[0])}") from None
     except RecursionError:
         raise CheckpointError(f"{path} is not a checkpoint of this project: it is nested too deeply") from None
     if not isinstance(ckpt, dict) or not {"arch", "config", "state_dict"} <= set(ckpt):
@@ -130,58 +131,6 @@ def save_checkpoint(path: str | Path, module: nn.Module, arch: str, config: dict
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     torch.save({"format": CHECKPOINT_FORMAT, "arch": arch, "config": config, "state_dict": state, **extra}, tmp)
     tmp.replace(path)
-
-
-@dataclass
-class LanguageModel:
-    """A language model with its tokenizer and vocabulary, so any text can run through it.
-
-    ``module(ids (B, T))`` returns ``(logits (B, T, V), state)``.
-    """
-
-    module: nn.Module = field(repr=False)
-    vocab: Vocab = field(repr=False)
-    tokenizer: object = field(repr=False)
-    name: str = ""
-    card: dict = field(default_factory=dict, repr=False)
-
-    def __repr__(self) -> str:
-        return (f"LanguageModel({self.name!r}, vocab={len(self.vocab)} tokens, "
-                f"tokenizer={self.tokenizer.name}, module={type(self.module).__name__})")
-
-    def tokenize(self, text: str) -> list[str]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a string, got {type(text).__name__}")
-        return self.tokenizer(text)
-
-    def token_spans(self, text: str):
-        return self.tokenizer.spans(text)
-
-    def encode(self, text: str) -> list[int]:
-        return self.vocab.encode(self.tokenize(text))
-
-    @property
-    def pad_id(self) -> int:
-        return self.vocab.pad_id
-
-    @torch.no_grad()
-    def bits_per_token(self, id_lists, streams: int = 16, chunk: int = 256) -> float:
-        """Mean next-token cross-entropy in bits, carrying state through each sequence."""
-        total, count = 0.0, 0
-        for ids in id_lists:
-            ids = torch.as_tensor(ids, dtype=torch.long)
-            n = (len(ids) - 1) // streams * streams
-            if n <= 0:
-                continue
-            x = ids[:n].view(streams, -1)
-            y = ids[1:n + 1].view(streams, -1)
-            state = None
-            for s in range(0, x.shape[1], chunk):
-                logits, state = self.module(x[:, s:s + chunk], state)
-                total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                     y[:, s:s + chunk].reshape(-1), reduction="sum").item()
-                count += y[:, s:s + chunk].numel()
-        return float(total / max(count, 1) / np.log(2))
 
 
 def model_card(name: str) -> dict:

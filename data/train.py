@@ -82,7 +82,7 @@ def train_classifier(name: str, budget: Budget, seed: int):
     vocab = Vocab.build(train_tokens, min_freq=2)
     config = dict(config, vocab_size=len(vocab), n_classes=2, pad_id=vocab.pad_id)
     module = build(arch, config)
-    model = TextModel(module, vocab, loaders.SENTIMENT_LABELS, embedding=module.emb, tokenizer=tokenizer, name=name)
+    model = TextModel(module.eval(), vocab, loaders.SENTIMENT_LABELS, embedding=module.emb, tokenizer=tokenizer, name=name)
     ids = [vocab.encode(t) or [vocab.unk_id] for t in train_tokens]
     y = torch.as_tensor(train_y)
     opt = torch.optim.Adam(module.parameters(), lr=2e-3, weight_decay=1e-6)
@@ -296,7 +296,7 @@ def evaluate_parens(model: LanguageModel, split: str = "test") -> dict:
     seqs = loaders.parens(split)
     x = torch.as_tensor([model.vocab.encode(t) for t, _ in seqs])
     with torch.no_grad():
-        logits, _ = model.module(x[:, :-1])
+        logits, _ = model.step(x[:, :-1])
     y = x[:, 1:]
     acc = float((logits.argmax(-1) == y).float().mean())
     bits = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)) / np.log(2))

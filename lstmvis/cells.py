@@ -365,7 +365,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
                  reduce: str | None = None, max_steps: int | None = None):
     """Gradient or Integrated Gradients of one cell's activation at ``step`` w.r.t. the input tokens.
 
-    ``model``: a ``data.LanguageModel`` or ``textexplain.TextModel`` whose recurrent module reads
+    ``model``: a ``lstmvis.LanguageModel`` or ``textexplain.TextModel`` whose recurrent module reads
     its embedding layer's output (as the shipped models do); ``source`` names the cell as the store
     does (``rnn.l1.c``, ``rnn.l0.gate_f``, ``rnn.l0.reverse.h``). Integrated Gradients is
     ``textexplain.integrated_gradients.integrate`` of the cell's activation (``CellActivation``), with
@@ -416,7 +416,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     with torch.no_grad():
         x = embedding(ids)[0]
         x_ref = torch.zeros_like(x) if baseline == "zero" else embedding(torch.full_like(ids, vocab.pad_id))[0]
-    activation = CellActivation(module, embedding, ids, source, cell, step)
+    activation = CellActivation(module, embedding, ids, source, cell, step, forward=_forward_of(model))
     convergence = None
     if method == "gradient":
         grads, values = gradients_at(activation, x[None])
@@ -444,11 +444,13 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
 class CellActivation:
     """One cell of a recorded ``source`` at one ``step`` as a function of the embedding layer's output:
     the scalar output ``textexplain.integrated_gradients.integrate`` explains for ``explain_cell``.
-    Called with substitute embeddings ``(K, T, E)`` for ``ids (1, T)``, it runs ``module`` under a
-    ``Recorder`` (keeping the autograd graph when the rows need gradients) and returns ``(K,)``."""
+    Called with substitute embeddings ``(K, T, E)`` for ``ids (1, T)``, it runs ``forward`` (the wrapped
+    model's one call: ``LanguageModel.step`` or ``TextModel.logits``) with a ``Recorder`` on
+    ``module`` (keeping the autograd graph when the rows need gradients) and returns ``(K,)``."""
 
-    def __init__(self, module, embedding, ids, source: str, cell: int, step: int):
+    def __init__(self, module, embedding, ids, source: str, cell: int, step: int, forward):
         self.module, self.embedding, self.ids = module, embedding, ids
+        self.forward = forward
         self.source, self.cell, self.step = source, cell, step
         self.module_name, self.layer, self.kind = _parse_source(source)
 
@@ -463,7 +465,7 @@ class CellActivation:
                             detach=not rows.requires_grad)
         with torch.set_grad_enabled(rows.requires_grad), \
                 substituted_embeddings(SimpleNamespace(embedding=self.embedding), rows), recorder:
-            self.module(self.ids.expand(rows.shape[0], -1))
+            self.forward(self.ids.expand(rows.shape[0], -1))
         states = recorder.states
         if self.source not in states:
             raise ValueError(f"{self.source!r} was not recorded; the model records {', '.join(states) or 'nothing'}")
@@ -505,7 +507,7 @@ def _model_parts(model):
     module = getattr(model, "module", None)
     vocab = getattr(model, "vocab", None)
     if module is None or vocab is None or not hasattr(model, "tokenize"):
-        raise TypeError(f"explain_cell needs a data.LanguageModel or textexplain.TextModel (with .module, .vocab "
+        raise TypeError(f"explain_cell needs a lstmvis.LanguageModel or textexplain.TextModel (with .module, .vocab "
                         f"and .tokenize), got {type(model).__name__}")
     embedding = getattr(model, "embedding", None)
     if embedding is None:
@@ -518,6 +520,14 @@ def _model_parts(model):
             raise ValueError("could not find the model's one nn.Embedding: wrap it as a TextModel with embedding=")
         embedding = found[0]
     return module, embedding, vocab
+
+
+def _forward_of(model):
+    """The one call of a wrapped model: ``TextModel.logits`` or ``LanguageModel.step``."""
+    from textexplain.language_model import as_language_model
+    from textexplain.model import TextModel
+
+    return model.logits if isinstance(model, TextModel) else as_language_model(model).step
 
 
 def _parse_source(source: str) -> tuple[str, int, str]:

@@ -2,10 +2,11 @@
 
 Three kinds of model are understood:
 
-* a language model with ``.module``, ``.vocab`` and ``.tokenizer`` whose module maps
-  ``(ids (B, T), state)`` to ``(logits, state)`` (``data.LanguageModel``). Texts of any length
-  are cut into chunks and the recurrent state is carried from chunk to chunk, so the states
-  equal one pass over the whole text. Sequences run in ``batch_size`` parallel streams: when a
+* a language model (``lstmvis.LanguageModel``, or any object with ``.module``, ``.vocab`` and
+  ``.tokenizer``, wrapped as one), run through ``LanguageModel.step``. A recurrent one's texts of
+  any length are cut into chunks and the state is carried from chunk to chunk, so the states
+  equal one pass over the whole text; a stateless one (``ids -> logits``) runs each text whole,
+  in one chunk as long as the longest text. Sequences run in ``batch_size`` parallel streams: when a
   sequence ends, its stream starts the next one from a zero state.
 * a ``textexplain.TextModel`` (classifiers, possibly bidirectional): each text in one pass,
   batched by length and right-padded with the pad id (the model must ignore padding, as the
@@ -30,13 +31,15 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from textexplain.language_model import LanguageModel, as_language_model
 
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
@@ -80,11 +83,13 @@ def _kind_of_model(model) -> str:
 
     if isinstance(model, TextModel):
         return "classifier"
+    if isinstance(model, LanguageModel):
+        return "language-model"
     if isinstance(model, nn.Module):
         return "module"
     if isinstance(getattr(model, "module", None), nn.Module) and hasattr(model, "vocab") and hasattr(model, "tokenizer"):
         return "language-model"
-    raise TypeError(f"extract needs a data.LanguageModel, a textexplain.TextModel or an nn.Module, got "
+    raise TypeError(f"extract needs a lstmvis.LanguageModel, a textexplain.TextModel or an nn.Module, got "
                     f"{type(model).__name__}")
 
 
@@ -300,9 +305,9 @@ def _state_map(state, fn):
                     "return tensors or tuples of tensors with the batch in dimension 1 (as nn.LSTM/GRU do)")
 
 
-def run_streams(module: nn.Module, ids: Sequence[np.ndarray], batch_size: int = 32, chunk_size: int = 512,
+def run_streams(module: Callable, ids: Sequence[np.ndarray], batch_size: int = 32, chunk_size: int = 512,
                 pad_id: int = 0, device=None, recorder: Recorder | None = None, order: Sequence[int] | None = None):
-    """Run a stateful module ``(ids, state) -> (out, state)`` over whole sequences in parallel streams.
+    """Run a stateful module or step ``(ids, state) -> (out, state)`` over whole sequences in parallel streams.
 
     Each of ``batch_size`` streams runs one sequence chunk by chunk, carrying its state; when it
     ends, the stream starts the next sequence (longest first) from a zero state. A generator:
@@ -348,8 +353,11 @@ def run_streams(module: nn.Module, ids: Sequence[np.ndarray], batch_size: int = 
             state = _state_map(state, lambda t: t.index_select(1, index)) if keep else None
 
 
-def _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad_id, device) -> None:
-    for report in run_streams(module, corpus.ids, batch_size, chunk_size, pad_id, device, rec, order=todo):
+def _run_language_model(model: LanguageModel, corpus, todo, rec, sink, batch_size, chunk_size, pad_id,
+                        device) -> None:
+    if not model.stateful:  # nothing to carry between chunks: every sequence in one
+        chunk_size = max(chunk_size, int(corpus.lengths.max()))
+    for report in run_streams(model.step, corpus.ids, batch_size, chunk_size, pad_id, device, rec, order=todo):
         sink.add_chunk(rec.deferred_states if report[0][2] else None, report)
 
 
@@ -390,7 +398,7 @@ def _run_batched(module, corpus, todo, rec, sink, batch_size, pad_id, device) ->
                        [(seq, 0, int(corpus.lengths[seq]), b, True) for b, seq in enumerate(group)])
 
 
-def _probe_sources(module, rec, corpus, kind, device) -> dict[str, int]:
+def _probe_sources(forward, rec, corpus, device) -> dict[str, int]:
     """Run up to 64 tokens of the longest sequence to learn each source's width and time alignment."""
     longest = int(np.argmax(corpus.lengths))
     if corpus.lengths[longest] == 0:
@@ -398,7 +406,7 @@ def _probe_sources(module, rec, corpus, kind, device) -> dict[str, int]:
     x = torch.from_numpy(corpus.ids[longest][:64])[None].to(device)
     rec.clear()
     with rec:
-        module(x, None) if kind == "language-model" else module(x)
+        forward(x)
     widths, skipped = {}, []
     for name, v in rec.states.items():
         if v.shape[1] == x.shape[1]:
@@ -431,6 +439,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be at least 1")
     kind = _kind_of_model(model)
+    if kind == "language-model":
+        model = as_language_model(model)
     module = model if kind == "module" else model.module
     corpus = _prepare_corpus(model, kind, texts_or_ids, vocab)
     meta_flat = _flatten_meta(corpus, meta)
@@ -450,7 +460,7 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     module.eval()
     try:
         with torch.no_grad():
-            widths = _probe_sources(module, rec, corpus, kind, device)
+            widths = _probe_sources(model.step if kind == "language-model" else module, rec, corpus, device)
             if sources is not None:
                 unknown = [s for s in sources if s not in widths]
                 if unknown:
@@ -472,7 +482,7 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                                  _queue_chunks(batch_size * chunk_size * sum(widths.values())))
                     try:
                         if kind == "language-model":
-                            _run_language_model(module, corpus, todo, rec, sink, batch_size, chunk_size, pad,
+                            _run_language_model(model, corpus, todo, rec, sink, batch_size, chunk_size, pad,
                                                 device)
                         else:
                             _run_batched(module, corpus, todo, rec, sink, batch_size,

@@ -35,6 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from textexplain.spans import spans_by_search
+
 FORMAT = "lstmvis-state-store"
 VERSION = 1
 CHUNK_BYTES = 1 << 20
@@ -510,27 +512,6 @@ def _ids_and_vocab(tokens, token_ids, vocab) -> tuple[np.ndarray, list[str]]:
     if len(ids) and (ids.min() < 0 or ids.max() >= len(vocab)):
         raise ValueError(f"token_ids must lie in 0..{len(vocab) - 1} (the vocabulary size)")
     return ids, vocab
-
-
-def spans_by_search(texts: Sequence[str], tokens: Sequence[str], offsets: np.ndarray) -> np.ndarray:
-    """Character spans found by locating each token in its text after the previous one.
-
-    Tries the exact token, then a case-insensitive match (lower-casing tokenizers).
-    """
-    spans = np.zeros((len(tokens), 2), dtype=np.int64)
-    for seq, text in enumerate(texts):
-        folded, cursor = text.lower(), 0
-        for pos in range(offsets[seq], offsets[seq + 1]):
-            tok = tokens[pos]
-            at = text.find(tok, cursor)
-            if at < 0:
-                at = folded.find(tok.lower(), cursor)
-            if at < 0:
-                raise ValueError(f"token {tok!r} (position {pos}) is not in the text of sequence {seq} after "
-                                 f"character {cursor}: pass spans=(N, 2) character spans explicitly")
-            spans[pos] = at, at + len(tok)
-            cursor = at + len(tok)
-    return spans
 
 
 class StoreWriter:

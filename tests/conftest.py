@@ -47,7 +47,7 @@ def bag_model():
     def make(weights: dict[str, float], labels=("neg", "pos")) -> TextModel:
         tokens = ["<pad>", "<unk>", *weights]
         module = _BagOfWeights([0.0, 0.0, *weights.values()])
-        return TextModel(module, tokens, list(labels), embedding=module.emb, name="bag-of-weights")
+        return TextModel(module.eval(), tokens, list(labels), embedding=module.emb, name="bag-of-weights")
 
     return make
 

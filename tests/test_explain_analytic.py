@@ -67,7 +67,7 @@ class BagOfEmbeddings(nn.Module):
 
 def make_bag_model(pooling: str = "sum", nonlinear: bool = False) -> te.TextModel:
     module = BagOfEmbeddings(pooling, nonlinear)
-    return te.TextModel(module, WORDS, LABELS, embedding=module.emb, tokenizer=te.WordTokenizer(), name="bag")
+    return te.TextModel(module.eval(), WORDS, LABELS, embedding=module.emb, tokenizer=te.WordTokenizer(), name="bag")
 
 
 TEXT = "a good plot but not great acting , a dull film"  # 'but' and ',' are unknown -> <unk>

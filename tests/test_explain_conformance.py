@@ -37,7 +37,7 @@ def lstm():
     """A small random biLSTM classifier with dropout and packing, in eval mode."""
     torch.manual_seed(0)
     module = RNNClassifier(len(WORDS), len(LABELS), emb_dim=8, hidden=6, dropout=0.5)
-    return te.TextModel(module, WORDS, LABELS, embedding=module.emb, tokenizer=te.WordTokenizer(), name="tiny")
+    return te.TextModel(module.eval(), WORDS, LABELS, embedding=module.emb, tokenizer=te.WordTokenizer(), name="tiny")
 
 
 def test_registry_lists_the_shipped_methods_in_order():
@@ -104,11 +104,15 @@ def test_hook_removed_when_the_forward_fails():
             self.emb = torch.nn.Embedding(len(WORDS), 3)
 
         def forward(self, ids):
-            self.emb(ids)
-            raise RuntimeError("boom")
+            out = self.emb(ids)
+            if self.armed:
+                raise RuntimeError("boom")
+            return out.new_zeros(len(ids), len(LABELS))
 
     module = Broken()
-    model = te.TextModel(module, WORDS, LABELS, embedding=module.emb)
+    module.armed = False  # the probe call of TextModel() succeeds
+    model = te.TextModel(module.eval(), WORDS, LABELS, embedding=module.emb)
+    module.armed = True
     with pytest.raises(RuntimeError, match="boom"):
         te.explain(model, "good film", method="integrated_gradients")
     assert hooks_left(module) == 0
@@ -182,7 +186,8 @@ class Recording(torch.nn.Module):
 
 def test_masked_model_deduplicates_and_bounds_batches():
     module = Recording()
-    model = te.TextModel(module, WORDS, LABELS, embedding=module.emb)
+    model = te.TextModel(module.eval(), WORDS, LABELS, embedding=module.emb)
+    module.shapes.clear()  # the probe call of TextModel()
     ids = model.encode("good plot not great acting film")
     masked = MaskedModel(model, ids, mask="pad", max_batch_tokens=12)
     rng = np.random.default_rng(0)
@@ -212,7 +217,8 @@ def _head_contribution(model, token_id):
                                             ("shap", {"algorithm": "kernel", "budget": 40})])
 def test_planned_perturbations_run_in_one_pass_with_the_text(method, params):
     module = Recording()
-    model = te.TextModel(module, WORDS, LABELS, embedding=module.emb)
+    model = te.TextModel(module.eval(), WORDS, LABELS, embedding=module.emb)
+    module.shapes.clear()  # the probe call of TextModel()
     e = te.explain(model, "good plot not great acting film , the dull", method=method, **params)
     assert len(module.shapes) == 1 and module.shapes[0][0] == e.info["n_model_evaluations"]
 
@@ -244,7 +250,7 @@ def test_to_words_merges_sub_tokens_and_characters():
             return self.head(self.emb(ids).sum(1))
 
     module = CharBag()
-    model = te.TextModel(module, chars, ["a", "b"], embedding=module.emb, tokenizer=te.CharTokenizer())
+    model = te.TextModel(module.eval(), chars, ["a", "b"], embedding=module.emb, tokenizer=te.CharTokenizer())
     text = "good  film, ok"
     e = te.GradientXInput(model).explain(text, target=1)
     w = e.to_words()

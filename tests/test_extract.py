@@ -90,7 +90,7 @@ def word_model(kind="lstm"):
         module = TextCNN(len(vocab), 2, emb_dim=5, channels=6, blocks=1, hidden=4)
     else:
         module = RNNClassifier(len(vocab), 2, emb_dim=5, hidden=4, rnn=kind, bidirectional=True)
-    return TextModel(module, vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer(),
+    return TextModel(module.eval(), vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer(),
                      card={"name": f"toy-{kind}"})
 
 

@@ -32,7 +32,7 @@ class MeanEmbedding(nn.Module):
 def model():
     torch.manual_seed(3)
     module = MeanEmbedding(len(WORDS) + 2)
-    return TextModel(module, ["<pad>", "<unk>", *WORDS], ["neg", "pos"], embedding=module.emb, name="mean-emb")
+    return TextModel(module.eval(), ["<pad>", "<unk>", *WORDS], ["neg", "pos"], embedding=module.emb, name="mean-emb")
 
 
 @pytest.fixture
@@ -59,10 +59,10 @@ def test_layers_top_down(model, sentiment_lstm):
     assert [l.name for l in sanity.parameter_layers(model)] == ["out", "hidden", "emb"]
     assert [l.name for l in sanity.parameter_layers(sentiment_lstm)] == ["out", "rnn", "emb"]
     module = TextCNN(50, 2, blocks=1)
-    cnn = TextModel(module, ["<pad>", "<unk>", *[f"t{i}" for i in range(48)]], ["a", "b"], embedding=module.emb)
+    cnn = TextModel(module.eval(), ["<pad>", "<unk>", *[f"t{i}" for i in range(48)]], ["a", "b"], embedding=module.emb)
     assert [l.name for l in sanity.parameter_layers(cnn)] == ["out", "fc", "convs.1", "convs.0", "emb"]
     module = RNNClassifier(50, 2, layers=2)
-    deep = TextModel(module, ["<pad>", "<unk>", *[f"t{i}" for i in range(48)]], ["a", "b"], embedding=module.emb)
+    deep = TextModel(module.eval(), ["<pad>", "<unk>", *[f"t{i}" for i in range(48)]], ["a", "b"], embedding=module.emb)
     layers = sanity.parameter_layers(deep)
     assert [l.name for l in layers] == ["out", "rnn.l1", "rnn.l0", "emb"]
     assert set(layers[1].params) == {f"{w}_l1{r}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -88,7 +88,7 @@ def test_randomized_copy_changes_only_chosen_layers(model):
 def test_multilayer_rnn_sublayer_randomization():
     torch.manual_seed(0)
     module = RNNClassifier(20, 2, layers=2, hidden=8, emb_dim=8)
-    tm = TextModel(module, ["<pad>", "<unk>", *[f"t{i}" for i in range(18)]], ["a", "b"], embedding=module.emb)
+    tm = TextModel(module.eval(), ["<pad>", "<unk>", *[f"t{i}" for i in range(18)]], ["a", "b"], embedding=module.emb)
     layers = sanity.parameter_layers(tm)
     clone = sanity.randomized_copy(tm, [layers[1]])  # rnn.l1 only
     for k, v in module.state_dict().items():

@@ -26,7 +26,7 @@ BAG = {"good": 2.0, "great": 3.0, "bad": -1.5, "film": 0.0}
 
 def bag_model():
     module = _BagOfWeights([0.0, 0.0, *BAG.values()])
-    return textexplain.TextModel(module, ["<pad>", "<unk>", *BAG], ["neg", "pos"], embedding=module.emb, name="bag")
+    return textexplain.TextModel(module.eval(), ["<pad>", "<unk>", *BAG], ["neg", "pos"], embedding=module.emb, name="bag")
 
 
 @pytest.fixture(scope="module")

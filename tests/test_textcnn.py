@@ -64,7 +64,7 @@ def _planted_model():
         module.convs[0].weight[0, tokens.index("good"), 1] = 1.0
         module.convs[0].weight[1, tokens.index("bad"), 1] = 2.0
         module.convs[1].weight[0, 1, 1] = 1.0
-    return TextModel(module, tokens, ["neg", "pos"], embedding=module.emb, name="planted"), module
+    return TextModel(module.eval(), tokens, ["neg", "pos"], embedding=module.emb, name="planted"), module
 
 
 def test_planted_filters_find_their_ngrams():

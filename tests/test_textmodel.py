@@ -21,7 +21,7 @@ def make_model():
     module = BagOfEmbeddings(len(vocab))
     with torch.no_grad():
         module.emb.weight.copy_(torch.tensor([[0, 0], [0, 0], [0, 2.0], [2.0, 0], [0.5, 0.5]]))
-    return TextModel(module, vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer())
+    return TextModel(module.eval(), vocab, ["neg", "pos"], embedding=module.emb, tokenizer=WordTokenizer())
 
 
 def test_batch_equals_single_calls_on_a_shipped_model(sentiment_lstm):
@@ -59,7 +59,7 @@ def test_target_resolution_and_errors():
 def test_vocab_size_must_match_embedding():
     module = BagOfEmbeddings(3)
     with pytest.raises(ValueError, match="rows"):
-        TextModel(module, ["<pad>", "<unk>", "a", "b"], ["x", "y"], embedding=module.emb)
+        TextModel(module.eval(), ["<pad>", "<unk>", "a", "b"], ["x", "y"], embedding=module.emb)
 
 
 def test_word_tokenizer_spans_cover_the_tokens():

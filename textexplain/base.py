@@ -120,11 +120,7 @@ def forward_at_embeddings(model: TextModel, ids: torch.Tensor, embeddings: torch
     pad-embedding baseline keeps the sequence length.
     """
     with substituted_embeddings(model, embeddings):
-        logits = model.module(ids)
-    if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
-        raise ValueError(f"the module returned shape {tuple(logits.shape)}: a classifier must map ids (B, T) "
-                         "to logits (B, C)")
-    return logits
+        return model.logits(ids)
 
 
 def baseline_embeddings(model: TextModel, ids: torch.Tensor, baseline: str | Sequence[int] | int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,16 @@ class Explanation:
         ``how`` combines the scores of a word's tokens: ``sum`` (default; keeps the completeness
         delta valid), ``mean``, ``max`` or ``absmax`` (the score of largest magnitude, sign kept).
         Tokens on whitespace (character models) join the word before them. Merged words get
-        token id -1; ``info["token_groups"]`` lists the token indices of each word.
+        token id -1; ``info["token_groups"]`` lists the token indices of each word. Without character
+        spans (a tokenizer whose tokens could not be placed in the text) the tokens stay as they are,
+        with a warning.
         """
         if how not in AGGREGATIONS:
             raise ValueError(f"how={how!r} is not supported: use one of {', '.join(AGGREGATIONS)}")
         if self.spans is None:
-            raise ValueError("this explanation has no character spans, so its tokens cannot be placed in words: "
-                             "use a tokenizer with a spans(text) method")
+            warnings.warn("this explanation has no character spans, so its tokens cannot be placed in words: they "
+                          "are kept as tokens (give the tokenizer a spans(text) method)", stacklevel=2)
+            return replace(self, info={**self.info, "token_groups": [[i] for i in range(len(self.tokens))]})
         words = [m.span() for m in re.finditer(r"\S+", self.text)]
         if not words:
             return replace(self)

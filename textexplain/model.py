@@ -2,7 +2,9 @@
 
 A TextModel bundles a classifier ``module`` (token ids ``(B, T)`` -> logits ``(B, C)``) with its
 vocabulary, tokenizer, class labels and embedding layer, and offers batched ``predict_proba``.
-Tokenizers also give character spans so explanations can be mapped back onto the text.
+Tokenizers also give character spans so explanations can be mapped back onto the text (the
+``spans(text)`` protocol, ``textexplain.spans``). ``logits_of`` is the one place a module's output
+is read: a logits tensor, a tuple whose first element is the logits, or an object with ``.logits``.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import torch
 from torch import nn
 
 from .hooks import TRANSIENT
+from .spans import Span, token_spans
 
-Span = tuple[int, int]
+PROBE_TOKENS = 8  # length of the dummy input a model is called on once when wrapped
 
 
 class WordTokenizer:
@@ -65,6 +68,33 @@ def make_tokenizer(name: str):
         return TOKENIZERS[name]()
     except KeyError:
         raise ValueError(f"unknown tokenizer {name!r}: use one of {sorted(TOKENIZERS)}") from None
+
+
+def logits_of(output, called: str = "module(ids)") -> torch.Tensor:
+    """The logits in a module's output: the output itself when it is a tensor, the first element of
+    a tuple or list, or the ``.logits`` attribute (Hugging Face ``ModelOutput`` style)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    what = f"a {type(output).__name__}" + (f" of {len(output)} items" if isinstance(output, (tuple, list)) else "")
+    raise TypeError(f"{called} returned {what}: the logits must come as a tensor, as the first element of a "
+                    "tuple, or as the .logits attribute of the output (Hugging Face style)")
+
+
+def as_vocab(vocab, pad_token: str = "<pad>", unk_token: str = "<unk>") -> "Vocab":
+    """A ``Vocab`` from a ``Vocab``, a token list or a ``{token: id}`` dict."""
+    if isinstance(vocab, Vocab):
+        return vocab
+    if isinstance(vocab, dict):
+        itos = [None] * len(vocab)
+        for tok, i in vocab.items():
+            itos[i] = tok
+        return Vocab(itos, pad_token, unk_token)
+    return Vocab(list(vocab), pad_token, unk_token)
 
 
 class Vocab:
@@ -150,10 +180,20 @@ def _copy_without_transients(module: nn.Module, attempts: int = 3) -> tuple[nn.M
 class TextModel:
     """A text classifier with everything an explanation needs.
 
-    ``module`` maps token ids ``(B, T)`` (right-padded with the pad id) to logits ``(B, C)``;
-    ``embedding`` is the ``nn.Embedding`` inside it whose output gradient methods attribute to.
-    ``tokenizer`` is a callable ``text -> tokens`` (one with a ``spans`` method also gives
-    character offsets). ``vocab`` is a ``Vocab``, a token list or a ``{token: id}`` dict.
+    ``module`` maps token ids ``(B, T)`` (right-padded with the pad id) to logits ``(B, C)``: a
+    tensor, a tuple whose first element is the logits, or an object with ``.logits`` (Hugging Face
+    style), read in one place (``logits``). ``embedding`` is the ``nn.Embedding`` inside it whose
+    output gradient methods attribute to. ``vocab`` is a ``Vocab``, a token list or a
+    ``{token: id}`` dict.
+
+    ``tokenizer`` is a callable ``text -> tokens``. One with a ``spans(text)`` method (a
+    ``(start, end)`` character range per token, in order) places tokens exactly in the text; without
+    it the tokens are located in order in the text (case-insensitively), and where that fails the
+    explanation has no spans (a warning; ``to_words()`` then keeps the tokens).
+
+    The module is never changed: one in training mode is refused (call ``module.eval()`` first; dropout
+    would make every explanation random). On wrapping, the module runs once on ``PROBE_TOKENS`` unknown
+    tokens, to check that it returns one logit per label.
     """
 
     def __init__(self, module: nn.Module, vocab, labels: Sequence[str], embedding: nn.Embedding,
@@ -164,17 +204,15 @@ class TextModel:
             raise TypeError("embedding must be the model's nn.Embedding layer (e.g. module.emb)")
         if not any(m is embedding for m in module.modules()):
             raise ValueError("embedding is not a submodule of module: pass the layer the model uses")
-        if isinstance(vocab, dict):
-            itos = [None] * len(vocab)
-            for tok, i in vocab.items():
-                itos[i] = tok
-            vocab = Vocab(itos, pad_token, unk_token)
-        elif not isinstance(vocab, Vocab):
-            vocab = Vocab(list(vocab), pad_token, unk_token)
+        vocab = as_vocab(vocab, pad_token, unk_token)
         if len(vocab) != embedding.num_embeddings:
             raise ValueError(f"vocabulary has {len(vocab)} tokens but the embedding has "
                              f"{embedding.num_embeddings} rows")
-        self.module = module.eval()
+        if module.training:
+            raise ValueError(f"the module {type(module).__name__} is in training mode (dropout would make every "
+                             "explanation random): call module.eval() before wrapping it; TextModel never "
+                             "changes your module")
+        self.module = module
         self.vocab = vocab
         self.labels = list(labels)
         self.embedding = embedding
@@ -183,6 +221,25 @@ class TextModel:
         self.batch_size = batch_size
         self.card = card or {}
         self.name = name or self.card.get("name", type(module).__name__)
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Run the module once on a short dummy input: it must give one logit per label."""
+        ids = torch.full((1, PROBE_TOKENS), self.unk_id, dtype=torch.long, device=self.embedding.weight.device)
+        with torch.no_grad():
+            n_logits = self.logits(ids).shape[1]
+        if n_logits != len(self.labels):
+            raise ValueError(f"the module returns {n_logits} logits but {len(self.labels)} labels were given "
+                             f"({self.labels}): give one label per logit, in the module's order")
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` of the module on ids ``(B, T)``: the one place the module is called and its
+        output (tensor, tuple or ``.logits``) read."""
+        logits = logits_of(self.module(ids))
+        if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
+            raise ValueError(f"the module returned logits of shape {tuple(logits.shape)}: a classifier must map "
+                             "ids (B, T) to logits (B, C)")
+        return logits
 
     def __repr__(self) -> str:
         return (f"TextModel({self.name!r}, labels={self.labels}, vocab={len(self.vocab)} tokens, "
@@ -230,9 +287,8 @@ class TextModel:
         return tokens
 
     def token_spans(self, text: str) -> list[Span] | None:
-        """Character span of each token, when the tokenizer can tell."""
-        spans = getattr(self.tokenizer, "spans", None)
-        return spans(text) if spans is not None else None
+        """Character span of each token (``textexplain.spans.token_spans``), ``None`` where unknown."""
+        return token_spans(self.tokenizer, text)
 
     def encode(self, text: str) -> list[int]:
         return self.vocab.encode(self.tokenize(text))
@@ -255,7 +311,7 @@ class TextModel:
         out = np.empty((len(id_lists), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            logits = self.module(self.pad_batch([id_lists[i] for i in chunk]))
+            logits = self.logits(self.pad_batch([id_lists[i] for i in chunk]))
             out[chunk] = logits.float().cpu().numpy()
         return out
 

@@ -130,9 +130,9 @@ class MaskedModel:
             return forward_at_embeddings(self.model, ids, embeddings)
         if self.mask == "delete":
             kept = [self.token_ids[k].tolist() or [self.model.pad_id] for k in keep]
-            return self.model.module(self.model.pad_batch(kept))
+            return self.model.logits(self.model.pad_batch(kept))
         replacement = self.model.unk_id if self.mask == "unk" else self.mask
-        return self.model.module(torch.where(keep, ids, torch.as_tensor(replacement)))
+        return self.model.logits(torch.where(keep, ids, torch.as_tensor(replacement)))
 
 
 def output_values(logits: np.ndarray, target: int, output: str) -> np.ndarray:

@@ -12,10 +12,18 @@ package that ships the models (this project's demo models register from ``data``
 
     [project.entry-points."textexplain.model_providers"]
     mine = "my_package.models"
+
+Entry points load through ``load_entry_points``: an installed package is found even where the
+working folder holds a module of the same name (a user's own ``data.py`` or ``server.py``, which
+``python -m`` and ``python -c`` put first on ``sys.path``).
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 GROUP = "textexplain.model_providers"
@@ -23,7 +31,44 @@ GROUP = "textexplain.model_providers"
 
 def model_providers() -> list[Any]:
     """Every registered provider, loaded, in name order."""
-    return [ep.load() for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name)]
+    return load_entry_points(GROUP)
+
+
+def load_entry_points(group: str) -> list[Any]:
+    """The objects of the entry points of ``group``, in name order, each loaded by ``load_entry_point``."""
+    return [load_entry_point(ep) for ep in sorted(entry_points(group=group), key=lambda ep: ep.name)]
+
+
+def load_entry_point(ep: EntryPoint) -> Any:
+    """``ep.load()``, looking for its top-level package first with the working folder off ``sys.path``,
+    so a user's module of the same name there cannot shadow the installed package (found nowhere else,
+    as in a source checkout, the working folder's copy is used). A package already shadowed by an
+    imported module of the same name gets an error naming that module and the fix."""
+    top = ep.module.partition(".")[0]
+    if top not in sys.modules:
+        with _working_folder_off_path():
+            try:
+                return ep.load()
+            except ModuleNotFoundError:
+                pass
+    try:
+        return ep.load()
+    except (ImportError, AttributeError) as exc:
+        origin = getattr(sys.modules.get(top), "__file__", None)
+        raise ImportError(f"entry point {ep.name} = {ep.value} (group {ep.group}) cannot be loaded: {exc}"
+                          + (f"; {top!r} is already imported from {origin}: if that is your own module of the "
+                             "same name, rename it" if origin else "")) from exc
+
+
+@contextmanager
+def _working_folder_off_path() -> Iterator[None]:
+    saved = list(sys.path)
+    here = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != here]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def list_models(kind: str | None = None) -> list[dict]:

@@ -21,6 +21,7 @@ text depends on the padding (or on the other texts of the batch) makes all of th
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -280,8 +281,8 @@ def check_explainer(cls: type[Explainer], model: TextModel | None = None,
     _same_snapshot(before, _snapshot(model.module), cls.__name__)
     assert hooks_left(model.module) == 0, f"{cls.__name__} left hooks on the model"
 
-    failing = _FailsAfterForward(model.module)
-    broken = TextModel(failing, model.vocab, model.labels, embedding=model.embedding, tokenizer=model.tokenizer)
+    broken = copy.copy(model)  # TextModel() would refuse a module that fails on its probe call
+    broken.module = _FailsAfterForward(model.module).eval()
     try:
         cls(broken, **params).explain(TEXTS[0])
     except RuntimeError:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import entry_points
+
+from textexplain.providers import load_entry_points
 
 from . import cells, extract, info, models, project
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explore LSTM/GRU hidden states, find interpretable cells and explain text classifiers. "
                     "Run a subcommand with --help for its options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    plugins = [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)]
+    plugins = load_entry_points(COMMANDS_GROUP)  # a user's own server.py in the working folder cannot shadow them
     for add in SUBCOMMANDS + plugins:
         add(sub)
     return parser
