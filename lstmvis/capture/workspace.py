@@ -1,6 +1,7 @@
 """The workspace route: a float32 ``nn.LSTM`` on CPU runs oneDNN's kernel in training mode, and its
-gates are read from the workspace the kernel keeps for the backward pass (about 1.2x the plain
-forward instead of 2.5x for h, c and all gates); c follows from the recurrence."""
+gates are read from the workspace the kernel keeps for the backward pass (about 1.1-1.2x the plain
+forward instead of 2.5x for h, c and all gates, with or without autograd); c follows from the
+recurrence."""
 from __future__ import annotations
 
 import warnings
