@@ -146,8 +146,8 @@ def main() -> None:
                         row = ratios.setdefault((key, name, grad, setting), [])
                         row.append((wall / plain[0], cpu / plain[1], faults, plain[0], load))
                         print(f"round {round_ + 1} (load {load:.1f}) {key} {grad:<8} {setting:<7} {name:<11} "
-                              f"plain {plain[0] * 1e3:6.1f} ms  recorded {wall * 1e3:6.1f} ms  wall {wall / plain[0]:.2f}"
-                              f"  cpu {cpu / plain[1]:.2f}  faults {faults:.0f}", flush=True)
+                              f"plain {plain[0] * 1e3:6.1f} ms  recorded {wall * 1e3:6.1f} ms  "
+                              f"wall {wall / plain[0]:.2f}  cpu {cpu / plain[1]:.2f}  faults {faults:.0f}", flush=True)
         if not result["workspace"]:
             print("LSTM gates: this build's workspace failed the layout check; matmul route")
 

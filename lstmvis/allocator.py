@@ -42,11 +42,12 @@ def keep_heap_for(nbytes: int) -> bool:
     The Recorder calls it with the size of each oneDNN LSTM workspace it reads (about 100 MB at
     32 x 200 steps of 256 units: 16,000 page faults a forward pass otherwise, 1.5x instead of
     1.15x the plain forward under no_grad). It only ever raises glibc's thresholds: the mmap
-    threshold to the next power of two of at least twice ``nbytes`` (64 MiB at least), the trim threshold to four
-    times that (up to 1 GiB of freed memory may then stay with the process), both at most
-    ``KEEP_MAX``; a block above that is left as it is. It does nothing off glibc, where the environment sets the threshold
-    (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``), or with
-    ``LSTMVIS_TUNE_ALLOCATOR=0``. Returns whether it changed a setting.
+    threshold to the next power of two of at least twice ``nbytes`` (64 MiB at least), the trim
+    threshold to four times that (up to 1 GiB of freed memory may then stay with the process),
+    both at most ``KEEP_MAX``; a block above that is left as it is. It does nothing off glibc,
+    where the environment sets the threshold (``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``), or with ``LSTMVIS_TUNE_ALLOCATOR=0``.
+    Returns whether it changed a setting.
     """
     if 2 * nbytes <= _KEPT["threshold"] or os.environ.get(OPT_OUT_ENV, "1") == "0":
         return False
