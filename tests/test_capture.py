@@ -557,3 +557,77 @@ def test_deferred_cell_state_falls_back_to_matmul_when_the_last_step_disagrees(m
     assert workspace.WORKSPACE["usable"] is False
     ref = reference_unroll(m, x, torch.full((2,), 7), name="lstm")
     torch.testing.assert_close(states["lstm.l0.c"], ref["lstm.l0.c"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional,bias", [(False, True), (True, True), (True, False)])
+def test_workspace_route_under_autograd_keeps_the_modules_outputs_and_gradients(monkeypatch, bidirectional, bias):
+    """With autograd on (parameters require grad) the gates still come from oneDNN's workspace: the
+    layer calls are the module's own on the graph, so outputs and every gradient are bitwise the
+    unrecorded module's, and its backward pass leaves the recorded gates as they were."""
+    from lstmvis.capture import gates
+    monkeypatch.setattr(gates, "layer_gates", lambda *a, **k: pytest.fail("matmul route used"))
+    torch.manual_seed(7)
+    m = nn.LSTM(4, 6, num_layers=2, bidirectional=bidirectional, batch_first=True, bias=bias).eval()
+    x = torch.randn(3, 8, 4)
+    hx = tuple(torch.randn(2 * (2 if bidirectional else 1), 3, 6) for _ in range(2))
+
+    def forward_backward(record):
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        if record:
+            with Recorder(m, kinds="all") as rec:
+                out, (h_n, c_n) = m(xg, hx)
+        else:
+            rec, (out, (h_n, c_n)) = None, m(xg, hx)
+        (out.square().sum() + h_n.sum() + 2 * c_n.sum()).backward()
+        return rec, (out, h_n, c_n, xg.grad, *[p.grad for p in m.parameters()])
+
+    _, plain = forward_backward(record=False)
+    rec, recorded = forward_backward(record=True)
+    for a, b in zip(recorded, plain):
+        assert torch.equal(a, b)
+    assert not any(v.requires_grad for v in rec.states.values())
+    _check_against(reference_unroll(m, x, torch.full((3,), 8), *hx, name="lstm"), rec)
+
+
+def test_detached_false_under_autograd_takes_the_matmul_route_with_its_graph():
+    """Gates read from a workspace carry no graph, so a recorder that keeps the graph computes them."""
+    torch.manual_seed(8)
+    m = nn.LSTM(4, 6, batch_first=True)
+    with Recorder(m, kinds="all", detach=False) as rec:
+        m(torch.randn(2, 5, 4))
+    assert all(v.requires_grad for v in rec.states.values())
+
+
+def test_workspace_route_asks_the_allocator_to_keep_its_size(monkeypatch):
+    from lstmvis.capture import workspace
+    sizes = []
+    monkeypatch.setattr(workspace, "keep_heap_for", sizes.append)
+    m = nn.LSTM(4, 16, num_layers=2).eval()
+    with torch.no_grad(), Recorder(m, kinds="h,c"):
+        m(torch.randn(5, 3, 4))
+    assert len(sizes) == 2 and all(s >= 5 * 3 * 4 * workspace.onednn_ld(64) * 4 for s in sizes)
+
+
+def test_keep_heap_for_only_raises_and_respects_the_opt_out_and_the_environment(monkeypatch):
+    from lstmvis import allocator
+    calls = []
+    monkeypatch.setattr(allocator, "_mallopt", lambda settings: calls.append(settings) or True)
+    monkeypatch.setitem(allocator._KEPT, "threshold", 0)
+    monkeypatch.setenv(allocator.OPT_OUT_ENV, "0")
+    assert allocator.keep_heap_for(100 * allocator.MiB) is False and calls == []
+    monkeypatch.delenv(allocator.OPT_OUT_ENV)
+    assert allocator.keep_heap_for(100 * allocator.MiB) is True
+    assert [(option, value) for _, option, value in calls[0]] == [
+        (allocator.M_MMAP_THRESHOLD, 256 * allocator.MiB), (allocator.M_TRIM_THRESHOLD, 1024 * allocator.MiB)]
+    assert allocator.keep_heap_for(20 * allocator.MiB) is False  # never lowered
+    assert allocator.keep_heap_for(allocator.KEEP_MAX) is False  # above the cap: left alone
+    assert len(calls) == 1
+    monkeypatch.undo()
+    for env in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.setenv(env, str(64 * allocator.MiB))
+    assert allocator._mallopt([("MALLOC_MMAP_THRESHOLD_", allocator.M_MMAP_THRESHOLD, 1),
+                               ("MALLOC_TRIM_THRESHOLD_", allocator.M_TRIM_THRESHOLD, 1)]) is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=67108864")
+    assert allocator._mallopt([("MALLOC_MMAP_THRESHOLD_", allocator.M_MMAP_THRESHOLD, 1)]) is False

@@ -12,9 +12,13 @@ the module's rate, so its random mask differs from an unrecorded call, as any tw
 
 A float32 ``nn.LSTM`` on CPU (no projection, not packed) skips the matmul: torch runs it through
 oneDNN, whose training-mode pass keeps every step's activated gates in a workspace for the
-backward; the recorder runs that pass and reads the gates there (about 1.2x the plain forward
+backward; the recorder runs that pass and reads the gates there (about 1.1-1.2x the plain forward
 instead of 2.5x for h, c and all gates). Its outputs are bitwise what the module returns with
-autograd on; the module's no_grad (inference) pass rounds differently in the last bits (~1e-7).
+autograd on; the module's no_grad (inference) pass rounds differently, by up to ~1e-6 in h after a few hundred steps of a trained LSTM (docs/capture-and-store.md).
+Under autograd these layer calls are the module's own on the graph (outputs and gradients
+unchanged). The workspace is large, so the first one in a process raises glibc's malloc
+thresholds to keep it for reuse (``lstmvis.allocator.keep_heap_for``; ``LSTMVIS_TUNE_ALLOCATOR=0``
+opts out).
 
 ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` called in a user loop are recorded per call
 (one time step each) and ``nn.Conv1d`` outputs are recorded as they are.

@@ -106,8 +106,10 @@ def recording_forward(m: nn.RNNBase, active: list, input, hx=None):
     per_dir = len(weights) // (m.num_layers * n_dirs)
     unroll = (all(rec.route == "unroll" for rec, _ in active) and not call.packed and not m.bidirectional
               and m.mode in ("LSTM", "GRU") and not _needs_grad(m, call.x, call.h0, call.c0))
+    # under autograd the workspace route is the module's own kernel call on the graph; its gates carry no
+    # graph, so a recorder that keeps the graph (detach=False) takes the matmul route
     workspace = (m.mode == "LSTM" and not call.packed and m.proj_size == 0 and workspace_usable(call.x)
-                 and not _needs_grad(m, call.x, call.h0, call.c0))
+                 and (all(rec.detach for rec, _ in active) or not _needs_grad(m, call.x, call.h0, call.c0)))
     layer_in, padded_in = call.x, None
     h_n, c_n = [], []
     for layer in range(m.num_layers):
