@@ -26,8 +26,8 @@ the model, so they are pooled under the unk token (their surface forms are liste
 
 ``flip_test`` measures what a relied-on token is worth: accuracy as is, with the token removed,
 and "flipped" (token removed from the texts of its class and added to every other text). Without
-gold labels the audit flip-tests against the model's own predictions (the drop is then the
-share of predictions the flip changes).
+gold labels the audit flip-tests against the model's own predictions (the drop is then lost
+agreement with them).
 """
 from __future__ import annotations
 
