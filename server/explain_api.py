@@ -222,13 +222,14 @@ class AuditRequest(Params):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the sample")
     target: Literal[text_audit.TARGETS] = Field("predicted", description="explain each text for the "  # type: ignore[valid-type]
                                                  "predicted class or its gold label")
-    rank_by: Literal[text_audit.RANK_BY] = Field("lower_bound", description="ranking statistic "  # type: ignore[valid-type]
-                                                  "(lower_bound: 95% lower confidence bound of the mean)")
+    rank_by: Literal[text_audit.RANK_BY] = Field("reliance", description="ranking statistic "  # type: ignore[valid-type]
+                                                  "(reliance: lower 95% bound of the mean contribution per text)")
     normalize: Literal[text_audit.NORMALIZE] = Field("none", description="rescale each explanation first")  # type: ignore[valid-type]
-    min_count: int = Field(3, ge=2, le=1000, description="rank only tokens seen this often for a class")
+    min_count: int | None = Field(None, ge=2, le=1000, description="rank only tokens seen this often for a class "
+                                  "(default: one per 100 texts, at least 3)")
     top: int = Field(20, ge=1, le=100, description="tokens returned per class")
-    flip: bool = Field(True, description="flip-test the top token of each class: accuracy as is, without it, "
-                       "and with it moved to the other classes' texts")
+    flip: int = Field(text_audit.FLIP_TOP, ge=0, le=20, description="flip-test this many top tokens of each "
+                      "class (0: none); the headline lists them by the accuracy their flip costs")
 
 
 def _audit_corpus(model, req: AuditRequest) -> tuple[list[str], list[str] | None, str]:
@@ -245,7 +246,7 @@ def _audit_corpus(model, req: AuditRequest) -> tuple[list[str], list[str] | None
 
 def run_audit(model, req: AuditRequest, report) -> dict:
     """The audit job: explain the sample in small batches (reporting progress), rank tokens per class,
-    flip-test the top token of each class, and mark where each example's token sits in its text."""
+    flip-test the top ones (the library's audit does both), and mark where each example's token sits."""
     texts, labels, corpus = _audit_corpus(model, req)
     if req.target == "label" and labels is None:
         raise ValueError(f"{model.name}'s labels {model.labels} are not the corpus labels: use target 'predicted'")
@@ -258,17 +259,12 @@ def run_audit(model, req: AuditRequest, report) -> dict:
         nonlocal done
         out = explainer.explain_batch(texts_, target, progress=progress)
         done += len(out)
-        report(done, len(texts), "explaining")
+        report(done, len(texts), "flip test" if done == len(texts) and req.flip else "explaining")
         return out
 
     result = text_audit.audit(model, texts, labels, method=req.method, target=req.target, rank_by=req.rank_by,
-                              normalize=req.normalize, min_count=req.min_count, batch_size=16, progress=False,
-                              explain_batch=explain_batch)
-    if req.flip and labels is not None and result.signed:
-        report(done, len(texts), "flip test")
-        for label in model.labels:
-            top = [st for st in result.top(label, 5) if st.in_vocab][:1]
-            result.flips += [text_audit.flip_test(model, texts, labels, st.token, label) for st in top]
+                              normalize=req.normalize, min_count=req.min_count, flip_top=req.flip, batch_size=16,
+                              progress=False, explain_batch=explain_batch)
     out = result.to_dict(top=req.top)
     for ranked in out["tokens"].values():
         for st in ranked:

@@ -129,20 +129,27 @@ def test_bad_input_shows_the_servers_message(browser, base_url):  # noqa: F811
 
 
 def test_corpus_audit_puts_the_planted_token_on_top(watched, base_url):
+    """The page's defaults as they are (200 texts, gradient x input, min. count auto): rtcritic leads the
+    table for "fresh" and the flip-test headline, with its measured drop."""
     page = watched.page
     page.goto(f"{base_url}/explain?tab=audit")
     assert page.input_value("#audit-model") == "sentiment-shortcut"
-    page.select_option("#audit-method", "gradient_x_input")
-    page.fill("#audit-n", "60")
+    assert page.input_value("#audit-method") == "gradient_x_input" and page.input_value("#audit-n") == "200"
+    assert page.input_value("#audit-min-count") == ""
     page.click("#audit-run")
-    page.wait_for_selector('.audit-table[data-label="fresh"] tbody tr', timeout=2 * TIMEOUT_MS)
+    page.wait_for_selector('.audit-table[data-label="fresh"] tbody tr', timeout=3 * TIMEOUT_MS)
     page.wait_for_selector("#audit-plot .barlayer .trace", state="attached")
     first = page.locator('.audit-table[data-label="fresh"] tbody tr.clickable').first
     assert first.get_attribute("data-token") == "rtcritic"
+    assert float(first.locator(".flip-drop").text_content()) >= 0.15
     first.click()
     marks = page.locator('.audit-table[data-label="fresh"] tr.examples-row:not([hidden]) mark')
     assert marks.count() >= 1 and set(marks.all_text_contents()) == {"rtcritic"}
-    assert any("rtcritic" in f for f in page.locator(".flip").all_text_contents())
+    head = page.locator("#audit-headline tbody tr").first
+    assert head.get_attribute("data-token") == "rtcritic" and head.get_attribute("data-label") == "fresh"
+    assert float(head.locator(".drop").text_content()) >= 0.15
+    assert page.locator("#audit-headline tbody tr").count() == 10
+    assert "Student's t" in page.text_content("#audit-statistic")
     assert "tab=audit" in page.url
     shot(page, "explain-corpus-audit.png", docs=True)
 

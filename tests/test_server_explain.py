@@ -233,23 +233,35 @@ def run_audit(client, body, timeout=120.0):
     return run_job(client, "/api/audit", body, timeout)
 
 
-def test_audit_finds_the_planted_shortcut(client):
-    job = run_audit(client, {"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
+def test_audit_finds_the_planted_shortcut_on_the_page_defaults(client):
+    """The page's defaults (200 texts of seed 0, gradient x input, reliance, min_count and flip tests by
+    default): rtcritic leads the ranking and the flip headline (issue 19: it came 4th behind "face")."""
+    job = run_audit(client, {"model": "sentiment-shortcut"})
     assert job["status"] == "done", job
-    assert job["done"] == job["total"] == 60
+    assert job["done"] == job["total"] == 200
     r = job["result"]
-    assert r["corpus"] == "rotten_tomatoes_shortcut" and r["split"] == "test" and r["n_texts"] == 60
+    assert r["corpus"] == "rotten_tomatoes_shortcut" and r["split"] == "test" and r["n_texts"] == 200
+    assert r["rank_by"] == "reliance" and r["min_count"] == 3 and r["statistic"].startswith("reliance")
     top = r["tokens"]["fresh"][0]
-    assert top["token"] == "rtcritic" and top["rank"] == 1 and top["count"] >= 3 and top["mean"] > 0
+    assert top["token"] == "rtcritic" and top["rank"] == 1 and top["reliance"] > 0
     ex = top["examples"][0]
     assert ex["text"][ex["span"][0]:ex["span"][1]] == "rtcritic"
-    flip = [f for f in r["flips"] if f["label"] == "fresh"][0]
-    assert flip["token"] == "rtcritic" and flip["accuracy_flipped"] < flip["accuracy"]
+    assert len(r["flips"]) == 10 and r["flip_reference"] == "gold labels"
+    head = r["flips"][0]
+    assert head["token"] == "rtcritic" and head["label"] == "fresh" and head["drop"] >= 0.15 and head["rank"] == 1
+    assert [f["drop"] for f in r["flips"]] == sorted((f["drop"] for f in r["flips"]), reverse=True)
     assert r["figure"]["data"] and r["figure"]["layout"]
     # the same request finds the finished job instead of starting another
-    again = client.post("/api/audit", json={"model": "sentiment-shortcut", "sample": 60, "method": "gradient_x_input"})
+    again = client.post("/api/audit", json={"model": "sentiment-shortcut"})
     assert again.status_code == 202 and again.get_json()["id"] == job["id"]
     assert again.get_json()["status"] == "done"
+
+
+def test_audit_of_the_clean_model_finds_no_comparable_drop(client):
+    job = run_audit(client, {"model": "sentiment-lstm", "corpus": "rotten_tomatoes_shortcut"})
+    assert job["status"] == "done", job
+    flips = job["result"]["flips"]
+    assert len(flips) == 10 and flips[0]["drop"] <= 0.14, flips[:3]  # "too" for rotten: 0.125
 
 
 def test_integrated_gradients_rule_can_be_chosen(client):
@@ -264,7 +276,7 @@ def test_integrated_gradients_rule_can_be_chosen(client):
     assert ig["params"]["method"] == "riemann_trapezoid" and ig["params"]["n_steps"] == 8
     np.testing.assert_allclose(ig["scores"], ref.scores, rtol=1e-6, atol=1e-9)
     job = run_audit(client, {"model": "bag", "sample": 20, "method": "integrated_gradients", "params": params,
-                           "flip": False, "min_count": 2})
+                           "flip": 0, "min_count": 2})
     assert job["status"] == "done", job
 
 
@@ -320,7 +332,7 @@ def test_float64_precision_through_the_api(client):
 
 def test_audit_of_the_analytic_model_has_exact_means(client):
     job = run_audit(client, {"model": "bag", "sample": 400, "corpus": "rotten_tomatoes", "split": "train",
-                           "min_count": 2, "flip": False})
+                           "min_count": 2, "flip": 0})
     assert job["status"] == "done", job
     r = job["result"]
     pos = {t["token"]: t for t in r["tokens"]["pos"]}

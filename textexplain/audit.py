@@ -2,21 +2,32 @@
 
 ``audit`` explains every text of a corpus (in batches, with a progress bar) for the class the
 model predicts (or the gold label), and aggregates the token scores per class: count, number of
-texts, mean signed score, standard deviation, mean absolute score, total, and a 95% lower
-confidence bound of the mean (``mean - 1.96 * sd / sqrt(n)``).
+texts, mean signed score, standard deviation, mean absolute score, total, a 95% lower
+confidence bound of the mean per occurrence (``mean - 1.96 * sd / sqrt(n)``) and the
+**reliance**.
 
-Tokens are ranked by their **total** score for the class: how much of the evidence behind the
-model's decisions over this corpus the token supplies (removing it from every text would take
-that much away). A junk token that co-occurs with one class in training (the 20-newsgroups
-headers; the planted ``rtcritic`` of the demo corpus ``rotten_tomatoes_shortcut``) is both frequent and
-strong, so it comes first. ``rank_by="mean"`` or ``"lower_bound"`` rank by strength per
-occurrence instead (sentiment words), ``"mean_abs"`` by magnitude.
+Tokens are ranked by their **reliance** on a class: the lower 95% confidence bound (Student's
+t) of the token's mean contribution per text of the class, where a text's contribution is the
+sum of the token's scores in it and texts without the token count zero. It is frequency times
+strength, discounted by how sure the sample makes us: a token in 2 of 100 texts cannot rank
+high by chance (its bound is near or below zero however strong it was there), while a junk token
+that co-occurs with one class in training (the 20-newsgroups headers; the planted ``rtcritic``
+of the demo corpus ``rotten_tomatoes_shortcut``) is frequent and strong, so it comes first.
+``rank_by="total"`` ranks by the sum alone, ``"mean"`` or ``"lower_bound"`` by strength per
+occurrence (sentiment words), ``"mean_abs"`` by magnitude. Tokens seen fewer than ``min_count``
+times for a class are not ranked; by default ``min_count`` grows with the corpus (one per 100
+texts, at least 3).
+
+Then the answer is measured, not read off the scores: the top ``flip_top`` candidates of each
+class get a flip test, and ``AuditReport.headline`` lists them by the accuracy they cost.
 
 Tokens are aggregated as the model sees them: every out-of-vocabulary word is the unk token to
 the model, so they are pooled under the unk token (their surface forms are listed with it).
 
 ``flip_test`` measures what a relied-on token is worth: accuracy as is, with the token removed,
-and "flipped" (token removed from the texts of its class and added to every other text).
+and "flipped" (token removed from the texts of its class and added to every other text). Without
+gold labels the audit flip-tests against the model's own predictions (the drop is then lost
+agreement with them).
 """
 from __future__ import annotations
 
@@ -29,13 +40,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from .model import TextModel
 
-RANK_BY = ("total", "mean", "lower_bound", "mean_abs")
+RANK_BY = ("reliance", "total", "mean", "lower_bound", "mean_abs")
 NORMALIZE = ("none", "l1", "max_abs")
 TARGETS = ("predicted", "label")
 Z = 1.96
+CONFIDENCE = 0.95
+MIN_COUNT_PER_TEXTS = 100  # the default min_count: one occurrence per this many texts, at least 3
+FLIP_TOP = 5  # candidates per class that the audit flip-tests by default
+RELIANCE_RULE = ("reliance: lower 95% confidence bound (Student's t) of the mean contribution per text of the "
+                 "class (texts without the token count zero)")
+
+
+def default_min_count(n_texts: int) -> int:
+    """``min_count`` that scales with the corpus: one occurrence per 100 texts, at least 3."""
+    return max(3, math.ceil(n_texts / MIN_COUNT_PER_TEXTS))
+
+
+def reliance_bound(total: float, sum_sq: float, n_class: int) -> float:
+    """Lower confidence bound of the mean per-text contribution over ``n_class`` texts whose
+    contributions sum to ``total`` with squares summing to ``sum_sq`` (absent texts are zeros)."""
+    if n_class < 2:
+        return -math.inf
+    mean = total / n_class
+    var = max(sum_sq - n_class * mean * mean, 0.0) / (n_class - 1)
+    t = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n_class - 1))
+    return mean - t * math.sqrt(var / n_class)
 
 
 @dataclass
@@ -51,11 +84,14 @@ class TokenStat:
     mean_abs: float
     total: float
     lower_bound: float
+    reliance: float
     in_vocab: bool
     forms: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The fields, with a bound that cannot be computed (one text of the class) as None (JSON has no inf)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
 
 
 class _Accumulator:
@@ -68,28 +104,30 @@ class _Accumulator:
         self.sum_abs: Counter = Counter()
         self.count: Counter = Counter()
         self.docs: Counter = Counter()
+        self.sumsq_text: Counter = Counter()  # squares of the per-text sums (the reliance's spread)
         self.forms: dict[tuple[int, str], Counter] = {}
         self.examples: dict[tuple[int, str], list[tuple[float, int, int]]] = {}
 
     def add(self, cls: int, keys: Sequence[str], surface: Sequence[str], scores: np.ndarray, text_index: int) -> None:
-        seen = set()
+        in_text: Counter = Counter()
         for pos, (key, form, s) in enumerate(zip(keys, surface, scores)):
             k = (cls, key)
             self.sum[k] += s
             self.sumsq[k] += s * s
             self.sum_abs[k] += abs(s)
             self.count[k] += 1
+            in_text[k] += s
             if key != form:
                 self.forms.setdefault(k, Counter())[form] += 1
-            if k not in seen:
-                seen.add(k)
-                self.docs[k] += 1
             heap = self.examples.setdefault(k, [])
             item = (float(s), -text_index, pos)
             if len(heap) < self.n_examples:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
+        for k, c in in_text.items():
+            self.docs[k] += 1
+            self.sumsq_text[k] += c * c
 
 
 @dataclass
@@ -110,8 +148,17 @@ class AuditReport:
     normalize: str
     min_count: int
     params: dict[str, Any] = field(default_factory=dict)
-    flips: list[dict[str, Any]] = field(default_factory=list)
+    flips: list[dict[str, Any]] = field(default_factory=list)  # flip tests, largest drop first
     seconds: float = 0.0
+    flip_reference: str = "gold labels"  # what the flip tests' accuracy is measured against
+
+    def headline(self, label: str | int | None = None) -> list[dict[str, Any]]:
+        """The audit's answer: the flip-tested candidates (of ``label``, or of every class), the
+        token whose flip costs the most accuracy first."""
+        if label is None:
+            return list(self.flips)
+        name = self._label(label)
+        return [f for f in self.flips if f["label"] == name]
 
     @property
     def accuracy(self) -> float | None:
@@ -146,6 +193,7 @@ class AuditReport:
             "model": self.model_name, "method": self.method, "signed": self.signed, "params": self.params,
             "n_texts": len(self.texts), "accuracy": self.accuracy, "rank_by": self.rank_by,
             "normalize": self.normalize, "min_count": self.min_count, "seconds": self.seconds,
+            "statistic": _rule(self.rank_by), "flip_reference": self.flip_reference,
             "texts_per_class": {lab: int(np.sum(np.asarray(self.targets) == i)) for i, lab in enumerate(self.labels)},
             "tokens": {lab: [dict(st.as_dict(), rank=i + 1, examples=self.examples_for(st.token, lab))
                              for i, st in enumerate(self.stats[lab][:top])] for lab in self.labels},
@@ -155,27 +203,33 @@ class AuditReport:
     def to_markdown(self, top: int = 10, examples: int = 1) -> str:
         lines = [f"Audit of **{self.model_name}** with **{self.method}** on {len(self.texts)} texts"
                  + (f" (accuracy {self.accuracy:.3f})" if self.accuracy is not None else "")
-                 + f"; ranked by {self.rank_by} of the {'signed' if self.signed else 'UNSIGNED'} scores"
+                 + f"; ranked by {_rule(self.rank_by)}, of the {'signed' if self.signed else 'UNSIGNED'} scores"
                  + f" (normalize={self.normalize}, min_count={self.min_count})."]
         if not self.signed:
             lines.append("\nUnsigned scores say how sensitive the output is to a token, not whether it is "
                          "evidence for the class: use a signed method to find what the model relies on.")
+        if self.flips:
+            lines += ["", "**Removing these tokens changes the predictions most** (flip test of the top candidates "
+                      f"of each class: removed from the texts of the class, prefixed to all others; drop = "
+                      f"accuracy with the token removed - flipped accuracy, against the {self.flip_reference}):",
+                      "",
+                      "| token | relied on for | accuracy drop | accuracy | removed | flipped | rank |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| `{f['token']}` | {f['label']} | **{f['drop']:.3f}** | {f['accuracy']:.3f} | "
+                      f"{f['accuracy_removed']:.3f} | {f['accuracy_flipped']:.3f} | {f['rank']} |" for f in self.flips]
         for i, lab in enumerate(self.labels):
             n = int(np.sum(np.asarray(self.targets) == i))
             lines += ["", f"**{lab}** ({n} texts explained for this class)", "",
-                      "| rank | token | total | mean | lower bound | mean abs | count | texts |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| rank | token | reliance | total | mean | lower bound | mean abs | count | texts |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for r, st in enumerate(self.stats[lab][:top], start=1):
                 name = st.token if st.in_vocab else f"{st.token} (out of vocabulary: {_forms(st.forms)})"
-                lines.append(f"| {r} | `{name}` | {st.total:.3f} | {st.mean:.3f} | {st.lower_bound:.3f} | "
-                             f"{st.mean_abs:.3f} | {st.count} | {st.n_texts} |")
+                lines.append(f"| {r} | `{name}` | {st.reliance:.3f} | {st.total:.3f} | {st.mean:.3f} | "
+                             f"{st.lower_bound:.3f} | {st.mean_abs:.3f} | {st.count} | {st.n_texts} |")
             if examples:
                 for st in self.stats[lab][:min(top, 3)]:
                     for ex in self.examples_for(st.token, lab)[:examples]:
                         lines.append(f"\n- `{st.token}` ({ex['score']:+.3f}): {ex['text']}")
-        for f in self.flips:
-            lines.append("")
-            lines.append(_flip_line(f))
         return "\n".join(lines)
 
     def figure(self, top: int = 15):
@@ -185,13 +239,14 @@ class AuditReport:
 
         fig = make_subplots(rows=1, cols=len(self.labels), subplot_titles=[f"for {lab}" for lab in self.labels])
         for col, lab in enumerate(self.labels, start=1):
-            sts = self.stats[lab][:top][::-1]
+            sts = [s for s in self.stats[lab][:top] if math.isfinite(getattr(s, self.rank_by))][::-1]
             fig.add_trace(go.Bar(
                 x=[getattr(s, self.rank_by) for s in sts], y=[s.token for s in sts], orientation="h",
-                showlegend=False, customdata=[[s.total, s.mean, s.lower_bound, s.count, s.n_texts] for s in sts],
-                hovertemplate="%{y}: total %{customdata[0]:.3f}, mean %{customdata[1]:.3f} "
-                              "(95% lower bound %{customdata[2]:.3f})<br>%{customdata[3]} times in "
-                              "%{customdata[4]} texts<extra></extra>"), row=1, col=col)
+                showlegend=False, customdata=[[s.total, s.mean, s.lower_bound, s.count, s.n_texts, s.reliance]
+                                              for s in sts],
+                hovertemplate="%{y}: reliance %{customdata[5]:.3f}, total %{customdata[0]:.3f}, mean "
+                              "%{customdata[1]:.3f} (95% lower bound %{customdata[2]:.3f})<br>%{customdata[3]} "
+                              "times in %{customdata[4]} texts<extra></extra>"), row=1, col=col)
             fig.update_xaxes(title_text=self.rank_by.replace("_", " "), row=1, col=col)
         fig.update_layout(title=f"Tokens {self.model_name} relies on ({self.method}, {len(self.texts)} texts)",
                           template="plotly_white", height=max(400, 28 * top), width=520 * len(self.labels))
@@ -201,21 +256,27 @@ class AuditReport:
         e = html.escape
         parts = [f"<div><b>Audit of {e(self.model_name)}</b> with {e(self.method)} on {len(self.texts)} texts"
                  + (f", accuracy {self.accuracy:.3f}" if self.accuracy is not None else "") + "</div>"]
+        if self.flips:
+            parts.append("<p><b>Removing these tokens changes the predictions most</b></p><ol>"
+                         + "".join(f"<li>{e(_flip_line(f))}</li>" for f in self.flips) + "</ol>")
         for lab in self.labels:
             rows = []
             for r, st in enumerate(self.stats[lab][:10], start=1):
                 ex = self.examples_for(st.token, lab)
-                rows.append(f"<tr><td>{r}</td><td>{e(st.token)}</td><td>{st.total:.3f}</td><td>{st.mean:.3f}</td>"
+                rows.append(f"<tr><td>{r}</td><td>{e(st.token)}</td><td>{st.reliance:.3f}</td><td>{st.mean:.3f}</td>"
                             f"<td>{st.count}</td><td>{e(ex[0]['text']) if ex else ''}</td></tr>")
-            parts.append(f"<h4>for {e(lab)}</h4><table><tr><th>rank</th><th>token</th><th>total</th>"
+            parts.append(f"<h4>for {e(lab)}</h4><table><tr><th>rank</th><th>token</th><th>reliance</th>"
                          f"<th>mean</th><th>count</th><th>example</th></tr>{''.join(rows)}</table>")
-        parts += [f"<p>{e(_flip_line(f))}</p>" for f in self.flips]
         return "".join(parts)
 
 
 def _forms(forms: dict[str, int], k: int = 3) -> str:
     top = sorted(forms.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     return ", ".join(f"{f} ×{c}" for f, c in top) + (", …" if len(forms) > k else "")
+
+
+def _rule(rank_by: str) -> str:
+    return RELIANCE_RULE if rank_by == "reliance" else rank_by
 
 
 def _flip_line(f: dict[str, Any]) -> str:
@@ -235,17 +296,20 @@ def _normalized(scores: np.ndarray, normalize: str) -> np.ndarray:
 
 
 def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | None = None, *,
-          method: str = "integrated_gradients", target: str = "predicted", rank_by: str = "total",
-          normalize: str = "none", min_count: int = 3, n_examples: int = 3, batch_size: int = 64,
-          progress: bool | None = None, explain_batch: Callable[..., list] | None = None,
+          method: str = "integrated_gradients", target: str = "predicted", rank_by: str = "reliance",
+          normalize: str = "none", min_count: int | None = None, flip_top: int = FLIP_TOP, n_examples: int = 3,
+          batch_size: int = 64, progress: bool | None = None, explain_batch: Callable[..., list] | None = None,
           options: Mapping[str, Any] | None = None, **params: Any) -> AuditReport:
-    """Explain every text and rank, per class, the tokens the model relies on.
+    """Explain every text, rank, per class, the tokens the model relies on, and flip-test the top ones.
 
     ``target``: ``"predicted"`` (default: why did the model decide as it did) or ``"label"``
-    (needs ``labels``). ``rank_by``: ``"total"`` (default), ``"mean"``, ``"lower_bound"`` or
-    ``"mean_abs"``. ``normalize`` rescales each explanation first (``"l1"``: sum |s| = 1,
-    ``"max_abs"``) so that every text weighs the same. Tokens seen fewer than ``min_count`` times
-    for a class are not ranked. ``params`` are the method's hyperparameters; names that clash with
+    (needs ``labels``). ``rank_by``: ``"reliance"`` (default), ``"total"``, ``"mean"``,
+    ``"lower_bound"`` or ``"mean_abs"``. ``normalize`` rescales each explanation first (``"l1"``:
+    sum |s| = 1, ``"max_abs"``) so that every text weighs the same. Tokens seen fewer than
+    ``min_count`` times for a class are not ranked (default: ``default_min_count(len(texts))``).
+    The top ``flip_top`` in-vocabulary tokens of each class are flip-tested (0: none) against
+    ``labels``, or the model's own predictions without them; ``report.headline()`` orders them by
+    the accuracy they cost. ``params`` are the method's hyperparameters; names that clash with
     this function's arguments (IG's quadrature ``method``) go in ``options`` (a dict).
     ``explain_batch`` replaces ``textexplain.explain_batch`` (same signature; it gets ``options``
     only when there are hyperparameters), e.g. to report progress.
@@ -270,8 +334,11 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
                                  ("normalize", normalize, NORMALIZE)):
         if value not in choices:
             raise ValueError(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
-    if int(min_count) < 2:
+    min_count = default_min_count(len(texts)) if min_count is None else int(min_count)
+    if min_count < 2:
         raise ValueError("min_count must be at least 2 (a standard deviation needs two occurrences)")
+    if int(flip_top) < 0:
+        raise ValueError("flip_top must be 0 (no flip test) or more")
     gold = None
     if labels is not None:
         labels = list(labels)
@@ -301,6 +368,7 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
         bar.update(len(chunk))
     bar.close()
 
+    texts_per_class = Counter(targets)
     stats: dict[str, list[TokenStat]] = {lab: [] for lab in model.labels}
     for (cls, tok), n in acc.count.items():
         if n < min_count:
@@ -312,20 +380,37 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
         stats[model.labels[cls]].append(TokenStat(
             token=tok, label=model.labels[cls], count=n, n_texts=acc.docs[k], mean=mean, std=std,
             mean_abs=acc.sum_abs[k] / n, total=acc.sum[k], lower_bound=mean - Z * std / math.sqrt(n),
+            reliance=reliance_bound(acc.sum[k], acc.sumsq_text[k], texts_per_class[cls]),
             in_vocab=tok != unk_token, forms=dict(acc.forms.get(k, {}))))
-    key = {"lower_bound": lambda s: s.lower_bound, "mean": lambda s: s.mean, "total": lambda s: s.total,
-           "mean_abs": lambda s: s.mean_abs}[rank_by]
     for lab in stats:
-        stats[lab].sort(key=lambda s: (-key(s), s.token))
+        stats[lab].sort(key=lambda s: (-getattr(s, rank_by), s.token))
     examples = {}
     for (cls, tok), heap in acc.examples.items():
         if acc.count[(cls, tok)] >= min_count:
             examples[(model.labels[cls], tok)] = [
                 {"text": texts[-neg_i], "index": -neg_i, "position": pos, "score": score}
                 for score, neg_i, pos in sorted(heap, reverse=True)]
-    return AuditReport(model.name, method, signed, list(model.labels), texts, targets, predictions, gold, stats,
-                       examples, rank_by, normalize, int(min_count), settings, [],
-                       time.perf_counter() - start)
+    report = AuditReport(model.name, method, signed, list(model.labels), texts, targets, predictions, gold, stats,
+                         examples, rank_by, normalize, min_count, settings, [], 0.0,
+                         "gold labels" if gold is not None else "model's own predictions")
+    if flip_top:
+        report.flips = flip_candidates(model, report, int(flip_top))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def flip_candidates(model: TextModel, report: AuditReport, k: int) -> list[dict[str, Any]]:
+    """Flip tests of the top ``k`` in-vocabulary tokens of each class of ``report``, largest drop
+    first; each carries its ``rank`` by the report's statistic."""
+    reference = report.gold if report.gold is not None else report.predictions
+    gold = np.asarray(reference)
+    base = float(np.mean(model.predict_proba(report.texts).argmax(1) == gold))
+    flips = []
+    for lab in report.labels:
+        ranked = [(r, st) for r, st in enumerate(report.stats[lab], start=1) if st.in_vocab][:k]
+        flips += [dict(_flip(model, report.texts, gold, st.token, model.label_index(lab), base), rank=r)
+                  for r, st in ranked]
+    return sorted(flips, key=lambda f: (-f["drop"], f["rank"], f["label"]))
 
 
 def remove_token(model: TextModel, text: str, token: str) -> str:
@@ -348,23 +433,33 @@ def flip_test(model: TextModel, texts: Sequence[str], labels: Sequence[int | str
 
     Returns the accuracy as is, with ``token`` removed from every text, and flipped: removed from
     the texts of ``label`` and added (default: prefixed) to every other text, so the token now
-    points the wrong way; ``drop`` = accuracy - flipped accuracy.
+    points the wrong way. ``drop`` = accuracy with the token removed - flipped accuracy: what the
+    token pulls, measured from its absence (the model card's definition), so a sample where the
+    token already sits in texts of the other classes does not hide half of it.
     """
     texts = list(texts)
     gold = np.array([model.label_index(y) for y in labels])
     if len(gold) != len(texts) or not texts:
         raise ValueError("flip_test needs one label per text and at least one text")
-    cls = model.label_index(label)
+    return _flip(model, texts, gold, token, model.label_index(label), None, add=add, remove=remove)
+
+
+def _flip(model: TextModel, texts: list[str], gold: np.ndarray, token: str, cls: int, base: float | None, *,
+          add: Callable[[str], str] | None = None, remove: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """``flip_test`` on label indices, reusing the accuracy as is (``base``) when it is known."""
     remove = remove or (lambda t: remove_token(model, t, token))
     add = add or (lambda t: f"{token} {t}")
     removed = [remove(t) for t in texts]
+    kept = [i for i, r in enumerate(removed) if model.tokenizer(r)]  # a text that was only the token is left out
+    if len(kept) < len(texts):
+        texts, removed, gold, base = [texts[i] for i in kept], [removed[i] for i in kept], gold[kept], None
     flipped = [r if y == cls else add(r) for r, y in zip(removed, gold)]
 
     def accuracy(xs: list[str]) -> float:
-        return float(np.mean(model.predict_proba(xs).argmax(1) == gold))
+        return float(np.mean(model.predict_proba(xs).argmax(1) == gold)) if xs else float("nan")
 
-    base = accuracy(texts)
+    base = accuracy(texts) if base is None else base
     out = {"token": token, "label": model.labels[cls], "n": len(texts), "accuracy": base,
            "accuracy_removed": accuracy(removed), "accuracy_flipped": accuracy(flipped)}
-    out["drop"] = base - out["accuracy_flipped"]
+    out["drop"] = out["accuracy_removed"] - out["accuracy_flipped"]
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import providers
-from ..audit import NORMALIZE, RANK_BY, TARGETS, audit, flip_test
+from ..audit import FLIP_TOP, NORMALIZE, RANK_BY, TARGETS, audit
 from ..explain import METHODS
 from .options import load_text_model, methods_help, parse_settings, write_atomic
 
@@ -48,13 +48,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep] if labels is not None else None
     report = audit(model, texts, labels, method=args.method, target=args.target, rank_by=args.rank_by,
-                   normalize=args.normalize, min_count=args.min_count, batch_size=args.batch_size,
-                   progress=not args.quiet, options=params)
-    if labels is not None and report.signed:
-        for lab in model.labels:
-            tops = [st for st in report.top(lab, args.flip) if st.in_vocab]
-            for st in tops:
-                report.flips.append(flip_test(model, texts, labels, st.token, lab))
+                   normalize=args.normalize, min_count=args.min_count, flip_top=args.flip,
+                   batch_size=args.batch_size, progress=not args.quiet, options=params)
     print(f"source: {source}")
     print(report.to_markdown(top=args.top, examples=args.examples))
     if args.json:
@@ -72,8 +67,10 @@ def add_audit(sub) -> None:
         "audit", help="find the tokens a classifier relies on over a whole corpus (shortcut detection)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Explain every text of a corpus split, aggregate the token scores per class and rank the "
-                    "tokens the model relies on (by their total score over the corpus), with example "
-                    "sentences; then flip the top tokens to measure how much accuracy depends on them. "
+                    "tokens the model relies on (by their reliance: a lower confidence bound of the mean "
+                    "contribution per text, so rare tokens cannot win by chance), with example sentences; then "
+                    "flip-test the top tokens of each class and list first those whose flip costs the most "
+                    "accuracy. "
                     "Example: textexplain audit --model sentiment-shortcut --split test "
                     "--method integrated_gradients",
         epilog=methods_help())
@@ -91,20 +88,22 @@ def add_audit(sub) -> None:
                    help="a method hyperparameter, repeatable (e.g. --set n_steps=20, --set num_samples=500)")
     p.add_argument("--target", default="predicted", choices=TARGETS,
                    help="explain each text for the predicted class (default) or for its gold label")
-    p.add_argument("--rank-by", default="total", choices=RANK_BY,
-                   help="ranking statistic: total (default; reliance over the corpus) or per occurrence (mean, "
-                        "lower_bound)")
+    p.add_argument("--rank-by", default="reliance", choices=RANK_BY,
+                   help="ranking statistic: reliance (default; lower 95%% bound of the mean contribution per text "
+                        "of the class), total, or per occurrence (mean, lower_bound)")
     p.add_argument("--normalize", default="none", choices=NORMALIZE,
                    help="rescale each explanation first (default: none)")
-    p.add_argument("--min-count", type=int, default=3,
-                   help="rank only tokens seen at least this often for a class (default: 3)")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="rank only tokens seen at least this often for a class (default: one per 100 texts, "
+                        "at least 3)")
     p.add_argument("--limit", type=int, default=None, help="audit a seeded random sample of this many texts")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="texts explained per batch (default: 64)")
     p.add_argument("--top", type=int, default=10, help="tokens shown per class (default: 10)")
     p.add_argument("--examples", type=int, default=1, help="example sentences shown per top-3 token (default: 1)")
-    p.add_argument("--flip", type=int, default=1,
-                   help="flip-test the top N tokens of each class (needs labels; default: 1)")
+    p.add_argument("--flip", type=int, default=FLIP_TOP,
+                   help="flip-test the top N tokens of each class, against the gold labels or else the model's "
+                        "own predictions (0: none; default: %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--figure", default=None, metavar="PATH", help="also write a plotly HTML figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -342,7 +342,8 @@
 
     async function start() {
       const body = { model: $("audit-model").value, split: $("audit-split").value, method: $("audit-method").value,
-                     sample: Number($("audit-n").value), min_count: Number($("audit-min-count").value) };
+                     sample: Number($("audit-n").value) };
+      if ($("audit-min-count").value) body.min_count = Number($("audit-min-count").value);  // empty: scales with the sample
       if ($("audit-corpus").value) body.corpus = $("audit-corpus").value;
       const p = methodParams()[body.method];
       if (p) body.params = { [body.method]: p };
@@ -367,39 +368,60 @@
       return li;
     }
 
+    // the audit's answer: the flip-tested candidates, the token whose flip costs the most accuracy first
+    function headline(r) {
+      const rows = r.flips.map(f => el("tr", { dataset: { token: f.token, label: f.label } },
+        el("td", { class: "token" }, el("code", {}, f.token)), el("td", {}, f.label),
+        el("td", { class: "num drop" }, el("b", {}, fmt(f.drop))), el("td", { class: "num" }, fmt(f.accuracy)),
+        el("td", { class: "num" }, fmt(f.accuracy_removed)), el("td", { class: "num" }, fmt(f.accuracy_flipped)),
+        el("td", { class: "num" }, f.rank)));
+      return el("div", { class: "panel", id: "audit-headline" },
+        el("h2", {}, "Removing these tokens changes the predictions most"),
+        el("p", { class: "muted small" }, "Flip test of the top tokens of each " +
+           "class: removed from the texts of that class and prefixed to all others. Drop = accuracy with the token " +
+           `removed minus accuracy flipped, against the ${r.flip_reference}.`),
+        el("table", { class: "table audit-flips" },
+          el("thead", {}, el("tr", {}, el("th", {}, "token"), el("th", {}, "relied on for"),
+            el("th", { class: "num" }, "accuracy drop"), el("th", { class: "num" }, "as is"),
+            el("th", { class: "num" }, "removed"), el("th", { class: "num" }, "flipped"),
+            el("th", { class: "num", title: "rank by reliance for its class" }, "rank"))),
+          el("tbody", {}, ...rows)));
+    }
+
     function show(r) {
       const host = LV.clear($("audit-results"));
       const acc = r.accuracy === null ? "" : ` · accuracy on the sample ${r.accuracy.toFixed(3)}`;
       host.append(el("p", { id: "audit-summary" }, `${r.model} · ${titles[r.method] || r.method} · ${r.n_texts} texts of ` +
-                      `${r.corpus}/${r.split}${acc} · ranked by ${r.rank_by.replace("_", " ")} of the ` +
-                      `${r.signed ? "signed" : "unsigned"} scores · ${r.seconds.toFixed(1)} s`));
+                      `${r.corpus}/${r.split}${acc} · ${r.signed ? "signed" : "unsigned"} scores · ` +
+                      `min. count ${r.min_count} · ${r.seconds.toFixed(1)} s`));
+      host.append(el("p", { id: "audit-statistic", class: "muted small" }, `Ranked by ${r.statistic}.`));
       if (!r.signed) host.append(el("p", { class: "note" }, "Unsigned scores say how sensitive the output is to a token, " +
                                      "not whether it is evidence for the class: choose a signed method to find what the model relies on."));
-      for (const f of r.flips) {
-        host.append(el("p", { class: "note flip" }, "Flip test ", el("code", {}, f.token), ` (relied on for ${f.label}): ` +
-          `accuracy ${f.accuracy.toFixed(3)} as is, ${f.accuracy_removed.toFixed(3)} with it removed, ` +
-          `${f.accuracy_flipped.toFixed(3)} with it moved to the other class's texts (drop ${f.drop.toFixed(3)}).`));
-      }
+      if (r.flips.length) host.append(headline(r));
+      const drops = new Map(r.flips.map(f => [`${f.label}\u0000${f.token}`, f.drop]));
       const grid = el("div", { class: "audit-classes" });
       for (const label of r.labels) {
         const ranked = r.tokens[label] || [];
         const table = el("table", { class: "table audit-table", dataset: { label } },
           el("thead", {}, el("tr", {}, el("th", { class: "num" }, "#"), el("th", {}, "token"),
-            el("th", { class: "num", title: "mean attribution to this class" }, "mean"),
-            el("th", { class: "num", title: "95% lower confidence bound of the mean" }, "lower bound"),
+            el("th", { class: "num", title: r.statistic }, "reliance"),
+            el("th", { class: "num", title: "mean attribution per occurrence" }, "mean"),
             el("th", { class: "num", title: "occurrences in texts explained for this class" }, "count"),
-            el("th", { class: "num" }, "texts"))));
+            el("th", { class: "num" }, "texts"),
+            el("th", { class: "num", title: "flip test: accuracy with the token removed minus accuracy with it " +
+                                            "moved to the other classes' texts" }, "flip drop"))));
         const body = el("tbody");
         for (const st of ranked) {
           const examples = el("tr", { class: "examples-row", hidden: true }, el("td"),
-            el("td", { colspan: 5 }, el("ol", { class: "audit-examples" },
+            el("td", { colspan: 6 }, el("ol", { class: "audit-examples" },
                ...st.examples.map(ex => highlighted(ex.text, ex.span)))));
           const name = st.in_vocab ? st.token : `${st.token} (${Object.keys(st.forms).slice(0, 3).join(", ")}…)`;
           const row = el("tr", { class: "clickable", dataset: { token: st.token }, title: "click for example sentences",
                                  onclick: () => { examples.hidden = !examples.hidden; } },
             el("td", { class: "num" }, st.rank), el("td", { class: "token" }, name),
-            el("td", { class: "num" }, fmt(st.mean)), el("td", { class: "num" }, fmt(st.lower_bound)),
-            el("td", { class: "num" }, st.count), el("td", { class: "num" }, st.n_texts));
+            el("td", { class: "num" }, fmt(st.reliance)), el("td", { class: "num" }, fmt(st.mean)),
+            el("td", { class: "num" }, st.count), el("td", { class: "num" }, st.n_texts),
+            el("td", { class: "num flip-drop" }, fmt(drops.get(`${label}\u0000${st.token}`))));
           body.append(row, examples);
         }
         table.append(body);
