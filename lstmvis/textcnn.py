@@ -4,10 +4,11 @@ The text analogue of Zeiler and Fergus's top-9 image patches: for each filter of
 the corpus positions where its (pre-activation) output is largest, each shown as the n-gram of
 input tokens under that position's receptive field. Receptive fields are mapped back through the
 stacked conv and pool layers exactly: a layer position ``p`` sees input tokens
-``[offset + p * jump, offset + p * jump + size)`` clipped to the text, where each conv
+``[offset + p * jump, offset + p * jump + size)`` clipped to the text, where each conv or pool
 (kernel ``K``, padding ``P``, stride ``S``, dilation ``D``) maps ``size += (K - 1) * D * jump``,
-``offset -= P * jump``, ``jump *= S`` and each max pool (kernel ``K``, stride ``S``)
-``size += (K - 1) * jump``, ``jump *= S``.
+``offset -= P * jump``, ``jump *= S``. Any module works whose forward pass runs its Conv1d and
+1-d max/avg pools (modules or functional) in one chain over the tokens: a probe pass records
+them (``window_ops``); a layout it cannot map raises ``UnsupportedLayout`` naming the layer.
 
     report = lstmvis.top_ngrams(data.load_model("sentiment-cnn"), texts, k=9)
     report.filters[0].ngrams[0].text      # e.g. 'a gorgeous ,'
@@ -39,54 +40,179 @@ class ReceptiveField:
         return max(0, start), min(n_tokens, start + self.size)
 
 
-def _conv_step(rf: ReceptiveField, conv: nn.Conv1d) -> ReceptiveField:
-    if isinstance(conv.padding, str):
-        raise ValueError(f"Conv1d padding={conv.padding!r} is not supported: use integer padding")
-    k, d, s, p = conv.kernel_size[0], conv.dilation[0], conv.stride[0], conv.padding[0]
-    return ReceptiveField(rf.jump * s, rf.offset - p * rf.jump, rf.size + (k - 1) * d * rf.jump)
+class UnsupportedLayout(TypeError):
+    """The module's conv/pool layout cannot be mapped to receptive fields (the message says why)."""
 
 
-def _pool_step(rf: ReceptiveField, kernel: int, stride: int) -> ReceptiveField:
-    return ReceptiveField(rf.jump * stride, rf.offset, rf.size + (kernel - 1) * rf.jump)
+@dataclass(frozen=True)
+class WindowOp:
+    """One sliding-window op on the time axis (a conv or a pool) as a probe pass met it."""
+
+    kind: str  # "conv", "max_pool" or "avg_pool"
+    layer: str  # the Conv1d's module name; "" for a pool
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int
+    ceil_mode: bool
+
+    def step(self, rf: ReceptiveField) -> ReceptiveField:
+        """The field of this op's output positions from its input's field."""
+        return ReceptiveField(rf.jump * self.stride, rf.offset - self.padding * rf.jump,
+                              rf.size + (self.kernel - 1) * self.dilation * rf.jump)
+
+    def length(self, n: int) -> int:
+        """Output positions for ``n`` input positions (PyTorch's formula, ``ceil_mode`` included)."""
+        span = n + 2 * self.padding - self.dilation * (self.kernel - 1) - 1
+        if not self.ceil_mode:
+            return span // self.stride + 1
+        out = -(-span // self.stride) + 1
+        return out - 1 if (out - 1) * self.stride >= n + self.padding else out  # a window must start inside
 
 
-def conv_stack(module: nn.Module) -> list[tuple[str, nn.Conv1d]]:
-    """The Conv1d layers of a ``data.architectures.TextCNN``-style module, in order, with their names."""
-    convs = getattr(module, "convs", None)
-    if not isinstance(convs, nn.ModuleList) or not all(isinstance(c, nn.Conv1d) for c in convs):
-        raise TypeError(f"{type(module).__name__} is not a TextCNN-style module: it needs .convs (a ModuleList "
-                        "of Conv1d) with a max pool of .pool between consecutive convs")
-    return [(f"convs.{i}", c) for i, c in enumerate(convs)]
+def _first(value) -> int:
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
-def receptive_fields(module: nn.Module) -> dict[str, ReceptiveField]:
-    """Receptive field of every Conv1d layer's output positions, in input tokens.
+_POOLS = {"max_pool1d": "max_pool", "max_pool1d_with_indices": "max_pool", "avg_pool1d": "avg_pool"}
+_SUPPORTED = ("nn.Conv1d (integer padding), nn.MaxPool1d, nn.AvgPool1d, F.max_pool1d and F.avg_pool1d in one chain, "
+              "with elementwise layers (activations, dropout, masks, normalisation over channels) between them")
 
-    For ``TextCNN``: conv -> ReLU -> max pool (``.pool``, stride ``.pool``) per block, then the
-    last conv. (ReLU is elementwise: it does not widen the field.)
+
+class _Probe(torch.overrides.TorchFunctionMode):
+    """Records every conv1d / 1-d pool call of one forward pass, with its input and output lengths."""
+
+    def __init__(self, conv_names: dict[int, str]):
+        super().__init__()
+        self.conv_names, self.calls = conv_names, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name == "conv1d" or name in _POOLS:
+            self.calls.append((self._op(name, args, kwargs), args[0].shape[-1], _tensor(out).shape[-1]))
+        return out
+
+    def _op(self, name: str, args, kwargs) -> WindowOp:
+        def arg(i, key, default):
+            return args[i] if len(args) > i else kwargs.get(key, default)
+
+        if name == "conv1d":
+            padding = arg(4, "padding", 0)
+            layer = self.conv_names.get(id(args[1]))
+            if layer is None:
+                raise UnsupportedLayout(f"a functional conv1d with a weight of no nn.Conv1d: {_SUPPORTED}")
+            if isinstance(padding, str):
+                raise UnsupportedLayout(f"Conv1d {layer!r} has padding={padding!r}: receptive fields need integer padding")
+            return WindowOp("conv", layer, args[1].shape[-1], _first(arg(3, "stride", 1)), _first(padding),
+                            _first(arg(5, "dilation", 1)), False)
+        kernel = _first(arg(1, "kernel_size", 1))
+        stride = arg(2, "stride", None)
+        stride = kernel if stride is None or stride == [] or stride == () else _first(stride)
+        if name == "avg_pool1d":
+            return WindowOp("avg_pool", "", kernel, stride, _first(arg(3, "padding", 0)), 1, bool(arg(4, "ceil_mode", False)))
+        return WindowOp("max_pool", "", kernel, stride, _first(arg(3, "padding", 0)), _first(arg(4, "dilation", 1)),
+                        bool(arg(5, "ceil_mode", False)))
+
+
+def _tensor(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _trace(module: nn.Module, n_tokens: int, token_id: int) -> tuple[list[tuple[WindowOp, int, int]], dict]:
+    """The window ops of one forward pass on a probe text of ``n_tokens`` copies of ``token_id``, and the
+    time length each leaf module saw in and gave out (to name a layer that changed it)."""
+    conv_names = {id(m.weight): n for n, m in module.named_modules() if isinstance(m, nn.Conv1d)}
+    seen, handles = {}, []
+    for name, sub in module.named_modules():
+        if not list(sub.children()):
+            def hook(m, args, output, name=name):
+                if args and isinstance(args[0], torch.Tensor) and isinstance(_tensor(output), torch.Tensor):
+                    seen.setdefault(name, (type(m).__name__, tuple(args[0].shape), tuple(_tensor(output).shape)))
+            handles.append(sub.register_forward_hook(hook))
+    probe = _Probe(conv_names)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), probe:
+            module(torch.full((1, n_tokens), int(token_id), dtype=torch.long))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return probe.calls, seen
+
+
+def window_ops(module: nn.Module, token_id: int = 1) -> list[WindowOp]:
+    """The chain of Conv1d and 1-d pool ops that ``module``'s forward pass runs over the tokens, in order.
+
+    Found by running two probe texts (of 37 and 53 tokens) through the module, recording every
+    ``conv1d``, ``max_pool1d`` and ``avg_pool1d`` call (modules or functional) and checking that each
+    op's input is the previous op's output on the time axis (the first op's: the text). Anything else
+    that changes the time axis between them raises ``UnsupportedLayout`` (a ``TypeError``) that names it.
     """
-    layers = conv_stack(module)
-    pool = int(getattr(module, "pool", 1))
+    traces = [_trace(module, n, token_id) for n in (37, 53)]
+    ops = [op for op, _, _ in traces[0][0]]
+    if [op for op, _, _ in traces[1][0]] != ops:
+        raise UnsupportedLayout(f"{type(module).__name__} runs different conv/pool layers for texts of different lengths: "
+                         f"receptive fields are mapped for {_SUPPORTED}")
+    if not any(op.kind == "conv" for op in ops):
+        raise UnsupportedLayout(f"{type(module).__name__} runs no Conv1d on its tokens: receptive fields are mapped for "
+                         f"{_SUPPORTED}")
+    for (calls, seen), n_tokens in zip(traces, (37, 53)):
+        expected, previous = n_tokens, "the text"
+        for op, n_in, n_out in calls:
+            if n_in != expected:
+                culprits = [f"{name} ({kind}: {list(s_in)} -> {list(s_out)})" for name, (kind, s_in, s_out) in seen.items()
+                            if expected in s_in and expected not in s_out]
+                where = op.layer or f"a {op.kind.replace('_', ' ')} (kernel {op.kernel})"
+                raise UnsupportedLayout(
+                    f"{type(module).__name__}: {where} gets {n_in} time steps where {previous} gives {expected}: a layer "
+                    f"between them changes the time axis in a way receptive fields cannot follow"
+                    f"{' (' + ', '.join(culprits) + ')' if culprits else ''}. Supported: {_SUPPORTED}")
+            if op.length(n_in) != n_out:
+                raise UnsupportedLayout(f"{type(module).__name__}: {op} gives {n_out} positions for {n_in}, not "
+                                 f"{op.length(n_in)}: its layout is not supported ({_SUPPORTED})")
+            expected, previous = n_out, op.layer or f"the {op.kind.replace('_', ' ')}"
+    return ops
+
+
+def conv_stack(module: nn.Module, token_id: int = 1) -> list[tuple[str, nn.Conv1d]]:
+    """The Conv1d layers ``module`` runs over its tokens, in order, with their names
+    (``UnsupportedLayout``, a ``TypeError``, where ``window_ops`` cannot map them)."""
+    convs = dict(module.named_modules())
+    return [(op.layer, convs[op.layer]) for op in window_ops(module, token_id) if op.kind == "conv"]
+
+
+def receptive_fields(module: nn.Module, token_id: int = 1) -> dict[str, ReceptiveField]:
+    """Receptive field of every Conv1d layer's output positions, in input tokens, by module name.
+
+    Works for any stack of ``nn.Conv1d`` and 1-d max/avg pools (modules or ``F.max_pool1d`` /
+    ``F.avg_pool1d``) that the module runs in one chain over its tokens (``window_ops``): each op
+    (kernel ``K``, stride ``S``, padding ``P``, dilation ``D``) maps ``size += (K - 1) * D * jump``,
+    ``offset -= P * jump``, ``jump *= S``; elementwise layers (ReLU, dropout) do not widen the field.
+    ``token_id``: the id the probe texts are made of (any id that is not padding).
+    """
+    return _fields(window_ops(module, token_id))
+
+
+def _fields(ops: Sequence[WindowOp]) -> dict[str, ReceptiveField]:
     rf, out = ReceptiveField(1, 0, 1), {}
-    for i, (name, conv) in enumerate(layers):
-        rf = _conv_step(rf, conv)
-        out[name] = rf
-        if i < len(layers) - 1:
-            rf = _pool_step(rf, pool, pool)
+    for op in ops:
+        rf = op.step(rf)
+        if op.kind == "conv":
+            out[op.layer] = rf
     return out
 
 
-def _valid_lengths(module: nn.Module, n_tokens: int) -> dict[str, int]:
+def _valid_lengths(ops: Sequence[WindowOp], n_tokens: int) -> dict[str, int]:
     """Number of output positions of each conv layer for a text of ``n_tokens``."""
-    layers = conv_stack(module)
-    pool = int(getattr(module, "pool", 1))
     length, out = n_tokens, {}
-    for i, (name, conv) in enumerate(layers):
-        k, d, s, p = conv.kernel_size[0], conv.dilation[0], conv.stride[0], conv.padding[0]
-        length = (length + 2 * p - d * (k - 1) - 1) // s + 1
-        out[name] = length
-        if i < len(layers) - 1:
-            length = -(-max(length - pool, 0) // pool) + 1  # max pool, ceil_mode=True
+    for op in ops:
+        length = op.length(length)
+        if op.kind == "conv":
+            out[op.layer] = length
     return out
 
 
@@ -156,7 +282,8 @@ def top_ngrams(model, texts: Sequence[str], k: int = 9, layers: Sequence[str] | 
     """For every filter of every Conv1d layer (or of ``layers``), the ``k`` highest activations over
     ``texts`` with the input n-gram under each one's receptive field.
 
-    ``model``: a ``textexplain.TextModel`` around a ``TextCNN``-style module (e.g. ``sentiment-cnn``).
+    ``model``: a ``textexplain.TextModel`` around a module that runs a chain of Conv1d and 1-d pool
+    layers over its tokens (``window_ops``), e.g. ``sentiment-cnn`` or an own ``nn.Sequential`` stack.
     ``unique``: keep each distinct n-gram once per filter (its highest activation), as top-9 patch
     grids show distinct patches. Activations are the conv outputs before the ReLU.
     """
@@ -170,7 +297,9 @@ def top_ngrams(model, texts: Sequence[str], k: int = 9, layers: Sequence[str] | 
                         f"{type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    fields = receptive_fields(module)
+    probe_id = model.unk_id if model.unk_id != model.pad_id else model.pad_id + 1
+    ops = window_ops(module, probe_id)
+    fields = _fields(ops)
     names = list(fields) if layers is None else list(layers)
     unknown = [n for n in names if n not in fields]
     if unknown:
@@ -193,7 +322,7 @@ def top_ngrams(model, texts: Sequence[str], k: int = 9, layers: Sequence[str] | 
             recorder = Recorder(module, kinds="conv", modules=names)
             with torch.no_grad(), recorder:
                 module(torch.tensor([ids[i] for i in group], dtype=torch.long))
-            lengths = _valid_lengths(module, n_tok)
+            lengths = _valid_lengths(ops, n_tok)
             for name in names:
                 act = recorder.states[f"{name}.conv"][:, :lengths[name]].numpy()  # (B, T_l, C)
                 b, t_l, c = act.shape

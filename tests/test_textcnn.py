@@ -107,3 +107,84 @@ def test_shipped_sentiment_cnn_activations_are_the_models_own():
             outs = _conv_outputs(model.module, model.module.emb(ids))
         layer = int(filt.layer.split(".")[1])
         assert hit.activation == pytest.approx(float(outs[layer][0, filt.filter, hit.position]), abs=1e-5)
+
+
+class _OwnCNN(torch.nn.Module):
+    """A user's text CNN: embedding -> transpose -> ``features`` (any conv/pool stack) -> global max -> dense."""
+
+    def __init__(self, features: torch.nn.Module, vocab: int = 12, emb: int = 4, channels: int = 5):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, emb, padding_idx=0)
+        self.features = features
+        self.out = torch.nn.Linear(channels, 2)
+
+    def forward(self, ids):
+        return self.out(self.features(self.emb(ids).transpose(1, 2)).amax(-1))
+
+
+def _strided_stack():
+    return torch.nn.Sequential(torch.nn.Conv1d(4, 5, 3, stride=2, dilation=2, padding=1), torch.nn.ReLU(),
+                               torch.nn.MaxPool1d(3, stride=2, padding=1, ceil_mode=True), torch.nn.Conv1d(5, 5, 2))
+
+
+def _avg_stack():
+    return torch.nn.Sequential(torch.nn.Conv1d(4, 5, 3), torch.nn.Tanh(), torch.nn.AvgPool1d(2), torch.nn.Dropout(0.1),
+                               torch.nn.Conv1d(5, 5, 3, padding=2))
+
+
+def test_receptive_fields_of_a_hand_computed_sequential_stack():
+    fields = receptive_fields(_OwnCNN(_strided_stack()))
+    # conv (k3 s2 d2 p1): size 1 + 2*2 = 5, offset -1, jump 2; pool (k3 s2 p1): size 5 + 2*2 = 9,
+    # offset -1 - 2 = -3, jump 4; conv (k2): size 9 + 1*4 = 13, offset -3, jump 4
+    assert fields == {"features.0": ReceptiveField(2, -1, 5), "features.3": ReceptiveField(4, -3, 13)}
+    assert receptive_fields(_OwnCNN(_avg_stack())) == {"features.0": ReceptiveField(1, 0, 3),
+                                                      "features.4": ReceptiveField(2, -4, 8)}
+
+
+def _own_model(features):
+    torch.manual_seed(3)
+    tokens = ["<pad>", "<unk>"] + [f"w{i}" for i in range(10)]
+    module = _OwnCNN(features).double().eval()
+    return TextModel(module, tokens, ["neg", "pos"], embedding=module.emb, name="own"), module
+
+
+def _own_conv_outputs(module, ids):
+    outs, h = {}, module.emb(ids).transpose(1, 2)
+    for name, layer in module.features.named_children():
+        h = layer(h)
+        if isinstance(layer, torch.nn.Conv1d):
+            outs[f"features.{name}"] = h
+    return outs
+
+
+@pytest.mark.parametrize("stack", [_strided_stack, _avg_stack])
+def test_own_cnn_ngrams_hold_every_token_that_moves_the_activation(stack):
+    model, module = _own_model(stack())
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{i}" for i in rng.integers(0, 10, size=n)) for n in (9, 14, 14, 21, 30)]
+    report = top_ngrams(model, texts, k=2)
+    assert {f.layer for f in report.filters} == set(receptive_fields(module))
+    for filt in report.filters:
+        hit = filt.ngrams[0]
+        toks = model.tokenize(texts[hit.text_index])
+        ids = torch.tensor([model.vocab.encode(toks)])
+        with torch.no_grad():
+            base = _own_conv_outputs(module, ids)[filt.layer][0, filt.filter, hit.position]
+            assert hit.activation == pytest.approx(float(base), abs=1e-9)
+            for t in range(len(toks)):
+                changed = ids.clone()
+                changed[0, t] = 2 + (int(ids[0, t]) - 1) % 10  # another word
+                moved = _own_conv_outputs(module, changed)[filt.layer][0, filt.filter, hit.position] != base
+                if not hit.start <= t < hit.stop:
+                    assert not moved, (filt.layer, filt.filter, t, hit.start, hit.stop)
+
+
+def test_an_unmappable_layout_is_named():
+    from lstmvis.textcnn import UnsupportedLayout
+
+    features = torch.nn.Sequential(torch.nn.Conv1d(4, 5, 3), torch.nn.AdaptiveMaxPool1d(8), torch.nn.Conv1d(5, 5, 3))
+    model, _ = _own_model(features)
+    with pytest.raises(UnsupportedLayout, match=r"features\.2 gets 8 time steps.*features\.1 \(AdaptiveMaxPool1d.*Supported"):
+        top_ngrams(model, ["w1 w2 w3"])
+    with pytest.raises(UnsupportedLayout, match="runs no Conv1d"):
+        receptive_fields(torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 2)))

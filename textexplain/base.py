@@ -192,12 +192,16 @@ def gradient_sum(model: TextModel, ids: torch.Tensor, rows: torch.Tensor, weight
 ROW_TOKEN_BUDGET = 2048  # default chunk: path rows x tokens per pass (cache-friendly; bounds memory)
 
 
+MIN_CHUNK_ROWS = 4  # rows per pass however long the text (sentiment-lstm's LSTM at 1,000 tokens: ~25% faster per row than 1; alike at 5,000)
+
+
 def row_chunks(n_rows: int, n_tokens: int, internal_batch_size: int | None = None) -> list[slice]:
     """Slices of ``n_rows`` rows per pass: ``internal_batch_size`` rows, or by default equal chunks of
     at most ``ROW_TOKEN_BUDGET`` row-tokens (on sentiment-lstm with 64 tokens, two passes of 25 rows ran
-    ~7% faster than one of 50)."""
+    ~7% faster than one of 50) but at least ``MIN_CHUNK_ROWS`` rows (long texts)."""
     if internal_batch_size is None:
-        n_chunks = max(1, -(-n_rows * max(1, n_tokens) // ROW_TOKEN_BUDGET))
+        budget = max(ROW_TOKEN_BUDGET, MIN_CHUNK_ROWS * max(1, n_tokens))
+        n_chunks = max(1, -(-n_rows * max(1, n_tokens) // budget))
         size = -(-n_rows // n_chunks)
     else:
         size = max(1, int(internal_batch_size))

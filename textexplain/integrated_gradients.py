@@ -219,8 +219,12 @@ def gradients_at(output: ScalarOutput, rows: torch.Tensor, internal_batch_size: 
     """dF/d(embeddings) at each row of ``rows (K, T, E)``, and F ``(K,)``, in chunks (``row_chunks``).
     Only the rows get gradients (``torch.autograd.grad``): a model's parameters and their ``.grad`` are
     never touched."""
+    from tqdm.auto import tqdm
+
     grads, values = torch.empty_like(rows), np.empty(rows.shape[0])
-    for part in row_chunks(rows.shape[0], rows.shape[1], internal_batch_size):
+    chunks = row_chunks(rows.shape[0], rows.shape[1], internal_batch_size)
+    for part in tqdm(chunks, desc="gradient passes", unit="pass", leave=False,
+                     disable=None if len(chunks) > 8 and rows.shape[1] > 512 else True):
         block = rows[part].detach().requires_grad_(True)
         with torch.enable_grad():
             f = output(block)

@@ -3,7 +3,9 @@
 A perturbation of a text with M tokens is a keep-mask of M booleans. ``MaskedModel`` turns masks
 into model inputs for the chosen replacement, evaluates each distinct mask once (a cache spans
 all calls on the same object), and runs the model in batches of at most ``max_batch_tokens``
-tokens so memory stays bounded whatever the number of samples. Sampling methods draw from
+tokens so memory stays bounded whatever the number of samples (but at least ``MIN_BATCH_ROWS``
+rows per call, so a long text still runs in batches: a 5,000-token text runs 8 rows per call,
+not 3). Sampling methods draw from
 ``rng(seed)``, a fresh generator per call, so results do not depend on call history.
 
 Replacements (``mask``):
@@ -26,7 +28,7 @@ from .hyperparameters import Hyper
 from .model import TextModel
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
-
+MIN_BATCH_ROWS = 8  # rows per model call however long the text: 1-3 rows per call are slower per row
 
 def rng(seed: int | None) -> np.random.Generator:
     """The random generator of one call: seeded, never shared between calls."""
@@ -105,9 +107,10 @@ class MaskedModel:
             lengths = np.full(len(keep), self.n_tokens)
             order = np.arange(len(keep))
         batches, start = [], 0
+        budget = max(self.max_batch_tokens, MIN_BATCH_ROWS * self.n_tokens)
         while start < len(order):  # rows sorted by length: a batch's widest row is its last
             stop = start + 1
-            while stop < len(order) and (stop - start + 1) * max(1, int(lengths[order[stop]])) <= self.max_batch_tokens:
+            while stop < len(order) and (stop - start + 1) * max(1, int(lengths[order[stop]])) <= budget:
                 stop += 1
             batches.append(order[start:stop])
             start = stop
@@ -152,7 +155,7 @@ class PerturbationExplainer(Explainer):
                  help="what a removed token becomes: the pad embedding (default), <unk>, or deleted")
     output = Hyper(str, "logit", choices=OUTPUTS, help=OUTPUT_HELP)
     max_batch_tokens = Hyper(int, DEFAULT_MAX_BATCH_TOKENS, ge=1, api=False,
-                             help="tokens per model call (bounds memory)")
+                             help="tokens per model call (bounds memory; at least 8 rows per call)")
 
     def _validate(self) -> None:
         resolve_mask(self.model, self.mask)
