@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import textexplain  # noqa: E402
 from textexplain import audit, metrics, sanity  # noqa: E402
-from textexplain.explain import METHODS  # noqa: E402
+from textexplain.methods import METHODS  # noqa: E402
 
 CLASSIFIERS = ["sentiment-lstm", "sentiment-gru", "sentiment-cnn", "sentiment-shortcut"]
 

@@ -20,7 +20,7 @@ import textexplain
 from data.provider import LABELLED_CORPORA
 from textexplain import audit as text_audit
 from textexplain import metrics, render
-from textexplain.explain import make_explainer
+from textexplain.methods import make_explainer
 
 from .context import resources
 from .jobs import jobs

@@ -114,15 +114,34 @@ def test_the_checks_see_circles_and_upward_imports():
     assert floor_of("server.app") > floor_of("lstmvis.store") > floor_of("data.provider") > floor_of("textexplain")
 
 
-LIBRARY = [p for p in sorted((ROOT / "textexplain").rglob("*.py")) if "cli" not in p.relative_to(ROOT).parts]
+LIBRARY = [p for package in ("textexplain", "lstmvis", "server") for p in sorted((ROOT / package).rglob("*.py"))
+           if "cli" not in p.relative_to(ROOT).parts and p.relative_to(ROOT).as_posix() != "server/cli.py"]
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
-def test_the_textexplain_library_has_no_argparse_and_prints_nothing(path):
+def test_libraries_have_no_argparse_and_print_nothing(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     prints = [n.lineno for n in ast.walk(tree)
               if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
-    assert "argparse" not in imported, "argparse belongs in textexplain/cli/"
+    assert "argparse" not in imported, "argparse belongs in a command line module (lstmvis/cli/, textexplain/cli/, server/cli.py)"
     assert not prints, f"print() on lines {prints}: the command line prints, the library returns"
+
+
+PACKAGES = ["lstmvis", "lstmvis.capture", "lstmvis.cli", "textexplain", "textexplain.image", "textexplain.cli", "server",
+            "data"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_is_shadowed_by_a_name_of_its_package(package):
+    """``lstmvis.extract`` once named both a function and a module: a module is reached by its name only."""
+    import importlib
+    import pkgutil
+    import types
+
+    pkg = importlib.import_module(package)
+    shadowed = [f"{package}.{name} is a {type(getattr(pkg, name)).__name__}"
+                for _, name, _ in pkgutil.iter_modules(pkg.__path__)
+                if not isinstance(getattr(pkg, name, types), types.ModuleType)]
+    assert not shadowed, "a package attribute hides its submodule of the same name: " + "; ".join(shadowed)

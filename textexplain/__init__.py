@@ -1,6 +1,6 @@
 """Token-level explanations of text classifiers, with faithfulness and sanity checks."""
 from .base import Explainer
-from .explain import METHODS, explain, explain_batch
+from .methods import METHODS, explain, explain_batch
 from .explanation import Explanation
 from .gradient import Gradient, GradientXInput
 from .integrated_gradients import IntegratedGradients

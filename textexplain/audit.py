@@ -318,10 +318,10 @@ def audit(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | 
 
     from tqdm.auto import tqdm
 
-    from .explain import hyperparameters
+    from .methods import hyperparameters
 
     if explain_batch is None:
-        from .explain import explain_batch
+        from .methods import explain_batch
     settings = hyperparameters(options, params)
     if not isinstance(model, TextModel):
         raise TypeError(f"model must be a textexplain.TextModel, got {type(model).__name__}")

@@ -292,7 +292,7 @@ def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequenc
     from tqdm.auto import tqdm
 
     if explain_batch is None:
-        from .explain import explain_batch
+        from .methods import explain_batch
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give at least one text to evaluate")

@@ -142,7 +142,7 @@ def _explainers(methods, method_params: dict[str, dict] | None) -> dict[str, Exp
     out: dict[str, ExplainFn] = {}
     for name, m in methods.items():
         if isinstance(m, str):
-            from .explain import explain
+            from .methods import explain
 
             params = method_params.get(name, {})
             out[name] = lambda model, text, target, m=m, params=params: explain(

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import providers
 from ..audit import FLIP_TOP, NORMALIZE, RANK_BY, TARGETS, audit
-from ..explain import METHODS
+from ..methods import METHODS
 from .options import load_text_model, methods_help, parse_settings, write_atomic
 
 SHORTCUT_MODEL, SHORTCUT_CORPUS, DEFAULT_CORPUS = "sentiment-shortcut", "rotten_tomatoes_shortcut", "rotten_tomatoes"

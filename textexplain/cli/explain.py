@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..explain import METHODS, make_explainer
+from ..methods import METHODS, make_explainer
 from ..render import side_by_side_html, terminal, write_html
 from .options import load_text_model, methods_help, parse_settings, seeded_methods, write_atomic
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import providers
-from ..explain import METHODS, method_class
+from ..methods import METHODS, method_class
 from ..hyperparameters import Hyper
 from ..model import TextModel
 

@@ -1,4 +1,5 @@
-"""One-call entry points: ``explain(model, text, method=...)`` and ``explain_batch``."""
+"""The method registry and the one-call entry points: ``explain(model, text, method=...)``, ``explain_batch``,
+``make_explainer``. (A module of its own name, so the function ``textexplain.explain`` shadows no module.)"""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
