@@ -28,7 +28,7 @@ import re
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numba
 import numpy as np
@@ -130,9 +130,10 @@ class MatchIndex:
                                           self.bucket_start, self.token_ids)))
 
     @classmethod
-    def load(cls, store, source: str, index_dir: str | Path | None = None, progress: bool | None = None
-             ) -> "MatchIndex":
-        """The index of ``source``: from memory, from disk, or built now (progress bar)."""
+    def load(cls, store, source: str, index_dir: str | Path | None = None, progress: bool | None = None,
+             report: Callable[[int, int, str], None] | None = None) -> "MatchIndex":
+        """The index of ``source``: from memory, from disk, or built now (progress bar; ``report(done,
+        total, note)`` is told the build's progress too, for a server job)."""
         _check_source(store, source)
         folder = Path(index_dir) if index_dir is not None else default_index_dir(store)
         fingerprint = _fingerprint(store, source)
@@ -144,32 +145,34 @@ class MatchIndex:
             cached = _OPEN_INDEXES.get(cache_key)
             if cached is not None and cached.meta["fingerprint"] == fingerprint:
                 return cached
-            index = cls._open_or_build(store, source, folder, fingerprint, progress)
+            index = cls._open_or_build(store, source, folder, fingerprint, progress, report)
             _OPEN_INDEXES[cache_key] = index
             return index
 
     @classmethod
-    def _open_or_build(cls, store, source: str, folder: Path, fingerprint: dict, progress: bool | None
-                       ) -> "MatchIndex":
-        meta_path = folder / f"{source}.json"
-        meta = None
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                meta = None
-            if meta is not None and (not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION
-                                     or meta.get("fingerprint") != fingerprint
-                                     or any(_own_file(folder, source, k, meta.get(k)) is None for k in FILE_KINDS)):
-                meta = None  # stale, or names files this code would not write: rebuilt below
+    def _open_or_build(cls, store, source: str, folder: Path, fingerprint: dict, progress: bool | None,
+                       report: Callable[[int, int, str], None] | None = None) -> "MatchIndex":
+        meta = _current_meta(folder, source, fingerprint)
         offsets = np.asarray(store.offsets, dtype=np.int64)
         if meta is not None:
             try:
                 return cls(folder, source, meta, offsets)
             except (KeyError, OSError, ValueError):
                 pass  # files missing, truncated or from another build: rebuilt below
-        meta = write_index(store, source, folder, progress)
+        meta = write_index(store, source, folder, progress, report)
         return cls(folder, source, meta, offsets)
+
+    @classmethod
+    def is_built(cls, store, source: str, index_dir: str | Path | None = None) -> bool:
+        """Whether ``load`` would open ``source``'s index (held open, or current files on disk) rather
+        than build it: a server asks this before a query that might take minutes."""
+        _check_source(store, source)
+        folder = Path(index_dir) if index_dir is not None else default_index_dir(store)
+        fingerprint = _fingerprint(store, source)
+        cached = _OPEN_INDEXES.get((str(folder.resolve()), source))
+        if cached is not None and cached.meta["fingerprint"] == fingerprint:
+            return True
+        return _current_meta(folder, source, fingerprint) is not None
 
     def values(self, cell: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The stored values of one cell over ``[start, stop)`` (a contiguous read)."""
@@ -198,6 +201,21 @@ class MatchIndex:
 
 _OPEN_INDEXES: dict[tuple[str, str], MatchIndex] = {}
 _BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _current_meta(folder: Path, source: str, fingerprint: dict) -> dict | None:
+    """``<source>.json`` in ``folder`` if it describes a current index of this store; else ``None``."""
+    meta_path = folder / f"{source}.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION or meta.get("fingerprint") != fingerprint
+            or any(_own_file(folder, source, k, meta.get(k)) is None for k in FILE_KINDS)):
+        return None  # stale, or names files this code would not write: rebuilt by load
+    return meta
 
 
 def forget_indexes() -> None:
@@ -271,10 +289,12 @@ def _remove_dead_builds(folder: Path, source: str) -> None:
             pass  # alive under another user, or not a pid
 
 
-def write_index(store, source: str, folder: Path, progress: bool | None = None) -> dict:
+def write_index(store, source: str, folder: Path, progress: bool | None = None,
+                report: Callable[[int, int, str], None] | None = None) -> dict:
     """Build the index files of ``source`` in ``folder`` (atomically: written aside, then renamed),
     replacing and deleting those of a stale index there; returns the new ``<source>.json`` contents.
-    ``MatchIndex.load`` calls it, once per source even when threads ask at the same time."""
+    ``MatchIndex.load`` calls it, once per source even when threads ask at the same time.
+    ``report(done, total, note)``: progress in steps of ``2 * n_tokens`` (reading, then sorting)."""
     from tqdm.auto import tqdm
 
     fingerprint = _fingerprint(store, source)
@@ -311,6 +331,8 @@ def write_index(store, source: str, folder: Path, progress: bool | None = None) 
                 rm[a:b] = keys
                 _transpose(keys, cm_arr, a)
                 bar.update(b - a)
+                if report is not None:
+                    report(b, 2 * n, f"indexing {source}: reading states")
         edges = _edge_keys(dtype)
         n_quantiles = _N_CODES - len(edges)
         rank = (np.arange(n_quantiles) * n) // n_quantiles
@@ -325,6 +347,8 @@ def write_index(store, source: str, folder: Path, progress: bool | None = None) 
             bucket_start[j, :-1] = np.searchsorted(ordered, bounds[j], side="left")
             bucket_start[j, -1] = n
             _codes_in_order(ordered, by_value, bounds[j], codes[j])
+            if report is not None:
+                report(n + (j + 1) * n // d, 2 * n, f"indexing {source}: sorting cells")
         np.save(tmp["bounds"], bounds)
         np.save(tmp["bucket_start"], bucket_start)
         for mm in (cm, rm, codes, order):

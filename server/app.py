@@ -42,6 +42,7 @@ DEFAULT_CONFIG = {
     "PLOTLY_COMPILE_HINT": True,  # serve plotly.js with V8's eager-compile hint (see core_api.PlotlyBundle)
     "COMPUTE_SLOTS": None,  # API requests computing at once per lane (None: one per core; 0: no limit)
     "JOB_WORKERS": 1,  # background jobs (corpus audits, t-SNE) running at once
+    "INDEX_JOB_VALUES": 20_000_000,  # a match index of more values (tokens x cells) is built as a job
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "

@@ -17,7 +17,7 @@ from lstmvis.cells import gate_sources
 from textexplain.integrated_gradients import RULES as IG_RULES
 
 from .context import caches, client_gone, resources
-from .store_views import Window, known_source, rounded, surface, token_window
+from .store_views import Window, index_job, known_source, rounded, surface, token_window
 from .validation import ApiError, CsvStrs, Params, api
 
 blueprint = Blueprint("cells_api", __name__, url_prefix="/api")
@@ -125,6 +125,8 @@ def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
     s = resources().store(store)
     source = known_source(s, params.source)
+    if (building := index_job(s, source)) is not None:
+        return building
 
     def ranking():
         _, values = hypothesis_values(store, s, params.hypothesis)
@@ -143,6 +145,8 @@ def contexts(store: str, cell: int, params: ContextsQuery):
     """The ``k`` most extreme steps of a cell, each with the tokens around it and the cell's values."""
     s = resources().store(store)
     source = known_source(s, params.source)
+    if (building := index_job(s, source)) is not None:
+        return building
     found = top_contexts(s, source, cell, k=params.k, before=params.before, after=params.after,
                          direction=params.direction)
     out = []

@@ -13,7 +13,7 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 
 from .context import caches, resources
-from .store_views import Window, known_source, rounded, surface, token_window
+from .store_views import Window, index_job, known_source, rounded, surface, token_window
 from .validation import ApiError, CsvInts, Params, api
 
 blueprint = Blueprint("explorer_api", __name__, url_prefix="/api")
@@ -209,10 +209,13 @@ def match(store: str, params: MatchQuery):
 
     Each hit has its context tokens and, per context token, how many selected cells are on there.
     ``length_histogram[L]`` (LSTMVis's strict histogram, ``n_runs`` its total) counts the runs of length L
-    with all selected cells on and off at the run's padding steps.
+    with all selected cells on and off at the run's padding steps. A large store whose index is not
+    built yet answers 202 with the job building it (poll ``/api/jobs/<id>``, then ask again).
     """
     s = resources().store(store)
     source = known_source(s, params.source)
+    if (building := index_job(s, source)) is not None:
+        return building
     result = s.match(source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
                      pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
                      phrase_length=params.phrase_length, context=(params.left, params.right), progress=False)

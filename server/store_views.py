@@ -2,13 +2,17 @@
 window of token positions, rounding for JSON, and each token as it reads in the original text."""
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
-from flask import current_app
+from flask import Response, current_app, jsonify
 from pydantic import Field
 
+from lstmvis.index import MatchIndex
+
 from .context import caches
+from .jobs import jobs
 from .validation import ApiError, Params
 
 MAX_WINDOW = 2000  # tokens per /tokens, /states or /hypothesis request
@@ -24,6 +28,26 @@ def known_source(store, source: str) -> str:
     if source not in store.sources:
         raise ApiError(404, f"unknown source {source!r} in this store; sources: {', '.join(store.sources)}")
     return source
+
+
+def index_job(store, source: str) -> Response | None:
+    """``None`` when ``source``'s match index is built, or small enough to build inside this request;
+    else a 202 naming the background job "index" that builds it (started once per store and source),
+    so a large store's first match shows progress instead of hanging. The client polls
+    ``/api/jobs/<id>`` and asks again when the job is done."""
+    if (store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
+            or MatchIndex.is_built(store, source)):
+        return None
+
+    def work(report) -> None:
+        MatchIndex.load(store, source, progress=False, report=report)
+
+    stat = os.stat(store.path)  # a store replaced since a finished job gets a new one
+    job = jobs().submit("index", (str(store.path), stat.st_mtime_ns, stat.st_size, source), work)
+    resp = jsonify({"status": "building index", "job": job.info()})
+    resp.status_code = 202
+    resp.headers["Retry-After"] = "2"
+    return resp
 
 
 def token_window(store, start: int, stop: int | None, limit: int = MAX_WINDOW) -> tuple[int, int]:

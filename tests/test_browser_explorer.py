@@ -152,3 +152,22 @@ def test_bad_url_state_shows_a_message_not_a_crash(browser, base_url):
     assert "sequence" in page.text_content("#error-banner")
     w.problems = [p for p in w.problems if "HTTP 400" not in p and "400 (BAD REQUEST)" not in p]
     w.close()
+
+
+def test_match_waits_for_the_index_job_of_a_large_store(watched, tmp_path):
+    """With every store counted large, the first match answers 202 with an index job: the page polls
+    it and shows the matches once the index is built, without a reload."""
+    from server.app import create_app
+    make_toy_store(tmp_path / "toy.h5").close()
+    with live_server(create_app(tmp_path, {"TESTING": True, "INDEX_JOB_VALUES": 0})) as url:
+        page = watched.page
+        page.goto(f"{url}/explorer?store=toy")
+        wait_plot(page)
+        with page.expect_response(lambda r: "/match?" in r.url and r.status == 202):
+            brush(page, CAT_SAT[0], CAT_SAT[0] + 1)
+            expect(page.locator("#cell-chips .chip")).to_have_text(["0"])
+            page.click("#match")
+        page.wait_for_selector("#word-matrix tr.match-row")
+        rows = page.locator("#word-matrix tr.match-row")
+        assert sorted(int(p) for p in (rows.nth(i).get_attribute("data-position")
+                                       for i in range(rows.count()))) == CAT_SAT

@@ -94,8 +94,9 @@
     LV.clearError();
     $("rank-summary").textContent = "ranking…";
     saveUrl();
-    ranking = await LV.api(`/api/stores/${enc(state.store)}/cells/rank`,
-                           { source: state.source, hypothesis: state.hypothesis, method: state.method, top: 50 });
+    ranking = await LVJobs.whenIndexed(`/api/stores/${enc(state.store)}/cells/rank`,
+                                       { source: state.source, hypothesis: state.hypothesis, method: state.method, top: 50 },
+                                       pct => { $("rank-summary").textContent = `building the match index: ${pct}%`; });
     await LV.plotly();
     renderRanking();
   }
@@ -190,9 +191,11 @@
 
   async function loadContexts() {
     const box = LV.clear($("contexts"));
-    const r = await LV.api(`/api/stores/${enc(state.store)}/cells/${state.cell}/contexts`,
-                           { source: state.source, k: 10, direction: state.direction,
-                             before: info.char_level ? 40 : 12, after: info.char_level ? 10 : 4 });
+    const r = await LVJobs.whenIndexed(`/api/stores/${enc(state.store)}/cells/${state.cell}/contexts`,
+                                       { source: state.source, k: 10, direction: state.direction,
+                                         before: info.char_level ? 40 : 12, after: info.char_level ? 10 : 4 },
+                                       pct => { box.textContent = `building the match index: ${pct}%`; });
+    LV.clear(box);
     for (const c of r.contexts) {
       const row = LV.el("div", { class: "clickable", title: `position ${c.position}: ${c.value.toFixed(4)} (click to show it)`,
                                  dataset: { position: String(c.position) },

@@ -277,9 +277,10 @@
     if (!active.length) { $("match-view").hidden = true; state.match = false; saveUrl(); return; }
     $("match-summary").textContent = "searching…";
     $("match-view").hidden = false;
-    const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/match`, {
+    const r = await LVJobs.whenIndexed(`/api/stores/${encodeURIComponent(state.store)}/match`, {
       source: state.source, cells: active, threshold: state.threshold,
-      pad_left: state.pad[0], pad_right: state.pad[1], sign: state.sign, left: 3, right: info.char_level ? 25 : 12 });
+      pad_left: state.pad[0], pad_right: state.pad[1], sign: state.sign, left: 3, right: info.char_level ? 25 : 12 },
+      pct => { $("match-summary").textContent = `building the match index: ${pct}%`; });
     state.match = true;
     saveUrl();
     renderMatches(r, active.length);

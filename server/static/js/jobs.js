@@ -17,6 +17,23 @@ const LVJobs = (() => {
     }
   }
 
+  /** GET `path` like LV.api; while the server answers 202 "building index" (a large store's match
+   *  index is built as a job), `onWait(percent)` sees the job's progress and the request is sent
+   *  again once the job is done. Resolves with the real answer. */
+  async function whenIndexed(path, params, onWait = () => {}, interval = 500) {
+    for (;;) {
+      const r = await LV.api(path, params);
+      if (!(r && r.status === "building index" && r.job)) return r;
+      let job = r.job;
+      while (job.status !== "done") {
+        if (job.status === "error") throw new Error(job.error || "building the match index failed");
+        onWait(job.total ? Math.floor(100 * job.done / job.total) : 0);
+        await sleep(interval);
+        job = await LV.api(`/api/jobs/${encodeURIComponent(job.id)}`);
+      }
+    }
+  }
+
   /** Show a job's progress in a .progress element (a bar and a label). */
   function showProgress(box, job) {
     box.hidden = job.status === "done" || job.status === "error";
@@ -26,5 +43,5 @@ const LVJobs = (() => {
       `${job.note || "starting"} ${job.total ? `${job.done}/${job.total}` : ""} · ${job.seconds.toFixed(1)} s`;
   }
 
-  return { run, showProgress };
+  return { run, whenIndexed, showProgress };
 })();

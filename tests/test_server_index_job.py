@@ -1,0 +1,57 @@
+"""A large store's first match builds its index as a background job (202 + progress), a small one inline."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest_server import make_toy_store
+
+MATCH = "/api/stores/toy/match?source=rnn.l0.h&cells=0&left=2&right=1"
+RANK = "/api/stores/toy/cells/rank?source=rnn.l0.c&hypothesis=tokens:cat&top=4"
+CONTEXTS = "/api/stores/toy/cells/1/contexts?source=rnn.l0.gate_f&k=4&before=1&after=1"
+
+
+def toy_app(folder, **config):
+    from server.app import create_app
+    make_toy_store(folder / "toy.h5").close()
+    return create_app(folder, {"TESTING": True, **config})
+
+
+def wait_done(client, job: dict, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").get_json()
+    return job
+
+
+@pytest.mark.parametrize("url", [MATCH, RANK, CONTEXTS])
+def test_large_store_builds_its_index_as_a_job(tmp_path, url):
+    (tmp_path / "inline").mkdir(), (tmp_path / "job").mkdir()
+    inline = toy_app(tmp_path / "inline").test_client()
+    expected = inline.get(url)
+    assert expected.status_code == 200, expected.get_json()
+
+    client = toy_app(tmp_path / "job", INDEX_JOB_VALUES=0).test_client()
+    first = client.get(url)
+    assert first.status_code == 202, first.get_json()
+    body = first.get_json()
+    assert body["status"] == "building index" and body["job"]["kind"] == "index"
+    assert int(first.headers["Retry-After"]) >= 1
+    again = client.get(url)  # while it builds (or once built) the same job, never a second one
+    assert again.status_code == 200 or again.get_json()["job"]["id"] == body["job"]["id"]
+    job = wait_done(client, body["job"])
+    assert job["status"] == "done", job
+    assert job["done"] == job["total"] > 0
+    answer = client.get(url)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json() == expected.get_json()
+
+
+def test_small_store_answers_at_once(tmp_path):
+    client = toy_app(tmp_path).test_client()  # default threshold: the toy store builds inline
+    for url in (MATCH, RANK, CONTEXTS):
+        resp = client.get(url)
+        assert resp.status_code == 200, resp.get_json()
