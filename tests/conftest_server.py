@@ -84,15 +84,19 @@ _demos: dict = {}
 
 def run_job(client, path: str, body: dict, timeout: float = 180.0) -> dict:
     """POST a background job and poll it until it is done or failed; returns the final job."""
-    import time
-
     resp = client.post(path, json=body)
     assert resp.status_code == 202, resp.get_json()
-    job = resp.get_json()
+    return wait_for_job(client, resp.get_json(), timeout)
+
+
+def wait_for_job(client, job: dict, timeout: float = 180.0) -> dict:
+    """Poll a job (a dict with ``id`` and ``status``) until it is done or failed; returns the final job."""
+    import time
+
     deadline = time.monotonic() + timeout
     while job["status"] not in ("done", "error"):
         assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+        time.sleep(0.05)
         job = client.get(f"/api/jobs/{job['id']}").get_json()
     return job
 

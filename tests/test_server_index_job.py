@@ -1,11 +1,10 @@
 """A large store's first match builds its index as a background job (202 + progress), a small one inline."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from conftest_server import make_toy_store
+from conftest_server import make_toy_store, wait_for_job
 
 MATCH = "/api/stores/toy/match?source=rnn.l0.h&cells=0&left=2&right=1"
 RANK = "/api/stores/toy/cells/rank?source=rnn.l0.c&hypothesis=tokens:cat&top=4"
@@ -16,15 +15,6 @@ def toy_app(folder, **config):
     from server.app import create_app
     make_toy_store(folder / "toy.h5").close()
     return create_app(folder, {"TESTING": True, **config})
-
-
-def wait_done(client, job: dict, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while job["status"] not in ("done", "error"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-        job = client.get(f"/api/jobs/{job['id']}").get_json()
-    return job
 
 
 @pytest.mark.parametrize("url", [MATCH, RANK, CONTEXTS])
@@ -42,7 +32,7 @@ def test_large_store_builds_its_index_as_a_job(tmp_path, url):
     assert int(first.headers["Retry-After"]) >= 1
     again = client.get(url)  # while it builds (or once built) the same job, never a second one
     assert again.status_code == 200 or again.get_json()["job"]["id"] == body["job"]["id"]
-    job = wait_done(client, body["job"])
+    job = wait_for_job(client, body["job"])
     assert job["status"] == "done", job
     assert job["done"] == job["total"] > 0
     answer = client.get(url)
