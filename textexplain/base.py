@@ -117,10 +117,12 @@ def forward_at_embeddings(model: TextModel, ids: torch.Tensor, embeddings: torch
     """Logits ``(B, C)`` of the module run on ``ids`` with its embedding output replaced.
 
     The ids still decide everything the module derives from them (lengths, padding masks), so a
-    pad-embedding baseline keeps the sequence length.
+    pad-embedding baseline keeps the sequence length. A model's frame tokens (``textexplain.frame``)
+    keep their own embeddings around ``embeddings``, the same in every row.
     """
-    with substituted_embeddings(model, embeddings):
-        return model.logits(ids)
+    inputs = model.inputs(ids)
+    with substituted_embeddings(model, inputs.spread(embeddings, model.embedding)):
+        return model.run(inputs)
 
 
 def baseline_embeddings(model: TextModel, ids: torch.Tensor, baseline: str | Sequence[int] | int) -> torch.Tensor:

@@ -33,10 +33,14 @@ class LanguageModel:
     ``module(ids, None)``, and a pair ``(logits tensor, state)`` back means recurrent. The probe runs
     two tokens under ``no_grad`` in eval mode (the module's training flags are put back). ``step`` is
     the one call everything else uses.
+
+    ``max_tokens``: the longest input the module takes in one call (a transformer's context; ``None``:
+    no limit). ``step`` refuses longer inputs with a clear error, and ``bits_per_token`` runs a
+    stateless model on windows of at most that many tokens.
     """
 
     def __init__(self, module: nn.Module, vocab, tokenizer: Callable[[str], list[str]], name: str = "",
-                 card: dict | None = None):
+                 card: dict | None = None, max_tokens: int | None = None):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         self.module = module
@@ -44,7 +48,28 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.name = name
         self.card = card or {}
+        self.max_tokens = max_tokens
         self.stateful, self._passes_state = self._probe()
+
+    @classmethod
+    def from_huggingface(cls, model: nn.Module, tokenizer, name: str = "", max_length: int | None = None,
+                         card: dict | None = None) -> LanguageModel:
+        """A Hugging Face causal language model (``AutoModelForCausalLM`` style, GPT-2 and the like)
+        with its tokenizer (a ``transformers`` fast tokenizer or a ``tokenizers.Tokenizer``).
+
+        Stateless and exact: every call runs the model on the whole sequence (a causal model's logits
+        at a token depend on the tokens before it only, so right-padding changes nothing); no
+        ``past_key_values`` are carried, so a text is at most ``max_length`` tokens (default: the
+        tokenizer's ``model_max_length`` or the model's position embeddings) in one call. Tokens are
+        the tokenizer's sub-word tokens with spans from its offsets, without special tokens; the
+        pad id (for padded batches) is the config's pad, else its end-of-text token. The module is
+        used as it is (never changed); put it in eval mode first.
+        """
+        from .huggingface import language_model_parts
+
+        parts = language_model_parts(model, tokenizer, name, max_length)
+        return cls(model, as_vocab(parts.vocab, parts.pad_token, parts.unk_token), parts.tokenizer, name=parts.name,
+                   card={**parts.card, **(card or {})}, max_tokens=parts.max_tokens)
 
     def _probe(self) -> tuple[bool, bool]:
         """``(stateful, forward takes a second argument)`` from one call on two tokens."""
@@ -77,6 +102,9 @@ class LanguageModel:
     def step(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """``(logits (B, T, V), state)`` for ids ``(B, T)`` continuing from ``state`` (``None``: a fresh
         start); a stateless model returns ``None`` as its state and refuses one."""
+        if self.max_tokens is not None and ids.shape[-1] > self.max_tokens:
+            raise ValueError(f"{ids.shape[-1]} tokens in one call, more than this model's max_tokens="
+                             f"{self.max_tokens} (its context): run shorter texts or windows of them")
         if self.stateful:
             logits, state = self.module(ids, state)
             return logits, state
@@ -110,7 +138,8 @@ class LanguageModel:
     @torch.no_grad()
     def bits_per_token(self, id_lists: Sequence[Sequence[int]], streams: int = 16, chunk: int = 256) -> float:
         """Mean next-token cross-entropy in bits: each sequence cut into ``streams`` rows, run in chunks
-        carrying the state (a stateless model runs each row whole)."""
+        carrying the state (a stateless model runs each row whole, or in windows of ``max_tokens``
+        each from a fresh start)."""
         total, count = 0.0, 0
         for ids in id_lists:
             ids = torch.as_tensor(ids, dtype=torch.long)
@@ -119,10 +148,10 @@ class LanguageModel:
                 continue
             x = ids[:n].view(streams, -1)
             y = ids[1:n + 1].view(streams, -1)
-            width = chunk if self.stateful else x.shape[1]
+            width = chunk if self.stateful else min(x.shape[1], self.max_tokens or x.shape[1])
             state = None
             for s in range(0, x.shape[1], width):
-                logits, state = self.step(x[:, s:s + width], state)
+                logits, state = self.step(x[:, s:s + width], state if self.stateful else None)
                 total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                      y[:, s:s + width].reshape(-1), reduction="sum").item()
                 count += y[:, s:s + width].numel()

@@ -5,6 +5,9 @@ vocabulary, tokenizer, class labels and embedding layer, and offers batched ``pr
 Tokenizers also give character spans so explanations can be mapped back onto the text (the
 ``spans(text)`` protocol, ``textexplain.spans``). ``logits_of`` is the one place a module's output
 is read: a logits tensor, a tuple whose first element is the logits, or an object with ``.logits``.
+A ``Frame`` (``textexplain.frame``) adds the special tokens a model always sees and its attention
+mask at the one call of the module (``TextModel.run``); ``TextModel.from_huggingface`` builds all
+of it for a Hugging Face classifier.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .frame import Frame, Framed
 from .hooks import TRANSIENT
 from .spans import Span, token_spans
 
@@ -191,6 +195,11 @@ class TextModel:
     it the tokens are located in order in the text (case-insensitively), and where that fails the
     explanation has no spans (a warning; ``to_words()`` then keeps the tokens).
 
+    ``frame``: the special tokens the module always sees around a text and its attention mask
+    (``textexplain.frame.Frame``; ``None``: the module gets the text's ids as they are). Tokens,
+    ids, baselines and masks are then the text's own; the frame is added at each call of the module,
+    so special tokens are in every forward pass but never scored or perturbed.
+
     The module is never changed: one in training mode is refused (call ``module.eval()`` first; dropout
     would make every explanation random). On wrapping, the module runs once on ``PROBE_TOKENS`` unknown
     tokens, to check that it returns one logit per label.
@@ -199,7 +208,7 @@ class TextModel:
     def __init__(self, module: nn.Module, vocab, labels: Sequence[str], embedding: nn.Embedding,
                  tokenizer: Callable[[str], list[str]] = str.split, pad_token: str = "<pad>",
                  unk_token: str = "<unk>", max_tokens: int = 512, batch_size: int = 256,
-                 card: dict | None = None, name: str | None = None):
+                 card: dict | None = None, name: str | None = None, frame: Frame | None = None):
         if not isinstance(embedding, nn.Embedding):
             raise TypeError("embedding must be the model's nn.Embedding layer (e.g. module.emb)")
         if not any(m is embedding for m in module.modules()):
@@ -221,7 +230,29 @@ class TextModel:
         self.batch_size = batch_size
         self.card = card or {}
         self.name = name or self.card.get("name", type(module).__name__)
+        self.frame = frame
         self._check_labels()
+
+    @classmethod
+    def from_huggingface(cls, model: nn.Module, tokenizer, labels: Sequence[str] | None = None, name: str = "",
+                         max_length: int | None = None, batch_size: int = 64, card: dict | None = None) -> TextModel:
+        """A Hugging Face sequence classifier (``AutoModelForSequenceClassification`` style, in eval mode)
+        with its tokenizer (a ``transformers`` fast tokenizer or a ``tokenizers.Tokenizer``).
+
+        Tokens are the text's own sub-word tokens, placed in the text by the tokenizer's offsets
+        (``Explanation.to_words()`` merges them into words); the tokenizer's special tokens
+        (``[CLS]``/``[SEP]``, ``<s>``/``</s>``) become the ``frame``: in every forward pass, never
+        scored or perturbed. The embedding is ``model.get_input_embeddings()``; padded batches get
+        the attention mask. ``labels`` default to ``model.config.id2label``; ``max_length`` (the
+        tokens the model sees, frame included) to the tokenizer's or the position embeddings' limit.
+        Needs ``transformers`` or ``tokenizers`` (the ``[hf]`` extra) only for the objects passed in.
+        """
+        from .huggingface import classifier_parts
+
+        parts = classifier_parts(model, tokenizer, labels, name, max_length)
+        return cls(model, parts.vocab, parts.labels, parts.embedding, tokenizer=parts.tokenizer,
+                   pad_token=parts.pad_token, unk_token=parts.unk_token, max_tokens=parts.max_tokens,
+                   batch_size=batch_size, card={**parts.card, **(card or {})}, name=parts.name, frame=parts.frame)
 
     def _check_labels(self) -> None:
         """Run the module once on a short dummy input: it must give one logit per label."""
@@ -233,10 +264,23 @@ class TextModel:
                              f"({self.labels}): give one label per logit, in the module's order")
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C)`` of the module on ids ``(B, T)``: the one place the module is called and its
+        """Logits ``(B, C)`` of the module on the texts' right-padded ids ``(B, T)`` (frame added)."""
+        return self.run(self.inputs(ids))
+
+    def inputs(self, ids: torch.Tensor) -> Framed:
+        """The module's input for the texts' ids ``(B, T)``: the ids with the frame and its attention mask
+        when the model has a frame (``textexplain.frame``), the ids themselves otherwise."""
+        return Framed(ids) if self.frame is None else self.frame.layout(ids, self.pad_id)
+
+    def run(self, inputs: Framed) -> torch.Tensor:
+        """Logits ``(B, C)`` of the module on ``inputs``: the one place the module is called and its
         output (tensor, tuple or ``.logits``) read."""
-        logits = logits_of(self.module(ids))
-        if logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
+        if inputs.attention_mask is None:
+            output = self.module(inputs.ids)
+        else:
+            output = self.module(input_ids=inputs.ids, attention_mask=inputs.attention_mask)
+        logits = logits_of(output)
+        if logits.dim() != 2 or logits.shape[0] != inputs.ids.shape[0]:
             raise ValueError(f"the module returned logits of shape {tuple(logits.shape)}: a classifier must map "
                              "ids (B, T) to logits (B, C)")
         return logits

@@ -217,8 +217,8 @@ class _FailsAfterForward(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, *args: Any) -> torch.Tensor:
-        self.inner(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.inner(*args, **kwargs)
         raise RuntimeError("the model failed on purpose (check_explainer)")
 
 
@@ -326,7 +326,8 @@ def check_text_model(model: TextModel, texts: Sequence[str] | None = None, atol:
 
     ``texts``: texts to check with (default: six texts of 1 to 22 tokens; unknown words become the
     model's unk token), of more than one length. Each text runs alone, then inside shuffled batches
-    (pairs, triples, all texts at once: right-padded to the longest) straight through the module;
+    (pairs, triples, all texts at once: right-padded to the longest) through the model's one call of
+    its module (``TextModel.logits``: frame tokens and attention mask added where it has them);
     ``predict_proba`` must give the softmax of the logits alone, whatever its batching. The model
     must be in eval mode and is left as it was. Raises ``AssertionError`` naming the text whose
     logits moved most and by how much (beyond ``atol + rtol * |logit|``).
@@ -340,7 +341,7 @@ def check_text_model(model: TextModel, texts: Sequence[str] | None = None, atol:
 
     def logits(rows: Sequence[int]) -> np.ndarray:
         with torch.no_grad():
-            out = model.module(model.pad_batch([ids[r] for r in rows]))
+            out = model.logits(model.pad_batch([ids[r] for r in rows]))
         return out.detach().to(torch.float64).cpu().numpy()
 
     alone = np.concatenate([logits([r]) for r in range(len(ids))])
