@@ -46,7 +46,8 @@ def wordpiece_tokenizer(vocab_size: int = 400):
     tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(
         vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
 
@@ -98,7 +99,8 @@ def roberta():
     tok = byte_bpe_tokenizer()
     labels = {0: "rotten", 1: "fresh", 2: "plot"}
     config = RobertaConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=64 + 2, num_labels=3,
-                           id2label=labels, label2id={v: k for k, v in labels.items()}, pad_token_id=tok.token_to_id("<pad>"),
+                           id2label=labels, label2id={v: k for k, v in labels.items()},
+                           pad_token_id=tok.token_to_id("<pad>"),
                            bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"), **_small())
     torch.manual_seed(1)
     return RobertaForSequenceClassification(config).eval(), tok

@@ -21,7 +21,8 @@ import hf_tiny  # noqa: E402 (after the skip: it builds transformers models)
 import textexplain as te  # noqa: E402
 from lstmvis import LanguageModel  # noqa: E402
 from textexplain import TextModel, metrics  # noqa: E402
-from textexplain.testing import LABELS, _same_snapshot, _snapshot, check_explainer, check_text_model, hooks_left  # noqa: E402
+from textexplain.testing import (LABELS, _same_snapshot, _snapshot, check_explainer, check_text_model,  # noqa: E402
+                                 hooks_left)
 
 FAST = {"integrated_gradients": {"n_steps": 16}, "smoothgrad": {"n_samples": 4, "seed": 1},
         "occlusion": {"window": 2}, "lime": {"num_samples": 60, "seed": 1},
@@ -215,3 +216,39 @@ def test_textexplain_and_lstmvis_import_without_transformers():
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok 3", done.stderr[-2000:]
+
+
+def test_frame_layout_places_the_suffix_after_each_text_and_masks_the_padding():
+    from textexplain.frame import Frame
+
+    framed = Frame(prefix=(1,), suffix=(2,)).layout(torch.tensor([[5, 6, 0], [7, 0, 0]]), pad_id=0)
+    assert framed.ids.tolist() == [[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]]
+    assert framed.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    assert framed.text_index.tolist() == [[-1, 0, 1, -1, 2], [-1, 0, -1, 1, 2]]
+    layer = torch.nn.Embedding(8, 2)
+    text = torch.randn(2, 3, 2)
+    spread = framed.spread(text, layer)
+    assert torch.equal(spread[1, 3], text[1, 1]) and torch.equal(spread[0, 3], layer.weight[2].detach())
+
+
+def test_a_frame_on_any_module_without_attention_mask():
+    from textexplain.frame import Frame
+    from textexplain.testing import WORDS
+
+    class NeedsCls(torch.nn.Module):
+        """Bag of embeddings that refuses input without its start token (id 12, ',' here) first."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(len(WORDS), 3)
+
+        def forward(self, ids):
+            assert bool((ids[:, 0] == 12).all()), "no start token"
+            return self.emb(ids).sum(1)
+
+    module = NeedsCls().eval()
+    model = TextModel(module, WORDS, ["a", "b", "c"], module.emb, tokenizer=te.WordTokenizer(),
+                      frame=Frame(prefix=(12,), attention_mask=False))
+    e = te.IntegratedGradients(model).explain("a good film")
+    assert e.tokens == ["a", "good", "film"] and abs(e.delta) < 1e-4
+    te.Occlusion(model, mask="delete").explain("a good film")
