@@ -15,7 +15,10 @@ OFF_LOOPBACK_WARNING = ("WARNING: serving on {host}, reachable from other machin
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from . import serving
+    from textexplain.providers import _working_folder_off_path
+
+    with _working_folder_off_path():  # a user's own data.py or server.py in the working folder cannot shadow ours
+        from . import app, models_file, python_api, serving  # noqa: F401 -- imported here, with their imports of data
 
     if not serving.is_loopback(args.host):
         print("\n" + "!" * 78 + "\n" + OFF_LOOPBACK_WARNING.format(host=args.host) + "\n" + "!" * 78 + "\n",
@@ -24,12 +27,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {args.data}: no such directory")
     resources = None
     if args.models is not None:
-        from .models_file import load_models_file
-        from .python_api import make_resources
-
         serving.tune_process()  # before the user's file starts torch's threads
-        models, stores = load_models_file(args.models)
-        resources = make_resources(models, stores, args.data, demo=False, cache_dir=args.cache)
+        models, stores = models_file.load_models_file(args.models)
+        resources = python_api.make_resources(models, stores, args.data, demo=False, cache_dir=args.cache)
     server = serving.listen(args.data, host=args.host, port=args.port, cache_dir=args.cache,
                             allow_hosts=args.allow_host, resources=resources)
     what = f"the stores and models in {args.data}" if args.data else "the bundled demo"
