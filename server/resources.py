@@ -195,7 +195,7 @@ def read_user_card(path: Path, name: str) -> dict:
         return read_card(path)
     except (OSError, CheckpointError) as exc:
         problem = str(exc).replace(str(path), path.name)  # the file's name, not where the data directory is
-        return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({problem})"}
+        return {"name": name, "description": plain(f"{path.with_suffix('.pt').name} in --data ({problem})")}
 
 
 # --------------------------------------------------------------------------------------- stores
@@ -578,7 +578,7 @@ class Resources:
                 try:
                     self._build_one(spec, entry.path)
                 except Exception as exc:  # keep serving the other stores; say what failed
-                    entry.status, entry.message = "error", f"building failed: {type(exc).__name__}: {exc}"
+                    entry.status, entry.message = "error", plain(f"building failed: {type(exc).__name__}: {exc}")
                     continue
                 entry.status = "ready"
                 entry.message = f"built in {time.perf_counter() - t0:.1f} s"
