@@ -9,9 +9,10 @@ from . import hypotheses
 from .cells import CellRanking, explain_cell, explain_stored_cell, gate_saturation, rank_cells, top_contexts
 from .index import MatchIndex, build_index
 from .query import MatchQuery, MatchResult, match, select
+from .serving import serve
 from .textcnn import receptive_fields, top_ngrams
 
 __all__ = ["CellRanking", "LanguageModel", "MatchIndex", "MatchQuery", "MatchResult", "Recorder", "StateStore",
            "StoreError", "build_index", "explain_cell", "explain_stored_cell", "export_lstmvis", "extract",
            "gate_saturation", "hypotheses", "import_lstmvis", "match", "rank_cells", "receptive_fields", "select",
-           "top_contexts", "top_ngrams"]
+           "serve", "top_contexts", "top_ngrams"]

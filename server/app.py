@@ -43,6 +43,7 @@ DEFAULT_CONFIG = {
     "COMPUTE_SLOTS": None,  # API requests computing at once per lane (None: one per core; 0: no limit)
     "JOB_WORKERS": 1,  # background jobs (corpus audits, t-SNE) running at once
     "INDEX_JOB_VALUES": 20_000_000,  # a match index of more values (tokens x cells) is built as a job
+    "FRAME_ANCESTORS": [],  # origins whose pages may show the tool in an iframe (notebooks; default: none)
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -163,11 +164,15 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
     app.before_request(refuse_foreign_requests)
     app.before_request(refuse_oversize_streams)
 
+    ancestors = [a for a in app.config["FRAME_ANCESTORS"] or () if a.isprintable() and not set(a) & set(" ;,'")]
+    csp = CSP.replace("frame-ancestors 'none'", "frame-ancestors 'self' " + " ".join(ancestors)) if ancestors else CSP
+
     @app.after_request
     def _security_headers(resp):
-        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("Content-Security-Policy", csp)
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
+        if not ancestors:  # with frame-ancestors in the CSP, browsers ignore X-Frame-Options
+            resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "no-referrer")
         resp.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         return resp

@@ -59,3 +59,4 @@ class Caches:
         self.hypotheses = BuiltOnce(max_entries=64)  # (store, spec) -> per-token values
         self.rankings = BuiltOnce(max_entries=64)  # (store, source, spec, method) -> lstmvis CellRanking
         self.textcnn_reports = BuiltOnce()  # (model, store, k) -> top n-grams of every filter
+        self.textcnn_mappable = BuiltOnce()  # (model, entry id) -> whether lstmvis.textcnn maps its Conv1d stack

@@ -15,16 +15,26 @@ OFF_LOOPBACK_WARNING = ("WARNING: serving on {host}, reachable from other machin
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from . import serving
+    from textexplain.providers import _working_folder_off_path
+
+    with _working_folder_off_path():  # a user's own data.py or server.py in the working folder cannot shadow ours
+        from . import app, models_file, python_api, serving  # noqa: F401 -- imported here, with their imports of data
 
     if not serving.is_loopback(args.host):
         print("\n" + "!" * 78 + "\n" + OFF_LOOPBACK_WARNING.format(host=args.host) + "\n" + "!" * 78 + "\n",
               file=sys.stderr)
     if args.data is not None and not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: no such directory")
+    resources = None
+    if args.models is not None:
+        serving.tune_process()  # before the user's file starts torch's threads
+        models, stores = models_file.load_models_file(args.models)
+        resources = python_api.make_resources(models, stores, args.data, demo=False, cache_dir=args.cache)
     server = serving.listen(args.data, host=args.host, port=args.port, cache_dir=args.cache,
-                            allow_hosts=args.allow_host)
+                            allow_hosts=args.allow_host, resources=resources)
     what = f"the stores and models in {args.data}" if args.data else "the bundled demo"
+    if args.models is not None:
+        what = f"the models of {args.models}" + (f" and the stores and models in {args.data}" if args.data else "")
     print(f"lstmvis: serving {what} at {serving.url_of(server)}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     serving.serve(server, open_browser=not args.no_browser)
     print("lstmvis: stopped", file=sys.stderr)
@@ -39,8 +49,12 @@ def add_serve(sub) -> None:
                     "explanations and image methods. With no arguments it serves the bundled demo (shipped models; demo "
                     "state stores are built once, with a progress bar, and cached in $LSTMVIS_CACHE or "
                     "~/.cache/lstmvis). With --data DIR it serves the *.h5 state stores and *.pt checkpoints "
-                    "in DIR. It listens on 127.0.0.1 only, unless --host says otherwise.")
+                    "in DIR (looked at again while serving: files added later appear). With --models FILE.py it serves the models "
+                    "that FILE.py's models() returns. It listens on 127.0.0.1 only, unless --host says otherwise.")
     p.add_argument("--data", metavar="DIR", help="serve the stores and checkpoints in DIR instead of the demo")
+    p.add_argument("--models", metavar="FILE.py", help="also serve your own models: FILE.py defines models() "
+                   "returning {name: TextModel | LanguageModel | image nn.Module} (and optionally stores() returning "
+                   "store paths); it is run once, at start")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; "
                    "0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else "

@@ -85,7 +85,9 @@ class ExplainRequest(Params):
 
 def text_classifiers() -> list[dict]:
     """The models this page can explain: shipped classifiers and user models that may be one."""
-    return [m.info() for m in resources().models.values() if m.kind not in NOT_CLASSIFIERS]
+    res = resources()
+    res.refresh()
+    return [m.info() for m in res.models.values() if m.kind not in NOT_CLASSIFIERS]
 
 
 def borrow_classifier(name: str):

@@ -146,7 +146,9 @@ class TextSearchIndex:
 @api(summary="All state stores with their sources, sizes and build status", tag="stores", lane=None)
 def stores():
     """Every store the server knows: name, title, model, status, sources and cell counts."""
-    return {"stores": [s.info() for s in resources().stores.values()]}
+    res = resources()
+    res.refresh()  # stores added to --data since the last look
+    return {"stores": [s.info() for s in res.stores.values()]}
 
 
 @blueprint.get("/stores/<path:store>")

@@ -55,7 +55,9 @@ ImageMethodParams = method_params_model(img.METHODS, prefix="Image")  # from eac
 # ------------------------------------------------------------------------------------ helpers
 
 def image_models() -> list[dict]:
-    return [m.info() for m in resources().models.values() if m.kind == IMAGE_KIND]
+    res = resources()
+    res.refresh()
+    return [m.info() for m in res.models.values() if m.kind == IMAGE_KIND]
 
 
 def _entry(name: str):

@@ -64,6 +64,10 @@ class JobRunner:
         self._keep = keep
         self._max_pending = max_pending
 
+    def shutdown(self) -> None:
+        """Stop taking jobs: queued ones are cancelled, a running one finishes on its thread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def submit(self, kind: str, key: tuple, work: Callable[[Report], Any]) -> Job:
         """The job computing ``key``: an existing one (running, queued or done), else a new one.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from .context import resources
+from .textcnn_api import textcnn_models
 
 blueprint = Blueprint("pages", __name__)
 
@@ -66,4 +67,4 @@ def cells():
 
 @blueprint.get("/textcnn")
 def textcnn():
-    return render_template("textcnn.html", page_data=_page_data())
+    return render_template("textcnn.html", page_data=_page_data(textcnn_models=textcnn_models()))

@@ -6,7 +6,8 @@ Two sources of resources:
   from them with ``lstmvis.extract`` and cached outside the package directory
   (``$LSTMVIS_CACHE``, else ``$XDG_CACHE_HOME/lstmvis``, else ``~/.cache/lstmvis``);
 * ``--data DIR``: the user's state stores (``*.h5``) and checkpoints (``*.pt`` with an optional
-  ``*.json`` card), every path confined to DIR.
+  ``*.json`` card), every path confined to DIR, rescanned while serving (:meth:`Resources.refresh`);
+* Python objects handed to ``lstmvis.serve(models=..., stores=...)`` (``server.python_api``).
 
 Models are handed out through :meth:`Resources.model`, a context manager that lends each request
 its own copy of the model (a small pool), so hooks registered by one request can never record
@@ -25,14 +26,34 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from data.registry import CheckpointError, read_card
+from data.registry import ANSI_CODES, CheckpointError, read_card
 
 from .validation import ApiError
 
 # Bump when the demo stores' recipe changes, so stale caches are rebuilt.
 DEMO_FORMAT = 2
+RESCAN_SECONDS = 1.0  # --data is looked at again at most this often, on listing requests
+MODEL_SUFFIXES = (".pt",)
+STORE_SUFFIXES = (".h5", ".hdf5")
+
+
+def plain(message: str) -> str:
+    """A message without terminal colour codes (torch colours some of its own)."""
+    return ANSI_CODES.sub("", message)
+
+
+def kind_of(model: Any) -> str:
+    """The kind of a loaded model: ``classifier`` (a TextModel), ``language-model`` (a LanguageModel),
+    ``image-classifier`` (any other ``nn.Module``)."""
+    from textexplain import TextModel
+    from textexplain.language_model import LanguageModel
+    if isinstance(model, TextModel):
+        return "classifier"
+    if isinstance(model, LanguageModel):
+        return "language-model"
+    return "image-classifier"
 
 
 def cache_root() -> Path:
@@ -69,15 +90,23 @@ class ModelEntry:
     """
 
     def __init__(self, name: str, kind: str, description: str, loader: Callable[[], Any],
-                 card: dict | None = None, pool_size: int = 2):
+                 card: dict | None = None, pool_size: int = 2, problem: str = ""):
         self.name, self.kind, self.description, self.card = name, kind, description, card or {}
-        self.problem = ""  # why the model cannot be used, once loading it failed
+        self.problem = plain(problem)  # why the model cannot be used (known up front, or once loading failed)
         self._loader = loader
         self._pool_size = max(1, pool_size)
         self._lock = threading.Lock()
         self._template: Any = None
         self._made = 0
         self._free: queue.LifoQueue = queue.LifoQueue()
+
+    @classmethod
+    def of(cls, name: str, model: Any, description: str, card: dict | None = None,
+           pool_size: int = 2) -> "ModelEntry":
+        """An entry for a model already loaded: ``model`` is the template (copied for every loan, never lent)."""
+        entry = cls(name, kind_of(model), description, lambda: model, card=card, pool_size=pool_size)
+        entry._template = model
+        return entry
 
     @property
     def loaded(self) -> bool:
@@ -105,7 +134,7 @@ class ModelEntry:
             return self._loader()
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             # CheckpointError is a ValueError; the others: fields of a checkpoint the library did not check
-            self.problem = f"loading it failed: {str(exc).strip() or type(exc).__name__}"
+            self.problem = plain(f"loading it failed: {str(exc).strip() or type(exc).__name__}")
             raise ApiError(409, f"model {self.name!r} cannot be used: {self.problem}") from None
 
     @contextlib.contextmanager
@@ -122,6 +151,38 @@ class ModelEntry:
                 "problem": self.problem}
 
 
+def user_checkpoint_problem(path: Path, exc: Exception) -> str:
+    """Why a ``.pt`` in ``--data`` cannot be served, in one plain sentence that says what can be loaded
+    and how a model of one's own class is served instead."""
+    from data.architectures import ARCHITECTURES
+
+    message = plain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__).replace(str(path), path.name)
+    if "Weights only load failed" in message:
+        what = ("is not a safe checkpoint: it holds pickled Python objects (a module saved whole with "
+                "torch.save(model)?), which --data never unpickles")
+    elif "needs the keys" in message:
+        what = ("is not a checkpoint of this tool: it holds no 'arch' and 'config' beside its weights (a bare "
+                "state_dict?)" if _is_bare_state_dict(path) else "is not a checkpoint of this tool")
+    elif message.startswith("unknown architecture"):
+        what = f"names an {message.split(':')[0]}"
+    else:
+        return f"loading it failed: {message}"
+    known = ", ".join(sorted(ARCHITECTURES))
+    return (f"{path.name} {what}; --data loads checkpoints written by data.registry.save_checkpoint for one of "
+            f"the architectures {known} (with an optional .json model card), and a model of your own class is "
+            f"served with `lstmvis serve --models FILE.py` or `lstmvis.serve(models=...)`.")
+
+
+def _is_bare_state_dict(path: Path) -> bool:
+    """Whether ``path`` holds only a mapping of names to tensors (read with ``weights_only=True``)."""
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- any failure: it is not one
+        return False
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
 def read_user_card(path: Path, name: str) -> dict:
     """A model card from ``--data`` (``data.registry.read_card``: JSON checked against the card
     schema); when it cannot be used, a card of the model's name whose description says why (the
@@ -134,7 +195,7 @@ def read_user_card(path: Path, name: str) -> dict:
         return read_card(path)
     except (OSError, CheckpointError) as exc:
         problem = str(exc).replace(str(path), path.name)  # the file's name, not where the data directory is
-        return {"name": name, "description": f"{path.with_suffix('.pt').name} in --data ({problem})"}
+        return {"name": name, "description": plain(f"{path.with_suffix('.pt').name} in --data ({problem})")}
 
 
 # --------------------------------------------------------------------------------------- stores
@@ -150,6 +211,7 @@ class StoreEntry:
     model: str | None = None
     status: str = "ready"  # ready | queued | building | error | unavailable
     message: str = ""
+    fixed_model: bool = False  # the model is known from the recipe (demo stores), not looked up from the card
     _store: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -165,6 +227,13 @@ class StoreEntry:
                     from lstmvis import StateStore
                     self._store = StateStore.open(self.path)
         return self._store
+
+    def close(self) -> None:
+        """Close the open file (the store was removed from --data or replaced)."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
     def info(self, detail: bool = False) -> dict:
         out = {"name": self.name, "title": self.title or self.name, "description": self.description,
@@ -268,12 +337,15 @@ class Resources:
     """All models and stores the server knows, with thread-safe lazy loading.
 
     ``demo_stores``: the demo's recipes (default :data:`DEMO_STORES`); ``demo_names``: only these of them.
+    ``models`` and ``stores``: entries made from the user's Python objects (``server.python_api``), kept
+    under their names whatever ``--data`` holds.
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
                  demo: bool | None = None, build: str = "background", pool_size: int = 2,
                  progress: bool = True, demo_names: list[str] | None = None,
-                 demo_stores: Sequence[DemoStore] = DEMO_STORES):
+                 demo_stores: Sequence[DemoStore] = DEMO_STORES, models: Mapping[str, ModelEntry] | None = None,
+                 stores: Mapping[str, StoreEntry] | None = None):
         if build not in ("background", "sync", "off"):
             raise ValueError(f"build must be 'background', 'sync' or 'off', got {build!r}")
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
@@ -290,11 +362,20 @@ class Resources:
         self.demo_specs = [spec for spec in demo_stores if demo_names is None or spec.name in demo_names]
         self.models: dict[str, ModelEntry] = {}
         self.stores: dict[str, StoreEntry] = {}
+        self._own_models, self._own_stores = dict(models or {}), dict(stores or {})
+        self._scanned: dict[Path, tuple] = {}  # --data file -> (stat signature, name, entry)
+        self._scanned_at = -float("inf")
+        self._scan_lock = threading.Lock()
         self._register_shipped_models()
-        if self.data_dir is not None:
-            self._register_user_dir(self.data_dir)
         if self.demo:
             self._register_demo_stores()
+        self.models.update(self._own_models)
+        self.stores.update(self._own_stores)
+        if self.data_dir is not None:
+            self._scan_user_dir()
+        else:
+            self._link_stores_to_models()
+        if self.demo:
             if build == "sync":
                 self.build_demo()
             elif build == "background":
@@ -312,6 +393,8 @@ class Resources:
                                                 card=m["card"], pool_size=self.pool_size)
 
     def model_entry(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            self.refresh()  # added to --data since the last look?
         try:
             return self.models[name]
         except KeyError:
@@ -324,6 +407,8 @@ class Resources:
 
     # -- stores
     def store_entry(self, name: str) -> StoreEntry:
+        if name not in self.stores:
+            self.refresh()
         try:
             return self.stores[name]
         except KeyError:
@@ -334,44 +419,125 @@ class Resources:
         return self.store_entry(name).open()
 
     # -- user data directory
-    def _register_user_dir(self, root: Path) -> None:
-        from data.registry import build_from_checkpoint
-        from data import load_checkpoint
+    def refresh(self) -> None:
+        """Look at ``--data`` again (at most every :data:`RESCAN_SECONDS`, from listing requests): stores
+        and checkpoints added since appear, removed ones disappear, changed ones are read again.
+
+        Cheap when nothing changed: one ``stat`` per file. A store appears once its writer finished
+        (``StoreWriter`` writes aside and renames into place; a store still being copied in does not
+        open and is read again when it changes). The registries are replaced, never changed in place,
+        so a request going through the old ones is not disturbed.
+        """
+        if self.data_dir is None or time.monotonic() - self._scanned_at < RESCAN_SECONDS:
+            return
+        if not self._scan_lock.acquire(blocking=False):
+            return  # another request is scanning
+        try:
+            self._scan_user_dir()
+        finally:
+            self._scan_lock.release()
+
+    def _user_files(self) -> dict[Path, tuple]:
+        """Every store and checkpoint file in ``--data`` (confined to it) with its stat signature."""
+        root = self.data_dir
+        found: dict[Path, tuple] = {}
         for path in sorted(root.rglob("*")):
+            if path.suffix not in MODEL_SUFFIXES + STORE_SUFFIXES:
+                continue
             try:
                 path = confine(root, path)
-            except ApiError:
-                continue  # a symlink leading out of the data directory is ignored
+                st = path.stat()
+            except (ApiError, OSError):
+                continue  # a symlink leading out of the data directory, or a file gone meanwhile
             if not path.is_file():
                 continue
-            name = path.relative_to(root).with_suffix("").as_posix()
-            if path.suffix in (".h5", ".hdf5"):
-                self.stores[name] = StoreEntry(name, path, title=name, description=f"{path.name} in --data")
-                try:
-                    self.stores[name].open()
-                except Exception as exc:  # a broken file must not keep the others from loading
-                    self.stores[name].status, self.stores[name].message = "error", f"cannot open: {exc}"
-            elif path.suffix == ".pt":
-                card_path = path.with_suffix(".json")
-                card = read_user_card(card_path, name) if card_path.is_file() else {"name": name}
+            signature: tuple = (st.st_mtime_ns, st.st_size)
+            card = path.with_suffix(".json")
+            if path.suffix in MODEL_SUFFIXES and card.is_file():
+                cst = card.stat()
+                signature += (cst.st_mtime_ns, cst.st_size)
+            found[path] = signature
+        return found
 
-                def load(path=path, name=name, card=card):
-                    return build_from_checkpoint(load_checkpoint(path), name=name, card=card)
-                self.models[name] = ModelEntry(name, card.get("kind", "user model"),
-                                               card.get("description", f"{path.name} in --data"),
-                                               load, card=card, pool_size=self.pool_size)
+    def _scan_user_dir(self) -> None:
+        """Register what is new or changed in ``--data`` and drop what is gone (see :meth:`refresh`)."""
+        root = self.data_dir
+        found = self._user_files()
+        models, stores = dict(self.models), dict(self.stores)
+        for path in set(self._scanned) - set(found):  # removed files
+            name, entry = self._scanned.pop(path)[1:]
+            target = stores if path.suffix in STORE_SUFFIXES else models
+            if target.get(name) is entry:
+                del target[name]
+                if isinstance(entry, StoreEntry):
+                    entry.close()
+        for path, signature in found.items():
+            known = self._scanned.get(path)
+            if known is not None and known[0] == signature:
+                continue
+            name = path.relative_to(root).with_suffix("").as_posix()
+            if path.suffix in STORE_SUFFIXES:
+                if name in self._own_stores:
+                    continue  # a store handed to lstmvis.serve has this name
+                entry = self._user_store_entry(path, name)
+                old = stores.get(name)
+                stores[name] = entry
+                if isinstance(old, StoreEntry) and old is not entry:
+                    old.close()
+            else:
+                if name in self._own_models:
+                    continue  # a model handed to lstmvis.serve has this name
+                entry = self._user_checkpoint_entry(path, name)
+                models[name] = entry
+            self._scanned[path] = (signature, name, entry)
+        self.models, self.stores = models, stores
         self._link_stores_to_models()
+        self._scanned_at = time.monotonic()
+
+    @staticmethod
+    def _user_store_entry(path: Path, name: str) -> StoreEntry:
+        entry = StoreEntry(name, path, title=name, description=f"{path.name} in --data")
+        try:
+            entry.open()
+        except Exception as exc:  # a broken or unfinished file must not keep the others from loading
+            entry.status, entry.message = "error", plain(f"cannot open: {exc}".replace(str(path), path.name))
+        return entry
+
+    def _user_checkpoint_entry(self, path: Path, name: str) -> ModelEntry:
+        """A checkpoint from ``--data``, loaded now through the library's safe loader
+        (``data.registry``, ``weights_only=True``), so the listing says at once whether it can be used."""
+        from data import load_checkpoint
+        from data.registry import build_from_checkpoint
+
+        card_path = path.with_suffix(".json")
+        card = read_user_card(card_path, name) if card_path.is_file() else {"name": name}
+        description = card.get("description") or f"{path.name} in --data"
+        try:
+            model = build_from_checkpoint(load_checkpoint(path), name=name, card=card)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, RuntimeError) as exc:
+            return ModelEntry(name, card.get("kind") or "user model", description, lambda: None, card=card,
+                              pool_size=self.pool_size, problem=user_checkpoint_problem(path, exc))
+        return ModelEntry.of(name, model, description, card=card, pool_size=self.pool_size)
 
     def _link_stores_to_models(self) -> None:
-        """A store made by ``lstmvis.extract`` carries its model's card: find that model by name."""
-        by_card_name = {str(m.card.get("name")): key for key, m in self.models.items() if m.card.get("name")}
+        """A store whose card names a model that is loaded links to it: ``card["model"]`` (written by
+        ``lstmvis.extract(..., name=...)``), else the card's ``name`` (``extract`` copies the model's
+        card), matched against model names, their cards' names and the models' own ``name``."""
+        by_name: dict[str, str] = {}
+        for key, m in self.models.items():
+            for alias in (m.card.get("name"), getattr(m._template, "name", None) if m.loaded else None):
+                if isinstance(alias, str) and alias:
+                    by_name.setdefault(alias, key)
         for entry in self.stores.values():
-            if entry.status != "ready" or entry.model:
+            if entry.status != "ready" or entry.fixed_model:
                 continue
-            card = entry.open().card
-            name = card.get("model") or card.get("name") if isinstance(card, dict) else None
-            if isinstance(name, str):
-                entry.model = name if name in self.models else by_card_name.get(name)
+            try:
+                card = entry.open().card
+            except Exception:  # noqa: BLE001 -- unreadable now: the store's own requests say why
+                continue
+            names = [card.get("model"), card.get("name")] if isinstance(card, dict) else []
+            entry.model = next((n if n in self.models else by_name[n] for n in names
+                                if isinstance(n, str) and (n in self.models or n in by_name)), None)
 
     # -- bundled demo
     def _demo_path(self, spec: DemoStore, digest: str) -> Path:
@@ -384,12 +550,12 @@ class Resources:
             digest = _checkpoint_digest(spec.model)
             if digest is None:
                 entry = StoreEntry(spec.name, Path(), spec.title, spec.description, spec.model,
-                                   status="unavailable",
+                                   status="unavailable", fixed_model=True,
                                    message=f"model {spec.model} is not trained: python -m data.train {spec.model}")
             else:
                 path = self._demo_path(spec, digest)
                 entry = StoreEntry(spec.name, path, spec.title, spec.description, spec.model,
-                                   status="ready" if path.is_file() else "queued")
+                                   status="ready" if path.is_file() else "queued", fixed_model=True)
             self.stores[spec.name] = entry
 
     def build_demo(self) -> None:
@@ -412,7 +578,7 @@ class Resources:
                 try:
                     self._build_one(spec, entry.path)
                 except Exception as exc:  # keep serving the other stores; say what failed
-                    entry.status, entry.message = "error", f"building failed: {type(exc).__name__}: {exc}"
+                    entry.status, entry.message = "error", plain(f"building failed: {type(exc).__name__}: {exc}")
                     continue
                 entry.status = "ready"
                 entry.message = f"built in {time.perf_counter() - t0:.1f} s"
@@ -433,6 +599,8 @@ class Resources:
         store.close()
 
     def summary(self) -> dict:
+        """Every model and store (``--data`` looked at again first: :meth:`refresh`)."""
+        self.refresh()
         return {"mode": "demo" if self.demo else "data", "data_dir": str(self.data_dir) if self.data_dir else None,
                 "models": [m.info() for m in self.models.values()],
                 "stores": [s.info() for s in self.stores.values()]}

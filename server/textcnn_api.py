@@ -22,9 +22,27 @@ class TextCNNQuery(Params):
     k: int = Field(9, ge=1, le=50, description="top n-grams per filter")
 
 
-def _is_textcnn(entry) -> bool:
-    arch = (entry.card.get("architecture") or {}).get("class", "") if isinstance(entry.card, dict) else ""
-    return entry.kind == "classifier" and arch.endswith("TextCNN")
+def maps_as_textcnn(entry) -> bool:
+    """Whether ``lstmvis.textcnn`` can map the receptive fields of the classifier's Conv1d stack: asked
+    once per model entry, on a lent copy (a model that cannot be loaded or probed is no text CNN)."""
+    if entry.kind != "classifier" or entry.problem:
+        return False
+
+    def probe() -> bool:
+        try:
+            with entry.use() as model:
+                conv_stack(model.module)
+        except Exception:  # noqa: BLE001 -- UnsupportedLayout, no .module, a forward pass that fails: not mappable
+            return False
+        return True
+    return caches().textcnn_mappable.get((entry.name, id(entry)), probe)
+
+
+def textcnn_models() -> list[dict]:
+    """The classifiers whose Conv1d filters the text-CNN page can show (any layout lstmvis.textcnn maps)."""
+    res = resources()
+    res.refresh()
+    return [m.info() for m in res.models.values() if maps_as_textcnn(m)]
 
 
 def _filters_report(name: str, store, k: int) -> dict:
@@ -52,7 +70,7 @@ def textcnn_filters(params: TextCNNQuery):
     """For each filter, the ``k`` highest pre-activation outputs over the store's texts, each shown as
     the n-gram under its receptive field (and as it reads in the original text)."""
     res = resources()
-    cnns = [name for name, m in res.models.items() if _is_textcnn(m)]
+    cnns = [m["name"] for m in textcnn_models()]
     name = params.model or (cnns[0] if cnns else None)
     if name is None:
         raise ApiError(404, "no text-CNN model is loaded")

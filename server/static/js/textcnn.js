@@ -9,8 +9,7 @@
                   filter: url.filter !== undefined && url.filter !== "" ? parseInt(url.filter, 10) : null };
   const fail = e => { $("status").textContent = ""; LV.showError(e.message); };
   const status = data.status || {};
-  const isCnn = m => m.kind === "classifier" && m.card && m.card.architecture && /TextCNN$/.test(m.card.architecture.class || "");
-  const cnns = (status.models || []).filter(isCnn);
+  const cnns = data.textcnn_models || [];  // every classifier whose Conv1d stack lstmvis.textcnn maps
   const stores = LV.readyStores(status);
   const note = LV.pendingStoresNote(status);
   if (note) { $("pending-note").textContent = note; $("pending-note").hidden = false; }
