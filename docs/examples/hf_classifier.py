@@ -13,10 +13,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
 
 import numpy as np
+import requests
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
+import lstmvis
 import textexplain
 from data.loaders import SENTIMENT_LABELS, rotten_tomatoes
 from textexplain import TextModel
@@ -75,3 +77,15 @@ for e in explanations:
     print(f"{e.method:>22} ({e.target_label}):", ", ".join(f"{w} {s:+.2f}" for w, s in zip(words.tokens, words.scores)))
 page = textexplain.write_html("hf_explanations.html", textexplain.side_by_side_html(explanations, words=True))
 print(f"wrote {page}")
+
+# 5. The explanations page (and the workbench) for the same model in the browser.
+if os.environ.get("LSTMVIS_EXAMPLE_CI"):  # the docs test: serve, ask, stop
+    with lstmvis.serve(models={text_model.name: text_model}, port=0, block=False) as server:
+        answer = requests.post(server.url + "api/explain", timeout=120, json={
+            "model": text_model.name, "text": sentence, "methods": ["gradient"], "faithfulness": False})
+        assert answer.status_code == 200, answer.text
+        print(f"served {server.url}: {text_model.name} explained in the browser's API")
+else:
+    server = lstmvis.serve(models={text_model.name: text_model}, block=False)
+    print(f"lstmvis: open {server.url}explain?model={text_model.name}  (Ctrl+C to stop)")
+    server.wait()
