@@ -270,3 +270,27 @@ def test_cli_explains_with_deeplift_and_lrp(capsys):
     for method in ("deeplift", "lrp"):
         assert main(["explain", "--model", "sentiment-cnn", "--method", method, "--color", "none", TEXT]) == 0
         assert "good" in capsys.readouterr().out
+
+
+def test_pages_offer_and_run_deeplift_and_lrp():
+    """The server generates the methods' inputs from their declarations and runs them on a page request."""
+    from server.app import create_app
+
+    client = create_app(None, {"TESTING": True}).test_client()
+    for page in ("/explain", "/images"):
+        html = client.get(page).get_data(as_text=True)
+        described = html.split('id="page-data">')[1].split("</script>")[0]
+        for name in ("deeplift", "lrp"):
+            assert f'"{name}"' in described, (page, name)
+        assert '"alpha_beta"' in described and '"epsilon"' in described, page  # the generated inputs' choices
+    resp = client.post("/api/explain", json={"model": "sentiment-gru", "text": TEXT, "methods": ["deeplift", "lrp"],
+                                             "params": {"lrp": {"rule": "gamma", "epsilon": 0.01}}})
+    assert resp.status_code == 200, resp.get_json()
+    rows = resp.get_json()["explanations"]
+    assert [r["method"] for r in rows] == ["deeplift", "lrp"] and rows[1]["params"]["rule"] == "gamma"
+    bad = client.post("/api/explain", json={"model": "sentiment-gru", "text": TEXT, "methods": ["lrp"],
+                                            "params": {"lrp": {"rule": "zB"}}})
+    assert bad.status_code == 400
+    resp = client.post("/api/images/explain", json={"index": 3, "methods": ["deeplift", "lrp"]})
+    assert resp.status_code == 200, resp.get_json()
+    assert [o["method"] for o in resp.get_json()["overlays"]] == ["deeplift", "lrp"]
