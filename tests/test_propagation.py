@@ -294,3 +294,14 @@ def test_pages_offer_and_run_deeplift_and_lrp():
     resp = client.post("/api/images/explain", json={"index": 3, "methods": ["deeplift", "lrp"]})
     assert resp.status_code == 200, resp.get_json()
     assert [o["method"] for o in resp.get_json()["overlays"]] == ["deeplift", "lrp"]
+
+
+def test_lrp_bias_relevance_of_a_linear_layer_over_time_steps():
+    """A linear layer on (B, T, E) inputs: its bias lines up with the last dimension, and is measured."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 4).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    r, out, bias = lrp_relevance(lambda rows: layer(rows).sum((1, 2)), x, LrpRules(epsilon=0.0))
+    torch.testing.assert_close(out, layer(x).sum((1, 2)).detach())
+    torch.testing.assert_close(bias, torch.full((2,), 5 * float(layer.bias.sum()), dtype=torch.float64))
+    torch.testing.assert_close(r.sum((1, 2)) + bias, out)

@@ -225,13 +225,16 @@ class LrpRules(_Rules):
         self.rule, self.epsilon, self.gamma, self.alpha = rule, epsilon, gamma, alpha
         self.units: list[torch.Tensor] = []
 
-    def _bias(self, b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
-        """``b`` broadcast to ``like`` times a fresh ``ones`` unit (0 without a bias)."""
+    def _bias(self, b: torch.Tensor | None, like: torch.Tensor, channels_first: bool = False) -> torch.Tensor | float:
+        """``b`` broadcast to ``like`` (along its last dimension, or its second for a conv layer's output) times
+        a fresh ``ones`` unit (0 without a bias)."""
         if b is None:
             return 0.0
         unit = torch.ones_like(like).requires_grad_(True)
         self.units.append(unit)
-        return b.detach().reshape((1, -1) + (1,) * (like.dim() - 2)) * unit if like.dim() > 1 else b.detach() * unit
+        if channels_first:
+            return b.detach().reshape((1, -1) + (1,) * (like.dim() - 2)) * unit
+        return b.detach() * unit
 
     def act(self, f, z):
         y = f(z)
@@ -244,8 +247,9 @@ class LrpRules(_Rules):
         with torch.no_grad():
             z = op(a, w, None if b is None else b.detach())
         rule = self.rule if kind == "conv" else "epsilon"
+        conv = kind == "conv"
         if rule == "epsilon":
-            s = op(a, w) + self._bias(b, z)
+            s = op(a, w) + self._bias(b, z, conv)
             return with_gradient(z, s * (z / stabilised(z, self.epsilon)).detach())
         positive = (a > 0).to(a.dtype).detach()
         a_pos, a_neg = a * positive, a * (1 - positive)
@@ -253,10 +257,10 @@ class LrpRules(_Rules):
         b_pos, b_neg = (None, None) if b is None else (b.detach().clamp(min=0), b.detach().clamp(max=0))
         if rule == "gamma":  # z + gamma * (positive contributions)
             s = op(a, w) + self.gamma * (op(a_pos, w_pos) + op(a_neg, w_neg)) + self._bias(
-                None if b is None else b.detach() + self.gamma * b_pos, z)
+                None if b is None else b.detach() + self.gamma * b_pos, z, conv)
             return with_gradient(z, s * (z / stabilised(s.detach(), STABILISER)).detach())
         beta = self.alpha - 1.0
-        unit_pos, unit_neg = self._bias(b_pos, z), self._bias(b_neg, z)
+        unit_pos, unit_neg = self._bias(b_pos, z, conv), self._bias(b_neg, z, conv)
         z_pos = op(a_pos, w_pos) + op(a_neg, w_neg) + unit_pos
         z_neg = op(a_pos, w_neg) + op(a_neg, w_pos) + unit_neg
         s = self.alpha * z_pos * (z / stabilised(z_pos.detach(), STABILISER)).detach() - beta * z_neg * (
