@@ -177,10 +177,11 @@ def test_lrp_conv_rules_on_a_hand_set_conv(rule, params, expected):
 def test_lrp_epsilon_to_zero_is_gradient_times_input_without_biases():
     net = relu_net(bias=False)
     x = torch.randn(10, 6, dtype=torch.float64)
-    r, out, b = lrp_relevance(lambda rows: net(rows)[:, 0], x, LrpRules(epsilon=0.0))
+    r, out, bias = lrp_relevance(lambda rows: net(rows)[:, 0], x, LrpRules(epsilon=0.0))
     xx = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(net(xx)[:, 0].sum(), xx)
     torch.testing.assert_close(r, x * g)
+    assert float(bias.abs().max()) == 0.0  # no biases, nothing absorbed
     torch.testing.assert_close(r.sum(1), out)  # and conserved
     r_eps, _, _ = lrp_relevance(lambda rows: net(rows)[:, 0], x, LrpRules(epsilon=1.0))
     assert not torch.allclose(r_eps, x * g)
@@ -191,13 +192,13 @@ def lstm_lrp_by_hand(lstm: nn.LSTM, xs: list[float]) -> list[float]:
     of h to c (gate o takes none), of c to f c_prev and i g in proportion, of g to its pre-activation,
     split between w x and u h in proportion."""
     (wi, wf, wg, wo), (ui, uf, ug, uo) = lstm.weight_ih_l0[:, 0].tolist(), lstm.weight_hh_l0[:, 0].tolist()
-    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    sig = lambda v: 1 / (1 + math.exp(-v))
     h, c, steps = 0.0, 0.0, []
     for x in xs:
         i, f, o = sig(wi * x + ui * h), sig(wf * x + uf * h), sig(wo * x + uo * h)
         zg = wg * x + ug * h
         c_new = f * c + i * math.tanh(zg)
-        steps.append(dict(x=x, h_prev=h, c_prev=c, f=f, i=i, g=math.tanh(zg), zg=zg, c=c_new))
+        steps.append({"x": x, "h_prev": h, "c_prev": c, "f": f, "i": i, "g": math.tanh(zg), "zg": zg, "c": c_new})
         c, h = c_new, o * math.tanh(c_new)
     relevance, r_c = [0.0] * len(xs), h  # the output explained is h_T itself
     for t in reversed(range(len(xs))):

@@ -46,7 +46,7 @@ class DeepLift(ImageMethod, name="deeplift", title="DeepLIFT"):
             xs, bs, ts = x[s:s + self.batch_size], base[s:s + self.batch_size], targets[s:s + self.batch_size]
             both = torch.cat([ts, ts])
             multipliers, f_x, f_ref, rules = deeplift_multipliers(
-                lambda rows: select(logits_of(self.model, rows), both), xs, bs, self.eps)
+                lambda rows, both=both: select(logits_of(self.model, rows), both), xs, bs, self.eps)
             warn_unruled(type(self).__name__, rules)
             attr = (xs - bs) * multipliers
             attrs.append(attr)

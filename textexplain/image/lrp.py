@@ -41,7 +41,7 @@ class LRP(ImageMethod, name="lrp", title="LRP"):
         for s in range(0, len(x), self.batch_size):
             xs, ts = x[s:s + self.batch_size], targets[s:s + self.batch_size]
             rules = LrpRules(self.rule, self.epsilon, self.gamma, self.alpha)
-            relevance, out, _ = lrp_relevance(lambda rows: select(logits_of(self.model, rows), ts), xs, rules)
+            relevance, out, _ = lrp_relevance(lambda rows, ts=ts: select(logits_of(self.model, rows), ts), xs, rules)
             warn_unruled(type(self).__name__, rules)
             attrs.append(relevance)
             deltas.append(relevance.flatten(1).sum(1) - out)
