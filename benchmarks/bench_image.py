@@ -42,7 +42,7 @@ from textexplain.image.base import pixel_map  # noqa: E402
 from textexplain.image.render import grid_rgb, image_rgb, overlay_rgb, to_png  # noqa: E402
 from textexplain.image.sanity import spearman_rows  # noqa: E402
 
-DATE, MACHINE = "2026-11-21", "2 cores shared with ~6 engineers, 1 torch thread"
+DATE, MACHINE = time.strftime("%Y-%m-%d"), "2 cores shared with other jobs, 1 torch thread"
 IMAGES = ROOT / "benchmarks" / "images"
 SECTIONS = ("deletion", "captum", "relu", "sanity", "embedding", "images")
 
@@ -67,6 +67,10 @@ def methods(model: nn.Module) -> dict[str, image.ImageMethod]:
         "gradcam_plus_plus": image.GradCAMPlusPlus(model),
         "hirescam": image.HiResCAM(model),
         "guided_gradcam": image.GuidedGradCAM(model),
+        "deeplift": image.DeepLift(model),
+        "lrp (epsilon 1e-3)": image.LRP(model),
+        "lrp (gamma 0.25 on convs)": image.LRP(model, rule="gamma"),
+        "lrp (alpha 1, beta 0 on convs)": image.LRP(model, rule="alpha_beta"),
     }
 
 
@@ -134,6 +138,7 @@ def save_attribution_figure(x, overlays) -> None:
 
 
 def section_captum(model, x, args) -> list[str]:
+    from captum.attr import DeepLift as CaptumDeepLift
     from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, LayerAttribution,
                              LayerGradCam, Occlusion, Saliency)
 
@@ -160,6 +165,9 @@ def section_captum(model, x, args) -> list[str]:
          lambda: Deconvolution(model).attribute(x, targets)),
         ("gradcam (bilinear, ReLU)", lambda: image.GradCAM(model, layer=relu_after).attribute(x, targets),
          captum_gradcam),
+        ("deeplift (max pools: captum's rule misses the reference winner)",
+         lambda: image.DeepLift(model, eps=1e-10).attribute(x, targets),
+         lambda: CaptumDeepLift(model, eps=1e-10).attribute(x, target=targets)),
         ("occlusion (4x4, stride 2)", lambda: image.Occlusion(model, window=4, stride=2).attribute(x, targets),
          lambda: Occlusion(model).attribute(x, (1, 4, 4), strides=(1, 2, 2), target=targets,
                                              perturbations_per_eval=169)[:, 0]),
@@ -228,7 +236,7 @@ def section_relu(model, x, args) -> list[str]:
 def section_sanity(model, x, args) -> list[str]:
     x = x[:args.sanity_n]
     sanity_methods = ["gradient", "saliency", "gradient_x_input", image.IntegratedGradients(model, n_steps=32),
-                      "guided_backprop", "gradcam"]
+                      "guided_backprop", "gradcam", "deeplift", "lrp"]
     out = [f"### Model parameter randomization on {len(x)} test digits (Spearman rank correlation with the trained "
            "model's maps; mean over digits)", ""]
     results = {}

@@ -195,7 +195,7 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="no layer 'features.9'; layers are"):
         image.GradCAM(m, "features.9").attribute(gap_input(1))
     with pytest.raises(ValueError, match="unknown image method"):
-        image.attribute(m, gap_input(1), "lrp")
+        image.attribute(m, gap_input(1), "no_such_method")
     with pytest.raises(ValueError, match="has no parameter"):
         image.Gradient(m).set_params(n_steps=3)
     with pytest.raises(ValueError, match="class scores"):

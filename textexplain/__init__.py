@@ -3,7 +3,9 @@ from .base import Explainer
 from .methods import METHODS, explain, explain_batch
 from .explanation import Explanation
 from .gradient import Gradient, GradientXInput
+from .deeplift import DeepLift
 from .integrated_gradients import IntegratedGradients
+from .lrp import LRP
 from .kernel_shap import Shap
 from .lime_text import Lime
 from .occlusion import Occlusion
@@ -12,6 +14,6 @@ from .smoothgrad import SmoothGrad
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
 from . import audit, metrics, sanity  # faithfulness metrics, sanity checks, corpus audit
 
-__all__ = ["CharTokenizer", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
-           "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
+__all__ = ["CharTokenizer", "DeepLift", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
+           "LRP", "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
            "WordTokenizer", "audit", "explain", "explain_batch", "metrics", "sanity", "side_by_side_html", "write_html"]

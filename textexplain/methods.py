@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # importing a method's module registers it; this order is METHODS' order
-from . import gradient, integrated_gradients, smoothgrad, occlusion, lime_text, kernel_shap  # noqa: F401, I001
+from . import gradient, integrated_gradients, smoothgrad, occlusion, lime_text, kernel_shap, deeplift, lrp  # noqa: F401, I001
 from .base import METHODS, Explainer
 from .explanation import Explanation
 from .model import TextModel

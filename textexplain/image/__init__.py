@@ -14,6 +14,8 @@ from .embedding import FeatureEmbedding, penultimate_features
 from .gradients import Gradient, GradientXInput, IntegratedGradients, Saliency, SmoothGrad
 from .guided import Deconvnet, GuidedBackprop, RectifierRules
 from .occlusion import Occlusion
+from .deeplift import DeepLift
+from .lrp import LRP
 from .patches import ReceptiveField, TopPatches, receptive_field
 from .render import attribution_figure, images_figure, images_grid_png, overlay_png, save_png
 from .sanity import ModelRandomization, SanityResult, randomizable_layers
@@ -30,7 +32,7 @@ __all__ = [
     "CAM", "BaseCAM", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM",
     "FeatureEmbedding", "penultimate_features",
     "Gradient", "GradientXInput", "IntegratedGradients", "Saliency", "SmoothGrad",
-    "Deconvnet", "GuidedBackprop", "RectifierRules", "Occlusion",
+    "DeepLift", "LRP", "Deconvnet", "GuidedBackprop", "RectifierRules", "Occlusion",
     "ReceptiveField", "TopPatches", "receptive_field",
     "attribution_figure", "images_figure", "images_grid_png", "overlay_png", "save_png",
     "ModelRandomization", "SanityResult", "randomizable_layers",
