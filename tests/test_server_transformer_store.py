@@ -44,3 +44,23 @@ def test_select_match_and_rank_on_transformer_neurons(client):
     cells = ",".join(str(c) for c in chosen["cells"][:4])
     hits = ok(client.get(f"/api/stores/{NAME}/match?source={SOURCE}&cells={cells}&threshold=0.0&min_length=1"))
     assert hits["hits"]
+
+
+def test_the_explanations_page_offers_and_explains_it():
+    import json
+
+    import textexplain
+    from server.app import create_app
+
+    client = create_app(None, {"TESTING": True, "DEMO": False}).test_client()
+    html = client.get("/explain").get_data(as_text=True)
+    page = json.loads(html.split('id="page-data">')[1].split("</script>")[0])
+    assert NAME in [m["name"] for m in page["models"]]
+    resp = client.post("/api/explain", json={"model": NAME, "text": "a dull , lifeless film",
+                                             "methods": list(textexplain.METHODS),
+                                             "params": {"integrated_gradients": {"n_steps": 16},
+                                                        "lime": {"num_samples": 200},
+                                                        "shap": {"budget": 24}, "smoothgrad": {"n_samples": 8}}})
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert body["model"] == NAME and len(body["explanations"]) == len(textexplain.METHODS)
