@@ -64,3 +64,13 @@ def test_the_explanations_page_offers_and_explains_it():
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
     assert body["model"] == NAME and len(body["explanations"]) == len(textexplain.METHODS)
+
+
+def test_a_stored_neuron_is_explained_on_its_whole_sentence(client):
+    contexts = ok(client.get(f"/api/stores/{NAME}/cells/7/contexts?source={SOURCE}&k=1"))
+    position = contexts["contexts"][0]["position"]
+    r = ok(client.post(f"/api/stores/{NAME}/cells/7/explain",
+                       json={"source": SOURCE, "position": position, "n_steps": 32}))
+    assert r["whole_sequence"]  # attention sees the whole sentence: it is fed whole, not up to the step
+    assert r["activation"] == pytest.approx(r["stored_activation"], abs=2e-2)  # float16 store
+    assert abs(r["delta"]) < 0.05 * max(1.0, abs(r["activation"] - r["activation_baseline"]))
