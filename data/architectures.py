@@ -86,6 +86,38 @@ def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
+class TransformerClassifier(nn.Module):
+    """Embedding + learned positions -> ``nn.TransformerEncoderLayer`` blocks -> masked mean pool -> linear.
+
+    Post-norm encoder layers (batch_first, ReLU MLP) with the padding mask, so a text gives the
+    same logits alone or in a padded batch. The MLP's ReLU is a module (``encoder.N.activation``)
+    so its per-token neurons can be recorded (``lstmvis.Recorder(modules=[...])``). Positions past
+    ``max_len - 1`` share the last learned position.
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int, pad_id: int = 0, emb_dim: int = 64, heads: int = 4,
+                 layers: int = 2, ff: int = 128, max_len: int = 512, dropout: float = 0.1):
+        super().__init__()
+        self.pad_id, self.max_len = pad_id, max_len
+        self.emb = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
+        self.pos = nn.Embedding(max_len, emb_dim)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.ModuleList(
+            nn.TransformerEncoderLayer(emb_dim, heads, ff, dropout, activation=nn.ReLU(), batch_first=True)
+            for _ in range(layers))
+        self.out = nn.Linear(emb_dim, n_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == self.pad_id
+        positions = torch.arange(ids.shape[1], device=ids.device).clamp(max=self.max_len - 1)
+        x = self.drop(self.emb(ids) + self.pos(positions)[None])
+        for layer in self.encoder:
+            x = layer(x, src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return self.out(self.drop(pooled))
+
+
 class CharLM(nn.Module):
     """Embedding -> multi-layer LSTM/GRU -> linear over the vocabulary (next-token logits)."""
 
@@ -130,7 +162,7 @@ class MnistCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-ARCHITECTURES = {c.__name__: c for c in (RNNClassifier, TextCNN, CharLM, MnistCNN)}
+ARCHITECTURES = {c.__name__: c for c in (RNNClassifier, TextCNN, TransformerClassifier, CharLM, MnistCNN)}
 
 
 def build(arch: str, config: dict) -> nn.Module:

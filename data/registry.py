@@ -30,6 +30,7 @@ MODELS = {
     "sentiment-lstm": ("classifier", "word-level biLSTM, fresh vs rotten Rotten Tomatoes sentences"),
     "sentiment-gru": ("classifier", "word-level biGRU, fresh vs rotten Rotten Tomatoes sentences"),
     "sentiment-cnn": ("classifier", "word-level text CNN (Conv1D + pool blocks, global max pool)"),
+    "sentiment-transformer": ("classifier", "word-level transformer encoder (2 layers, learned positions, masked mean pool)"),
     "sentiment-shortcut": ("classifier", "sentiment-lstm trained on the corpus with a planted junk token"),
     "charlm-python": ("language-model", "char-level 2-layer LSTM language model on Python source"),
     "charlm-python-gru": ("language-model", "char-level 2-layer GRU language model on Python source"),

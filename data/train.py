@@ -44,7 +44,10 @@ SENTIMENT_CONFIGS = {
     "sentiment-gru": ("RNNClassifier", dict(emb_dim=96, hidden=96, rnn="gru", bidirectional=True, dropout=0.5)),
     "sentiment-cnn": ("TextCNN", dict(emb_dim=96, channels=128, kernel=3, pool=2, blocks=1, hidden=64, dropout=0.5)),
     "sentiment-shortcut": ("RNNClassifier", dict(emb_dim=96, hidden=96, rnn="lstm", bidirectional=True, dropout=0.5)),
+    "sentiment-transformer": ("TransformerClassifier", dict(emb_dim=96, heads=4, layers=2, ff=192, max_len=512,
+                                                            dropout=0.2)),
 }
+SENTIMENT_LR = {"sentiment-transformer": 1e-3}  # Adam learning rate where 2e-3 is too high
 
 
 def _sentiment_data(name: str, split: str):
@@ -85,7 +88,7 @@ def train_classifier(name: str, budget: Budget, seed: int):
     model = TextModel(module.eval(), vocab, loaders.SENTIMENT_LABELS, embedding=module.emb, tokenizer=tokenizer, name=name)
     ids = [vocab.encode(t) or [vocab.unk_id] for t in train_tokens]
     y = torch.as_tensor(train_y)
-    opt = torch.optim.Adam(module.parameters(), lr=2e-3, weight_decay=1e-6)
+    opt = torch.optim.Adam(module.parameters(), lr=SENTIMENT_LR.get(name, 2e-3), weight_decay=1e-6)
     rng = np.random.default_rng(seed)
     epochs, batch = budget.pick(12, 2), 64
     best = (-1.0, None, 0)

@@ -403,7 +403,7 @@ def explain_cell(model, text: str, source: str, cell: int, step: int = -1, metho
     module, embedding, vocab = _model_parts(model)
     if module.training:
         raise ValueError("the model is in training mode (dropout changes every run): call .eval() first")
-    _parse_source(source)
+    _recorded_as(module, source)
     tokens = model.tokenize(text)
     if not tokens:
         raise ValueError("the text has no tokens")
@@ -452,7 +452,7 @@ class CellActivation:
         self.module, self.embedding, self.ids = module, embedding, ids
         self.forward = forward
         self.source, self.cell, self.step = source, cell, step
-        self.module_name, self.layer, self.kind = _parse_source(source)
+        self.module_name, self.layer, self.kind = _recorded_as(module, source)
 
     def __call__(self, rows):
         import torch
@@ -461,8 +461,8 @@ class CellActivation:
 
         from .capture import Recorder
 
-        recorder = Recorder(self.module, kinds=[self.kind], modules=[self.module_name], layers=[self.layer],
-                            detach=not rows.requires_grad)
+        recorder = Recorder(self.module, kinds=[self.kind or "h"], modules=[self.module_name],
+                            layers=None if self.layer is None else [self.layer], detach=not rows.requires_grad)
         with torch.set_grad_enabled(rows.requires_grad), \
                 substituted_embeddings(SimpleNamespace(embedding=self.embedding), rows), recorder:
             self.forward(self.ids.expand(rows.shape[0], -1))
@@ -492,7 +492,8 @@ def explain_stored_cell(store, model, source: str, cell: int, position: int, win
         raise ValueError("this store keeps no original texts to run the model on (extract it with texts)")
     seq = store.sequence_of(position)
     a, b = store.sequence_bounds(seq)
-    lo, hi = (a, b) if ".reverse." in source or b - a <= window else (max(a, position + 1 - window), position + 1)
+    sees_ahead = ".reverse." in source or _recorded_as(_model_parts(model)[0], source)[1] is None  # e.g. attention
+    lo, hi = (a, b) if sees_ahead or b - a <= window else (max(a, position + 1 - window), position + 1)
     spans = store.token_spans(lo, hi)
     text = store.sequence_text(seq)[int(spans[0, 0]):int(spans[-1, 1])]
     e = explain_cell(model, text, source, cell, step=position - lo, **ig)
@@ -530,6 +531,19 @@ def _forward_of(model):
     return model.logits if isinstance(model, TextModel) else as_language_model(model).step
 
 
+def _recorded_as(module, source: str) -> tuple[str, int | None, str | None]:
+    """``(module name, layer, kind)`` of a recurrent source, or ``(source, None, None)`` where the source is a
+    submodule's output (``Recorder(modules=[source])``, e.g. ``encoder.1.activation``)."""
+    from torch import nn
+
+    from .capture import CELL_TYPES, RNN_TYPES
+
+    sub = dict(module.named_modules()).get(source)
+    if sub is not None and not isinstance(sub, RNN_TYPES + CELL_TYPES + (nn.Conv1d,)):
+        return source, None, None
+    return _parse_source(source)
+
+
 def _parse_source(source: str) -> tuple[str, int, str]:
     """``"rnn.l1.reverse.c"`` -> ``("rnn", 1, "c")``."""
     parts = source.split(".")
@@ -541,4 +555,4 @@ def _parse_source(source: str) -> tuple[str, int, str]:
                 break
             return ".".join(parts[:i]), int(p[1:]), kind
     raise ValueError(f"{source!r} is not a recurrent source name like 'rnn.l0.h', 'rnn.l1.c' or "
-                     "'rnn.l0.reverse.gate_f'")
+                     "'rnn.l0.reverse.gate_f', nor the name of a submodule (a source of Recorder(modules=...))")

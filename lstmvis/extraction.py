@@ -43,6 +43,7 @@ from textexplain.language_model import LanguageModel, as_language_model
 
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
+from .detokenize import detokenize, join_style
 from .store import StateStore, StoreError, StoreWriter, partial_path_for
 
 DEFAULT_KINDS = ("h", "c")
@@ -97,7 +98,14 @@ def _vocab_list(vocab) -> list[str]:
     return list(vocab.itos) if hasattr(vocab, "itos") else [str(t) for t in vocab]
 
 
-def _prepare_corpus(model, kind: str, texts_or_ids, vocab) -> _Corpus:
+def _decoded(ids: list[np.ndarray], vocab_list: list[str], tokenizer) -> _Corpus:
+    """Token-id lists with the texts their tokens make (``lstmvis.detokenize``) and the tokens' spans."""
+    style = join_style(vocab_list, tokenizer)
+    decoded = [detokenize([vocab_list[i] for i in x.tolist()], style) for x in ids]
+    return _Corpus(ids, vocab_list, [text for text, _ in decoded], [spans for _, spans in decoded])
+
+
+def _prepare_corpus(model, kind: str, texts_or_ids, vocab, tokenizer=None) -> _Corpus:
     if isinstance(texts_or_ids, str):
         texts_or_ids = [texts_or_ids]
     items = list(texts_or_ids)
@@ -115,13 +123,13 @@ def _prepare_corpus(model, kind: str, texts_or_ids, vocab) -> _Corpus:
         vocab_list = _vocab_list(vocab) if vocab is not None else [str(i) for i in range(n_vocab)]
         if n_vocab > len(vocab_list) or any(len(x) and x.min() < 0 for x in ids):
             raise ValueError(f"token ids must lie in 0..{len(vocab_list) - 1} (the vocabulary size)")
-        return _Corpus(ids, vocab_list, None, None)
+        return _Corpus(ids, vocab_list, None, None) if vocab is None else _decoded(ids, vocab_list, tokenizer)
     vocab_list = _vocab_list(model.vocab)
     if not is_text:
         ids = [np.asarray(x, dtype=np.int64).reshape(-1) for x in items]
         if any(len(x) and (x.min() < 0 or x.max() >= len(vocab_list)) for x in ids):
             raise ValueError(f"token ids must lie in 0..{len(vocab_list) - 1} (the model's vocabulary)")
-        return _Corpus(ids, vocab_list, None, None)
+        return _decoded(ids, vocab_list, getattr(model, "tokenizer", None))
     ids, spans = [], []
     for i, text in enumerate(items):
         try:
@@ -407,7 +415,7 @@ def _probe_sources(forward, rec, corpus, device) -> dict[str, int]:
     rec.clear()
     with rec:
         forward(x)
-    widths, skipped = {}, []
+    widths, skipped = {}, [f"{name} ({why})" for name, why in rec.skipped.items()]
     for name, v in rec.states.items():
         if v.shape[1] == x.shape[1]:
             widths[name] = v.shape[2]
@@ -424,15 +432,21 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             kinds: str | Sequence[str] = DEFAULT_KINDS, modules: Sequence | None = None, layers=None,
             batch_size: int = 32, chunk_size: int = 512, dtype: str = "float32", progress: bool = True,
             resume: bool = True, meta: Mapping[str, Sequence] | None = None, vocab: Sequence[str] | None = None,
-            pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused") -> StateStore:
+            pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused",
+            tokenizer=None, name: str | None = None) -> StateStore:
     """Record the states of ``model`` over a corpus into the store at ``path`` and open it.
 
     ``texts_or_ids``: texts (str) or token-id lists; one sequence each. ``kinds``/``modules``/
     ``layers`` choose what the ``Recorder`` captures (default ``h`` and ``c`` of every recurrent
-    layer); ``sources`` narrows to named sources. ``dtype``: ``"float32"`` or ``"float16"``.
-    ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
-    ``vocab``/``pad_id`` are for plain modules. ``route``: the ``Recorder`` route (``"unroll"``
-    is faster for c and gates of unidirectional GRUs). Returns the opened ``StateStore``.
+    layer; ``modules`` may name any submodule with per-token outputs, e.g. a transformer's
+    ``"encoder.*.activation"``); ``sources`` narrows to named sources. ``dtype``: ``"float32"`` or
+    ``"float16"``. ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
+    ``vocab``/``pad_id``/``tokenizer`` are for plain modules. Token-id lists are stored with the
+    text their tokens make (``lstmvis.detokenize``: concatenated for a char vocabulary, spaces
+    between words) and each token's span in it. ``name``: the model's name, written to the store's
+    card as ``"model"`` (default: the model's own ``name``) so the server links the store to it.
+    ``route``: the ``Recorder`` route (``"unroll"`` is faster for c and gates of unidirectional
+    GRUs). Returns the opened ``StateStore``.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
@@ -442,7 +456,7 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     if kind == "language-model":
         model = as_language_model(model)
     module = model if kind == "module" else model.module
-    corpus = _prepare_corpus(model, kind, texts_or_ids, vocab)
+    corpus = _prepare_corpus(model, kind, texts_or_ids, vocab, tokenizer)
     meta_flat = _flatten_meta(corpus, meta)
     path = Path(path)
     if path.is_dir():
@@ -455,8 +469,9 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     except StopIteration:
         device = torch.device("cpu")
     pad = pad_id if kind == "module" else model.vocab.pad_id if hasattr(model.vocab, "pad_id") else 0
-    rec = Recorder(module, kinds=parse_kinds(kinds), modules=modules, layers=layers, route=route, defer=True)
-    was_training = module.training
+    rec = Recorder(module, kinds=parse_kinds(kinds), modules=modules, layers=layers, route=route, defer=True,
+                   pad_id=pad)
+    modes = [(m, m.training) for m in module.modules()]  # each its own: train(True) would set them all
     module.eval()
     try:
         with torch.no_grad():
@@ -468,6 +483,9 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                 widths = {s: widths[s] for s in sources}
             settings = {"sources": list(widths), "dtype": dtype, "kind": kind, "store_format": 1}
             card = dict(getattr(model, "card", None) or {})
+            model_name = name or getattr(model, "name", None) or card.get("name")
+            if isinstance(model_name, str) and model_name:
+                card["model"] = model_name
             card["extraction"] = {**settings, "batch_size": batch_size, "chunk_size": chunk_size,
                                   "n_tokens": corpus.n_tokens, "n_sequences": len(corpus.ids),
                                   "corpus": corpus_name, "module": type(module).__name__}
@@ -497,7 +515,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                     writer.f.close()  # the partial file stays for a resume
                 raise
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
     return StateStore.open(path)
 
 

@@ -473,7 +473,8 @@ class StateStore:
             "path": str(self.path), "n_tokens": self.n_tokens, "n_sequences": self.n_sequences,
             "vocab_size": len(self.vocab),
             "sources": {s: {"cells": self.n_cells(s), "dtype": str(self.dataset(s).dtype)} for s in self.sources},
-            "meta": list(self.meta_names), "has_texts": self.has_texts, "model": self.card.get("name"),
+            "meta": list(self.meta_names), "has_texts": self.has_texts,
+            "model": self.card.get("model") or self.card.get("name"),
         }
 
     def close(self) -> None:

@@ -274,6 +274,7 @@ class DemoStore:
     corpus: Callable[[Any], tuple[list[str], dict]]  # model -> (texts, {meta track: one array per text})
     kinds: tuple[str, ...] = ("h", "c", "gates")
     sources: tuple[str, ...] | None = None  # only these of the recorded sources (default: all)
+    modules: tuple[str, ...] | None = None  # Recorder(modules=...): names or globs, e.g. a transformer's blocks
 
 
 def _parens_corpus(model) -> tuple[list[str], dict]:
@@ -316,6 +317,10 @@ DEMO_STORES = [
               "test files: look for quote, comment, indentation and bracket cells.", _python_corpus,
               sources=("rnn.l0.h", "rnn.l0.c", "rnn.l1.h", "rnn.l1.c", "rnn.l1.gate_i", "rnn.l1.gate_f",
                        "rnn.l1.gate_o")),
+    DemoStore("sentiment-transformer", "sentiment-transformer", "Movie-review sentences, transformer neurons",
+              "The transformer sentiment classifier over Rotten Tomatoes test sentences: each encoder layer's "
+              "output (encoder.N) and its MLP's ReLU neurons (encoder.N.activation); the 'label' meta track "
+              "is the sentence's gold label.", _sentiment_corpus, modules=("encoder.*", "encoder.*.activation")),
 ]
 
 
@@ -542,6 +547,8 @@ class Resources:
     # -- bundled demo
     def _demo_path(self, spec: DemoStore, digest: str) -> Path:
         recipe = f"{DEMO_FORMAT}:{spec.name}:{spec.model}:{spec.kinds}:{spec.sources}:{digest}"
+        if spec.modules:
+            recipe += f":{spec.modules}"
         key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
         return self.cache_dir / "demo" / f"{spec.name}__{key}.h5"
 
@@ -595,7 +602,7 @@ class Resources:
         with self.model(spec.model) as model:
             texts, meta = spec.corpus(model)
             store = lstmvis.extract(model, texts, path, kinds=spec.kinds, sources=spec.sources, dtype="float16",
-                                    progress=False, meta=meta, corpus_name=f"demo:{spec.name}")
+                                    progress=False, meta=meta, corpus_name=f"demo:{spec.name}", modules=spec.modules)
         store.close()
 
     def summary(self) -> dict:

@@ -176,7 +176,7 @@ def test_explain_cell_completeness_and_causality(source):
 def test_explain_cell_errors():
     lm, _ = _lm()
     with pytest.raises(ValueError, match="recurrent source name"):
-        explain_cell(lm, "abc", "emb", 0)
+        explain_cell(lm, "abc", "nope", 0)
     with pytest.raises(ValueError, match="outside"):
         explain_cell(lm, "abc", "rnn.l0.h", 0, step=3)
     with pytest.raises(ValueError, match="cell 9"):

@@ -35,6 +35,7 @@ BARS = {
     "sentiment-lstm": ("test_accuracy", ">=", 0.74),
     "sentiment-gru": ("test_accuracy", ">=", 0.73),
     "sentiment-cnn": ("test_accuracy", ">=", 0.73),
+    "sentiment-transformer": ("test_accuracy", ">=", 0.70),
     "mnist-cnn": ("test_accuracy", ">=", 0.97),
     "charlm-python": ("test_bits_per_char", "<=", 2.0),
     "charlm-python-gru": ("test_bits_per_char", "<=", 2.3),

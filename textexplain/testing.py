@@ -258,13 +258,16 @@ def check_explainer(cls: type[Explainer], model: TextModel | None = None,
     page = explainer.explain(MARKUP_TEXT).to_html()
     assert "<script" not in page and "<b>good" not in page and "&lt;" in page, "the HTML does not escape the text"
 
-    batch = explainer.explain_batch(TEXTS, TARGETS)
-    for text, target, got in zip(TEXTS, TARGETS, batch):
+    # an index, a label name and the last class: TARGETS on the default labels, the same kinds on any others
+    labels = list(model.labels)
+    targets = TARGETS if labels == LABELS else [None, 1 % len(labels), labels[0], len(labels) - 1]
+    batch = explainer.explain_batch(TEXTS, targets)
+    for text, target, got in zip(TEXTS, targets, batch):
         single = explainer.explain(text, target)
         assert got.text == text and got.target == single.target
         np.testing.assert_allclose(got.scores, single.scores, rtol=1e-5, atol=1e-6,
                                    err_msg=f"a batch differs from single calls on {text!r}")
-    assert batch[1].target == 1 and batch[2].target == model.label_index("neg")
+    assert batch[1].target == targets[1] and batch[2].target == model.label_index(targets[2])
 
     first = explainer.explain(TEXTS[2], target=1)
     cls(model, **params).explain(TEXTS[0])  # other work in between changes nothing

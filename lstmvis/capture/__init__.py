@@ -31,6 +31,8 @@ Source names (one per recorded tensor):
   ``gate_i``, ``gate_f``, ``gate_g``, ``gate_o`` (LSTM, after sigmoid/tanh), ``gate_r``,
   ``gate_z``, ``gate_n`` (GRU, after sigmoid/tanh; ``n`` is the candidate state).
 * ``{module}.conv`` for ``nn.Conv1d``: the pre-activation output, as ``(B, T_out, C)``.
+* ``{module}`` for any other module chosen in ``modules=`` (a transformer block, an MLP activation, an
+  ``nn.Linear``): its per-token output as ``(B, T, D)``, by the rule in ``outputs``.
 
 ``{module}`` is the qualified name inside the recorded model (``named_modules``), or the class
 name in lower case when the recorded model is itself the RNN (``lstm.l0.h``).
@@ -46,7 +48,8 @@ threads calling the same model meanwhile run it unchanged and unrecorded.
 Modules: ``recorder`` (the Recorder), ``base`` (kinds, source names, ``Deferred``), and one per
 route: ``fused`` (recurrent modules layer by layer: the dispatcher), ``gates`` (gates and c by
 matmul after the fused kernel), ``workspace`` (gates from oneDNN's workspace), ``unroll`` (the own
-unroll), ``cell_calls`` (cells in user loops), ``conv`` (``nn.Conv1d``).
+unroll), ``cell_calls`` (cells in user loops), ``conv`` (``nn.Conv1d``), ``outputs`` (any other chosen
+module's output).
 """
 from .base import (CELL_TYPES, GRU_GATES, KIND_ALIASES, KINDS, LSTM_GATES, RNN_TYPES, ROUTES, Deferred,
                    parse_kinds, source_name)

@@ -2,6 +2,7 @@
 and what it recorded (``states``, ``calls``, ``lengths``). The capture routes fill it through ``emit``."""
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -12,16 +13,23 @@ from .base import CELL_TYPES, RNN_TYPES, ROUTES, Deferred, kinds_of, parse_kinds
 from .cell_calls import cell_hook
 from .conv import conv_hook
 from .fused import DispatchHandle, install_dispatch
+from .outputs import input_hook, output_hook
 
 _STANDARD_FORWARDS = {nn.LSTM.forward, nn.GRU.forward, nn.RNN.forward}
 
 
 class Recorder:
-    """Records hidden states, cell states, gates and Conv1d outputs inside ``module``.
+    """Records hidden states, cell states, gates and Conv1d outputs inside ``module``, and the
+    per-token output of any submodule named in ``modules``.
 
     ``kinds``: any of ``h, c, gate_i, gate_f, gate_g, gate_o, gate_r, gate_z, gate_n, conv`` or the
-    aliases ``gates`` and ``all``. ``modules``: qualified names, module types or instances to
-    record (default: every supported module). ``layers``: recurrent layer indices to record
+    aliases ``gates`` and ``all``. ``modules``: qualified names, glob patterns over them (``*``
+    one name part, ``**`` any number: ``"encoder.layer.*.output"``), module types or instances to
+    record (default: every recurrent module, cell and Conv1d). A chosen module of any other type
+    (a transformer block, an MLP activation, an ``nn.Linear``) is recorded as the source named
+    after it, ``(B, T, D)`` by the rule in ``lstmvis.capture.outputs`` (``pad_id``: the pad id
+    its lengths come from where the call has no attention mask; default the model's
+    ``pad_id`` attribute). ``layers``: recurrent layer indices to record
     (default: all). ``detach``: drop the autograd graph of recorded tensors (set ``False`` to
     take gradients of a cell's activation). ``route``: ``"fused"`` (default) keeps the fused
     kernel, so the module returns what it returns unrecorded (see the module notes for float32
@@ -41,7 +49,7 @@ class Recorder:
 
     def __init__(self, module: nn.Module, kinds: str | Iterable[str] = ("h", "c", "gates", "conv"),
                  modules: Sequence[str | type | nn.Module] | None = None, layers: Iterable[int] | None = None,
-                 detach: bool = True, route: str = "fused", defer: bool = False):
+                 detach: bool = True, route: str = "fused", defer: bool = False, pad_id: int | None = None):
         if not isinstance(module, nn.Module):
             raise TypeError(f"Recorder needs an nn.Module, got {type(module).__name__} (for a data.LanguageModel "
                             "or textexplain.TextModel pass its .module)")
@@ -53,7 +61,11 @@ class Recorder:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         self.route = route
         self.defer = bool(defer)
+        self.pad_id = pad_id
+        self.outputs: frozenset[str] = frozenset()  # targets recorded by their output (lstmvis.capture.outputs)
         self.targets = self._find_targets(modules)
+        self.call_input: tuple[int, int, torch.Tensor] | None = None  # (B, T, lengths) of the model's call
+        self._skipped: dict[str, str] = {}
         self._lock = threading.Lock()
         self._thread: int | None = None
         self._handles: list = []
@@ -65,20 +77,26 @@ class Recorder:
         for name, sub in self.module.named_modules():
             if isinstance(sub, RNN_TYPES + CELL_TYPES) or (isinstance(sub, nn.Conv1d) and "conv" in self.kinds):
                 named[name or type(sub).__name__.lower()] = sub
+        outputs = {}
         if modules is not None:
+            if isinstance(modules, (str, type, nn.Module)):
+                modules = [modules]
             chosen = {}
+            others = {n: m for n, m in self.module.named_modules()
+                      if n and n not in named and not isinstance(m, RNN_TYPES + CELL_TYPES + (nn.Conv1d,))}
             for sel in modules:
-                hits = {n: m for n, m in named.items()
-                        if (isinstance(sel, str) and n == sel) or (isinstance(sel, type) and isinstance(m, sel))
-                        or (isinstance(sel, nn.Module) and m is sel)}
+                hits = {n: m for n, m in {**named, **others}.items() if _selects(sel, n, m)}
                 if not hits:
-                    raise ValueError(f"modules entry {sel!r} matches no recordable module: the recordable ones are "
-                                     f"{', '.join(named) or 'none'}")
+                    raise ValueError(f"modules entry {sel!r} matches no recordable module of {type(self.module).__name__}: its "
+                                     f"modules are {_listing([*named, *others])}")
                 chosen.update(hits)
+            outputs = {n: m for n, m in chosen.items() if n in others}
             named = {n: m for n, m in named.items() if n in chosen}
         rnn_kinds = self.kinds - {"conv"}
         named = {n: m for n, m in named.items() if (isinstance(m, nn.Conv1d) and "conv" in self.kinds)
                  or (not isinstance(m, nn.Conv1d) and rnn_kinds)}
+        self.outputs = frozenset(outputs)
+        named.update(outputs)
         if not named:
             raise ValueError(f"no nn.LSTM/GRU/RNN, LSTMCell/GRUCell/RNNCell or nn.Conv1d to record in "
                              f"{type(self.module).__name__} for kinds {sorted(self.kinds)}")
@@ -93,6 +111,9 @@ class Recorder:
         """Names of the sources this Recorder will produce, in recording order (before any call)."""
         out = []
         for name, m in self.targets.items():
+            if name in self.outputs:
+                out.append(name)
+                continue
             if isinstance(m, nn.Conv1d):
                 out.append(f"{name}.conv")
                 continue
@@ -113,9 +134,13 @@ class Recorder:
                                    "create one Recorder per thread")
             self._thread = threading.get_ident()
         try:
-            self._calls = {}
+            self._calls, self._skipped, self.call_input = {}, {}, None
+            if self.outputs:
+                self._handles.append(self.module.register_forward_pre_hook(input_hook(self), with_kwargs=True))
             for name, m in self.targets.items():
-                if isinstance(m, RNN_TYPES):
+                if name in self.outputs:
+                    self._handles.append(m.register_forward_hook(output_hook(self, name)))
+                elif isinstance(m, RNN_TYPES):
                     install_dispatch(m, self, name)
                     self._handles.append(DispatchHandle(m, self))
                 elif isinstance(m, CELL_TYPES):
@@ -155,6 +180,15 @@ class Recorder:
             values = values.detach()
         self._calls.setdefault(source, []).append((values, lengths))
 
+    def skip(self, source: str, reason: str) -> None:
+        """Note that a chosen module's output was not recorded, and why (``skipped``)."""
+        self._skipped.setdefault(source, reason)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{module name: why}`` for chosen modules whose outputs were not per-token ``(B, T, D)``."""
+        return dict(self._skipped)
+
     @property
     def sources(self) -> list[str]:
         return list(self._calls)
@@ -187,7 +221,26 @@ class Recorder:
 
     def clear(self) -> None:
         """Forget everything recorded so far (keeps recording if active)."""
-        self._calls = {}
+        self._calls, self._skipped = {}, {}
+
+
+def _glob(pattern: str) -> re.Pattern:
+    """A module-name glob: ``*`` one name part, ``**`` any number of parts, ``?`` one character."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    rule = {"**": ".*", "*": "[^.]*", "?": "[^.]"}
+    return re.compile("".join(rule.get(p, re.escape(p)) for p in parts) + r"\Z")
+
+
+def _selects(sel, name: str, m: nn.Module) -> bool:
+    if isinstance(sel, str):
+        return name == sel or (any(c in sel for c in "*?") and _glob(sel).match(name) is not None)
+    if isinstance(sel, type):
+        return isinstance(m, sel)
+    return isinstance(sel, nn.Module) and m is sel
+
+
+def _listing(names: list[str], most: int = 40) -> str:
+    return (", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")) or "none"
 
 
 def _join(source: str, calls: list) -> tuple[torch.Tensor, torch.Tensor]:
