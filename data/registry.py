@@ -37,6 +37,8 @@ MODELS = {
     "mnist-cnn": ("image-classifier", "conv + ReLU -> global average pool -> linear on MNIST"),
     "sentiment-cnn-randlabels": ("classifier", "sentiment-cnn retrained on permuted (random) train labels: "
                                  "the data randomization sanity check"),
+    "mnist-cnn-randlabels": ("image-classifier", "mnist-cnn retrained on permuted (random) train labels: "
+                             "the data randomization sanity check"),
 }
 
 
