@@ -20,7 +20,7 @@ from pydantic import Field
 import data
 import textexplain
 from textexplain import image as img
-from textexplain.sanity import data_randomization_check
+from textexplain.sanity import data_randomization_check, randomization_check
 
 from .context import caches, resources
 from .explain_api import MAX_TEXT_CHARS, MethodName, _Checked, borrow_classifier
@@ -155,11 +155,11 @@ class TextDataRandomizationRequest(Params):
 
 
 @blueprint.post("/explain/data-randomization")
-@api(TextDataRandomizationRequest, summary="Start the text data randomization sanity check (background job)",
+@api(TextDataRandomizationRequest, summary="Start both text sanity checks: data and model randomization (background job)",
      tag="explain", lane="model")
 def text_data_randomization(params: TextDataRandomizationRequest):
-    """Spearman correlation of each method's token scores for the trained and the permuted-labels model;
-    poll /api/jobs/<id>."""
+    """Spearman correlation of each method's token scores for the trained and the permuted-labels model,
+    and for the trained model with every layer above the embedding randomized; poll /api/jobs/<id>."""
     name, rand_name = params.model, params.randomized or params.model + RANDOMIZED_SUFFIX
     for n in (name, rand_name):
         with borrow_classifier(n):  # 4xx now, not in the job, for a missing model or one of another kind
@@ -170,13 +170,21 @@ def text_data_randomization(params: TextDataRandomizationRequest):
         texts, labels = data.rotten_tomatoes("test")
         pick = _stratified(np.asarray(labels), params.n_texts, params.seed)
         with _Checked(entries[0].use(), name) as model, _Checked(entries[1].use(), rand_name) as randomized:
+            chosen = [texts[i] for i in pick]
             try:
-                result = data_randomization_check(model, randomized, [texts[i] for i in pick], list(params.methods),
+                result = data_randomization_check(model, randomized, chosen, list(params.methods),
                                                   progress=False, report=report)
+                report(len(chosen), len(chosen), "model randomization (cascading, every layer above the embedding)")
+                cascade = randomization_check(model, chosen, list(params.methods), mode="cascading",
+                                              include_original=False, progress=False)
             except ValueError as exc:
                 raise ApiError(400, str(exc)) from None
+        verdict = cascade.passed()
+        model_rows = [{**r, "passes": verdict[r["method"]]} for r in cascade.summary()
+                      if r["stage"] == cascade.check_stage]
         return {"summary": result.summary(), "records": result.records, "markdown": result.to_markdown(),
-                "texts": [texts[i] for i in pick], "model": name, "randomized": rand_name}
+                "model_randomization": model_rows, "check_stage": cascade.check_stage,
+                "texts": chosen, "model": name, "randomized": rand_name}
 
     resp = jsonify(jobs().submit("text-data-randomization", (params.model_dump_json(),), run).info())
     resp.status_code = 202

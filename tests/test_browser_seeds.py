@@ -65,6 +65,10 @@ def test_explain_page_draws_the_embedding_heatmap_with_a_colour_bar(page, base_u
     page.wait_for_selector("#embsal-plot .colorbar", state="attached")
     ticks = page.locator("#embsal-plot .colorbar .cbaxis text").all_text_contents()
     assert any(t.strip() for t in ticks)
+    page.fill("#textdatarand-n", "2")
+    page.click("#textdatarand-run")
+    page.wait_for_selector("#textmodelrand-table tr td")
+    assert page.locator("#textdatarand-table tr td").count() >= 4
 
 
 def test_textcnn_page_shows_per_token_bars_for_a_filter(page, base_url):

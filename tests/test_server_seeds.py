@@ -63,6 +63,8 @@ def test_text_data_randomization_job_against_the_shipped_randomized_model(client
     res = job["result"]
     assert res["randomized"] == "sentiment-cnn-randlabels" and len(res["texts"]) == 4
     assert res["summary"][0]["n"] == 4 and -1 <= res["summary"][0]["spearman"] <= 1
+    assert [r["method"] for r in res["model_randomization"]] == ["gradient_x_input"]
+    assert res["model_randomization"][0]["n"] == 4 and res["check_stage"]
 
 
 @pytest.mark.parametrize("path,body", [

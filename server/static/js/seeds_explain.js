@@ -37,18 +37,24 @@
   async function dataRandomization(ev) {
     ev.preventDefault();
     const table = LV.clear($("textdatarand-table"));
+    LV.clear($("textmodelrand-table"));
     try {
       const res = await LVJobs.run("/api/explain/data-randomization",
                                    { model: $("model").value, n_texts: +$("textdatarand-n").value },
                                    job => LVJobs.showProgress($("textdatarand-progress"), job));
-      table.append(LV.el("caption", { class: "muted small" }, `${res.model} vs ${res.randomized}, ${res.texts.length} test sentences`));
-      table.append(LV.el("tr", {}, LV.el("th", {}, "method"), LV.el("th", {}, "Spearman ρ (signed)"),
-                         LV.el("th", {}, "Spearman ρ (|scores|)"), LV.el("th", {}, "passes (both < 0.5)")));
-      for (const r of res.summary) {
-        table.append(LV.el("tr", {}, LV.el("td", {}, r.method), LV.el("td", { class: "num" }, `${fmt(r.spearman)} ± ${fmt(r.spearman_std)}`),
-                           LV.el("td", { class: "num" }, `${fmt(r.spearman_abs)} ± ${fmt(r.spearman_abs_std)}`),
-                           LV.el("td", {}, r.passes ? "yes" : "no")));
-      }
+      const head = () => LV.el("tr", {}, LV.el("th", {}, "method"), LV.el("th", {}, "Spearman ρ (signed)"),
+                               LV.el("th", {}, "Spearman ρ (|scores|)"), LV.el("th", {}, "passes (both < 0.5)"));
+      const row = r => LV.el("tr", {}, LV.el("td", {}, r.method),
+                             LV.el("td", { class: "num" }, `${fmt(r.spearman)} ± ${fmt(r.spearman_std)}`),
+                             LV.el("td", { class: "num" }, `${fmt(r.spearman_abs)} ± ${fmt(r.spearman_abs_std)}`),
+                             LV.el("td", {}, r.passes ? "yes" : "no"));
+      table.append(LV.el("caption", { class: "muted small" }, `data randomization: ${res.model} vs ${res.randomized}, ${res.texts.length} test sentences`));
+      table.append(head());
+      for (const r of res.summary) table.append(row(r));
+      const other = LV.clear($("textmodelrand-table"));
+      other.append(LV.el("caption", { class: "muted small" }, `model randomization: ${res.model} with every layer down to ${res.check_stage} re-initialized`));
+      other.append(head());
+      for (const r of res.model_randomization) other.append(row(r));
     } catch (e) { $("textdatarand-progress").hidden = true; LV.showError(e.message); }
   }
 
