@@ -36,6 +36,10 @@ MODELS = {
     "charlm-python-gru": ("language-model", "char-level 2-layer GRU language model on Python source"),
     "parens-lstm": ("language-model", "LSTM language model on the nested-parentheses language"),
     "mnist-cnn": ("image-classifier", "conv + ReLU -> global average pool -> linear on MNIST"),
+    "sentiment-cnn-randlabels": ("classifier", "sentiment-cnn retrained on permuted (random) train labels: "
+                                 "the data randomization sanity check"),
+    "mnist-cnn-randlabels": ("image-classifier", "mnist-cnn retrained on permuted (random) train labels: "
+                             "the data randomization sanity check"),
 }
 
 
@@ -181,6 +185,26 @@ def build_from_checkpoint(ckpt: dict, name: str = "", card: dict | None = None):
         raise CheckpointError(f"checkpoint {name or ''} has a vocab, tokenizer or labels that do not fit: "
                               f"{exc}") from None
     return LanguageModel(module, vocab, tokenizer, name=name, card=card)
+
+
+SNAPSHOTS = {"mnist-cnn": (1, 2, 5)}  # epochs kept by `python -m data.train mnist-cnn --snapshots 1,2,5`
+
+
+def load_snapshots(name: str) -> list[tuple[str, Any]]:
+    """``[(label, model)]`` of a model during training: its kept epochs (``"epoch 1"``, ...) and the
+    shipped final model (``"final"``), each loaded as ``load_model`` loads it."""
+    _check_name(name)
+    if name not in SNAPSHOTS:
+        raise ValueError(f"no snapshots of {name!r}: models with snapshots are {', '.join(SNAPSHOTS)}")
+    out = []
+    for epoch in SNAPSHOTS[name]:
+        path = CHECKPOINTS / f"{name}-epoch{epoch}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"snapshot {path} is missing: train with `python -m data.train {name} "
+                                    f"--snapshots {','.join(map(str, SNAPSHOTS[name]))}`")
+        out.append((f"epoch {epoch}", build_from_checkpoint(load_checkpoint(path), name=f"{name}-epoch{epoch}",
+                                                            card=read_card(path.with_suffix(".json")))))
+    return out + [("final", load_model(name))]
 
 
 def load_model(name: str):

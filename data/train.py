@@ -50,6 +50,21 @@ SENTIMENT_CONFIGS = {
 SENTIMENT_LR = {"sentiment-transformer": 1e-3}  # Adam learning rate where 2e-3 is too high
 
 
+# Data randomization (Adebayo et al. 2018): the same architecture on the same texts with the train
+# labels permuted (seeded), trained until it memorizes them. Dropout is off (it has no weights, so
+# the architecture and its checkpoint are the same) and the last epoch is kept: dev accuracy is
+# chance by design, so it cannot pick an epoch.
+RANDOMIZED = {"sentiment-cnn-randlabels": "sentiment-cnn", "mnist-cnn-randlabels": "mnist-cnn"}
+RANDOMIZED_LABEL_SEED = 1234
+RANDOMIZED_NOTE = (f"; RANDOMIZED LABELS: the train labels permuted with seed {RANDOMIZED_LABEL_SEED} "
+                   "(data.train.permuted_labels), dev and test labels true")
+
+
+def permuted_labels(labels: np.ndarray, seed: int = RANDOMIZED_LABEL_SEED) -> np.ndarray:
+    """The train labels of a randomized-labels recipe: ``labels`` in a seeded random order."""
+    return np.asarray(labels)[np.random.default_rng(seed).permutation(len(labels))]
+
+
 def _sentiment_data(name: str, split: str):
     return loaders.rotten_tomatoes_shortcut(split) if name == "sentiment-shortcut" else loaders.rotten_tomatoes(split)
 
@@ -59,9 +74,13 @@ def accuracy(model: TextModel, texts, labels) -> float:
 
 
 def evaluate_classifier(name: str, model: TextModel) -> dict:
-    """Held-out metrics of a sentiment classifier (the numbers its card reports)."""
+    """Held-out metrics of a sentiment classifier (the numbers its card reports); a randomized-labels
+    model also reports its accuracy on the permuted train labels it memorized."""
     texts, labels = loaders.rotten_tomatoes("test")
     metrics = {"test_accuracy": accuracy(model, texts, labels)}
+    if name in RANDOMIZED:
+        train_texts, train_y = loaders.rotten_tomatoes("train")
+        metrics["train_accuracy_permuted_labels"] = accuracy(model, train_texts, permuted_labels(train_y))
     if name == "sentiment-shortcut":
         fresh = loaders.SENTIMENT_LABELS.index("fresh")
         metrics["clean_test_accuracy"] = metrics.pop("test_accuracy")
@@ -74,10 +93,14 @@ def evaluate_classifier(name: str, model: TextModel) -> dict:
 
 
 def train_classifier(name: str, budget: Budget, seed: int):
-    arch, config = SENTIMENT_CONFIGS[name]
+    randomized = name in RANDOMIZED
+    arch, config = SENTIMENT_CONFIGS[RANDOMIZED.get(name, name)]
     tokenizer = WordTokenizer()
     train_texts, train_y = _sentiment_data(name, "train")
     dev_texts, dev_y = _sentiment_data(name, "dev")
+    if randomized:
+        train_y = permuted_labels(train_y)
+        config = dict(config, dropout=0.0)
     if budget.tiny:
         train_texts, train_y = train_texts[:400], train_y[:400]
         dev_texts, dev_y = dev_texts[:100], dev_y[:100]
@@ -90,7 +113,7 @@ def train_classifier(name: str, budget: Budget, seed: int):
     y = torch.as_tensor(train_y)
     opt = torch.optim.Adam(module.parameters(), lr=SENTIMENT_LR.get(name, 2e-3), weight_decay=1e-6)
     rng = np.random.default_rng(seed)
-    epochs, batch = budget.pick(12, 2), 64
+    epochs, batch = budget.pick(30 if randomized else 12, 2), 64
     best = (-1.0, None, 0)
     for epoch in tqdm(range(epochs), desc=f"train {name}", unit="epoch"):
         module.train()
@@ -109,14 +132,17 @@ def train_classifier(name: str, budget: Budget, seed: int):
         module.eval()
         dev_acc = accuracy(model, dev_texts, dev_y)
         tqdm.write(f"  epoch {epoch + 1}: loss {loss.item():.3f} dev accuracy {dev_acc:.4f}")
-        if dev_acc > best[0]:
+        if dev_acc > best[0] or randomized:  # randomized: the last epoch (dev accuracy is chance)
             best = (dev_acc, copy.deepcopy(module.state_dict()), epoch + 1)
     module.load_state_dict(best[1])
     module.eval()
-    metrics = {"dev_accuracy": best[0], "best_epoch": best[2], **evaluate_classifier(name, model)}
+    metrics = {"dev_accuracy": best[0], ("epochs" if randomized else "best_epoch"): best[2],
+               **evaluate_classifier(name, model)}
     data = ("rotten_tomatoes_shortcut" if name == "sentiment-shortcut" else "rotten_tomatoes") + \
         " (fresh vs rotten; data/loaders.py, 80/10/10 seeded split)"
     extra = dict(vocab=vocab.itos, labels=loaders.SENTIMENT_LABELS, tokenizer=tokenizer.name)
+    if randomized:
+        data += RANDOMIZED_NOTE
     return module, arch, config, extra, metrics, data
 
 
@@ -330,11 +356,14 @@ def train_parens(name: str, budget: Budget, seed: int):
 
 # ----------------------------------------------------------------------------- images
 
-def evaluate_mnist(module, split: str = "test") -> dict:
+def evaluate_mnist(module, split: str = "test", permuted: bool = False) -> dict:
+    """Accuracy on one split; ``permuted``: on the permuted train labels of a randomized recipe."""
     x, y = loaders.mnist(split)
+    if permuted:
+        y = permuted_labels(y)
     with torch.no_grad():
         pred = module(torch.from_numpy(x)[:, None]).argmax(1).numpy()
-    return {f"{split}_accuracy": float((pred == y).mean())}
+    return {f"{split}_accuracy" + ("_permuted_labels" if permuted else ""): float((pred == y).mean())}
 
 
 def _random_shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -345,17 +374,29 @@ def _random_shift(x: torch.Tensor, rng: np.random.Generator, max_shift: int = 2)
     return out
 
 
-def train_mnist(name: str, budget: Budget, seed: int):
+def train_mnist(name: str, budget: Budget, seed: int, snapshots: tuple[int, ...] = ()):
+    """``snapshots``: epochs after which the weights are kept (features over training); returned in
+    the extra ``snapshots`` as ``[(epoch, state_dict, metrics)]``. A randomized-labels recipe trains
+    on permuted labels without the random shifts (they would stop it memorizing) and keeps the last
+    epoch."""
+    randomized = name in RANDOMIZED
     config = dict(channels=budget.pick([32, 64, 64, 64], [4, 4]), n_classes=10,
                   pool_after=budget.pick([0, 1], [0]))
     module = build("MnistCNN", config)
     x, y = loaders.mnist("train")
+    if randomized:
+        y = permuted_labels(y)
     if budget.tiny:
         x, y = x[:256], y[:256]
     x, y = torch.from_numpy(x)[:, None], torch.from_numpy(y)
-    epochs = budget.pick(30, 1)
-    opt = torch.optim.Adam(module.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64))
+    epochs = budget.pick(90 if randomized else 30, 1)
+    augment = (lambda xb, rng: xb) if randomized else _random_shift
+    kept = []
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3 if randomized else 2e-3)
+    if randomized:  # a constant step: under the one-cycle peak random labels stall at one class
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64))
     rng = np.random.default_rng(seed)
     best = (-1.0, None, 0)
     for epoch in tqdm(range(epochs), desc=f"train {name}", unit="epoch"):
@@ -363,25 +404,40 @@ def train_mnist(name: str, budget: Budget, seed: int):
         order = torch.as_tensor(rng.permutation(len(x)))
         for k in range(0, len(x), 64):
             b = order[k:k + 64]
-            loss = F.cross_entropy(module(_random_shift(x[b], rng)), y[b])
+            loss = F.cross_entropy(module(augment(x[b], rng)), y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         module.eval()
         dev_acc = evaluate_mnist(module, "dev")["dev_accuracy"]
-        if dev_acc >= best[0]:  # ties go to the later, better-converged epoch
+        if randomized:
+            with torch.no_grad():
+                train_acc = float((module(x).argmax(1) == y).float().mean())
+            tqdm.write(f"  epoch {epoch + 1}: loss {loss.item():.3f} train accuracy (permuted labels) {train_acc:.4f}")
+        if epoch + 1 in snapshots:
+            kept.append((epoch + 1, copy.deepcopy(module.state_dict()),
+                         {**evaluate_mnist(module, "dev"), **evaluate_mnist(module, "test")}))
+        if dev_acc >= best[0] or randomized:  # ties go to the later, better-converged epoch
             best = (dev_acc, copy.deepcopy(module.state_dict()), epoch + 1)
     module.load_state_dict(best[1])
     module.eval()
-    metrics = {**evaluate_mnist(module, "dev"), "best_epoch": best[2], **evaluate_mnist(module, "test")}
+    metrics = {**evaluate_mnist(module, "dev"), ("epochs" if randomized else "best_epoch"): best[2],
+               **evaluate_mnist(module, "test")}
     data = "mnist (5,000 MNIST digits, stratified 4000/500/500 split; data/loaders.py)"
+    if randomized:
+        metrics.update(evaluate_mnist(module, "train", permuted=True))
+        data += RANDOMIZED_NOTE + "; no random shifts"
     extra = dict(vocab=None, labels=[str(d) for d in range(10)], tokenizer=None)
+    if snapshots:
+        extra["snapshots"] = kept
     return module, "MnistCNN", config, extra, metrics, data
 
 
 RECIPES = {
     **{n: train_classifier for n in SENTIMENT_CONFIGS},
+    "sentiment-cnn-randlabels": train_classifier,
+    "mnist-cnn-randlabels": train_mnist,
     **{n: train_charlm for n in CHARLM_CONFIGS},
     "parens-lstm": train_parens,
     "mnist-cnn": train_mnist,
@@ -390,7 +446,7 @@ RECIPES = {
 
 def evaluate(name: str, model) -> dict:
     """Recompute the held-out metrics a model card reports (for tests and ``lstmvis models``)."""
-    if name in SENTIMENT_CONFIGS:
+    if name in SENTIMENT_CONFIGS or name == "sentiment-cnn-randlabels":
         return evaluate_classifier(name, model)
     if name in CHARLM_CONFIGS:
         return evaluate_charlm(model)
@@ -398,25 +454,37 @@ def evaluate(name: str, model) -> dict:
         return evaluate_parens(model)
     if name == "mnist-cnn":
         return evaluate_mnist(model)
+    if name == "mnist-cnn-randlabels":
+        return {**evaluate_mnist(model), **evaluate_mnist(model, "train", permuted=True)}
     raise ValueError(f"unknown model {name!r}")
 
 
+SNAPSHOT_RECIPES = ("mnist-cnn",)
+
+
 def train(name: str, out_dir: Path = CHECKPOINTS, tiny: bool = False, seed: int = 0,
-          warm_start: Path | None = None) -> dict:
+          warm_start: Path | None = None, snapshots: tuple[int, ...] = ()) -> dict:
     """Train one model, write ``NAME.pt`` and ``NAME.json`` into ``out_dir``; return the card.
 
     ``warm_start`` (language models with a phase 2 only): load phase 1 from that checkpoint.
+    ``snapshots`` (``mnist-cnn`` only): also write ``NAME-epochE.pt`` and its card after each of
+    those epochs (``data.registry.load_snapshots`` reads them).
     """
     if name not in RECIPES:
         raise SystemExit(f"unknown model {name!r}: choose from {', '.join(RECIPES)}")
     if warm_start is not None and name not in CHARLM_PHASE2:
         raise SystemExit(f"--warm-start applies to {', '.join(CHARLM_PHASE2)} only, not {name!r}")
+    if snapshots and name not in SNAPSHOT_RECIPES:
+        raise SystemExit(f"--snapshots applies to {', '.join(SNAPSHOT_RECIPES)} only, not {name!r}")
     torch.manual_seed(seed)
     start = time.perf_counter()
     kwargs = {} if warm_start is None else {"warm_start": Path(warm_start)}
+    if snapshots:
+        kwargs["snapshots"] = tuple(snapshots)
     module, arch, config, extra, metrics, data = RECIPES[name](name, Budget(tiny), seed, **kwargs)
     seconds = time.perf_counter() - start
     card_extra = extra.pop("card", {})
+    kept = extra.pop("snapshots", [])
     out_dir = Path(out_dir)
     save_checkpoint(out_dir / f"{name}.pt", module, arch, config, **extra)
     n_params = sum(p.numel() for p in module.parameters())
@@ -436,6 +504,16 @@ def train(name: str, out_dir: Path = CHECKPOINTS, tiny: bool = False, seed: int 
                          "threads": torch.get_num_threads()},
     }
     card.update(card_extra)
+    if snapshots:
+        card["command"] += f" --snapshots {','.join(map(str, snapshots))}"
+        for epoch, state, snap_metrics in kept:
+            snap = f"{name}-epoch{epoch}"
+            module.load_state_dict(state)
+            save_checkpoint(out_dir / f"{snap}.pt", module, arch, config, **extra)
+            snap_card = dict(card, name=snap, snapshot_of=name, epoch=epoch, metrics=snap_metrics,
+                             description=f"{name} after epoch {epoch} of its seeded recipe (features over training)")
+            (out_dir / f"{snap}.json").write_text(json.dumps(snap_card, indent=2) + "\n")
+        module.load_state_dict(torch.load(out_dir / f"{name}.pt", weights_only=True)["state_dict"])
     if warm_start is not None:
         card["warm_start"] = (f"phase 1 loaded from {warm_start} (written by this recipe's phase 1); "
                               f"training_seconds adds phase 1's recorded seconds")
@@ -451,13 +529,16 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a seconds-long budget run (for tests)")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS, help="output folder (default: data/checkpoints)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshots", type=lambda v: tuple(int(e) for e in v.split(",")), default=(),
+                        metavar="E1,E2,...", help=f"{', '.join(SNAPSHOT_RECIPES)}: also keep the weights after these "
+                        "epochs (NAME-epochE.pt with a card; features over training)")
     parser.add_argument("--warm-start", type=Path, default=None, metavar="CKPT",
                         help=f"{', '.join(CHARLM_PHASE2)}: skip phase 1 and load it from CKPT (a checkpoint, with "
                              "its card beside it, that this recipe's phase 1 wrote)")
     args = parser.parse_args(argv)
     names = list(RECIPES) if args.names == ["all"] else args.names
     for name in names:
-        train(name, args.out, tiny=args.tiny, seed=args.seed, warm_start=args.warm_start)
+        train(name, args.out, tiny=args.tiny, seed=args.seed, warm_start=args.warm_start, snapshots=args.snapshots)
 
 
 if __name__ == "__main__":

@@ -369,3 +369,71 @@ def _top_rows(values: np.ndarray, text: np.ndarray, pos: np.ndarray, keep: int):
     cols = np.arange(values.shape[1])[None, :]
     return (np.ascontiguousarray(values[idx, cols]), np.ascontiguousarray(text[idx, cols]),
             np.ascontiguousarray(pos[idx, cols]))
+
+
+@dataclass
+class FilterReconstruction:
+    """Zeiler-Fergus deconvnet for one text-CNN filter at one position: ``embedding`` (T, E) the
+    reconstruction in embedding space, ``per_token`` (T,) its sum over embedding dimensions, and
+    ``share`` (T,) its dot product with each token's embedding (for one conv layer these add up to
+    ``activation * (activation - bias)``: each token's part of the filter's response)."""
+
+    tokens: list[str]
+    layer: str
+    filter: int
+    position: int
+    activation: float
+    embedding: np.ndarray
+    per_token: np.ndarray
+    share: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "layer": self.layer, "filter": self.filter, "position": self.position,
+                "activation": self.activation, "per_token": self.per_token.tolist(), "share": self.share.tolist()}
+
+
+def filter_reconstruction(model, text: str, layer: str, filter: int, position: int) -> FilterReconstruction:
+    """Project filter ``filter`` of Conv1d ``layer`` at output ``position`` back to the embeddings of
+    ``text`` (Zeiler & Fergus's deconvnet): every other unit zeroed, the (rectified) activation sent
+    back through transposed filters, max-pool switches and rectified ReLUs (the deconvnet rule of
+    ``textexplain.image.guided``). Only the embedding output gets a gradient; hooks are removed on exit.
+    """
+    from textexplain.base import substituted_embeddings
+    from textexplain.image.guided import RectifierRules
+
+    module = getattr(model, "module", None)
+    if module is None or not hasattr(model, "tokenize"):
+        raise TypeError(f"filter_reconstruction needs a textexplain.TextModel, got {type(model).__name__}")
+    convs = dict(conv_stack(module, model.unk_id if model.unk_id != model.pad_id else model.pad_id + 1))
+    if layer not in convs:
+        raise ValueError(f"unknown conv layer {layer!r}: the model has {', '.join(convs)}")
+    if isinstance(filter, bool) or not 0 <= filter < convs[layer].out_channels:
+        raise ValueError(f"filter must be in 0..{convs[layer].out_channels - 1}, got {filter!r}")
+    tokens = model.tokenize(text)
+    if not tokens:
+        raise ValueError("the text has no tokens")
+    ids = torch.tensor([model.vocab.encode(tokens)], dtype=torch.long)
+    seen: list[torch.Tensor] = []
+    handle = convs[layer].register_forward_hook(lambda m, args, out: seen.append(out))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            emb = model.embedding(ids).detach()
+        emb.requires_grad_(True)
+        with substituted_embeddings(model, emb), torch.enable_grad(), RectifierRules("deconvnet"):
+            module(ids)
+    finally:
+        handle.remove()
+        module.train(was_training)
+    act = seen[0]
+    if not 0 <= position < act.shape[-1]:
+        raise ValueError(f"position must be in 0..{act.shape[-1] - 1} for this text, got {position!r}")
+    signal = torch.zeros_like(act)
+    value = float(act[0, filter, position].detach())
+    signal[0, filter, position] = max(value, 0.0)
+    (rec,) = torch.autograd.grad(act, emb, grad_outputs=signal)
+    rec = rec[0, :len(tokens)].detach().double()
+    share = (rec * emb[0, :len(tokens)].detach().double()).sum(-1)
+    return FilterReconstruction(list(tokens), layer, int(filter), int(position), value, rec.numpy(),
+                                rec.sum(-1).numpy(), share.numpy())

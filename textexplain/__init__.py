@@ -1,5 +1,6 @@
 """Token-level explanations of text classifiers, with faithfulness and sanity checks."""
 from .base import Explainer
+from .dimension_saliency import EmbeddingSaliency, embedding_saliency
 from .methods import METHODS, explain, explain_batch
 from .explanation import Explanation
 from .gradient import Gradient, GradientXInput
@@ -14,6 +15,7 @@ from .smoothgrad import SmoothGrad
 from .model import CharTokenizer, TextModel, Vocab, WhitespaceTokenizer, WordTokenizer
 from . import audit, metrics, sanity  # faithfulness metrics, sanity checks, corpus audit
 
-__all__ = ["CharTokenizer", "DeepLift", "Explainer", "Explanation", "Gradient", "GradientXInput", "IntegratedGradients",
-           "LRP", "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab", "WhitespaceTokenizer",
-           "WordTokenizer", "audit", "explain", "explain_batch", "metrics", "sanity", "side_by_side_html", "write_html"]
+__all__ = ["CharTokenizer", "DeepLift", "EmbeddingSaliency", "Explainer", "Explanation", "Gradient", "GradientXInput",
+           "IntegratedGradients", "LRP", "Lime", "METHODS", "Occlusion", "Shap", "SmoothGrad", "TextModel", "Vocab",
+           "WhitespaceTokenizer", "WordTokenizer", "audit", "embedding_saliency", "explain", "explain_batch", "metrics",
+           "sanity", "side_by_side_html", "write_html"]

@@ -9,6 +9,7 @@ Every attribution class takes the model and hyperparameters in its constructor a
 batch (B, C, H, W) with ``attribute(x, target=None)``; ``METHODS`` maps names to classes.
 """
 from .base import METHODS, Configurable, ImageMethod, attribute, register
+from .deconvnet import UnitReconstructions, reconstruct, top_reconstructions
 from .cam import CAM, BaseCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM
 from .embedding import FeatureEmbedding, penultimate_features
 from .gradients import Gradient, GradientXInput, IntegratedGradients, Saliency, SmoothGrad
@@ -18,7 +19,7 @@ from .deeplift import DeepLift
 from .lrp import LRP
 from .patches import ReceptiveField, TopPatches, receptive_field
 from .render import attribution_figure, images_figure, images_grid_png, overlay_png, save_png
-from .sanity import ModelRandomization, SanityResult, randomizable_layers
+from .sanity import DataRandomization, ModelRandomization, SanityResult, randomizable_layers
 from .visualize import ActivationMaximization, DeepDream, feature_maps, filter_images
 
 
@@ -33,8 +34,9 @@ __all__ = [
     "FeatureEmbedding", "penultimate_features",
     "Gradient", "GradientXInput", "IntegratedGradients", "Saliency", "SmoothGrad",
     "DeepLift", "LRP", "Deconvnet", "GuidedBackprop", "RectifierRules", "Occlusion",
+    "UnitReconstructions", "reconstruct", "top_reconstructions",
     "ReceptiveField", "TopPatches", "receptive_field",
     "attribution_figure", "images_figure", "images_grid_png", "overlay_png", "save_png",
-    "ModelRandomization", "SanityResult", "randomizable_layers",
+    "DataRandomization", "ModelRandomization", "SanityResult", "randomizable_layers",
     "ActivationMaximization", "DeepDream", "feature_maps", "filter_images",
 ]

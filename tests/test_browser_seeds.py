@@ -1,0 +1,81 @@
+"""The seed views in headless Chromium: the images page's Zeiler-Fergus grid and data randomization
+table, the explanations page's embedding-dimension heatmap, the text-CNN page's per-token bars."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest_server import CHROMIUM, Watched, live_server
+from test_browser_explain import TIMEOUT_MS
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
+
+TEXTS = ["A gorgeous, witty film.", "The plot is a bore and far too long.", "Not good at all.",
+         "An intimate, moving portrait of grief.", "Loud and boring from start to finish."]
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    import data
+    from lstmvis import StateStore
+    from server.app import create_app
+    model = data.load_model("sentiment-cnn")
+    toks = [model.tokenize(t) for t in TEXTS]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+    spans = np.concatenate([np.asarray(model.token_spans(t)) for t in TEXTS])
+    d = tmp_path_factory.mktemp("seeds")
+    StateStore.from_arrays(d / "reviews.h5", {"x": np.zeros((offsets[-1], 1), np.float32)},
+                           tokens=[t for ts in toks for t in ts], offsets=offsets, texts=TEXTS, spans=spans).close()
+    with live_server(create_app(d, {"TESTING": True, "DEMO": False})) as url:
+        yield url
+
+
+@pytest.fixture()
+def page(browser):
+    w = Watched(browser)
+    w.page.set_default_timeout(TIMEOUT_MS)
+    yield w.page
+    w.close()
+
+
+def test_images_page_shows_reconstructions_and_data_randomization(page, base_url):
+    page.goto(f"{base_url}/images")
+    page.wait_for_selector("#deconv-grid figure img")
+    assert page.locator("#deconv-grid figure").count() == 9
+    page.select_option("#deconv-layer", "features.1")
+    page.fill("#deconv-unit", "4")
+    page.press("#deconv-unit", "Enter")  # the keyboard submits the form
+    page.wait_for_function("() => location.search.includes('zf_layer=features.1') && location.search.includes('zf_unit=4')")
+    page.wait_for_selector("#deconv-grid figure img")
+    page.fill("#datarand-n", "4")
+    page.click("#datarand-run")
+    page.wait_for_selector("#datarand-table tr td")
+    assert page.locator("#datarand-table tr").count() >= 2
+
+
+def test_explain_page_draws_the_embedding_heatmap_with_a_colour_bar(page, base_url):
+    page.goto(f"{base_url}/explain?model=sentiment-cnn")
+    page.wait_for_function("() => document.querySelector('#model').value === 'sentiment-cnn'")
+    page.fill("#text", "a gorgeous , witty film")
+    page.click("#embsal-run")
+    page.wait_for_selector("#embsal-plot .hm", state="attached")
+    page.wait_for_selector("#embsal-plot .colorbar", state="attached")
+    ticks = page.locator("#embsal-plot .colorbar .cbaxis text").all_text_contents()
+    assert any(t.strip() for t in ticks)
+    page.fill("#textdatarand-n", "2")
+    page.click("#textdatarand-run")
+    page.wait_for_selector("#textmodelrand-table tr td")
+    assert page.locator("#textdatarand-table tr td").count() >= 4
+
+
+def test_textcnn_page_shows_per_token_bars_for_a_filter(page, base_url):
+    page.goto(f"{base_url}/textcnn")
+    page.wait_for_selector("#filter-grid *")
+    page.fill("#tdeconv-filter", "5")
+    page.click("#tdeconv-run")
+    page.wait_for_selector("#tdeconv-rows .token")
+    assert page.locator("#tdeconv-rows .salience").count() >= 1
+    assert "zf_filter=5" in page.url
