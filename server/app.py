@@ -20,7 +20,7 @@ from flask import Flask, abort, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
-from . import cells_api, core_api, explain_api, explorer_api, image_api, jobs, pages, textcnn_api
+from . import cells_api, core_api, explain_api, explorer_api, image_api, jobs, pages, textcnn_api, workbench_api
 from .caches import Caches
 from .concurrency import Gates
 from .context import CACHES_KEY, RESOURCES_KEY
@@ -28,7 +28,7 @@ from .resources import Resources
 from .validation import refuse_foreign_requests, refuse_oversize_streams, register_error_handlers
 
 # Modules that define ``blueprint`` (and optionally ``PAGES``), registered in this order.
-BLUEPRINTS = [core_api, pages, explorer_api, cells_api, textcnn_api, jobs, explain_api, image_api]
+BLUEPRINTS = [core_api, pages, explorer_api, cells_api, textcnn_api, jobs, explain_api, image_api, workbench_api]
 
 DEFAULT_CONFIG = {
     "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,  # request size limit (bytes); an image upload fits easily
@@ -42,7 +42,8 @@ DEFAULT_CONFIG = {
     "PLOTLY_COMPILE_HINT": True,  # serve plotly.js with V8's eager-compile hint (see core_api.PlotlyBundle)
     "COMPUTE_SLOTS": None,  # API requests computing at once per lane (None: one per core; 0: no limit)
     "JOB_WORKERS": 1,  # background jobs (corpus audits, t-SNE) running at once
-    "INDEX_JOB_VALUES": 20_000_000,  # a match index of more values (tokens x cells) is built as a job
+    "INDEX_JOB_VALUES": 20_000_000,
+    "WORKBENCH_CORPORA": (),  # CSV/JSONL files (lstmvis serve --corpus) the workbench offers as file:NAME  # a match index of more values (tokens x cells) is built as a job
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "

@@ -22,8 +22,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.data is not None and not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: no such directory")
+    from .workbench_api import read_corpus_file
+    for path in args.corpus:
+        read_corpus_file(path)  # a bad file is refused now, with the line that is wrong
     server = serving.listen(args.data, host=args.host, port=args.port, cache_dir=args.cache,
-                            allow_hosts=args.allow_host)
+                            allow_hosts=args.allow_host, corpora=args.corpus)
     what = f"the stores and models in {args.data}" if args.data else "the bundled demo"
     print(f"lstmvis: serving {what} at {serving.url_of(server)}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     serving.serve(server, open_browser=not args.no_browser)
@@ -51,4 +54,7 @@ def add_serve(sub) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests addressed to this host name, e.g. the name a reverse proxy forwards "
                         "(on loopback only localhost, 127.0.0.1 and [::1] are answered, against DNS rebinding)")
+    p.add_argument("--corpus", action="append", default=[], metavar="FILE",
+                   help="a labelled corpus for the workbench: CSV with a header or JSONL, columns text,label[,meta...] "
+                        "(repeat for more)")
     p.set_defaults(func=_cmd_serve)

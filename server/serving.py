@@ -276,7 +276,7 @@ def tune_process() -> None:
 
 
 def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-           cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = ()):
+           cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (), corpora: Iterable[str] = ()):
     """The app (:func:`server.app.create_app`) behind a server bound to ``host:port``, not yet serving.
 
     Tunes the process first (:func:`tune_process`). On loopback the app answers only requests
@@ -288,6 +288,7 @@ def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1"
     from .app import create_app  # after tune_process: the app's imports (torch) start threads
 
     config = {"LSTMVIS_CACHE": str(cache_dir)} if cache_dir else {}
+    config["WORKBENCH_CORPORA"] = [os.path.abspath(c) for c in corpora]  # the workbench's --corpus files
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]
     app = create_app(data_dir, config)

@@ -65,18 +65,21 @@ def penultimate(model: TextModel, texts: Sequence[str], batch_size: int | None =
 
 def pca(x: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``(coords (N, k), explained variance ratio (k,))`` of ``x`` centred; each component's sign makes
-    its largest absolute loading positive (scikit-learn's ``svd_flip`` rule), so results are reproducible."""
+    its largest absolute loading positive (scikit-learn's ``svd_flip`` rule), so results are reproducible;
+    components beyond the data's dimensions are 0."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError("PCA needs a 2-D array with at least two rows")
     centred = x - x.mean(axis=0)
     u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    k = min(k, vt.shape[0])
+    want, k = k, min(k, vt.shape[0])
     signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt[:k]), axis=1)])
     signs[signs == 0] = 1
     coords = u[:, :k] * s[:k] * signs
     var = s ** 2
-    return coords, var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
+    ratio = var[:k] / var.sum() if var.sum() > 0 else np.zeros(k)
+    pad = want - k  # fewer dimensions than components asked: the missing ones are 0
+    return np.pad(coords, ((0, 0), (0, pad))), np.pad(ratio, (0, pad))
 
 
 def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
