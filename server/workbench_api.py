@@ -20,11 +20,11 @@ import csv
 import json
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 import textexplain
 from data.provider import LABELLED_CORPORA, load_labelled_corpus
@@ -38,7 +38,7 @@ from .context import caches, resources
 from .explain_api import DEFAULT_METHODS, MAX_TEXT_CHARS, MethodName, MethodParams, _Checked, borrow_classifier, \
     method_inputs, text_classifiers
 from .jobs import jobs
-from .validation import ApiError, CsvInts, CsvStrs, Params, api
+from .validation import ApiError, CsvStrs, Params, _split_csv, api
 
 blueprint = Blueprint("workbench_api", __name__)
 
@@ -56,6 +56,9 @@ PROJECTOR_MAX = 20_000  # rows projected at most (a seeded sample beyond)
 GLOBAL_MAX = 1000  # texts per global-explanations job
 SELECTIONS_KEPT = 256
 CORPORA_KEY = "WORKBENCH_CORPORA"  # app config: paths of --corpus files
+MAX_ROW_ID = 2**31 - 1
+RowId = Annotated[int, Field(ge=0, le=MAX_ROW_ID)]
+RowIds = Annotated[list[RowId], BeforeValidator(_split_csv)]  # ``1,5,7`` in a query string or a JSON list
 
 
 # ------------------------------------------------------------------------------------ corpora
@@ -166,7 +169,7 @@ class Selection(Params):
     len_max: int | None = Field(None, ge=0, le=100_000, description="most tokens kept")
     token: str | None = Field(None, max_length=100, description="rows containing this token")
     meta: str | None = Field(None, max_length=300, description="NAME=VALUE: rows whose meta column has the value")
-    ids: CsvInts | None = Field(None, max_length=PROJECTOR_MAX, description="only these row ids")
+    ids: RowIds | None = Field(None, max_length=PROJECTOR_MAX, description="only these row ids")
     selection: str | None = Field(None, max_length=64, description="a selection token from /api/workbench/selection")
     threshold: float | None = Field(None, ge=0, le=1, description="binary models: p(second label) >= threshold "
                                     "predicts the second label (default: argmax)")
@@ -215,7 +218,7 @@ class MetricsRequest(Selection):
 class SelectionRequest(Params):
     model: str = Field(min_length=1, max_length=200)
     corpus: str = Field(min_length=1, max_length=300)
-    ids: list[int] = Field(max_length=200_000, description="row ids of the selection")
+    ids: list[RowId] = Field(max_length=200_000, description="row ids of the selection")
 
 
 class ProjectionRequest(Selection):
