@@ -92,7 +92,7 @@ def test_projector_selection_filters_table_and_metrics(page, base_url):
     page.wait_for_selector("#m-confusion .heatmaplayer", state="attached")
     page.wait_for_selector("#m-reliability .barlayer", state="attached")
     page.click("#pj-run")
-    page.wait_for_selector("#pj-plot .scatterlayer, #pj-plot .gl-container", state="attached")
+    page.wait_for_selector("#pj-plot .scatterlayer .point", state="attached")
     page.evaluate("document.getElementById('pj-plot').emit('plotly_selected', {points: [{customdata: 1}, {customdata: 3}]})")
     page.wait_for_function("() => document.querySelector('#wb-total').textContent.startsWith('2 rows')")
     assert "sel=" in page.url

@@ -276,7 +276,7 @@
       (groups[key] = groups[key] || { x: [], y: [], ids: [] });
       groups[key].x.push(r.x[i]); groups[key].y.push(r.y[i]); groups[key].ids.push(id);
     });
-    const traces = Object.entries(groups).map(([name, g]) => ({ type: "scattergl", mode: "markers", name: LV.plotText(name),
+    const traces = Object.entries(groups).map(([name, g]) => ({ type: "scatter", mode: "markers", name: LV.plotText(name),
       x: g.x, y: g.y, customdata: g.ids, marker: { size: 5, opacity: 0.7 }, hovertemplate: "row %{customdata}<extra></extra>" }));
     await P.newPlot(plot, traces, { margin: { t: 10, r: 10, b: 30, l: 40 }, height: 340, dragmode: "lasso",
       xaxis: { title: { text: `${r.method} 1` } }, yaxis: { title: { text: `${r.method} 2` } } },
