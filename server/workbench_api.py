@@ -52,6 +52,7 @@ PAGES = [
 
 SPLITS = ("train", "dev", "test")
 SHIPPED = [f"{c}:{s}" for c in LABELLED_CORPORA for s in SPLITS]
+DEFAULT_CORPUS = f"{LABELLED_CORPORA[0]}:test"  # the page opens on the smallest shipped split
 PROJECTOR_MAX = 20_000  # rows projected at most (a seeded sample beyond)
 GLOBAL_MAX = 1000  # texts per global-explanations job
 SELECTIONS_KEPT = 256
@@ -158,7 +159,7 @@ class Selection(Params):
     """Which rows: every filter that is set must hold."""
 
     model: str = Field(min_length=1, max_length=200, description="a text classifier")
-    corpus: str = Field("rotten_tomatoes:test", min_length=1, max_length=300, description="a corpus name")
+    corpus: str = Field(DEFAULT_CORPUS, min_length=1, max_length=300, description="a corpus name")
     regex: str | None = Field(None, max_length=200, description="regular expression searched in the text")
     label: str | None = Field(None, max_length=200, description="gold label")
     predicted: str | None = Field(None, max_length=200, description="predicted label")
@@ -252,7 +253,7 @@ class GlobalRequest(Selection):
 @blueprint.get("/workbench")
 def workbench_page():
     return render_template("workbench.html", page_data={
-        "models": text_classifiers(), "corpora": corpus_names(), "methods": list(textexplain.METHODS),
+        "models": text_classifiers(), "corpora": corpus_names(), "default_corpus": DEFAULT_CORPUS, "methods": list(textexplain.METHODS),
         "method_inputs": method_inputs(), "default_methods": DEFAULT_METHODS[:2], "max_page": MAX_PAGE,
         "slice_kinds": list(SLICE_KINDS), "projections": list(projection.PROJECTIONS)})
 

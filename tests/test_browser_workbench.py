@@ -125,3 +125,10 @@ def test_readable_at_390_px(browser, base_url):
         assert overflow <= 390, overflow
     finally:
         w.close()
+
+
+def test_opens_on_a_shipped_model_and_split_without_parameters(page, base_url):
+    page.goto(f"{base_url}/workbench")
+    page.wait_for_selector("#wb-table tbody tr")
+    assert page.input_value("#wb-corpus") == "rotten_tomatoes:test"
+    assert "1275 rows selected" in page.text_content("#wb-total")

@@ -9,7 +9,7 @@
   const url = LV.readUrl();
   const LIMIT = 25;
   const state = {
-    model: url.model, model2: url.model2 || "", corpus: url.corpus, regex: url.regex || "", label: url.label || "",
+    model: url.model, model2: url.model2 || "", corpus: url.corpus || page.default_corpus, regex: url.regex || "", label: url.label || "",
     predicted: url.predicted || "", correct: url.correct || "", conf_min: url.conf_min || "", conf_max: url.conf_max || "",
     token: url.token || "", sort: url.sort || "id", desc: url.desc === "1", offset: parseInt(url.offset || "0", 10) || 0,
     row: url.row !== undefined ? parseInt(url.row, 10) : null, text: url.text || "", pin: url.pin || "",
