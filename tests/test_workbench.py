@@ -252,3 +252,15 @@ def test_global_explanations_one_view():
     assert toks["great"]["count"] == 3 and toks["great"]["mean_abs"] == pytest.approx(2.0)  # |w| * |dlogit/de| = 2 * 1
     assert out["saliency"]["slices"][0]["n_texts"] == 5
     assert {r["mode"] for r in out["importance"]} == {"remove", "permute"}
+
+
+def test_literal_fast_path_equals_searching_each_row():
+    rng = np.random.default_rng(0)
+    alphabet = list("abgo d")
+    texts = ["".join(rng.choice(alphabet, rng.integers(1, 12))) or "a" for _ in range(400)] + ["go", "od", "good"]
+    wb = Workbench(sentiment_model(), texts)
+    for literal in ["go", "od", "good", "a b", "Go", "oo", "d"]:
+        flags = 0 if any(c.isupper() for c in literal) else re.IGNORECASE
+        want = [i for i, t in enumerate(texts) if re.search(re.escape(literal), t, flags)]
+        assert wb.select(RowFilter(regex=literal)).tolist() == want, literal
+    assert wb.select(RowFilter(regex="g.d")).tolist() == [i for i, t in enumerate(texts) if re.search("g.d", t, re.I)]

@@ -27,6 +27,7 @@ from .model import TextModel
 SORT_COLUMNS = ("id", "text", "label", "predicted", "confidence", "loss", "length", "correct")
 SLICE_KINDS = ("label", "predicted", "length", "token", "meta", "correct")
 REGEX_CACHE = 32  # compiled patterns whose matches are kept
+REGEX_SPECIAL = set(".^$*+?{}[]\\|()")  # a pattern without these is a literal
 MAX_PAGE = 1000
 LENGTH_BINS = 4
 
@@ -35,7 +36,8 @@ LENGTH_BINS = 4
 class RowFilter:
     """Which rows to keep; every field that is set must hold (an AND of all of them).
 
-    ``regex`` is searched in the text (case-insensitive unless it has upper-case letters);
+    ``regex`` is searched in the text (case-insensitive unless it has upper-case letters; a literal,
+    the usual case, in one scan of all texts joined);
     ``label``/``predicted`` are label names; ``correct`` keeps correct (True) or wrong (False)
     predictions; ``confidence`` and ``length`` are inclusive ``(lo, hi)`` ranges (either end None);
     ``meta`` maps a meta column to the value it must have (compared as strings); ``ids`` keeps only
@@ -86,6 +88,7 @@ class Workbench:
         self._regex: OrderedDict[str, np.ndarray] = OrderedDict()
         self._token_rows: dict[int, np.ndarray] | None = None
         self._text_order: np.ndarray | None = None
+        self._joined: tuple[str, np.ndarray] | None = None  # all texts joined, and where each starts
 
     # ------------------------------------------------------------------ columns
     def __len__(self) -> int:
@@ -120,10 +123,26 @@ class Workbench:
             rx = re.compile(pattern, 0 if any(c.isupper() for c in pattern) else re.IGNORECASE)
         except re.error as exc:
             raise ValueError(f"regex {pattern!r} is not valid: {exc}") from None
-        hit = np.fromiter((rx.search(t) is not None for t in self.texts), dtype=bool, count=len(self))
+        if "\n" not in pattern and not any(c in REGEX_SPECIAL for c in pattern):
+            hit = self._literal_matches(rx)
+        else:
+            hit = np.fromiter((rx.search(t) is not None for t in self.texts), dtype=bool, count=len(self))
         self._regex[pattern] = hit
         while len(self._regex) > REGEX_CACHE:
             self._regex.popitem(last=False)
+        return hit
+
+    def _literal_matches(self, rx: re.Pattern) -> np.ndarray:
+        """Rows containing a literal pattern: one scan of all texts joined by newlines (a literal
+        without a newline cannot match across two rows, and a row's first occurrence is never
+        consumed by a match that began in an earlier row), each match start mapped to its row."""
+        if self._joined is None:
+            lengths = np.fromiter((len(t) + 1 for t in self.texts), dtype=np.int64, count=len(self))
+            self._joined = ("\n".join(self.texts), np.cumsum(lengths) - lengths)
+        joined, starts = self._joined
+        hit = np.zeros(len(self), dtype=bool)
+        found = np.fromiter((m.start() for m in rx.finditer(joined)), dtype=np.int64)
+        hit[np.searchsorted(starts, found, side="right") - 1] = True
         return hit
 
     def rows_with_token(self, token: str) -> np.ndarray:
