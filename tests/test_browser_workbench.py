@@ -24,7 +24,8 @@ def base_url(tmp_path_factory):
     from server.app import create_app
     from server.resources import ModelEntry
     path = tmp_path_factory.mktemp("corpus") / "toy.csv"
-    path.write_text("text,label\n" + "".join(f"{json.dumps(t)},{y}\n" for t, y in zip(TEXTS * 3, GOLD * 3)))
+    path.write_text("text,label,source\n" + "".join(f"{json.dumps(t)},{y},{'xy'[i % 2]}\n"
+                                                     for i, (t, y) in enumerate(zip(TEXTS * 3, GOLD * 3))))
     app = create_app(None, {"TESTING": True, "DEMO": False, "WORKBENCH_CORPORA": [str(path)]})
     models = app.extensions["lstmvis"].models
     models["sent"] = ModelEntry("sent", "user model", "hand-set weights", sentiment_model)
@@ -93,6 +94,8 @@ def test_projector_selection_filters_table_and_metrics(page, base_url):
     page.wait_for_selector("#m-reliability .barlayer", state="attached")
     page.click("#pj-run")
     page.wait_for_selector("#pj-plot .scatterlayer .point", state="attached")
+    page.select_option("#pj-colour", "meta:source")  # any meta column colours the points
+    page.wait_for_function("() => document.querySelectorAll('#pj-plot .legend .traces').length === 2")
     page.evaluate("document.getElementById('pj-plot').emit('plotly_selected', {points: [{customdata: 1}, {customdata: 3}]})")
     page.wait_for_function("() => document.querySelector('#wb-total').textContent.startsWith('2 rows')")
     assert "sel=" in page.url

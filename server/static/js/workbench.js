@@ -101,6 +101,8 @@
       for (const [id, key] of [["f-label", "label"], ["f-predicted", "predicted"]])
         LV.fillSelect($(id), [{ value: "", label: "any" }, ...labels.map(l => ({ value: l }))], state[key]);
       $("m-pos").textContent = labels[1] || "";
+      LV.fillSelect($("pj-colour"), [{ value: "gold", label: "gold label" }, { value: "predicted", label: "prediction" },
+        { value: "correct", label: "correctness" }, ...r.meta.map(m => ({ value: `meta:${m}`, label: `meta: ${m}` }))], state.colour);
       $("wb-total").textContent = `${r.total} rows selected`;
       $("wb-pageinfo").textContent = r.total ? `rows ${r.offset + 1}–${Math.min(r.offset + LIMIT, r.total)} of ${r.total}` : "no rows";
       $("wb-prev").disabled = r.offset === 0;
@@ -270,7 +272,8 @@
     LV.clear(plot);
     const groups = {};
     r.ids.forEach((id, i) => {
-      const key = state.colour === "predicted" ? r.labels[r.predicted[i]]
+      const key = state.colour.startsWith("meta:") ? String((r.meta[state.colour.slice(5)] || [])[i] ?? "–")
+        : state.colour === "predicted" ? r.labels[r.predicted[i]]
         : state.colour === "correct" ? (r.gold ? (r.gold[i] === r.predicted[i] ? "correct" : "wrong") : "no gold label")
         : (r.gold ? r.labels[r.gold[i]] : "no gold label");
       (groups[key] = groups[key] || { x: [], y: [], ids: [] });
