@@ -132,3 +132,23 @@ def test_corpus_file_errors(tmp_path):
 def test_page_renders(client):
     resp = client.get("/workbench")
     assert resp.status_code == 200 and b"workbench.js" in resp.data
+
+
+def test_a_store_with_texts_is_a_corpus(tmp_path):
+    """The toy store's three texts, its per-token ``label`` track read at each sequence's start as gold."""
+    import textexplain
+    from conftest_server import TOY_TEXTS, make_toy_store
+    from server.app import create_app
+    from server.resources import ModelEntry
+    make_toy_store(tmp_path / "toy.h5").close()
+    app = create_app(tmp_path, {"TESTING": True})
+
+    def numbered():
+        model = sentiment_model()
+        return textexplain.TextModel(model.module, model.vocab, ["0", "1"], model.embedding,
+                                     tokenizer=model.tokenizer, name="numbered")
+    app.extensions["lstmvis"].models["numbered"] = ModelEntry("numbered", "user model", "labels 0/1", numbered)
+    client = app.test_client()
+    assert "store:toy" in get(client, "/api/workbench/corpora")["corpora"]
+    out = get(client, "/api/workbench/rows", model="numbered", corpus="store:toy")
+    assert [r["text"] for r in out["rows"]] == TOY_TEXTS and [r["label"] for r in out["rows"]] == ["0", "1", "0"]
