@@ -152,3 +152,11 @@ def test_a_store_with_texts_is_a_corpus(tmp_path):
     assert "store:toy" in get(client, "/api/workbench/corpora")["corpora"]
     out = get(client, "/api/workbench/rows", model="numbered", corpus="store:toy")
     assert [r["text"] for r in out["rows"]] == TOY_TEXTS and [r["label"] for r in out["rows"]] == ["0", "1", "0"]
+
+
+def test_tsne_projection_is_a_job(client):
+    resp = client.get("/api/workbench/projection", query_string={**Q, "method": "tsne"})
+    assert resp.status_code == 202
+    job = wait_for_job(client, resp.get_json())
+    assert job["status"] == "done", job
+    assert len(job["result"]["x"]) == 10 and job["result"]["method"] == "tsne"

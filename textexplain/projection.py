@@ -97,5 +97,5 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
         return umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, x.shape[0] - 1)).fit_transform(x)
     from sklearn.manifold import TSNE
 
-    return TSNE(n_components=2, random_state=seed, init="pca",
+    return TSNE(n_components=2, random_state=seed, init="pca" if x.shape[1] >= 2 else "random",
                 perplexity=min(30.0, (x.shape[0] - 1) / 3)).fit_transform(x)
