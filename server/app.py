@@ -20,7 +20,7 @@ from flask import Flask, abort, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
-from . import cells_api, core_api, explain_api, explorer_api, image_api, jobs, pages, seeds_api, textcnn_api
+from . import cells_api, core_api, explain_api, explorer_api, image_api, jobs, pages, seeds_api, textcnn_api, workbench_api
 from .caches import Caches
 from .concurrency import Gates
 from .context import CACHES_KEY, RESOURCES_KEY
@@ -28,7 +28,8 @@ from .resources import Resources
 from .validation import refuse_foreign_requests, refuse_oversize_streams, register_error_handlers
 
 # Modules that define ``blueprint`` (and optionally ``PAGES``), registered in this order.
-BLUEPRINTS = [core_api, pages, explorer_api, cells_api, textcnn_api, jobs, explain_api, image_api, seeds_api]
+BLUEPRINTS = [core_api, pages, explorer_api, cells_api, textcnn_api, jobs, explain_api, image_api, seeds_api,
+              workbench_api]
 
 DEFAULT_CONFIG = {
     "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,  # request size limit (bytes); an image upload fits easily
@@ -44,6 +45,7 @@ DEFAULT_CONFIG = {
     "JOB_WORKERS": 1,  # background jobs (corpus audits, t-SNE) running at once
     "INDEX_JOB_VALUES": 20_000_000,  # a match index of more values (tokens x cells) is built as a job
     "FRAME_ANCESTORS": [],  # origins whose pages may show the tool in an iframe (notebooks; default: none)
+    "WORKBENCH_CORPORA": (),  # CSV/JSONL files (lstmvis serve --corpus) the workbench offers as file:NAME
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "

@@ -58,5 +58,8 @@ class Caches:
         self.search_indexes = BuiltOnce()  # store -> server.explorer_api.TextSearchIndex
         self.hypotheses = BuiltOnce(max_entries=64)  # (store, spec) -> per-token values
         self.rankings = BuiltOnce(max_entries=64)  # (store, source, spec, method) -> lstmvis CellRanking
+        self.workbenches = BuiltOnce(max_entries=8)  # (model, corpus) -> textexplain Workbench
+        self.workbench_features = BuiltOnce(max_entries=8)  # (model, corpus) -> penultimate layer of every row
+        self.workbench_selections = BuiltOnce(max_entries=256)  # token -> (corpus, row ids)
         self.textcnn_reports = BuiltOnce()  # (model, store, k) -> top n-grams of every filter
         self.textcnn_mappable = BuiltOnce()  # (model, entry id) -> whether lstmvis.textcnn maps its Conv1d stack

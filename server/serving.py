@@ -276,7 +276,8 @@ def tune_process() -> None:
 
 
 def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-           cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (), resources=None):
+           cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (), resources=None,
+           corpora: Iterable[str] = ()):
     """The app (:func:`server.app.create_app`) behind a server bound to ``host:port``, not yet serving.
 
     Tunes the process first (:func:`tune_process`). On loopback the app answers only requests
@@ -290,6 +291,7 @@ def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1"
     config: dict = {"LSTMVIS_CACHE": str(cache_dir)} if cache_dir else {}
     if resources is not None:
         config["RESOURCES"] = resources
+    config["WORKBENCH_CORPORA"] = [os.path.abspath(c) for c in corpora]  # the workbench's --corpus files
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]
     app = create_app(data_dir, config)

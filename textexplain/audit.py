@@ -463,3 +463,107 @@ def _flip(model: TextModel, texts: list[str], gold: np.ndarray, token: str, cls:
            "accuracy_removed": accuracy(removed), "accuracy_flipped": accuracy(flipped)}
     out["drop"] = out["accuracy_removed"] - out["accuracy_flipped"]
     return out
+
+
+# ------------------------------------------------------------------------ global explanations
+# The workbench's global view: the audit, the mean attribution of each token over a selection
+# ("expected saliency") overall and per slice, and what removing or permuting a token type costs.
+
+def expected_saliency(model: TextModel, explanations: Sequence[Any], *, slices: Mapping[str, Sequence[int]] | None = None,
+                      min_count: int = 2, top: int = 20) -> dict[str, Any]:
+    """Mean attribution of each token type over ``explanations`` (one per text, each for the class it
+    explains), ranked by mean |score| among tokens seen at least ``min_count`` times; the unk token
+    pools the out-of-vocabulary words. ``slices`` maps a slice name to positions in ``explanations``;
+    each slice gets its texts' mean total attribution and the mean score of the overall top tokens."""
+    unk = model.vocab.unk_token
+
+    def aggregate(which: Sequence[int]) -> dict[str, list[float]]:
+        acc: dict[str, list[float]] = {}
+        for i in which:
+            e = explanations[i]
+            for tok, tid, s in zip(e.tokens, e.token_ids, np.asarray(e.scores, dtype=np.float64)):
+                key = unk if tid == model.unk_id else tok
+                row = acc.setdefault(key, [0, 0.0, 0.0])  # count, sum, sum |s|
+                row[0] += 1
+                row[1] += s
+                row[2] += abs(s)
+        return acc
+
+    everything = aggregate(range(len(explanations)))
+    ranked = sorted(((t, r) for t, r in everything.items() if r[0] >= min_count), key=lambda x: (-x[1][2] / x[1][0], x[0]))
+    tokens = [{"token": t, "count": int(r[0]), "mean": float(r[1] / r[0]), "mean_abs": float(r[2] / r[0])} for t, r in ranked[:top]]
+    out: dict[str, Any] = {"n_texts": len(explanations), "min_count": min_count, "tokens": tokens, "slices": []}
+    for name, which in (slices or {}).items():
+        which = list(which)
+        part = aggregate(which)
+        totals = [float(np.sum(explanations[i].scores)) for i in which]
+        out["slices"].append({"slice": name, "n_texts": len(which),
+                              "mean_total": float(np.mean(totals)) if totals else None,
+                              "tokens": {t["token"]: (float(part[t["token"]][1] / part[t["token"]][0])
+                                                      if t["token"] in part else None) for t in tokens}})
+    return out
+
+
+def token_importance(model: TextModel, texts: Sequence[str], labels: Sequence[int | str], tokens: Sequence[str], *,
+                     mode: str = "remove", seed: int = 0) -> list[dict[str, Any]]:
+    """Accuracy drop on ``texts`` when a token type is taken away: ``"remove"`` deletes its
+    occurrences, ``"permute"`` replaces each by a token drawn (seeded) from the other tokens of the
+    texts (permutation importance over token types). A text left without tokens is the single pad
+    token, as in ``metrics``. Tokens the vocabulary lacks are skipped. Largest drop first."""
+    if mode not in ("remove", "permute"):
+        raise ValueError(f"mode must be 'remove' or 'permute', got {mode!r}")
+    texts = list(texts)
+    gold = np.array([model.label_index(y) for y in labels])
+    if len(gold) != len(texts) or not texts:
+        raise ValueError("token_importance needs one label per text and at least one text")
+    id_lists = [model.vocab.encode(model.tokenizer(t)[: model.max_tokens]) or [model.unk_id] for t in texts]
+    base = float(np.mean(model.predict_proba_ids(id_lists).argmax(1) == gold))
+    pool = np.concatenate([np.asarray(ids) for ids in id_lists])
+    rng = np.random.default_rng(seed)
+    out = []
+    for token in tokens:
+        tid = model.vocab.stoi.get(token)
+        if tid is None:
+            continue
+        others = pool[pool != tid]
+        changed, n_with = [], 0
+        for ids in id_lists:
+            if tid not in ids:
+                changed.append(ids)
+                continue
+            n_with += 1
+            if mode == "remove":
+                changed.append([i for i in ids if i != tid] or [model.pad_id])
+            else:
+                changed.append([int(others[rng.integers(len(others))]) if i == tid and len(others) else i for i in ids])
+        after = float(np.mean(model.predict_proba_ids(changed).argmax(1) == gold))
+        out.append({"token": token, "mode": mode, "n_texts_with": n_with, "accuracy": base,
+                    "accuracy_after": after, "drop": base - after})
+    return sorted(out, key=lambda r: (-r["drop"], r["token"]))
+
+
+def global_explanations(model: TextModel, texts: Sequence[str], labels: Sequence[int | str] | None = None, *,
+                        method: str = "gradient_x_input", slices: Mapping[str, Sequence[int]] | None = None,
+                        importance_top: int = 10, top: int = 20, seed: int = 0,
+                        explain_batch: Callable[..., list] | None = None, **audit_options: Any) -> dict[str, Any]:
+    """One view of a selection: the audit (``audit``), the expected saliency of its tokens overall and
+    per slice (``expected_saliency``, from the audit's own explanations: each text is explained once,
+    for its predicted class), and the accuracy drop when each of the ``importance_top`` most salient
+    tokens is removed or permuted (``token_importance``; needs ``labels``)."""
+    if explain_batch is None:
+        from .methods import explain_batch
+    kept: list[Any] = []
+
+    def capture(*args: Any, **kwargs: Any) -> list:
+        out = explain_batch(*args, **kwargs)
+        kept.extend(out)
+        return out
+
+    report = audit(model, texts, labels, method=method, explain_batch=capture, progress=False, **audit_options)
+    saliency = expected_saliency(model, kept, slices=slices, top=top)
+    out = {"audit": report.to_dict(top=top), "saliency": saliency, "importance": []}
+    if labels is not None and importance_top:
+        candidates = [t["token"] for t in saliency["tokens"] if t["token"] != model.vocab.unk_token][:importance_top]
+        out["importance"] = (token_importance(model, texts, labels, candidates, mode="remove", seed=seed)
+                             + token_importance(model, texts, labels, candidates, mode="permute", seed=seed))
+    return out

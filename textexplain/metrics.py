@@ -317,3 +317,68 @@ def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequenc
                   **faithfulness_scores(model, e.token_ids, random_scores(len(e.token_ids), rng), e.target, **options)}
                  for i, e in enumerate(reference)]
     return FaithfulnessReport(model.name, rows, seconds)
+
+
+# ------------------------------------------------------------------ classification and calibration
+# Metrics of a classifier's predictions (not of its explanations): the workbench recomputes them on
+# any selection of a corpus, so notebooks and the page get the same numbers.
+
+CALIBRATION_BINS = 10
+
+
+def confusion_matrix(gold: Sequence[int], predicted: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(C, C)`` counts: row = gold class, column = predicted class (scikit-learn's layout)."""
+    gold, predicted = np.asarray(gold, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if gold.shape != predicted.shape:
+        raise ValueError(f"got {gold.size} gold labels and {predicted.size} predictions: give one of each per row")
+    if gold.size and (min(gold.min(), predicted.min()) < 0 or max(gold.max(), predicted.max()) >= n_classes):
+        raise ValueError(f"class indices must lie in 0..{n_classes - 1}")
+    return np.bincount(gold * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def classification_scores(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, the confusion matrix and per-class precision, recall, F1 and support; macro averages.
+
+    A class never predicted has precision 0, one never present recall 0 (scikit-learn's
+    ``zero_division=0``), so the macro averages match ``sklearn.metrics.precision_recall_fscore_support``.
+    """
+    n = len(labels)
+    cm = confusion_matrix(gold, predicted, n)
+    tp = np.diag(cm).astype(np.float64)
+    predicted_n, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted_n, out=np.zeros(n), where=predicted_n > 0)
+    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
+    total = int(cm.sum())
+    return {"n": total, "accuracy": float(tp.sum() / total) if total else None, "labels": list(labels),
+            "confusion": cm.tolist(),
+            "per_class": [{"label": lab, "precision": float(precision[i]), "recall": float(recall[i]),
+                           "f1": float(f1[i]), "support": int(support[i])} for i, lab in enumerate(labels)],
+            "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())}}
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Reliability diagram and expected calibration error of top-class confidences.
+
+    ``bins`` equal-width bins over [0, 1] (a confidence of exactly 1 falls in the last); per bin the
+    count, mean confidence and accuracy; ``ece = sum_b |B_b| / n * |accuracy_b - confidence_b|``.
+    """
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    conf = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if conf.shape != correct.shape:
+        raise ValueError("give one correctness flag per confidence")
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=bins)
+    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf, accuracy = conf_sum / count, hits / count
+    n = int(conf.size)
+    ece = float(np.sum(np.abs(hits - conf_sum)) / n) if n else None
+    edges = np.linspace(0, 1, bins + 1)
+    return {"ece": ece, "bins": [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(count[b]),
+                                  "confidence": float(mean_conf[b]) if count[b] else None,
+                                  "accuracy": float(accuracy[b]) if count[b] else None} for b in range(bins)]}
