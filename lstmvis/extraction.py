@@ -43,7 +43,9 @@ from textexplain.language_model import LanguageModel, as_language_model
 
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
+from .backend import backend_kind
 from .store import StateStore, StoreError, StoreWriter, partial_path_for
+from .zarr_backend import PART_TOKENS, plan_parts
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
@@ -424,7 +426,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             kinds: str | Sequence[str] = DEFAULT_KINDS, modules: Sequence | None = None, layers=None,
             batch_size: int = 32, chunk_size: int = 512, dtype: str = "float32", progress: bool = True,
             resume: bool = True, meta: Mapping[str, Sequence] | None = None, vocab: Sequence[str] | None = None,
-            pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused") -> StateStore:
+            pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused",
+            part_tokens: int = PART_TOKENS) -> StateStore:
     """Record the states of ``model`` over a corpus into the store at ``path`` and open it.
 
     ``texts_or_ids``: texts (str) or token-id lists; one sequence each. ``kinds``/``modules``/
@@ -432,7 +435,11 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     layer); ``sources`` narrows to named sources. ``dtype``: ``"float32"`` or ``"float16"``.
     ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
     ``vocab``/``pad_id`` are for plain modules. ``route``: the ``Recorder`` route (``"unroll"``
-    is faster for c and gates of unidirectional GRUs). Returns the opened ``StateStore``.
+    is faster for c and gates of unidirectional GRUs). ``path``: an HDF5 file, or a ``*.zarr``
+    folder or fsspec URL (``lstmvis.zarr_backend``). ``part_tokens``: the corpus is run in shards of
+    whole sequences of about this many tokens, one after the other (a Zarr store keeps one part per
+    shard): the same shards, hence bitwise the same states, for every backend. Returns the opened
+    ``StateStore``.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
@@ -444,11 +451,13 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     module = model if kind == "module" else model.module
     corpus = _prepare_corpus(model, kind, texts_or_ids, vocab)
     meta_flat = _flatten_meta(corpus, meta)
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: give a file path for the store, e.g. {path / 'states.h5'}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist: create it first")
+    if backend_kind(path) == "hdf5":
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: give a file path for the store, e.g. {path / 'states.h5'}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"folder {path.parent} does not exist: create it first")
+    shards = plan_parts(corpus.offsets, part_tokens)
     try:
         param = next(module.parameters())
         device = param.device
@@ -472,33 +481,38 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                                   "n_tokens": corpus.n_tokens, "n_sequences": len(corpus.ids),
                                   "corpus": corpus_name, "module": type(module).__name__}
             fingerprint = _fingerprint(module, corpus, settings)
-            writer, done = _open_writer(path, corpus, widths, dtype, card, fingerprint, resume)
+            writer, done = _open_writer(path, corpus, widths, dtype, card, fingerprint, resume, shards)
             try:
                 todo = [i for i in range(len(corpus.ids)) if not done[i]]
                 left = int(corpus.lengths[todo].sum()) if todo else 0
                 with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
-                          desc=f"extract {path.name}") as bar:
+                          desc=f"extract {str(path).rstrip('/').rsplit('/', 1)[-1]}") as bar:
                     sink = _Sink(writer, corpus, list(widths), dtype, done, bar,
                                  _queue_chunks(batch_size * chunk_size * sum(widths.values())))
                     try:
-                        if kind == "language-model":
-                            _run_language_model(model, corpus, todo, rec, sink, batch_size, chunk_size, pad,
-                                                device)
-                        else:
-                            _run_batched(module, corpus, todo, rec, sink, batch_size,
-                                         pad if kind == "classifier" else pad_id, device)
+                        for shard in _shard_todo(shards, len(corpus.ids), done):
+                            if kind == "language-model":
+                                _run_language_model(model, corpus, shard, rec, sink, batch_size, chunk_size, pad,
+                                                    device)
+                            else:
+                                _run_batched(module, corpus, shard, rec, sink, batch_size,
+                                             pad if kind == "classifier" else pad_id, device)
                     finally:
                         sink.close()  # every queued write lands (or its error is raised) before the file closes
-                _write_meta(writer, meta_flat)
-                del writer.f["done"]
+                writer.replace_meta(meta_flat)  # written in full at the end, also after a resume
                 writer.finish()
             except BaseException:
-                if writer.f.id.valid:
-                    writer.f.close()  # the partial file stays for a resume
+                writer.suspend()  # the partial store stays for a resume
                 raise
     finally:
         module.train(was_training)
     return StateStore.open(path)
+
+
+def _shard_todo(shards: list[int], n_sequences: int, done: np.ndarray) -> list[list[int]]:
+    """The sequences not done yet of every shard (shards start at ``shards``), shard by shard."""
+    bounds = list(shards) + [n_sequences]
+    return [[i for i in range(a, b) if not done[i]] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _queue_chunks(values_per_chunk: int) -> int:
@@ -509,26 +523,33 @@ def _queue_chunks(values_per_chunk: int) -> int:
     return int(min(high, max(low, WRITE_QUEUE_BYTES // held)))
 
 
-def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
-                 resume: bool) -> tuple[StoreWriter, np.ndarray]:
-    partial = partial_path_for(path)
-    if partial.exists() and resume:
+def _open_writer(path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
+                 resume: bool, shards: list[int]) -> tuple[StoreWriter, np.ndarray]:
+    """The writer of an unfinished store of the same run and its finished sequences, or a fresh one.
+    HDF5: the unfinished store is ``<path>.partial``; Zarr: the store itself, until its manifest."""
+    zarr = backend_kind(path) == "zarr"
+    partial = None if zarr else partial_path_for(path)
+    if resume and (_unfinished_zarr(path) if zarr else partial.exists()):
         try:
             writer = StoreWriter.resume(path, partial)
         except (OSError, StoreError, KeyError) as exc:
             reason = f"it cannot be read ({str(exc).splitlines()[0]}): it was killed while being set up or finished"
         else:
-            same_run = writer.f.attrs.get("fingerprint") == fingerprint
-            if same_run and "done" in writer.f:
-                return writer, np.asarray(writer.f["done"][()], dtype=bool)
-            writer.f.close()
+            same_run = writer.fingerprint == fingerprint
+            done = writer.done_flags() if same_run else None
+            if done is not None:
+                return writer, done
+            writer.suspend()
             reason = ("it was stopped while being finished" if same_run
                       else "it was made by another model, corpus or extraction settings")
-        warnings.warn(f"the unfinished extraction {partial} is not resumed and starts again: {reason}", stacklevel=3)
-    partial.unlink(missing_ok=True)
-    writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial)
+        warnings.warn(f"the unfinished extraction {partial or path} is not resumed and starts again: {reason}",
+                      stacklevel=3)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial,
+                         parts=shards)
     try:
-        writer.f.attrs["fingerprint"] = fingerprint
+        writer.fingerprint = fingerprint
         writer.write_tokens(0, np.concatenate(corpus.ids) if corpus.n_tokens else np.zeros(0, np.int64))
         for name, width in widths.items():
             writer.add_source(name, width, dtype)
@@ -537,12 +558,22 @@ def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str
         if corpus.spans is not None:
             writer.set_spans(np.concatenate(corpus.spans) if corpus.n_tokens else np.zeros((0, 2), np.int64))
         done = np.zeros(len(corpus.ids), dtype=bool)
-        writer.f.create_dataset("done", data=done)
         writer.checkpoint(done)
     except BaseException:
         writer.abort()
         raise
     return writer, done
+
+
+def _unfinished_zarr(path) -> bool:
+    """Whether a Zarr store at ``path`` was begun and never completed (it has no manifest)."""
+    try:
+        StateStore.open(path).close()
+    except FileNotFoundError:
+        return False
+    except StoreError as exc:
+        return "incomplete" in str(exc)
+    return False
 
 
 def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:
@@ -560,13 +591,6 @@ def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:
                              f"({corpus.n_tokens}) or one array per sequence")
         out[name] = values
     return out
-
-
-def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
-    if "meta" in writer.f:
-        del writer.f["meta"]  # written in full at the end, also after a resume
-    for name, values in meta.items():
-        writer.add_meta(name, values)
 
 
 def tune_allocator_for_extraction() -> bool:
