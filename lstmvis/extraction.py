@@ -427,7 +427,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             batch_size: int = 32, chunk_size: int = 512, dtype: str = "float32", progress: bool = True,
             resume: bool = True, meta: Mapping[str, Sequence] | None = None, vocab: Sequence[str] | None = None,
             pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused",
-            part_tokens: int = PART_TOKENS) -> StateStore:
+            part_tokens: int = PART_TOKENS, client=None,
+            report: Callable[[int, int], None] | None = None) -> StateStore:
     """Record the states of ``model`` over a corpus into the store at ``path`` and open it.
 
     ``texts_or_ids``: texts (str) or token-id lists; one sequence each. ``kinds``/``modules``/
@@ -438,9 +439,20 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     is faster for c and gates of unidirectional GRUs). ``path``: an HDF5 file, or a ``*.zarr``
     folder or fsspec URL (``lstmvis.zarr_backend``). ``part_tokens``: the corpus is run in shards of
     whole sequences of about this many tokens, one after the other (a Zarr store keeps one part per
-    shard): the same shards, hence bitwise the same states, for every backend. Returns the opened
-    ``StateStore``.
+    shard): the same shards, hence bitwise the same states, for every backend. ``client``: a
+    ``dask.distributed.Client``: the shards run as tasks on its workers (a Zarr store only), each
+    worker loads the model once (``model`` given by provider name is loaded there by name, else the
+    model is sent once to every worker) and writes its parts; a killed worker's shard is redone by
+    another. ``report(tokens_done, tokens_total)`` is told the progress (after each shard with a
+    client). Returns the opened ``StateStore``.
     """
+    model_name = model if isinstance(model, str) else None
+    if model_name is not None:
+        from textexplain import providers
+
+        model = providers.load_model(model_name)
+    if client is not None and backend_kind(path) != "zarr":
+        raise ValueError(f"a cluster writes a Zarr store: give a *.zarr path or a URL, not {path}")
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     if batch_size < 1 or chunk_size < 1:
@@ -485,12 +497,19 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             try:
                 todo = [i for i in range(len(corpus.ids)) if not done[i]]
                 left = int(corpus.lengths[todo].sum()) if todo else 0
-                with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
+                if client is not None:
+                    settings_run = {"kinds": parse_kinds(kinds), "modules": modules, "layers": layers, "route": route,
+                                    "sources": list(widths), "dtype": dtype, "batch_size": batch_size,
+                                    "chunk_size": chunk_size, "pad": pad if kind != "module" else pad_id}
+                    _extract_on_cluster(client, model_name or model, writer, corpus, shards, done, settings_run,
+                                        report)
+                with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok",
+                          disable=not progress or client is not None,
                           desc=f"extract {str(path).rstrip('/').rsplit('/', 1)[-1]}") as bar:
                     sink = _Sink(writer, corpus, list(widths), dtype, done, bar,
                                  _queue_chunks(batch_size * chunk_size * sum(widths.values())))
                     try:
-                        for shard in _shard_todo(shards, len(corpus.ids), done):
+                        for shard in _shard_todo(shards, len(corpus.ids), done) if client is None else []:
                             if kind == "language-model":
                                 _run_language_model(model, corpus, shard, rec, sink, batch_size, chunk_size, pad,
                                                     device)
@@ -563,6 +582,100 @@ def _open_writer(path, corpus: _Corpus, widths: dict[str, int], dtype: str, card
         writer.abort()
         raise
     return writer, done
+
+
+class _PartWriter:
+    """What ``_Sink`` writes through on a worker: rows of one part at positions within the part."""
+
+    def __init__(self, zarr_writing, part: int):
+        self.store, self.part = zarr_writing, part
+        self.row0 = zarr_writing.part_rows(part)[0]
+
+    def write_states(self, name: str, start: int, arr: np.ndarray) -> None:
+        if len(arr):
+            self.store.write_rows(f"states/{name}", self.row0 + start, arr)
+
+    def checkpoint(self, done: np.ndarray) -> None:
+        """A part is recorded as done only whole (``mark_part``), after its last row."""
+
+
+_WORKER_MODELS: dict[str, object] = {}  # models loaded by name on this worker, once
+
+
+def _extract_part(model, url: str, part: int, ids: list[np.ndarray], settings: dict) -> int:
+    """A cluster task: run one shard's sequences (token ids) and write them as part ``part`` of the
+    Zarr store at ``url``, then mark the part done. The same schedule as a single process's shard,
+    so the same floats. Returns the tokens written."""
+    from .zarr_backend import ZarrWriting
+
+    if isinstance(model, str):
+        if model not in _WORKER_MODELS:
+            from textexplain import providers
+
+            _WORKER_MODELS[model] = providers.load_model(model)
+        model = _WORKER_MODELS[model]
+    kind = _kind_of_model(model)
+    if kind == "language-model":
+        model = as_language_model(model)
+    module = model if kind == "module" else model.module
+    corpus = _Corpus(ids, [], None, None)
+    store = ZarrWriting.reopen(url)
+    rec = Recorder(module, kinds=settings["kinds"], modules=settings["modules"], layers=settings["layers"],
+                   route=settings["route"], defer=True)
+    try:
+        param = next(module.parameters())
+        device = param.device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), tqdm(disable=True) as bar:
+            sink = _Sink(_PartWriter(store, part), corpus, settings["sources"], settings["dtype"],
+                         np.zeros(len(ids), dtype=bool), bar)
+            todo = list(range(len(ids)))
+            try:
+                if kind == "language-model":
+                    _run_language_model(model, corpus, todo, rec, sink, settings["batch_size"],
+                                        settings["chunk_size"], settings["pad"], device)
+                else:
+                    _run_batched(module, corpus, todo, rec, sink, settings["batch_size"], settings["pad"], device)
+            finally:
+                sink.close()
+    finally:
+        module.train(was_training)
+    store.mark_part(part)
+    return corpus.n_tokens
+
+
+def _extract_on_cluster(client, model, writer: StoreWriter, corpus: _Corpus, shards: list[int], done: np.ndarray,
+                        settings: dict, report: Callable[[int, int], None] | None) -> None:
+    """Run every shard not done yet as an ``_extract_part`` task on ``client``'s workers; returns when all
+    parts are written (a task lost with its worker is rerun by the scheduler, from the start of its part)."""
+    from distributed import as_completed
+
+    zarr_writing = writer.backend
+    todo = [k for k, shard in enumerate(_shard_todo(shards, len(corpus.ids), done)) if shard]
+    model_ref = model if isinstance(model, str) else client.scatter(model, broadcast=True)
+    finished = int(corpus.lengths[done].sum())
+    if report is not None:
+        report(finished, corpus.n_tokens)
+    futures = []
+    for k in todo:
+        a, b = zarr_writing.part_sequences(k)
+        futures.append(client.submit(_extract_part, model_ref, zarr_writing.url, k, corpus.ids[a:b], settings,
+                                     pure=False))
+    try:
+        for future in as_completed(futures):
+            finished += future.result()
+            if report is not None:
+                report(finished, corpus.n_tokens)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    for k in todo:
+        a, b = zarr_writing.part_sequences(k)
+        done[a:b] = True
 
 
 def _unfinished_zarr(path) -> bool:
