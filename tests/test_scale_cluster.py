@@ -124,3 +124,18 @@ def test_cli_cluster_killed_worker_shard_is_redone(cli_cluster, reference, tmp_p
         StateStore.open(path2)
     with lstmvis.extract(char_lm(), CORPUS, path2, progress=False, part_tokens=400, client=client) as store:
         _assert_same(store, reference)
+
+
+def test_cli_extract_on_a_scheduler_by_model_name(local_client, tmp_path):
+    """``lstmvis extract --out X.zarr --scheduler ADDR``: workers load the model by name, once each."""
+    from lstmvis.cli import main
+
+    common = ["extract", "--model", "parens-lstm", "--corpus", "parens:test", "--limit", "40", "--quiet",
+              "--part-tokens", "300"]
+    assert main(common + ["--out", str(tmp_path / "one.h5")]) == 0
+    assert main(common + ["--out", str(tmp_path / "many.zarr"), "--scheduler", local_client.scheduler.address]) == 0
+    with StateStore.open(tmp_path / "one.h5") as one, StateStore.open(tmp_path / "many.zarr") as many:
+        _assert_same(many, one)
+        assert many.meta_names == one.meta_names and many.card == one.card
+    loaded = local_client.run(lambda: sorted(__import__("lstmvis.extraction").extraction._WORKER_MODELS))
+    assert any(names == ["parens-lstm"] for names in loaded.values())
