@@ -439,3 +439,51 @@ class ZarrWriting:
     def discard(self) -> None:
         if self.fs.exists(self.root_path):
             self.fs.rm(self.root_path, recursive=True)
+
+
+# ---------------------------------------------------------------------------- one part as a store
+class _PartRoot:
+    """The root node of part ``k`` read as a store of its own: its sequences (offsets from 0), token
+    ids and states; vocabulary and card of the whole store."""
+
+    def __init__(self, root: ZarrRoot, k: int):
+        states = root._parted()
+        a, b = int(states._row_starts[k]), int(states._row_starts[k + 1])
+        starts = list(root.attrs.get("parts", [0]))
+        offsets = np.asarray(root.group["offsets"][()], dtype=np.int64)
+        s0, s1 = starts[k], (starts[k + 1] if k + 1 < len(starts) else len(offsets) - 1)
+        self._arrays = {"offsets": offsets[s0:s1 + 1] - offsets[s0], "token_ids": root.group["token_ids"][a:b],
+                        "vocab": root.group["vocab"], "card": root.group["card"]}
+        self.first_sequence, self.first_row = s0, a
+        self.attrs = {**root.attrs, "n_tokens": b - a, "n_sequences": s1 - s0}
+        self._states = _PartedGroup(root.group["states"], [states._parts[k]], np.array([0, b - a]))
+
+    def get(self, name: str, default=None):
+        return self._states if name == "states" else self._arrays.get(name, default)
+
+    def __getitem__(self, name: str):
+        out = self.get(name)
+        if out is None:
+            raise KeyError(name)
+        return out
+
+    def __contains__(self, name: str) -> bool:
+        return name == "states" or name in self._arrays
+
+
+class PartBackend:
+    """``ReadBackend`` of one part of an open Zarr store (``StateStore(part_path(...), PartBackend(...))``)."""
+
+    def __init__(self, whole: ZarrReadBackend, k: int):
+        self.root = _PartRoot(whole.root, k)
+        self.url = f"{whole.url}/{part_name(k)}"
+        self._fingerprint = {**whole.fingerprint(), "part": k}
+
+    def check(self, cap: int) -> None:
+        """The whole store was checked when it was opened."""
+
+    def fingerprint(self) -> dict:
+        return self._fingerprint
+
+    def close(self) -> None:
+        pass
