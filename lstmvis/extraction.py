@@ -450,7 +450,11 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     if model_name is not None:
         from textexplain import providers
 
-        model = providers.load_model(model_name)
+        try:
+            model = providers.load_model(model_name)
+        except LookupError as exc:
+            raise TypeError(f"extract needs a lstmvis.LanguageModel, a textexplain.TextModel, an nn.Module or the name "
+                            f"of a provider's model: {exc}") from None
     if client is not None and backend_kind(path) != "zarr":
         raise ValueError(f"a cluster writes a Zarr store: give a *.zarr path or a URL, not {path}")
     if dtype not in ("float32", "float16"):
