@@ -18,6 +18,8 @@ from lstmvis import StateStore, StoreError
 from test_extract import TEXTS, char_lm
 
 distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.slow  # clusters of worker processes: 20-100 s a test (CI runs them)
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = [t for t in TEXTS if t] * 30  # a few hundred sequences
 

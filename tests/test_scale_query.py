@@ -9,6 +9,8 @@ from lstmvis import StateStore, cluster, match, rank_cells
 from test_scale_cluster import local_client  # noqa: F401  (the 2-process LocalCluster fixture)
 from test_store_contract import s3_server  # noqa: F401
 
+pytestmark = pytest.mark.slow  # clusters of worker processes: 20-100 s a test (CI runs them)
+
 
 def _stores(tmp_path, zarr_address, seed=0):
     """The same synthetic states (coarse float16 values: many ties) as HDF5 and as a Zarr store of many parts."""

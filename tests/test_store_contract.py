@@ -39,7 +39,9 @@ def s3_server():
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("lstmvis-test")
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("lstmvis-test"):  # moto keeps its buckets per process, across servers
+        fs.mkdir("lstmvis-test")
     yield endpoint
     fsspec.config.conf.pop("s3", None)
     for k, v in saved.items():
