@@ -123,8 +123,7 @@ def rank_cells(store: StateStore, client, source: str, hypothesis) -> CellRankin
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"hypothesis {name} is constant over the store: nothing to rank against")
     url, manifest = store.url, store.fingerprint()["manifest"]
-    root = store.backend.root
-    starts = root._parted()._row_starts
+    starts = store.backend.root.row_starts()
     futures = [client.submit(_key_counts_part, url, manifest, k, source, positive[starts[k]:starts[k + 1]],
                              pure=False) for k in ks]
     per_part = client.gather(futures)

@@ -207,6 +207,10 @@ class ZarrRoot:
             self._states = _PartedGroup(self.group["states"], parts, row_starts)
         return self._states
 
+    def row_starts(self) -> np.ndarray:
+        """The first row of every part, and the number of rows at the end."""
+        return self._parted()._row_starts
+
     def get(self, name: str, default=None):
         if name == "states":
             return self._parted() or default
