@@ -44,7 +44,9 @@ from textexplain.language_model import LanguageModel, as_language_model
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
 from .detokenize import detokenize, join_style
+from .backend import backend_kind
 from .store import StateStore, StoreError, StoreWriter, partial_path_for
+from .zarr_backend import PART_TOKENS, plan_parts
 
 DEFAULT_KINDS = ("h", "c")
 FLUSH_ROWS = 4096
@@ -433,7 +435,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             batch_size: int = 32, chunk_size: int = 512, dtype: str = "float32", progress: bool = True,
             resume: bool = True, meta: Mapping[str, Sequence] | None = None, vocab: Sequence[str] | None = None,
             pad_id: int | None = None, corpus_name: str | None = None, route: str = "fused",
-            tokenizer=None, name: str | None = None) -> StateStore:
+            tokenizer=None, name: str | None = None, part_tokens: int = PART_TOKENS, client=None,
+            report: Callable[[int, int], None] | None = None) -> StateStore:
     """Record the states of ``model`` over a corpus into the store at ``path`` and open it.
 
     ``texts_or_ids``: texts (str) or token-id lists; one sequence each. ``kinds``/``modules``/
@@ -446,8 +449,27 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     between words) and each token's span in it. ``name``: the model's name, written to the store's
     card as ``"model"`` (default: the model's own ``name``) so the server links the store to it.
     ``route``: the ``Recorder`` route (``"unroll"`` is faster for c and gates of unidirectional
-    GRUs). Returns the opened ``StateStore``.
+    GRUs). ``path``: an HDF5 file, or a ``*.zarr``
+    folder or fsspec URL (``lstmvis.zarr_backend``). ``part_tokens``: the corpus is run in shards of
+    whole sequences of about this many tokens, one after the other (a Zarr store keeps one part per
+    shard): the same shards, hence bitwise the same states, for every backend. ``client``: a
+    ``dask.distributed.Client``: the shards run as tasks on its workers (a Zarr store only), each
+    worker loads the model once (``model`` given by provider name is loaded there by name, else the
+    model is sent once to every worker) and writes its parts; a killed worker's shard is redone by
+    another. ``report(tokens_done, tokens_total)`` is told the progress (after each shard with a
+    client). Returns the opened ``StateStore``.
     """
+    model_name = model if isinstance(model, str) else None
+    if model_name is not None:
+        from textexplain import providers
+
+        try:
+            model = providers.load_model(model_name)
+        except LookupError as exc:
+            raise TypeError(f"extract needs a lstmvis.LanguageModel, a textexplain.TextModel, an nn.Module or the name "
+                            f"of a provider's model: {exc}") from None
+    if client is not None and backend_kind(path) != "zarr":
+        raise ValueError(f"a cluster writes a Zarr store: give a *.zarr path or a URL, not {path}")
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     if batch_size < 1 or chunk_size < 1:
@@ -458,11 +480,13 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     module = model if kind == "module" else model.module
     corpus = _prepare_corpus(model, kind, texts_or_ids, vocab, tokenizer)
     meta_flat = _flatten_meta(corpus, meta)
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: give a file path for the store, e.g. {path / 'states.h5'}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist: create it first")
+    if backend_kind(path) == "hdf5":
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: give a file path for the store, e.g. {path / 'states.h5'}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"folder {path.parent} does not exist: create it first")
+    shards = plan_parts(corpus.offsets, part_tokens)
     try:
         param = next(module.parameters())
         device = param.device
@@ -483,41 +507,53 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
                 widths = {s: widths[s] for s in sources}
             settings = {"sources": list(widths), "dtype": dtype, "kind": kind, "store_format": 1}
             card = dict(getattr(model, "card", None) or {})
-            model_name = name or getattr(model, "name", None) or card.get("name")
-            if isinstance(model_name, str) and model_name:
-                card["model"] = model_name
+            card_model = name or getattr(model, "name", None) or card.get("name")
+            if isinstance(card_model, str) and card_model:
+                card["model"] = card_model
             card["extraction"] = {**settings, "batch_size": batch_size, "chunk_size": chunk_size,
                                   "n_tokens": corpus.n_tokens, "n_sequences": len(corpus.ids),
                                   "corpus": corpus_name, "module": type(module).__name__}
             fingerprint = _fingerprint(module, corpus, settings)
-            writer, done = _open_writer(path, corpus, widths, dtype, card, fingerprint, resume)
+            writer, done = _open_writer(path, corpus, widths, dtype, card, fingerprint, resume, shards)
             try:
                 todo = [i for i in range(len(corpus.ids)) if not done[i]]
                 left = int(corpus.lengths[todo].sum()) if todo else 0
-                with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok", disable=not progress,
-                          desc=f"extract {path.name}") as bar:
+                if client is not None:
+                    settings_run = {"kinds": parse_kinds(kinds), "modules": modules, "layers": layers, "route": route,
+                                    "sources": list(widths), "dtype": dtype, "batch_size": batch_size,
+                                    "chunk_size": chunk_size, "pad": pad if kind != "module" else pad_id}
+                    _extract_on_cluster(client, model_name or model, writer, corpus, shards, done, settings_run,
+                                        report)
+                with tqdm(total=corpus.n_tokens, initial=corpus.n_tokens - left, unit="tok",
+                          disable=not progress or client is not None,
+                          desc=f"extract {str(path).rstrip('/').rsplit('/', 1)[-1]}") as bar:
                     sink = _Sink(writer, corpus, list(widths), dtype, done, bar,
                                  _queue_chunks(batch_size * chunk_size * sum(widths.values())))
                     try:
-                        if kind == "language-model":
-                            _run_language_model(model, corpus, todo, rec, sink, batch_size, chunk_size, pad,
-                                                device)
-                        else:
-                            _run_batched(module, corpus, todo, rec, sink, batch_size,
-                                         pad if kind == "classifier" else pad_id, device)
+                        for shard in _shard_todo(shards, len(corpus.ids), done) if client is None else []:
+                            if kind == "language-model":
+                                _run_language_model(model, corpus, shard, rec, sink, batch_size, chunk_size, pad,
+                                                    device)
+                            else:
+                                _run_batched(module, corpus, shard, rec, sink, batch_size,
+                                             pad if kind == "classifier" else pad_id, device)
                     finally:
                         sink.close()  # every queued write lands (or its error is raised) before the file closes
-                _write_meta(writer, meta_flat)
-                del writer.f["done"]
+                writer.replace_meta(meta_flat)  # written in full at the end, also after a resume
                 writer.finish()
             except BaseException:
-                if writer.f.id.valid:
-                    writer.f.close()  # the partial file stays for a resume
+                writer.suspend()  # the partial store stays for a resume
                 raise
     finally:
         for m, training in modes:
             m.training = training
     return StateStore.open(path)
+
+
+def _shard_todo(shards: list[int], n_sequences: int, done: np.ndarray) -> list[list[int]]:
+    """The sequences not done yet of every shard (shards start at ``shards``), shard by shard."""
+    bounds = list(shards) + [n_sequences]
+    return [[i for i in range(a, b) if not done[i]] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _queue_chunks(values_per_chunk: int) -> int:
@@ -528,26 +564,33 @@ def _queue_chunks(values_per_chunk: int) -> int:
     return int(min(high, max(low, WRITE_QUEUE_BYTES // held)))
 
 
-def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
-                 resume: bool) -> tuple[StoreWriter, np.ndarray]:
-    partial = partial_path_for(path)
-    if partial.exists() and resume:
+def _open_writer(path, corpus: _Corpus, widths: dict[str, int], dtype: str, card: dict, fingerprint: str,
+                 resume: bool, shards: list[int]) -> tuple[StoreWriter, np.ndarray]:
+    """The writer of an unfinished store of the same run and its finished sequences, or a fresh one.
+    HDF5: the unfinished store is ``<path>.partial``; Zarr: the store itself, until its manifest."""
+    zarr = backend_kind(path) == "zarr"
+    partial = None if zarr else partial_path_for(path)
+    if resume and (_unfinished_zarr(path) if zarr else partial.exists()):
         try:
             writer = StoreWriter.resume(path, partial)
         except (OSError, StoreError, KeyError) as exc:
             reason = f"it cannot be read ({str(exc).splitlines()[0]}): it was killed while being set up or finished"
         else:
-            same_run = writer.f.attrs.get("fingerprint") == fingerprint
-            if same_run and "done" in writer.f:
-                return writer, np.asarray(writer.f["done"][()], dtype=bool)
-            writer.f.close()
+            same_run = writer.fingerprint == fingerprint
+            done = writer.done_flags() if same_run else None
+            if done is not None:
+                return writer, done
+            writer.suspend()
             reason = ("it was stopped while being finished" if same_run
                       else "it was made by another model, corpus or extraction settings")
-        warnings.warn(f"the unfinished extraction {partial} is not resumed and starts again: {reason}", stacklevel=3)
-    partial.unlink(missing_ok=True)
-    writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial)
+        warnings.warn(f"the unfinished extraction {partial or path} is not resumed and starts again: {reason}",
+                      stacklevel=3)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    writer = StoreWriter(path, corpus.n_tokens, corpus.offsets, corpus.vocab, card=card, partial_path=partial,
+                         parts=shards)
     try:
-        writer.f.attrs["fingerprint"] = fingerprint
+        writer.fingerprint = fingerprint
         writer.write_tokens(0, np.concatenate(corpus.ids) if corpus.n_tokens else np.zeros(0, np.int64))
         for name, width in widths.items():
             writer.add_source(name, width, dtype)
@@ -556,12 +599,116 @@ def _open_writer(path: Path, corpus: _Corpus, widths: dict[str, int], dtype: str
         if corpus.spans is not None:
             writer.set_spans(np.concatenate(corpus.spans) if corpus.n_tokens else np.zeros((0, 2), np.int64))
         done = np.zeros(len(corpus.ids), dtype=bool)
-        writer.f.create_dataset("done", data=done)
         writer.checkpoint(done)
     except BaseException:
         writer.abort()
         raise
     return writer, done
+
+
+class _PartWriter:
+    """What ``_Sink`` writes through on a worker: rows of one part at positions within the part."""
+
+    def __init__(self, zarr_writing, part: int):
+        self.store, self.part = zarr_writing, part
+        self.row0 = zarr_writing.part_rows(part)[0]
+
+    def write_states(self, name: str, start: int, arr: np.ndarray) -> None:
+        if len(arr):
+            self.store.write_rows(f"states/{name}", self.row0 + start, arr)
+
+    def checkpoint(self, done: np.ndarray) -> None:
+        """A part is recorded as done only whole (``mark_part``), after its last row."""
+
+
+_WORKER_MODELS: dict[str, object] = {}  # models loaded by name on this worker, once
+
+
+def _extract_part(model, url: str, part: int, ids: list[np.ndarray], settings: dict) -> int:
+    """A cluster task: run one shard's sequences (token ids) and write them as part ``part`` of the
+    Zarr store at ``url``, then mark the part done. The same schedule as a single process's shard,
+    so the same floats. Returns the tokens written."""
+    from .zarr_backend import ZarrWriting
+
+    if isinstance(model, str):
+        if model not in _WORKER_MODELS:
+            from textexplain import providers
+
+            _WORKER_MODELS[model] = providers.load_model(model)
+        model = _WORKER_MODELS[model]
+    kind = _kind_of_model(model)
+    if kind == "language-model":
+        model = as_language_model(model)
+    module = model if kind == "module" else model.module
+    corpus = _Corpus(ids, [], None, None)
+    store = ZarrWriting.reopen(url)
+    rec = Recorder(module, kinds=settings["kinds"], modules=settings["modules"], layers=settings["layers"],
+                   route=settings["route"], defer=True)
+    try:
+        param = next(module.parameters())
+        device = param.device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), tqdm(disable=True) as bar:
+            sink = _Sink(_PartWriter(store, part), corpus, settings["sources"], settings["dtype"],
+                         np.zeros(len(ids), dtype=bool), bar)
+            todo = list(range(len(ids)))
+            try:
+                if kind == "language-model":
+                    _run_language_model(model, corpus, todo, rec, sink, settings["batch_size"],
+                                        settings["chunk_size"], settings["pad"], device)
+                else:
+                    _run_batched(module, corpus, todo, rec, sink, settings["batch_size"], settings["pad"], device)
+            finally:
+                sink.close()
+    finally:
+        module.train(was_training)
+    store.mark_part(part)
+    return corpus.n_tokens
+
+
+def _extract_on_cluster(client, model, writer: StoreWriter, corpus: _Corpus, shards: list[int], done: np.ndarray,
+                        settings: dict, report: Callable[[int, int], None] | None) -> None:
+    """Run every shard not done yet as an ``_extract_part`` task on ``client``'s workers; returns when all
+    parts are written (a task lost with its worker is rerun by the scheduler, from the start of its part)."""
+    from distributed import as_completed
+
+    zarr_writing = writer.backend
+    todo = [k for k, shard in enumerate(_shard_todo(shards, len(corpus.ids), done)) if shard]
+    model_ref = model if isinstance(model, str) else client.scatter(model, broadcast=True)
+    finished = int(corpus.lengths[done].sum())
+    if report is not None:
+        report(finished, corpus.n_tokens)
+    futures = []
+    for k in todo:
+        a, b = zarr_writing.part_sequences(k)
+        futures.append(client.submit(_extract_part, model_ref, zarr_writing.url, k, corpus.ids[a:b], settings,
+                                     pure=False))
+    try:
+        for future in as_completed(futures):
+            finished += future.result()
+            if report is not None:
+                report(finished, corpus.n_tokens)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    for k in todo:
+        a, b = zarr_writing.part_sequences(k)
+        done[a:b] = True
+
+
+def _unfinished_zarr(path) -> bool:
+    """Whether a Zarr store at ``path`` was begun and never completed (it has no manifest)."""
+    try:
+        StateStore.open(path).close()
+    except FileNotFoundError:
+        return False
+    except StoreError as exc:
+        return "incomplete" in str(exc)
+    return False
 
 
 def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:
@@ -579,13 +726,6 @@ def _flatten_meta(corpus: _Corpus, meta) -> dict[str, np.ndarray]:
                              f"({corpus.n_tokens}) or one array per sequence")
         out[name] = values
     return out
-
-
-def _write_meta(writer: StoreWriter, meta: dict[str, np.ndarray]) -> None:
-    if "meta" in writer.f:
-        del writer.f["meta"]  # written in full at the end, also after a resume
-    for name, values in meta.items():
-        writer.add_meta(name, values)
 
 
 def tune_allocator_for_extraction() -> bool:

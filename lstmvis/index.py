@@ -227,11 +227,15 @@ def forget_indexes() -> None:
 def default_index_dir(store) -> Path:
     """``<store>.index/`` beside the store, or a per-user cache folder if that is not writable or is
     a symlink that leads out of the store's folder (the index is never written outside it)."""
+    import hashlib
+
+    url = getattr(store, "url", str(store.path))
     path = Path(store.path).resolve()
     beside = path.with_name(path.name + ".index")
-    if _inside(beside, path.parent) and _writable(beside):
+    if "://" not in url and _inside(beside, path.parent) and _writable(beside):
         return beside
-    import hashlib
+    if "://" in url:  # a store on object storage: the index lives on this machine
+        path = Path(url)
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lstmvis" / "index"
     return cache / hashlib.sha1(str(path).encode()).hexdigest()[:16]
@@ -262,10 +266,8 @@ def _writable(folder: Path) -> bool:
 
 
 def _fingerprint(store, source: str) -> dict:
-    """Identifies the store file's content (stores are written once, atomically, then renamed)."""
-    stat = os.stat(store.path)
-    return {"store": str(Path(store.path).resolve()), "source": source, "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    """Identifies the store's content (its backend says how: ``StateStore.fingerprint``)."""
+    return {**store.fingerprint(), "source": source}
 
 
 def _remove_dead_builds(folder: Path, source: str) -> None:

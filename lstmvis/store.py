@@ -5,7 +5,9 @@ boundaries). One 2-D array ``(N_tokens, n_cells)`` per source (e.g. ``rnn.l1.c``
 vocabulary, optional per-token meta tracks, per-sequence original text and per-token character
 spans, and the model card the states came from.
 
-File layout (``format = "lstmvis-state-store"``, ``version = 1``)::
+Layout (``format = "lstmvis-state-store"``, ``version = 1``), the same in every backend
+(``lstmvis.backend``): one HDF5 file, or a Zarr v3 hierarchy for ``*.zarr`` paths and fsspec URLs
+(``lstmvis.zarr_backend``: the states in parts of whole sequences, plus a manifest)::
 
     /                 attrs: format, version, complete, n_tokens, n_sequences
     /vocab            uint8 JSON list of tokens (index = token id)
@@ -37,15 +39,12 @@ import numpy as np
 
 from textexplain.spans import spans_by_search
 
-FORMAT = "lstmvis-state-store"
-VERSION = 1
+from . import zarr_backend
+from .backend import FORMAT, VERSION, StoreError, backend_kind, is_array, is_url
+
 CHUNK_BYTES = 1 << 20
 MAX_READ_BYTES_ENV = "LSTMVIS_MAX_READ_BYTES"
 DEFAULT_MAX_READ_BYTES = 2 << 30
-
-
-class StoreError(ValueError):
-    """A state store is missing, foreign, truncated, incomplete or inconsistent."""
 
 
 def json_blob(obj) -> np.ndarray:
@@ -142,27 +141,32 @@ def read_text_datasets(f: h5py.Group) -> list[str]:
     return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def write_text_datasets(f: h5py.Group, texts: Sequence[str]) -> None:
+def encode_texts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``text_bytes`` (UTF-8 of all texts) and ``text_offsets`` (byte offsets, one more than texts)."""
     encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
     text_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=text_offsets[1:])
-    f.create_dataset("text_bytes", data=np.frombuffer(b"".join(encoded), dtype=np.uint8))
-    f.create_dataset("text_offsets", data=text_offsets)
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), text_offsets
 
 
-def write_meta_dataset(group: h5py.Group, name: str, values) -> None:
+def write_text_datasets(f: h5py.Group, texts: Sequence[str]) -> None:
+    data, offsets = encode_texts(texts)
+    f.create_dataset("text_bytes", data=data)
+    f.create_dataset("text_offsets", data=offsets)
+
+
+def meta_array(name: str, values) -> tuple[np.ndarray, dict]:
+    """A meta track as stored: numbers as they are, strings as int32 codes with attr ``categories``."""
     check_source_name(name)
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"meta track {name!r} must be 1-D (one value per token), got shape {arr.shape}")
     if arr.dtype.kind in "USO":
         categories, codes = np.unique(arr.astype(str), return_inverse=True)
-        ds = group.create_dataset(name, data=codes.astype(np.int32))
-        ds.attrs["categories"] = json.dumps([str(c) for c in categories])
-    elif arr.dtype.kind in "biuf":
-        group.create_dataset(name, data=arr)
-    else:
-        raise TypeError(f"meta track {name!r} has dtype {arr.dtype}: use numbers, booleans or strings")
+        return codes.astype(np.int32), {"categories": json.dumps([str(c) for c in categories])}
+    if arr.dtype.kind in "biuf":
+        return arr, {}
+    raise TypeError(f"meta track {name!r} has dtype {arr.dtype}: use numbers, booleans or strings")
 
 
 def check_self_contained(path: Path, f: h5py.File) -> None:
@@ -176,6 +180,87 @@ def check_self_contained(path: Path, f: h5py.File) -> None:
     if outside:
         raise StoreError(f"{path} is refused: {outside}; lstmvis reads only HDF5 files that hold all their own "
                          "data (links, external and virtual storage could make it read other files)")
+
+
+class HDF5Backend:
+    """A store file opened read-only with h5py (the root node is the h5py file)."""
+
+    def __init__(self, path: Path, f: h5py.File):
+        self.path, self.root, self.url = Path(path), f, str(path)
+
+    def check(self, cap: int) -> None:
+        check_self_contained(self.path, self.root)
+        check_stored_data(self.path, self.root)
+
+    def fingerprint(self) -> dict:
+        """Stores are written once, atomically, then renamed: path, size, mtime and inode identify one."""
+        stat = os.stat(self.path)
+        return {"store": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "inode": stat.st_ino}
+
+    def close(self) -> None:
+        if self.root.id.valid:
+            self.root.close()
+
+
+class HDF5Writing:
+    """``WriteBackend`` of one HDF5 file, written at ``tmp`` and renamed to ``path`` on ``commit``."""
+
+    def __init__(self, path: Path, tmp: Path, mode: str):
+        self.path, self.tmp = path, tmp
+        self.f = h5py.File(tmp, mode)
+
+    def put(self, name: str, data: np.ndarray, attrs: dict | None = None) -> None:
+        ds = self.f.create_dataset(name, data=data)
+        for key, value in (attrs or {}).items():
+            ds.attrs[key] = value
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...] | None) -> None:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all space now: later writes change no metadata (checkpoint)
+        self.f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl, chunks=chunks if shape[0] else None)
+
+    def write_rows(self, name: str, start: int, data: np.ndarray) -> None:
+        self.f[name][start:start + len(data)] = data
+
+    def delete(self, name: str) -> None:
+        if name in self.f:
+            del self.f[name]
+
+    def get_attr(self, group: str, key: str, default=None):
+        node = self.f.get(group) if group else self.f
+        return default if node is None else node.attrs.get(key, default)
+
+    def set_attr(self, group: str, key: str, value) -> None:
+        (self.f.require_group(group) if group else self.f).attrs[key] = value
+
+    def load_done(self) -> np.ndarray | None:
+        return np.asarray(self.f["done"][()], dtype=bool) if "done" in self.f else None
+
+    def save_done(self, done: np.ndarray) -> None:
+        """Every dataset written while extracting has its space allocated before the first call, so
+        writes change only data, never HDF5 metadata; the states are flushed before the flags."""
+        if "done" not in self.f:
+            self.f.create_dataset("done", data=done)
+        self.f.flush()
+        self.f["done"][...] = done
+        self.f.flush()
+
+    def commit(self) -> None:
+        self.delete("done")
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def suspend(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def discard(self) -> None:
+        try:
+            self.suspend()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _check_codes(path: Path, what: str, ds: h5py.Dataset, size: int) -> None:
@@ -194,12 +279,14 @@ class StateStore:
     ``lstmvis.extract(...)``. Positions are global token indices into the flattened stream.
     """
 
-    def __init__(self, path: str | Path, _file: h5py.File):
-        self.path = Path(path)
-        self._f = _file
+    def __init__(self, path: str | Path, backend):
+        self.url = backend.url
+        self.path = Path(path) if not is_url(path) else Path(backend.url.split("://", 1)[1])
+        self.backend = backend
+        _file = self._f = backend.root
         self._states_group = _file["states"]
         self.sources: list[str] = json.loads(self._states_group.attrs["sources"])
-        self._datasets: dict[str, h5py.Dataset] = {}  # opened once: each h5py look-up costs ~0.3 ms per query
+        self._datasets: dict = {}  # opened once: each h5py look-up costs ~0.3 ms per query
         self.n_tokens = int(_file.attrs["n_tokens"])
         self.offsets = np.asarray(_file["offsets"][()], dtype=np.int64)
         self.n_sequences = len(self.offsets) - 1
@@ -217,10 +304,14 @@ class StateStore:
     def open(cls, path: str | Path, *, max_read_bytes: int | None = None) -> "StateStore":
         """Open a store lazily; a missing, foreign, truncated or incomplete file gives a clear error.
 
-        ``max_read_bytes``: the most read whole into memory (offsets, vocabulary, card); default
-        ``$LSTMVIS_MAX_READ_BYTES``, else 2 GiB."""
-        path = Path(path)
+        ``path``: an HDF5 file, a ``*.zarr`` folder or an fsspec URL (``s3://bucket/states.zarr``;
+        ``lstmvis.backend``). ``max_read_bytes``: the most read whole into memory (offsets,
+        vocabulary, card); default ``$LSTMVIS_MAX_READ_BYTES``, else 2 GiB."""
         cap = read_cap(max_read_bytes)
+        if backend_kind(path) == "zarr":
+            backend = zarr_backend.open_read(path)
+            return cls._checked(path, backend, cap, backend.url)
+        path = Path(path)
         if not path.exists():
             partial = partial_path_for(path)
             hint = (f" (an unfinished extraction is at {partial}: rerun the same `extract` to resume it)"
@@ -234,22 +325,28 @@ class StateStore:
         except OSError as exc:
             raise StoreError(f"{path} is not a readable HDF5 file: it is truncated, corrupt or not a state "
                              f"store ({exc})") from None
+        return cls._checked(path, HDF5Backend(path, f), cap, path)
+
+    @classmethod
+    def _checked(cls, path, backend, cap: int, where) -> "StateStore":
+        """The store on an opened ``backend`` once ``_validate`` passed; the backend closed otherwise."""
         try:
-            cls._validate(path, f, cap)
-            return cls(path, f)
+            cls._validate(where, backend, cap)
+            return cls(path, backend)
         except StoreError:
-            f.close()
+            backend.close()
             raise
         except Exception as exc:  # whatever else a damaged or hand-made file trips over
-            f.close()
-            raise StoreError(f"{path} is damaged or not a state store ({type(exc).__name__}: {exc}); "
+            backend.close()
+            raise StoreError(f"{where} is damaged or not a state store ({type(exc).__name__}: {exc}); "
                              "recreate the store") from None
         except BaseException:
-            f.close()
+            backend.close()
             raise
 
     @staticmethod
-    def _validate(path: Path, f: h5py.File, cap: int) -> None:
+    def _validate(path: Path, backend, cap: int) -> None:
+        f = backend.root
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{path} is an HDF5 file but not an lstmvis state store (no format attribute "
                              f"{FORMAT!r}); to read an LSTMVis project use `lstmvis import-lstmvis DIR --out STORE`")
@@ -263,9 +360,8 @@ class StateStore:
         missing = [k for k in ("vocab", "token_ids", "offsets", "states") if k not in f]
         if missing:
             raise StoreError(f"{path} is damaged: it lacks {', '.join(missing)}; recreate the store")
-        check_self_contained(path, f)
-        check_stored_data(path, f)
-        whole = [f[k] for k in ("offsets", "text_offsets", "vocab", "card") if isinstance(f.get(k), h5py.Dataset)]
+        backend.check(cap)
+        whole = [f[k] for k in ("offsets", "text_offsets", "vocab", "card") if is_array(f.get(k))]
         check_read_size(path, "its offsets, vocabulary and card", sum(declared_bytes(ds) for ds in whole), cap)
         n = int(f.attrs["n_tokens"])
         offsets = f["offsets"][()]
@@ -285,12 +381,12 @@ class StateStore:
             raise StoreError(f"{path} is damaged: its list of sources is not a list of distinct names")
         for name in sources:
             ds = group.get(check_source_name(name)) if isinstance(name, str) and "/" not in name else None
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
+            if not is_array(ds) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype.kind != "f":
                 raise StoreError(f"{path} is damaged: states of {name!r} are missing or not ({n}, cells) floats")
         if "meta" in f:
             for name in json.loads(f["meta"].attrs.get("names", "[]")):
                 ds = f["meta"].get(check_source_name(name)) if isinstance(name, str) and "/" not in name else None
-                if not isinstance(ds, h5py.Dataset) or ds.shape != (n,) or ds.dtype.kind not in "biuf":
+                if not is_array(ds) or ds.shape != (n,) or ds.dtype.kind not in "biuf":
                     raise StoreError(f"{path} is damaged: meta track {name!r} is missing or not ({n},) numbers")
                 if "categories" in ds.attrs:
                     categories = json.loads(ds.attrs["categories"])
@@ -360,8 +456,9 @@ class StateStore:
             raise IndexError(f"token range [{start}, {stop}) is outside the store's 0..{self.n_tokens}")
         return start, stop
 
-    def dataset(self, source: str) -> h5py.Dataset:
-        """The lazy ``(N, D)`` h5py dataset of a source (for index builders and column scans)."""
+    def dataset(self, source: str):
+        """The lazy ``(N, D)`` array of a source (an h5py dataset, or the Zarr parts as one array): for
+        index builders and column scans."""
         ds = self._datasets.get(source)
         if ds is None:
             if source not in self.sources:
@@ -470,16 +567,19 @@ class StateStore:
     def info(self) -> dict:
         """A summary: sizes, sources with cells and dtype, meta tracks, model name."""
         return {
-            "path": str(self.path), "n_tokens": self.n_tokens, "n_sequences": self.n_sequences,
+            "path": self.url, "n_tokens": self.n_tokens, "n_sequences": self.n_sequences,
             "vocab_size": len(self.vocab),
             "sources": {s: {"cells": self.n_cells(s), "dtype": str(self.dataset(s).dtype)} for s in self.sources},
             "meta": list(self.meta_names), "has_texts": self.has_texts,
             "model": self.card.get("model") or self.card.get("name"),
         }
 
+    def fingerprint(self) -> dict:
+        """What identifies the store's content (the backend's): the match index is rebuilt when it changes."""
+        return self.backend.fingerprint()
+
     def close(self) -> None:
-        if self._f.id.valid:
-            self._f.close()
+        self.backend.close()
 
     def __enter__(self) -> "StateStore":
         return self
@@ -491,7 +591,7 @@ class StateStore:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return (f"StateStore({str(self.path)!r}, {self.n_tokens} tokens, {self.n_sequences} sequences, "
+        return (f"StateStore({self.url!r}, {self.n_tokens} tokens, {self.n_sequences} sequences, "
                 f"sources={self.sources})")
 
 
@@ -516,54 +616,75 @@ def _ids_and_vocab(tokens, token_ids, vocab) -> tuple[np.ndarray, list[str]]:
 
 
 class StoreWriter:
-    """Writes a store into a temporary file and renames it into place on ``finish``.
+    """Writes a store through its backend (``lstmvis.backend``), atomically: an HDF5 file is written
+    at a temporary path and renamed into place on ``finish``; a Zarr store is complete only once
+    ``finish`` writes its manifest.
 
-    With ``partial_path`` the temporary file has a fixed name, so an interrupted extraction can
-    be reopened by ``resume`` and continued.
+    With ``partial_path`` (HDF5) the temporary file has a fixed name, so an interrupted extraction
+    can be reopened by ``resume`` and continued; a Zarr store resumes where it is. ``parts``
+    (Zarr): the sequence index at which each part starts (``zarr_backend.plan_parts``).
     """
 
     def __init__(self, path: str | Path, n_tokens: int, offsets: np.ndarray, vocab: Sequence[str],
-                 card: dict | None = None, partial_path: Path | None = None):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise ValueError(f"{self.path} is a folder: give a file path for the store, e.g. states.h5")
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"folder {self.path.parent} does not exist: create it first")
+                 card: dict | None = None, partial_path: Path | None = None, parts: Sequence[int] | None = None):
+        kind = backend_kind(path)
+        self.path = Path(path) if kind == "hdf5" else path
+        if kind == "hdf5":
+            if self.path.is_dir():
+                raise ValueError(f"{self.path} is a folder: give a file path for the store, e.g. states.h5")
+            if not self.path.parent.is_dir():
+                raise FileNotFoundError(f"folder {self.path.parent} does not exist: create it first")
         offsets = np.asarray(offsets, dtype=np.int64)
         if (offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n_tokens
                 or np.any(np.diff(offsets) < 0)):
             raise ValueError(f"offsets must start at 0, never decrease and end at the token count {n_tokens} "
                              "(length = number of sequences + 1)")
-        self.n_tokens = n_tokens
-        self.tmp = partial_path or temp_path_for(self.path)
-        self.f = h5py.File(self.tmp, "w")
-        self.f.attrs["format"] = FORMAT
-        self.f.attrs["version"] = VERSION
-        self.f.attrs["complete"] = False
-        self.f.attrs["n_tokens"] = n_tokens
-        self.f.attrs["n_sequences"] = len(offsets) - 1
-        self.f.create_dataset("vocab", data=json_blob(list(vocab)))
-        self.f.create_dataset("card", data=json_blob(card or {}))
-        self.f.create_dataset("offsets", data=offsets)
-        id_dtype = np.int32 if len(vocab) < 2 ** 31 else np.int64
-        self.f.create_dataset("token_ids", shape=(n_tokens,), dtype=id_dtype)
-        self.f.create_group("states").attrs["sources"] = "[]"
+        self.n_tokens, self.n_sequences = n_tokens, len(offsets) - 1
+        if kind == "hdf5":
+            self.tmp = partial_path or temp_path_for(self.path)
+            self.backend = HDF5Writing(self.path, self.tmp, "w")
+            self.f = self.backend.f
+        else:
+            self.backend = zarr_backend.ZarrWriting.new(path, offsets, parts)
+        b = self.backend
+        for key, value in (("format", FORMAT), ("version", VERSION), ("complete", False), ("n_tokens", n_tokens),
+                           ("n_sequences", self.n_sequences)):
+            b.set_attr("", key, value)
+        b.put("vocab", json_blob(list(vocab)))
+        b.put("card", json_blob(card or {}))
+        b.put("offsets", offsets)
+        b.create("token_ids", (n_tokens,), "int32" if len(vocab) < 2 ** 31 else "int64", None)
+        b.set_attr("states", "sources", "[]")
 
     @classmethod
-    def resume(cls, path: str | Path, partial_path: Path) -> "StoreWriter":
-        """Reopen an unfinished store written with ``partial_path``."""
+    def resume(cls, path: str | Path, partial_path: Path | None = None) -> "StoreWriter":
+        """Reopen an unfinished store (HDF5: the one written with ``partial_path``)."""
         self = cls.__new__(cls)
-        self.path, self.tmp = Path(path), partial_path
-        self.f = h5py.File(partial_path, "r+")
-        if self.f.attrs.get("format") != FORMAT:
-            self.f.close()
-            raise StoreError(f"{partial_path} is not an unfinished state store")
-        self.n_tokens = int(self.f.attrs["n_tokens"])
+        if backend_kind(path) == "hdf5":
+            self.path, self.tmp = Path(path), partial_path
+            self.backend = HDF5Writing(self.path, partial_path, "r+")
+            self.f = self.backend.f
+        else:
+            self.path, self.backend = path, zarr_backend.ZarrWriting.reopen(path)
+        if self.backend.get_attr("", "format") != FORMAT:
+            self.backend.suspend()
+            raise StoreError(f"{partial_path or path} is not an unfinished state store")
+        self.n_tokens = int(self.backend.get_attr("", "n_tokens"))
+        self.n_sequences = int(self.backend.get_attr("", "n_sequences"))
         return self
 
     @property
     def sources(self) -> list[str]:
-        return json.loads(self.f["states"].attrs["sources"])
+        return json.loads(self.backend.get_attr("states", "sources"))
+
+    @property
+    def fingerprint(self) -> str | None:
+        """What made this store (set by ``extract``, compared on a resume)."""
+        return self.backend.get_attr("", "fingerprint")
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:
+        self.backend.set_attr("", "fingerprint", value)
 
     def add_source(self, name: str, n_cells: int, dtype: str = "float32") -> None:
         check_source_name(name)
@@ -573,64 +694,67 @@ class StoreWriter:
         if name in sources:
             raise ValueError(f"source {name!r} is given twice")
         itemsize = np.dtype(dtype).itemsize
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # all space now: later writes change no metadata (checkpoint)
-        self.f["states"].create_dataset(name, shape=(self.n_tokens, n_cells), dtype=dtype, dcpl=dcpl,
-                                        chunks=state_chunks(self.n_tokens, n_cells, itemsize)
-                                        if self.n_tokens else None)
-        self.f["states"].attrs["sources"] = json.dumps(sources + [name])
+        self.backend.create(f"states/{name}", (self.n_tokens, n_cells), dtype,
+                            state_chunks(self.n_tokens, n_cells, itemsize))
+        self.backend.set_attr("states", "sources", json.dumps(sources + [name]))
 
     def write_tokens(self, start: int, ids: np.ndarray) -> None:
-        self.f["token_ids"][start:start + len(ids)] = ids
+        self.backend.write_rows("token_ids", start, np.asarray(ids))
 
     def write_states(self, name: str, start: int, arr: np.ndarray) -> None:
         if len(arr):
-            self.f["states"][name][start:start + len(arr)] = arr
+            self.backend.write_rows(f"states/{name}", start, arr)
 
     def add_meta(self, name: str, values) -> None:
-        group = self.f.require_group("meta")
-        names = json.loads(group.attrs.get("names", "[]"))
+        names = json.loads(self.backend.get_attr("meta", "names", "[]") or "[]")
         if name in names:
             raise ValueError(f"meta track {name!r} is given twice")
         if len(values) != self.n_tokens:
             raise ValueError(f"meta track {name!r} has {len(values)} values: expected one per token ({self.n_tokens})")
-        write_meta_dataset(group, name, values)
-        group.attrs["names"] = json.dumps(names + [name])
+        data, attrs = meta_array(name, values)
+        self.backend.put(f"meta/{name}", data, attrs)
+        self.backend.set_attr("meta", "names", json.dumps(names + [name]))
+
+    def replace_meta(self, meta: Mapping[str, np.ndarray]) -> None:
+        """Write every meta track afresh (also after a resume)."""
+        self.backend.delete("meta")
+        for name, values in meta.items():
+            self.add_meta(name, values)
 
     def set_texts(self, texts: Sequence[str]) -> None:
-        if len(texts) != self.f.attrs["n_sequences"]:
-            raise ValueError(f"texts has {len(texts)} entries: expected one per sequence "
-                             f"({self.f.attrs['n_sequences']})")
+        if len(texts) != self.n_sequences:
+            raise ValueError(f"texts has {len(texts)} entries: expected one per sequence ({self.n_sequences})")
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be strings (one original text per sequence)")
-        write_text_datasets(self.f, texts)
+        data, offsets = encode_texts(texts)
+        self.backend.put("text_bytes", data)
+        self.backend.put("text_offsets", offsets)
 
     def set_spans(self, spans) -> None:
         spans = np.asarray(spans, dtype=np.int64)
         if spans.shape != (self.n_tokens, 2):
             raise ValueError(f"spans has shape {spans.shape}: expected ({self.n_tokens}, 2), one (start, end) "
                              "per token")
-        self.f.create_dataset("spans", data=spans)
+        self.backend.put("spans", spans)
+
+    def done_flags(self) -> np.ndarray | None:
+        """The finished sequences of an unfinished store (None: none recorded)."""
+        return self.backend.load_done()
 
     def checkpoint(self, done: np.ndarray) -> None:
-        """Make the file readable after any kill, with ``done`` as its finished sequences.
-
-        Every dataset written while extracting has its space allocated before the first
-        checkpoint, so writes change only data, never HDF5 metadata; the states are flushed before
-        the done flags are written, so a sequence marked done on disk has all its rows there."""
-        self.f.flush()
-        self.f["done"][...] = done
-        self.f.flush()
+        """Make the store readable after any kill, with ``done`` as its finished sequences: the
+        states are made durable before the done flags, so a sequence marked done on storage has all
+        its rows there."""
+        self.backend.save_done(np.asarray(done, dtype=bool))
 
     def finish(self) -> None:
-        """Mark complete, close, and rename into place (atomic)."""
-        self.f.attrs["complete"] = True
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        """Mark complete and put in place (atomic)."""
+        self.backend.commit()
+
+    def suspend(self) -> None:
+        """Close, keeping the unfinished store for a resume."""
+        self.backend.suspend()
 
     def abort(self) -> None:
-        """Close and delete the temporary file."""
-        try:
-            self.f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        """Close and delete the unfinished store."""
+        self.backend.discard()

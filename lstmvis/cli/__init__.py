@@ -12,9 +12,9 @@ import sys
 
 from textexplain.providers import load_entry_points
 
-from . import cells, extract, info, models, project
+from . import cells, convert, extract, info, models, project
 
-SUBCOMMANDS = [models.register, extract.register, info.register, project.register, cells.register]
+SUBCOMMANDS = [models.register, extract.register, info.register, project.register, cells.register, convert.register]
 COMMANDS_GROUP = "lstmvis.commands"  # entry points of other packages' subcommands: ``add(subparsers)``
 
 

@@ -12,7 +12,9 @@ from torch import nn
 from textexplain import providers
 
 from ..extraction import extract, tune_allocator_for_extraction
+from ..backend import backend_kind
 from ..store import partial_path_for
+from ..zarr_backend import PART_TOKENS
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # stop like Ctrl+C: the partial store is checkpointed for a resume
 
@@ -38,7 +40,12 @@ def register(sub) -> None:
     p.add_argument("--corpus", required=True,
                    help="python_source:SPLIT, rotten_tomatoes:SPLIT, parens:SPLIT (SPLIT = train/dev/test) or a "
                         ".txt file")
-    p.add_argument("--out", required=True, help="the store file to write, e.g. states.h5")
+    p.add_argument("--out", required=True, help="the store to write: states.h5 (HDF5), states.zarr or a URL such as "
+                                                "s3://bucket/states.zarr (Zarr)")
+    p.add_argument("--scheduler", help="a Dask scheduler address (tcp://HOST:8786): the corpus runs in shards on its "
+                                       "workers (a Zarr --out only)")
+    p.add_argument("--part-tokens", type=int, default=PART_TOKENS,
+                   help=f"tokens per shard, in whole sequences (default {PART_TOKENS:,})")
     p.add_argument("--kinds", default="h,c", help="what to record: h, c, gates (or gate_i, gate_f, ...), conv, "
                                                   "all (default: h,c)")
     p.add_argument("--float16", action="store_true", help="store states as float16 (half the disk)")
@@ -67,21 +74,40 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    client = bar = None
+    zarr = backend_kind(args.out) == "zarr"
     try:
-        store = extract(model, texts, args.out, kinds=args.kinds, batch_size=args.batch_size,
-                        chunk_size=args.chunk_size, dtype="float16" if args.float16 else "float32",
-                        progress=not args.quiet, meta=meta, corpus_name=name,
-                        route="unroll" if args.unroll else "fused")
+        if args.scheduler:
+            from distributed import Client
+            from tqdm.auto import tqdm
+
+            client = Client(args.scheduler)
+            bar = tqdm(unit="tok", disable=args.quiet, desc="extract on the cluster")
+        store = extract(args.model if args.scheduler else model, texts, args.out, kinds=args.kinds,
+                        batch_size=args.batch_size, chunk_size=args.chunk_size,
+                        dtype="float16" if args.float16 else "float32", progress=not args.quiet, meta=meta,
+                        corpus_name=name, route="unroll" if args.unroll else "fused", part_tokens=args.part_tokens,
+                        client=client, report=None if bar is None else lambda done, total: _show(bar, done, total))
     except KeyboardInterrupt as exc:
-        partial = partial_path_for(Path(args.out))
-        kept = (f"the finished sequences are kept in {partial}: rerun the same command to resume"
-                if partial.exists() else "nothing was kept")
+        partial = Path(args.out) if zarr else partial_path_for(Path(args.out))
+        kept = (f"the finished {'parts' if zarr else 'sequences'} are kept in {args.out if zarr else partial}: "
+                "rerun the same command to resume" if zarr or partial.exists() else "nothing was kept")
         print(f"lstmvis extract: stopped by {str(exc) or 'Ctrl+C'}; {kept}", file=sys.stderr)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if bar is not None:
+            bar.close()
+        if client is not None:
+            client.close()
     with store:
-        print(f"wrote {store.path}: {store.n_tokens} tokens, {store.n_sequences} sequences, "
+        print(f"wrote {store.url}: {store.n_tokens} tokens, {store.n_sequences} sequences, "
               f"sources {', '.join(store.sources)}")
     return 0
+
+
+def _show(bar, done: int, total: int) -> None:
+    """The cluster's progress (tokens in finished shards) on the progress bar."""
+    bar.total = total
+    bar.update(done - bar.n)
