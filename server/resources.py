@@ -15,6 +15,7 @@ another request's forward pass.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import fcntl
@@ -371,6 +372,7 @@ class Resources:
         self._scanned: dict[Path, tuple] = {}  # --data file -> (stat signature, name, entry)
         self._scanned_at = -float("inf")
         self._scan_lock = threading.Lock()
+        self._stopping = threading.Event()  # set at the interpreter's exit: the demo build stops between stores
         self._register_shipped_models()
         if self.demo:
             self._register_demo_stores()
@@ -384,7 +386,7 @@ class Resources:
             if build == "sync":
                 self.build_demo()
             elif build == "background":
-                threading.Thread(target=self.build_demo, name="demo-build", daemon=True).start()
+                self._start_demo_build()
 
     # -- models
     def _register_shipped_models(self) -> None:
@@ -565,6 +567,17 @@ class Resources:
                                    status="ready" if path.is_file() else "queued", fixed_model=True)
             self.stores[spec.name] = entry
 
+    def _start_demo_build(self) -> None:
+        """Build the demo stores on a background thread that the interpreter's exit stops between
+        stores and waits for (a thread killed inside a torch call aborts the process)."""
+        thread = threading.Thread(target=self.build_demo, name="demo-build", daemon=True)
+
+        def stop() -> None:
+            self._stopping.set()
+            thread.join(timeout=120)
+        atexit.register(stop)
+        thread.start()
+
     def build_demo(self) -> None:
         """Build every queued demo store once (progress bar on stderr); others wait on a file lock."""
         todo = [(s, self.stores[s.name]) for s in self.demo_specs if self.stores[s.name].status == "queued"]
@@ -576,6 +589,8 @@ class Resources:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another server process may be building the same stores
             bar = tqdm(todo, desc="lstmvis: building demo stores (once)", unit="store", disable=not self.progress)
             for spec, entry in bar:
+                if self._stopping.is_set():
+                    break
                 bar.set_postfix_str(spec.name)
                 if entry.path.is_file():
                     entry.status = "ready"

@@ -22,12 +22,12 @@ import textexplain
 from textexplain import image as img
 from textexplain.sanity import data_randomization_check, randomization_check
 
-from .context import caches, resources
+from .context import resources
 from .explain_api import MAX_TEXT_CHARS, MethodName, _Checked, borrow_classifier
 from .image_api import (OVERLAY_SCALE, SIDE, MethodName as ImageMethodName, _entry, _labels, _Loan, n_classes,
                         png_data_url, test_digits)
 from .jobs import jobs
-from .textcnn_api import _filters_report, _is_textcnn
+from .textcnn_api import filters_report
 from .validation import ApiError, Params, api
 
 blueprint = Blueprint("seeds_api", __name__, url_prefix="/api")
@@ -285,27 +285,13 @@ def textcnn_deconv(params: TextDeconvRequest):
     activation summed per token (and its dot product with each token's embedding)."""
     from lstmvis.textcnn import filter_reconstruction
 
-    res = resources()
-    cnns = [name for name, m in res.models.items() if _is_textcnn(m)]
-    name = params.model or (cnns[0] if cnns else None)
-    if name is None or name not in cnns:
-        raise ApiError(404 if name is None else 400, f"{name!r} is not a loaded text CNN: choose one of "
-                       f"{', '.join(cnns) or 'none'}")
-    stores = [s for s in res.stores.values() if s.status == "ready" and s.open().has_texts]
-    store_name = params.store or next((s.name for s in stores if s.name == "sentiment"), None) or \
-        (stores[0].name if stores else None)
-    if store_name is None:
-        raise ApiError(409, "no ready store with texts to use as the corpus")
-    s = res.store(store_name)
-    report = caches().textcnn_reports.get((name, store_name, str(s.path), params.k),
-                                          lambda: {**_filters_report(name, s, params.k), "model": name,
-                                                   "store": store_name, "k": params.k, "models": cnns})
+    name, s, report = filters_report(params.model, params.store, params.k)
     filt = next((f for f in report["filters"] if f["layer"] == params.layer and f["filter"] == params.filter), None)
     if filt is None:
         raise ApiError(400, f"no filter {params.filter} in layer {params.layer!r}: layers are "
                        f"{', '.join(report['fields'])}")
     items = []
-    with res.model(name) as model:
+    with resources().model(name) as model:
         for hit in filt["ngrams"]:
             rec = filter_reconstruction(model, s.sequence_text(hit["text_index"]), params.layer, params.filter,
                                         hit["position"])
@@ -315,5 +301,5 @@ def textcnn_deconv(params: TextDeconvRequest):
                           "tokens": rec.tokens[lo:hi], "per_token": rec.per_token[lo:hi].tolist(),
                           "share": rec.share[lo:hi].tolist(),
                           "outside": float(np.abs(np.delete(rec.per_token, range(lo, hi))).sum())})
-    return {"model": name, "store": store_name, "layer": params.layer, "filter": params.filter, "items": items}
+    return {"model": name, "store": report["store"], "layer": params.layer, "filter": params.filter, "items": items}
 

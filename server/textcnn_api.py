@@ -64,31 +64,38 @@ def _filters_report(name: str, store, k: int) -> dict:
     return report
 
 
-@blueprint.get("/textcnn/filters")
-@api(TextCNNQuery, summary="Top-activating input n-grams of every Conv1d filter of a text CNN", tag="textcnn")
-def textcnn_filters(params: TextCNNQuery):
-    """For each filter, the ``k`` highest pre-activation outputs over the store's texts, each shown as
-    the n-gram under its receptive field (and as it reads in the original text)."""
+def filters_report(model: str | None, store: str | None, k: int) -> tuple[str, object, dict]:
+    """The model's name, the corpus store and every filter's top ``k`` n-grams over its texts, for the
+    model and store asked for (defaults: the first text CNN; the sentiment store, else the first
+    ready store with texts); computed once per model, store and k, concurrent first requests wait."""
     res = resources()
     cnns = [m["name"] for m in textcnn_models()]
-    name = params.model or (cnns[0] if cnns else None)
+    name = model or (cnns[0] if cnns else None)
     if name is None:
         raise ApiError(404, "no text-CNN model is loaded")
     entry = res.model_entry(name)
     if entry.kind != "classifier":
         raise ApiError(400, f"model {name!r} is a {entry.kind}, not a text classifier with Conv1d filters")
     stores = [s for s in res.stores.values() if s.status == "ready" and s.open().has_texts]
-    store_name = params.store or next((s.name for s in stores if s.name == "sentiment"), None) or \
+    store_name = store or next((s.name for s in stores if s.name == "sentiment"), None) or \
         (stores[0].name if stores else None)
     if store_name is None:
         raise ApiError(409, "no ready store with texts to use as the corpus")
-    s = resources().store(store_name)
+    s = res.store(store_name)
     if not s.has_texts:
         raise ApiError(409, f"store {store_name!r} keeps no original texts to run the model on")
-    # the corpus runs once per model, store and k; concurrent first requests wait for it
-    report = caches().textcnn_reports.get((name, store_name, str(s.path), params.k),
-                                          lambda: {**_filters_report(name, s, params.k), "model": name,
-                                                   "store": store_name, "k": params.k, "models": cnns})
+    report = caches().textcnn_reports.get((name, store_name, str(s.path), k),
+                                          lambda: {**_filters_report(name, s, k), "model": name,
+                                                   "store": store_name, "k": k, "models": cnns})
+    return name, s, report
+
+
+@blueprint.get("/textcnn/filters")
+@api(TextCNNQuery, summary="Top-activating input n-grams of every Conv1d filter of a text CNN", tag="textcnn")
+def textcnn_filters(params: TextCNNQuery):
+    """For each filter, the ``k`` highest pre-activation outputs over the store's texts, each shown as
+    the n-gram under its receptive field (and as it reads in the original text)."""
+    _, _, report = filters_report(params.model, params.store, params.k)
     if params.layer is not None:
         if params.layer not in report["fields"]:
             raise ApiError(404, f"unknown layer {params.layer!r}: the model has {', '.join(report['fields'])}")
