@@ -67,3 +67,9 @@ def cells():
 @blueprint.get("/textcnn")
 def textcnn():
     return render_template("textcnn.html", page_data=_page_data())
+
+
+@blueprint.get("/jobs")
+def jobs_page():
+    """Background jobs: running, queued and recently finished (``/api/jobs``)."""
+    return render_template("jobs.html")
