@@ -194,7 +194,7 @@
     }, LV.plotConfig);
     $("sanity-note").textContent = "A method passes when its maps change as the layers are randomized: |Spearman| falling towards 0. " +
       "Where two methods' lines coincide, the markers of both stay visible; the signed correlation near 0 while |maps| stays high " +
-      "means the maps keep their shape but flip their signs.";
+      "means the maps keep where they are large, but their signs no longer agree with the trained model's.";
   }
 
   setUp();
