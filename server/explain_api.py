@@ -160,6 +160,7 @@ def colour_row(scores: np.ndarray, signed: bool, normalize: str) -> dict:
                        "stops": COLOURS.lookup(stops, signed)[0]}}
 
 
+RANDOM_DRAWS = 10  # random rankings averaged for the faithfulness floor
 FAITHFULNESS_KEYS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "loo_kendall_tau",
                      "curve_fractions", "deletion_curve", "insertion_curve", "n_model_evaluations")
 
@@ -202,10 +203,10 @@ def explain_text(model, req: ExplainRequest) -> dict:
     if req.html:
         out["html"] = render.side_by_side_html(explanations, normalize=req.normalize)
     if req.faithfulness:
-        # the baseline every method should beat: a seeded random ranking of the same tokens
-        rng = np.random.default_rng(0)
-        out["random_faithfulness"] = _faithfulness(model, first.token_ids,
-                                                   metrics.random_scores(len(first.token_ids), rng), target)
+        # the floor every method should beat: random rankings of the same tokens, averaged over seeded draws
+        points = CURVE_POINTS if len(first.token_ids) + 1 > CURVE_POINTS else None
+        out["random_faithfulness"] = metrics.random_floor(model, first.token_ids, target, draws=RANDOM_DRAWS,
+                                                          curve_points=points)
     return out
 
 

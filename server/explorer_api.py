@@ -50,6 +50,10 @@ class SelectQuery(Params):
         return self
 
 
+class SelectHintsQuery(SelectQuery):
+    """A brush (as for select) whose selection the hints explain."""
+
+
 class MatchQuery(Params):
     source: str = Field(description="state source")
     cells: CsvInts = Field(min_length=1, max_length=4096, description="selected cell ids (comma-separated)")
@@ -202,6 +206,67 @@ def select(store: str, params: SelectQuery):
     return {"source": source, "start": params.start, "stop": params.stop, "threshold": params.threshold,
             "pad_left": params.pad_left, "pad_right": params.pad_right, "sign": params.sign,
             "n_cells": s.n_cells(source), "cells": [int(c) for c in cells]}
+
+
+HINT_REACH = 200  # steps a suggested range may extend the brush by, each side
+
+
+def _thresholds_near(threshold: float) -> list[float]:
+    """Other thresholds worth trying: half, three quarters, one and a half and twice this one."""
+    return sorted({round(threshold * f, 3) for f in (0.5, 0.75, 1.5, 2.0)} - {round(threshold, 3)})
+
+
+def _covered_range(s, source: str, cells: list[int], start: int, stop: int, threshold: float, sign: str) -> list[int]:
+    """The longest range around ``[start, stop)``, inside its sequence, where every one of ``cells`` stays on."""
+    a, b = s.sequence_bounds(s.sequence_of(start))
+    lo, hi = max(a, start - HINT_REACH), min(b, stop + HINT_REACH)
+    values = s.states(source, lo, hi)
+    d = values.shape[1]
+    on = np.ones(hi - lo, dtype=bool)
+    for c in cells:
+        negative = sign == "negative" or (sign == "both" and c >= d)
+        col = values[:, c % d]
+        on &= col <= -threshold if negative else col >= threshold
+    first, last = start - lo, stop - lo
+    while first > 0 and on[first - 1]:
+        first -= 1
+    while last < len(on) and on[last]:
+        last += 1
+    return [lo + first, lo + last]
+
+
+@blueprint.get("/stores/<path:store>/select/hints")
+@api(SelectHintsQuery, summary="Why a brush selects few cells: counts without padding, at other thresholds, "
+                          "on other sources, and the range the cells really cover", tag="match")
+def select_hints(store: str, params: SelectHintsQuery):
+    """What to change when a brush selects no (or few) cells, each with the number of cells it gives.
+
+    ``without_padding``: the cells on over the range (padding ignored) and their count; ``thresholds``:
+    the count at nearby thresholds; ``sources``: the count on every other source at the same settings;
+    ``cover``: the range around the brush where all ``without_padding`` cells stay on, and how many
+    cells a brush of that range selects with the same padding.
+    """
+    s = resources().store(store)
+    source = known_source(s, params.source)
+
+    def count(src=source, start=params.start, stop=params.stop, threshold=params.threshold,
+              pad_left=params.pad_left, pad_right=params.pad_right) -> int:
+        return len(s.select(src, start, stop, threshold=threshold, pad_left=pad_left, pad_right=pad_right,
+                            sign=params.sign))
+
+    unpadded = [int(c) for c in s.select(source, params.start, params.stop, threshold=params.threshold,
+                                         pad_left=0, pad_right=0, sign=params.sign)]
+    out = {"source": source, "start": params.start, "stop": params.stop, "threshold": params.threshold,
+           "pad_left": params.pad_left, "pad_right": params.pad_right, "sign": params.sign, "cells": count(),
+           "without_padding": {"cells": len(unpadded), "pad_left": 0, "pad_right": 0},
+           "thresholds": [{"threshold": t, "cells": count(threshold=t)} for t in _thresholds_near(params.threshold)],
+           "sources": [{"source": src, "cells": count(src=src)} for src in s.sources if src != source],
+           "cover": None}
+    if unpadded and (params.pad_left or params.pad_right):
+        a, b = _covered_range(s, source, unpadded, params.start, params.stop, params.threshold, params.sign)
+        if (a, b) != (params.start, params.stop):
+            out["cover"] = {"start": a, "stop": b, "cells": count(start=a, stop=b)}
+    return out
 
 
 @blueprint.get("/stores/<path:store>/match")

@@ -240,7 +240,8 @@ def explain_image(module: nn.Module, x: np.ndarray, target: int | None, methods:
         overlays.append({"method": name, "title": img.METHODS[name].title, "signed": signed,
                          "summary": type(method).__doc__.strip().splitlines()[0] if type(method).__doc__ else "",
                          "png": png_data_url(img.overlay_png(x, amap, signed=signed, scale=OVERLAY_SCALE)),
-                         "min": float(amap.min()), "max": float(amap.max()), "seconds": round(seconds, 4)})
+                         "min": float(amap.min()), "max": float(amap.max()),
+                         "scale": img.render.color_scale(amap), "seconds": round(seconds, 4)})
     return {"probs": probs, "labels": _labels(module, len(probs)), "predicted": int(np.argmax(probs)),
             "target": target, "input_png": png_data_url(img.render.to_png(img.render.image_rgb(x), OVERLAY_SCALE)),
             "overlays": overlays, "feature_maps": feature_map_views(module, xb)}

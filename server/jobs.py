@@ -112,6 +112,13 @@ class JobRunner:
         finally:
             job.finished = time.time()
 
+    def list(self) -> list[dict]:
+        """Every job kept, newest first, without results (they can be large): for the jobs page."""
+        with self._lock:
+            kept = list(self._jobs.values())
+        return [{k: v for k, v in j.info().items() if k != "result"} | {"created": j.created}
+                for j in reversed(kept)]
+
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.status in ("done", "error")]
         for job in finished[: max(0, len(finished) - self._keep)]:
@@ -133,3 +140,10 @@ def jobs() -> JobRunner:
 def job_status(job_id: str):
     """``status`` is queued, running, done (with ``result``) or error (with ``error``); poll until done."""
     return jobs().get(job_id).info()
+
+
+@blueprint.get("/jobs")
+@api(summary="Every background job kept: running, queued and recently finished, newest first", tag="jobs", lane=None)
+def job_list():
+    """Progress of every job the server keeps (results left out: ask ``/api/jobs/<id>`` for one)."""
+    return {"jobs": jobs().list()}

@@ -68,3 +68,9 @@ def cells():
 @blueprint.get("/textcnn")
 def textcnn():
     return render_template("textcnn.html", page_data=_page_data(textcnn_models=textcnn_models()))
+
+
+@blueprint.get("/jobs")
+def jobs_page():
+    """Background jobs: running, queued and recently finished (``/api/jobs``)."""
+    return render_template("jobs.html")

@@ -12,7 +12,7 @@ import functools
 import re
 from typing import Annotated, Any, Callable
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -172,6 +172,14 @@ def api(model: type[Params] | None = None, *, summary: str = "", tag: str = "",
     return decorate
 
 
+def wants_html() -> bool:
+    """A browser asking for a page (not the JSON API): a 404 then gets a page with the navigation."""
+    if request.path.startswith("/api/"):
+        return False
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) == "text/html" and accept["text/html"] > accept["application/json"]
+
+
 def register_error_handlers(app: Flask) -> None:
     """Every error, from routing (404/405), size limits (413), bad JSON (400) or our own checks,
     comes back as the same JSON shape; an unexpected exception is logged and answered with a
@@ -204,6 +212,8 @@ def register_error_handlers(app: Flask) -> None:
         elif exc.code == 405:
             allowed = ", ".join(sorted(exc.valid_methods or ()))
             message = f"method {request.method} is not allowed on {request.path}; use {allowed}"
+        if exc.code == 404 and wants_html():
+            return render_template("404.html", path=request.path), 404
         resp = error_response(exc.code or 500, message)
         if exc.code == 405 and exc.valid_methods:
             resp.headers["Allow"] = ", ".join(exc.valid_methods)

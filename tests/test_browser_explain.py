@@ -170,3 +170,26 @@ def test_method_settings_are_built_from_the_declarations_and_sent(watched, base_
     sent = request.value.post_data_json["params"]
     assert sent == {"integrated_gradients": {"n_steps": 8, "max_steps": 200, "precision": "auto"}}
     wait_results(page)
+
+
+def test_off_target_faithfulness_is_flagged_and_the_audit_url_is_its_own(watched, base_url):
+    """Explaining the class the model does not predict: a warning, numbers relative to p(target), no
+    'best'; the random floor is a mean with its spread; the audit tab's address drops the text's model."""
+    page = watched.page
+    text = "a gorgeous, witty, seductive movie."
+    page.goto(f"{base_url}/explain?model=sentiment-lstm&methods=gradient,occlusion&text={quote(text)}")
+    wait_results(page)
+    page.wait_for_selector("#faith-table tbody tr")
+    predicted = page.locator("#prediction b").first.text_content()
+    labels = [o.split(": ", 1)[1] for o in page.locator("#target option").all_text_contents()[1:]]
+    other = next(i for i, lab in enumerate(labels) if lab != predicted)
+    page.select_option("#target", str(other))
+    page.click("#run")
+    page.wait_for_selector("#faith-warning:not([hidden])")
+    assert "does not predict" in page.text_content("#faith-warning")
+    assert page.locator("#faith-table td.best").count() == 0
+    assert "× p" in page.locator('#faith-table tr[data-method="gradient"]').text_content()
+    assert "±" in page.locator("#faith-table tr.baseline").text_content()
+    page.click("#tab-audit")
+    assert "tab=audit" in page.url and "audit-model=" in page.url
+    assert "text=" not in page.url and "&model=" not in page.url and "?model=" not in page.url

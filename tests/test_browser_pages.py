@@ -141,3 +141,54 @@ def test_tokens_from_user_text_render_inert(page, base_url, app, tmp_path):
         assert page.locator("#tokens img, #tokens script").count() == 0
         page.wait_for_timeout(300)
     assert dialogs == []
+
+
+AXE = os.path.join(os.popen("npm root -g").read().strip(), "axe-core", "axe.min.js")
+
+
+def every_page(app) -> list[str]:
+    from flask import url_for
+    with app.test_request_context():
+        return [url_for(p["endpoint"]) for p in app.config["NAV_PAGES"]] + ["/", "/jobs"]
+
+
+@pytest.mark.skipif(not os.path.exists(AXE), reason="needs axe-core from npm")
+def test_axe_finds_no_serious_violation_on_any_page(browser, base_url, app):
+    """axe-core (WCAG 2 A/AA rules) on every page once its results are drawn: no serious or critical violation."""
+    found = {}
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)  # to inject axe
+    page = context.new_page()
+    for path in every_page(app):
+        page.goto(base_url + path)
+        page.wait_for_load_state("networkidle")
+        page.add_script_tag(path=AXE)
+        result = page.evaluate("""async () => (await axe.run(document, { resultTypes: ["violations"] })).violations
+            .filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.id}: ${v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(" | ")}`)""")
+        if result:
+            found[path] = result
+    context.close()
+    assert not found, found
+
+
+def test_every_page_is_usable_at_390_px(browser, base_url, app):
+    """A phone's width: nothing wider than the screen but scrolling boxes, and the text box keeps its width."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True)
+    page = context.new_page()
+    try:
+        for path in every_page(app):
+            page.goto(base_url + path)
+            page.wait_for_load_state("networkidle")
+            wide = page.evaluate("""() => [...document.querySelectorAll('body *')].filter(n => {
+                const r = n.getBoundingClientRect();
+                if (r.right <= 392 || !r.width) return false;
+                for (let p = n.parentElement; p; p = p.parentElement) {
+                  const o = getComputedStyle(p).overflowX;
+                  if (o === 'auto' || o === 'scroll' || o === 'hidden') return false;
+                }
+                return true; }).slice(0, 5).map(n => `${n.tagName}#${n.id}.${n.className} ${Math.round(n.getBoundingClientRect().right)}`)""")
+            assert not wide, (path, wide)
+        page.goto(base_url + "/explain")
+        assert page.locator("#text").bounding_box()["width"] > 300
+    finally:
+        context.close()

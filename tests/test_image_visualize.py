@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from test_image_models import GapNet, gap_input
-from textexplain import image
+from textexplain import image, render
 from textexplain.image.base import ImageMethod
 from textexplain.image.sanity import spearman_rows
 from textexplain.image.visualize import gaussian_blur, random_affine
@@ -275,10 +275,11 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_rendering_png_and_plotly():
     signed = np.array([[-2.0, 0.0], [1.0, 2.0]])
     rgb = image.render.colorize(signed, clip_percentile=100)
-    assert rgb[0, 1].tolist() == [247, 247, 247] and rgb[1, 1].tolist() == [178, 24, 43]
-    assert rgb[0, 0].tolist() == [33, 102, 172]
-    hot = image.render.colorize(np.array([[0.0, 1.0]]), clip_percentile=100)
-    assert hot[0, 0].tolist() == [0, 0, 0] and hot[0, 1].tolist() == [255, 255, 255]
+    # the tool's one convention (textexplain.render): blue positive, white 0, red negative, purples unsigned
+    assert rgb[0, 1].tolist() == [255, 255, 255] and rgb[1, 1].tolist() == list(render.POSITIVE)
+    assert rgb[0, 0].tolist() == list(render.NEGATIVE)
+    unsigned = image.render.colorize(np.array([[0.0, 1.0]]), clip_percentile=100)
+    assert unsigned[0, 0].tolist() == [255, 255, 255] and unsigned[0, 1].tolist() == list(render.SEQUENTIAL)
     x = gap_input(3)[:, :1]
     assert png_size(image.overlay_png(x[0], torch.rand(8, 8), scale=3)) == (24, 24)
     assert png_size(image.images_grid_png(x, ncols=2, scale=2, padding=1)) == ((2 * 9 + 1) * 2, (2 * 9 + 1) * 2)

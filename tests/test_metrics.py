@@ -191,3 +191,21 @@ def test_report_over_a_sample(model):
     assert len(report.figure().data) == 3 * len(metrics.METRICS)
     with pytest.raises(ValueError, match="not in methods"):
         metrics.faithfulness_report(model, texts, ["occlusion"], method_params={"lime": {}}, progress=False)
+
+
+def test_random_floor_is_the_mean_of_seeded_draws_with_their_spread(model):
+    ids, scores = true_scores(model, "a b c d e f g h i j")
+    floor = metrics.random_floor(model, ids, target=1, draws=8, seed=3)
+    rng = np.random.default_rng(3)
+    one_by_one = [metrics.faithfulness_scores(model, ids, metrics.random_scores(len(ids), rng), target=1)
+                  for _ in range(8)]
+    for key in metrics.RANDOM_FLOOR_METRICS:
+        values = [r[key] for r in one_by_one]
+        assert floor[key] == pytest.approx(np.mean(values)) and floor[f"{key}_std"] == pytest.approx(np.std(values))
+    assert floor["loo_kendall_tau_std"] > 0 and abs(floor["loo_kendall_tau"]) < 0.5  # random: tau near 0 on average
+    np.testing.assert_allclose(floor["deletion_curve"], np.mean([r["deletion_curve"] for r in one_by_one], axis=0))
+    assert floor == metrics.random_floor(model, ids, target=1, draws=8, seed=3)  # seeded
+    true = metrics.faithfulness_scores(model, ids, scores, target=1)
+    assert true["loo_kendall_tau"] > floor["loo_kendall_tau"] + 3 * floor["loo_kendall_tau_std"]
+    with pytest.raises(ValueError, match="draws"):
+        metrics.random_floor(model, ids, target=1, draws=0)

@@ -395,3 +395,19 @@ def test_status_is_valid_json(client):
     status = client.get("/api/status").get_json()
     json.dumps(status)
     assert status["mode"] == "data"
+
+
+def test_a_browser_gets_a_404_page_with_the_navigation_and_the_api_json(client):
+    page = client.get("/no/such/page", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert b'class="topnav"' in page.data and b"/no/such/page" in page.data
+    for url, accept in (("/no/such/page", "application/json"), ("/no/such/page", "*/*"),
+                        ("/api/nope", "text/html")):
+        resp = client.get(url, headers={"Accept": accept})
+        assert resp.status_code == 404 and resp.mimetype == "application/json", (url, accept)
+
+
+def test_jobs_page_and_list(client):
+    assert client.get("/jobs").status_code == 200
+    listed = client.get("/api/jobs").get_json()
+    assert isinstance(listed["jobs"], list)

@@ -149,3 +149,15 @@ def test_match_bad_input(client, query, needle):
 
 def test_select_across_a_sequence_end_is_a_400(client):
     assert "sequence" in get_err(client, "/api/stores/toy/select?source=rnn.l0.h&start=4&stop=8")
+
+
+def test_select_hints_say_why_a_brush_selects_nothing(client):
+    # "sat" alone: cells 0 and 2 are on, but both are on at "cat" before it too, so pad_left=1 drops them
+    h = get_ok(client, "/api/stores/toy/select/hints?source=rnn.l0.h&start=2&stop=3&threshold=0.3")
+    assert h["cells"] == 0
+    assert h["without_padding"]["cells"] == 2
+    # cell 0 and cell 2 are on together over "cat sat": brushing that range selects cell 0
+    assert h["cover"] == {"start": 1, "stop": 3, "cells": 1}
+    assert {x["source"] for x in h["sources"]} == {"rnn.l0.c", "rnn.l0.gate_f"}
+    assert [x["threshold"] for x in h["thresholds"]] == [0.15, 0.225, 0.45, 0.6]
+    assert all(x["cells"] == 0 for x in h["thresholds"])

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from . import render
 from .model import TextModel
 
 RANK_BY = ("reliance", "total", "mean", "lower_bound", "mean_abs")
@@ -240,8 +241,11 @@ class AuditReport:
         fig = make_subplots(rows=1, cols=len(self.labels), subplot_titles=[f"for {lab}" for lab in self.labels])
         for col, lab in enumerate(self.labels, start=1):
             sts = [s for s in self.stats[lab][:top] if math.isfinite(getattr(s, self.rank_by))][::-1]
+            xs = [getattr(s, self.rank_by) for s in sts]
             fig.add_trace(go.Bar(
-                x=[getattr(s, self.rank_by) for s in sts], y=[s.token for s in sts], orientation="h",
+                x=xs, y=[s.token for s in sts], orientation="h",
+                # the tool's one convention (render.py): blue = evidence for the class, red = against
+                marker_color=[f"rgb{render.POSITIVE if x >= 0 else render.NEGATIVE}" for x in xs],
                 showlegend=False, customdata=[[s.total, s.mean, s.lower_bound, s.count, s.n_texts, s.reliance]
                                               for s in sts],
                 hovertemplate="%{y}: reliance %{customdata[5]:.3f}, total %{customdata[0]:.3f}, mean "

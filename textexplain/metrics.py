@@ -277,6 +277,33 @@ def random_scores(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(n)
 
 
+RANDOM_FLOOR_METRICS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "loo_kendall_tau")
+
+
+def random_floor(model: TextModel, token_ids: Sequence[int], target: int, *, draws: int = 20, seed: int = 0,
+                 **options) -> dict[str, Any]:
+    """The faithfulness of random rankings, the floor every method should beat: the mean of each metric
+    over ``draws`` seeded random rankings, its standard deviation (``<metric>_std``) and the mean
+    curves. One draw alone is noise (its Kendall tau can beat a real method's by chance).
+    ``options`` as in ``faithfulness_scores``."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    rng = np.random.default_rng(seed)
+    runs = [faithfulness_scores(model, token_ids, random_scores(len(token_ids), rng), target, **options)
+            for _ in range(draws)]
+    out: dict[str, Any] = {"draws": draws, "seed": seed, "target": int(target), "prob": runs[0]["prob"],
+                           "curve_fractions": runs[0]["curve_fractions"],
+                           "n_model_evaluations": sum(r["n_model_evaluations"] for r in runs)}
+    for key in RANDOM_FLOOR_METRICS:
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        out[key] = float(values.mean()) if values.size else float("nan")
+        out[f"{key}_std"] = float(values.std()) if values.size else float("nan")
+    for key in ("deletion_curve", "insertion_curve"):
+        out[key] = np.mean([r[key] for r in runs], axis=0).tolist()
+    return out
+
+
 def faithfulness_report(model: TextModel, texts: Sequence[str], methods: Sequence[str], *,
                         method_params: dict[str, dict] | None = None, include_random: bool = True,
                         seed: int = 0, explain_batch: ExplainBatch | None = None, progress: bool = True,

@@ -92,8 +92,16 @@ def score_color(value: float, signed: bool, gamma: float = 1.0) -> tuple[int, in
     return _lab_to_srgb(_LAB["white"] + strength * (end - _LAB["white"]))
 
 
+def _luminance(rgb: Sequence[int]) -> float:
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2])
+
+
 def _text_color(rgb: tuple[int, int, int]) -> str:
-    return "#fff" if _srgb_to_lab(rgb)[0] < 55 else "#111"
+    """White or black, whichever has the higher WCAG contrast on ``rgb`` (never below 4.58:1)."""
+    y = _luminance(rgb)
+    return "#fff" if 1.05 / (y + 0.05) >= (y + 0.05) / 0.05 else "#000"
 
 
 # ---------------------------------------------------------------- normalisation
@@ -355,7 +363,7 @@ def printable(text: str) -> str:
 
 
 def _ansi_bg(rgb: tuple[int, int, int], mode: str) -> str:
-    fg = "255;255;255" if _text_color(rgb) == "#fff" else "17;17;17"
+    fg = "255;255;255" if _text_color(rgb) == "#fff" else "0;0;0"
     if mode == "truecolor":
         return f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;{fg}m"
     cube = 16 + 36 * round(rgb[0] / 255 * 5) + 6 * round(rgb[1] / 255 * 5) + round(rgb[2] / 255 * 5)

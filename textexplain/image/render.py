@@ -11,13 +11,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..render import NEGATIVE, POSITIVE, SEQUENTIAL, WHITE
+
 # colour maps as (position, RGB) anchors, interpolated linearly
 COLORMAPS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
     "gray": [(0.0, (0, 0, 0)), (1.0, (255, 255, 255))],
     "hot": [(0.0, (0, 0, 0)), (0.4, (230, 0, 0)), (0.75, (255, 210, 0)), (1.0, (255, 255, 255))],
     "viridis": [(0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)),
                 (1.0, (253, 231, 37))],
-    "bwr": [(0.0, (33, 102, 172)), (0.5, (247, 247, 247)), (1.0, (178, 24, 43))],
+    # the tool's one convention (textexplain/render.py): red = negative / against, white = 0,
+    # blue = positive / for the explained class; purples for unsigned magnitudes
+    "bwr": [(0.0, NEGATIVE), (0.5, WHITE), (1.0, POSITIVE)],
+    "purples": [(0.0, WHITE), (1.0, SEQUENTIAL)],
 }
 
 
@@ -25,12 +30,21 @@ def _numpy(a: torch.Tensor | np.ndarray) -> np.ndarray:
     return a.detach().cpu().float().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float32)
 
 
+def color_scale(values: torch.Tensor | np.ndarray, clip_percentile: float = 99.5) -> float:
+    """The |value| that :func:`colorize` maps to the end colour: the ``clip_percentile`` of |values|
+    (their maximum when that is 0, 1 for an all-zero map). Legends show it."""
+    v = np.abs(_numpy(values))
+    top = float(np.percentile(v, clip_percentile)) if v.size else 0.0
+    return top if top > 0 else (float(v.max()) if v.size else 0.0) or 1.0
+
+
 def colorize(values: torch.Tensor | np.ndarray, cmap: str | None = None, signed: bool | None = None,
              clip_percentile: float = 99.5) -> np.ndarray:
     """Map a 2-D array to RGB uint8 (H, W, 3).
 
     Signed maps (default: when any value is negative) are scaled symmetrically around 0 with the
-    diverging "bwr" map; unsigned ones from 0 with "hot". The scale is the ``clip_percentile``
+    diverging "bwr" map (red negative, white 0, blue positive, as every page); unsigned ones from 0
+    with "purples". The scale is the ``clip_percentile``
     of |values| so that one extreme pixel does not wash out the rest.
     """
     v = _numpy(values)
@@ -39,10 +53,9 @@ def colorize(values: torch.Tensor | np.ndarray, cmap: str | None = None, signed:
     if cmap is not None and cmap not in COLORMAPS:
         raise ValueError(f"unknown colormap {cmap!r}; choose from {', '.join(COLORMAPS)}")
     signed = bool((v < 0).any()) if signed is None else signed
-    top = float(np.percentile(np.abs(v), clip_percentile)) if v.size else 0.0
-    top = top if top > 0 else float(np.abs(v).max()) or 1.0
+    top = color_scale(v, clip_percentile)
     pos = np.clip(v / top, -1, 1) * 0.5 + 0.5 if signed else np.clip(v / top, 0, 1)
-    anchors = COLORMAPS[cmap or ("bwr" if signed else "hot")]
+    anchors = COLORMAPS[cmap or ("bwr" if signed else "purples")]
     xs = [a[0] for a in anchors]
     rgb = np.stack([np.interp(pos, xs, [a[1][c] for a in anchors]) for c in range(3)], -1)
     return rgb.round().astype(np.uint8)

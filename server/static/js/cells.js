@@ -27,8 +27,13 @@
   const width = () => (info && info.char_level ? 400 : 120);
 
   // ------------------------------------------------------------------ pickers
+  // the named hypotheses read the characters of source code (quotes, comments, indentation, ...): they fit
+  // character-level stores; a word-level store gets the bracket counts, its meta tracks, regex and tokens
+  const WORD_LEVEL_NAMED = new Set(["depth", "parens"]);
+  function fitsStore(h) { return info.char_level || WORD_LEVEL_NAMED.has(h.name); }
+
   function hypothesisOptions() {
-    const opts = hypotheses.named.map(h => ({ value: h.name, label: `${h.name} (${h.kind}): ${h.description}` }));
+    const opts = hypotheses.named.filter(fitsStore).map(h => ({ value: h.name, label: `${h.name} (${h.kind}): ${h.description}` }));
     for (const m of info.meta || []) {
       const mi = (info.meta_info || {})[m] || {};
       if (!mi.categorical) opts.push({ value: `meta:${m}`, label: `meta track "${m}" (${mi.min} .. ${mi.max})` });
@@ -58,7 +63,7 @@
     for (const [m, mi] of Object.entries(info.meta_info || {})) {
       return mi.categorical ? `meta:${m}=${mi.values[mi.values.length - 1]}` : `meta:${m}`;
     }
-    return info.char_level ? "quotes" : hypotheses.named[0].name;
+    return info.char_level ? "quotes" : "regex:";
   }
 
   function showArg() {
@@ -94,9 +99,14 @@
     LV.clearError();
     $("rank-summary").textContent = "ranking…";
     saveUrl();
-    ranking = await LVJobs.whenIndexed(`/api/stores/${enc(state.store)}/cells/rank`,
-                                       { source: state.source, hypothesis: state.hypothesis, method: state.method, top: 50 },
-                                       pct => { $("rank-summary").textContent = `building the match index: ${pct}%`; });
+    try {
+      ranking = await LVJobs.whenIndexed(`/api/stores/${enc(state.store)}/cells/rank`,
+                                         { source: state.source, hypothesis: state.hypothesis, method: state.method, top: 50 },
+                                         pct => { $("rank-summary").textContent = `building the match index: ${pct}%`; });
+    } catch (e) {
+      $("rank-summary").textContent = "ranking failed (see the message above)";
+      throw e;
+    }
     await LV.plotly();
     renderRanking();
   }
@@ -110,8 +120,9 @@
     const base = r.metric === "auroc" ? 0.5 : 0;
     Plotly.react("rank-plot", [{
       type: "bar", x: top.map(t => `#${t.cell}`), y: top.map(t => t.score - base), base: base,
-      customdata: top.map(t => t.cell), marker: { color: top.map(t => t.direction > 0 ? "#1399e4" : "#e45613") },
+      customdata: top.map(t => t.cell), marker: { color: top.map(t => LV.diverging(t.direction > 0 ? 0.85 : -0.85)) },
       hovertemplate: `cell %{customdata}: ${metric} %{y:.4f}<extra></extra>`,
+      name: "blue: high when true, red: low when true",
     }], { margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { type: "category", tickangle: -45 },
           yaxis: { title: { text: metric } }, shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: base, y1: base,
           line: { dash: "dot", color: "#888" } }] }, LV.plotConfig);
@@ -126,7 +137,9 @@
     const body = LV.el("tbody");
     for (const t of r.top) {
       body.append(LV.el("tr", { class: "clickable" + (t.cell === state.cell ? " current" : ""), dataset: { cell: String(t.cell) },
-                                onclick: () => openCell(t.cell, true).catch(fail) },
+                                tabindex: "0", title: "click (or Enter) to open this cell",
+                                onclick: () => openCell(t.cell, true).catch(fail),
+                                onkeydown: ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); openCell(t.cell, true).catch(fail); } } },
         LV.el("td", {}, String(t.rank)), LV.el("td", {}, String(t.cell)), LV.el("td", { class: "num" }, t.score.toFixed(4)),
         LV.el("td", { class: "num" }, t.strength.toFixed(4)),
         LV.el("td", {}, t.direction > 0 ? "high when true" : "low when true")));
@@ -138,6 +151,14 @@
   async function openCell(cell, jumpToPeak) {
     state.cell = cell;
     state.step = null;
+    // a cell that is low where the hypothesis holds opens on its lowest contexts: those support the hypothesis
+    const ranked = ranking && ranking.top.find(t => t.cell === cell);
+    if (ranked) {
+      state.direction = ranked.direction > 0 ? 1 : -1;
+      $("direction").value = String(state.direction);
+    }
+    $("direction-note").textContent = ranked ? `cell ${cell} is ${ranked.direction > 0 ? "high" : "low"} where ` +
+      `${ranking.hypothesis} holds: shown where it is ${ranked.direction > 0 ? "highest" : "lowest"}` : "";
     $("cell-input").value = cell;
     $("explain-panel").hidden = true;
     document.querySelectorAll("#rank-table tr[data-cell]").forEach(tr => tr.classList.toggle("current", +tr.dataset.cell === cell));
@@ -170,23 +191,46 @@
     Plotly.react("cell-plot", traces, {
       margin: { l: 44, r: 44, t: 8, b: 30 }, showlegend: true, legend: { orientation: "h", y: 1.15 },
       xaxis: { title: { text: "token position" } }, yaxis: { title: { text: "cell" } },
-      yaxis2: { overlaying: "y", side: "right", title: { text: "hypothesis" }, showgrid: false },
+      yaxis2: { overlaying: "y", side: "right", title: { text: "hypothesis" }, showgrid: false,
+                ...(hyp && hyp.values.every(v => v === 0 || v === 1 || v === null)
+                  ? { tickvals: [0, 1], ticktext: ["0 false", "1 true"], range: [-0.1, 1.1] } : {}) },
     }, LV.plotConfig);
-    renderHeatText($("cell-text"), tok.text, values, start, pos => explainAt(pos).catch(fail));
+    renderHeatText($("cell-text"), tok.text, values, start, pos => explainAt(pos).catch(fail),
+                   undefined, `cell ${state.cell}: red negative, white 0, blue positive`);
   }
 
-  /** Tokens with diverging background colours (value / max |value|); each token clickable. */
-  function renderHeatText(box, tokens, values, start, onClick, focus) {
+  /** Tokens with diverging background colours (value / max |value|), a numbered legend before them;
+   *  each token clickable (and focusable: Enter or space). */
+  function renderHeatText(box, tokens, values, start, onClick, focus, caption) {
     LV.clear(box);
     const top = Math.max(1e-9, ...values.map(v => Math.abs(v ?? 0)));
+    const legendBox = box.previousElementSibling && box.previousElementSibling.classList.contains("heat-legend")
+      ? LV.clear(box.previousElementSibling) : null;
+    if (legendBox) legendBox.append(LV.legend({ lo: -top, hi: top, colorOf: v => LV.diverging(v / top), caption }));
     tokens.forEach((tok, i) => {
       const v = values[i] ?? 0, t = v / top, pos = start + i;
       const shown = tok === "\n" ? "\u21b5\n" : tok === " " ? " " : tok;
-      box.append(LV.el("span", { class: "clickable" + (pos === focus ? " focus" : ""), title: `${JSON.stringify(tok)} @ ${pos}: ${v.toFixed(4)}`,
+      box.append(LV.el("span", { class: (onClick ? "clickable" : "") + (pos === focus ? " focus" : ""),
+                                 title: `${JSON.stringify(tok)} @ ${pos}: ${v.toFixed(4)}`,
+                                 tabindex: onClick ? (i === 0 ? "0" : "-1") : undefined, role: onClick ? "button" : undefined,
                                  dataset: { pos: String(pos) }, style: { background: LV.diverging(t), color: LV.textColorFor(t) },
-                                 onclick: onClick ? () => onClick(pos) : undefined }, shown));
+                                 onclick: onClick ? () => onClick(pos) : undefined,
+                                 onkeydown: onClick ? ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onClick(pos); } } : undefined },
+                       shown));
       if (tokens.length && !info.char_level) box.append(" ");
     });
+    if (onClick && !box.dataset.keys) {  // one tab stop; arrows move along the text
+      box.dataset.keys = "1";
+      box.addEventListener("keydown", ev => {
+        const step = { ArrowRight: 1, ArrowLeft: -1 }[ev.key];
+        const here = ev.target.closest("span[data-pos]");
+        if (step === undefined || !here) return;
+        ev.preventDefault();
+        const spans = [...box.querySelectorAll("span[data-pos]")], i = spans.indexOf(here);
+        const next = spans[Math.max(0, Math.min(spans.length - 1, i + step))];
+        here.tabIndex = -1; next.tabIndex = 0; next.focus();
+      });
+    }
   }
 
   async function loadContexts() {
@@ -197,14 +241,16 @@
                                        pct => { box.textContent = `building the match index: ${pct}%`; });
     LV.clear(box);
     for (const c of r.contexts) {
-      const row = LV.el("div", { class: "clickable", title: `position ${c.position}: ${c.value.toFixed(4)} (click to show it)`,
-                                 dataset: { position: String(c.position) },
-                                 onclick: () => { state.pos = Math.max(0, c.position - Math.floor(width() / 2)); loadCellWindow().then(saveUrl).catch(fail); } });
+      const show = () => { state.pos = Math.max(0, c.position - Math.floor(width() / 2)); loadCellWindow().then(saveUrl).catch(fail); };
+      const row = LV.el("div", { class: "clickable", title: `position ${c.position}: ${c.value.toFixed(4)} (click or Enter to show it)`,
+                                 dataset: { position: String(c.position) }, tabindex: "0", role: "button", onclick: show,
+                                 onkeydown: ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); show(); } } });
       const top = Math.max(1e-9, ...c.values.map(Math.abs));
       row.append(LV.el("span", { class: "muted" }, `${c.value.toFixed(3)}  `));
       c.text.forEach((tok, i) => {
         const pos = c.start + i, t = c.values[i] / top;
-        row.append(LV.el("span", { class: pos === c.position ? "center" : "", style: pos === c.position ? {} : { background: LV.diverging(t) } },
+        row.append(LV.el("span", { class: pos === c.position ? "center" : "",
+                                   style: pos === c.position ? {} : { background: LV.diverging(t), color: LV.textColorFor(t) } },
                          LV.tokenLabel(tok) + (info.char_level ? "" : " ")));
       });
       box.append(row);
@@ -273,7 +319,8 @@
     }
     parts.push(e.whole_sequence ? "whole sequence" : `the ${e.stop - e.start} tokens before the step, from a zero state`);
     $("explain-summary").textContent = parts.join(" · ");
-    renderHeatText($("explain-text"), e.text, e.scores, e.start, null, pos);
+    renderHeatText($("explain-text"), e.text, e.scores, e.start, null, pos,
+                   "attribution to the cell: blue raises it, red lowers it, white 0");
   }
 
   // ------------------------------------------------------------------ wiring

@@ -5,16 +5,21 @@
 const LV = (() => {
   const banner = () => document.getElementById("error-banner");
 
+  /** Show `message` in the page's error banner and mark every result on the page (elements with
+   *  data-result) stale: greyed out, so an old answer is never read as the answer to the failed request. */
   function showError(message) {
     const b = banner();
     if (!b) return;
-    b.textContent = message;
+    const results = [...document.querySelectorAll("[data-result]")].filter(n => n.childElementCount || n.textContent.trim());
+    results.forEach(n => markStale(n));
+    b.textContent = message + (results.length ? " (the results shown are from an earlier request and out of date)" : "");
     b.hidden = false;
   }
 
   function clearError() {
     const b = banner();
     if (b) { b.hidden = true; b.textContent = ""; }
+    document.querySelectorAll("[data-result].stale").forEach(clearStale);
   }
 
   /** Call the JSON API. GET params go in the query string; pass {body} to POST JSON.
@@ -108,14 +113,17 @@ const LV = (() => {
     return out;
   }
 
-  function writeUrl(state) {
+  /** Put the view state in the address: replacing the current history entry (small edits), or with
+   *  {push: true} adding one (navigation jumps), so Back undoes the jump. */
+  function writeUrl(state, { push = false } = {}) {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(state)) {
       if (v === undefined || v === null || v === "" || (Array.isArray(v) && !v.length)) continue;
       q.set(k, Array.isArray(v) ? v.join(",") : String(v));
     }
     const url = `${window.location.pathname}?${q.toString().replace(/%2C/g, ",")}`;
-    if (url !== window.location.pathname + window.location.search) history.replaceState(null, "", url);
+    if (url === window.location.pathname + window.location.search) return;
+    if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
 
   function intList(s) {
@@ -123,23 +131,116 @@ const LV = (() => {
     return String(s).split(",").map(x => parseInt(x, 10)).filter(x => Number.isFinite(x));
   }
 
-  // ---- colours
-  /** White -> blue for counts / unsigned values in [0, 1]. */
-  function sequential(t) {
-    t = Math.max(0, Math.min(1, t || 0));
-    const r = Math.round(255 + (19 - 255) * t), g = Math.round(255 + (153 - 255) * t), b = Math.round(255 + (228 - 255) * t);
-    return `rgb(${r},${g},${b})`;
+  // ---- colours: the one convention of the whole tool, textexplain/render.py's. Blue = positive /
+  // evidence for the explained class, red = negative / against, white = 0, purples = unsigned
+  // magnitudes; interpolated in CIELAB from white to the end colour, as render.score_color does.
+  const POSITIVE = [20, 96, 165], NEGATIVE = [183, 31, 47], SEQUENTIAL = [84, 39, 143], WHITE = [255, 255, 255];
+  const WHITE_XYZ = [0.95047, 1.0, 1.08883];
+
+  function srgbToLab(rgb) {
+    const c = rgb.map(v => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    const xyz = [0.4124564 * c[0] + 0.3575761 * c[1] + 0.1804375 * c[2],
+                 0.2126729 * c[0] + 0.7151522 * c[1] + 0.0721750 * c[2],
+                 0.0193339 * c[0] + 0.1191920 * c[1] + 0.9503041 * c[2]].map((v, i) => v / WHITE_XYZ[i]);
+    const f = xyz.map(v => v > (6 / 29) ** 3 ? Math.cbrt(v) : v / (3 * (6 / 29) ** 2) + 4 / 29);
+    return [116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])];
   }
 
-  /** Red (negative) - white - green (positive) for signed values in [-1, 1]. */
+  function labToSrgb(lab) {
+    const fy = (lab[0] + 16) / 116, f = [fy + lab[1] / 500, fy, fy - lab[2] / 200];
+    const xyz = f.map((v, i) => (v > 6 / 29 ? v ** 3 : 3 * (6 / 29) ** 2 * (v - 4 / 29)) * WHITE_XYZ[i]);
+    const lin = [3.2404542 * xyz[0] - 1.5371385 * xyz[1] - 0.4985314 * xyz[2],
+                 -0.9692660 * xyz[0] + 1.8760108 * xyz[1] + 0.0415560 * xyz[2],
+                 0.0556434 * xyz[0] - 0.2040259 * xyz[1] + 1.0572252 * xyz[2]];
+    return lin.map(v => { v = Math.max(0, Math.min(1, v)); v = v <= 0.0031308 ? 12.92 * v : 1.055 * v ** (1 / 2.4) - 0.055;
+                          return Math.round(Math.max(0, Math.min(255, v * 255))); });
+  }
+
+  const LAB = { white: srgbToLab(WHITE), pos: srgbToLab(POSITIVE), neg: srgbToLab(NEGATIVE), seq: srgbToLab(SEQUENTIAL) };
+  const mix = (end, s) => { const [r, g, b] = labToSrgb(LAB.white.map((w, i) => w + s * (end[i] - w))); return `rgb(${r},${g},${b})`; };
+
+  /** White -> purple for unsigned values (counts, magnitudes) in [0, 1]. */
+  function sequential(t) {
+    return mix(LAB.seq, Math.max(0, Math.min(1, t || 0)));
+  }
+
+  /** Red (negative, against) - white (0) - blue (positive, for) for signed values in [-1, 1]. */
   function diverging(t) {
     t = Math.max(-1, Math.min(1, t || 0));
-    if (t >= 0) return `rgb(${Math.round(255 - 200 * t)},${Math.round(255 - 80 * t)},${Math.round(255 - 170 * t)})`;
-    const u = -t;
-    return `rgb(${Math.round(255 - 30 * u)},${Math.round(255 - 190 * u)},${Math.round(255 - 170 * u)})`;
+    return mix(t >= 0 ? LAB.pos : LAB.neg, Math.abs(t));
   }
 
-  function textColorFor(t) { return Math.abs(t) > 0.65 ? "#fff" : "#111"; }
+  /** [r, g, b] of a CSS colour "rgb(r,g,b)" or "#rrggbb". */
+  function parseColor(css) {
+    const m = /rgba?\(\s*(\d+)[,\s]+(\d+)[,\s]+(\d+)/.exec(css);
+    if (m) return [+m[1], +m[2], +m[3]];
+    const h = /^#([0-9a-f]{6})$/i.exec(css);
+    if (h) return [0, 2, 4].map(i => parseInt(h[1].slice(i, i + 2), 16));
+    const s = /^#([0-9a-f]{3})$/i.exec(css);
+    if (s) return [0, 1, 2].map(i => parseInt(s[1][i] + s[1][i], 16));
+    return [255, 255, 255];
+  }
+
+  /** WCAG relative luminance and contrast ratio of two colours (CSS strings or [r, g, b]). */
+  function luminance(color) {
+    const c = (Array.isArray(color) ? color : parseColor(color))
+      .map(v => { v /= 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  }
+  function contrast(a, b) {
+    const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+    return (hi + 0.05) / (lo + 0.05);
+  }
+
+  /** White or black text, whichever contrasts more with the background (always at least 4.58:1). */
+  function textOn(background) {
+    return contrast(background, "#fff") >= contrast(background, "#000") ? "#fff" : "#000";
+  }
+
+  /** The text colour for a cell coloured {@link diverging}(t). */
+  function textColorFor(t) { return textOn(diverging(t)); }
+
+  /** A legend: "<low label> [colour bar] <high label>", the bar drawn from `colorOf` over [lo, hi],
+   *  with numbered ticks below it; `caption` says what the colour means. */
+  function legend({ lo, hi, colorOf, caption, lowLabel = "", highLabel = "", ticks = 5, digits = 3 }) {
+    const stops = Array.from({ length: 11 }, (_, i) => colorOf(lo + (hi - lo) * i / 10));
+    const bar = el("span", { class: "legend-bar", role: "img",
+                             "aria-label": `colour scale from ${fmtNum(lo, digits)} to ${fmtNum(hi, digits)}` });
+    bar.style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+    const tickRow = el("span", { class: "legend-ticks" });
+    for (let i = 0; i < ticks; i++) tickRow.append(el("span", {}, fmtNum(lo + (hi - lo) * i / (ticks - 1), digits)));
+    return el("span", { class: "lv-legend" }, caption ? el("span", { class: "legend-caption" }, caption) : null,
+              lowLabel ? el("span", { class: "legend-end" }, lowLabel) : null,
+              el("span", { class: "legend-scale" }, bar, tickRow),
+              highLabel ? el("span", { class: "legend-end" }, highLabel) : null);
+  }
+
+  function fmtNum(v, digits = 3) {
+    if (v === 0) return "0";
+    const s = Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(1) : String(+v.toPrecision(digits));
+    return s;
+  }
+
+  /** Plotly colour scales on the same convention: signed (red - white - blue, use with zmid 0) and
+   *  unsigned (white - purple). */
+  const divergingScale = Array.from({ length: 11 }, (_, i) => [i / 10, diverging(i / 5 - 1)]);
+  const sequentialScale = Array.from({ length: 6 }, (_, i) => [i / 5, sequential(i / 5)]);
+
+  /** Grey out a result whose request failed, and say so: `node` keeps its content, marked stale. */
+  function markStale(node, message = "out of date: the last request failed") {
+    if (!node) return;
+    node.classList.add("stale");
+    node.setAttribute("aria-disabled", "true");
+    node.dataset.staleNote = message;
+    node.setAttribute("title", message);
+  }
+  function clearStale(node) {
+    if (!node || !node.classList.contains("stale")) return;
+    node.classList.remove("stale");
+    node.removeAttribute("aria-disabled");
+    node.removeAttribute("title");
+    delete node.dataset.staleNote;
+  }
 
   const plotConfig = { displaylogo: false, responsive: true,
                        modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
@@ -162,5 +263,6 @@ const LV = (() => {
   }
 
   return { api, el, clear, plotText, plotFigure, plotly, pageData, tokenLabel, readUrl, writeUrl, intList, showError, clearError,
-           sequential, diverging, textColorFor, plotConfig, fillSelect, readyStores, pendingStoresNote };
+           sequential, diverging, textColorFor, textOn, contrast, parseColor, legend, fmtNum, divergingScale, sequentialScale,
+           markStale, clearStale, plotConfig, fillSelect, readyStores, pendingStoresNote };
 })();

@@ -37,10 +37,11 @@
       b.setAttribute("aria-selected", on ? "true" : "false");
       $(`pane-${b.dataset.tab}`).hidden = !on;
     }
-    if (name === "audit") Audit.init();
-    const u = LV.readUrl();
-    LV.writeUrl({ ...u, tab: name === "text" ? "" : name });
+    // each tab keeps its own settings in the address: the audit's never carry the text tab's model
+    if (name === "audit") { Audit.init(); LV.writeUrl({ tab: "audit", ...Audit.urlState() }); }
+    else LV.writeUrl(textUrl);
   }
+  let textUrl = {};  // the text tab's address state (what its last explanation asked for)
 
   // ------------------------------------------------------------------ controls
   function labelsOf(name) {
@@ -91,6 +92,7 @@
       clearTimeout(resizeTimer);
       resizeTimer = setTimeout(() => { if (result) renderSalience(result); }, 150);
     });
+    if (url.tab !== "audit") textUrl = { model: url.model, target: url.target, methods: url.methods, normalize: url.normalize, text: url.text };
     if (url.tab === "audit") showTab("audit");
     else if (models.length && $("text").value.trim()) run();
   }
@@ -107,8 +109,9 @@
     const params = {};
     for (const m of methods) if (body.params[m]) params[m] = body.params[m];
     body.params = params;
-    LV.writeUrl({ model: body.model, target, methods, normalize: body.normalize === "max_abs" ? "" : body.normalize,
-                  text: body.text });
+    textUrl = { model: body.model, target, methods, normalize: body.normalize === "max_abs" ? "" : body.normalize,
+                text: body.text };
+    LV.writeUrl(textUrl);
     busy = true;
     $("run").disabled = true;
     $("status").textContent = `Explaining with ${methods.map(m => titles[m] || m).join(", ")} …`;
@@ -203,9 +206,13 @@
                                           `than 1%: ${e.convergence_fix}` }, "not converged")
                            : "");
         if (li === 0) {
-          const bar = el("span", { class: "legend-bar", title: legendText(e, r) });
+          const bar = el("span", { class: "legend-bar", title: legendText(e, r), role: "img", "aria-label": legendText(e, r) });
           bar.style.background = `linear-gradient(to right, ${e.legend.stops.join(", ")})`;
-          label.append(bar);
+          const s = e.legend.scale;
+          label.append(bar, el("span", { class: "legend-ticks" },
+            ...(e.signed ? [el("span", {}, signed(-s)), el("span", {}, "0"), el("span", {}, signed(s))]
+                         : [el("span", {}, "0"), el("span", {}, fmt(s))])),
+            el("span", { class: "legend-words" }, e.signed ? `red against · blue for ${r.target_label}` : "purple: magnitude"));
         }
         grid.append(label);
         for (const i of idx) {
@@ -258,9 +265,20 @@
     const rows = r.explanations.map(e => ({ name: e.title, method: e.method, values: {
       ...(e.faithfulness || {}), delta: e.delta, seconds: e.seconds }, converged: e.converged,
       relative: e.relative_delta }));
+    // explaining a class the model does not predict: p(target) is near 0, so every drop of it is near 0
+    // too; say so, give the numbers relative to p(target), and mark no method "best" on such numbers
+    const pTarget = r.probs[r.target], offTarget = r.target !== r.predicted;
+    const RELATIVE = new Set(["comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc"]);
+    const warn = $("faith-warning");
+    warn.hidden = !offTarget;
+    warn.textContent = offTarget ? `The model does not predict ${r.target_label} (p = ${pTarget.toFixed(3)}; it predicts ` +
+      `${r.labels[r.predicted]}): removing or keeping tokens can change p(${r.target_label}) only a little, so these ` +
+      `numbers are small for every method and do not rank them. In brackets: each number divided by p(${r.target_label}).` : "";
+    const cellText = (key, v) => (offTarget && RELATIVE.has(key) && Number.isFinite(v) && pTarget > 0)
+      ? `${fmt(v)} (${fmt(v / pTarget)}× p)` : fmt(v);
     const best = {};
     for (const [key, , higher] of FAITH_COLUMNS) {
-      if (higher === null) continue;
+      if (higher === null || offTarget) continue;
       const vals = rows.map(x => x.values[key]).filter(Number.isFinite);
       if (vals.length > 1) best[key] = higher ? Math.max(...vals) : Math.min(...vals);
     }
@@ -269,12 +287,14 @@
       body.append(el("tr", { dataset: { method: row.method } }, el("td", {}, row.name),
         ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" + (best[key] === row.values[key] ? " best" : "") },
                                            key === "delta" && row.values[key] !== null && row.values[key] !== undefined
-                                             ? deltaText(row) : fmt(row.values[key])))));
+                                             ? deltaText(row) : cellText(key, row.values[key])))));
     }
     if (r.random_faithfulness) {
       const v = r.random_faithfulness;
-      body.append(el("tr", { class: "baseline" }, el("td", {}, "random ranking (baseline)"),
-        ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" }, key in v ? fmt(v[key]) : ""))));
+      body.append(el("tr", { class: "baseline" }, el("td", { title: `mean ± standard deviation over ${v.draws} seeded random rankings` },
+                                                       `random ranking (floor, mean ± sd of ${v.draws})`),
+        ...FAITH_COLUMNS.map(([key]) => el("td", { class: "num" },
+          key in v ? `${cellText(key, v[key])} ± ${fmt(v[`${key}_std`])}` : ""))));
     }
     table.append(body);
   }
@@ -293,9 +313,9 @@
     });
     if (r.random_faithfulness) {
       const f = r.random_faithfulness;
-      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: "random · deletion", line: { color: "#999" },
+      traces.push({ x: f.curve_fractions, y: f.deletion_curve, name: `random (mean of ${f.draws}) · deletion`, line: { color: "#999" },
                     mode: "lines" });
-      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: "random · insertion",
+      traces.push({ x: f.curve_fractions, y: f.insertion_curve, name: `random (mean of ${f.draws}) · insertion`,
                     line: { color: "#999", dash: "dot" }, mode: "lines" });
     }
     Plotly.react("curves-plot", traces, {
@@ -334,10 +354,26 @@
       const url = LV.readUrl();
       LV.fillSelect($("audit-model"), models.map(m => ({ value: m.name, label: m.name })),
                     url["audit-model"] || (models.some(m => m.name === "sentiment-shortcut") ? "sentiment-shortcut" : undefined));
-      LV.fillSelect($("audit-corpus"), [{ value: "", label: "the model's own" }, ...data.audit.corpora.map(c => ({ value: c }))], "");
-      LV.fillSelect($("audit-method"), data.methods.map(m => ({ value: m, label: titles[m] || m })), "gradient_x_input");
+      LV.fillSelect($("audit-corpus"), [{ value: "", label: "the model's own" }, ...data.audit.corpora.map(c => ({ value: c }))],
+                    url["audit-corpus"] || "");
+      LV.fillSelect($("audit-method"), data.methods.map(m => ({ value: m, label: titles[m] || m })), url["audit-method"] || "gradient_x_input");
+      if (["train", "dev", "test"].includes(url["audit-split"])) $("audit-split").value = url["audit-split"];
+      if (url["audit-n"]) $("audit-n").value = url["audit-n"];
+      if (url["audit-min-count"]) $("audit-min-count").value = url["audit-min-count"];
       $("audit-n").max = data.audit.max_sample;
       $("audit-form").addEventListener("submit", ev => { ev.preventDefault(); start(); });
+      for (const id of ["audit-model", "audit-corpus", "audit-split", "audit-method", "audit-n", "audit-min-count"]) {
+        $(id).addEventListener("change", () => { ran = false; LV.writeUrl({ tab: "audit", ...urlState() }); });
+      }
+      if (url["audit-run"] === "1") start();  // the address held a finished audit: the server has it cached
+    }
+
+    let ran = false;
+    /** The audit's settings (and whether it ran) for the address. */
+    function urlState() {
+      return { "audit-model": $("audit-model").value, "audit-corpus": $("audit-corpus").value, "audit-split": $("audit-split").value,
+               "audit-method": $("audit-method").value, "audit-n": $("audit-n").value, "audit-min-count": $("audit-min-count").value,
+               "audit-run": ran ? 1 : "" };
     }
 
     async function start() {
@@ -352,6 +388,8 @@
       try {
         const result = await LVJobs.run("/api/audit", body, job => LVJobs.showProgress($("audit-progress"), job));
         LV.clearError();
+        ran = true;
+        LV.writeUrl({ tab: "audit", ...urlState() });
         show(result);
       } catch (e) {
         LV.showError(`audit: ${e.message}`);
@@ -361,11 +399,50 @@
       }
     }
 
-    function highlighted(text, span) {
+    /** An example sentence, its token marked, with a button that explains it on the text tab. */
+    function highlighted(text, span, model) {
       const li = el("li");
-      if (!span) { li.append(text); return li; }
-      li.append(text.slice(0, span[0]), el("mark", {}, text.slice(span[0], span[1])), text.slice(span[1]));
+      if (!span) li.append(text);
+      else li.append(text.slice(0, span[0]), el("mark", {}, text.slice(span[0], span[1])), text.slice(span[1]));
+      li.append(" ", el("button", { type: "button", class: "explain-example", title: "explain this sentence in the text tab",
+                                    onclick: () => explainExample(text, model) }, "Explain"));
       return li;
+    }
+
+    function explainExample(text, model) {
+      $("model").value = model;
+      fillTargets("");
+      $("text").value = text;
+      showTab("text");
+      run();
+    }
+
+    /** Sort a table by a column when its header is clicked (again: the other way); each row keeps
+     *  the examples row that follows it. */
+    function sortable(table) {
+      table.querySelectorAll("thead th").forEach((th, col) => {
+        th.tabIndex = 0;
+        th.classList.add("sortable");
+        th.setAttribute("aria-sort", "none");
+        const sort = () => {
+          const down = th.getAttribute("aria-sort") !== "descending";
+          table.querySelectorAll("thead th").forEach(h => h.setAttribute("aria-sort", "none"));
+          th.setAttribute("aria-sort", down ? "descending" : "ascending");
+          const body = table.tBodies[0];
+          const groups = [...body.children].filter(tr => !tr.classList.contains("examples-row"))
+            .map(tr => [tr, tr.nextElementSibling && tr.nextElementSibling.classList.contains("examples-row") ? tr.nextElementSibling : null]);
+          const key = tr => { const t = tr.children[col].textContent.trim(), v = parseFloat(t); return Number.isFinite(v) ? v : t; };
+          groups.sort(([a], [b]) => {
+            const x = key(a), y = key(b);
+            const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+            return down ? -c : c;
+          });
+          for (const [tr, ex] of groups) { body.append(tr); if (ex) body.append(ex); }
+        };
+        th.addEventListener("click", sort);
+        th.addEventListener("keydown", ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); sort(); } });
+      });
+      return table;
     }
 
     // the audit's answer: the flip-tested candidates, the token whose flip costs the most accuracy first
@@ -380,12 +457,12 @@
         el("p", { class: "muted small" }, "Flip test of the top tokens of each " +
            "class: removed from the texts of that class and prefixed to all others. Drop = accuracy with the token " +
            `removed minus accuracy flipped, against the ${r.flip_reference}.`),
-        el("table", { class: "table audit-flips" },
+        sortable(el("table", { class: "table audit-flips" },
           el("thead", {}, el("tr", {}, el("th", {}, "token"), el("th", {}, "relied on for"),
             el("th", { class: "num" }, "accuracy drop"), el("th", { class: "num" }, "as is"),
             el("th", { class: "num" }, "removed"), el("th", { class: "num" }, "flipped"),
             el("th", { class: "num", title: "rank by reliance for its class" }, "rank"))),
-          el("tbody", {}, ...rows)));
+          el("tbody", {}, ...rows))));
     }
 
     function show(r) {
@@ -414,10 +491,12 @@
         for (const st of ranked) {
           const examples = el("tr", { class: "examples-row", hidden: true }, el("td"),
             el("td", { colspan: 6 }, el("ol", { class: "audit-examples" },
-               ...st.examples.map(ex => highlighted(ex.text, ex.span)))));
+               ...st.examples.map(ex => highlighted(ex.text, ex.span, r.model)))));
           const name = st.in_vocab ? st.token : `${st.token} (${Object.keys(st.forms).slice(0, 3).join(", ")}…)`;
-          const row = el("tr", { class: "clickable", dataset: { token: st.token }, title: "click for example sentences",
-                                 onclick: () => { examples.hidden = !examples.hidden; } },
+          const toggle = () => { examples.hidden = !examples.hidden; row.setAttribute("aria-expanded", String(!examples.hidden)); };
+          const row = el("tr", { class: "clickable", dataset: { token: st.token }, title: "click (or Enter) for example sentences",
+                                 tabindex: "0", "aria-expanded": "false", onclick: toggle,
+                                 onkeydown: ev => { if (ev.target === row && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); toggle(); } } },
             el("td", { class: "num" }, st.rank), el("td", { class: "token" }, name),
             el("td", { class: "num" }, fmt(st.reliance)), el("td", { class: "num" }, fmt(st.mean)),
             el("td", { class: "num" }, st.count), el("td", { class: "num" }, st.n_texts),
@@ -428,7 +507,7 @@
         grid.append(el("div", { class: "panel" },
           el("h2", {}, `Tokens relied on for "${label}" `,
              el("span", { class: "muted small" }, `(${r.texts_per_class[label] || 0} texts explained for this class)`)),
-          ranked.length ? table : el("p", { class: "muted" }, "no token occurs often enough")));
+          ranked.length ? sortable(table) : el("p", { class: "muted" }, "no token occurs often enough")));
       }
       host.append(grid);
       const plot = el("div", { id: "audit-plot", class: "plot" });
@@ -437,7 +516,7 @@
       Plotly.react(plot, figure.data, { ...figure.layout, width: undefined, autosize: true }, LV.plotConfig);
     }
 
-    return { init };
+    return { init, urlState };
   })();
 
   setUp();

@@ -88,7 +88,7 @@
     $("input-note").textContent = s.index !== undefined ? `test digit ${s.index}, true label ${s.label}` :
       `uploaded ${s.width}×${s.height} PNG${s.inverted ? ", inverted (light background)" : ""}`;
     Plotly.react("probs-plot", [{
-      type: "bar", x: r.labels.map(LV.plotText), y: r.probs, marker: { color: r.labels.map((_, i) => i === r.target ? "#d6604d" : "#9fb7cc") },
+      type: "bar", x: r.labels.map(LV.plotText), y: r.probs, marker: { color: r.labels.map((_, i) => i === r.target ? "#2166ac" : "#9fb7cc") },
       hovertemplate: "class %{x}: %{y:.4f}<extra></extra>",
     }], { margin: { l: 40, r: 10, t: 10, b: 30 }, yaxis: { range: [0, 1], title: { text: "probability" } },
           xaxis: { type: "category" }, height: 220 }, LV.plotConfig);
@@ -99,7 +99,10 @@
       grid.append(el("figure", { class: "image-card", dataset: { method: o.method }, title: o.summary },
         el("img", { src: o.png, alt: `${o.title} map` }),
         el("figcaption", { class: "caption" }, el("b", {}, o.title),
-           el("small", {}, `${o.signed ? "signed" : "unsigned"} · [${fmt(o.min)}, ${fmt(o.max)}] · ${(o.seconds * 1000).toFixed(0)} ms`))));
+           el("small", {}, `${o.signed ? "signed" : "unsigned"} · [${fmt(o.min)}, ${fmt(o.max)}] · ${(o.seconds * 1000).toFixed(0)} ms`),
+           o.signed ? LV.legend({ lo: -o.scale, hi: o.scale, ticks: 3, colorOf: v => LV.diverging(v / o.scale),
+                                  caption: `red against, blue for ${r.labels[r.target]}` })
+                    : LV.legend({ lo: 0, hi: o.scale, ticks: 3, colorOf: v => LV.sequential(v / o.scale), caption: "purple: magnitude" }))));
     }
     const maps = LV.clear($("feature-maps"));
     for (const f of r.feature_maps) {
@@ -126,16 +129,18 @@
     const jobs = [
       ["tsne", showTsne], ["activation-max", showAm], ["sanity", showSanity],
     ];
-    for (const [kind, show] of jobs) {
-      const box = $(`${kind === "activation-max" ? "am" : kind}-progress`);
+    // all three are submitted at once, so each panel says "queued" while it waits for the worker
+    const boxes = jobs.map(([kind]) => $(`${kind === "activation-max" ? "am" : kind}-progress`));
+    for (const box of boxes) LVJobs.showProgress(box, { status: "queued", done: 0, total: 0, seconds: 0 });
+    await Promise.all(jobs.map(async ([kind, show], i) => {
       try {
-        show(await LVJobs.run(`/api/images/${kind}`, { model }, job => LVJobs.showProgress(box, job)));
+        show(await LVJobs.run(`/api/images/${kind}`, { model }, job => LVJobs.showProgress(boxes[i], job)));
       } catch (e) {
         LV.showError(`${kind}: ${e.message}`);
       } finally {
-        box.hidden = true;
+        boxes[i].hidden = true;
       }
-    }
+    }));
   }
 
   function showAm(r) {
@@ -155,19 +160,41 @@
                hovertemplate: "digit %{customdata[0]}<br>label %{customdata[1]}, predicted %{customdata[2]}<extra></extra>" };
     });
     const plot = $("tsne-plot");
-    Plotly.react(plot, traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 460, xaxis: { showticklabels: false },
-                                 yaxis: { showticklabels: false }, legend: { title: { text: "label" } } }, LV.plotConfig);
+    // t-SNE axes have no meaning: no ticks, and no zero lines crossing the plot
+    Plotly.react(plot, traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 460,
+                                 xaxis: { showticklabels: false, zeroline: false, showgrid: false },
+                                 yaxis: { showticklabels: false, zeroline: false, showgrid: false },
+                                 legend: { title: { text: "label" } } }, LV.plotConfig);
     if (!plot.dataset.bound) {
       plot.on("plotly_click", ev => { const p = ev.points && ev.points[0]; if (p) explainIndex(p.customdata[0]); });
       plot.dataset.bound = "1";
     }
   }
 
+  /** Both Spearman correlations per method and randomized layer: of |maps| (solid; what the check
+   *  reads: a method that depends on the learned weights falls towards 0) and signed (dashed). */
   function showSanity(r) {
-    const figure = LV.plotFigure(r.figure);
-    const layout = { ...figure.layout, height: 460, width: undefined, autosize: true,
-                     margin: { l: 50, r: 10, t: 50, b: 60 }, title: { text: "Spearman of |maps| vs the trained model", font: { size: 13 } } };
-    Plotly.react("sanity-plot", figure.data, layout, LV.plotConfig);
+    const palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"];
+    const methods = [...new Set(r.rows.map(x => x.method))];
+    const traces = [];
+    methods.forEach((m, k) => {
+      const rows = r.rows.filter(x => x.method === m), color = palette[k % palette.length];
+      const name = LV.plotText(m);
+      traces.push({ type: "scatter", mode: "lines+markers", name: `${name} · |maps|`, legendgroup: name, x: rows.map(x => LV.plotText(x.layer)),
+                    y: rows.map(x => x.spearman_abs), line: { color, width: 2 }, marker: { size: 9 - k, symbol: "circle" },
+                    hovertemplate: `${name}: |Spearman| %{y:.3f} up to %{x}<extra></extra>` });
+      traces.push({ type: "scatter", mode: "lines+markers", name: `${name} · signed`, legendgroup: name, x: rows.map(x => LV.plotText(x.layer)),
+                    y: rows.map(x => x.spearman), line: { color, width: 1.5, dash: "dash" }, marker: { size: 7, symbol: "x" },
+                    hovertemplate: `${name}: signed Spearman %{y:.3f} up to %{x}<extra></extra>` });
+    });
+    Plotly.react("sanity-plot", traces, {
+      height: 460, margin: { l: 50, r: 10, t: 50, b: 60 },
+      title: { text: "Spearman vs the trained model's maps: solid |maps| (the check's verdict uses this), dashed signed", font: { size: 13 } },
+      xaxis: { title: { text: "randomized layer (cumulative)" } }, yaxis: { title: { text: "Spearman rank correlation" }, range: [-1.05, 1.05] },
+    }, LV.plotConfig);
+    $("sanity-note").textContent = "A method passes when its maps change as the layers are randomized: |Spearman| falling towards 0. " +
+      "Where two methods' lines coincide, the markers of both stay visible; the signed correlation near 0 while |maps| stays high " +
+      "means the maps keep where they are large, but their signs no longer agree with the trained model's.";
   }
 
   setUp();

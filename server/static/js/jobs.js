@@ -43,5 +43,30 @@ const LVJobs = (() => {
       `${job.note || "starting"} ${job.total ? `${job.done}/${job.total}` : ""} · ${job.seconds.toFixed(1)} s`;
   }
 
+  /** The /jobs page: a table of every job the server keeps, refreshed while "refresh" is ticked. */
+  async function listPage() {
+    const body = document.querySelector("#jobs-table tbody");
+    try {
+      const r = await LV.api("/api/jobs");
+      LV.clearError();
+      LV.clear(body);
+      for (const j of r.jobs) {
+        const pct = j.total ? `${Math.floor(100 * j.done / j.total)}% (${j.done}/${j.total})` : "";
+        body.append(LV.el("tr", { dataset: { id: j.id, status: j.status } },
+          LV.el("td", {}, new Date(j.created * 1000).toLocaleTimeString()), LV.el("td", {}, j.kind),
+          LV.el("td", { class: `status-${j.status}` }, j.status), LV.el("td", { class: "num" }, pct),
+          LV.el("td", {}, j.error || j.note), LV.el("td", { class: "num" }, j.seconds.toFixed(1))));
+      }
+      document.getElementById("jobs-empty").hidden = r.jobs.length > 0;
+    } catch (e) { LV.showError(`jobs: ${e.message}`); }
+    if (document.getElementById("jobs-auto").checked) setTimeout(listPage, 2000);
+  }
+  document.addEventListener("DOMContentLoaded", () => {
+    if (document.getElementById("jobs-table")) {
+      document.getElementById("jobs-auto").addEventListener("change", ev => { if (ev.target.checked) listPage(); });
+      listPage();
+    }
+  });
+
   return { run, whenIndexed, showProgress };
 })();

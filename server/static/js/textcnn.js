@@ -7,7 +7,7 @@
   const url = LV.readUrl();
   const state = { model: url.model || "", store: url.store || "", layer: url.layer || "", k: parseInt(url.k || "9", 10) || 9,
                   filter: url.filter !== undefined && url.filter !== "" ? parseInt(url.filter, 10) : null };
-  const fail = e => { $("status").textContent = ""; LV.showError(e.message); };
+  const fail = e => { $("status").textContent = "failed (see the message above)"; LV.showError(e.message); };
   const status = data.status || {};
   const cnns = data.textcnn_models || [];  // every classifier whose Conv1d stack lstmvis.textcnn maps
   const stores = LV.readyStores(status);
@@ -38,7 +38,9 @@
     Plotly.react("filters-plot", [{
       type: "bar", x: order.map((_, i) => i), y: order.map(f => f.max), customdata: order.map(f => f.filter),
       text: order.map(f => LV.plotText(f.ngrams.length ? f.ngrams[0].original : "")),
-      marker: { color: order.map(f => f.filter === state.filter ? "#f28e2b" : "#1399e4") },
+      // the n-gram is in the hover, not printed inside the bars (where it shrinks to unreadable text)
+      textposition: "none",
+      marker: { color: order.map(f => f.filter === state.filter ? "#f28e2b" : isDead(f) ? "#c9ced8" : "#1399e4") },
       hovertemplate: "filter %{customdata}: top activation %{y:.2f}<br>%{text}<extra></extra>",
     }], { margin: { l: 50, r: 10, t: 30, b: 30 }, bargap: 0.1,
           title: { text: LV.plotText(`${filters.length} filters of ${state.layer}, by their top activation`), font: { size: 13 } },
@@ -51,20 +53,28 @@
     }
     const grid = LV.clear($("filter-grid"));
     const needle = $("filter-search").value.trim().toLowerCase();
+    const dead = filters.filter(isDead).length;
+    $("dead-note").textContent = dead ? `${dead} of ${filters.length} filters are dead here: their output never rises above 0 ` +
+      "on this corpus, so the ReLU passes nothing and their n-grams mean nothing (grey bars; marked below)." : "";
     for (const f of order) {
       if (needle && !f.ngrams.some(h => h.original.toLowerCase().includes(needle))) continue;
+      if (isDead(f) && $("hide-dead").checked) continue;
       const list = LV.el("ol");
       for (const h of f.ngrams) {
         list.append(LV.el("li", { title: `activation ${h.activation.toFixed(3)}; text ${h.text_index}, tokens ${h.start}–${h.stop - 1}` },
                           h.original, LV.el("span", { class: "muted" }, `  ${h.activation.toFixed(2)}`)));
       }
-      grid.append(LV.el("div", { class: "ngram-card" + (f.filter === state.filter ? " current" : ""), id: `filter-${f.filter}`,
-                                 dataset: { filter: String(f.filter) } },
+      grid.append(LV.el("div", { class: "ngram-card" + (f.filter === state.filter ? " current" : "") + (isDead(f) ? " dead" : ""),
+                                 id: `filter-${f.filter}`, dataset: { filter: String(f.filter), dead: isDead(f) ? "1" : "" } },
                         LV.el("b", {}, `filter ${f.filter}`), LV.el("span", { class: "muted" }, `  peak ${f.max === null ? "–" : f.max.toFixed(2)}`),
+                        isDead(f) ? LV.el("span", { class: "dead-mark", title: "its output never rises above 0 on this corpus" }, " dead") : null,
                         list));
     }
     if (!grid.children.length) grid.append(LV.el("p", { class: "muted" }, "no filter has that n-gram among its top ones"));
   }
+
+  /** A filter whose output never rises above 0 over the corpus: after the ReLU it passes nothing. */
+  function isDead(f) { return f.max === null || f.max <= 0; }
 
   function focusFilter(filter) {
     state.filter = filter;
@@ -89,6 +99,7 @@
     $("layer").addEventListener("change", () => { state.layer = $("layer").value; state.filter = null; saveUrl(); render(); });
     $("k").addEventListener("change", () => { state.k = Math.min(50, Math.max(1, parseInt($("k").value, 10) || 9)); load().catch(fail); });
     $("filter-search").addEventListener("input", () => render());
+    $("hide-dead").addEventListener("change", () => render());
     load().then(() => { if (state.filter !== null) focusFilter(state.filter); }).catch(fail);
   }
 
