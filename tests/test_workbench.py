@@ -117,8 +117,19 @@ def test_filters_match_plain_python(bench):
     assert bench.select(RowFilter(ids=(9, 2, 5), label="pos")).tolist() == [2, 9]
     with pytest.raises(ValueError, match="regex"):
         bench.select(RowFilter(regex="("))
+
     with pytest.raises(ValueError, match="unknown meta"):
         bench.select(RowFilter(meta={"nope": "1"}))
+
+
+def test_a_catastrophic_regex_stops_with_a_clear_error(monkeypatch):
+    """Nested repetition backtracks on a long run of x: the corpus' one time budget stops it."""
+    import textexplain.workbench as workbench
+
+    monkeypatch.setattr(workbench, "REGEX_SECONDS", 0.2)
+    wb = Workbench(bag_model(), ["x" * 3000] * 3, [0, 1, 0])
+    with pytest.raises(ValueError, match="ran longer than 0.2 s"):
+        wb.select(RowFilter(regex="(x+x+)+y"))
 
 
 def test_sort_and_paging_exact(bench):

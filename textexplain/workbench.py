@@ -14,12 +14,14 @@ correctness, loss or accuracy (those are None).
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import regex as regex_engine  # like re, with a time limit: user patterns cannot backtrack forever
 
 from . import metrics
 from .model import TextModel
@@ -28,6 +30,7 @@ SORT_COLUMNS = ("id", "text", "label", "predicted", "confidence", "loss", "lengt
 SLICE_KINDS = ("label", "predicted", "length", "token", "meta", "correct")
 REGEX_CACHE = 32  # compiled patterns whose matches are kept
 REGEX_SPECIAL = set(".^$*+?{}[]\\|()")  # a pattern without these is a literal
+REGEX_SECONDS = 5.0  # seconds one pattern may spend on the whole corpus (catastrophic backtracking)
 MAX_PAGE = 1000
 LENGTH_BINS = 4
 
@@ -119,17 +122,29 @@ class Workbench:
         if pattern in self._regex:
             self._regex.move_to_end(pattern)
             return self._regex[pattern]
+        flags = 0 if any(c.isupper() for c in pattern) else re.IGNORECASE
         try:
-            rx = re.compile(pattern, 0 if any(c.isupper() for c in pattern) else re.IGNORECASE)
-        except re.error as exc:
+            rx = regex_engine.compile(pattern, flags)
+        except (regex_engine.error, re.error) as exc:
             raise ValueError(f"regex {pattern!r} is not valid: {exc}") from None
         if "\n" not in pattern and not any(c in REGEX_SPECIAL for c in pattern):
-            hit = self._literal_matches(rx)
+            hit = self._literal_matches(re.compile(pattern, flags))
         else:
-            hit = np.fromiter((rx.search(t) is not None for t in self.texts), dtype=bool, count=len(self))
+            hit = self._searched(rx, time.monotonic() + REGEX_SECONDS)
         self._regex[pattern] = hit
         while len(self._regex) > REGEX_CACHE:
             self._regex.popitem(last=False)
+        return hit
+
+    def _searched(self, rx, deadline: float) -> np.ndarray:
+        """Rows where ``rx`` matches, searched row by row within one time budget for the corpus."""
+        hit = np.zeros(len(self), dtype=bool)
+        try:
+            for i, text in enumerate(self.texts):
+                hit[i] = rx.search(text, timeout=max(deadline - time.monotonic(), 1e-6)) is not None
+        except TimeoutError:
+            raise ValueError(f"regex {rx.pattern!r} ran longer than {REGEX_SECONDS:g} s over the corpus: simplify it "
+                             "(nested repetition such as (a+)+ can take exponential time)") from None
         return hit
 
     def _literal_matches(self, rx: re.Pattern) -> np.ndarray:
