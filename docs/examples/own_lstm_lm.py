@@ -50,10 +50,10 @@ while time.perf_counter() - start < 4:  # a few seconds of training on 64-charac
     opt.step()
 module.eval()
 
-# list is the tokenizer: one token per character. The card's name is what the store links to.
-lm = lstmvis.LanguageModel(module, vocab, list, name="my-char-lm", card={"name": "my-char-lm"})
+# list is the tokenizer: one token per character.
+lm = lstmvis.LanguageModel(module, vocab, list, name="my-char-lm")
 texts = [TEXT[i:i + 500] for i in range(0, 3000, 500)]
-store = lstmvis.extract(lm, texts, "my-char-lm.h5", progress=False)
+store = lstmvis.extract(lm, texts, "my-char-lm.h5", name="my-char-lm", progress=False)  # the card names the model
 
 if os.environ.get("LSTMVIS_EXAMPLE_CI"):  # the docs test: serve, ask, stop
     with lstmvis.serve(models={"my-char-lm": lm}, stores=[store], port=0, block=False) as server:
