@@ -53,14 +53,15 @@ result = lstmvis.match(store, NEURONS, cells[:8], threshold=threshold, min_lengt
 for hit in result.hits:
     print(f"  match {hit.start}-{hit.stop}: {' '.join(store.tokens(hit.start, hit.stop))!r}")
 
-# The same store and model in the browser: the explorer shows the neurons LSTMVis-style.
+# The store in the browser (the shipped model is served anyway; the store links to it by its card):
+# the explorer shows the neurons LSTMVis-style.
 if CI:  # the docs test: serve, ask, stop
-    with lstmvis.serve(models={"sentiment-transformer": model}, stores=[store], port=0, block=False) as server:
+    with lstmvis.serve(stores=[store], port=0, block=False) as server:
         listed = requests.get(server.url + "api/stores", timeout=30).json()
         assert "transformer-neurons" in str(listed), listed
         print(f"served {server.url}: the explorer lists transformer-neurons")
 else:
-    server = lstmvis.serve(models={"sentiment-transformer": model}, stores=[store], block=False)
+    server = lstmvis.serve(stores=[store], block=False)
     print(f"lstmvis: open {server.url}explorer?store=transformer-neurons&source={NEURONS}  (Ctrl+C to stop)")
     server.wait()
 store.close()
