@@ -54,6 +54,25 @@ def make_toy_store(path: Path, texts: bool = True):
                                   texts=TOY_TEXTS if texts else None)
 
 
+REVIEWS = ["A gorgeous, witty film.", "The plot is a bore and far too long.", "Not good at all.",
+           "An intimate, moving portrait of grief.", "Loud and boring from start to finish."]
+
+
+def make_review_store(folder: Path) -> Path:
+    """``folder/reviews.h5``: the five REVIEWS as sentiment-cnn tokenizes them (texts and spans kept, one
+    dummy source): the corpus the text-CNN views run the model over."""
+    import data
+    from lstmvis import StateStore
+
+    model = data.load_model("sentiment-cnn")
+    toks = [model.tokenize(t) for t in REVIEWS]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+    spans = np.concatenate([np.asarray(model.token_spans(t)) for t in REVIEWS])
+    StateStore.from_arrays(folder / "reviews.h5", {"x": np.zeros((offsets[-1], 1), np.float32)},
+                           tokens=[t for ts in toks for t in ts], offsets=offsets, texts=REVIEWS, spans=spans).close()
+    return folder / "reviews.h5"
+
+
 def toy_states_by_sequence(seqs: list[list[str]]) -> np.ndarray:
     return np.concatenate([toy_states(s) for s in seqs])
 

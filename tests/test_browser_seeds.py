@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
-from conftest_server import CHROMIUM, Watched, live_server
+from conftest_server import CHROMIUM, REVIEWS, Watched, live_server, make_review_store
 from test_browser_explain import TIMEOUT_MS
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
 
-TEXTS = ["A gorgeous, witty film.", "The plot is a bore and far too long.", "Not good at all.",
-         "An intimate, moving portrait of grief.", "Loud and boring from start to finish."]
+TEXTS = REVIEWS
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    import data
-    from lstmvis import StateStore
     from server.app import create_app
-    model = data.load_model("sentiment-cnn")
-    toks = [model.tokenize(t) for t in TEXTS]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
-    spans = np.concatenate([np.asarray(model.token_spans(t)) for t in TEXTS])
     d = tmp_path_factory.mktemp("seeds")
-    StateStore.from_arrays(d / "reviews.h5", {"x": np.zeros((offsets[-1], 1), np.float32)},
-                           tokens=[t for ts in toks for t in ts], offsets=offsets, texts=TEXTS, spans=spans).close()
+    make_review_store(d)
     with live_server(create_app(d, {"TESTING": True, "DEMO": False})) as url:
         yield url
 

@@ -5,22 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-TEXTS = ["A gorgeous, witty film.", "The plot is a bore and far too long.", "Not good at all.",
-         "An intimate, moving portrait of grief.", "Loud and boring from start to finish."]
+from conftest_server import REVIEWS, make_review_store
+
+TEXTS = REVIEWS
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from lstmvis import StateStore
     from server.app import create_app
-    import data
-    model = data.load_model("sentiment-cnn")
-    toks = [model.tokenize(t) for t in TEXTS]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
-    spans = np.concatenate([np.asarray(model.token_spans(t)) for t in TEXTS])
     d = tmp_path_factory.mktemp("cnn")
-    StateStore.from_arrays(d / "reviews.h5", {"x": np.zeros((offsets[-1], 1), np.float32)},
-                           tokens=[t for ts in toks for t in ts], offsets=offsets, texts=TEXTS, spans=spans).close()
+    make_review_store(d)
     return create_app(d, {"TESTING": True}).test_client()
 
 
