@@ -11,6 +11,7 @@
     const plot = $("embsal-plot");
     const Plotly = await LV.plotly();
     Plotly.purge(plot);
+    plot.hidden = false;  // empty (no 420 px blank) until the first heatmap
     try {
       const target = $("target").value;
       const res = await LV.api("/api/explain/embedding-saliency", {}, { body: {
