@@ -3,17 +3,20 @@ hand, HotFlip's minimal flips on a linear model (brute force), PCA against sciki
 projector's hook, filters and paging against plain Python, counterfactual edits and the global view."""
 import itertools
 import re
+import time
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
 from textexplain import TextModel, WordTokenizer, audit, metrics
 from textexplain import counterfactuals as cf
 from textexplain import projection
-from textexplain.workbench import RowFilter, Workbench
+from textexplain.workbench import REGEX_CONTEXTUAL, RowFilter, Workbench
 
 WORDS = ["<pad>", "<unk>", "good", "great", "fine", "bad", "awful", "dull", "movie", "plot", "a", "the"]
 
@@ -131,6 +134,26 @@ def test_a_catastrophic_regex_stops_with_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="ran longer than 0.2 s"):
         wb.select(RowFilter(regex="(x+x+)+y"))
 
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(alphabet="ab \n", max_size=6), min_size=1, max_size=6),
+       pattern=st.sampled_from(["a", "ab", "a b", r"\s+a", r"a\s+", r"b\s*a", r"\ba", r"a\b", r"\Bb", r"[ab]+",
+                                r"(?s)a.b", r"a[^b]b", r"b{2}", r"^a", r"a$", r"(?<=b)a", r"a(?=b)", r"x*", r"\b", r"\B"]))
+def test_the_joined_scan_finds_exactly_the_rows_a_row_by_row_search_finds(texts, pattern):
+    """Rows are scanned joined by newlines where that is exact; matches that run across rows (newlines,
+    whitespace) and anchored, lookaround or empty-matching patterns are searched row by row: the rows
+    found are those a plain search of each text finds."""
+    import regex
+
+    wb = Workbench.__new__(Workbench)
+    wb.texts, wb._joined = list(texts), None
+    rx = regex.compile(pattern, regex.IGNORECASE)
+    want = [rx.search(t) is not None for t in texts]
+    deadline = time.monotonic() + 60
+    via = wb._searched(rx, deadline) if any(c in pattern for c in REGEX_CONTEXTUAL) or rx.search("") else \
+        wb._joined_matches(rx, deadline)
+    assert via.tolist() == want
 
 def test_sort_and_paging_exact(bench):
     everything = bench.rows(range(len(TEXTS)))

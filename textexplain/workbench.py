@@ -29,7 +29,7 @@ from .model import TextModel
 SORT_COLUMNS = ("id", "text", "label", "predicted", "confidence", "loss", "length", "correct")
 SLICE_KINDS = ("label", "predicted", "length", "token", "meta", "correct")
 REGEX_CACHE = 32  # compiled patterns whose matches are kept
-REGEX_SPECIAL = set(".^$*+?{}[]\\|()")  # a pattern without these is a literal
+REGEX_CONTEXTUAL = ("^", "$", "\\A", "\\Z", "\\z", "\\G", "(?=", "(?!", "(?<", "(?r")  # anchors, lookarounds
 REGEX_SECONDS = 5.0  # seconds one pattern may spend on the whole corpus (catastrophic backtracking)
 MAX_PAGE = 1000
 LENGTH_BINS = 4
@@ -127,38 +127,48 @@ class Workbench:
             rx = regex_engine.compile(pattern, flags)
         except (regex_engine.error, re.error) as exc:
             raise ValueError(f"regex {pattern!r} is not valid: {exc}") from None
-        if "\n" not in pattern and not any(c in REGEX_SPECIAL for c in pattern):
-            hit = self._literal_matches(re.compile(pattern, flags))
-        else:
-            hit = self._searched(rx, time.monotonic() + REGEX_SECONDS)
+        deadline = time.monotonic() + REGEX_SECONDS
+        try:
+            if any(c in pattern for c in REGEX_CONTEXTUAL) or rx.search("") is not None:
+                hit = self._searched(rx, deadline)
+            else:
+                hit = self._joined_matches(rx, deadline)
+        except TimeoutError:
+            raise ValueError(f"regex {pattern!r} ran longer than {REGEX_SECONDS:g} s over the corpus: simplify it "
+                             "(nested repetition such as (a+)+ can take exponential time)") from None
         self._regex[pattern] = hit
         while len(self._regex) > REGEX_CACHE:
             self._regex.popitem(last=False)
         return hit
 
-    def _searched(self, rx, deadline: float) -> np.ndarray:
-        """Rows where ``rx`` matches, searched row by row within one time budget for the corpus."""
+    def _searched(self, rx, deadline: float, rows=None) -> np.ndarray:
+        """Rows where ``rx`` matches (of ``rows``, default all), searched one by one within the budget."""
+        rows = range(len(self)) if rows is None else rows
         hit = np.zeros(len(self), dtype=bool)
-        try:
-            for i, text in enumerate(self.texts):
-                hit[i] = rx.search(text, timeout=max(deadline - time.monotonic(), 1e-6)) is not None
-        except TimeoutError:
-            raise ValueError(f"regex {rx.pattern!r} ran longer than {REGEX_SECONDS:g} s over the corpus: simplify it "
-                             "(nested repetition such as (a+)+ can take exponential time)") from None
+        for i in rows:
+            hit[i] = rx.search(self.texts[i], timeout=max(deadline - time.monotonic(), 1e-6)) is not None
         return hit
 
-    def _literal_matches(self, rx: re.Pattern) -> np.ndarray:
-        """Rows containing a literal pattern: one scan of all texts joined by newlines (a literal
-        without a newline cannot match across two rows, and a row's first occurrence is never
-        consumed by a match that began in an earlier row), each match start mapped to its row."""
+    def _joined_matches(self, rx, deadline: float) -> np.ndarray:
+        """Rows where ``rx`` matches, from one scan of all texts joined by newlines. Exact for patterns
+        without anchors or lookarounds (``REGEX_CONTEXTUAL``) that cannot match the empty text: a match
+        inside one row is a match of that row alone (``\\b`` sees a newline as it sees a text's end),
+        a row's own match is found unless an earlier match ran into it, and the rows a match runs
+        across (newline included) are searched again one by one."""
         if self._joined is None:
             lengths = np.fromiter((len(t) + 1 for t in self.texts), dtype=np.int64, count=len(self))
             self._joined = ("\n".join(self.texts), np.cumsum(lengths) - lengths)
         joined, starts = self._joined
+        ends = starts + np.fromiter((len(t) for t in self.texts), dtype=np.int64, count=len(self))  # the newlines
+        spans = np.array([m.span() for m in rx.finditer(joined, timeout=max(deadline - time.monotonic(), 1e-6))],
+                         dtype=np.int64).reshape(-1, 2)
+        first = np.searchsorted(starts, spans[:, 0], side="right") - 1
+        inside = (spans[:, 0] < ends[first]) & (spans[:, 1] <= ends[first])
         hit = np.zeros(len(self), dtype=bool)
-        found = np.fromiter((m.start() for m in rx.finditer(joined)), dtype=np.int64)
-        hit[np.searchsorted(starts, found, side="right") - 1] = True
-        return hit
+        hit[first[inside]] = True
+        last = np.searchsorted(starts, spans[~inside, 1] - 1, side="right") - 1
+        again = sorted({r for a, b in zip(first[~inside], last) for r in range(a, b + 1)})
+        return hit | self._searched(rx, deadline, again) if again else hit
 
     def rows_with_token(self, token: str) -> np.ndarray:
         """Row ids whose token ids include ``token``'s id (an inverted index built on first use)."""
