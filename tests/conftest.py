@@ -73,3 +73,21 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture()
+def watched(browser):
+    """A fresh page of the shared Chromium that records console errors, failed requests and HTTP errors
+    (conftest_server.Watched), with the browser tests' default timeout; closed afterwards."""
+    from conftest_server import TIMEOUT_MS, Watched
+
+    w = Watched(browser)
+    w.page.set_default_timeout(TIMEOUT_MS)
+    yield w
+    w.close()
+
+
+@pytest.fixture()
+def page(watched):
+    """The watched page itself, for tests that need only the page."""
+    return watched.page

@@ -131,6 +131,9 @@ def alone_and_together(call, bodies: list, threads: int = 8) -> list[tuple]:
     return list(zip(together, alone * 2))
 
 
+TIMEOUT_MS = 90_000  # browser waits: the CI machine is shared, model calls can take many times longer than alone
+
+
 class Watched:
     """A browser page that records console errors, page errors, failed requests and HTTP errors."""
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest_server import CHROMIUM, Watched, live_server, shot
+from conftest_server import CHROMIUM, TIMEOUT_MS, Watched, live_server, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -17,7 +17,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
 TEXT = "the plot is predictable and the acting is wooden , but the soundtrack is great"
 XSS = ('fun <img src=x onerror="window.__xss=1;alert(1)"> and <script>window.__xss=2;alert(2)</script> '
        '<svg onload="window.__xss=3">')
-TIMEOUT_MS = 90_000  # the CI machine is shared: model calls can take many times longer than alone
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,6 @@ def base_url(tmp_path_factory):
         yield url
 
 
-@pytest.fixture()
-def watched(browser):
-    w = Watched(browser)
-    yield w
-    w.close()
-
 
 def token(page, pos: int):
     return page.locator(f'#tokens .tok[data-pos="{pos}"]')

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest_server import CHROMIUM, Watched, live_server, shot
-from test_browser_explain import TIMEOUT_MS
+from conftest_server import CHROMIUM, TIMEOUT_MS, live_server, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -22,13 +21,6 @@ def base_url():
     with live_server(create_app(None, {"TESTING": True, "DEMO": False})) as url:
         yield url
 
-
-@pytest.fixture()
-def watched(browser):
-    w = Watched(browser)
-    w.page.set_default_timeout(TIMEOUT_MS)
-    yield w
-    w.close()
 
 
 def n_methods() -> int:

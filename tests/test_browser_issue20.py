@@ -47,13 +47,6 @@ def base_url(tmp_path_factory):
         yield url
 
 
-@pytest.fixture()
-def watched(browser):
-    w = Watched(browser)
-    w.page.set_default_timeout(60_000)
-    yield w
-    w.close()
-
 
 def token(page, pos: int):
     return page.locator(f'#tokens .tok[data-pos="{pos}"]')

@@ -9,8 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest_server import CHROMIUM, Watched, live_server
-from test_browser_explain import TIMEOUT_MS
+from conftest_server import CHROMIUM, live_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -41,13 +40,6 @@ def base_url(tmp_path_factory):
     with live_server(create_app(d, {"TESTING": True, "DEMO": False})) as url:
         yield url
 
-
-@pytest.fixture()
-def watched(browser):
-    w = Watched(browser)
-    w.page.set_default_timeout(TIMEOUT_MS)
-    yield w
-    w.close()
 
 
 def markup_in(page, plot: str) -> dict:

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from conftest_server import CHROMIUM, REVIEWS, Watched, live_server, make_review_store
-from test_browser_explain import TIMEOUT_MS
+from conftest_server import CHROMIUM, REVIEWS, live_server, make_review_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
@@ -23,13 +22,6 @@ def base_url(tmp_path_factory):
     with live_server(create_app(d, {"TESTING": True, "DEMO": False})) as url:
         yield url
 
-
-@pytest.fixture()
-def page(browser):
-    w = Watched(browser)
-    w.page.set_default_timeout(TIMEOUT_MS)
-    yield w.page
-    w.close()
 
 
 def test_images_page_shows_reconstructions_and_data_randomization(page, base_url):

@@ -15,7 +15,6 @@ from test_workbench import GOLD, TEXTS, bag_model, sentiment_model
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")]
 
-TIMEOUT_MS = 90_000
 Q = "model=sent&corpus=file:toy.csv"
 
 
@@ -33,13 +32,6 @@ def base_url(tmp_path_factory):
     with live_server(app) as url:
         yield url
 
-
-@pytest.fixture()
-def page(browser):
-    w = Watched(browser)
-    w.page.set_default_timeout(TIMEOUT_MS)
-    yield w.page
-    w.close()
 
 
 def rows(page):
