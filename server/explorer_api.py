@@ -98,6 +98,7 @@ def _sequences(store, start: int, stop: int) -> list[dict]:
 
 
 def _meta(store, start: int, stop: int) -> dict:
+    """Every meta track's values over ``[start, stop)``: numbers, or strings for categorical tracks."""
     return {name: store.meta(name, start, stop) for name in store.meta_names}
 
 
@@ -274,7 +275,8 @@ def select_hints(store: str, params: SelectHintsQuery):
 def match(store: str, params: MatchQuery):
     """Ranked by cells shared (|C∩C'| desc), then fewest extra cells on (|C∪C'| asc), then length.
 
-    Each hit has its context tokens and, per context token, how many selected cells are on there.
+    Each hit has its context tokens and, per context token, how many selected cells are on there and
+    the value of every meta track (``meta``: track name -> values, as ``/tokens`` gives them).
     ``length_histogram[L]`` (LSTMVis's strict histogram, ``n_runs`` its total) counts the runs of length L
     with all selected cells on and off at the run's padding steps. A large store whose index is not
     built yet answers 202 with the job building it (poll ``/api/jobs/<id>``, then ask again).
@@ -289,6 +291,7 @@ def match(store: str, params: MatchQuery):
     out = result.to_dict()
     for hit in out["hits"]:
         hit["text"] = surface(s, hit["context_start"], hit["context_stop"])
+        hit["meta"] = _meta(s, hit["context_start"], hit["context_stop"])  # the match view's heatmap strips
     out.update(left=params.left, right=params.right, n_runs=int(result.length_histogram.sum()),
                overview=_overview(result.counts, len(result.cells)))
     return out

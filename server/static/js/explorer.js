@@ -1,11 +1,16 @@
 // Hidden-state explorer: LSTMVis select (brush a range -> cells) and match (find the cells' pattern elsewhere).
-// The whole view state lives in the URL (store, source, pos, w, threshold, brush, pad, match).
+// The whole view state lives in the URL (store, source, pos, w, zoom, threshold, brush, pad, match, meta tracks).
 "use strict";
 
 (function () {
   const $ = id => document.getElementById(id);
   const PLOT_MARGIN = { l: 48, r: 16, t: 8, b: 22 };
   const SEQ_COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+  const OTHER_COLOR = "#d0d5dd";  // a category beyond the ones the store's summary lists
+  // pixels per token: every level keeps a character (12 px mono) or the start of a word readable
+  const ZOOM_LEVELS = { char: [12, 16, 22, 30, 40], word: [28, 40, 56, 72, 96, 128] };
+  const DEFAULT_ZOOM = { char: 16, word: 56 };
+  const SELECT_DEBOUNCE_MS = 200;  // while a brush is dragged: one select request per pause, not per pixel
 
   const data = LV.pageData();
   const url = LV.readUrl();
@@ -19,6 +24,9 @@
     pad: LV.intList(url.pad).length === 2 ? LV.intList(url.pad) : [1, 0],
     match: url.match === "1",
     sign: ["positive", "negative", "both"].includes(url.sign) ? url.sign : "positive",
+    zoom: parseInt(url.zoom || "0", 10) || 0,                       // pixels per token (0: the store's default)
+    hideMeta: new Set((url.hide_meta || "").split(",").filter(Boolean)),  // meta tracks not shown
+    bg: url.bg || "",                                                // meta track mapped onto the token backgrounds
   };
   let info = null;        // the current store's /api/stores/<name>
   let windowData = null;  // {tokens, states, meta, sequences, start, stop}
@@ -26,6 +34,8 @@
   let hidden = new Set(); // cells toggled off in the chip list (view only)
   let foundPositions = new Set();
   let request = 0;        // guards against out-of-order responses
+  let selectRequest = 0;  // the same for select requests (a dragged brush sends several)
+  let lastMatch = null;   // {r, nCells}: the matches shown, redrawn when the meta tracks shown change
   let onlySelected = url.only === "1";  // draw only the selected cells' lines
   let highlighted = null;  // the selected cell whose line is drawn on top (hovered chip)
 
@@ -39,11 +49,60 @@
     pushNext = false;
     LV.writeUrl({ store: state.store, source: state.source, pos: state.pos, w: state.w,
                   threshold: state.threshold, brush: state.brush, pad: state.pad, match: state.match ? 1 : "",
-                  sign: state.sign === "positive" ? "" : state.sign, only: onlySelected ? 1 : "" }, { push });
+                  sign: state.sign === "positive" ? "" : state.sign, only: onlySelected ? 1 : "",
+                  zoom: state.zoom === defaultZoom() ? "" : state.zoom, hide_meta: [...state.hideMeta].sort(), bg: state.bg },
+                { push });
   }
 
   function defaultWidth() {
     return info && info.char_level ? 100 : 40;
+  }
+
+  // ------------------------------------------------------------------ zoom: pixels per token
+  function zoomLevels() { return info && info.char_level ? ZOOM_LEVELS.char : ZOOM_LEVELS.word; }
+  function defaultZoom() { return info && info.char_level ? DEFAULT_ZOOM.char : DEFAULT_ZOOM.word; }
+  /** The zoom level nearest to `px` (the URL may hold any number). */
+  function snapZoom(px) {
+    const levels = zoomLevels();
+    if (!px) return defaultZoom();
+    return levels.reduce((best, l) => Math.abs(l - px) < Math.abs(best - px) ? l : best, levels[0]);
+  }
+  /** Pixels per token as drawn: the zoom, or more when the window's tokens would not fill the view. */
+  function tokenPx() {
+    const T = windowData ? windowData.tokens.length : 1;
+    const room = $("track-scroll").clientWidth - PLOT_MARGIN.l - PLOT_MARGIN.r;
+    return Math.max(state.zoom, Math.floor(room / Math.max(1, T)));
+  }
+  /** One zoom step in (+1) or out (-1), keeping the token in the middle of the view where it was. */
+  function stepZoom(dir) {
+    const levels = zoomLevels(), i = levels.indexOf(state.zoom);
+    const next = levels[Math.max(0, Math.min(levels.length - 1, i + dir))];
+    if (next === state.zoom || !windowData) return;
+    const box = $("track-scroll"), before = tokenPx();
+    const middle = (box.scrollLeft + box.clientWidth / 2 - PLOT_MARGIN.l) / before;
+    state.zoom = next;
+    layoutTrack();
+    drawLinePlot();
+    box.scrollLeft = Math.max(0, PLOT_MARGIN.l + middle * tokenPx() - box.clientWidth / 2);
+    saveUrl();
+  }
+  /** Widths of the scrolled strip (plot, tokens, meta tracks) at the zoom: the same x for all of them. */
+  function layoutTrack() {
+    const T = windowData.tokens.length, px = tokenPx();
+    const width = PLOT_MARGIN.l + T * px + PLOT_MARGIN.r;
+    $("track-inner").style.width = `${width}px`;
+    $("lineplot").style.width = `${width}px`;
+    for (const row of document.querySelectorAll("#tokens, #meta-tracks .meta-track")) Object.assign(row.style, gridTemplate(T));
+    const levels = zoomLevels();
+    $("zoom-readout").textContent = `${px} px per token`;
+    $("zoom-in").disabled = state.zoom >= levels[levels.length - 1];
+    $("zoom-out").disabled = state.zoom <= levels[0];
+    renderBrushLayer();
+  }
+  /** Scroll the strip so that position `pos` is in view (after a jump). */
+  function scrollToPosition(pos) {
+    const box = $("track-scroll"), x = PLOT_MARGIN.l + (pos - windowData.start) * tokenPx();
+    if (x < box.scrollLeft + PLOT_MARGIN.l || x > box.scrollLeft + box.clientWidth - 40) box.scrollLeft = Math.max(0, x - box.clientWidth / 4);
   }
 
   // ------------------------------------------------------------------ loading
@@ -73,6 +132,10 @@
                                  state.source);
     if (!state.w) state.w = defaultWidth();
     $("width").value = state.w;
+    state.zoom = snapZoom(state.zoom);
+    info.meta_info = info.meta_info || {};
+    if (!(info.meta || []).includes(state.bg)) state.bg = "";
+    renderMetaChoices();
     return true;
   }
 
@@ -91,8 +154,10 @@
                    values: st.values, cellIds: st.cells };
     renderTokens();
     renderMeta();
+    layoutTrack();
     drawLinePlot();
     scaleSlider();
+    if (state.brush && state.brush[0] >= start && state.brush[0] < stop) scrollToPosition(state.brush[0]);
     saveUrl();
   }
 
@@ -145,14 +210,9 @@
       shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: -state.threshold, y1: -state.threshold,
                     line: { color: "#1399e4", width: 1, dash: "dot" }, editable: false });
     }
-    if (state.brush) {
-      // the brushed range as a filled band behind the lines (a trace: shapes would all be draggable)
-      const [a, b] = state.brush, x0 = a - w.start - 0.5, x1 = b - w.start - 0.5;
-      const ys = [...ys0(w)];
-      traces.unshift({ x: [x0, x1, x1, x0, x0], y: [ys[0], ys[0], ys[1], ys[1], ys[0]], type: "scatter", mode: "lines",
-                       fill: "toself", fillcolor: "rgba(242,142,43,0.12)", line: { width: 0 }, hoverinfo: "skip" });
-    }
+    // the brush and its padding are drawn over the plot by the brush layer (handles to drag)
     const layout = {
+      width: PLOT_MARGIN.l + T * tokenPx() + PLOT_MARGIN.r, height: 260,
       margin: PLOT_MARGIN, showlegend: false, hovermode: "closest", dragmode: false,
       xaxis: { range: [-0.5, T - 0.5], showticklabels: false, zeroline: false, fixedrange: true },
       yaxis: { zeroline: true, zerolinecolor: "#ccc", fixedrange: true, title: { text: LV.plotText(state.source), font: { size: 11 } } },
@@ -160,7 +220,7 @@
     };
     layout.yaxis.range = [...ys0(w)];
     // the dashed threshold line is the only shape, so it is the only thing that can be dragged
-    const config = { ...LV.plotConfig, edits: { shapePosition: true }, displayModeBar: false };
+    const config = { ...LV.plotConfig, responsive: false, edits: { shapePosition: true }, displayModeBar: false };
     Plotly.react("lineplot", traces, layout, config);
   }
 
@@ -204,14 +264,12 @@
 
   // ------------------------------------------------------------------ token row with brush
   function gridTemplate(n) {
-    return { gridTemplateColumns: `repeat(${n}, minmax(0, 1fr))`,
+    return { gridTemplateColumns: `repeat(${n}, ${tokenPx()}px)`,
              paddingLeft: `${PLOT_MARGIN.l}px`, paddingRight: `${PLOT_MARGIN.r}px` };
   }
 
   function renderTokens() {
     const w = windowData, row = LV.clear($("tokens"));
-    Object.assign(row.style, gridTemplate(w.tokens.length));
-    row.classList.toggle("tokens-vertical", !info.char_level);
     const seqStarts = new Set(w.sequences.map(s => s.start));
     w.tokens.forEach((tok, t) => {
       const pos = w.start + t, shown = w.text[t];
@@ -230,6 +288,8 @@
     const sel = cells.filter(c => !hidden.has(c));
     const [a, b] = state.brush || [-1, -1];
     const [pl, pr] = state.pad;
+    const track = state.bg && w.meta && w.meta[state.bg] ? state.bg : "";
+    const scale = track ? metaScale(track) : null;
     $("tokens").querySelectorAll(".tok").forEach((node, t) => {
       const pos = w.start + t;
       node.classList.toggle("brushed", pos >= a && pos < b);
@@ -237,13 +297,16 @@
       node.classList.toggle("found", foundPositions.has(pos));
       let on = 0;
       for (const id of sel) if (isOn(id, t)) on++;
-      const frac = sel.length ? on / sel.length : 0;
-      node.style.background = sel.length ? LV.sequential(frac) : "";
-      node.style.color = sel.length ? LV.textOn(LV.sequential(frac)) : "";
+      const colour = track ? scale.colorOf(w.meta[track][t]) : sel.length ? LV.sequential(on / sel.length) : "";
+      node.style.background = colour;
+      node.style.color = colour ? LV.textOn(colour) : "";
     });
     const legend = LV.clear($("token-legend"));
-    if (sel.length) legend.append(LV.legend({ lo: 0, hi: sel.length, ticks: Math.min(5, sel.length + 1), colorOf: v => LV.sequential(v / sel.length),
-                                              caption: "selected cells on at the token:" }));
+    if (track) legend.append(metaLegend(track, "token colour: meta track "));
+    else if (sel.length) legend.append(LV.legend({ lo: 0, hi: sel.length, ticks: Math.min(5, sel.length + 1), colorOf: v => LV.sequential(v / sel.length),
+                                                   caption: "selected cells on at the token:" }));
+    $("brush-label").textContent = state.brush ? `[${state.brush[0]}, ${state.brush[1]})` : "none";
+    renderBrushLayer();
   }
 
   /** Keyboard on the token row: arrows move along it, Shift+arrows grow the brush, Enter or space
@@ -296,32 +359,202 @@
     if (dragFrom === null) return;
     const p = tokenAt(ev);
     if (p === null) return;
-    state.brush = [Math.min(dragFrom, p), Math.max(dragFrom, p) + 1];
+    const next = [Math.min(dragFrom, p), Math.max(dragFrom, p) + 1];
+    if (state.brush && next[0] === state.brush[0] && next[1] === state.brush[1]) return;
+    state.brush = next;
     paintTokens();
+    scheduleSelect();  // the selection follows the drag, one request per pause
   }
   function onUp() {
     if (dragFrom === null) return;
     dragFrom = null;
-    runSelect().catch(e => LV.showError(e.message));
+    flushSelect();
+  }
+
+  // ------------------------------------------------------------------ the brush layer: handles over the line plot
+  /** Brush band, padding bands and their handles, placed at the brush's positions on the plot's x axis. */
+  function renderBrushLayer() {
+    const layer = $("brush-layer"), w = windowData;
+    if (!w || !state.brush) { layer.hidden = true; return; }
+    layer.hidden = false;
+    const px = tokenPx(), x = pos => PLOT_MARGIN.l + (pos - w.start) * px;
+    const [a, b] = state.brush, [pl, pr] = state.pad;
+    const place = (node, left, width) => { node.style.left = `${left}px`; if (width !== undefined) node.style.width = `${width}px`; };
+    place(layer.querySelector(".brush-band"), x(a), (b - a) * px);
+    place(layer.querySelector('.pad-band[data-side="left"]'), x(a - pl), pl * px);
+    place(layer.querySelector('.pad-band[data-side="right"]'), x(b), pr * px);
+    const [lo, hi] = brushBounds();
+    const values = { "start": [a, lo, b - 1], "stop": [b, a + 1, hi], "move": [a, lo, hi - (b - a)],
+                     "pad-left": [pl, 0, MAX_PAD], "pad-right": [pr, 0, MAX_PAD] };
+    const left = { "start": x(a), "stop": x(b), "move": x(a), "pad-left": x(a - pl), "pad-right": x(b + pr) };
+    for (const node of layer.querySelectorAll("[data-drag]")) {
+      const kind = node.dataset.drag, [now, min, max] = values[kind];
+      place(node, left[kind], kind === "move" ? (b - a) * px : undefined);
+      node.setAttribute("aria-valuenow", String(now));
+      node.setAttribute("aria-valuemin", String(min));
+      node.setAttribute("aria-valuemax", String(max));
+    }
+  }
+
+  const MAX_PAD = 100;  // as the API allows
+  /** Where a brush may go: its sequence, inside the shown window (a brush across sequences is refused). */
+  function brushBounds() {
+    const w = windowData, a = state.brush[0];
+    const seq = w.sequences.find(s => a >= s.start && a < s.stop) || { start: w.start, stop: w.stop };
+    return [Math.max(seq.start, w.start), Math.min(seq.stop, w.stop)];
+  }
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+  /** The brush and padding after moving handle `kind` by `d` tokens from `from`, kept inside `bounds`. */
+  function moved(kind, from, d, [lo, hi]) {
+    let [a, b] = from.brush, [pl, pr] = from.pad;
+    if (kind === "start") a = clamp(a + d, lo, b - 1);
+    else if (kind === "stop") b = clamp(b + d, a + 1, hi);
+    else if (kind === "move") { const shift = clamp(d, lo - a, hi - b); a += shift; b += shift; }
+    else if (kind === "pad-left") pl = clamp(pl - d, 0, MAX_PAD);
+    else if (kind === "pad-right") pr = clamp(pr + d, 0, MAX_PAD);
+    return { brush: [a, b], pad: [pl, pr] };
+  }
+  /** Show a new brush/padding at once; its selection follows, debounced. */
+  function applyBrush(next) {
+    const same = next.brush[0] === state.brush[0] && next.brush[1] === state.brush[1] &&
+                 next.pad[0] === state.pad[0] && next.pad[1] === state.pad[1];
+    if (same) return;
+    state.brush = next.brush;
+    state.pad = next.pad;
+    $("pad-left").value = state.pad[0];
+    $("pad-right").value = state.pad[1];
+    paintTokens();
+    saveUrl();
+    scheduleSelect();
+  }
+  let handleDrag = null;
+  function onHandleDown(ev) {
+    const node = ev.target.closest("[data-drag]");
+    if (!node || !state.brush) return;
+    ev.preventDefault();
+    node.setPointerCapture(ev.pointerId);
+    node.classList.add("dragging");
+    node.focus({ preventScroll: true });
+    handleDrag = { node, kind: node.dataset.drag, x0: ev.clientX, from: { brush: [...state.brush], pad: [...state.pad] },
+                   bounds: brushBounds() };
+  }
+  function onHandleMove(ev) {
+    if (!handleDrag) return;
+    applyBrush(moved(handleDrag.kind, handleDrag.from, Math.round((ev.clientX - handleDrag.x0) / tokenPx()), handleDrag.bounds));
+  }
+  function onHandleUp() {
+    if (!handleDrag) return;
+    handleDrag.node.classList.remove("dragging");
+    handleDrag = null;
+    flushSelect();
+  }
+  /** Arrows move the focused handle by one token (Shift: five); the selection follows, debounced. */
+  function onHandleKey(ev) {
+    const node = ev.target.closest("[data-drag]");
+    const d = { ArrowLeft: -1, ArrowRight: 1 }[ev.key];
+    if (!node || d === undefined || !state.brush) return;
+    ev.preventDefault();
+    applyBrush(moved(node.dataset.drag, { brush: state.brush, pad: state.pad }, ev.shiftKey ? 5 * d : d, brushBounds()));
+  }
+
+  // ------------------------------------------------------------------ select requests while dragging
+  let selectTimer = null;
+  let lastSelectKey = "";  // the settings of the last select request, so a drag that ends where it paused asks nothing
+  const selectKey = () => JSON.stringify([state.store, state.source, state.brush, state.pad, state.threshold, state.sign]);
+  function scheduleSelect() {
+    clearTimeout(selectTimer);
+    selectTimer = setTimeout(flushSelect, SELECT_DEBOUNCE_MS);
+  }
+  let selectInFlight = false, selectPending = false;  // one select request at a time; the latest brush goes next
+  function flushSelect() {
+    clearTimeout(selectTimer);
+    selectTimer = null;
+    if (selectInFlight) { selectPending = true; return; }
+    if (selectKey() === lastSelectKey) return;
+    selectInFlight = true;
+    runSelect().catch(fail).finally(() => {
+      selectInFlight = false;
+      if (selectPending) { selectPending = false; flushSelect(); }
+    });
   }
 
   // ------------------------------------------------------------------ meta tracks
-  function renderMeta() {
-    const box = LV.clear($("meta-tracks"));
-    const w = windowData;
-    for (const [name, values] of Object.entries(w.meta || {})) {
-      const nums = values.filter(v => typeof v === "number");
-      const numeric = nums.length === values.length;
-      const lo = numeric ? Math.min(...nums) : 0, hi = numeric ? Math.max(...nums) : 1;
-      const cats = numeric ? [] : [...new Set(values.map(String))];
-      const row = LV.el("div", { class: "meta-track", style: gridTemplate(values.length), dataset: { meta: name } });
-      values.forEach((v, t) => {
-        const bg = numeric ? LV.sequential(0.08 + 0.92 * (hi > lo ? (v - lo) / (hi - lo) : 0.5))
-                           : SEQ_COLORS[cats.indexOf(String(v)) % SEQ_COLORS.length];
-        row.append(LV.el("div", { class: "meta-cell", title: `${name} = ${v} @ ${w.start + t}`, style: { background: bg } }));
+  function shownMeta() { return (info.meta || []).filter(name => !state.hideMeta.has(name)); }
+
+  /** A meta track's colours, the same on every row: a categorical palette for categories (the store's
+   *  summary lists them), the sequential purples from the track's minimum to its maximum for numbers. */
+  function metaScale(name) {
+    const mi = info.meta_info[name] || {};
+    if (mi.categorical) {
+      const values = mi.values || [];
+      return { categorical: true, values, more: !!mi.more,
+               colorOf: v => { const i = values.indexOf(String(v)); return i < 0 ? OTHER_COLOR : SEQ_COLORS[i % SEQ_COLORS.length]; } };
+    }
+    const lo = mi.min ?? 0, hi = mi.max ?? 1;
+    return { categorical: false, lo, hi, colorOf: v => LV.sequential(hi > lo ? clamp((v - lo) / (hi - lo), 0, 1) : 0.5) };
+  }
+
+  /** A track's legend: each category with its colour, or the purples with numbers. */
+  function metaLegend(name, caption) {
+    const sc = metaScale(name);
+    if (!sc.categorical) {
+      const few = Number.isInteger(sc.lo) && Number.isInteger(sc.hi) && sc.hi - sc.lo <= 6;  // small integer ranges: every value
+      return LV.legend({ lo: sc.lo, hi: sc.hi, colorOf: sc.colorOf, ticks: few ? Math.max(2, sc.hi - sc.lo + 1) : 5,
+                         caption: `${caption}${name} (purples, light = low):` });
+    }
+    const item = (colour, label) => LV.el("span", { class: "cat-item" }, LV.el("span", { class: "swatch", style: { background: colour } }), label);
+    return LV.el("span", { class: "lv-legend cat-legend", dataset: { meta: name } },
+                 LV.el("span", { class: "legend-caption" }, `${caption}${name} (categories):`),
+                 ...sc.values.map((v, i) => item(SEQ_COLORS[i % SEQ_COLORS.length], LV.tokenLabel(v))),
+                 sc.more ? item(OTHER_COLOR, "other") : null);
+  }
+
+  /** The track's name as a button: colours the main token row by the track, pressed again back by the cells. */
+  function metaToggle(name) {
+    return LV.el("button", { type: "button", class: "meta-toggle", dataset: { meta: name }, "aria-pressed": String(state.bg === name),
+                             title: `colour the tokens by the meta track ${name} (again: by the selected cells)`,
+                             onclick: ev => { ev.stopPropagation(); toggleBackground(name); } }, name);
+  }
+
+  function toggleBackground(name) {
+    state.bg = state.bg === name ? "" : name;
+    for (const b of document.querySelectorAll(".meta-toggle")) b.setAttribute("aria-pressed", String(b.dataset.meta === state.bg));
+    saveUrl();
+    paintTokens();
+  }
+
+  /** The checkboxes that choose which meta tracks are shown (under the tokens and beside each match). */
+  function renderMetaChoices() {
+    const box = $("meta-choices");
+    box.querySelectorAll("label").forEach(n => n.remove());
+    box.hidden = !(info.meta || []).length;
+    for (const name of info.meta || []) {
+      const input = LV.el("input", { type: "checkbox", dataset: { meta: name } });
+      input.checked = !state.hideMeta.has(name);
+      input.addEventListener("change", () => {
+        if (input.checked) state.hideMeta.delete(name); else state.hideMeta.add(name);
+        if (!input.checked && state.bg === name) state.bg = "";
+        saveUrl();
+        if (windowData) { renderMeta(); layoutTrack(); paintTokens(); }
+        if (lastMatch) renderMatches(lastMatch.r, lastMatch.nCells);
       });
-      box.append(LV.el("div", { class: "meta-label", style: { paddingLeft: `${PLOT_MARGIN.l}px` } },
-                       `${name}` + (numeric ? ` (${lo} .. ${hi})` : "")), row);
+      box.append(LV.el("label", { class: "small" }, input, ` ${name}`));
+    }
+  }
+
+  /** The shown meta tracks as heatmap strips under the tokens, aligned with them, with their legends. */
+  function renderMeta() {
+    const box = LV.clear($("meta-tracks")), legends = LV.clear($("meta-legend"));
+    const w = windowData;
+    for (const name of shownMeta()) {
+      const values = (w.meta || {})[name];
+      if (!values) continue;
+      const sc = metaScale(name);
+      const row = LV.el("div", { class: "meta-track", dataset: { meta: name }, onclick: () => toggleBackground(name) });
+      values.forEach((v, t) => row.append(LV.el("div", { class: "meta-cell", title: `${name} = ${v} @ ${w.start + t}`,
+                                                         style: { background: sc.colorOf(v) } })));
+      box.append(LV.el("div", { class: "meta-label" }, metaToggle(name)), row);
+      legends.append(metaLegend(name, ""));
     }
   }
 
@@ -330,9 +563,18 @@
     LV.clearError();
     if (!state.brush) { cells = []; renderCells(); return; }
     const [start, stop] = state.brush;
-    const r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/select`, {
-      source: state.source, start, stop, threshold: state.threshold, pad_left: state.pad[0], pad_right: state.pad[1],
-      sign: state.sign });
+    const my = ++selectRequest;
+    lastSelectKey = selectKey();
+    let r;
+    try {
+      r = await LV.api(`/api/stores/${encodeURIComponent(state.store)}/select`, {
+        source: state.source, start, stop, threshold: state.threshold, pad_left: state.pad[0], pad_right: state.pad[1],
+        sign: state.sign });
+    } catch (e) {
+      lastSelectKey = "";  // the same settings may be asked again
+      throw e;
+    }
+    if (my !== selectRequest) return;  // a newer brush was asked for meanwhile
     cells = r.cells;
     hidden = new Set();
     renderCells();
@@ -395,7 +637,6 @@
                          cellLabel(c)));
     }
     $("cell-count").textContent = `(${cells.length})`;
-    $("brush-label").textContent = state.brush ? `[${state.brush[0]}, ${state.brush[1]})` : "none";
     $("match").disabled = !cells.length;
     if (windowData) { drawLinePlot(); paintTokens(); }
   }
@@ -434,16 +675,18 @@
   }
 
   function renderMatches(r, nCells) {
+    lastMatch = { r, nCells };
     $("match-summary").textContent = `the ${r.hits.length} best-ranked runs · ranked by how many of the ${nCells} selected ` +
       `cells are on over the whole run, then fewest other cells on, then length · ${r.n_verified} candidate runs were ` +
       `scored to find them · ${r.n_runs} runs in the corpus have all ${nCells} cells on (histogram)`;
     LV.clear($("match-legend")).append(LV.legend({ lo: 0, hi: nCells, ticks: Math.min(5, nCells + 1), colorOf: v => LV.sequential(v / nCells),
-                                                   caption: "selected cells on at the token:" }));
+                                                   caption: "selected cells on at the token:" }),
+                                       ...shownMeta().map(name => metaLegend(name, "strip under each match: ")));
     const table = LV.clear($("word-matrix"));
     table.append(LV.el("tr", {}, LV.el("td", { class: "meta" }, "#"), LV.el("td", { class: "meta" }, "position"),
                        LV.el("td", { class: "meta", title: "|C∩C'| selected cells on over the whole run / |C∪C'| with the other cells on over it" }, "∩ / ∪"),
                        LV.el("td", { class: "meta", colspan: r.left + 30 }, "context (the match is outlined)")));
-    const heat = [], heatText = [];
+    const MAX_SHOWN = 40;  // long runs are cut: the row shows their start, then "…"
     r.hits.forEach((h, i) => {
       const tr = LV.el("tr", { class: "match-row", dataset: { position: String(h.start) }, tabindex: "0",
                                title: "click (or Enter) to show this match above",
@@ -458,8 +701,6 @@
                 LV.el("td", { class: "meta" }, `${h.intersection} / ${h.union}`));
       const pad = r.left - (h.start - h.context_start);  // blank cells so every match starts in the same column
       for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
-      const hrow = new Array(pad).fill(null), trow = new Array(pad).fill("");
-      const MAX_SHOWN = 40;  // long runs are cut: the row shows their start, then "…"
       h.text.forEach((tok, k) => {
         const pos = h.context_start + k, frac = h.counts[k] / nCells;
         if (pos - h.start >= MAX_SHOWN) {
@@ -470,10 +711,24 @@
         tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${h.counts[k]} of ${nCells} cells on @ ${pos}`,
                                 style: { background: LV.sequential(frac), color: LV.textOn(LV.sequential(frac)) } },
                         LV.tokenLabel(tok)));
-        hrow.push(h.counts[k]); trow.push(tok);
       });
       table.append(tr);
-      heat.push(hrow); heatText.push(trow);
+      // LSTMVis's heatmaps: each shown meta track as a strip under the row, one cell per token
+      for (const name of shownMeta()) {
+        const values = (h.meta || {})[name];
+        if (!values) continue;
+        const sc = metaScale(name);
+        const strip = LV.el("tr", { class: "meta-row", dataset: { meta: name, position: String(h.start) }, onclick: () => toggleBackground(name) },
+                            LV.el("td", { class: "meta", colspan: 3 }, metaToggle(name)));
+        for (let k = 0; k < pad; k++) strip.append(LV.el("td", {}));
+        values.forEach((v, k) => {
+          const pos = h.context_start + k;
+          if (pos - h.start > MAX_SHOWN) return;
+          strip.append(pos - h.start === MAX_SHOWN ? LV.el("td", {})
+                       : LV.el("td", { class: "meta-cell", title: `${name} = ${v} @ ${pos}`, style: { background: sc.colorOf(v) } }));
+        });
+        table.append(strip);
+      }
     });
     const hist = (r.length_histogram || []).slice(1);
     Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i + 1), y: hist, marker: { color: "#1399e4" },
@@ -582,6 +837,24 @@
     $("lineplot").on("plotly_relayouting", onRelayouting);
     $("threshold-slider").addEventListener("input", () => { $("threshold-readout").textContent = `threshold ${$("threshold-slider").value}`; });
     $("threshold-slider").addEventListener("change", () => setThreshold(parseFloat($("threshold-slider").value)));
+    const layer = $("brush-layer");
+    layer.addEventListener("pointerdown", onHandleDown);
+    layer.addEventListener("pointermove", onHandleMove);
+    layer.addEventListener("pointerup", onHandleUp);
+    layer.addEventListener("pointercancel", onHandleUp);
+    layer.addEventListener("keydown", onHandleKey);
+    $("zoom-in").addEventListener("click", () => stepZoom(1));
+    $("zoom-out").addEventListener("click", () => stepZoom(-1));
+    document.addEventListener("keydown", ev => {  // + and - zoom, except while typing in a field
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.target.closest("input, select, textarea")) return;
+      const dir = { "+": 1, "=": 1, "-": -1 }[ev.key];
+      if (dir !== undefined) { ev.preventDefault(); stepZoom(dir); }
+    });
+    let resizeTimer = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => { if (windowData) { layoutTrack(); drawLinePlot(); } }, 150);
+    });
     $("only-selected").checked = onlySelected;
     $("only-selected").addEventListener("change", () => { onlySelected = $("only-selected").checked; saveUrl(); drawLinePlot(); });
     // Back and Forward: the address holds the whole view, so show the view it holds
