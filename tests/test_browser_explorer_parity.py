@@ -113,17 +113,19 @@ def test_meta_tracks_beside_each_match_row_choosable_and_mapped_onto_the_tokens(
     expect(depth_legend.locator(".legend-ticks span").first).to_have_text("0")
     expect(depth_legend.locator(".legend-ticks span").last).to_have_text("7")  # the longest sentence: 8 tokens
 
-    # a click on a track colours the main token row by it (again: back to the selected cells)
+    # a click on a track colours the words by it, in the main token row and the match rows (again: back to the cells)
     before = colour(token(page, a + 1))
     strip.locator("button.meta-toggle").click()
     url_has(page, "bg=pos")
     expect(page.locator("#token-legend")).to_contain_text("meta track pos")
     assert colour(token(page, a + 1)) == verb and colour(token(page, a)) in nouns
+    assert colour(row.locator("td.in-match").nth(1)) == verb
     # keyboard: the track buttons under the tokens are buttons too
     page.locator('#meta-tracks button.meta-toggle[data-meta="pos"]').focus()
     page.keyboard.press("Enter")
     assert "bg=" not in page.url
     assert colour(token(page, a + 1)) == before
+    assert colour(row.locator("td.in-match").nth(1)) != verb
 
     # the checkboxes choose the tracks shown, under the tokens and beside the matches, kept in the URL
     page.uncheck('#meta-choices input[data-meta="depth"]')

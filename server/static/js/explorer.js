@@ -521,6 +521,29 @@
     for (const b of document.querySelectorAll(".meta-toggle")) b.setAttribute("aria-pressed", String(b.dataset.meta === state.bg));
     saveUrl();
     paintTokens();
+    paintMatches();
+  }
+
+  /** The match rows' token backgrounds: how many selected cells are on, or the mapped meta track; and their legends. */
+  function paintMatches() {
+    if (!lastMatch) return;
+    const { r, nCells } = lastMatch;
+    const track = state.bg, scale = track ? metaScale(track) : null;
+    for (const tr of document.querySelectorAll("#word-matrix tr.match-row")) {
+      const h = r.hits[parseInt(tr.dataset.hit, 10)], values = track && h.meta ? h.meta[track] : null;
+      for (const td of tr.querySelectorAll("td[data-k]")) {
+        const k = parseInt(td.dataset.k, 10);
+        const colour = values ? scale.colorOf(values[k]) : LV.sequential(h.counts[k] / nCells);
+        td.style.background = colour;
+        td.style.color = LV.textOn(colour);
+      }
+    }
+    const shown = shownMeta().filter(name => name !== track);
+    LV.clear($("match-legend")).append(
+      track ? metaLegend(track, "token colour: meta track ")
+            : LV.legend({ lo: 0, hi: nCells, ticks: Math.min(5, nCells + 1), colorOf: v => LV.sequential(v / nCells),
+                          caption: "selected cells on at the token:" }),
+      ...shown.map(name => metaLegend(name, "strip under each match: ")));
   }
 
   /** The checkboxes that choose which meta tracks are shown (under the tokens and beside each match). */
@@ -679,16 +702,13 @@
     $("match-summary").textContent = `the ${r.hits.length} best-ranked runs · ranked by how many of the ${nCells} selected ` +
       `cells are on over the whole run, then fewest other cells on, then length · ${r.n_verified} candidate runs were ` +
       `scored to find them · ${r.n_runs} runs in the corpus have all ${nCells} cells on (histogram)`;
-    LV.clear($("match-legend")).append(LV.legend({ lo: 0, hi: nCells, ticks: Math.min(5, nCells + 1), colorOf: v => LV.sequential(v / nCells),
-                                                   caption: "selected cells on at the token:" }),
-                                       ...shownMeta().map(name => metaLegend(name, "strip under each match: ")));
     const table = LV.clear($("word-matrix"));
     table.append(LV.el("tr", {}, LV.el("td", { class: "meta" }, "#"), LV.el("td", { class: "meta" }, "position"),
                        LV.el("td", { class: "meta", title: "|C∩C'| selected cells on over the whole run / |C∪C'| with the other cells on over it" }, "∩ / ∪"),
                        LV.el("td", { class: "meta", colspan: r.left + 30 }, "context (the match is outlined)")));
     const MAX_SHOWN = 40;  // long runs are cut: the row shows their start, then "…"
     r.hits.forEach((h, i) => {
-      const tr = LV.el("tr", { class: "match-row", dataset: { position: String(h.start) }, tabindex: "0",
+      const tr = LV.el("tr", { class: "match-row", dataset: { position: String(h.start), hit: String(i) }, tabindex: "0",
                                title: "click (or Enter) to show this match above",
                                onclick: ev => { if (!ev.target.closest("a")) jumpTo(h.start, [h.start, h.stop]); },
                                onkeydown: ev => { if (ev.target === tr && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); jumpTo(h.start, [h.start, h.stop]); } } });
@@ -702,15 +722,14 @@
       const pad = r.left - (h.start - h.context_start);  // blank cells so every match starts in the same column
       for (let k = 0; k < pad; k++) tr.append(LV.el("td", {}));
       h.text.forEach((tok, k) => {
-        const pos = h.context_start + k, frac = h.counts[k] / nCells;
+        const pos = h.context_start + k;
         if (pos - h.start >= MAX_SHOWN) {
           if (pos - h.start === MAX_SHOWN) tr.append(LV.el("td", { class: "meta", title: `${h.context_stop - pos} more tokens` }, "…"));
           return;
         }
         const inMatch = pos >= h.start && pos < h.stop;
         tr.append(LV.el("td", { class: inMatch ? "in-match" : "", title: `${h.counts[k]} of ${nCells} cells on @ ${pos}`,
-                                style: { background: LV.sequential(frac), color: LV.textOn(LV.sequential(frac)) } },
-                        LV.tokenLabel(tok)));
+                                dataset: { k: String(k) } }, LV.tokenLabel(tok)));
       });
       table.append(tr);
       // LSTMVis's heatmaps: each shown meta track as a strip under the row, one cell per token
@@ -730,6 +749,7 @@
         table.append(strip);
       }
     });
+    paintMatches();
     const hist = (r.length_histogram || []).slice(1);
     Plotly.react("length-hist", [{ type: "bar", x: hist.map((_, i) => i + 1), y: hist, marker: { color: "#1399e4" },
                                    hovertemplate: "length %{x}: %{y} runs<extra></extra>" }],
