@@ -375,10 +375,11 @@
   /** Brush band, padding bands and their handles, placed at the brush's positions on the plot's x axis. */
   function renderBrushLayer() {
     const layer = $("brush-layer"), w = windowData;
-    if (!w || !state.brush) { layer.hidden = true; return; }
+    const [a, b] = state.brush || [0, 0];
+    if (!w || !state.brush || a < w.start || b > w.stop) { layer.hidden = true; return; }  // handles only for a brush in view
     layer.hidden = false;
     const px = tokenPx(), x = pos => PLOT_MARGIN.l + (pos - w.start) * px;
-    const [a, b] = state.brush, [pl, pr] = state.pad;
+    const [pl, pr] = state.pad;
     const place = (node, left, width) => { node.style.left = `${left}px`; if (width !== undefined) node.style.width = `${width}px`; };
     place(layer.querySelector(".brush-band"), x(a), (b - a) * px);
     place(layer.querySelector('.pad-band[data-side="left"]'), x(a - pl), pl * px);
