@@ -25,7 +25,7 @@ SEQS = [t.split() for t in TEXTS]
 TOKENS = [t for s in SEQS for t in s]
 CAT_SAT = [i for i in range(len(TOKENS) - 1) if TOKENS[i] == "cat" and TOKENS[i + 1] == "sat"]
 POS = {"cat": "NOUN", "dogs": "NOUN", "mat": "NOUN", "film": "NOUN", "sat": "VERB", "ran": "VERB",
-       "the": "DET", "a": "DET", "an": "DET"}
+       "the": "DET", "a": "DET", "an": "DET", "here": "<img src=x onerror=alert(1)>"}  # a category is text, never markup
 CODE = ["def f(x):", "    return 'a string'", "print(f(1))"] * 4
 
 
@@ -109,8 +109,9 @@ def test_meta_tracks_beside_each_match_row_choosable_and_mapped_onto_the_tokens(
     verb = colour(strip.locator(f'td[title="pos = VERB @ {a + 1}"]'))
     assert len(nouns) == 1 and verb not in nouns
     legend = page.locator('#match-legend .cat-legend[data-meta="pos"]')
-    for cat_name in ("DET", "NOUN", "VERB", "X"):
+    for cat_name in ("DET", "NOUN", "VERB", "X", "<img src=x onerror=alert(1)>"):
         expect(legend).to_contain_text(cat_name)
+    assert page.locator("#select-view img, #match-view img").count() == 0
     depth_legend = page.locator("#meta-legend .lv-legend", has_text="depth")
     expect(depth_legend.locator(".legend-ticks span").first).to_have_text("0")
     expect(depth_legend.locator(".legend-ticks span").last).to_have_text("29")  # the long sentence: 30 tokens
