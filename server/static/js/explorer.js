@@ -510,7 +510,7 @@
                  sc.more ? item(OTHER_COLOR, "other") : null);
   }
 
-  /** The track's name as a button: colours the main token row by the track, pressed again back by the cells. */
+  /** The track's name as a button: colours the words (token row and match rows) by the track; pressed again, by the cells. */
   function metaToggle(name) {
     return LV.el("button", { type: "button", class: "meta-toggle", dataset: { meta: name }, "aria-pressed": String(state.bg === name),
                              title: `colour the tokens by the meta track ${name} (again: by the selected cells)`,
@@ -811,7 +811,8 @@
   function wire() {
     $("controls").addEventListener("submit", ev => ev.preventDefault());
     $("store").addEventListener("change", async () => {
-      state.source = ""; state.brush = null; state.pos = 0; state.w = 0; state.match = false; cells = [];
+      state.source = ""; state.brush = null; state.pos = 0; state.w = 0; state.zoom = 0; state.match = false; cells = [];
+      lastMatch = null;
       $("match-view").hidden = true;
       await chooseStore($("store").value);
       await loadWindow();
