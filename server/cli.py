@@ -25,16 +25,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.data is not None and not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: no such directory")
-    from .workbench_api import read_corpus_file
-    for path in args.corpus:
-        read_corpus_file(path)  # a bad file is refused now, with the line that is wrong
+    from .workbench_api import check_corpus_files
+    corpora = check_corpus_files(args.corpus)  # a bad file is refused now, with the line that is wrong
     resources = None
     if args.models is not None:
         serving.tune_process()  # before the user's file starts torch's threads
         models, stores = models_file.load_models_file(args.models)
         resources = python_api.make_resources(models, stores, args.data, demo=False, cache_dir=args.cache)
     server = serving.listen(args.data, host=args.host, port=args.port, cache_dir=args.cache,
-                            allow_hosts=args.allow_host, resources=resources, corpora=args.corpus)
+                            allow_hosts=args.allow_host, resources=resources, corpora=corpora)
     what = f"the stores and models in {args.data}" if args.data else "the bundled demo"
     if args.models is not None:
         what = f"the models of {args.models}" + (f" and the stores and models in {args.data}" if args.data else "")

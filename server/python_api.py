@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import html
+import logging
 import os
 import threading
 from pathlib import Path
@@ -25,6 +26,8 @@ from torch import nn
 from . import DEFAULT_PORT
 from .resources import MODEL_SUFFIXES, STORE_SUFFIXES, ModelEntry, Resources, StoreEntry, kind_of
 
+REQUEST_LOG = logging.getLogger("lstmvis.server")  # lstmvis.serve's request log: silent unless configured
+REQUEST_LOG.addHandler(logging.NullHandler())
 MAX_NAME = 200  # the requests' limit on a model name
 IMAGE_SIDE = 28  # the images page feeds MNIST-sized grey images (server.image_api)
 # Notebook front ends that may show the tool in an iframe (``ServerHandle._repr_html_``): Jupyter on this
@@ -227,25 +230,30 @@ def serve(models: Mapping[str, Any] | None = None, stores: Sequence[Any] | None 
           data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           block: bool = True, *, open_browser: bool | None = None, demo: bool = False,
           cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (),
-          embed_origins: Iterable[str] = EMBED_ORIGINS, pool_size: int = 2) -> ServerHandle | None:
+          embed_origins: Iterable[str] = EMBED_ORIGINS, pool_size: int = 2,
+          corpora: Sequence[str | os.PathLike] = ()) -> ServerHandle | None:
     """Serve the browser tool over ``models`` (``{name: TextModel | LanguageModel | image nn.Module}``),
     ``stores`` (paths or ``StateStore`` objects), the shipped models and ``data_dir`` (see
-    ``lstmvis.serve``). ``block=False`` returns a :class:`ServerHandle`; ``block=True`` serves until
+    ``lstmvis.serve``); ``corpora``: labelled CSV/JSONL files for the workbench (``lstmvis serve --corpus``),
+    read now so a bad one is refused here. ``block=False`` returns a :class:`ServerHandle`; ``block=True`` serves until
     Ctrl+C. ``port=0`` picks a free port. Unlike ``lstmvis serve``, this leaves the process's torch
-    and allocator settings alone (it runs inside the user's session)."""
+    and allocator settings alone and prints nothing (it runs inside the user's session): the request
+    log goes to the ``logging`` logger ``lstmvis.server`` (:data:`REQUEST_LOG`) only."""
     from .app import create_app
     from .serving import LOOPBACK_NAMES, is_loopback, make_server
+    from .workbench_api import CORPORA_KEY, check_corpus_files
 
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer 0..65535 (0 picks a free one), got {port!r}")
+    corpus_files = check_corpus_files(corpora, "corpora")
     res = make_resources(models, stores, data_dir, demo=demo, cache_dir=cache_dir, pool_size=pool_size,
                          progress=False)
-    config: dict[str, Any] = {"RESOURCES": res, "FRAME_ANCESTORS": list(embed_origins)}
+    config: dict[str, Any] = {"RESOURCES": res, "FRAME_ANCESTORS": list(embed_origins), CORPORA_KEY: corpus_files}
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]
     app = create_app(data_dir, config)
     try:
-        server = make_server(app, host, port)
+        server = make_server(app, host, port, request_log=REQUEST_LOG)
     except OSError as exc:
         raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another port "
                          "(port=0 picks a free one)") from None
