@@ -13,7 +13,7 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 
 from .context import caches, resources
-from .store_views import Window, index_job, known_source, rounded, surface, token_window
+from .store_views import Window, cluster_client, index_job, known_source, rounded, run_match, surface, token_window
 from .validation import ApiError, CsvInts, Params, api
 
 blueprint = Blueprint("explorer_api", __name__, url_prefix="/api")
@@ -281,11 +281,11 @@ def match(store: str, params: MatchQuery):
     """
     s = resources().store(store)
     source = known_source(s, params.source)
-    if (building := index_job(s, source)) is not None:
+    if (building := index_job(s, source, on_cluster=cluster_client(s) is not None)) is not None:
         return building
-    result = s.match(source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
-                     pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
-                     phrase_length=params.phrase_length, context=(params.left, params.right), progress=False)
+    result = run_match(s, source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
+                       pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
+                       phrase_length=params.phrase_length, context=(params.left, params.right))
     out = result.to_dict()
     for hit in out["hits"]:
         hit["text"] = surface(s, hit["context_start"], hit["context_stop"])

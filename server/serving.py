@@ -300,13 +300,14 @@ def tune_process() -> None:
 
 def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
            cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (), resources=None,
-           corpora: Iterable[str] = ()):
+           corpora: Iterable[str] = (), dask_client=None):
     """The app (:func:`server.app.create_app`) behind a server bound to ``host:port``, not yet serving.
 
     Tunes the process first (:func:`tune_process`). On loopback the app answers only requests
     addressed to a loopback name or to one of ``allow_hosts`` (against DNS rebinding: a web page
     must not reach this server under a name of its own). Raises ValueError when the address cannot
     be bound. ``resources``: a ready :class:`~server.resources.Resources` (``--models``).
+    ``dask_client``: the cluster that runs match and cell ranking over Zarr stores (``--scheduler``).
     """
     tune_process()
     from .app import create_app  # after tune_process: the app's imports (torch) start threads
@@ -315,6 +316,7 @@ def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1"
     if resources is not None:
         config["RESOURCES"] = resources
     config["WORKBENCH_CORPORA"] = [os.path.abspath(c) for c in corpora]  # the workbench's --corpus files
+    config["DASK_CLIENT"] = dask_client  # server.store_views.CLIENT_KEY
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]
     app = create_app(data_dir, config)

@@ -24,9 +24,12 @@ class Records(logging.Handler):
 @pytest.fixture
 def werkzeug_records():
     handler, logger = Records(), logging.getLogger("werkzeug")
+    level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # other tests quiet it (conftest_server.live_server)
     yield handler.messages
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture
