@@ -29,7 +29,7 @@ def serve(models: Mapping[str, Any] | None = None, stores: Sequence[Any] | None 
     image classifier ``nn.Module`` (images page: MNIST-sized grey images (B, 1, 28, 28) in, (B, classes)
     logits out). Each is copied when handed in and the copy is served in eval mode: your object is
     never changed, and later changes to it do not reach the server.
-    ``stores``: paths of state stores or ``StateStore`` objects (explorer and cells pages); a store whose
+    ``stores``: paths or URLs of state stores or ``StateStore`` objects (explorer and cells pages); a store whose
     card names a served model links to it (``extract(..., name=...)``).
     ``data_dir``: also serve the stores and checkpoints of this directory, looked at again while serving;
     an fsspec URL (``"s3://bucket/runs"``) serves the Zarr stores under it.

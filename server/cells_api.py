@@ -126,7 +126,8 @@ def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
     s = resources().store(store)
     source = known_source(s, params.source)
-    if (building := index_job(s, source, on_cluster=cluster_client(s) is not None)) is not None:
+    on_cluster = cluster_client(s) is not None and params.method in (None, "auroc")  # correlations run here
+    if (building := index_job(s, source, on_cluster=on_cluster)) is not None:
         return building
 
     def ranking():

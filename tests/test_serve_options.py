@@ -88,3 +88,39 @@ def test_the_command_lines_server_keeps_werkzeugs_request_log(werkzeug_records):
     with ServerHandle(make_server(app, "127.0.0.1", 0), app) as server:
         assert requests.get(server.url + "api/status", timeout=30).status_code == 200
     assert any("GET /api/status HTTP/1.1" in m and "200" in m for m in werkzeug_records)
+
+
+def test_a_local_data_folder_serves_zarr_stores_and_names_clashing_files_by_their_suffix(tmp_path):
+    import os
+    import shutil
+
+    from conftest_server import make_toy_store
+    from server.resources import Resources
+
+    make_toy_store(str(tmp_path / "a.zarr")).close()
+    make_toy_store(tmp_path / "a.h5").close()
+    (tmp_path / "runs").mkdir()
+    make_toy_store(str(tmp_path / "runs" / "b.zarr")).close()
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "half.zarr")
+    os.remove(tmp_path / "half.zarr" / "manifest.json")  # still being written
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.zarr"
+    shutil.copytree(tmp_path / "a.zarr", outside)
+    os.symlink(outside, tmp_path / "link.zarr")  # leads out of the data folder
+    res = Resources(tmp_path, demo=False, build="off")
+    status = {name: entry.status for name, entry in res.stores.items()}
+    assert status == {"a.h5": "ready", "a.zarr": "ready", "runs/b": "ready", "half": "error"}
+    assert "incomplete" in res.stores["half"].message
+    assert res.store("runs/b").match("rnn.l0.h", [0], progress=False).hits
+
+
+def test_a_cluster_that_stops_answering_is_a_503():
+    from server.store_views import cluster_errors
+    from server.validation import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        with cluster_errors(object()):
+            raise OSError("connection closed")
+    assert caught.value.status == 503 and "Dask cluster" in caught.value.message
+    with pytest.raises(ValueError, match="bad cells"):  # the library's refusal stays the client's 400
+        with cluster_errors(object()):
+            raise ValueError("bad cells")

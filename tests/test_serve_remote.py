@@ -148,6 +148,8 @@ def test_a_remote_data_location_is_rescanned_and_confined(remote):
         err = _get(server.url, "api/stores/runs/s/match", 400, source="h", cells="99")["error"]
         assert "99" in err["message"]
         assert _get(server.url, "api/stores/runs/s/match", 404, source="nope", cells="0")["error"]["status"] == 404
+    handed = python_api.store_entries([f"{url}/runs/s.zarr/"])  # a store's URL handed to lstmvis.serve(stores=)
+    assert handed["s"].path == f"{url}/runs/s.zarr" and handed["s"].open().n_tokens > 0
     with pytest.raises(ValueError, match=r"may not contain '\.\.'"):
         python_api.make_resources(data_dir=f"{url}/../elsewhere")
     with pytest.raises(ValueError, match="no such folder or prefix"):
