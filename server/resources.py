@@ -574,7 +574,11 @@ class Resources:
 
     def _scan_user_dir(self) -> None:
         """Register what is new or changed in ``--data`` and drop what is gone (see :meth:`refresh`)."""
-        found = self.data_dir.files()
+        try:
+            found = self.data_dir.files()
+        except OSError:  # the location cannot be listed now (object storage unreachable): keep what is known
+            self._scanned_at = time.monotonic()
+            return
         names = entry_names(found)
         models, stores = dict(self.models), dict(self.stores)
         for rel in set(self._scanned) - set(found):  # removed files

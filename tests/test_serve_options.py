@@ -124,3 +124,18 @@ def test_a_cluster_that_stops_answering_is_a_503():
     with pytest.raises(ValueError, match="bad cells"):  # the library's refusal stays the client's 400
         with cluster_errors(object()):
             raise ValueError("bad cells")
+
+
+def test_a_location_that_cannot_be_listed_for_a_while_keeps_what_is_known(tmp_path, monkeypatch):
+    from conftest_server import make_toy_store
+    from server import resources
+
+    make_toy_store(tmp_path / "a.h5").close()
+    res = resources.Resources(tmp_path, demo=False, build="off")
+    monkeypatch.setattr(resources, "RESCAN_SECONDS", 0.0)
+
+    def unreachable():
+        raise OSError("the object store did not answer")
+
+    monkeypatch.setattr(res.data_dir, "files", unreachable)
+    assert [s["name"] for s in res.summary()["stores"]] == ["a"]
