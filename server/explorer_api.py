@@ -110,11 +110,14 @@ def _context(store, position: int, length: int, left: int, right: int) -> dict:
 
 
 def _overview(counts: np.ndarray, n_selected: int, bins: int = 600) -> dict:
-    """A corpus minimap: per bin of positions, how many steps have every selected cell on."""
+    """A corpus minimap: per bin of positions, how many steps have every selected cell on. Counts that
+    bin themselves (a cluster's, kept on its workers: ``count_at_least``) are binned where they are."""
     n = len(counts)
     size = max(1, -(-n // bins))
+    if hasattr(counts, "count_at_least"):
+        return {"bin_size": size, "all_on": counts.count_at_least(n_selected, size) if n else []}
     full = np.zeros(-(-n // size) * size, dtype=np.int64)
-    full[:n] = counts >= n_selected
+    full[:n] = np.asarray(counts) >= n_selected
     return {"bin_size": size, "all_on": full.reshape(-1, size).sum(axis=1) if n else []}
 
 

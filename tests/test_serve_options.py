@@ -139,3 +139,29 @@ def test_a_location_that_cannot_be_listed_for_a_while_keeps_what_is_known(tmp_pa
 
     monkeypatch.setattr(res.data_dir, "files", unreachable)
     assert [s["name"] for s in res.summary()["stores"]] == ["a"]
+
+
+def test_the_match_minimap_bins_counts_that_bin_themselves_where_they_are():
+    """A cluster's match counts stay on its workers and bin there (``count_at_least``): the explorer's
+    minimap asks them instead of fetching every token's count."""
+    import numpy as np
+
+    from server.explorer_api import _overview
+
+    counts = np.random.default_rng(0).integers(0, 4, size=1301)
+
+    class Binning:
+        def __len__(self):
+            return len(counts)
+
+        def count_at_least(self, level, bin_size):
+            padded = np.zeros(-(-len(counts) // bin_size) * bin_size, np.int64)
+            padded[:len(counts)] = counts >= level
+            return padded.reshape(-1, bin_size).sum(axis=1)
+
+        def __array__(self, dtype=None, copy=None):
+            raise AssertionError("fetched every count")
+
+    want = _overview(counts, 3)
+    got = _overview(Binning(), 3)
+    assert got["bin_size"] == want["bin_size"] and np.array_equal(got["all_on"], want["all_on"])
