@@ -20,6 +20,8 @@ from flask import Flask, abort, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
+from lstmvis.backend import is_url
+
 from . import cells_api, core_api, explain_api, explorer_api, image_api, jobs, pages, seeds_api, textcnn_api, workbench_api
 from .caches import Caches
 from .concurrency import Gates
@@ -130,7 +132,8 @@ def create_app(data_dir: str | os.PathLike | None = None, config: dict | None = 
     app.config.update(DEBUG=False, PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False,
                       SEND_FILE_MAX_AGE_DEFAULT=3600)
     app.config.update(config or {})
-    app.config["DATA_DIR"] = str(Path(data_dir).resolve()) if data_dir is not None else None
+    app.config["DATA_DIR"] = None if data_dir is None else str(data_dir) if is_url(data_dir) else \
+        str(Path(data_dir).resolve())
 
     res = app.config["RESOURCES"]
     if res is None:

@@ -12,12 +12,13 @@ import numpy as np
 from flask import Blueprint
 from pydantic import Field, field_validator
 
-from lstmvis import explain_stored_cell, gate_saturation, hypotheses, rank_cells, top_contexts
+from lstmvis import explain_stored_cell, gate_saturation, hypotheses, top_contexts
 from lstmvis.cells import gate_sources
 from textexplain.integrated_gradients import RULES as IG_RULES
 
 from .context import caches, client_gone, resources
-from .store_views import Window, index_job, known_source, rounded, surface, token_window
+from .store_views import Window, cluster_client, index_job, known_source, rounded, run_ranking, surface, \
+    token_window
 from .validation import ApiError, CsvStrs, Params, api
 
 blueprint = Blueprint("cells_api", __name__, url_prefix="/api")
@@ -125,12 +126,13 @@ def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
     s = resources().store(store)
     source = known_source(s, params.source)
-    if (building := index_job(s, source)) is not None:
+    on_cluster = cluster_client(s) is not None and params.method in (None, "auroc")  # correlations run here
+    if (building := index_job(s, source, on_cluster=on_cluster)) is not None:
         return building
 
     def ranking():
         _, values = hypothesis_values(store, s, params.hypothesis)
-        return rank_cells(s, source, values, method=params.method, progress=False)
+        return run_ranking(s, source, values, params.method)
 
     key = (store, str(s.path), source, params.hypothesis, params.method)
     out = caches().rankings.get(key, ranking).to_dict(params.top)

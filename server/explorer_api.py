@@ -13,7 +13,7 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 
 from .context import caches, resources
-from .store_views import Window, index_job, known_source, rounded, surface, token_window
+from .store_views import Window, cluster_client, index_job, known_source, rounded, run_match, surface, token_window
 from .validation import ApiError, CsvInts, Params, api
 
 blueprint = Blueprint("explorer_api", __name__, url_prefix="/api")
@@ -111,11 +111,14 @@ def _context(store, position: int, length: int, left: int, right: int) -> dict:
 
 
 def _overview(counts: np.ndarray, n_selected: int, bins: int = 600) -> dict:
-    """A corpus minimap: per bin of positions, how many steps have every selected cell on."""
+    """A corpus minimap: per bin of positions, how many steps have every selected cell on. Counts that
+    bin themselves (a cluster's, kept on its workers: ``count_at_least``) are binned where they are."""
     n = len(counts)
     size = max(1, -(-n // bins))
+    if hasattr(counts, "count_at_least"):
+        return {"bin_size": size, "all_on": counts.count_at_least(n_selected, size) if n else []}
     full = np.zeros(-(-n // size) * size, dtype=np.int64)
-    full[:n] = counts >= n_selected
+    full[:n] = np.asarray(counts) >= n_selected
     return {"bin_size": size, "all_on": full.reshape(-1, size).sum(axis=1) if n else []}
 
 
@@ -283,11 +286,11 @@ def match(store: str, params: MatchQuery):
     """
     s = resources().store(store)
     source = known_source(s, params.source)
-    if (building := index_job(s, source)) is not None:
+    if (building := index_job(s, source, on_cluster=cluster_client(s) is not None)) is not None:
         return building
-    result = s.match(source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
-                     pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
-                     phrase_length=params.phrase_length, context=(params.left, params.right), progress=False)
+    result = run_match(s, source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
+                       pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,
+                       phrase_length=params.phrase_length, context=(params.left, params.right))
     out = result.to_dict()
     for hit in out["hits"]:
         hit["text"] = surface(s, hit["context_start"], hit["context_stop"])

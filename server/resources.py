@@ -5,8 +5,10 @@ Two sources of resources:
 * the bundled demo: the shipped models (``data.load_model``) and small demo stores built once
   from them with ``lstmvis.extract`` and cached outside the package directory
   (``$LSTMVIS_CACHE``, else ``$XDG_CACHE_HOME/lstmvis``, else ``~/.cache/lstmvis``);
-* ``--data DIR``: the user's state stores (``*.h5``) and checkpoints (``*.pt`` with an optional
-  ``*.json`` card), every path confined to DIR, rescanned while serving (:meth:`Resources.refresh`);
+* ``--data DIR``: the user's state stores (``*.h5``, ``*.zarr``) and checkpoints (``*.pt`` with an
+  optional ``*.json`` card), every path confined to DIR, rescanned while serving
+  (:meth:`Resources.refresh`); DIR may be an fsspec URL (``s3://bucket/runs``: Zarr stores only,
+  :class:`DataLocation`);
 * Python objects handed to ``lstmvis.serve(models=..., stores=...)`` (``server.python_api``).
 
 Models are handed out through :meth:`Resources.model`, a context manager that lends each request
@@ -37,7 +39,8 @@ from .validation import ApiError
 DEMO_FORMAT = 2
 RESCAN_SECONDS = 1.0  # --data is looked at again at most this often, on listing requests
 MODEL_SUFFIXES = (".pt",)
-STORE_SUFFIXES = (".h5", ".hdf5")
+STORE_SUFFIXES = (".h5", ".hdf5", ".zarr")
+MAX_DEPTH = 16  # folders below --data that a scan goes into
 
 
 def plain(message: str) -> str:
@@ -78,6 +81,133 @@ def confine(root: Path, candidate: str | os.PathLike) -> Path:
     if resolved != root and root not in resolved.parents:
         raise ApiError(403, f"path {str(candidate)!r} is outside the data directory")
     return resolved
+
+
+class DataLocation:
+    """Where ``--data`` lives: a local folder or an fsspec URL (``s3://bucket/runs``), and what it holds.
+
+    :meth:`files` lists the state stores (HDF5 files, Zarr folders) and, in a local folder, the
+    checkpoints, each with a cheap signature that changes when its content does (a ``stat``, or the
+    Zarr manifest's; on object storage one listing per folder and one ``HEAD`` per Zarr store). What
+    is listed lies inside the location: symlinks leading out of a local folder are skipped, and on
+    object storage only keys under the location's own prefix are (never another prefix or bucket;
+    a location with a ``..`` part is refused). Zarr folders and index folders are not descended into.
+    """
+
+    def __init__(self, where: str | os.PathLike):
+        from lstmvis.backend import is_url
+
+        self.url = str(where).rstrip("/") if is_url(where) else None
+        if self.url is None:
+            self.fs, self.root = None, Path(where).expanduser().resolve()
+            if not self.root.is_dir():
+                raise ValueError(f"--data {where}: no such directory")
+            return
+        if ".." in self.url.split("://", 1)[1].split("/"):
+            raise ValueError(f"--data {where}: a data location may not contain '..'")
+        import fsspec
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+            self.root = self.root.rstrip("/")
+            found = self.fs.isdir(self.root)
+        except (ImportError, ValueError, OSError) as exc:  # an unknown protocol, its package missing, no access
+            raise ValueError(f"--data {where}: cannot be read ({type(exc).__name__}: {plain(str(exc))})") from None
+        if not found:
+            raise ValueError(f"--data {where}: no such folder or prefix")
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    def __str__(self) -> str:
+        return self.url or str(self.root)
+
+    def files(self) -> dict[str, tuple[str | Path, tuple]]:
+        """``{path relative to the location: (address to open, signature)}`` of every store and checkpoint."""
+        return self._remote_files() if self.remote else self._local_files()
+
+    def _local_files(self) -> dict[str, tuple[str | Path, tuple]]:
+        found: dict[str, tuple[str | Path, tuple]] = {}
+        for folder, dirs, names in os.walk(self.root):
+            depth = len(Path(folder).relative_to(self.root).parts)
+            stores = [d for d in dirs if d.endswith(".zarr")]
+            dirs[:] = [] if depth >= MAX_DEPTH else sorted(d for d in dirs if not d.endswith((".zarr", ".index")))
+            for name in sorted(stores + names):
+                if Path(name).suffix not in MODEL_SUFFIXES + STORE_SUFFIXES:
+                    continue
+                try:
+                    path = confine(self.root, Path(folder) / name)
+                    signature = _local_signature(path)
+                except (ApiError, OSError):
+                    continue  # a symlink leading out of the data directory, or a file gone meanwhile
+                if signature is not None:
+                    found[path.relative_to(self.root).as_posix()] = (path, signature)
+        return found
+
+    def _remote_files(self) -> dict[str, tuple[str | Path, tuple]]:
+        self.fs.invalidate_cache()  # listings are cached by the filesystem: read them again
+        found: dict[str, tuple[str | Path, tuple]] = {}
+        todo = [(self.root, 0)]
+        while todo:
+            folder, depth = todo.pop()
+            for info in self.fs.ls(folder, detail=True):
+                key = str(info["name"]).rstrip("/")
+                rel = key[len(self.root) + 1:] if key.startswith(self.root + "/") else ""
+                if not rel or ".." in rel.split("/"):
+                    continue  # never a key outside the location's prefix
+                if info.get("type") == "directory":
+                    if rel.endswith(".zarr"):
+                        found[rel] = (f"{self.url}/{rel}", self._manifest_signature(key))
+                    elif depth < MAX_DEPTH and not rel.endswith(".index"):
+                        todo.append((key, depth + 1))
+                elif Path(rel).suffix in STORE_SUFFIXES:  # an HDF5 file: listed, to say it needs converting
+                    found[rel] = (f"{self.url}/{rel}", (info.get("size"), _version_of(info)))
+        return found
+
+    def _manifest_signature(self, key: str) -> tuple:
+        from lstmvis.zarr_backend import MANIFEST
+        try:
+            info = self.fs.info(f"{key}/{MANIFEST}")
+        except FileNotFoundError:
+            return ("no manifest",)  # still being written (or crashed): read again once it is complete
+        return (info.get("size"), _version_of(info))
+
+
+def _version_of(info: dict) -> str:
+    """What changes when an object is written again: its ETag, else its modification time."""
+    return str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("created") or "")
+
+
+def _local_signature(path: Path) -> tuple | None:
+    """``(mtime, size)`` of a file (with its ``.json`` card's for a checkpoint), of a Zarr folder's
+    manifest; None for what is not a store or checkpoint."""
+    if path.suffix == ".zarr":
+        if not path.is_dir():
+            return None
+        from lstmvis.zarr_backend import MANIFEST
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            return ("no manifest",)
+        st = manifest.stat()
+        return (st.st_mtime_ns, st.st_size)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    signature: tuple = (st.st_mtime_ns, st.st_size)
+    card = path.with_suffix(".json")
+    if path.suffix in MODEL_SUFFIXES and card.is_file():
+        cst = card.stat()
+        signature += (cst.st_mtime_ns, cst.st_size)
+    return signature
+
+
+def entry_names(paths) -> dict[str, str]:
+    """``{relative path: name}``: the path without its suffix (``runs/a.h5`` is ``runs/a``); where two
+    files would get one name (``a.h5`` and ``a.zarr``), each keeps its suffix."""
+    stems: dict[str, list[str]] = {}
+    for rel in paths:
+        stems.setdefault(Path(rel).with_suffix("").as_posix(), []).append(rel)
+    return {rel: (stem if len(rels) == 1 else rel) for stem, rels in stems.items() for rel in rels}
 
 
 # --------------------------------------------------------------------------------------- models
@@ -206,7 +336,7 @@ class StoreEntry:
     """One state store: opened lazily; a demo store may still be building."""
 
     name: str
-    path: Path
+    path: Path | str  # a local path or an fsspec URL (a Zarr store on object storage)
     title: str = ""
     description: str = ""
     model: str | None = None
@@ -347,16 +477,14 @@ class Resources:
     under their names whatever ``--data`` holds.
     """
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+    def __init__(self, data_dir: str | os.PathLike | DataLocation | None = None, *, cache_dir: str | os.PathLike | None = None,
                  demo: bool | None = None, build: str = "background", pool_size: int = 2,
                  progress: bool = True, demo_names: list[str] | None = None,
                  demo_stores: Sequence[DemoStore] = DEMO_STORES, models: Mapping[str, ModelEntry] | None = None,
                  stores: Mapping[str, StoreEntry] | None = None):
         if build not in ("background", "sync", "off"):
             raise ValueError(f"build must be 'background', 'sync' or 'off', got {build!r}")
-        self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
-        if self.data_dir is not None and not self.data_dir.is_dir():
-            raise ValueError(f"--data {data_dir}: not a directory")
+        self.data_dir = data_dir if isinstance(data_dir, DataLocation) or data_dir is None else DataLocation(data_dir)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.demo = (self.data_dir is None) if demo is None else demo
         self.pool_size = pool_size
@@ -369,7 +497,7 @@ class Resources:
         self.models: dict[str, ModelEntry] = {}
         self.stores: dict[str, StoreEntry] = {}
         self._own_models, self._own_stores = dict(models or {}), dict(stores or {})
-        self._scanned: dict[Path, tuple] = {}  # --data file -> (stat signature, name, entry)
+        self._scanned: dict[str, tuple] = {}  # --data file (relative path) -> (signature, name, entry)
         self._scanned_at = -float("inf")
         self._scan_lock = threading.Lock()
         self._stopping = threading.Event()  # set at the interpreter's exit: the demo build stops between stores
@@ -444,46 +572,33 @@ class Resources:
         finally:
             self._scan_lock.release()
 
-    def _user_files(self) -> dict[Path, tuple]:
-        """Every store and checkpoint file in ``--data`` (confined to it) with its stat signature."""
-        root = self.data_dir
-        found: dict[Path, tuple] = {}
-        for path in sorted(root.rglob("*")):
-            if path.suffix not in MODEL_SUFFIXES + STORE_SUFFIXES:
-                continue
-            try:
-                path = confine(root, path)
-                st = path.stat()
-            except (ApiError, OSError):
-                continue  # a symlink leading out of the data directory, or a file gone meanwhile
-            if not path.is_file():
-                continue
-            signature: tuple = (st.st_mtime_ns, st.st_size)
-            card = path.with_suffix(".json")
-            if path.suffix in MODEL_SUFFIXES and card.is_file():
-                cst = card.stat()
-                signature += (cst.st_mtime_ns, cst.st_size)
-            found[path] = signature
-        return found
-
     def _scan_user_dir(self) -> None:
         """Register what is new or changed in ``--data`` and drop what is gone (see :meth:`refresh`)."""
-        root = self.data_dir
-        found = self._user_files()
+        try:
+            found = self.data_dir.files()
+        except OSError:  # the location cannot be listed now (object storage unreachable): keep what is known
+            self._scanned_at = time.monotonic()
+            return
+        names = entry_names(found)
         models, stores = dict(self.models), dict(self.stores)
-        for path in set(self._scanned) - set(found):  # removed files
-            name, entry = self._scanned.pop(path)[1:]
-            target = stores if path.suffix in STORE_SUFFIXES else models
+        for rel in set(self._scanned) - set(found):  # removed files
+            name, entry = self._scanned.pop(rel)[1:]
+            target = stores if Path(rel).suffix in STORE_SUFFIXES else models
             if target.get(name) is entry:
                 del target[name]
                 if isinstance(entry, StoreEntry):
                     entry.close()
-        for path, signature in found.items():
-            known = self._scanned.get(path)
-            if known is not None and known[0] == signature:
+        for rel, (path, signature) in found.items():
+            known, name = self._scanned.get(rel), names[rel]
+            if known is not None and known[0] == signature and known[1] == name:
                 continue
-            name = path.relative_to(root).with_suffix("").as_posix()
-            if path.suffix in STORE_SUFFIXES:
+            if known is not None and known[1] != name:  # renamed: a file of the same stem came or went
+                target = stores if Path(rel).suffix in STORE_SUFFIXES else models
+                if target.get(known[1]) is known[2]:
+                    del target[known[1]]
+                    if isinstance(known[2], StoreEntry):
+                        known[2].close()
+            if Path(rel).suffix in STORE_SUFFIXES:
                 if name in self._own_stores:
                     continue  # a store handed to lstmvis.serve has this name
                 entry = self._user_store_entry(path, name)
@@ -496,18 +611,24 @@ class Resources:
                     continue  # a model handed to lstmvis.serve has this name
                 entry = self._user_checkpoint_entry(path, name)
                 models[name] = entry
-            self._scanned[path] = (signature, name, entry)
+            self._scanned[rel] = (signature, name, entry)
         self.models, self.stores = models, stores
         self._link_stores_to_models()
         self._scanned_at = time.monotonic()
 
     @staticmethod
-    def _user_store_entry(path: Path, name: str) -> StoreEntry:
-        entry = StoreEntry(name, path, title=name, description=f"{path.name} in --data")
+    def _user_store_entry(path: Path | str, name: str) -> StoreEntry:
+        file = str(path).rstrip("/").rsplit("/", 1)[-1]
+        entry = StoreEntry(name, path, title=name, description=f"{file} in --data")
+        if isinstance(path, str) and not file.endswith(".zarr"):
+            entry.status, entry.message = "error", (f"an HDF5 store on object storage is not read in place: convert "
+                                                    f"it (lstmvis convert {file} {Path(file).stem}.zarr) and put "
+                                                    "the Zarr store there instead")
+            return entry
         try:
             entry.open()
         except Exception as exc:  # a broken or unfinished file must not keep the others from loading
-            entry.status, entry.message = "error", plain(f"cannot open: {exc}".replace(str(path), path.name))
+            entry.status, entry.message = "error", plain(f"cannot open: {exc}".replace(str(path), file))
         return entry
 
     def _user_checkpoint_entry(self, path: Path, name: str) -> ModelEntry:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import logging
 import os
 import queue
 import socket
@@ -141,7 +142,7 @@ _failed = threading.local()  # set on a request thread when werkzeug reports an 
 
 def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, keep_alive_seconds: float = 15.0,
                 header_seconds: float = 20.0, body_seconds: float = 60.0, send_seconds: float = 120.0,
-                max_connections: int = 256):
+                max_connections: int = 256, request_log: logging.Logger | None = None):
     """A threaded WSGI server (werkzeug's, without reloader or debugger, with reused request threads:
     :class:`ReusedThreadsMixIn`); port 0 picks a free one.
 
@@ -151,6 +152,10 @@ def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     not arrived within ``body_seconds`` after the headers, or when sending one answer's data takes
     longer than ``send_seconds``; at most ``max_connections`` are open at once, and one more is
     answered 503 and closed.
+
+    ``request_log``: where the request log and the HTTP layer's errors go: werkzeug's own log on
+    stderr when None (the command line), else this logger only (``lstmvis.serve``: a library prints
+    nothing; the logger is silent until the user configures ``logging``).
     """
     from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
@@ -216,6 +221,21 @@ def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                 return  # an idle keep-alive connection closed: nothing went wrong
             super().log_error(format, *args)
 
+        def log(self, type: str, message: str, *args) -> None:
+            if request_log is None:
+                return super().log(type, message, *args)
+            request_log.log(logging.getLevelName(type.upper()), "%s - - [%s] " + message.rstrip(),
+                            self.address_string(), self.log_date_time_string(), *args)
+
+        def log_request(self, code="-", size="-") -> None:
+            if request_log is None:
+                return super().log_request(code, size)
+            try:
+                line = f"{self.command} {self.path} {self.request_version}"
+            except AttributeError:  # no path: the request line was bad
+                line = self.requestline
+            self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
+
         def _body_length(self) -> int | None:
             """The request body's length when the connection may stay open after this request."""
             if (self.request_version != "HTTP/1.1" or self.close_connection or "Transfer-Encoding" in self.headers
@@ -255,7 +275,10 @@ def make_server(app: "Flask", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
         def log(self, type: str, message: str, *args) -> None:
             if type == "error":
                 _failed.on = True  # werkzeug logs an error it caught while running the app or sending
-            super().log(type, message, *args)
+            if request_log is None:
+                super().log(type, message, *args)
+            else:
+                request_log.log(logging.getLevelName(type.upper()), message.rstrip(), *args)
 
     server = ReusedThreadsWSGIServer(host, port, app, handler=JSONErrorRequestHandler)
     server.max_connections = max_connections
@@ -277,13 +300,14 @@ def tune_process() -> None:
 
 def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
            cache_dir: str | os.PathLike | None = None, allow_hosts: Iterable[str] = (), resources=None,
-           corpora: Iterable[str] = ()):
+           corpora: Iterable[str] = (), dask_client=None):
     """The app (:func:`server.app.create_app`) behind a server bound to ``host:port``, not yet serving.
 
     Tunes the process first (:func:`tune_process`). On loopback the app answers only requests
     addressed to a loopback name or to one of ``allow_hosts`` (against DNS rebinding: a web page
     must not reach this server under a name of its own). Raises ValueError when the address cannot
     be bound. ``resources``: a ready :class:`~server.resources.Resources` (``--models``).
+    ``dask_client``: the cluster that runs match and cell ranking over Zarr stores (``--scheduler``).
     """
     tune_process()
     from .app import create_app  # after tune_process: the app's imports (torch) start threads
@@ -292,6 +316,7 @@ def listen(data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1"
     if resources is not None:
         config["RESOURCES"] = resources
     config["WORKBENCH_CORPORA"] = [os.path.abspath(c) for c in corpora]  # the workbench's --corpus files
+    config["DASK_CLIENT"] = dask_client  # server.store_views.CLIENT_KEY
     if is_loopback(host):
         config["ALLOWED_HOSTS"] = [*LOOPBACK_NAMES, *allow_hosts]
     app = create_app(data_dir, config)

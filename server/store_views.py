@@ -1,14 +1,20 @@
 """What the views over state stores share (explorer, cells): the window model, a store's source, a
-window of token positions, rounding for JSON, and each token as it reads in the original text."""
+window of token positions, rounding for JSON, each token as it reads in the original text, and where
+match and cell ranking run (this process, or a Dask cluster for Zarr stores: ``lstmvis.cluster``)."""
 from __future__ import annotations
 
-import os
+import contextlib
+import json
 import threading
+from typing import Iterator
 
 import numpy as np
 from flask import Response, current_app, jsonify
 from pydantic import Field
 
+from lstmvis import cluster
+from lstmvis.backend import backend_kind
+from lstmvis.cells import rank_cells
 from lstmvis.index import MatchIndex
 
 from .context import caches
@@ -16,6 +22,7 @@ from .jobs import jobs
 from .validation import ApiError, Params
 
 MAX_WINDOW = 2000  # tokens per /tokens, /states or /hypothesis request
+CLIENT_KEY = "DASK_CLIENT"  # app config: the dask.distributed.Client of --scheduler (None: every query runs here)
 
 
 class Window(Params):
@@ -30,24 +37,66 @@ def known_source(store, source: str) -> str:
     return source
 
 
-def index_job(store, source: str) -> Response | None:
+def cluster_client(store):
+    """The Dask client that runs ``store``'s match and cell-ranking queries, or None: this process does.
+    A cluster queries Zarr stores (one task per part); an HDF5 store is always queried here."""
+    client = current_app.config.get(CLIENT_KEY)
+    return client if client is not None and backend_kind(store.url) == "zarr" else None
+
+
+def index_job(store, source: str, on_cluster: bool = False) -> Response | None:
     """``None`` when ``source``'s match index is built, or small enough to build inside this request;
     else a 202 naming the background job "index" that builds it (started once per store and source),
     so a large store's first match shows progress instead of hanging. The client polls
-    ``/api/jobs/<id>`` and asks again when the job is done."""
-    if (store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
+    ``/api/jobs/<id>`` and asks again when the job is done. ``on_cluster``: the query runs on the
+    cluster (:func:`cluster_client`), whose workers build and keep each part's index themselves."""
+    if (on_cluster or store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
             or MatchIndex.is_built(store, source)):
         return None
 
     def work(report) -> None:
         MatchIndex.load(store, source, progress=False, report=report)
 
-    stat = os.stat(store.path)  # a store replaced since a finished job gets a new one
-    job = jobs().submit("index", (str(store.path), stat.st_mtime_ns, stat.st_size, source), work)
+    # the backend's fingerprint of the content: a store replaced since a finished job gets a new one
+    job = jobs().submit("index", (json.dumps(store.fingerprint(), sort_keys=True, default=str), source), work)
     resp = jsonify({"status": "building index", "job": job.info()})
     resp.status_code = 202
     resp.headers["Retry-After"] = "2"
     return resp
+
+
+def run_match(store, source: str, cells, **options):
+    """``store.match(source, cells, **options)``, on the cluster when there is one for the store (the
+    same hits, counts and histogram: ``lstmvis.cluster.match``)."""
+    client = cluster_client(store)
+    if client is None:
+        return store.match(source, cells, progress=False, **options)
+    with cluster_errors(client):
+        return cluster.match(store=store, client=client, source=source, cells=cells, **options)
+
+
+def run_ranking(store, source: str, values: np.ndarray, method: str | None):
+    """``lstmvis.rank_cells`` of every cell against one value per token: AUROC of a binary hypothesis on
+    the cluster when there is one for the store (the same scores: ``lstmvis.cluster.rank_cells``),
+    correlations in this process."""
+    client = cluster_client(store)
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    if client is None or method not in ("auroc", None) or not binary:
+        return rank_cells(store, source, values, method=method, progress=False)
+    with cluster_errors(client):
+        return cluster.rank_cells(store=store, client=client, source=source, hypothesis=values)
+
+
+@contextlib.contextmanager
+def cluster_errors(client) -> Iterator[None]:
+    """Failures of the cluster itself (the scheduler gone, a lost connection) as a 503 that says so; the
+    library's refusals of bad input (ValueError) stay the client's 400."""
+    try:
+        yield
+    except (OSError, TimeoutError) as exc:
+        address = getattr(getattr(client, "scheduler", None), "address", None) or "the scheduler"
+        raise ApiError(503, f"the Dask cluster at {address} did not answer ({type(exc).__name__}); try again",
+                       retry_after=5) from None
 
 
 def token_window(store, start: int, stop: int | None, limit: int = MAX_WINDOW) -> tuple[int, int]:

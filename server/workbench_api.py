@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -64,22 +65,23 @@ RowIds = Annotated[list[RowId], BeforeValidator(_split_csv)]  # ``1,5,7`` in a q
 
 # ------------------------------------------------------------------------------------ corpora
 
-def read_corpus_file(path: str | Path) -> dict:
+def read_corpus_file(path: str | Path, what: str = "--corpus") -> dict:
     """``{"texts", "labels", "meta"}`` of a CSV (header row) or JSONL file with the columns
-    ``text``, ``label`` and any others (meta columns); ValueError naming the line on bad input."""
+    ``text``, ``label`` and any others (meta columns); ValueError naming the line on bad input
+    (``what``: how the messages name the file's origin, ``--corpus`` or ``corpora=``)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--corpus {path}: no such file")
+        raise ValueError(f"{what} {path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"--corpus {path}: give a .csv or .jsonl file (columns text,label[,meta...])")
+        raise ValueError(f"{what} {path}: give a .csv or .jsonl file (columns text,label[,meta...])")
     rows: list[dict] = []
     with path.open(encoding="utf-8", newline="") as fh:
         if suffix == ".csv":
             reader = csv.DictReader(fh)
             missing = {"text", "label"} - set(reader.fieldnames or ())
             if missing:
-                raise ValueError(f"--corpus {path}: the header must name the columns text and label "
+                raise ValueError(f"{what} {path}: the header must name the columns text and label "
                                  f"(missing: {', '.join(sorted(missing))})")
             rows = list(reader)
         else:
@@ -89,18 +91,39 @@ def read_corpus_file(path: str | Path) -> dict:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"--corpus {path}, line {n}: not JSON ({exc.msg})") from None
+                    raise ValueError(f"{what} {path}, line {n}: not JSON ({exc.msg})") from None
                 if not isinstance(row, dict) or "text" not in row or "label" not in row:
-                    raise ValueError(f"--corpus {path}, line {n}: each line must be an object with text and label")
+                    raise ValueError(f"{what} {path}, line {n}: each line must be an object with text and label")
                 rows.append(row)
     if not rows:
-        raise ValueError(f"--corpus {path}: no rows")
+        raise ValueError(f"{what} {path}: no rows")
     for n, row in enumerate(rows, start=1):
         if not isinstance(row["text"], str) or not row["text"].strip():
-            raise ValueError(f"--corpus {path}, row {n}: the text is empty")
+            raise ValueError(f"{what} {path}, row {n}: the text is empty")
     meta_names = [k for k in rows[0] if k not in ("text", "label")]
     return {"texts": [r["text"] for r in rows], "labels": [str(r["label"]) for r in rows],
             "meta": {k: [str(r.get(k, "")) for r in rows] for k in meta_names}}
+
+
+def check_corpus_files(paths, what: str = "--corpus") -> list[str]:
+    """The absolute paths of the workbench's corpus files, each read once now, so that a bad file is
+    refused when the server starts, with the line that is wrong; two files of one name are refused
+    (the page names a corpus ``file:NAME`` by its file's name)."""
+    if not isinstance(paths, (list, tuple)):
+        raise TypeError(f"{what} must be a list of corpus file paths, got {type(paths).__name__}: "
+                        "e.g. corpora=['reviews.csv']")
+    names: dict[str, str] = {}
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{what}: {path!r} is not a file path")
+        path = str(Path(path).expanduser().resolve())
+        read_corpus_file(path, what)
+        name = Path(path).name
+        if name in names and names[name] != path:
+            raise ValueError(f"{what}: two corpus files are named {name!r} ({names[name]} and {path}): the workbench "
+                             "names a corpus by its file's name; rename one of them")
+        names[name] = path
+    return list(names.values())
 
 
 def corpus_files() -> dict[str, Path]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def _stop(signum, frame) -> None:
 def register(sub) -> None:
     p = sub.add_parser("extract", help="record a model's hidden states over a corpus into a state store",
                        description="Run a shipped model over a corpus and write h, c, gates or Conv1D outputs of every "
-                                   "layer, one row per token, to an HDF5 state store (atomic; rerun to resume).")
+                                   "layer, or any submodule's per-token output (--modules), one row per token, to "
+                                   "a state store (atomic; rerun to resume).")
     p.add_argument("--model", required=True, help="a shipped text model, e.g. charlm-python or sentiment-lstm "
                                                   "(see `lstmvis models`)")
     p.add_argument("--corpus", required=True,
@@ -48,6 +50,12 @@ def register(sub) -> None:
                    help=f"tokens per shard, in whole sequences (default {PART_TOKENS:,})")
     p.add_argument("--kinds", default="h,c", help="what to record: h, c, gates (or gate_i, gate_f, ...), conv, "
                                                   "all (default: h,c)")
+    p.add_argument("--modules", action="append", default=[], metavar="NAMES",
+                   help="record these submodules' per-token (B, T, D) outputs too, e.g. a transformer's layers: "
+                        "qualified names (encoder.0), glob patterns (encoder.*.activation) or module types by "
+                        "dotted name (torch.nn.Linear); comma-separated or repeated. With --modules, recurrent "
+                        "layers are recorded only when named too. A pattern that matches nothing is an error "
+                        "that lists the model's modules")
     p.add_argument("--float16", action="store_true", help="store states as float16 (half the disk)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences run in parallel (default 32)")
     p.add_argument("--chunk-size", type=int, default=512,
@@ -61,8 +69,28 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def module_selectors(entries: list[str]) -> list[str | type] | None:
+    """``--modules`` values as ``Recorder(modules=...)`` takes them: names and globs as given, a dotted
+    name of an ``nn.Module`` subclass (``torch.nn.Linear``) as that type; ``None`` when none is given."""
+    names = [x.strip() for entry in entries for x in entry.split(",") if x.strip()]
+    return [_module_type(name) or name for name in names] or None
+
+
+def _module_type(name: str) -> type | None:
+    """The ``nn.Module`` subclass ``name`` denotes (``package.module.Class``), else None (a module name)."""
+    where, _, attr = name.rpartition(".")
+    if not where or not attr[:1].isupper() or not attr.isidentifier() or any(c in name for c in "*?["):
+        return None
+    try:
+        found = getattr(importlib.import_module(where), attr, None)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) and issubclass(found, nn.Module) else None
+
+
 def run(args: argparse.Namespace) -> int:
     tune_allocator_for_extraction()
+    modules = module_selectors(args.modules)
     model = providers.load_model(args.model)
     if isinstance(model, nn.Module):
         text_models = [m["name"] for m in providers.list_models() if m["kind"] != "image-classifier"]
@@ -83,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
             client = Client(args.scheduler)
             bar = tqdm(unit="tok", disable=args.quiet, desc="extract on the cluster")
-        store = extract(args.model if args.scheduler else model, texts, args.out, kinds=args.kinds,
+        store = extract(args.model if args.scheduler else model, texts, args.out, kinds=args.kinds, modules=modules,
                         batch_size=args.batch_size, chunk_size=args.chunk_size,
                         dtype="float16" if args.float16 else "float32", progress=not args.quiet, meta=meta,
                         corpus_name=name, route="unroll" if args.unroll else "fused", part_tokens=args.part_tokens,
