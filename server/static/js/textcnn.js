@@ -65,24 +65,32 @@
                           h.original, LV.el("span", { class: "muted" }, `  ${h.activation.toFixed(2)}`)));
       }
       grid.append(LV.el("div", { class: "ngram-card" + (f.filter === state.filter ? " current" : "") + (isDead(f) ? " dead" : ""),
-                                 id: `filter-${f.filter}`, dataset: { filter: String(f.filter), dead: isDead(f) ? "1" : "" } },
+                                 id: `filter-${f.filter}`, dataset: { filter: String(f.filter), dead: isDead(f) ? "1" : "" },
+                                 role: "button", "aria-pressed": String(f.filter === state.filter),
+                                 onclick: () => focusFilter(f.filter) },
                         LV.el("b", {}, `filter ${f.filter}`), LV.el("span", { class: "muted" }, `  peak ${f.max === null ? "–" : f.max.toFixed(2)}`),
                         isDead(f) ? LV.el("span", { class: "dead-mark", title: "its output never rises above 0 on this corpus" }, " dead") : null,
                         list));
     }
     if (!grid.children.length) grid.append(LV.el("p", { class: "muted" }, "no filter has that n-gram among its top ones"));
+    LVRoving.refresh(grid, ".ngram-card");
   }
 
   /** A filter whose output never rises above 0 over the corpus: after the ReLU it passes nothing. */
   function isDead(f) { return f.max === null || f.max <= 0; }
 
-  function focusFilter(filter) {
+  /** Make ``filter`` the current one (URL, marked card, the deconvnet panel's filter); ``keepFocus``: the
+   * keyboard picked it, so its card, drawn again, keeps the focus. */
+  function focusFilter(filter, keepFocus = false) {
     state.filter = filter;
     saveUrl();
     $("filter-search").value = "";
+    if ($("tdeconv-filter")) $("tdeconv-filter").value = filter;
     render();
     const card = $(`filter-${filter}`);
-    if (card) card.scrollIntoView({ block: "center", behavior: "smooth" });
+    if (!card) return;
+    card.scrollIntoView({ block: "center", behavior: keepFocus ? "auto" : "smooth" });
+    if (keepFocus) card.focus();
   }
 
   /** The corpus picker: only the stores with texts cut as the model cuts them (the server refuses the
@@ -125,6 +133,8 @@
     $("store").addEventListener("change", () => { state.store = $("store").value; load().catch(fail); });
     $("layer").addEventListener("change", () => { state.layer = $("layer").value; state.filter = null; saveUrl(); render(); });
     $("k").addEventListener("change", () => { state.k = Math.min(50, Math.max(1, parseInt($("k").value, 10) || 9)); load().catch(fail); });
+    // the cards are one Tab stop: arrows move along them, Enter or Space picks the filter
+    LVRoving.wire($("filter-grid"), ".ngram-card", card => focusFilter(Number(card.dataset.filter), true));
     $("filter-search").addEventListener("input", () => render());
     $("hide-dead").addEventListener("change", () => render());
     load().then(() => { if (state.filter !== null) focusFilter(state.filter); }).catch(fail);
