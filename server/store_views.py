@@ -2,14 +2,17 @@
 window of token positions, rounding for JSON, and each token as it reads in the original text."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from flask import Response, current_app, jsonify
 from pydantic import Field
 
 from lstmvis.index import MatchIndex
+from lstmvis.query import match
 
 from .context import caches
 from .jobs import jobs
@@ -30,20 +33,50 @@ def known_source(store, source: str) -> str:
     return source
 
 
-def index_job(store, source: str) -> Response | None:
-    """``None`` when ``source``'s match index is built, or small enough to build inside this request;
-    else a 202 naming the background job "index" that builds it (started once per store and source),
-    so a large store's first match shows progress instead of hanging. The client polls
-    ``/api/jobs/<id>`` and asks again when the job is done."""
-    if (store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
-            or MatchIndex.is_built(store, source)):
-        return None
+def _index_key(store, source: str) -> tuple:
+    """What an index job is keyed by: the store's file as it is now (a store replaced since a finished
+    job gets a new one) and the source."""
+    try:
+        stat = os.stat(store.path)
+        signature = (stat.st_mtime_ns, stat.st_size)
+    except OSError:  # a store on object storage: its URL
+        signature = (getattr(store, "url", ""),)
+    return (str(store.path), *signature, source)
 
+
+def _build_index(store, source: str, warm: bool = False) -> Callable:
     def work(report) -> None:
         MatchIndex.load(store, source, progress=False, report=report)
+        if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
+            report(1, 1, "loading the match kernels")
+            match(store, source, [0], top=1, progress=False)
+    return work
 
-    stat = os.stat(store.path)  # a store replaced since a finished job gets a new one
-    job = jobs().submit("index", (str(store.path), stat.st_mtime_ns, stat.st_size, source), work)
+
+def start_index(store, source: str) -> None:
+    """Open (or build) ``source``'s match index and load the match kernels in the background (the job
+    "index", once per store and source): called when a page opens a store, so that its first match
+    or ranking does not wait for them and the page shows their progress meanwhile. A full job queue
+    leaves it to the first request."""
+    if source not in store.sources:
+        return
+    with contextlib.suppress(ApiError):  # 429: too many jobs queued
+        jobs().submit("index", _index_key(store, source), _build_index(store, source, warm=True))
+
+
+def index_job(store, source: str) -> Response | None:
+    """A 202 naming the background job "index" while one builds or opens ``source``'s match index
+    (started by :func:`start_index` when a page opened the store, or here for a large store), so the
+    first match shows progress instead of waiting silently; else ``None`` when the index is built,
+    or small enough to build inside this request. The client polls ``/api/jobs/<id>`` and asks
+    again when the job is done."""
+    key = _index_key(store, source)
+    job = jobs().active("index", key)
+    if job is None:
+        if MatchIndex.is_built(store, source) or \
+                store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]:
+            return None
+        job = jobs().submit("index", key, _build_index(store, source))
     resp = jsonify({"status": "building index", "job": job.info()})
     resp.status_code = 202
     resp.headers["Retry-After"] = "2"
