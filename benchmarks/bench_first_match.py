@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import start_server, uptime, wait_ready  # noqa: E402 (benchmarks/ is not a package)
+from bench_server import start_server, uptime, wait_ready  # noqa: E402 (benchmarks/ is no package)
 
 
 def brush(base: str, store: dict) -> tuple[str, list[int], int]:
