@@ -28,6 +28,7 @@ sequence offsets, vocabulary and card.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -512,7 +513,7 @@ class StateStore:
             raise IndexError(f"sequence {i} is outside 0..{self.n_sequences - 1}")
         return i
 
-    @property
+    @functools.cached_property  # read-only store: the vocabulary is looked at once
     def tokenization(self) -> str | None:
         """How the store's texts were cut into tokens: the card's ``tokenization`` (``lstmvis.extract``
         writes the model's: ``word``, ``char``, ``whitespace``, ``hf:<name>``; ``from_arrays`` takes it in
