@@ -48,8 +48,10 @@ def start_server(cache: str) -> tuple[subprocess.Popen, str, float]:
     """``lstmvis serve`` in a subprocess: (process, base URL, seconds from spawn to listening)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
+    # run outside the repository: `serve` takes the working folder off sys.path (a user's own data.py must not
+    # shadow the demo package), which would leave the checkout's packages unimportable
     proc = subprocess.Popen([sys.executable, "-m", "lstmvis", "serve", "--no-browser", "--port", "0", "--cache", cache],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO.parent, env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         m = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
         if m:

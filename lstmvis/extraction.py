@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from textexplain.language_model import LanguageModel, as_language_model
+from textexplain.model import tokenization_of
 
 from .allocator import MiB, tune_allocator
 from .capture import Deferred, Recorder, parse_kinds
@@ -446,7 +447,8 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
     ``"float16"``. ``meta``: ``{name: per-token values}``, either flat (N,) or one array per sequence.
     ``vocab``/``pad_id``/``tokenizer`` are for plain modules. Token-id lists are stored with the
     text their tokens make (``lstmvis.detokenize``: concatenated for a char vocabulary, spaces
-    between words) and each token's span in it. ``name``: the model's name, written to the store's
+    between words) and each token's span in it; the card records the model's ``tokenization``
+    (``StateStore.tokenization``). ``name``: the model's name, written to the store's
     card as ``"model"`` (default: the model's own ``name``) so the server links the store to it.
     ``route``: the ``Recorder`` route (``"unroll"`` is faster for c and gates of unidirectional
     GRUs). ``path``: an HDF5 file, or a ``*.zarr``
@@ -510,6 +512,10 @@ def extract(model, texts_or_ids, path: str | Path, sources: Sequence[str] | None
             card_model = name or getattr(model, "name", None) or card.get("name")
             if isinstance(card_model, str) and card_model:
                 card["model"] = card_model
+            tokenization = tokenization_of(tokenizer if kind == "module" else model.tokenizer) \
+                if kind != "module" or tokenizer is not None else None
+            if tokenization is not None:  # StateStore.tokenization: the pages offer a store only to models that cut alike
+                card["tokenization"] = tokenization
             card["extraction"] = {**settings, "batch_size": batch_size, "chunk_size": chunk_size,
                                   "n_tokens": corpus.n_tokens, "n_sequences": len(corpus.ids),
                                   "corpus": corpus_name, "module": type(module).__name__}

@@ -28,6 +28,7 @@ sequence offsets, vocabulary and card.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -41,6 +42,7 @@ from textexplain.spans import spans_by_search
 
 from . import zarr_backend
 from .backend import FORMAT, VERSION, StoreError, backend_kind, is_array, is_url
+from .detokenize import join_style
 
 CHUNK_BYTES = 1 << 20
 MAX_READ_BYTES_ENV = "LSTMVIS_MAX_READ_BYTES"
@@ -510,6 +512,17 @@ class StateStore:
         if not 0 <= i < self.n_sequences:
             raise IndexError(f"sequence {i} is outside 0..{self.n_sequences - 1}")
         return i
+
+    @functools.cached_property  # read-only store: the vocabulary is looked at once
+    def tokenization(self) -> str | None:
+        """How the store's texts were cut into tokens: the card's ``tokenization`` (``lstmvis.extract``
+        writes the model's: ``word``, ``char``, ``whitespace``, ``hf:<name>``; ``from_arrays`` takes it in
+        ``card``), else ``char`` when every ordinary token of the vocabulary is one character, else
+        ``None`` (not known)."""
+        named = self.card.get("tokenization")
+        if isinstance(named, str) and named:
+            return named
+        return "char" if join_style(self.vocab) == "char" else None
 
     @property
     def has_texts(self) -> bool:

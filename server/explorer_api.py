@@ -13,7 +13,8 @@ from flask import Blueprint
 from pydantic import Field, model_validator
 
 from .context import caches, resources
-from .store_views import Window, cluster_client, index_job, known_source, rounded, run_match, surface, token_window
+from .store_views import (Window, cluster_client, index_job, known_source, rounded, run_match, start_index, surface,
+                          token_window)
 from .validation import ApiError, CsvInts, Params, api
 
 blueprint = Blueprint("explorer_api", __name__, url_prefix="/api")
@@ -164,7 +165,8 @@ def stores():
 def store_info(store: str):
     """Details of one store, including its model card."""
     entry = resources().store_entry(store)
-    entry.open()
+    s = entry.open()
+    start_index(s, next(iter(s.sources), ""))  # the source a page opens on: its first match need not wait for the index
     return entry.info(detail=True)
 
 

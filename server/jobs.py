@@ -90,6 +90,12 @@ class JobRunner:
         self._pool.submit(self._run, job, work)
         return job
 
+    def active(self, kind: str, key: tuple) -> Job | None:
+        """The queued or running job computing ``key``, if there is one (nothing is started)."""
+        with self._lock:
+            job = self._jobs.get(self._by_key.get((kind, *key), ""))
+        return job if job is not None and job.status in ("queued", "running") else None
+
     def get(self, job_id: str) -> Job:
         with self._lock:
             job = self._jobs.get(job_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from .context import resources
+from .store_views import start_index
 from .textcnn_api import textcnn_models
 
 blueprint = Blueprint("pages", __name__)
@@ -55,6 +56,9 @@ def _first_store_info() -> dict | None:
     if name is None:
         return None
     try:
+        store = res.stores[name].open()
+        source = request.args.get("source", "")
+        start_index(store, source if source in store.sources else next(iter(store.sources), ""))  # built while the page loads
         return res.stores[name].info(detail=True)
     except (ApiError, OSError):  # the page then asks the API, which explains the problem
         return None

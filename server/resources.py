@@ -36,7 +36,7 @@ from data.registry import ANSI_CODES, CheckpointError, read_card
 from .validation import ApiError
 
 # Bump when the demo stores' recipe changes, so stale caches are rebuilt.
-DEMO_FORMAT = 2
+DEMO_FORMAT = 3  # 3: the card records the model's tokenization
 RESCAN_SECONDS = 1.0  # --data is looked at again at most this often, on listing requests
 MODEL_SUFFIXES = (".pt",)
 STORE_SUFFIXES = (".h5", ".hdf5", ".zarr")
@@ -276,10 +276,15 @@ class ModelEntry:
         finally:
             self._free.put(inst)
 
+    @property
+    def tokenization(self) -> str | None:
+        """How the model cuts a text (``TextModel.tokenization``), once loaded; ``None`` before, or for an image model."""
+        return getattr(self._template, "tokenization", None) if self.loaded else None
+
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "loaded": self.loaded, "card": self.card or None, "usable": not self.problem,
-                "problem": self.problem}
+                "problem": self.problem, "tokenization": self.tokenization}
 
 
 def user_checkpoint_problem(path: Path, exc: Exception) -> str:
@@ -372,11 +377,11 @@ class StoreEntry:
         if self.status == "ready":
             s = self.open()
             out.update(sources=list(s.sources), n_tokens=int(s.n_tokens), n_sequences=int(s.n_sequences),
-                       meta=list(s.meta_names), cells={src: int(s.n_cells(src)) for src in s.sources})
+                       meta=list(s.meta_names), cells={src: int(s.n_cells(src)) for src in s.sources},
+                       tokenization=s.tokenization, has_texts=bool(s.has_texts))
             if detail:
                 out["card"] = s.card
-                out["char_level"] = all(len(t) <= 1 or (t[0] == "<" and t[-1] == ">") for t in s.vocab)
-                out["has_texts"] = bool(s.has_texts)
+                out["char_level"] = s.tokenization == "char"  # the one rule: StateStore.tokenization
                 out["meta_info"] = {name: _meta_summary(s, name) for name in s.meta_names}
         return out
 

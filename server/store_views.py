@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from flask import Response, current_app, jsonify
@@ -16,6 +16,7 @@ from lstmvis import cluster
 from lstmvis.backend import backend_kind
 from lstmvis.cells import rank_cells
 from lstmvis.index import MatchIndex
+from lstmvis.query import match
 
 from .context import caches
 from .jobs import jobs
@@ -44,21 +45,49 @@ def cluster_client(store):
     return client if client is not None and backend_kind(store.url) == "zarr" else None
 
 
-def index_job(store, source: str, on_cluster: bool = False) -> Response | None:
-    """``None`` when ``source``'s match index is built, or small enough to build inside this request;
-    else a 202 naming the background job "index" that builds it (started once per store and source),
-    so a large store's first match shows progress instead of hanging. The client polls
-    ``/api/jobs/<id>`` and asks again when the job is done. ``on_cluster``: the query runs on the
-    cluster (:func:`cluster_client`), whose workers build and keep each part's index themselves."""
-    if (on_cluster or store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
-            or MatchIndex.is_built(store, source)):
-        return None
+def _index_key(store, source: str) -> tuple:
+    """What an index job is keyed by: the backend's fingerprint of the store's content (a store replaced
+    since a finished job gets a new one) and the source."""
+    return (json.dumps(store.fingerprint(), sort_keys=True, default=str), source)
 
+
+def _build_index(store, source: str, warm: bool = False) -> Callable:
     def work(report) -> None:
         MatchIndex.load(store, source, progress=False, report=report)
+        if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
+            report(1, 1, "loading the match kernels")
+            match(store, source, [0], top=1, progress=False)
+    return work
 
-    # the backend's fingerprint of the content: a store replaced since a finished job gets a new one
-    job = jobs().submit("index", (json.dumps(store.fingerprint(), sort_keys=True, default=str), source), work)
+
+def start_index(store, source: str) -> None:
+    """Open (or build) ``source``'s match index and load the match kernels in the background (the job
+    "index", once per store and source): called when a page opens a store, so that its first match
+    or ranking does not wait for them and the page shows their progress meanwhile. A full job queue
+    leaves it to the first request. A store queried on a cluster needs none: its workers build and keep
+    each part's index."""
+    if source not in store.sources or cluster_client(store) is not None:
+        return
+    with contextlib.suppress(ApiError):  # 429: too many jobs queued
+        jobs().submit("index", _index_key(store, source), _build_index(store, source, warm=True))
+
+
+def index_job(store, source: str, on_cluster: bool = False) -> Response | None:
+    """A 202 naming the background job "index" while one builds or opens ``source``'s match index
+    (started by :func:`start_index` when a page opened the store, or here for a large store), so the
+    first match shows progress instead of waiting silently; else ``None`` when the index is built,
+    or small enough to build inside this request, or when the query runs on the cluster
+    (``on_cluster``: :func:`cluster_client`), whose workers build and keep each part's index. The
+    client polls ``/api/jobs/<id>`` and asks again when the job is done."""
+    if on_cluster:
+        return None
+    key = _index_key(store, source)
+    job = jobs().active("index", key)
+    if job is None:
+        if MatchIndex.is_built(store, source) or \
+                store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]:
+            return None
+        job = jobs().submit("index", key, _build_index(store, source))
     resp = jsonify({"status": "building index", "job": job.info()})
     resp.status_code = 202
     resp.headers["Retry-After"] = "2"

@@ -38,6 +38,12 @@ def maps_as_textcnn(entry) -> bool:
     return caches().textcnn_mappable.get((entry.name, id(entry)), probe)
 
 
+def fits(model_tokenization: str | None, store_tokenization: str | None) -> bool:
+    """Whether a model may read a store's texts: the same tokenization, or one of them not known
+    (offered, marked as such on the page)."""
+    return model_tokenization is None or store_tokenization is None or model_tokenization == store_tokenization
+
+
 def textcnn_models() -> list[dict]:
     """The classifiers whose Conv1d filters the text-CNN page can show (any layout lstmvis.textcnn maps)."""
     res = resources()
@@ -76,14 +82,22 @@ def filters_report(model: str | None, store: str | None, k: int) -> tuple[str, o
     entry = res.model_entry(name)
     if entry.kind != "classifier":
         raise ApiError(400, f"model {name!r} is a {entry.kind}, not a text classifier with Conv1d filters")
-    stores = [s for s in res.stores.values() if s.status == "ready" and s.open().has_texts]
+    tokenization = entry.tokenization if entry.loaded else None
+    stores = [s for s in res.stores.values() if s.status == "ready" and s.open().has_texts
+              and fits(tokenization, s.open().tokenization)]
     store_name = store or next((s.name for s in stores if s.name == "sentiment"), None) or \
         (stores[0].name if stores else None)
     if store_name is None:
-        raise ApiError(409, "no ready store with texts to use as the corpus")
+        raise ApiError(409, f"no ready store with texts cut as {name!r} cuts them ({tokenization}) to use as the corpus")
     s = res.store(store_name)
     if not s.has_texts:
         raise ApiError(409, f"store {store_name!r} keeps no original texts to run the model on")
+    if not fits(tokenization, s.tokenization):
+        fitting = ", ".join(x.name for x in stores) or "none is loaded"
+        raise ApiError(400, f"store {store_name!r} is tokenized by {s.tokenization!r}, model {name!r} by "
+                            f"{tokenization!r}: its n-grams would not be the units the model was trained on; pick a "
+                            f"store extracted with the model's tokenizer ({fitting}), or extract one with "
+                            f"lstmvis.extract({name!r}, texts, path)")
     report = caches().textcnn_reports.get((name, store_name, str(s.path), k),
                                           lambda: {**_filters_report(name, s, k), "model": name,
                                                    "store": store_name, "k": k, "models": cnns})

@@ -149,18 +149,29 @@ def test_bad_url_state_shows_a_message_not_a_crash(browser, base_url):
 
 
 def test_match_waits_for_the_index_job_of_a_large_store(watched, tmp_path):
-    """With every store counted large, the first match answers 202 with an index job: the page polls
-    it and shows the matches once the index is built, without a reload."""
+    """With every store counted large, the first match answers 202 with an index job (the one opening
+    the store started, held in the queue here): the page polls it, shows its progress and then the
+    matches, without a reload."""
+    import threading
+
     from server.app import create_app
+    from server.jobs import RUNNER_KEY
     make_toy_store(tmp_path / "toy.h5").close()
-    with live_server(create_app(tmp_path, {"TESTING": True, "INDEX_JOB_VALUES": 0})) as url:
+    app = create_app(tmp_path, {"TESTING": True, "INDEX_JOB_VALUES": 0})
+    gate = threading.Event()
+    app.extensions[RUNNER_KEY].submit("test", ("hold the worker",), lambda report: gate.wait(120))
+    with live_server(app) as url:
         page = watched.page
-        page.goto(f"{url}/explorer?store=toy")
-        wait_plot(page)
-        with page.expect_response(lambda r: "/match?" in r.url and r.status == 202):
-            brush(page, CAT_SAT[0], CAT_SAT[0] + 1)
-            expect(page.locator("#cell-chips .chip")).to_have_text(["0"])
-            page.click("#match")
+        try:
+            page.goto(f"{url}/explorer?store=toy")
+            wait_plot(page)
+            with page.expect_response(lambda r: "/match?" in r.url and r.status == 202):
+                brush(page, CAT_SAT[0], CAT_SAT[0] + 1)
+                expect(page.locator("#cell-chips .chip")).to_have_text(["0"])
+                page.click("#match")
+            expect(page.locator("#match-summary")).to_contain_text("building the match index")
+        finally:
+            gate.set()
         page.wait_for_selector("#word-matrix tr.match-row")
         rows = page.locator("#word-matrix tr.match-row")
         assert sorted(int(p) for p in (rows.nth(i).get_attribute("data-position")

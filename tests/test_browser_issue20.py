@@ -252,11 +252,16 @@ def test_empty_data_directory_says_how_to_add_a_store(watched, tmp_path):
         page.wait_for_load_state("networkidle")
 
 
-def test_jobs_page_and_404_page(browser, base_url):
+def test_jobs_page_and_404_page(browser, base_url, tmp_path):
+    from server.app import create_app
     w = Watched(browser)
     page = w.page
+    with live_server(create_app(tmp_path, {"TESTING": True})) as fresh:  # opening a store starts a job: none here
+        page.goto(fresh + "/jobs")
+        expect(page.locator("#jobs-empty")).to_be_visible()
+    assert page.request.get(base_url + "/api/stores/toy").ok  # opening the store builds its index: a job
     page.goto(base_url + "/jobs")
-    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(page.locator("#jobs-table tbody tr", has_text="index").first).to_be_visible()
     expect(page.locator(".topnav a.active")).to_have_text("Jobs")
     resp = page.goto(base_url + "/no/such/page")
     assert resp.status == 404

@@ -511,3 +511,12 @@ def test_chunks_waiting_for_the_writer_are_bounded_by_memory():
     for values in (10 ** 3, 10 ** 6, 10 ** 7, 10 ** 9):
         n = _queue_chunks(values)
         assert 2 <= n <= 8 and (n == 2 or n * values * 4 * 4 <= WRITE_QUEUE_BYTES)
+
+
+def test_the_card_records_the_models_tokenization(tmp_path):
+    import data
+    import lstmvis
+
+    store = lstmvis.extract(data.load_model("sentiment-lstm"), ["a good film", "bad"], tmp_path / "s.h5", progress=False)
+    assert store.card["tokenization"] == store.tokenization == "word"
+    store.close()

@@ -252,3 +252,14 @@ def test_a_frame_on_any_module_without_attention_mask():
     e = te.IntegratedGradients(model).explain("a good film")
     assert e.tokens == ["a", "good", "film"] and abs(e.delta) < 1e-4
     te.Occlusion(model, mask="delete").explain("a good film")
+
+
+def test_tokenization_names_the_tokenizer(bert):
+    """A store extracted from a Hugging Face model records how it was cut (the pages match stores and models by it)."""
+    from textexplain.model import tokenization_of
+
+    assert bert.tokenization == "hf:wordpiece"  # a tokenizers.Tokenizer has no pretrained name: its model's kind
+    named = hf_tiny.bert()[1]
+    named.name_or_path = "tiny-bert"
+    assert TextModel.from_huggingface(hf_tiny.bert()[0], named).tokenization == "hf:tiny-bert"
+    assert tokenization_of(str.split) == "whitespace" and tokenization_of(lambda text: text.split()) is None

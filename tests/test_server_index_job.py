@@ -45,3 +45,33 @@ def test_small_store_answers_at_once(tmp_path):
     for url in (MATCH, RANK, CONTEXTS):
         resp = client.get(url)
         assert resp.status_code == 200, resp.get_json()
+
+
+def test_opening_a_store_builds_its_index_in_the_background_and_the_match_shows_it(tmp_path):
+    """Opening a store (its info, or the explorer page) starts the job "index" for the source the page
+    opens on; a match asked for meanwhile answers 202 with that job (progress to show), not a silent wait,
+    even on a store small enough to build inline."""
+    import threading
+
+    from server.jobs import RUNNER_KEY
+
+    app = toy_app(tmp_path)
+    client = app.test_client()
+    gate = threading.Event()
+    app.extensions[RUNNER_KEY].submit("test", ("hold the worker",), lambda report: gate.wait(60))
+    try:
+        assert client.get("/api/stores/toy").status_code == 200
+        index_jobs = [j for j in client.get("/api/jobs").get_json()["jobs"] if j["kind"] == "index"]
+        assert len(index_jobs) == 1 and index_jobs[0]["status"] == "queued", index_jobs
+        first = client.get(MATCH)
+        assert first.status_code == 202, first.get_json()
+        assert first.get_json()["job"]["id"] == index_jobs[0]["id"]
+        assert client.get("/explorer?store=toy").status_code == 200  # the page again: the same job, no second
+        assert [j["id"] for j in client.get("/api/jobs").get_json()["jobs"] if j["kind"] == "index"] == \
+            [index_jobs[0]["id"]]
+    finally:
+        gate.set()
+    assert wait_for_job(client, first.get_json()["job"])["status"] == "done"
+    assert client.get(MATCH).status_code == 200
+    assert client.get("/api/stores/toy").status_code == 200  # built: nothing more to start
+    assert len([j for j in client.get("/api/jobs").get_json()["jobs"] if j["kind"] == "index"]) == 1

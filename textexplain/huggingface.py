@@ -40,6 +40,10 @@ class HuggingFaceTokenizer:
                             "PreTrainedTokenizerFast (AutoTokenizer.from_pretrained(..., use_fast=True)) or a "
                             "tokenizers.Tokenizer, whose offsets place the tokens in the text")
         self.source = tokenizer
+        name = getattr(tokenizer, "name_or_path", None)
+        # how it cuts a text (textexplain.model.tokenization_of): the pretrained name, else the tokenizer model's kind
+        kind = type(getattr(backend, "model", backend)).__name__.lower()
+        self.tokenization = f"hf:{name}" if isinstance(name, str) and name else f"hf:{kind}"
         self.backend = type(backend).from_str(backend.to_str())
         self.backend.no_padding()
         self.backend.no_truncation()

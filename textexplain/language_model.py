@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import as_vocab, logits_of
+from .model import as_vocab, logits_of, tokenization_of
 from .spans import Span, token_spans
 
 
@@ -118,6 +118,11 @@ class LanguageModel:
         tokenizer = getattr(self.tokenizer, "name", type(self.tokenizer).__name__)
         return (f"LanguageModel({self.name!r}, vocab={len(self.vocab)} tokens, tokenizer={tokenizer}, "
                 f"module={type(self.module).__name__}, {'stateful' if self.stateful else 'stateless'})")
+
+    @property
+    def tokenization(self) -> str | None:
+        """How the model cuts a text (``textexplain.model.tokenization_of`` its tokenizer)."""
+        return tokenization_of(self.tokenizer)
 
     def tokenize(self, text: str) -> list[str]:
         if not isinstance(text, str):

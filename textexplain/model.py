@@ -67,6 +67,18 @@ class WhitespaceTokenizer:
 TOKENIZERS = {t.name: t for t in (WordTokenizer, CharTokenizer, WhitespaceTokenizer)}
 
 
+def tokenization_of(tokenizer) -> str | None:
+    """How ``tokenizer`` cuts a text, as one name: its ``tokenization`` (a Hugging Face tokenizer:
+    ``hf:<name>``), else its ``name`` (``word``, ``char``, ``whitespace``), ``whitespace`` for
+    ``str.split``; ``None`` for a callable that says nothing. Stores record it (``lstmvis.extract``)
+    so the pages offer a model only the corpora it reads the way it was trained."""
+    for attr in ("tokenization", "name"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return "whitespace" if tokenizer is str.split else None
+
+
 def make_tokenizer(name: str):
     try:
         return TOKENIZERS[name]()
@@ -317,6 +329,11 @@ class TextModel:
     @property
     def unk_id(self) -> int:
         return self.vocab.unk_id
+
+    @property
+    def tokenization(self) -> str | None:
+        """How the model cuts a text (``tokenization_of`` its tokenizer): ``word``, ``char``, ``hf:<name>``..."""
+        return tokenization_of(self.tokenizer)
 
     def tokenize(self, text: str) -> list[str]:
         """Tokens of ``text``; empty or over-long input gets a clear error."""

@@ -24,13 +24,15 @@
                   cell: state.cell, pos: state.cell !== null ? state.pos : "", dir: state.direction === -1 ? -1 : "",
                   step: state.step });
   }
-  const width = () => (info && info.char_level ? 400 : 120);
+  // the store's tokenization (StateStore.tokenization, from its card) decides what reads as characters
+  const charLevel = () => info.tokenization === "char";
+  const width = () => (info && charLevel() ? 400 : 120);
 
   // ------------------------------------------------------------------ pickers
   // the named hypotheses read the characters of source code (quotes, comments, indentation, ...): they fit
   // character-level stores; a word-level store gets the bracket counts, its meta tracks, regex and tokens
   const WORD_LEVEL_NAMED = new Set(["depth", "parens"]);
-  function fitsStore(h) { return info.char_level || WORD_LEVEL_NAMED.has(h.name); }
+  function fitsStore(h) { return charLevel() || WORD_LEVEL_NAMED.has(h.name); }
 
   function hypothesisOptions() {
     const opts = hypotheses.named.filter(fitsStore).map(h => ({ value: h.name, label: `${h.name} (${h.kind}): ${h.description}` }));
@@ -63,7 +65,7 @@
     for (const [m, mi] of Object.entries(info.meta_info || {})) {
       return mi.categorical ? `meta:${m}=${mi.values[mi.values.length - 1]}` : `meta:${m}`;
     }
-    return info.char_level ? "quotes" : "regex:";
+    return charLevel() ? "quotes" : "regex:";
   }
 
   function showArg() {
@@ -217,7 +219,7 @@
                                  onclick: onClick ? () => onClick(pos) : undefined,
                                  onkeydown: onClick ? ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onClick(pos); } } : undefined },
                        shown));
-      if (tokens.length && !info.char_level) box.append(" ");
+      if (tokens.length && !charLevel()) box.append(" ");
     });
     if (onClick && !box.dataset.keys) {  // one tab stop; arrows move along the text
       box.dataset.keys = "1";
@@ -237,7 +239,7 @@
     const box = LV.clear($("contexts"));
     const r = await LVJobs.whenIndexed(`/api/stores/${enc(state.store)}/cells/${state.cell}/contexts`,
                                        { source: state.source, k: 10, direction: state.direction,
-                                         before: info.char_level ? 40 : 12, after: info.char_level ? 10 : 4 },
+                                         before: charLevel() ? 40 : 12, after: charLevel() ? 10 : 4 },
                                        pct => { box.textContent = `building the match index: ${pct}%`; });
     LV.clear(box);
     for (const c of r.contexts) {
@@ -251,7 +253,7 @@
         const pos = c.start + i, t = c.values[i] / top;
         row.append(LV.el("span", { class: pos === c.position ? "center" : "",
                                    style: pos === c.position ? {} : { background: LV.diverging(t), color: LV.textColorFor(t) } },
-                         LV.tokenLabel(tok) + (info.char_level ? "" : " ")));
+                         LV.tokenLabel(tok) + (charLevel() ? "" : " ")));
       });
       box.append(row);
     }

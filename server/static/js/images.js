@@ -28,6 +28,7 @@
                                         dataset: { index: d.index }, onclick: () => explainIndex(d.index) },
                             el("img", { src: `/api/images/digit/${d.index}.png`, alt: `digit ${d.label}` })));
     }
+    LVRoving.wire($("picker"), "button", b => b.click());  // one Tab stop; arrows move along the digits
     $("image-form").addEventListener("submit", ev => { ev.preventDefault(); explainIndex(Number($("index").value)); });
     $("target").addEventListener("change", () => { if (current) explain(current); });
     $("param-inputs").addEventListener("change", () => { if (current) explain(current); });
@@ -67,6 +68,8 @@
     for (const b of $("picker").querySelectorAll("button")) {
       b.classList.toggle("current", Number(b.dataset.index) === input.index);
     }
+    const picker = $("picker");
+    LVRoving.refresh(picker, "button", picker.contains(document.activeElement) ? document.activeElement : undefined);
     $("overlay-note").textContent = "computing …";
     try {
       const r = await LV.api("/api/images/explain", {}, { body });

@@ -65,39 +65,76 @@
                           h.original, LV.el("span", { class: "muted" }, `  ${h.activation.toFixed(2)}`)));
       }
       grid.append(LV.el("div", { class: "ngram-card" + (f.filter === state.filter ? " current" : "") + (isDead(f) ? " dead" : ""),
-                                 id: `filter-${f.filter}`, dataset: { filter: String(f.filter), dead: isDead(f) ? "1" : "" } },
+                                 id: `filter-${f.filter}`, dataset: { filter: String(f.filter), dead: isDead(f) ? "1" : "" },
+                                 role: "button", "aria-pressed": String(f.filter === state.filter),
+                                 onclick: () => focusFilter(f.filter) },
                         LV.el("b", {}, `filter ${f.filter}`), LV.el("span", { class: "muted" }, `  peak ${f.max === null ? "–" : f.max.toFixed(2)}`),
                         isDead(f) ? LV.el("span", { class: "dead-mark", title: "its output never rises above 0 on this corpus" }, " dead") : null,
                         list));
     }
     if (!grid.children.length) grid.append(LV.el("p", { class: "muted" }, "no filter has that n-gram among its top ones"));
+    LVRoving.refresh(grid, ".ngram-card");
   }
 
   /** A filter whose output never rises above 0 over the corpus: after the ReLU it passes nothing. */
   function isDead(f) { return f.max === null || f.max <= 0; }
 
-  function focusFilter(filter) {
+  /** Make ``filter`` the current one (URL, marked card, the deconvnet panel's filter); ``keepFocus``: the
+   * keyboard picked it, so its card, drawn again, keeps the focus. */
+  function focusFilter(filter, keepFocus = false) {
     state.filter = filter;
     saveUrl();
     $("filter-search").value = "";
+    if ($("tdeconv-filter")) $("tdeconv-filter").value = filter;
     render();
     const card = $(`filter-${filter}`);
-    if (card) card.scrollIntoView({ block: "center", behavior: "smooth" });
+    if (!card) return;
+    card.scrollIntoView({ block: "center", behavior: keepFocus ? "auto" : "smooth" });
+    if (keepFocus) card.focus();
+  }
+
+  /** The corpus picker: only the stores with texts cut as the model cuts them (the server refuses the
+   * others), those of unknown tokenization marked; says how many are hidden and why. False: none fits. */
+  function fillStores() {
+    const model = cnns.find(m => m.name === state.model) || {};
+    const want = model.tokenization || null;
+    const withText = stores.filter(s => s.has_texts);
+    const fit = withText.filter(s => !want || !s.tokenization || s.tokenization === want);
+    const hidden = withText.length - fit.length;
+    const others = [...new Set(withText.filter(s => !fit.includes(s)).map(s => s.tokenization))].join(", ");
+    $("store-note").textContent = hidden ? `${hidden} store${hidden > 1 ? "s" : ""} hidden: tokenized by ${others}, ` +
+      `not by ${want} as ${state.model} is, so their n-grams would not be the units the model reads.` : "";
+    $("store-note").hidden = !hidden;
+    if (!fit.length) {
+      LV.clear($("store"));
+      LV.showError(`No ready store is tokenized by ${want} as ${state.model} is: extract one with ` +
+                   `lstmvis.extract("${state.model}", texts, path).`);
+      return false;
+    }
+    const preferred = fit.some(s => s.name === state.store) ? state.store
+      : (fit.some(s => s.name === "sentiment") ? "sentiment" : fit[0].name);
+    state.store = LV.fillSelect($("store"), fit.map(s => ({
+      value: s.name, label: `${s.title} (${s.name})` + (s.tokenization ? "" : " \u2013 tokenization not known"),
+    })), preferred);
+    return true;
   }
 
   function start() {
     $("controls").addEventListener("submit", ev => ev.preventDefault());
     if (!cnns.length) { LV.showError("No text-CNN model is loaded."); return; }
-    const withText = stores;
-    if (!withText.length) { LV.showError("No state store is ready to use as the corpus yet. " + note); return; }
-    state.model = LV.fillSelect($("model"), cnns.map(m => ({ value: m.name, label: m.name })), state.model);
-    const preferred = state.store || (withText.some(s => s.name === "sentiment") ? "sentiment" : withText[0].name);
-    state.store = LV.fillSelect($("store"), withText.map(s => ({ value: s.name, label: `${s.title} (${s.name})` })), preferred);
+    if (!stores.some(s => s.has_texts)) { LV.showError("No state store with texts is ready to use as the corpus yet. " + note); return; }
+    state.model = LV.fillSelect($("model"), cnns.map(m => ({ value: m.name, label: `${m.name} (${m.tokenization || "tokenization not known"})` })), state.model);
+    if (!fillStores()) return;
     $("k").value = state.k;
-    $("model").addEventListener("change", () => { state.model = $("model").value; state.layer = ""; load().catch(fail); });
+    $("model").addEventListener("change", () => {
+      state.model = $("model").value; state.layer = "";
+      if (fillStores()) load().catch(fail);
+    });
     $("store").addEventListener("change", () => { state.store = $("store").value; load().catch(fail); });
     $("layer").addEventListener("change", () => { state.layer = $("layer").value; state.filter = null; saveUrl(); render(); });
     $("k").addEventListener("change", () => { state.k = Math.min(50, Math.max(1, parseInt($("k").value, 10) || 9)); load().catch(fail); });
+    // the cards are one Tab stop: arrows move along them, Enter or Space picks the filter
+    LVRoving.wire($("filter-grid"), ".ngram-card", card => focusFilter(Number(card.dataset.filter), true));
     $("filter-search").addEventListener("input", () => render());
     $("hide-dead").addEventListener("change", () => render());
     load().then(() => { if (state.filter !== null) focusFilter(state.filter); }).catch(fail);
