@@ -46,6 +46,7 @@ DEFAULT_CONFIG = {
     "COMPUTE_SLOTS": None,  # API requests computing at once per lane (None: one per core; 0: no limit)
     "JOB_WORKERS": 1,  # background jobs (corpus audits, t-SNE) running at once
     "INDEX_JOB_VALUES": 20_000_000,  # a match index of more values (tokens x cells) is built as a job
+    "INDEX_WAIT_S": 5.0,  # a small store's request waits this long for the index job a page started before a 202
     "FRAME_ANCESTORS": [],  # origins whose pages may show the tool in an iframe (notebooks; default: none)
     "WORKBENCH_CORPORA": (),  # CSV/JSONL files (lstmvis serve --corpus) the workbench offers as file:NAME
 }

@@ -41,6 +41,7 @@ class Job:
     error: str = ""
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def info(self) -> dict:
         """Progress (and the result once done) as JSON."""
@@ -117,6 +118,7 @@ class JobRunner:
             job.error, job.status = f"{type(exc).__name__}: {exc}", "error"
         finally:
             job.finished = time.time()
+            job.ended.set()
 
     def list(self) -> list[dict]:
         """Every job kept, newest first, without results (they can be large): for the jobs page."""

@@ -75,17 +75,20 @@ def start_index(store, source: str) -> None:
 def index_job(store, source: str, on_cluster: bool = False) -> Response | None:
     """A 202 naming the background job "index" while one builds or opens ``source``'s match index
     (started by :func:`start_index` when a page opened the store, or here for a large store), so the
-    first match shows progress instead of waiting silently; else ``None`` when the index is built,
-    or small enough to build inside this request, or when the query runs on the cluster
+    first match shows progress instead of waiting silently (a small store's request first waits up to
+    ``INDEX_WAIT_S`` for that job); else ``None`` when the index is built, or small enough to build
+    inside this request, or when the query runs on the cluster
     (``on_cluster``: :func:`cluster_client`), whose workers build and keep each part's index. The
     client polls ``/api/jobs/<id>`` and asks again when the job is done."""
     if on_cluster:
         return None
     key = _index_key(store, source)
+    small = store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
     job = jobs().active("index", key)
+    if job is not None and small and job.ended.wait(current_app.config["INDEX_WAIT_S"]):
+        job = None  # a small store's job is usually done in a moment: its answer, not a 202, for API clients
     if job is None:
-        if MatchIndex.is_built(store, source) or \
-                store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]:
+        if small or MatchIndex.is_built(store, source):
             return None
         job = jobs().submit("index", key, _build_index(store, source))
     resp = jsonify({"status": "building index", "job": job.info()})
