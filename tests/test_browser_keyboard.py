@@ -88,6 +88,14 @@ def tab_to(page, selector: str, limit: int = 150) -> None:
     raise AssertionError(f"Tab never reached {selector}")
 
 
+def retype(page, selector: str, text: str) -> None:
+    """Tab to the field ``selector``, replace its value by ``text`` and press Enter: keyboard only."""
+    tab_to(page, selector)
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
 def active(page) -> dict:
     return page.evaluate("() => ({ id: document.activeElement.id, index: document.activeElement.dataset.index, "
                          "filter: document.activeElement.dataset.filter })")
@@ -119,10 +127,7 @@ def test_images_page_by_keyboard_only(watched, base_url):
     page.keyboard.press("Home")
     assert active(page)["index"] == page.locator("#picker button").first.get_attribute("data-index")
     # a digit by its number, then the class to explain by arrows
-    tab_to(page, "#index")
-    page.keyboard.press("Control+A")
-    page.keyboard.type("7")
-    page.keyboard.press("Enter")
+    retype(page, "#index", "7")
     expect(page.locator("#input-note")).to_contain_text("test digit 7,")
     tab_to(page, "#target")
     page.keyboard.press("ArrowDown")
@@ -135,10 +140,7 @@ def test_images_page_by_keyboard_only(watched, base_url):
     tab_to(page, "#datarand-run")
     page.keyboard.press("Space")
     page.wait_for_selector("#datarand-table tr td")
-    tab_to(page, "#deconv-unit")
-    page.keyboard.press("Control+A")
-    page.keyboard.type("3")
-    page.keyboard.press("Enter")
+    retype(page, "#deconv-unit", "3")
     page.wait_for_selector("#deconv-grid img")
     tab_to(page, "#evolution-run")
     page.keyboard.press("Enter")
@@ -186,10 +188,7 @@ def test_textcnn_page_by_keyboard_only(watched, base_url):
     tab_to(page, "#layer")
     page.keyboard.press("ArrowDown")
     expect(page.locator("#filters-plot .gtitle")).to_contain_text("convs.1")
-    tab_to(page, "#k")
-    page.keyboard.press("Control+A")
-    page.keyboard.type("2")
-    page.keyboard.press("Enter")
+    retype(page, "#k", "2")
     page.wait_for_function("() => document.querySelector('#filter-grid .ngram-card ol').children.length === 2")
     tab_to(page, "#filter-search")
     page.keyboard.type("bore")
