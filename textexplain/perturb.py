@@ -112,10 +112,10 @@ class MaskedModel:
 
     @property
     def path(self) -> dict:
-        """Which evaluation path ran: ``evaluation`` ("incremental" where any masked text ran on it,
-        else "plain"), and where it applies the rows it took, the calls it densified, the check's
-        relative difference and why the rest ran plain."""
-        out: dict = {"evaluation": "incremental" if self._span_rows else "plain"}
+        """Which evaluation path ran: ``evaluation`` ("incremental" where every masked text it could
+        take ran on it, else "plain"), and where it applies the masked texts it took, the calls it
+        densified, the check's relative difference and why the rest ran plain."""
+        out: dict = {"evaluation": "incremental" if self._span_rows and not self.path_note else "plain"}
         if self._spans is not None:
             out["incremental_rows"] = self._span_rows
             out["densified_calls"] = sorted(set(self._spans.fallbacks))
