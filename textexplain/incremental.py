@@ -25,6 +25,10 @@ Known calls (``SpanRun.fallbacks`` lists the others met):
   block's (exact); ``sum``/``mean`` are the reference total minus the reference's window plus the
   block's, in float64.
 
+An in-place call on a span runs out of place and the span takes the result (``nn.ReLU(inplace=True)``);
+one on a span that a view shares (or any other write into a span) raises ``Abandon``, and the caller
+runs those rows plain.
+
 ``span_logits`` runs a ``TextModel`` on keep-masks with one masked run each (``textexplain.perturb``
 uses it for occlusion).
 """
@@ -114,6 +118,7 @@ def make_span(ref: torch.Tensor, starts: torch.Tensor, block: torch.Tensor, perm
     standin = ref.expand(shape).permute(_inverse(perm))  # right shape and dtype, no memory; never read as values
     span = torch.Tensor._make_subclass(SpanTensor, standin, False)
     span._ref, span._starts, span._block, span._perm, span._run = ref, starts, block, tuple(perm), run
+    span._aliased = False
     return span
 
 
@@ -135,6 +140,7 @@ class SpanTensor(torch.Tensor):
     _block: torch.Tensor
     _perm: tuple[int, ...]
     _run: SpanRun
+    _aliased: bool
 
     @property
     def length(self) -> int:
@@ -218,18 +224,39 @@ def _map(value, fn):
     return value
 
 
+_INPLACE_DUNDERS = {f"__i{op}__": f"__{op}__" for op in "add sub mul truediv floordiv mod pow and or xor lshift "
+                    "rshift matmul".split()}
+
+
 def _is_inplace(func, args, kwargs) -> bool:
     name = getattr(func, "__name__", "")
-    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or "out" in kwargs or \
+    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS or "out" in kwargs or \
         bool(kwargs.get("inplace")) or name in ("__setitem__", "set_", "copy_", "resize_")
+
+
+def _inplace(func, args, kwargs):
+    """An in-place call on a span that no view shares: the out-of-place call, then the span takes
+    its result (same shape). Anything else in place into a span: ``Abandon``."""
+    name = getattr(func, "__name__", "")
+    target = args[0] if args else None
+    if not isinstance(target, SpanTensor) or target._aliased or "out" in kwargs:
+        return None
+    if kwargs.get("inplace"):
+        result = func(*args, **{**kwargs, "inplace": False})
+    else:
+        plain = _INPLACE_DUNDERS.get(name, name[:-1])
+        out_of_place = getattr(torch.Tensor, plain, None) if name.endswith("_") or name in _INPLACE_DUNDERS else None
+        if out_of_place is None or name in ("set_", "copy_", "resize_"):
+            return None
+        result = out_of_place(*args, **kwargs)
+    if not isinstance(result, SpanTensor) or result.shape != target.shape or result.dtype != target.dtype:
+        return None
+    target._ref, target._starts, target._block, target._perm = result._ref, result._starts, result._block, result._perm
+    return target
 
 
 def _densified(func, args, kwargs, spans):
     """Run ``func`` on the dense rows (the always-correct fallback)."""
-    target = args[0] if args else None
-    if _is_inplace(func, args, kwargs) and (isinstance(target, SpanTensor) or
-                                            isinstance(kwargs.get("out"), SpanTensor)):
-        raise Abandon(f"in-place {getattr(func, '__name__', func)} on a span tensor")
     run = spans[0]._run
     run.fallbacks.append(getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func)))
     dense = {}
@@ -247,7 +274,10 @@ def _densified(func, args, kwargs, spans):
 
 def _rule(func, args, kwargs, spans):
     if _is_inplace(func, args, kwargs):
-        return NotImplemented
+        done = _inplace(func, args, kwargs)
+        if done is None and any(isinstance(a, SpanTensor) for a in [*args[:1], kwargs.get("out")]):
+            raise Abandon(f"in-place {getattr(func, '__name__', func)} on a span tensor")
+        return NotImplemented if done is None else done
     if func in _DROPOUTS:
         training = kwargs.get("training", args[2] if len(args) > 2 else True)
         return args[0] if not training and isinstance(args[0], SpanTensor) else NotImplemented
@@ -302,7 +332,7 @@ def _aligned(spans: list[SpanTensor]) -> list[SpanTensor]:
 
 
 def _pointwise(func, args, kwargs, spans):
-    if any(isinstance(v, torch.Tensor) for v in _flat((), kwargs)):
+    if any(isinstance(v, torch.Tensor) for v in _flat((), kwargs)) or any(s._perm != spans[0]._perm for s in spans):
         return NotImplemented
     aligned = dict(zip(map(id, spans), _aligned(spans)))
     like = aligned[id(spans[0])]
@@ -319,8 +349,6 @@ def _pointwise(func, args, kwargs, spans):
             return a
         return [convert(a) if not isinstance(a, (list, tuple)) else a for a in args]
 
-    if any(isinstance(a, SpanTensor) and len(a._perm) != len(like._perm) for a in spans):
-        raise _Densify
     ref, block = func(*part(0), **kwargs), func(*part(1), **kwargs)
     if ref.dim() != len(like._perm):
         raise _Densify
@@ -391,9 +419,18 @@ def _reduction(kind: str, func, args, kwargs):
 
 
 def _view(func, args, kwargs):
+    """Transposes, permutes and ``unsqueeze``: a new layout of the same span (both marked as aliased:
+    an in-place write into either then gives the incremental path up)."""
     x = args[0]
     if not isinstance(x, SpanTensor):
         return NotImplemented
+    view = _view_of(func, args, kwargs)
+    x._aliased = view._aliased = True
+    return view
+
+
+def _view_of(func, args, kwargs):
+    x = args[0]
     n, perm = len(x._perm), x._perm
     if func in _TRANSPOSES:
         a = int(args[1] if len(args) > 1 else kwargs.get("dim0")) % n
@@ -445,6 +482,8 @@ def _embedding(args, kwargs):
 def _time_step(args):
     """``x[..., t, ...]`` with full slices elsewhere: each row's value at step ``t``."""
     x, key = args
+    if not isinstance(x, SpanTensor) or isinstance(key, torch.Tensor):
+        return NotImplemented
     key = key if isinstance(key, tuple) else (key,)
     n = len(x._perm)
     if sum(k is Ellipsis for k in key) > 1 or any(not (k is Ellipsis or k == slice(None) or type(k) is int)
