@@ -76,11 +76,12 @@ def test_short_texts_and_windows_over_the_whole_text(shipped, text, window):
 
 
 def test_auto_takes_the_incremental_path_on_long_texts_only(shipped):
-    model = shipped["sentiment-gru"]
-    long = te.Occlusion(model).explain(_sentence(model, 80))
-    assert long.info["evaluation"] == "incremental" and long.info["incremental_check"] < 1e-5
-    short = te.Occlusion(model).explain("a good film")
-    assert short.info["evaluation"] == "plain" and "incremental_rows" not in short.info
+    for name, n in (("sentiment-gru", 400), ("sentiment-cnn", 64)):
+        model = shipped[name]
+        long = te.Occlusion(model).explain(_sentence(model, n))
+        assert long.info["evaluation"] == "incremental" and long.info["incremental_check"] < 1e-5
+        short = te.Occlusion(model).explain(_sentence(model, n // 2))
+        assert short.info["evaluation"] == "plain" and "incremental_rows" not in short.info
     deleted = te.Occlusion(model, mask="delete", evaluation="incremental").explain(_sentence(model, 80))
     assert deleted.info["evaluation"] == "plain"
 
@@ -200,7 +201,7 @@ class Unsupported(nn.Module):
 
 def test_an_unsupported_call_is_densified_and_exact():
     model = _wrap(Unsupported())
-    text = _random_text(70)
+    text = _random_text(400)
     forced = _compare(model, text, window=2, scale="output")
     assert forced.info["evaluation"] == "incremental" and forced.info["densified_calls"] == ["TensorBase.cumsum"]
     auto = _compare(model, text, window=2, evaluation="auto", scale="output")

@@ -45,8 +45,6 @@ from torch import nn
 from .base import embed, forward_at_embeddings
 
 STATE_TOLERANCE = 1e-6  # |h - h_ref| and |c - c_ref| below this at one step: the row continues as the reference
-# modules whose calls the span rules make cheap; a module without any gains nothing from them
-SPAN_MODULES = (nn.LSTM, nn.GRU, nn.Conv1d)
 
 _META_PROPERTIES = {"shape", "ndim", "dtype", "device", "layout", "is_cuda", "is_cpu", "is_sparse", "is_quantized",
                     "is_meta", "is_mkldnn", "is_nested", "requires_grad", "is_leaf", "grad_fn", "names", "itemsize",
@@ -719,9 +717,11 @@ def _recurrent(kind: str, args):
 
 # ---------------------------------------------------------------------------------- the model call
 
-def module_has_span_layers(module: nn.Module) -> bool:
-    """Whether ``module`` holds a layer the span rules make cheap (LSTM, GRU, Conv1d)."""
-    return any(isinstance(m, SPAN_MODULES) for m in module.modules())
+def span_layers(module: nn.Module) -> set[str]:
+    """The kinds of layers in ``module`` the span rules make cheap: "recurrent" (LSTM, GRU),
+    "convolution" (Conv1d)."""
+    kinds = {nn.LSTM: "recurrent", nn.GRU: "recurrent", nn.Conv1d: "convolution"}
+    return {kind for m in module.modules() for cls, kind in kinds.items() if isinstance(m, cls)}
 
 
 def span_logits(model, token_ids: torch.Tensor, keep: np.ndarray, mask: str | int, pad_vector: torch.Tensor | None,
