@@ -22,9 +22,9 @@ changes, exactly up to ``state_tolerance``; calls without a span rule run densif
 is right for any module. The first call's first row is also run plain and must agree (else
 everything runs plain). ``"auto"`` takes the incremental path for "pad", "unk" and token-id masks
 on modules holding an LSTM, GRU or Conv1d and texts of at least ``AUTO_MIN_TOKENS`` tokens (64
-with convolutions only, 384 with a recurrent layer), and
-goes plain after the first call where that call needed a densified one. "delete" and masks with
-several runs (LIME, SHAP) always run plain.
+with convolutions only, 384 with a recurrent layer), and goes plain after the first call where
+that call needed a densified one. "delete" and masks with several runs (LIME, SHAP) always run
+plain.
 """
 from __future__ import annotations
 
@@ -174,8 +174,8 @@ class MaskedModel:
         ``MIN_BATCH_ROWS`` rows); "delete" sorts them by length first."""
         if self.mask == "delete":
             lengths = keep[rows].sum(1)
-            order = rows[np.argsort(lengths, kind="stable")]
-            lengths = lengths[np.argsort(lengths, kind="stable")]
+            by_length = np.argsort(lengths, kind="stable")
+            order, lengths = rows[by_length], lengths[by_length]
         else:
             order, lengths = rows, np.full(len(rows), self.n_tokens)
         batches, start = [], 0
