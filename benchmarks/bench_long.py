@@ -1,21 +1,29 @@
 """Long texts: seconds per 1,000 tokens for occlusion and Integrated Gradients, ours vs captum's.
 
-    python benchmarks/bench_long.py [--repeats 3] [--occlusion 250,500,1000] [--ig 500,2000,5000]
+    python benchmarks/bench_long.py [--repeats 3] [--occlusion 1000,2000,5000] [--ig 500,2000,5000]
+        [--models sentiment-lstm,sentiment-gru,sentiment-cnn] [--implementations plain,incremental,captum]
 
-On sentiment-lstm, texts of N tokens built from the test sentences (concatenated in order).
-- occlusion: ours (``textexplain.Occlusion``, window 1, pad mask) against captum's ``Occlusion`` on
-  the embedding output with the pad embedding as baseline, ``perturbations_per_eval=8`` (our row
-  floor per call); the cost is quadratic in N (N masked texts of N tokens), so seconds per 1,000
-  tokens grow with N.
-- ig: ours with 50 Gauss-Legendre steps and with the default adaptive rule (up to 200 gradient
-  rows), against captum's ``LayerIntegratedGradients`` on the embedding layer, pad-id baselines, 50
-  Gauss-Legendre steps.
-Interleaved repetitions, medians, one thread (the machine is shared).
+Texts of N tokens built from the test sentences (concatenated in order).
+- occlusion (window 1, pad mask), on each of ``--models``: ours on the plain path
+  (``Occlusion(evaluation="plain")``: N masked texts of N tokens, quadratic), ours on the incremental
+  path (the default ``evaluation="auto"``, ``textexplain.incremental``: each masked text recomputes only
+  what its window changes), and captum's ``Occlusion`` on the embedding output with the pad embedding
+  as baseline, ``perturbations_per_eval=8`` (our plain path's row floor per call). Each row reports the
+  max |difference| of its scores from ours plain, relative to ours plain's max |score| too.
+- ig (sentiment-lstm): ours with 50 Gauss-Legendre steps and with the default adaptive rule (up to 200
+  gradient rows), against captum's ``LayerIntegratedGradients`` on the embedding layer, pad-id
+  baselines, 50 Gauss-Legendre steps.
+- ``--sample-check K``: for each model and length, the incremental path's scores against the plain
+  path on K evenly spaced windows (each masked text run in full by ``MaskedModel(evaluation="plain")``):
+  max |difference|, also relative to the largest |score| there; cheap where the full plain run is not.
+Interleaved repetitions, medians, one thread (the machine is shared). Each run is also logged to
+stderr as it ends, with its difference from the first implementation of its row group.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -40,8 +48,14 @@ def _timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--occlusion", default="250,500,1000")
+    parser.add_argument("--occlusion", default="1000,2000,5000")
     parser.add_argument("--ig", default="500,2000,5000")
+    parser.add_argument("--models", default="sentiment-lstm,sentiment-gru,sentiment-cnn",
+                        help="classifiers for the occlusion runs")
+    parser.add_argument("--implementations", default="plain,incremental,captum",
+                        help="occlusion implementations: plain, incremental, captum")
+    parser.add_argument("--sample-check", type=int, default=0,
+                        help="check the incremental path against the plain one on this many windows per text")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from captum.attr import LayerIntegratedGradients, Occlusion as CaptumOcclusion
@@ -50,11 +64,13 @@ def main() -> None:
     import textexplain as te
     from textexplain.base import embed, forward_at_embeddings
 
-    model = data.load_model("sentiment-lstm")
-    model.max_tokens = 10**6
     texts, _ = data.rotten_tomatoes("test")
+    models = {}
+    for name in dict.fromkeys(["sentiment-lstm", *[m for m in args.models.split(",") if m]]):
+        models[name] = data.load_model(name)
+        models[name].max_tokens = 10**6
 
-    def captum_occlusion(text):
+    def captum_occlusion(model, text):
         ids = torch.tensor([model.encode(text)])
         x = embed(model, ids).detach()
         pad = embed(model, torch.tensor([[model.pad_id]])).detach()[0, 0]
@@ -68,7 +84,12 @@ def main() -> None:
                                                       target=target, perturbations_per_eval=8)
         return attr[0].sum(-1).double().numpy() / x.shape[-1]
 
-    def captum_ig(text):
+    def incremental(model, text):
+        e = te.Occlusion(model).explain(text)
+        assert e.info["evaluation"] == "incremental", e.info
+        return e.scores
+
+    def captum_ig(model, text):
         ids = torch.tensor([model.encode(text)])
         with torch.no_grad():
             target = int(model.module(ids).argmax())
@@ -77,33 +98,72 @@ def main() -> None:
                              method="gausslegendre")
         return attr[0].sum(-1).detach().double().numpy()
 
+    occlusion = {"plain": ("ours, plain", lambda m, t: te.Occlusion(m, evaluation="plain").explain(t).scores),
+                 "incremental": ("ours, incremental (default)", incremental),
+                 "captum": ("captum Occlusion", captum_occlusion)}
     runs = []
-    for n in [int(v) for v in args.occlusion.split(",") if v]:
-        text = _text(model, texts, n)
-        runs += [("occlusion", "ours", n, lambda t=text: te.Occlusion(model).explain(t).scores),
-                 ("occlusion", "captum Occlusion", n, lambda t=text: captum_occlusion(t))]
+    for name in [m for m in args.models.split(",") if m]:
+        for n in [int(v) for v in args.occlusion.split(",") if v]:
+            text = _text(models[name], texts, n)
+            runs += [("occlusion", name, occlusion[k][0], n, lambda m=models[name], t=text, f=occlusion[k][1]: f(m, t))
+                     for k in args.implementations.split(",") if k]
+    lstm = models["sentiment-lstm"]
     for n in [int(v) for v in args.ig.split(",") if v]:
-        text = _text(model, texts, n)
-        runs += [("IG", "ours, 50 Gauss-Legendre", n,
-                  lambda t=text: te.IntegratedGradients(model, n_steps=50, method="gausslegendre").explain(t).scores),
-                 ("IG", "ours, adaptive (default)", n, lambda t=text: te.IntegratedGradients(model).explain(t).scores),
-                 ("IG", "captum LayerIntegratedGradients, 50 Gauss-Legendre", n, lambda t=text: captum_ig(t))]
+        text = _text(lstm, texts, n)
+        runs += [("IG", "sentiment-lstm", "ours, 50 Gauss-Legendre", n,
+                  lambda t=text: te.IntegratedGradients(lstm, n_steps=50, method="gausslegendre").explain(t).scores),
+                 ("IG", "sentiment-lstm", "ours, adaptive (default)", n,
+                  lambda t=text: te.IntegratedGradients(lstm).explain(t).scores),
+                 ("IG", "sentiment-lstm", "captum LayerIntegratedGradients, 50 Gauss-Legendre", n,
+                  lambda t=text: captum_ig(lstm, t))]
     times: dict[tuple, list[float]] = {}
     scores: dict[tuple, np.ndarray] = {}
     for _ in range(args.repeats):
-        for method, who, n, fn in runs:
+        for method, name, who, n, fn in runs:
             seconds, out = _timed(fn)
-            times.setdefault((method, who, n), []).append(seconds)
-            scores[(method, who, n)] = np.asarray(out, dtype=np.float64)
-    print("| method | implementation | tokens | median s | s per 1,000 tokens | runs (s) | cosine vs ours |")
-    print("|---|---|---|---|---|---|---|")
-    for (method, who, n), ts in times.items():
-        ours = scores[(method, "ours" if method == "occlusion" else "ours, 50 Gauss-Legendre", n)]
-        mine = scores[(method, who, n)]
-        cosine = float(ours @ mine / (np.linalg.norm(ours) * np.linalg.norm(mine) + 1e-300))
+            times.setdefault((method, name, who, n), []).append(seconds)
+            scores[(method, name, who, n)] = np.asarray(out, dtype=np.float64)
+            first = next(v for (m, nm, _, k), v in scores.items() if (m, nm, k) == (method, name, n))
+            print(f"# {method} {name} {who} {n}: {seconds:.2f} s, max abs diff vs the first "
+                  f"{np.abs(first - scores[(method, name, who, n)]).max():.2g}", file=sys.stderr, flush=True)
+    print("| method | model | implementation | tokens | median s | s per 1,000 tokens | runs (s) "
+          "| max abs diff vs the first (relative to its max abs score) | cosine vs the first |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (method, name, who, n), ts in times.items():
+        first = next(v for (m, nm, _, k), v in scores.items() if (m, nm, k) == (method, name, n))
+        mine = scores[(method, name, who, n)]
+        cosine = float(first @ mine / (np.linalg.norm(first) * np.linalg.norm(mine) + 1e-300))
+        gap = float(np.abs(first - mine).max())
         med = statistics.median(ts)
-        print(f"| {method} | {who} | {n:,} | {med:.2f} | {med / n * 1000:.2f} | {', '.join(f'{t:.1f}' for t in ts)} "
-              f"| {cosine:.4f} |")
+        print(f"| {method} | {name} | {who} | {n:,} | {med:.2f} | {med / n * 1000:.2f} | "
+              f"{', '.join(f'{t:.1f}' for t in ts)} | {gap:.2g} ({gap / np.abs(first).max():.2g}) | {cosine:.6f} |")
+    if args.sample_check:
+        _sample_check(models, texts, [m for m in args.models.split(",") if m],
+                      [int(v) for v in args.occlusion.split(",") if v], args.sample_check)
+
+
+def _sample_check(models, texts, names, lengths, k) -> None:
+    """The incremental path's window-1 scores against the plain path's on ``k`` evenly spaced windows."""
+    import textexplain as te
+    from textexplain.perturb import MaskedModel
+
+    print("\n| model | tokens | windows checked | max abs diff | max abs score there | relative |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        model = models[name]
+        for n in lengths:
+            text = _text(model, texts, n)
+            e = te.Occlusion(model).explain(text)
+            assert e.info["evaluation"] == "incremental", e.info
+            picks = np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+            keep = np.ones((len(picks) + 1, n), dtype=bool)
+            keep[np.arange(1, len(picks) + 1), picks] = False
+            with torch.no_grad():
+                logits = MaskedModel(model, e.token_ids, evaluation="plain").logits(keep)
+            drops = logits[0, e.target] - logits[1:, e.target]
+            gap = float(np.abs(drops - e.scores[picks]).max())
+            size = float(np.abs(drops).max())
+            print(f"| {name} | {n:,} | {len(picks)} | {gap:.2g} | {size:.3g} | {gap / size:.2g} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .hyperparameters import Hyper
-from .perturb import PerturbationExplainer
+from .incremental import STATE_TOLERANCE
+from .perturb import EVALUATIONS, PerturbationExplainer
 
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -24,10 +25,25 @@ class Occlusion(PerturbationExplainer, name="occlusion", title="Occlusion"):
     With ``window=1`` this is leave-one-out. ``mask`` says what a masked token becomes (see
     ``textexplain.perturb``: ``"pad"`` embedding with the length kept, ``"unk"``, ``"delete"`` or a
     token id). Signed: positive = the token supports the target.
+
+    ``evaluation``: how the masked texts run (``textexplain.perturb``). "auto" (default) recomputes
+    only what each window changes on recurrent and convolutional models (``textexplain.incremental``:
+    5,000 tokens in seconds instead of minutes, the scores of the plain path up to ``state_tolerance``)
+    and runs every masked text in full elsewhere; "plain" always runs them in full; "incremental"
+    takes the span path whatever the model and text length. ``info["evaluation"]`` says which ran.
     """
 
     window = Hyper(int, 1, ge=1, api_le=16, help="tokens hidden at once (default 1)")
     stride = Hyper(int, 1, ge=1, api_le=16, help="step between windows (default 1)")
+    evaluation = Hyper(str, "auto", choices=EVALUATIONS, api=False,
+                       help="auto (default): recompute only what a window changes where the model allows it; "
+                            "plain: every masked text in full; incremental: always the span path")
+    state_tolerance = Hyper(float, STATE_TOLERANCE, ge=0, le=1e-2, api=False,
+                            help="incremental path: a recurrent state within this of the unmasked text's "
+                                 "(max abs) continues as the unmasked text (0 = never)")
+
+    def _masked_model_options(self) -> dict:
+        return {"evaluation": self.evaluation, "state_tolerance": self.state_tolerance}
 
     def _plan(self, n_tokens: int) -> dict:
         spans = windows(n_tokens, self.window, self.stride)
