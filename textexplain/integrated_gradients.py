@@ -5,13 +5,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import warnings
+
 import numpy as np
 import torch
 
 from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings,
                    check_choice, check_positive_int, embed, forward_at_embeddings, reduce_dims, resolve_target,
                    row_chunks, select_output)
-from .convergence import COMPLETENESS_TOLERANCE, Convergence, default_max_steps
+from .convergence import COMPLETENESS_TOLERANCE, Convergence, IncompleteIntegralWarning, default_max_steps, relative_gap
 from .hyperparameters import Hyper
 from .model import TextModel
 
@@ -34,6 +36,10 @@ SECOND_PASS_PROBES = 6
 EARLY_EXIT = 3e-3      # no second pass when the first already closes the gap to this share of |F(x) - F(x')|
 REFINE_MIN = 10        # gradient evaluations per refinement pass beyond n_steps (max_steps), at least
 SPLIT_ULPS = 64        # segments narrower than this many steps of the path's precision are not split
+JUMP_SHARE = 0.5       # refinement first zooms, by probes alone, into a probe interval holding more than this share
+                       # of its segment's |dF|, down to the path's precision if F jumps there (``locate_jump``)
+STALLED_ROUNDS = 2     # refinement stops after this many rounds in a row that do not halve their segment's gap
+                       # once jumps the precision cannot resolve already miss the tolerance (long RNN texts)
 
 
 @lru_cache(maxsize=64)
@@ -129,6 +135,13 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
             check_choice("baseline", self.baseline, ("pad", "zero", "unk"))
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
+        result = self._at_precision(prepared, target)
+        if not result.convergence.converged:
+            warn_incomplete(result.convergence, self.method)
+        return result
+
+    def _at_precision(self, prepared: Prepared, target) -> Attribution:
+        """IG at the requested ``precision`` (for ``"auto"``: float64 where float32 found a gap it cannot resolve)."""
         if self.precision == "float64":
             return self._integrate(self.model.float64(), prepared.ids, target)
         result = self._integrate(self.model, prepared.ids, target)
@@ -148,6 +161,21 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
                          self.n_steps, self.method, self.max_steps, self.internal_batch_size)
         return Attribution(path.scores(), output.input_logits, output.target, delta=path.delta,
                            convergence=path.convergence)
+
+
+def warn_incomplete(convergence: Convergence, rule: str) -> None:
+    """Say that a result misses completeness: one fixed sentence per cause, so that a batch says it once (the
+    figures are in ``convergence``)."""
+    if convergence.unresolved_alpha is not None:
+        why = (f"F jumps along the path between neighbouring {convergence.precision} inputs (state flips of an RNN "
+               "on a long text), which no number of steps resolves; convergence.unresolved_relative_delta is their "
+               "share")
+    elif rule == "adaptive":
+        why = "the gradient budget ran out first: raise max_steps"
+    else:
+        why = "raise n_steps, or use method='adaptive'"
+    warnings.warn(f"Integrated Gradients misses completeness by more than {COMPLETENESS_TOLERANCE:.0%} of "
+                  f"|F(x) - F(x')| (convergence.relative_delta): {why}", IncompleteIntegralWarning, stacklevel=2)
 
 
 def check_max_steps(max_steps: int | None, n_steps: int, rule: str, name: str = "method") -> None:
@@ -274,7 +302,9 @@ def integrate(output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, n_step
     unresolved = tuple(map(float, path.unresolved)) if path.unresolved else None
     convergence = Convergence.measure(delta, path.f_input, path.f_baseline, n_gradient_rows=path.n_gradient_rows,
                                       n_probe_rows=path.n_probe_rows, precision=str(x.dtype).removeprefix("torch."),
-                                      unresolved_alpha=unresolved)
+                                      unresolved_alpha=unresolved,
+                                      unresolved_relative_delta=(relative_gap(path.jumps, path.f_input - path.f_baseline)
+                                                                 if unresolved else None))
     return PathIntegral(attributions, delta, convergence)
 
 
@@ -287,6 +317,7 @@ class _Path:
         self.n_probe_rows = self.n_gradient_rows = 0
         self.f_input = self.f_baseline = float("nan")
         self.unresolved: tuple[float, float] | None = None  # set by ``adaptive``
+        self.jumps = 0.0  # the gap in segments too narrow to split, set by ``adaptive``
 
     def values(self, alphas) -> np.ndarray:
         """F at ``alphas``, forward only."""
@@ -310,7 +341,7 @@ class _Path:
         f = np.empty(PROBES)
         f[input_first] = self.values(alphas[input_first])
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
-        alphas, weights, grads, self.unresolved = adaptive_path_nodes(
+        alphas, weights, grads, self.unresolved, self.jumps = adaptive_path_nodes(
             n_steps, alphas, f, self.values, self.gradients, self.x, self.x_ref, max_steps)
         return alphas, weights, grads
 
@@ -356,8 +387,9 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
        more than the tolerance; if the final segments still do, the one that misses most is returned:
        more evaluations cannot close that gap, more precision can.
 
-    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and that
-    unresolved interval (else None). ``n_steps`` gradient rows are evaluated (at
+    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, that
+    unresolved interval (else None), and the part of the completeness gap in segments too narrow to split
+    (F's jumps there, which the gradients never see; 0.0 without such segments). ``n_steps`` gradient rows are evaluated (at
     most ``max_steps`` with step 4), or the first pass's 80% when it already closes the gap.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
@@ -387,19 +419,24 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     def segment_gaps():
         return {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
 
+    missing, stalled = COMPLETENESS_TOLERANCE * abs(total), 0
     while used < budget:
         tolerance = (EARLY_EXIT if used < n_steps else COMPLETENESS_TOLERANCE) * abs(total)
         gaps = segment_gaps()
         candidates = [s for s in gaps if splittable(*spans[s])]
         refinable = sum(gaps[s] for s in candidates)
         if abs(sum(gaps.values())) <= tolerance or not candidates or (
-                abs(refinable) <= tolerance < abs(sum(gaps.values()) - refinable)):
-            break  # complete, or what is left sits in segments too narrow to split
+                abs(sum(gaps.values()) - refinable) > missing and (abs(refinable) <= tolerance
+                                                                   or stalled >= STALLED_ROUNDS)):
+            break  # complete, or what is left sits in segments too narrow to split (and keeps turning up there)
         worst = max(candidates, key=lambda s: abs(gaps[s]))
+        first_new = next_label
         lo, hi = spans.pop(worst)
         n_more = min(n_refine if used < n_steps else max(n_refine, REFINE_MIN), budget - used)
         alphas, f = _add_probes(alphas, f, np.linspace(lo, hi, SECOND_PASS_PROBES + 2)[1:-1], probe)
+        alphas, f = locate_jump(alphas, f, lo, hi, probe, splittable)
         inner, inner_mass = _segments(alphas, f, *np.searchsorted(alphas, [lo, hi]).tolist(), n_more)
+        inner_mass = np.where([splittable(a, b) for a, b in zip(alphas[inner[:-1]], alphas[inner[1:]])], inner_mass, 0.0)
         more, more_weights, more_segment = _composite_gauss_legendre(alphas[inner], n_more, inner_mass)
         spans.update({next_label + k: (alphas[inner[k]], alphas[inner[k + 1]]) for k in range(len(inner) - 1)})
         more_grads = gradients(more)
@@ -411,12 +448,32 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         rates = np.concatenate([rates[keep], more_weights * derivative(more_grads)])
         grads = torch.cat([grads[torch.from_numpy(keep)], more_grads])
         used += n_more
+        after = segment_gaps()
+        stalled = stalled + 1 if sum(abs(after[s]) for s in range(first_new, next_label)) > abs(gaps[worst]) / 2 else 0
     gaps, unresolved = segment_gaps(), None
     final = [s for s in gaps if not splittable(*spans[s])]
-    missing = COMPLETENESS_TOLERANCE * abs(total)
-    if final and abs(sum(gaps.values())) > missing and abs(sum(gaps[s] for s in final)) > missing:
+    jumps = float(sum(gaps[s] for s in final))
+    if final and abs(sum(gaps.values())) > missing and abs(jumps) > missing:
         unresolved = spans[max(final, key=lambda s: abs(gaps[s]))]
-    return nodes, weights, grads, unresolved
+    return nodes, weights, grads, unresolved, jumps
+
+
+def locate_jump(alphas: np.ndarray, f: np.ndarray, lo: float, hi: float, probe, splittable
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Probes (forward only) into the probe interval of [lo, hi] that holds more than ``JUMP_SHARE`` of
+    the segment's |dF|, 7 parts at a time, while one part keeps that share and is ``splittable``: a
+    steep but smooth change spreads over several parts and the zoom stops there; a jump stays in
+    one part down to the path's precision, where no gradient evaluation can resolve it."""
+    while True:
+        a, b = np.searchsorted(alphas, [lo, hi]).tolist()
+        jumps = np.abs(np.diff(f[a:b + 1]))
+        i = a + int(np.argmax(jumps))
+        if not (jumps.max() > JUMP_SHARE * jumps.sum() and splittable(alphas[i], alphas[i + 1])):
+            return alphas, f
+        n_before = len(alphas)
+        alphas, f = _add_probes(alphas, f, np.linspace(alphas[i], alphas[i + 1], SECOND_PASS_PROBES + 2)[1:-1], probe)
+        if len(alphas) == n_before:  # no alpha left between them
+            return alphas, f
 
 
 def _add_probes(alphas: np.ndarray, f: np.ndarray, new: np.ndarray, probe) -> tuple[np.ndarray, np.ndarray]:
