@@ -213,6 +213,28 @@ def test_default_on_a_long_text_stops_at_the_jumps_and_reports_its_gap(sentiment
     assert c.relative_delta == pytest.approx(abs(e.delta) / abs(change), rel=1e-6) and c.relative_delta > 0.01
     assert 0.01 < c.unresolved_relative_delta and e.to_dict()["info"]["unresolved_relative_delta"] == \
         c.unresolved_relative_delta
+    # precision="auto" (the page's) asks float64 probes first: F jumps there too, so no float64 rerun
+    with pytest.warns(IncompleteIntegralWarning):
+        auto = te.IntegratedGradients(sentiment_lstm, precision="auto").explain(text)
+    np.testing.assert_array_equal(auto.scores, e.scores)
+    assert auto.convergence.precision == "float32" and auto.convergence.n_gradient_rows == c.n_gradient_rows
+    assert auto.convergence.n_probe_rows > c.n_probe_rows
+    assert "so does float64" in te.render.convergence_fix(auto)
+
+
+def test_jump_persists_tells_a_jump_from_a_steep_change_at_the_path_precision():
+    x, x_ref = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)  # alpha is the input
+
+    def jump(rows):
+        return 3.0 * (rows[:, 0, 0] >= 0.3).double()
+
+    def steep(rows):  # 1e-9 wide: far narrower than float32 resolves near 0.3, resolvable in float64
+        return 3.0 * torch.tanh((rows[:, 0, 0] - 0.3) / 1e-9)
+
+    persists, rows = igm.jump_persists(jump, x, x_ref, (0.29, 0.31))
+    assert persists and rows > 2
+    assert igm.jump_persists(steep, x, x_ref, (0.29, 0.31))[0] is False
+    assert igm.jump_persists(steep, x.float(), x_ref.float(), (0.29, 0.31))[0] is True
 
 
 # A 50-token text (consecutive Rotten Tomatoes test sentences, as benchmarks/bench_server.py builds them)

@@ -137,7 +137,7 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     def _attribute(self, prepared: Prepared, target) -> Attribution:
         result = self._at_precision(prepared, target)
         if not result.convergence.converged:
-            warn_incomplete(result.convergence, self.method)
+            warn_incomplete(result.convergence, self.method, self.precision)
         return result
 
     def _at_precision(self, prepared: Prepared, target) -> Attribution:
@@ -146,12 +146,20 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
             return self._integrate(self.model.float64(), prepared.ids, target)
         result = self._integrate(self.model, prepared.ids, target)
         first = result.convergence
-        if self.precision == "auto" and first.unresolved_alpha is not None:  # more precision helps, more steps not
-            result = self._integrate(self.model.float64(), prepared.ids, result.target)
-            result.convergence = replace(  # the work of both passes
+        if self.precision == "auto" and first.unresolved_alpha is not None:  # more precision may help, more steps not
+            double = self.model.float64()
+            persists, n_checked = jump_persists(ClassOutput(double, prepared.ids, result.target),
+                                                embed(double, prepared.ids)[0],
+                                                baseline_embeddings(double, prepared.ids, self.baseline)[0],
+                                                first.unresolved_alpha)
+            if persists:  # a jump in float64 too (long texts): the float32 result is as good, at a fifth of the cost
+                result.convergence = replace(first, n_probe_rows=first.n_probe_rows + n_checked)
+                return result
+            result = self._integrate(double, prepared.ids, result.target)
+            result.convergence = replace(  # the work of both passes and the check
                 result.convergence, model_precision_relative_delta=first.relative_delta,
                 n_gradient_rows=result.convergence.n_gradient_rows + first.n_gradient_rows,
-                n_probe_rows=result.convergence.n_probe_rows + first.n_probe_rows)
+                n_probe_rows=result.convergence.n_probe_rows + first.n_probe_rows + n_checked)
         return result
 
     def _integrate(self, model: TextModel, ids: torch.Tensor, target) -> Attribution:
@@ -163,13 +171,13 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
                            convergence=path.convergence)
 
 
-def warn_incomplete(convergence: Convergence, rule: str) -> None:
+def warn_incomplete(convergence: Convergence, rule: str, precision: str = "model") -> None:
     """Say that a result misses completeness: one fixed sentence per cause, so that a batch says it once (the
     figures are in ``convergence``)."""
     if convergence.unresolved_alpha is not None:
         why = (f"F jumps along the path between neighbouring {convergence.precision} inputs (state flips of an RNN "
                "on a long text), which no number of steps resolves; convergence.unresolved_relative_delta is their "
-               "share")
+               "share" + (" (precision='auto' asks whether float64 resolves them)" if precision == "model" else ""))
     elif rule == "adaptive":
         why = "the gradient budget ran out first: raise max_steps"
     else:
@@ -354,6 +362,27 @@ def adaptive_path_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, 
                           resolution=torch.finfo(x.dtype).eps, origin=path_origin(x, x_ref))
 
 
+def jump_persists(output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, interval: tuple[float, float]
+                  ) -> tuple[bool, int]:
+    """Whether F still jumps inside ``interval`` of alpha at the precision of ``x`` (``locate_jump`` from its
+    ends, forward only, down to ``SPLIT_ULPS`` spacings of the path's inputs), and the rows that took.
+    ``precision="auto"`` asks this in float64 before integrating again there."""
+    path = _Path(output, x, x_ref, None)
+    splittable = _splittable(torch.finfo(x.dtype).eps, path_origin(x, x_ref))
+    lo, hi = map(float, interval)
+    alphas, f = locate_jump(np.array([lo, hi]), path.values([lo, hi]), lo, hi, path.values, splittable)
+    steps = np.abs(np.diff(f))
+    i = int(np.argmax(steps))
+    return bool(steps[i] > JUMP_SHARE * steps.sum() and not splittable(alphas[i], alphas[i + 1])), path.n_probe_rows
+
+
+def _splittable(resolution: float, origin: float):
+    """Whether a segment [lo, hi] of alpha is wider than ``SPLIT_ULPS`` spacings of the path's inputs there."""
+    def splittable(lo: float, hi: float) -> bool:
+        return hi - lo > SPLIT_ULPS * resolution * (hi + origin)
+    return splittable
+
+
 def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, derivative,
                    max_steps: int | None = None, resolution: float = 0.0, origin: float = 0.0):
     """Composite Gauss-Legendre nodes for the integral of dF/dalpha over [0, 1], placed from probes.
@@ -413,8 +442,7 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     def exact(lo, hi):  # segment ends are probes: F(hi) - F(lo) is known
         return f[np.searchsorted(alphas, hi)] - f[np.searchsorted(alphas, lo)]
 
-    def splittable(lo, hi):
-        return hi - lo > SPLIT_ULPS * resolution * (hi + origin)
+    splittable = _splittable(resolution, origin)
 
     def segment_gaps():
         return {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
