@@ -60,6 +60,7 @@ def default_run(model, text: str) -> dict:
     return {"rule": "default", "seconds": seconds, "relative_delta": c.relative_delta, "converged": c.converged,
             "gradient_rows": c.n_gradient_rows, "probe_rows": c.n_probe_rows, "target": int(e.target),
             "unresolved": list(c.unresolved_alpha) if c.unresolved_alpha else None,
+            "unresolved_relative_delta": getattr(c, "unresolved_relative_delta", None),  # None before 2026-12-07
             "change": c.f_input - c.f_baseline}
 
 

@@ -38,8 +38,9 @@ REFINE_MIN = 10        # gradient evaluations per refinement pass beyond n_steps
 SPLIT_ULPS = 64        # segments narrower than this many steps of the path's precision are not split
 JUMP_SHARE = 0.5       # refinement first zooms, by probes alone, into a probe interval holding more than this share
                        # of its segment's |dF|, down to the path's precision if F jumps there (``locate_jump``)
-STALLED_ROUNDS = 2     # refinement stops after this many rounds in a row that do not halve their segment's gap
-                       # once jumps the precision cannot resolve already miss the tolerance (long RNN texts)
+STALLED_ROUNDS = 2     # refinement stops after this many rounds in a row that neither halve their segment's gap
+                       # nor close 1% of |F(x) - F(x')| once jumps the precision cannot resolve miss the tolerance
+                       # (long RNN texts)
 
 
 @lru_cache(maxsize=64)
@@ -412,14 +413,20 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
        final: the inputs at alpha, ``x' + alpha (x - x')``, are spaced about ``resolution x (alpha +
        origin)`` apart in alpha (``resolution``: the dtype's eps; ``origin``: ``|x'| / |x - x'|``), and a
        segment narrower than ``SPLIT_ULPS`` such spacings is not split -- F can jump there between
-       neighbouring representable inputs. Refinement goes on elsewhere while the other segments miss by
-       more than the tolerance; if the final segments still do, the one that misses most is returned:
-       more evaluations cannot close that gap, more precision can.
+       neighbouring representable inputs. Before a segment gets gradient evaluations, its probes zoom
+       (forward only, ``locate_jump``) into a probe interval holding most of its change: down to such a
+       final segment if F jumps there. Refinement goes on elsewhere while the other segments miss by
+       more than the tolerance -- unless the final segments already do and ``STALLED_ROUNDS`` rounds in
+       a row neither halved their segment's gap nor closed 1% of |F(1) - F(0)| (on long RNN texts each
+       round finds one more jump: F is a staircase of state flips). If the final segments miss by more
+       than the tolerance, the one that misses most is returned: more evaluations cannot close that
+       gap; more precision may (``jump_persists``).
 
-    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, that
-    unresolved interval (else None), and the part of the completeness gap in segments too narrow to split
-    (F's jumps there, which the gradients never see; 0.0 without such segments). ``n_steps`` gradient rows are evaluated (at
-    most ``max_steps`` with step 4), or the first pass's 80% when it already closes the gap.
+    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, that unresolved
+    interval (else None), and the part of the completeness gap in segments too narrow to split (F's
+    jumps there, which the gradients never see; 0.0 without such segments). ``n_steps`` gradient rows
+    are evaluated (at most ``max_steps`` with step 4), or the first pass's 80% when it already closes
+    the gap.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
     for _ in range(ZOOM_ROUNDS):
@@ -477,7 +484,8 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         grads = torch.cat([grads[torch.from_numpy(keep)], more_grads])
         used += n_more
         after = segment_gaps()
-        stalled = stalled + 1 if sum(abs(after[s]) for s in range(first_new, next_label)) > abs(gaps[worst]) / 2 else 0
+        left = sum(abs(after[s]) for s in range(first_new, next_label))
+        stalled = 0 if left <= abs(gaps[worst]) / 2 and abs(gaps[worst]) - left >= missing else stalled + 1
     gaps, unresolved = segment_gaps(), None
     final = [s for s in gaps if not splittable(*spans[s])]
     jumps = float(sum(gaps[s] for s in final))
