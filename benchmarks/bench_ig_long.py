@@ -3,6 +3,7 @@
     python benchmarks/bench_ig_long.py [--models sentiment-lstm,sentiment-gru,sentiment-cnn]
         [--lengths 500,2000,5000] [--windows 25] [--sentences 40] [--steps 50,200] [--gl-windows 3]
         [--float64-windows 3] [--jsonl /tmp/ig_long.jsonl]
+    python benchmarks/bench_ig_long.py --summarize /tmp/ig_long.jsonl [...]
 
 Texts: windows of N tokens cut from the test sentences joined in order (starts spread evenly over the
 joined corpus, the same first ones whatever ``--windows``; 5,000-token windows overlap), and the first ``--sentences`` test
@@ -146,7 +147,12 @@ def main() -> None:
     parser.add_argument("--gl-windows", type=int, default=3, help="Gauss-Legendre on the first this many windows")
     parser.add_argument("--float64-windows", type=int, default=3)
     parser.add_argument("--jsonl", default=None, help="append one JSON line per result here")
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
+                        help="only print the summary of earlier runs' JSON lines (runs split over processes)")
     args = parser.parse_args()
+    if args.summarize:
+        print(summary([json.loads(line) for path in args.summarize for line in open(path)]))
+        return
     torch.set_num_threads(1)
     rows: list[dict] = []
 

@@ -96,7 +96,8 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     ``precision``: ``"model"`` (default) runs the path at the model's own precision; ``"float64"`` on a
     float64 copy of the model (``TextModel.float64``, about 5x slower on CPU); ``"auto"`` at the model's
     precision first and again in float64 only when refinement found a gap it cannot resolve at that
-    precision (``convergence.unresolved_alpha``, adaptive rule). Why: on longer texts an
+    precision (``convergence.unresolved_alpha``, adaptive rule) and float64 probes find F continuous
+    there (``jump_persists``; on long texts F jumps in float64 too, and the float32 result stays). Why: on longer texts an
     RNN's state can flip over a stretch of alpha narrower than float32 resolves -- F then jumps between
     neighbouring float32 inputs and no number of steps closes the gap (sentiment-lstm, 50-token texts:
     15% of them at ``max_steps=1000`` in float32, none in float64; benchmarks/results/explain.md).
@@ -107,7 +108,10 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     ``COMPLETENESS_TOLERANCE`` (1%), on the segment with the largest known gap (``adaptive_nodes`` step
     4). On the shipped LSTM's hard sentences 50 evaluations are not enough (steep, narrow state flips);
     ``n_steps=50, max_steps=200`` converges them and changes nothing on the others
-    (benchmarks/results/explain.md).
+    (benchmarks/results/explain.md). Refinement stops early where the gap keeps turning out to be jumps
+    no precision resolves (long RNN texts: F is a staircase of state flips; benchmarks/bench_ig_long.py):
+    ``convergence.unresolved_relative_delta`` is their share of the gap. A result that misses the
+    tolerance warns (``IncompleteIntegralWarning``).
 
     F(x) and F(x') come from a forward-only pass (the probes for ``"adaptive"``); gradient passes
     run in chunks (``internal_batch_size`` rows, default ``base.row_chunks``).
@@ -126,7 +130,7 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     precision = Hyper(str, "model", choices=PRECISIONS,
                       help="model (default): the model's own float32; float64: a float64 copy (about 5x slower; RNN "
                            "state flips can be narrower than float32 resolves); auto: float64 only when the adaptive "
-                           "rule finds a completeness gap float32 cannot resolve")
+                           "rule finds a completeness gap float32 cannot resolve and float64 probes can")
 
     def _validate(self) -> None:
         if self.method in FIXED_RULES:
