@@ -37,9 +37,8 @@ def run_adaptive(n_steps, f, rate, max_steps=None, resolution=0.0, origin=0.0):
 
     start = np.linspace(0.0, 1.0, 9)
     calls["probes"] += len(start)
-    nodes, weights, grads, calls["unresolved"] = adaptive_nodes(n_steps, start, f(start), probe, gradients,
-                                                                lambda g: g[:, 0, 0].numpy(), max_steps, resolution,
-                                                                origin)
+    nodes, weights, grads, calls["unresolved"], calls["jumps"] = adaptive_nodes(
+        n_steps, start, f(start), probe, gradients, lambda g: g[:, 0, 0].numpy(), max_steps, resolution, origin)
     return nodes, weights, grads[:, 0, 0].numpy(), calls
 
 
@@ -143,6 +142,99 @@ def test_refinement_stops_at_a_jump_narrower_than_the_precision_resolves():
     *_, near_zero = run_adaptive(50, early, rate, max_steps=1000, resolution=eps, origin=1.0)
     lo, hi = near_zero["unresolved"]
     assert lo < 3e-6 <= hi and hi - lo >= eps and near_zero["gradients"] < 300
+
+
+# F along the path of an RNN on a long text: many state flips, each narrower than float32 resolves (sentiment-lstm,
+# 500-5,000 tokens: jumps of 0.05-6 logits; benchmarks/bench_ig_long.py), on a smooth part.
+STAIR_AT = np.random.default_rng(3).uniform(0.02, 0.98, 24)
+STAIR_HEIGHTS = np.random.default_rng(4).normal(0.0, 0.5, 24)
+
+
+def staircase(alpha):
+    a = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    return (STAIR_HEIGHTS * (a[:, None] >= STAIR_AT)).sum(1) + np.sin(a)
+
+
+def staircase_rate(alpha):
+    return np.cos(np.atleast_1d(np.asarray(alpha, dtype=np.float64)))
+
+
+def test_refinement_stops_early_when_the_gap_keeps_turning_out_to_be_jumps():
+    """The default budget (max_steps = 4 x n_steps) is not spent chasing jump after jump: once the jumps found
+    miss the tolerance and refinement keeps finding only more of them, it stops, and says how much of the gap
+    they hold. What the gradients can integrate, they do."""
+    eps = float(torch.finfo(torch.float32).eps)
+    nodes, weights, rates, calls = run_adaptive(50, staircase, staircase_rate, max_steps=200, resolution=eps)
+    assert calls["gradients"] <= 70, calls  # 200 before: every refinement round found one more jump
+    lo, hi = calls["unresolved"]
+    assert hi - lo <= igm.SPLIT_ULPS * eps * hi and np.isin(STAIR_AT, [lo, hi], invert=True).all()
+    assert any(lo < at <= hi for at in STAIR_AT)
+    gap = weights @ rates - (staircase(1.0) - staircase(0.0))[0]
+    assert abs(weights @ rates - np.sin(1.0)) < 1e-5  # the smooth part
+    assert abs(gap) > 0.01 * abs(staircase(1.0) - staircase(0.0))[0]  # not complete, and not claimed to be
+    assert calls["jumps"] != 0.0 and abs(calls["jumps"]) <= abs(gap) + abs(STAIR_HEIGHTS).max()
+    # without the precision known every jump is a steep change to refine: the whole budget goes
+    *_, blind = run_adaptive(50, staircase, staircase_rate, max_steps=200)
+    assert blind["gradients"] == 200 and blind["unresolved"] is None
+
+
+def _window(model, n_tokens):
+    """The first ``n_tokens`` tokens of the test sentences joined in order (benchmarks/bench_ig_long.py)."""
+    import data
+
+    texts, _ = data.rotten_tomatoes("test")
+    tokens = []
+    for text in texts:
+        tokens += model.tokenize(text)
+        if len(tokens) >= n_tokens:
+            return " ".join(tokens[:n_tokens])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_default_on_a_long_text_stops_at_the_jumps_and_reports_its_gap(sentiment_lstm):
+    """sentiment-lstm on 500 tokens: F jumps by logits between neighbouring inputs along the path (in float64
+    too). The default stops refining instead of spending 200 gradient rows, warns, and its stated gap is the
+    gap of its scores against a forward pass of the input and of the baseline."""
+    from textexplain.base import baseline_embeddings, embed, forward_at_embeddings
+    from textexplain.convergence import IncompleteIntegralWarning
+
+    text = _window(sentiment_lstm, 500)
+    with pytest.warns(IncompleteIntegralWarning, match="no number of steps resolves"):
+        e = te.IntegratedGradients(sentiment_lstm).explain(text)
+    c = e.convergence
+    assert c.n_gradient_rows <= 100 and not c.converged and c.unresolved_alpha is not None
+    ids = torch.tensor([sentiment_lstm.encode(text)])
+    with torch.no_grad():
+        ends = forward_at_embeddings(sentiment_lstm, ids.expand(2, -1), torch.cat(
+            [embed(sentiment_lstm, ids), baseline_embeddings(sentiment_lstm, ids, "pad")]))[:, e.target].double()
+    change = float(ends[0] - ends[1])
+    assert c.f_input - c.f_baseline == pytest.approx(change, abs=1e-5)
+    assert e.delta == pytest.approx(float(e.scores.sum()) - change, abs=1e-4)
+    assert c.relative_delta == pytest.approx(abs(e.delta) / abs(change), rel=1e-6) and c.relative_delta > 0.01
+    assert 0.01 < c.unresolved_relative_delta and e.to_dict()["info"]["unresolved_relative_delta"] == \
+        c.unresolved_relative_delta
+    # precision="auto" (the page's) asks float64 probes first: F jumps there too, so no float64 rerun
+    with pytest.warns(IncompleteIntegralWarning):
+        auto = te.IntegratedGradients(sentiment_lstm, precision="auto").explain(text)
+    np.testing.assert_array_equal(auto.scores, e.scores)
+    assert auto.convergence.precision == "float32" and auto.convergence.n_gradient_rows == c.n_gradient_rows
+    assert auto.convergence.n_probe_rows > c.n_probe_rows
+    assert "so does float64" in te.render.convergence_fix(auto)
+
+
+def test_jump_persists_tells_a_jump_from_a_steep_change_at_the_path_precision():
+    x, x_ref = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)  # alpha is the input
+
+    def jump(rows):
+        return 3.0 * (rows[:, 0, 0] >= 0.3).double()
+
+    def steep(rows):  # 1e-9 wide: far narrower than float32 resolves near 0.3, resolvable in float64
+        return 3.0 * torch.tanh((rows[:, 0, 0] - 0.3) / 1e-9)
+
+    persists, rows = igm.jump_persists(jump, x, x_ref, (0.29, 0.31))
+    assert persists and rows > 2
+    assert igm.jump_persists(steep, x, x_ref, (0.29, 0.31))[0] is False
+    assert igm.jump_persists(steep, x.float(), x_ref.float(), (0.29, 0.31))[0] is True
 
 
 # A 50-token text (consecutive Rotten Tomatoes test sentences, as benchmarks/bench_server.py builds them)

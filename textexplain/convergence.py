@@ -15,6 +15,10 @@ COMPLETENESS_TOLERANCE = 0.01  # |delta| above this share of |F(x) - F(x')| is f
 MAX_STEPS_FACTOR = 4
 
 
+class IncompleteIntegralWarning(UserWarning):
+    """An Integrated Gradients result misses completeness by more than ``COMPLETENESS_TOLERANCE``."""
+
+
 def default_max_steps(n_steps: int, max_steps: int | None) -> int:
     """The adaptive rule's budget of gradient evaluations: ``max_steps``, or by default
     ``MAX_STEPS_FACTOR * n_steps``."""
@@ -37,7 +41,9 @@ class Convergence:
     ``COMPLETENESS_TOLERANCE``. ``n_gradient_rows``/``n_probe_rows``: model rows evaluated with and
     without gradients. ``precision``: the dtype the path ran in (``"float32"``, ``"float64"``).
     ``unresolved_alpha``: the interval of alpha where F jumps faster than that precision resolves (more
-    steps cannot close that gap, more precision can), else None. ``model_precision_relative_delta``: with
+    steps cannot close that gap, more precision may), else None; ``unresolved_relative_delta``: then the part of
+    the gap in all such intervals (F's jumps there, relative like ``relative_delta``; on long RNN texts most
+    of the gap, and float64 resolves those jumps no better). ``model_precision_relative_delta``: with
     ``precision="auto"`` after a float64 rerun, the gap of the first pass at the model's precision.
     In JSON (``to_info``) these are keys of an explanation's ``info``, as they always were.
     """
@@ -50,6 +56,7 @@ class Convergence:
     n_probe_rows: int
     precision: str
     unresolved_alpha: tuple[float, float] | None = None
+    unresolved_relative_delta: float | None = None
     model_precision_relative_delta: float | None = None
 
     @classmethod
@@ -71,6 +78,8 @@ class Convergence:
                "precision": self.precision}
         if self.unresolved_alpha is not None:
             out["unresolved_alpha"] = list(self.unresolved_alpha)
+        if self.unresolved_relative_delta is not None:
+            out["unresolved_relative_delta"] = self.unresolved_relative_delta
         if self.model_precision_relative_delta is not None:
             out["model_precision_relative_delta"] = self.model_precision_relative_delta
         return out

@@ -5,13 +5,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import warnings
+
 import numpy as np
 import torch
 
 from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings,
                    check_choice, check_positive_int, embed, forward_at_embeddings, reduce_dims, resolve_target,
                    row_chunks, select_output)
-from .convergence import COMPLETENESS_TOLERANCE, Convergence, default_max_steps
+from .convergence import COMPLETENESS_TOLERANCE, Convergence, IncompleteIntegralWarning, default_max_steps, relative_gap
 from .hyperparameters import Hyper
 from .model import TextModel
 
@@ -34,6 +36,11 @@ SECOND_PASS_PROBES = 6
 EARLY_EXIT = 3e-3      # no second pass when the first already closes the gap to this share of |F(x) - F(x')|
 REFINE_MIN = 10        # gradient evaluations per refinement pass beyond n_steps (max_steps), at least
 SPLIT_ULPS = 64        # segments narrower than this many steps of the path's precision are not split
+JUMP_SHARE = 0.5       # refinement first zooms, by probes alone, into a probe interval holding more than this share
+                       # of its segment's |dF|, down to the path's precision if F jumps there (``locate_jump``)
+STALLED_ROUNDS = 2     # refinement stops after this many rounds in a row that neither halve their segment's gap
+                       # nor close 1% of |F(x) - F(x')| once jumps the precision cannot resolve miss the tolerance
+                       # (long RNN texts)
 
 
 @lru_cache(maxsize=64)
@@ -89,7 +96,8 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     ``precision``: ``"model"`` (default) runs the path at the model's own precision; ``"float64"`` on a
     float64 copy of the model (``TextModel.float64``, about 5x slower on CPU); ``"auto"`` at the model's
     precision first and again in float64 only when refinement found a gap it cannot resolve at that
-    precision (``convergence.unresolved_alpha``, adaptive rule). Why: on longer texts an
+    precision (``convergence.unresolved_alpha``, adaptive rule) and float64 probes find F continuous
+    there (``jump_persists``; on long texts F jumps in float64 too, and the float32 result stays). Why: on longer texts an
     RNN's state can flip over a stretch of alpha narrower than float32 resolves -- F then jumps between
     neighbouring float32 inputs and no number of steps closes the gap (sentiment-lstm, 50-token texts:
     15% of them at ``max_steps=1000`` in float32, none in float64; benchmarks/results/explain.md).
@@ -100,7 +108,10 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     ``COMPLETENESS_TOLERANCE`` (1%), on the segment with the largest known gap (``adaptive_nodes`` step
     4). On the shipped LSTM's hard sentences 50 evaluations are not enough (steep, narrow state flips);
     ``n_steps=50, max_steps=200`` converges them and changes nothing on the others
-    (benchmarks/results/explain.md).
+    (benchmarks/results/explain.md). Refinement stops early where the gap keeps turning out to be jumps
+    no precision resolves (long RNN texts: F is a staircase of state flips; benchmarks/bench_ig_long.py):
+    ``convergence.unresolved_relative_delta`` is their share of the gap. A result that misses the
+    tolerance warns (``IncompleteIntegralWarning``).
 
     F(x) and F(x') come from a forward-only pass (the probes for ``"adaptive"``); gradient passes
     run in chunks (``internal_batch_size`` rows, default ``base.row_chunks``).
@@ -119,7 +130,7 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     precision = Hyper(str, "model", choices=PRECISIONS,
                       help="model (default): the model's own float32; float64: a float64 copy (about 5x slower; RNN "
                            "state flips can be narrower than float32 resolves); auto: float64 only when the adaptive "
-                           "rule finds a completeness gap float32 cannot resolve")
+                           "rule finds a completeness gap float32 cannot resolve and float64 probes can")
 
     def _validate(self) -> None:
         if self.method in FIXED_RULES:
@@ -129,16 +140,31 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
             check_choice("baseline", self.baseline, ("pad", "zero", "unk"))
 
     def _attribute(self, prepared: Prepared, target) -> Attribution:
+        result = self._at_precision(prepared, target)
+        if not result.convergence.converged:
+            warn_incomplete(result.convergence, self.method, self.precision)
+        return result
+
+    def _at_precision(self, prepared: Prepared, target) -> Attribution:
+        """IG at the requested ``precision`` (for ``"auto"``: float64 where float32 found a gap it cannot resolve)."""
         if self.precision == "float64":
             return self._integrate(self.model.float64(), prepared.ids, target)
         result = self._integrate(self.model, prepared.ids, target)
         first = result.convergence
-        if self.precision == "auto" and first.unresolved_alpha is not None:  # more precision helps, more steps not
-            result = self._integrate(self.model.float64(), prepared.ids, result.target)
-            result.convergence = replace(  # the work of both passes
+        if self.precision == "auto" and first.unresolved_alpha is not None:  # more precision may help, more steps not
+            double = self.model.float64()
+            persists, n_checked = jump_persists(ClassOutput(double, prepared.ids, result.target),
+                                                embed(double, prepared.ids)[0],
+                                                baseline_embeddings(double, prepared.ids, self.baseline)[0],
+                                                first.unresolved_alpha)
+            if persists:  # a jump in float64 too (long texts): the float32 result is as good, at a fifth of the cost
+                result.convergence = replace(first, n_probe_rows=first.n_probe_rows + n_checked)
+                return result
+            result = self._integrate(double, prepared.ids, result.target)
+            result.convergence = replace(  # the work of both passes and the check
                 result.convergence, model_precision_relative_delta=first.relative_delta,
                 n_gradient_rows=result.convergence.n_gradient_rows + first.n_gradient_rows,
-                n_probe_rows=result.convergence.n_probe_rows + first.n_probe_rows)
+                n_probe_rows=result.convergence.n_probe_rows + first.n_probe_rows + n_checked)
         return result
 
     def _integrate(self, model: TextModel, ids: torch.Tensor, target) -> Attribution:
@@ -148,6 +174,21 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
                          self.n_steps, self.method, self.max_steps, self.internal_batch_size)
         return Attribution(path.scores(), output.input_logits, output.target, delta=path.delta,
                            convergence=path.convergence)
+
+
+def warn_incomplete(convergence: Convergence, rule: str, precision: str = "model") -> None:
+    """Say that a result misses completeness: one fixed sentence per cause, so that a batch says it once (the
+    figures are in ``convergence``)."""
+    if convergence.unresolved_alpha is not None:
+        why = (f"F jumps along the path between neighbouring {convergence.precision} inputs (state flips of an RNN "
+               "on a long text), which no number of steps resolves; convergence.unresolved_relative_delta is their "
+               "share" + (" (precision='auto' asks whether float64 resolves them)" if precision == "model" else ""))
+    elif rule == "adaptive":
+        why = "the gradient budget ran out first: raise max_steps"
+    else:
+        why = "raise n_steps, or use method='adaptive'"
+    warnings.warn(f"Integrated Gradients misses completeness by more than {COMPLETENESS_TOLERANCE:.0%} of "
+                  f"|F(x) - F(x')| (convergence.relative_delta): {why}", IncompleteIntegralWarning, stacklevel=2)
 
 
 def check_max_steps(max_steps: int | None, n_steps: int, rule: str, name: str = "method") -> None:
@@ -274,7 +315,9 @@ def integrate(output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, n_step
     unresolved = tuple(map(float, path.unresolved)) if path.unresolved else None
     convergence = Convergence.measure(delta, path.f_input, path.f_baseline, n_gradient_rows=path.n_gradient_rows,
                                       n_probe_rows=path.n_probe_rows, precision=str(x.dtype).removeprefix("torch."),
-                                      unresolved_alpha=unresolved)
+                                      unresolved_alpha=unresolved,
+                                      unresolved_relative_delta=(relative_gap(path.jumps, path.f_input - path.f_baseline)
+                                                                 if unresolved else None))
     return PathIntegral(attributions, delta, convergence)
 
 
@@ -287,6 +330,7 @@ class _Path:
         self.n_probe_rows = self.n_gradient_rows = 0
         self.f_input = self.f_baseline = float("nan")
         self.unresolved: tuple[float, float] | None = None  # set by ``adaptive``
+        self.jumps = 0.0  # the gap in segments too narrow to split, set by ``adaptive``
 
     def values(self, alphas) -> np.ndarray:
         """F at ``alphas``, forward only."""
@@ -310,7 +354,7 @@ class _Path:
         f = np.empty(PROBES)
         f[input_first] = self.values(alphas[input_first])
         self.f_input, self.f_baseline = float(f[-1]), float(f[0])
-        alphas, weights, grads, self.unresolved = adaptive_path_nodes(
+        alphas, weights, grads, self.unresolved, self.jumps = adaptive_path_nodes(
             n_steps, alphas, f, self.values, self.gradients, self.x, self.x_ref, max_steps)
         return alphas, weights, grads
 
@@ -321,6 +365,27 @@ def adaptive_path_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, 
     (``path_derivative``), and the precision of the path's inputs (their dtype's eps, ``path_origin``)."""
     return adaptive_nodes(n_steps, alphas, f, probe, gradients, lambda g: path_derivative(g, x, x_ref), max_steps,
                           resolution=torch.finfo(x.dtype).eps, origin=path_origin(x, x_ref))
+
+
+def jump_persists(output: ScalarOutput, x: torch.Tensor, x_ref: torch.Tensor, interval: tuple[float, float]
+                  ) -> tuple[bool, int]:
+    """Whether F still jumps inside ``interval`` of alpha at the precision of ``x`` (``locate_jump`` from its
+    ends, forward only, down to ``SPLIT_ULPS`` spacings of the path's inputs), and the rows that took.
+    ``precision="auto"`` asks this in float64 before integrating again there."""
+    path = _Path(output, x, x_ref, None)
+    splittable = _splittable(torch.finfo(x.dtype).eps, path_origin(x, x_ref))
+    lo, hi = map(float, interval)
+    alphas, f = locate_jump(np.array([lo, hi]), path.values([lo, hi]), lo, hi, path.values, splittable)
+    steps = np.abs(np.diff(f))
+    i = int(np.argmax(steps))
+    return bool(steps[i] > JUMP_SHARE * steps.sum() and not splittable(alphas[i], alphas[i + 1])), path.n_probe_rows
+
+
+def _splittable(resolution: float, origin: float):
+    """Whether a segment [lo, hi] of alpha is wider than ``SPLIT_ULPS`` spacings of the path's inputs there."""
+    def splittable(lo: float, hi: float) -> bool:
+        return hi - lo > SPLIT_ULPS * resolution * (hi + origin)
+    return splittable
 
 
 def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradients, derivative,
@@ -352,13 +417,20 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
        final: the inputs at alpha, ``x' + alpha (x - x')``, are spaced about ``resolution x (alpha +
        origin)`` apart in alpha (``resolution``: the dtype's eps; ``origin``: ``|x'| / |x - x'|``), and a
        segment narrower than ``SPLIT_ULPS`` such spacings is not split -- F can jump there between
-       neighbouring representable inputs. Refinement goes on elsewhere while the other segments miss by
-       more than the tolerance; if the final segments still do, the one that misses most is returned:
-       more evaluations cannot close that gap, more precision can.
+       neighbouring representable inputs. Before a segment gets gradient evaluations, its probes zoom
+       (forward only, ``locate_jump``) into a probe interval holding most of its change: down to such a
+       final segment if F jumps there. Refinement goes on elsewhere while the other segments miss by
+       more than the tolerance -- unless the final segments already do and ``STALLED_ROUNDS`` rounds in
+       a row neither halved their segment's gap nor closed 1% of |F(1) - F(0)| (on long RNN texts each
+       round finds one more jump: F is a staircase of state flips). If the final segments miss by more
+       than the tolerance, the one that misses most is returned: more evaluations cannot close that
+       gap; more precision may (``jump_persists``).
 
-    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, and that
-    unresolved interval (else None). ``n_steps`` gradient rows are evaluated (at
-    most ``max_steps`` with step 4), or the first pass's 80% when it already closes the gap.
+    Returns ``alphas (m,)`` and ``weights (m,)`` (sum 1), the gradients at the alphas, that unresolved
+    interval (else None), and the part of the completeness gap in segments too narrow to split (F's
+    jumps there, which the gradients never see; 0.0 without such segments). ``n_steps`` gradient rows
+    are evaluated (at most ``max_steps`` with step 4), or the first pass's 80% when it already closes
+    the gap.
     """
     alphas, f = np.asarray(alphas, dtype=np.float64), np.asarray(f, dtype=np.float64)
     for _ in range(ZOOM_ROUNDS):
@@ -381,25 +453,29 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
     def exact(lo, hi):  # segment ends are probes: F(hi) - F(lo) is known
         return f[np.searchsorted(alphas, hi)] - f[np.searchsorted(alphas, lo)]
 
-    def splittable(lo, hi):
-        return hi - lo > SPLIT_ULPS * resolution * (hi + origin)
+    splittable = _splittable(resolution, origin)
 
     def segment_gaps():
         return {s: rates[segment == s].sum() - exact(*span) for s, span in spans.items()}
 
+    missing, stalled = COMPLETENESS_TOLERANCE * abs(total), 0
     while used < budget:
         tolerance = (EARLY_EXIT if used < n_steps else COMPLETENESS_TOLERANCE) * abs(total)
         gaps = segment_gaps()
         candidates = [s for s in gaps if splittable(*spans[s])]
         refinable = sum(gaps[s] for s in candidates)
         if abs(sum(gaps.values())) <= tolerance or not candidates or (
-                abs(refinable) <= tolerance < abs(sum(gaps.values()) - refinable)):
-            break  # complete, or what is left sits in segments too narrow to split
+                abs(sum(gaps.values()) - refinable) > missing and (abs(refinable) <= tolerance
+                                                                   or stalled >= STALLED_ROUNDS)):
+            break  # complete, or what is left sits in segments too narrow to split (and keeps turning up there)
         worst = max(candidates, key=lambda s: abs(gaps[s]))
+        first_new = next_label
         lo, hi = spans.pop(worst)
         n_more = min(n_refine if used < n_steps else max(n_refine, REFINE_MIN), budget - used)
         alphas, f = _add_probes(alphas, f, np.linspace(lo, hi, SECOND_PASS_PROBES + 2)[1:-1], probe)
+        alphas, f = locate_jump(alphas, f, lo, hi, probe, splittable)
         inner, inner_mass = _segments(alphas, f, *np.searchsorted(alphas, [lo, hi]).tolist(), n_more)
+        inner_mass = np.where([splittable(a, b) for a, b in zip(alphas[inner[:-1]], alphas[inner[1:]])], inner_mass, 0.0)
         more, more_weights, more_segment = _composite_gauss_legendre(alphas[inner], n_more, inner_mass)
         spans.update({next_label + k: (alphas[inner[k]], alphas[inner[k + 1]]) for k in range(len(inner) - 1)})
         more_grads = gradients(more)
@@ -411,12 +487,33 @@ def adaptive_nodes(n_steps: int, alphas: np.ndarray, f: np.ndarray, probe, gradi
         rates = np.concatenate([rates[keep], more_weights * derivative(more_grads)])
         grads = torch.cat([grads[torch.from_numpy(keep)], more_grads])
         used += n_more
+        after = segment_gaps()
+        left = sum(abs(after[s]) for s in range(first_new, next_label))
+        stalled = 0 if left <= abs(gaps[worst]) / 2 and abs(gaps[worst]) - left >= missing else stalled + 1
     gaps, unresolved = segment_gaps(), None
     final = [s for s in gaps if not splittable(*spans[s])]
-    missing = COMPLETENESS_TOLERANCE * abs(total)
-    if final and abs(sum(gaps.values())) > missing and abs(sum(gaps[s] for s in final)) > missing:
+    jumps = float(sum(gaps[s] for s in final))
+    if final and abs(sum(gaps.values())) > missing and abs(jumps) > missing:
         unresolved = spans[max(final, key=lambda s: abs(gaps[s]))]
-    return nodes, weights, grads, unresolved
+    return nodes, weights, grads, unresolved, jumps
+
+
+def locate_jump(alphas: np.ndarray, f: np.ndarray, lo: float, hi: float, probe, splittable
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Probes (forward only) into the probe interval of [lo, hi] that holds more than ``JUMP_SHARE`` of
+    the segment's |dF|, 7 parts at a time, while one part keeps that share and is ``splittable``: a
+    steep but smooth change spreads over several parts and the zoom stops there; a jump stays in
+    one part down to the path's precision, where no gradient evaluation can resolve it."""
+    while True:
+        a, b = np.searchsorted(alphas, [lo, hi]).tolist()
+        jumps = np.abs(np.diff(f[a:b + 1]))
+        i = a + int(np.argmax(jumps))
+        if not (jumps.max() > JUMP_SHARE * jumps.sum() and splittable(alphas[i], alphas[i + 1])):
+            return alphas, f
+        n_before = len(alphas)
+        alphas, f = _add_probes(alphas, f, np.linspace(alphas[i], alphas[i + 1], SECOND_PASS_PROBES + 2)[1:-1], probe)
+        if len(alphas) == n_before:  # no alpha left between them
+            return alphas, f
 
 
 def _add_probes(alphas: np.ndarray, f: np.ndarray, new: np.ndarray, probe) -> tuple[np.ndarray, np.ndarray]:

@@ -226,6 +226,8 @@ def convergence_fix(e: Renderable) -> str:
             return f"{where}: no quadrature closes this gap; try another baseline"
         if "precision" not in e.params:  # lstmvis.explain_cell: the model's own precision only
             return f"{where}, so more steps cannot help"
+        if e.params["precision"] == "auto":  # float64 probes found the jump there too
+            return f"{where}, and so does float64: no quadrature closes this gap; try another baseline"
         return f"{where}, so more steps cannot help: use precision='float64' (or 'auto')"
     if e.params.get("method") == "adaptive":
         n_steps = int(e.params.get("n_steps") or 50)
