@@ -23,9 +23,10 @@ written): a changed part's index is rebuilt, the other parts' are kept.
 
 **Ranking.** ``rank_cells`` offers every method of ``lstmvis.cells.rank_cells``. Each part
 returns, per cell, its distinct keys (the exact stored values, ``lstmvis.index.float_keys``) with
-their token counts and the sums of one or two weights per key; the driver adds the parts'
-histograms. AUROC: the weight is the label; the Mann-Whitney statistic is counted in integers, so
-the scores are the same bit for bit. Pearson: the weight is the centred hypothesis; the cell's mean,
+their token counts and the sums of one or two weights per key; one task per group of cells adds
+the parts' histograms up, on the workers (the driver receives only the scores). AUROC: the weight
+is the label; the Mann-Whitney statistic is counted in integers, so the scores are the same bit
+for bit. Pearson: the weight is the centred hypothesis; the cell's mean,
 its centred norm and its covariance are sums over distinct values. Spearman: global average ranks
 come from the summed histogram (a value's rank is the number of tokens below it plus half its own
 ties), the weight is the centred rank of the hypothesis; then as Pearson on ranks. No sort over the
@@ -34,6 +35,7 @@ one process to float64 rounding (the sums run in another order).
 """
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Sequence
 
@@ -213,32 +215,60 @@ def match(store: StateStore, client, source: str, cells: Sequence[int] | np.ndar
 
 
 # ---------------------------------------------------------------------------- ranking
-def _key_sums_part(url: str, manifest_id: str, k: int, source: str, lo: int, hi: int,
-                   weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """A task: per cell of part ``k`` over its rows ``[lo, hi)``, the distinct keys, the number of
-    tokens of each, and the sums of each row of ``weights (m, hi - lo)`` per key."""
+def _key_sums_part(url: str, manifest_id: str, k: int, source: str, lo: int, hi: int, weights: np.ndarray,
+                   groups: list[np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A task: per group of cells, per cell of part ``k`` over its rows ``[lo, hi)``, the distinct keys,
+    the number of tokens of each, and the sums of each row of ``weights (m, hi - lo)`` per key."""
     index = part_index(part_store(url, manifest_id, k), source)
     out = []
-    for c in range(index.n_cells):
-        column = index.cell_major[c, lo:hi]
-        if column.dtype == np.uint16:  # 16-bit keys: counted in 65,536 bins, no sort
-            counts = np.bincount(column, minlength=1 << 16)
-            keys = np.flatnonzero(counts).astype(np.uint16)
-            sums = np.stack([np.bincount(column, weights=w, minlength=1 << 16)[keys] for w in weights])
-            counts = counts[keys]
-        else:
-            keys, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
-            sums = np.stack([np.bincount(inverse, weights=w, minlength=len(keys)) for w in weights])
-        out.append((keys, counts.astype(np.int64), sums))
+    for group in groups:
+        cells = []
+        for c in group:
+            column = index.cell_major[c, lo:hi]
+            if column.dtype == np.uint16:  # 16-bit keys: counted in 65,536 bins, no sort
+                counts = np.bincount(column, minlength=1 << 16)
+                keys = np.flatnonzero(counts).astype(np.uint16)
+                sums = np.stack([np.bincount(column, weights=w, minlength=1 << 16)[keys] for w in weights])
+                counts = counts[keys]
+            else:
+                keys, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+                sums = np.stack([np.bincount(inverse, weights=w, minlength=len(keys)) for w in weights])
+            cells.append((keys, counts.astype(np.int64), sums))
+        out.append(cells)
+    return out
+
+
+def _rank_group(pieces: list, method: str, n: int, dtype: str, y_norms: tuple[float, float]) -> np.ndarray:
+    """A task: the parts' histograms of one group of cells (``pieces[part][cell]``) added up, and the
+    cells' ``(scores, pearson, spearman)`` rows (see the module docstring)."""
+    out = np.zeros((3, len(pieces[0])))
+    for c in range(len(pieces[0])):
+        keys, inverse = np.unique(np.concatenate([p[c][0] for p in pieces]), return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([p[c][1] for p in pieces]),
+                             minlength=len(keys)).astype(np.int64)
+        sums = [np.bincount(inverse, weights=np.concatenate([p[c][2][i] for p in pieces]), minlength=len(keys))
+                for i in range(len(pieces[0][c][2]))]
+        if method == "auroc":
+            pos = np.rint(sums[0]).astype(np.int64)
+            neg = counts - pos
+            n_pos = int(pos.sum())
+            neg_below = np.cumsum(neg) - neg  # negatives with a smaller key
+            twice_u = int((pos * (2 * neg_below + neg)).sum())  # 2 x Mann-Whitney U: ties count one half
+            out[0, c] = (twice_u / 2) / (n_pos * (n - n_pos))
+            continue
+        x = keys_to_floats(keys, dtype).astype(np.float64)
+        out[1, c] = _correlation(x, counts, sums[0], y_norms[0])
+        ranks = np.cumsum(counts) - counts + (counts + 1) / 2.0  # global average ranks, ties averaged
+        out[2, c] = _correlation(ranks, counts, sums[1], y_norms[1])
     return out
 
 
 def rank_cells(store: StateStore, client, source: str, hypothesis, method: str | None = None,
                start: int | None = None, stop: int | None = None) -> CellRanking:
-    """``lstmvis.rank_cells`` over a Zarr store, one Dask task per part (see the module docstring):
-    ``method`` ``"auroc"`` (binary hypotheses, default; the same scores bit for bit), ``"pearson"``
-    (scalar default) or ``"spearman"`` (scalar rankings report both correlations), over tokens
-    ``[start, stop)``."""
+    """``lstmvis.rank_cells`` over a Zarr store, one Dask task per part and one per group of cells
+    (see the module docstring): ``method`` ``"auroc"`` (binary hypotheses, default; the same scores
+    bit for bit), ``"pearson"`` (scalar default) or ``"spearman"`` (scalar rankings report both
+    correlations), over tokens ``[start, stop)``. The driver receives only the scores."""
     from scipy.stats import rankdata
 
     ks = _parts(store)
@@ -259,46 +289,29 @@ def rank_cells(store: StateStore, client, source: str, hypothesis, method: str |
         raise ValueError(f"hypothesis {name} is constant ({y[0]:g}) over tokens [{start}, {stop}): nothing to "
                          "rank against (check the store's text, or pick another hypothesis)")
     if method == "auroc":
-        weights = (y > 0.5).astype(np.float64)[None]
+        weights, y_norms = (y > 0.5)[None], (0.0, 0.0)
     else:
         ry = rankdata(y)
         weights = np.stack([y - y.mean(), ry - ry.mean()])
+        y_norms = (float(np.sqrt(weights[0] @ weights[0])), float(np.sqrt(weights[1] @ weights[1])))
     url, manifest = store.url, store.fingerprint()["manifest"]
     row_starts = store.backend.root.row_starts()
-    futures = []
+    groups = np.array_split(np.arange(n_cells), max(1, min(n_cells, 2 * len(client.scheduler_info()["workers"]))))
+    per_part = []
     for k in ks:
         lo, hi = max(start, int(row_starts[k])), min(stop, int(row_starts[k + 1]))
         if lo < hi:
             w = client.scatter(weights[:, lo - start:hi - start])
-            futures.append(client.submit(_key_sums_part, url, manifest, k, source, lo - int(row_starts[k]),
-                                         hi - int(row_starts[k]), w, pure=False))
-    per_part = client.gather(futures)
-    n = stop - start
-    dtype = store.dataset(source).dtype
-    scores, pearson, spearman = np.zeros(n_cells), np.zeros(n_cells), np.zeros(n_cells)
-    for c in range(n_cells):
-        keys, inverse = np.unique(np.concatenate([p[c][0] for p in per_part]), return_inverse=True)
-        counts = np.bincount(inverse, weights=np.concatenate([p[c][1] for p in per_part]),
-                             minlength=len(keys)).astype(np.int64)
-        sums = np.stack([np.bincount(inverse, weights=np.concatenate([p[c][2][i] for p in per_part]),
-                                     minlength=len(keys)) for i in range(len(weights))])
-        below = np.cumsum(counts) - counts  # tokens with a smaller key
-        if method == "auroc":
-            pos = np.rint(sums[0]).astype(np.int64)
-            neg = counts - pos
-            n_pos = int(pos.sum())
-            neg_below = np.cumsum(neg) - neg
-            twice_u = int((pos * (2 * neg_below + neg)).sum())  # 2 x Mann-Whitney U: ties count one half
-            scores[c] = (twice_u / 2) / (n_pos * (n - n_pos))
-            continue
-        x = keys_to_floats(keys, dtype).astype(np.float64)
-        pearson[c] = _correlation(x, counts, sums[0], float(np.sqrt(weights[0] @ weights[0])))
-        ranks = below + (counts + 1) / 2.0  # average ranks, ties averaged
-        spearman[c] = _correlation(ranks, counts, sums[1], float(np.sqrt(weights[1] @ weights[1])))
+            per_part.append(client.submit(_key_sums_part, url, manifest, k, source, lo - int(row_starts[k]),
+                                          hi - int(row_starts[k]), w, groups, pure=False))
+    ranked = [client.submit(_rank_group, [client.submit(operator.getitem, p, g, pure=False) for p in per_part],
+                            method, stop - start, str(store.dataset(source).dtype), y_norms, pure=False)
+              for g in range(len(groups))]
+    scores, pearson, spearman = np.concatenate(client.gather(ranked), axis=1)
     if method == "auroc":
-        return CellRanking(source, name, kind, "auroc", scores, n, float(np.mean(y > 0.5)))
-    scores = pearson if method == "pearson" else spearman
-    return CellRanking(source, name, "scalar", method, scores, n, None, pearson, spearman)
+        return CellRanking(source, name, kind, "auroc", scores, stop - start, float(np.mean(y > 0.5)))
+    return CellRanking(source, name, "scalar", method, pearson if method == "pearson" else spearman,
+                       stop - start, None, pearson, spearman)
 
 
 def _correlation(x: np.ndarray, counts: np.ndarray, y_sums: np.ndarray, y_norm: float) -> float:
