@@ -428,7 +428,9 @@ class ZarrWriting:
         return marker.get("id") if isinstance(marker, dict) and isinstance(marker.get("id"), str) else None
 
     def part_done(self, k: int) -> bool:
-        return k in self._marked or self.fs.exists(self._marker(k))
+        if k not in self._marked and self.fs.exists(self._marker(k)):
+            self._marked.add(k)
+        return k in self._marked
 
     def load_done(self) -> np.ndarray:
         done = np.zeros(len(self._offsets) - 1, dtype=bool)
@@ -439,10 +441,11 @@ class ZarrWriting:
         return done
 
     def save_done(self, done: np.ndarray) -> None:
-        """Mark every part whose sequences are all done (Zarr writes are on storage when they return)."""
+        """Mark every part whose sequences are all done (Zarr writes are on storage when they return);
+        a part marked already keeps its marker, and so its id."""
         for k in range(self.n_parts):
             a, b = self.part_sequences(k)
-            if k not in self._marked and done[a:b].all():
+            if k not in self._marked and done[a:b].all() and not self.part_done(k):
                 self.mark_part(k)
 
     def commit(self) -> None:
