@@ -19,6 +19,10 @@ twice, 1 B code, 4 B order per value), 3.25x float32 states.
 
 The folder may hold a stranger's files (a store someone sent, with its index): only files named as
 ``write_index`` names them, inside the folder, are ever opened or deleted.
+
+A store on object storage keeps its indexes there too: ``publish_index`` uploads a local index
+(data files first, ``<source>.json`` last, in one PUT) and ``fetch_index`` copies a current one
+down (``lstmvis.cluster`` does both for the parts of a Zarr store).
 """
 from __future__ import annotations
 
@@ -437,7 +441,7 @@ def fetch_index(fs, remote: str, folder: Path, source: str, fingerprint: dict) -
     try:
         for kind in FILE_KINDS:
             tmp = folder / f".{source}.{kind}.{tag}.fetch.tmp"
-            copied.append(tmp)
+            copied += [tmp, folder / meta[kind]]
             fs.get_file(f"{remote}/{meta[kind]}", str(tmp))
             os.replace(tmp, folder / meta[kind])
     except (FileNotFoundError, OSError):  # replaced by another build meanwhile: build here instead
