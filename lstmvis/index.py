@@ -19,6 +19,10 @@ twice, 1 B code, 4 B order per value), 3.25x float32 states.
 
 The folder may hold a stranger's files (a store someone sent, with its index): only files named as
 ``write_index`` names them, inside the folder, are ever opened or deleted.
+
+A store on object storage keeps its indexes there too: ``publish_index`` uploads a local index
+(data files first, ``<source>.json`` last, in one PUT) and ``fetch_index`` copies a current one
+down (``lstmvis.cluster`` does both for the parts of a Zarr store).
 """
 from __future__ import annotations
 
@@ -252,11 +256,17 @@ def _own_file(folder: Path, source: str, kind: str, name: Any) -> Path | None:
     (a plain name, no separator, no ``..``) that resolves inside ``folder``; else ``None``. The names are
     read from ``<source>.json``, which whoever can write the folder could have crafted: only these are
     ever opened or deleted."""
-    if (not isinstance(name, str) or Path(name).name != name or name in (".", "..") or "\\" in name
-            or not re.fullmatch(rf"{re.escape(source)}\.{kind}\.\d+-[0-9a-f]{{8}}\.npy", name)):
+    if not _own_name(source, kind, name):
         return None
     path = folder / name
     return path if path.resolve().parent == folder.resolve() else None
+
+
+def _own_name(source: str, kind: str, name: Any) -> bool:
+    """Whether ``name`` is a plain file name (no separator, no ``..``) that ``write_index`` gives the
+    ``kind`` file of ``source``."""
+    return (isinstance(name, str) and Path(name).name == name and name not in (".", "..") and "\\" not in name
+            and re.fullmatch(rf"{re.escape(source)}\.{kind}\.\d+-[0-9a-f]{{8}}\.npy", name) is not None)
 
 
 def _writable(folder: Path) -> bool:
@@ -364,6 +374,13 @@ def write_index(store, source: str, folder: Path, progress: bool | None = None,
         raise
     meta = {"version": INDEX_VERSION, "source": source, "fingerprint": fingerprint, "dtype": str(dtype),
             "n_tokens": n, "n_cells": d, **names}
+    _replace_meta(folder, source, meta, tag)
+    return meta
+
+
+def _replace_meta(folder: Path, source: str, meta: dict, tag: str) -> None:
+    """Put ``meta`` in place as ``<source>.json`` (written aside, renamed) and delete the files of the
+    stale index it replaces."""
     meta_path = folder / f"{source}.json"
     old = None
     if meta_path.is_file():
@@ -375,11 +392,64 @@ def write_index(store, source: str, folder: Path, progress: bool | None = None,
     part.write_text(json.dumps(meta))
     os.replace(part, meta_path)
     if isinstance(old, dict):  # files of a stale index of this source
-        for k in names:
+        for k in FILE_KINDS:
             stale = _own_file(folder, source, k, old.get(k))
-            if stale is not None and old[k] != names[k]:
+            if stale is not None and old[k] != meta[k]:
                 stale.unlink(missing_ok=True)
-    return meta
+
+
+def publish_index(folder: Path, source: str, fs, remote: str) -> None:
+    """Copy the current index of ``source`` from the local ``folder`` to the folder ``remote`` of the
+    fsspec filesystem ``fs`` (object storage), atomically: the data files first (their names are new
+    to each build), ``<source>.json`` last, in one PUT, so a reader sees an index only whole; then
+    the files of the index it replaced there are deleted."""
+    meta_path = folder / f"{source}.json"
+    meta = json.loads(meta_path.read_text())
+    old = None
+    try:
+        old = json.loads(fs.cat_file(f"{remote}/{source}.json"))
+    except (FileNotFoundError, OSError, ValueError):
+        pass
+    for kind in FILE_KINDS:
+        fs.put_file(str(folder / meta[kind]), f"{remote}/{meta[kind]}")
+    fs.pipe_file(f"{remote}/{source}.json", meta_path.read_bytes())
+    if isinstance(old, dict):
+        for kind in FILE_KINDS:
+            name = old.get(kind)
+            if _own_name(source, kind, name) and name != meta[kind]:
+                try:
+                    fs.rm_file(f"{remote}/{name}")
+                except (FileNotFoundError, OSError):
+                    pass  # removed by another publisher already
+
+
+def fetch_index(fs, remote: str, folder: Path, source: str, fingerprint: dict) -> bool:
+    """Copy the index of ``source`` from ``remote`` (see ``publish_index``) into the local ``folder``
+    if the one there describes this ``fingerprint``; ``True`` if copied. Files are written aside
+    and renamed, ``<source>.json`` last; only names ``write_index`` gives are read or written."""
+    try:
+        meta = json.loads(fs.cat_file(f"{remote}/{source}.json"))
+    except (FileNotFoundError, OSError, ValueError):
+        return False
+    if (not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION or meta.get("fingerprint") != fingerprint
+            or not all(_own_name(source, kind, meta.get(kind)) for kind in FILE_KINDS)):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(folder, source)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    copied = []
+    try:
+        for kind in FILE_KINDS:
+            tmp = folder / f".{source}.{kind}.{tag}.fetch.tmp"
+            copied += [tmp, folder / meta[kind]]
+            fs.get_file(f"{remote}/{meta[kind]}", str(tmp))
+            os.replace(tmp, folder / meta[kind])
+    except (FileNotFoundError, OSError):  # replaced by another build meanwhile: build here instead
+        for path in copied:
+            path.unlink(missing_ok=True)
+        return False
+    _replace_meta(folder, source, meta, tag)
+    return True
 
 
 def _edge_keys(dtype: np.dtype) -> np.ndarray:

@@ -10,9 +10,12 @@ client=)``), and a manifest::
     <store>/vocab, card, offsets, token_ids, text_bytes, text_offsets, spans, meta/<name>
     <store>/states/zarr.json      attr sources (their order)
     <store>/parts/<k>/<source>    (rows of part k, D), chunks of whole rows, about CHUNK_BYTES each
-    <store>/parts/<k>.done        a part's completion marker: written after all its rows
+    <store>/parts/<k>.done        a part's completion marker: written after all its rows, with
+                                  the part's id (new each time the part is written)
+    <store>/parts/<k>.index/      the part's match index, built by a worker (``lstmvis.cluster``)
     <store>/manifest.json         written last (one PUT, or a rename on a local disk): the store
-                                  opens only when it is there and names every part as complete
+                                  opens only when it is there and names every part as complete,
+                                  with the parts' ids (``part_ids``: what identifies a part's rows)
 
 A part is written by one writer only and its chunks never straddle two parts, so no two writers
 ever touch the same object. A crash leaves the completed parts (their markers) for a resume and
@@ -379,14 +382,19 @@ class ZarrWriting:
     def write_rows(self, name: str, start: int, data: np.ndarray) -> None:
         stop = start + len(data)
         if not name.startswith("states/"):
-            self.group[name][start:stop] = data
+            self._array(name)[start:stop] = data
             return
         source = name[len("states/"):]
         for k in range(self.n_parts):
             a, b = self.part_rows(k)
             if a < stop and b > start and b > a:
                 lo, hi = max(a, start), min(b, stop)
-                self.group[f"{part_name(k)}/{source}"][lo - a:hi - a] = data[lo - start:hi - start]
+                self._array(f"{part_name(k)}/{source}")[lo - a:hi - a] = data[lo - start:hi - start]
+
+    def _array(self, name: str):
+        """An array to write rows into; chunks equal to the fill value are written too (the config is
+        not stored with the array: a chunk left out would make the store refuse to open)."""
+        return self.group[name].with_config({"write_empty_chunks": True})
 
     def delete(self, name: str) -> None:
         if name in self.group:
@@ -406,11 +414,23 @@ class ZarrWriting:
 
     def mark_part(self, k: int) -> None:
         """Record that part ``k`` has all its rows (call after its last write returned)."""
-        _put_atomic(self.fs, self._marker(k), json.dumps({"part": k, "rows": self.part_rows(k)}).encode())
+        marker = {"part": k, "rows": self.part_rows(k), "id": uuid.uuid4().hex}
+        _put_atomic(self.fs, self._marker(k), json.dumps(marker).encode())
         self._marked.add(k)
 
+    def part_id(self, k: int) -> str | None:
+        """The id part ``k``'s marker got when the part was completed (``None``: no marker)."""
+        raw = _read_small(self.fs, self._marker(k))
+        try:
+            marker = json.loads(raw) if raw is not None else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return marker.get("id") if isinstance(marker, dict) and isinstance(marker.get("id"), str) else None
+
     def part_done(self, k: int) -> bool:
-        return k in self._marked or self.fs.exists(self._marker(k))
+        if k not in self._marked and self.fs.exists(self._marker(k)):
+            self._marked.add(k)
+        return k in self._marked
 
     def load_done(self) -> np.ndarray:
         done = np.zeros(len(self._offsets) - 1, dtype=bool)
@@ -421,19 +441,24 @@ class ZarrWriting:
         return done
 
     def save_done(self, done: np.ndarray) -> None:
-        """Mark every part whose sequences are all done (Zarr writes are on storage when they return)."""
+        """Mark every part whose sequences are all done (Zarr writes are on storage when they return);
+        a part marked already keeps its marker, and so its id."""
         for k in range(self.n_parts):
             a, b = self.part_sequences(k)
-            if k not in self._marked and done[a:b].all():
+            if k not in self._marked and done[a:b].all() and not self.part_done(k):
                 self.mark_part(k)
 
     def commit(self) -> None:
-        """Mark the parts not marked yet (the caller wrote every row) and write the manifest: from now
-        on the store opens."""
+        """Mark the parts not marked yet (the caller wrote every row) and write the manifest, with every
+        part's id: from now on the store opens."""
+        part_ids = []
         for k in range(self.n_parts):
-            if not self.part_done(k):
+            part_ids.append(self.part_id(k))
+            if part_ids[-1] is None:  # not marked yet, or by an older writer without ids
                 self.mark_part(k)
+                part_ids[-1] = self.part_id(k)
         manifest = {"format": FORMAT, "complete": True, "id": uuid.uuid4().hex, "parts": self.part_starts,
+                    "part_ids": part_ids,
                     "n_tokens": int(self._offsets[-1]), "sources": json.loads(self.get_attr("states", "sources", "[]"))}
         _put_atomic(self.fs, f"{self.root_path}/{MANIFEST}", json.dumps(manifest).encode())
 
@@ -476,12 +501,25 @@ class _PartRoot:
 
 
 class PartBackend:
-    """``ReadBackend`` of one part of an open Zarr store (``StateStore(part_path(...), PartBackend(...))``)."""
+    """``ReadBackend`` of one part of an open Zarr store (``StateStore(part_path(...), PartBackend(...))``).
+
+    Its fingerprint is the store's address, the part's number and the part's id from the manifest
+    (the manifest's id for stores written before parts had ids): a part's match index stays valid
+    while that part is unchanged, whatever happens to the other parts. ``index_fs`` and
+    ``index_path`` name the folder beside the part where its match index is kept on the store's own
+    storage (``None`` for a local store: the index is written there directly)."""
 
     def __init__(self, whole: ZarrReadBackend, k: int):
         self.root = _PartRoot(whole.root, k)
         self.url = f"{whole.url}/{part_name(k)}"
-        self._fingerprint = {**whole.fingerprint(), "part": k}
+        ids = whole.manifest.get("part_ids") if whole.manifest else None
+        part_id = ids[k] if isinstance(ids, list) and len(ids) == len(whole.root.attrs.get("parts", [0])) \
+            and isinstance(ids[k], str) else None
+        self._fingerprint = {"store": whole.url, "part": k, "part_id": part_id} if part_id else \
+            {**whole.fingerprint(), "part": k}
+        remote = is_url(whole.url)
+        self.index_fs = whole.fs if remote else None
+        self.index_path = f"{whole.root_path}/{part_name(k)}.index" if remote else None
 
     def check(self, cap: int) -> None:
         """The whole store was checked when it was opened."""

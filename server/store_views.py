@@ -108,15 +108,14 @@ def run_match(store, source: str, cells, **options):
 
 
 def run_ranking(store, source: str, values: np.ndarray, method: str | None):
-    """``lstmvis.rank_cells`` of every cell against one value per token: AUROC of a binary hypothesis on
-    the cluster when there is one for the store (the same scores: ``lstmvis.cluster.rank_cells``),
-    correlations in this process."""
+    """``lstmvis.rank_cells`` of every cell against one value per token, on the cluster when there is
+    one for the store (``lstmvis.cluster.rank_cells``: AUROC bit for bit, Pearson/Spearman to float64
+    rounding), in this process otherwise."""
     client = cluster_client(store)
-    binary = bool(np.isin(values, (0.0, 1.0)).all())
-    if client is None or method not in ("auroc", None) or not binary:
+    if client is None:
         return rank_cells(store, source, values, method=method, progress=False)
     with cluster_errors(client):
-        return cluster.rank_cells(store=store, client=client, source=source, hypothesis=values)
+        return cluster.rank_cells(store=store, client=client, source=source, hypothesis=values, method=method)
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
 """``lstmvis serve --data s3://... --scheduler ADDR`` and ``lstmvis.serve(data_dir="s3://...", scheduler=/client=)``
 (issue 22, point 3): Zarr stores on an S3-compatible server on loopback (moto's server mode, reached
 through s3fs), listed and rescanned like a local folder and confined to it; select, match and cell
-ranking through the HTTP API, with match and AUROC ranking on a Dask cluster (a LocalCluster of 2
+ranking through the HTTP API, with match and cell ranking (AUROC, Pearson) on a Dask cluster (a LocalCluster of 2
 worker processes), give what the same server gives on a local HDF5 copy of the store."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -39,7 +40,7 @@ MATCHES = [dict(cells="0,1,2", threshold=0.2, top=7), dict(cells="3", threshold=
 # how much work a match did (one count per part on a cluster), not what it found
 ENGINE_COUNTS = {"n_candidates", "n_verified", "levels"}
 RANKS = [dict(hypothesis="meta:label"), dict(hypothesis="tokens:w1,w2", method="auroc", top=12),
-         dict(hypothesis="meta:label", method="pearson", top=5)]
+         dict(hypothesis="meta:label", method="pearson", top=5), dict(hypothesis="meta:label", method="spearman")]
 
 
 def _s3():
@@ -96,11 +97,24 @@ def _answers(url: str) -> list:
     return out
 
 
+def _same(a, b) -> bool:
+    """Equal JSON values, floats to float64 rounding (the cluster adds a correlation's sums in another
+    order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12,
+                                                                                            abs_tol=1e-15)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def _assert_same_answers(got: list[dict], want: list[dict]) -> None:
     """Equal answers: every field but how much work a match did (per part on a cluster)."""
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        diff = sorted(k for k in set(g) | set(w) if g.get(k) != w.get(k))
+        diff = sorted(k for k in set(g) | set(w) if not _same(g.get(k), w.get(k)))
         assert set(diff) <= ENGINE_COUNTS, (diff, {k: (g.get(k), w.get(k)) for k in diff})
 
 
@@ -120,6 +134,10 @@ def test_a_remote_store_on_a_cluster_answers_as_its_local_hdf5_copy(remote, clus
         assert owned.status == "running"
     _assert_same_answers(got, want)
     assert len(tasks.data) >= 2 * len(MATCHES)  # the queries ran as tasks on the cluster (one per part and query)
+    ranked = {t["key"] for t in tasks.data if "key_sums_part" in str(t["key"])}
+    with StateStore.open(f"{url}/runs/s.zarr") as zs:
+        n_parts = len(zs.backend.root.attrs["parts"])
+    assert len(ranked) == len(RANKS) * n_parts  # every ranking, AUROC and correlations, one task per part
     assert owned.status == "closed"  # the client the server opened for scheduler= is closed when it stops
 
 

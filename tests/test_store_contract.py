@@ -190,6 +190,13 @@ def test_interrupted_extraction_resumes(location, monkeypatch):
         lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False, part_tokens=60)
     with pytest.raises((StoreError, FileNotFoundError)):
         StateStore.open(path)
+    kept = {}
+    if not str(path).endswith(".h5"):  # the ids of the parts completed before the interruption
+        from lstmvis.zarr_backend import ZarrWriting
+
+        unfinished = ZarrWriting.reopen(path)
+        kept = {k: unfinished.part_id(k) for k in range(unfinished.n_parts) if unfinished.part_id(k)}
+        assert 0 < len(kept) < unfinished.n_parts
     monkeypatch.undo()
     monkeypatch.setattr(extraction, "STAGE_BYTES", 1)
     written = []
@@ -197,6 +204,9 @@ def test_interrupted_extraction_resumes(location, monkeypatch):
     with lstmvis.extract(lm, texts, path, batch_size=2, chunk_size=9, progress=False, part_tokens=60) as resumed:
         got = {s: resumed.states(s) for s in resumed.sources}
         processed = {int(resumed.sequence_of(start)) for start in written}
+        if kept:  # kept parts keep their ids (and so their match indexes); rewritten ones get new ids
+            ids = resumed.backend.manifest["part_ids"]
+            assert all(ids[k] == i for k, i in kept.items()) and len(set(ids)) == len(ids) and None not in ids
     assert 0 < len(processed) < len(texts)  # work done before the interruption was kept
     monkeypatch.undo()
     with lstmvis.extract(lm, texts, location("fresh"), progress=False, batch_size=2, chunk_size=9,
