@@ -149,22 +149,9 @@ def rank_cells(store, source: str, hypothesis, method: str | None = None, start:
     from tqdm.auto import tqdm
 
     n_cells = _check_source(store, source)
-    name, kind, values = _hypothesis_values(store, hypothesis)
+    name, kind, method, y = ranking_input(store, hypothesis, method, start, stop)
     start = 0 if start is None else int(start)
     stop = store.n_tokens if stop is None else int(stop)
-    if not 0 <= start < stop <= store.n_tokens:
-        raise ValueError(f"token range [{start}, {stop}) must be non-empty and inside 0..{store.n_tokens}")
-    y = values[start:stop]
-    if method is None:
-        method = "auroc" if kind == "binary" else "pearson"
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
-    if method == "auroc" and not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError(f"hypothesis {name} is not binary (values other than 0/1): use method='pearson' "
-                         "or 'spearman'")
-    if np.all(y == y[0]):
-        raise ValueError(f"hypothesis {name} is constant ({y[0]:g}) over tokens [{start}, {stop}): nothing to "
-                         "rank against (check the store's text, or pick another hypothesis)")
     index = MatchIndex.load(store, source, index_dir, progress)
     bar = tqdm(range(n_cells), desc=f"ranking {source}", unit="cell",
                disable=(n_cells * (stop - start) < 5e7) if progress is None else not progress)
@@ -184,6 +171,29 @@ def rank_cells(store, source: str, hypothesis, method: str | None = None, start:
         spearman[c] = _pearson(average_ranks(index.cell_major[c, start:stop]), ryc, np.sqrt(ryc @ ryc))
     scores = pearson if method == "pearson" else spearman
     return CellRanking(source, name, "scalar", method, scores, stop - start, None, pearson, spearman)
+
+
+def ranking_input(store, hypothesis, method: str | None, start: int | None, stop: int | None
+                  ) -> tuple[str, str, str, np.ndarray]:
+    """The checked input of a cell ranking (here or on a cluster): the hypothesis' name and kind, the
+    method (its default for the kind) and the hypothesis' values over tokens ``[start, stop)``."""
+    name, kind, values = _hypothesis_values(store, hypothesis)
+    start = 0 if start is None else int(start)
+    stop = store.n_tokens if stop is None else int(stop)
+    if not 0 <= start < stop <= store.n_tokens:
+        raise ValueError(f"token range [{start}, {stop}) must be non-empty and inside 0..{store.n_tokens}")
+    y = values[start:stop]
+    if method is None:
+        method = "auroc" if kind == "binary" else "pearson"
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if method == "auroc" and not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"hypothesis {name} is not binary (values other than 0/1): use method='pearson' "
+                         "or 'spearman'")
+    if np.all(y == y[0]):
+        raise ValueError(f"hypothesis {name} is constant ({y[0]:g}) over tokens [{start}, {stop}): nothing to "
+                         "rank against (check the store's text, or pick another hypothesis)")
+    return name, kind, method, y
 
 
 def _hypothesis_values(store, hypothesis) -> tuple[str, str, np.ndarray]:

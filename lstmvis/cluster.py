@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from .backend import StoreError
-from .cells import METHODS, CellRanking, _hypothesis_values
+from .cells import CellRanking, ranking_input
 from .index import MatchIndex, _fingerprint, default_index_dir, fetch_index, keys_to_floats, publish_index
 from .query import Hit, MatchQuery, MatchResult, n_virtual_cells, _check_cell_ids
 from .store import StateStore
@@ -273,21 +273,9 @@ def rank_cells(store: StateStore, client, source: str, hypothesis, method: str |
 
     ks = _parts(store)
     n_cells = store.n_cells(source)
-    name, kind, values = _hypothesis_values(store, hypothesis)
+    name, kind, method, y = ranking_input(store, hypothesis, method, start, stop)
     start = 0 if start is None else int(start)
     stop = store.n_tokens if stop is None else int(stop)
-    if not 0 <= start < stop <= store.n_tokens:
-        raise ValueError(f"token range [{start}, {stop}) must be non-empty and inside 0..{store.n_tokens}")
-    y = values[start:stop]
-    method = ("auroc" if kind == "binary" else "pearson") if method is None else method
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
-    if method == "auroc" and not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError(f"hypothesis {name} is not binary (values other than 0/1): use method='pearson' "
-                         "or 'spearman'")
-    if np.all(y == y[0]):
-        raise ValueError(f"hypothesis {name} is constant ({y[0]:g}) over tokens [{start}, {stop}): nothing to "
-                         "rank against (check the store's text, or pick another hypothesis)")
     if method == "auroc":
         weights, y_norms = (y > 0.5)[None], (0.0, 0.0)
     else:
