@@ -197,6 +197,9 @@ def test_opening_a_remote_store_indexes_its_parts_on_the_cluster_in_the_backgrou
         assert failed["status"] == "error" and "tokens 0.." in failed["error"], failed  # part 3's own error
         assert failed["total"] == n_parts and failed["done"] < n_parts
         assert _get(there.url, "api/stores")["stores"]  # the server is up
+        indexed_before = {k: fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)
+                          if fs.exists(f"{root}/parts/{k:05d}.index/h.json")}
+        assert 3 not in indexed_before
         fs.pipe_file(chunk, good)
         there.app.config["INDEX_WAIT_S"] = 60.0
         with distributed.get_task_stream(watcher) as tasks:
@@ -214,6 +217,7 @@ def test_opening_a_remote_store_indexes_its_parts_on_the_cluster_in_the_backgrou
         assert len(indexed) == n_parts  # one task per part
         metas = [fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)]
         assert all(json.loads(m)["fingerprint"]["part"] == k for k, m in enumerate(metas))
+        assert all(metas[k] == m for k, m in indexed_before.items())  # indexed before the failure: not rebuilt
         got = _answers(there.url)
         assert [fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)] == metas  # none rebuilt
     _assert_same_answers(got, want)
