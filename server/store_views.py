@@ -60,9 +60,9 @@ def _build_index(store, source: str, warm: bool = False, client=None) -> Callabl
         if client is None:
             MatchIndex.load(store, source, progress=False, report=report)
         else:
-            n_parts = cluster.build_part_indexes(
-                store, client, source, progress=lambda done, total: report(done, total, f"indexing {source}: parts "
-                                                                                          "done on the cluster"))
+            note = f"indexing {source}: parts done on the cluster"
+            n_parts = cluster.build_part_indexes(store, client, source,
+                                                 progress=lambda done, total: report(done, total, note))
         if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
             if client is None:
                 report(1, 1, "loading the match kernels")
