@@ -19,7 +19,8 @@ the part: in ``<store>.zarr/parts/<k>.index/`` on a local disk, and for a store 
 in the worker's cache *and* uploaded to ``<store>/parts/<k>.index/`` (data files first, the meta
 last, in one PUT), where other workers and later sessions fetch it instead of building it. An index
 belongs to the part's fingerprint (the part's id from the manifest, new whenever the part is
-written): a changed part's index is rebuilt, the other parts' are kept.
+written): a changed part's index is rebuilt, the other parts' are kept. ``build_part_indexes`` builds
+them all ahead of the first query, one task per part, with progress part by part (a server's index job).
 
 **Ranking.** ``rank_cells`` offers every method of ``lstmvis.cells.rank_cells``. Each part
 returns, per cell, its distinct keys (the exact stored values, ``lstmvis.index.float_keys``) with
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -175,12 +176,37 @@ def _summary(part: dict) -> dict:
     return {**{k: v for k, v in part.items() if k != "counts"}, "counts_dtype": part["counts"].dtype}
 
 
-def build_part_indexes(store: StateStore, client, source: str) -> None:
-    """Build (or open, or fetch from beside the parts) the match index of ``source`` for every part,
-    on the workers."""
+def _index_part(url: str, manifest_id: str, k: int, source: str) -> int:
+    """A task: part ``k``'s match index of ``source`` ready on this worker and beside the part
+    (:func:`part_index`, as a match task gets it)."""
+    part_index(part_store(url, manifest_id, k), source)
+    return k
+
+
+def build_part_indexes(store: StateStore, client, source: str,
+                       progress: Callable[[int, int], None] | None = None) -> int:
+    """Build (or open, or fetch from beside the parts) the match index of ``source`` for every part, one
+    task per part on ``client``'s workers, so that later matches and rankings build none; ``progress(done,
+    total)`` hears each finished part. A task's failure cancels the others and is raised here. Returns
+    the number of parts."""
+    from distributed import as_completed
+
     ks = _parts(store)
+    if source not in store.sources:
+        raise ValueError(f"unknown source {source!r}; the store has {', '.join(store.sources)}")
     url, manifest = store.url, store.fingerprint()["manifest"]
-    client.gather(client.map(lambda k: bool(part_index(part_store(url, manifest, k), source)), ks, pure=False))
+    futures = [client.submit(_index_part, url, manifest, k, source, pure=False) for k in ks]
+    if progress is not None:
+        progress(0, len(ks))
+    try:
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()  # a task's error, raised here
+            if progress is not None:
+                progress(done, len(ks))
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return len(ks)
 
 
 def match(store: StateStore, client, source: str, cells: Sequence[int] | np.ndarray, threshold: float = 0.3,

@@ -126,8 +126,7 @@ def rank(store: str, params: RankQuery):
     """Cells from strongest to weakest: ``score`` is the AUROC or correlation, ``direction`` its sign."""
     s = resources().store(store)
     source = known_source(s, params.source)
-    on_cluster = cluster_client(s) is not None and params.method in (None, "auroc")  # correlations run here
-    if (building := index_job(s, source, on_cluster=on_cluster)) is not None:
+    if (building := index_job(s, source, cluster_client(s))) is not None:  # every method runs on a cluster
         return building
 
     def ranking():

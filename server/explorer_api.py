@@ -288,7 +288,7 @@ def match(store: str, params: MatchQuery):
     """
     s = resources().store(store)
     source = known_source(s, params.source)
-    if (building := index_job(s, source, on_cluster=cluster_client(s) is not None)) is not None:
+    if (building := index_job(s, source, cluster_client(s))) is not None:
         return building
     result = run_match(s, source, params.cells, threshold=params.threshold, pad_left=params.pad_left,
                        pad_right=params.pad_right, sign=params.sign, top=params.top, min_length=params.min_length,

@@ -45,52 +45,66 @@ def cluster_client(store):
     return client if client is not None and backend_kind(store.url) == "zarr" else None
 
 
-def _index_key(store, source: str) -> tuple:
+def _index_key(store, source: str, client=None) -> tuple:
     """What an index job is keyed by: the backend's fingerprint of the store's content (a store replaced
-    since a finished job gets a new one) and the source."""
-    return (json.dumps(store.fingerprint(), sort_keys=True, default=str), source)
+    since a finished job gets a new one), the source, and where the index is built (this process, or the
+    parts' indexes on a cluster: ``client``)."""
+    where = () if client is None else ("cluster",)
+    return (json.dumps(store.fingerprint(), sort_keys=True, default=str), source, *where)
 
 
-def _build_index(store, source: str, warm: bool = False) -> Callable:
+def _build_index(store, source: str, warm: bool = False, client=None) -> Callable:
+    """The work of an index job: ``source``'s match index in this process, or with a Dask ``client`` every
+    part's index on the cluster (``lstmvis.cluster.build_part_indexes``: progress in parts)."""
     def work(report) -> None:
-        MatchIndex.load(store, source, progress=False, report=report)
+        if client is None:
+            MatchIndex.load(store, source, progress=False, report=report)
+        else:
+            note = f"indexing {source}: parts done on the cluster"
+            n_parts = cluster.build_part_indexes(store, client, source,
+                                                 progress=lambda done, total: report(done, total, note))
         if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
-            report(1, 1, "loading the match kernels")
-            match(store, source, [0], top=1, progress=False)
+            if client is None:
+                report(1, 1, "loading the match kernels")
+                match(store, source, [0], top=1, progress=False)
+            else:
+                report(n_parts, n_parts, "loading the match kernels on the workers")
+                cluster.match(store, client, source, [0], top=1)
     return work
 
 
 def start_index(store, source: str) -> None:
     """Open (or build) ``source``'s match index and load the match kernels in the background (the job
     "index", once per store and source): called when a page opens a store, so that its first match
-    or ranking does not wait for them and the page shows their progress meanwhile. A full job queue
-    leaves it to the first request. A store queried on a cluster needs none: its workers build and keep
-    each part's index."""
-    if source not in store.sources or cluster_client(store) is not None:
+    or ranking does not wait for them and the page shows their progress meanwhile. A store queried on a
+    cluster (:func:`cluster_client`) has its workers build (or fetch from beside the parts) every part's
+    index instead, the job counting parts. A full job queue leaves it to the first request."""
+    if source not in store.sources:
         return
+    client = cluster_client(store)
     with contextlib.suppress(ApiError):  # 429: too many jobs queued
-        jobs().submit("index", _index_key(store, source), _build_index(store, source, warm=True))
+        jobs().submit("index", _index_key(store, source, client), _build_index(store, source, True, client))
 
 
-def index_job(store, source: str, on_cluster: bool = False) -> Response | None:
+def index_job(store, source: str, client=None) -> Response | None:
     """A 202 naming the background job "index" while one builds or opens ``source``'s match index
     (started by :func:`start_index` when a page opened the store, or here for a large store), so the
     first match shows progress instead of waiting silently (a small store's request first waits up to
     ``INDEX_WAIT_S`` for that job); else ``None`` when the index is built, or small enough to build
-    inside this request, or when the query runs on the cluster
-    (``on_cluster``: :func:`cluster_client`), whose workers build and keep each part's index. The
-    client polls ``/api/jobs/<id>`` and asks again when the job is done."""
-    if on_cluster:
-        return None
-    key = _index_key(store, source)
+    inside this request. ``client``: the Dask client the query runs on (:func:`cluster_client`), whose
+    job builds every part's index; with no such job done or running, a small store's query builds them
+    on the workers. The client polls ``/api/jobs/<id>`` and asks again when the job is done."""
+    key = _index_key(store, source, client)
     small = store.n_tokens * store.n_cells(source) <= current_app.config["INDEX_JOB_VALUES"]
     job = jobs().active("index", key)
     if job is not None and small and job.ended.wait(current_app.config["INDEX_WAIT_S"]):
         job = None  # a small store's job is usually done in a moment: its answer, not a 202, for API clients
     if job is None:
-        if small or MatchIndex.is_built(store, source):
+        if small or (client is None and MatchIndex.is_built(store, source)):
             return None
-        job = jobs().submit("index", key, _build_index(store, source))
+        job = jobs().submit("index", key, _build_index(store, source, client=client))
+        if job.status == "done":  # the job that built these indexes (a cluster's parts') has finished
+            return None
     resp = jsonify({"status": "building index", "job": job.info()})
     resp.status_code = 202
     resp.headers["Retry-After"] = "2"

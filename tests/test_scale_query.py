@@ -72,13 +72,17 @@ def test_match_and_rank_on_a_cluster_equal_one_process(tmp_path, request, where)
 
 def test_part_indexes_are_built_by_the_workers_beside_the_parts(local_client, tmp_path):  # noqa: F811
     h5, zs = _stores(tmp_path, str(tmp_path / "b.zarr"), seed=1)
-    cluster.build_part_indexes(zs, local_client, "h")
+    heard = []
     n_parts = len(zs.backend.root.attrs["parts"])
+    assert cluster.build_part_indexes(zs, local_client, "h", progress=lambda *p: heard.append(p)) == n_parts
+    assert heard == [(done, n_parts) for done in range(n_parts + 1)]  # part by part
     assert sorted(p.name for p in (tmp_path / "b.zarr" / "parts").glob("*.index")) == \
         [f"{k:05d}.index" for k in range(n_parts)]
     StateStore.open(tmp_path / "b.zarr").close()  # the index folders do not upset the store's checks
     with pytest.raises(ValueError, match="Zarr"):
         cluster.match(h5, local_client, "h", [0])
+    with pytest.raises(ValueError, match="unknown source"):
+        cluster.build_part_indexes(zs, local_client, "nope")
 
 
 def test_ties_across_part_boundaries_and_runs_at_part_edges(local_client, tmp_path):  # noqa: F811

@@ -2,7 +2,8 @@
 (issue 22, point 3): Zarr stores on an S3-compatible server on loopback (moto's server mode, reached
 through s3fs), listed and rescanned like a local folder and confined to it; select, match and cell
 ranking through the HTTP API, with match and cell ranking (AUROC, Pearson) on a Dask cluster (a LocalCluster of 2
-worker processes), give what the same server gives on a local HDF5 copy of the store."""
+worker processes), give what the same server gives on a local HDF5 copy of the store. Opening a store starts
+the background job that builds every part's match index on the cluster (progress in parts)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +26,7 @@ import lstmvis
 from lstmvis import StateStore
 from lstmvis.cli import main as lstmvis_main
 from server import python_api
+from server.jobs import RUNNER_KEY
 from server.resources import RESCAN_SECONDS
 
 from test_store_contract import s3_server  # noqa: F401  (moto's S3 server on loopback, fsspec set to reach it)
@@ -88,6 +91,21 @@ def _get(url: str, path: str, status: int = 200, **params) -> dict:
     return resp.json()
 
 
+def _index_job(url: str) -> dict:
+    """The one job "index" the server at ``url`` has started, as soon as it has one."""
+    return next(j for j in _get(url, "api/jobs")["jobs"] if j["kind"] == "index")
+
+
+def _finished(url: str, job: dict, timeout: float = 180.0) -> dict:
+    """``job`` polled over HTTP until it is done or failed."""
+    deadline = time.monotonic() + timeout
+    while job["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = _get(url, f"api/jobs/{job['id']}")
+    return job
+
+
 def _answers(url: str) -> list:
     """Every select, match and ranking answer of the store ``runs/s``."""
     out = [_get(url, "api/stores/runs/s/select", source="h", start=40, stop=43, threshold=0.2),
@@ -127,6 +145,7 @@ def test_a_remote_store_on_a_cluster_answers_as_its_local_hdf5_copy(remote, clus
             distributed.Client(cluster) as watcher, distributed.get_task_stream(watcher) as tasks:
         info = _get(there.url, "api/stores/runs/s")
         assert info["status"] == "ready" and info["n_tokens"] == want_info["n_tokens"]
+        assert _finished(there.url, _index_job(there.url))["status"] == "done"  # opening it indexed its parts
         assert {k: v for k, v in info.items() if k != "description"} == \
             {k: v for k, v in want_info.items() if k != "description"}
         got = _answers(there.url)
@@ -139,6 +158,69 @@ def test_a_remote_store_on_a_cluster_answers_as_its_local_hdf5_copy(remote, clus
         n_parts = len(zs.backend.root.attrs["parts"])
     assert len(ranked) == len(RANKS) * n_parts  # every ranking, AUROC and correlations, one task per part
     assert owned.status == "closed"  # the client the server opened for scheduler= is closed when it stops
+
+
+def test_opening_a_remote_store_indexes_its_parts_on_the_cluster_in_the_background(remote, cluster):
+    """Opening the store starts the job "index": one task per part on the cluster, its progress in parts;
+    a match or ranking meanwhile answers 202 with that job; a part that fails fails the job with its
+    message, the server stays up and opening the store again retries; once done, every part's index is
+    beside its part on S3 and the first queries build none (the same index files), answering as the
+    HDF5 copy."""
+    url, local = remote
+    fresh = f"s3://{BUCKET}/fresh-{uuid.uuid4().hex[:8]}"  # the same store, no part indexed yet
+    assert lstmvis_main(["convert", str(local / "runs" / "s.h5"), f"{fresh}/runs/s.zarr", "--part-tokens", "500"]) == 0
+    root = fresh[len("s3://"):] + "/runs/s.zarr"
+    fs = _s3()
+    with StateStore.open(f"{fresh}/runs/s.zarr") as zs:
+        n_parts = len(zs.backend.root.attrs["parts"])
+    assert not fs.glob(f"{root}/parts/*.index")
+    with lstmvis.serve(data_dir=local, port=0, block=False) as here:
+        want = _answers(here.url)
+    chunk = f"{root}/parts/00003/h/c/0/0"  # part 3's states
+    good = fs.cat_file(chunk)
+    fs.pipe_file(chunk, b"not a chunk")
+    gate = threading.Event()
+    with lstmvis.serve(data_dir=fresh, scheduler=cluster.scheduler_address, port=0, block=False) as there, \
+            distributed.Client(cluster) as watcher:
+        there.app.config["INDEX_WAIT_S"] = 0.0
+        there.app.extensions[RUNNER_KEY].submit("test", ("hold the job worker",), lambda report: gate.wait(60))
+        try:
+            _get(there.url, "api/stores/runs/s")
+            job = _index_job(there.url)
+            assert job["status"] == "queued"
+            for path, q in [("match", {"source": "h", **MATCHES[0]}), ("cells/rank", {"source": "h", **RANKS[0]})]:
+                waiting = _get(there.url, f"api/stores/runs/s/{path}", 202, **q)
+                assert waiting["status"] == "building index" and waiting["job"]["id"] == job["id"]
+        finally:
+            gate.set()
+        failed = _finished(there.url, job)
+        assert failed["status"] == "error" and "tokens 0.." in failed["error"], failed  # part 3's own error
+        assert failed["total"] == n_parts and failed["done"] < n_parts
+        assert _get(there.url, "api/stores")["stores"]  # the server is up
+        indexed_before = {k: fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)
+                          if fs.exists(f"{root}/parts/{k:05d}.index/h.json")}
+        assert 3 not in indexed_before
+        fs.pipe_file(chunk, good)
+        there.app.config["INDEX_WAIT_S"] = 60.0
+        with distributed.get_task_stream(watcher) as tasks:
+            _get(there.url, "api/stores/runs/s")  # opening it again: a new job
+            retried = _index_job(there.url)
+            assert retried["id"] != job["id"]
+            seen = []
+            while retried["status"] not in ("done", "error"):
+                seen.append((retried["done"], retried["total"]))
+                time.sleep(0.05)
+                retried = _get(there.url, f"api/jobs/{retried['id']}")
+        assert retried["status"] == "done" and retried["done"] == retried["total"] == n_parts, retried
+        assert all(total in (0, n_parts) and done <= total for done, total in seen), seen
+        indexed = {t["key"] for t in tasks.data if "index_part" in str(t["key"])}
+        assert len(indexed) == n_parts  # one task per part
+        metas = [fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)]
+        assert all(json.loads(m)["fingerprint"]["part"] == k for k, m in enumerate(metas))
+        assert all(metas[k] == m for k, m in indexed_before.items())  # indexed before the failure: not rebuilt
+        got = _answers(there.url)
+        assert [fs.cat_file(f"{root}/parts/{k:05d}.index/h.json") for k in range(n_parts)] == metas  # none rebuilt
+    _assert_same_answers(got, want)
 
 
 def test_a_remote_data_location_is_rescanned_and_confined(remote):
