@@ -329,3 +329,40 @@ def test_touch_brushing_on_a_phone(browser, base_url):
     touch_drag(page, cdp, 300, plot["y"] + 60, 100, plot["y"] + 60, steps=10)
     page.wait_for_function("() => document.getElementById('track-scroll').scrollLeft > 50")
     w.close()
+
+
+# the y tick labels a user sees: inside the viewport and the scrolled strip's box, not covered by anything
+VISIBLE_Y_TICKS_JS = """() => {
+  const box = document.getElementById('track-scroll').getBoundingClientRect();
+  return [...document.querySelectorAll('#track-scroll .ytick text')].filter(t => {
+    const r = t.getBoundingClientRect();
+    if (!r.width || r.left < Math.max(0, box.left) - 1 || r.right > Math.min(innerWidth, box.right) + 1) return false;
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    return hit && t.closest('.js-plotly-plot').contains(hit);
+  }).map(t => ({ text: t.textContent, left: t.getBoundingClientRect().left - box.left }));
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_y_axis_stays_at_the_left_while_the_strip_scrolls_sideways(watched, base_url, width):
+    page = watched.page
+    page.set_viewport_size({"width": width, "height": 900})
+    open_explorer(page, base_url, "&w=40")
+    box = page.locator("#track-scroll")
+    page.evaluate("document.getElementById('lineplot').scrollIntoView({ block: 'start' })")
+    before = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert len(before) >= 3, before
+    assert box.evaluate("n => n.scrollWidth - n.clientWidth") > 1000
+    box.evaluate("n => { n.scrollLeft = n.scrollWidth; }")  # as far right as it goes
+    page.wait_for_function("() => document.getElementById('track-scroll').scrollLeft > 1000")
+    after = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert [t["text"] for t in after] == [t["text"] for t in before]
+    assert all(0 <= t["left"] < 60 for t in after), after  # at the left of the strip
+    # a threshold beyond the values widens the y range: the pinned labels follow the plot's own ticks
+    page.fill("#threshold", "5")
+    page.press("#threshold", "Enter")
+    page.wait_for_function("() => document.getElementById('lineplot')._fullLayout.yaxis.range[1] > 5")
+    plot_ticks = page.evaluate("() => [...document.querySelectorAll('#lineplot .ytick text')].map(t => t.textContent)")
+    wider = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert [t["text"] for t in wider] == plot_ticks and plot_ticks != [t["text"] for t in before]
+    assert_axe_clean(watched)

@@ -222,6 +222,20 @@
     // the dashed threshold line is the only shape, so it is the only thing that can be dragged
     const config = { ...LV.plotConfig, responsive: false, edits: { shapePosition: true }, displayModeBar: false };
     Plotly.react("lineplot", traces, layout, config);
+    drawAxisPin(layout.yaxis);
+  }
+
+  /** The plot's y axis once more, in a narrow static plot pinned at the left of the scrolled strip (CSS
+   *  sticky): the same range, height and margins give the same ticks, so the labels stay in view. */
+  function drawAxisPin(yaxis) {
+    const width = PLOT_MARGIN.l + 2;
+    const pin = $("lineplot-axis");
+    pin.style.width = `${width}px`;
+    Plotly.react(pin, [], {
+      width, height: 260, margin: { ...PLOT_MARGIN, r: 0 }, showlegend: false,
+      xaxis: { visible: false, fixedrange: true },
+      yaxis: { ...yaxis, showgrid: false, zeroline: false },
+    }, { staticPlot: true, displayModeBar: false, responsive: false });
   }
 
   /** The colour of a selected cell: its line and its chip. */
