@@ -1,7 +1,8 @@
 """The explorer's LSTMVis parity in real headless Chromium: meta tracks as heatmap strips beside each
 match row (chosen by checkboxes, mapped onto the token backgrounds by a click), zoom and horizontal
 scroll that keep every token readable, a brush with handles that updates the selection while it is
-dragged (debounced), and brushing by touch on a phone's width. Each test also runs axe-core."""
+dragged (debounced), brushing by touch on a phone's width, the y axis pinned while the strip scrolls, and
+the match minimap by keyboard. Each test also runs axe-core."""
 from __future__ import annotations
 
 import os
@@ -365,4 +366,38 @@ def test_the_y_axis_stays_at_the_left_while_the_strip_scrolls_sideways(watched, 
     plot_ticks = page.evaluate("() => [...document.querySelectorAll('#lineplot .ytick text')].map(t => t.textContent)")
     wider = page.evaluate(VISIBLE_Y_TICKS_JS)
     assert [t["text"] for t in wider] == plot_ticks and plot_ticks != [t["text"] for t in before]
+    assert_axe_clean(watched)
+
+
+def test_the_match_minimap_by_keyboard(watched, base_url):
+    """What a click on the minimap does (go to that place in the corpus) by keyboard: Tab to it, the arrows
+    move between the bins where the selected cells are on, Home/End to the first/last, Enter goes there."""
+    page = watched.page
+    a = CAT_SAT[0]
+    open_explorer(page, base_url, f"&w=10&pos=0&brush={a},{a + 2}&match=1")
+    page.wait_for_selector("#word-matrix tr.match-row")
+    page.wait_for_selector("#match-overview .barlayer .trace", state="attached")
+    page.focus("#match")
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "match-overview":
+            break
+    assert page.evaluate("document.activeElement.id") == "match-overview", "Tab never reaches the minimap"
+    status = page.locator("#overview-status")
+    assert status.get_attribute("aria-live") == "polite"
+    on = sorted({p + k for p in CAT_SAT for k in (0, 1)})  # every token of the three "cat sat" runs
+    expect(status).to_contain_text(f"token {on[0]}:")
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text(f"token {on[1]}:")
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text(f"token {on[2]}:")
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text(f"token {on[1]}:")
+    page.keyboard.press("End")
+    expect(status).to_contain_text(f"token {on[-1]}: 1 step with the selected cell on")
+    page.keyboard.press("Enter")
+    url_has(page, f"pos={on[-1] - 2}")  # the jump a click makes: the place a quarter into the window
+    expect(token(page, on[-1])).to_be_visible()
+    page.go_back()  # a jump: Back undoes it
+    url_has(page, "pos=0")
     assert_axe_clean(watched)

@@ -1,6 +1,6 @@
 """The images and text-CNN pages in real headless Chromium without a mouse (issue 20): Tab reaches
-every control in document order with a visible focus ring, arrows move inside the digit picker, the t-SNE map and the
-filter cards, and every workflow runs by Tab, Enter, Space, arrows and typing only. The text-CNN page
+every control in document order with a visible focus ring, arrows move inside the digit picker, the
+t-SNE map and the filter cards, and every workflow runs by Tab, Enter, Space, arrows and typing only. The text-CNN page
 offers only the stores of its model's tokenization. axe-core and 390 px on both pages."""
 from __future__ import annotations
 
