@@ -1,7 +1,8 @@
 """The explorer's LSTMVis parity in real headless Chromium: meta tracks as heatmap strips beside each
 match row (chosen by checkboxes, mapped onto the token backgrounds by a click), zoom and horizontal
 scroll that keep every token readable, a brush with handles that updates the selection while it is
-dragged (debounced), and brushing by touch on a phone's width. Each test also runs axe-core."""
+dragged (debounced), brushing by touch on a phone's width, the y axis pinned while the strip scrolls, and
+the match minimap by keyboard. Each test also runs axe-core."""
 from __future__ import annotations
 
 import os
@@ -329,3 +330,74 @@ def test_touch_brushing_on_a_phone(browser, base_url):
     touch_drag(page, cdp, 300, plot["y"] + 60, 100, plot["y"] + 60, steps=10)
     page.wait_for_function("() => document.getElementById('track-scroll').scrollLeft > 50")
     w.close()
+
+
+# the y tick labels a user sees: inside the viewport and the scrolled strip's box, not covered by anything
+VISIBLE_Y_TICKS_JS = """() => {
+  const box = document.getElementById('track-scroll').getBoundingClientRect();
+  return [...document.querySelectorAll('#track-scroll .ytick text')].filter(t => {
+    const r = t.getBoundingClientRect();
+    if (!r.width || r.left < Math.max(0, box.left) - 1 || r.right > Math.min(innerWidth, box.right) + 1) return false;
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    return hit && t.closest('.js-plotly-plot').contains(hit);
+  }).map(t => ({ text: t.textContent, left: t.getBoundingClientRect().left - box.left }));
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_y_axis_stays_at_the_left_while_the_strip_scrolls_sideways(watched, base_url, width):
+    page = watched.page
+    page.set_viewport_size({"width": width, "height": 900})
+    open_explorer(page, base_url, "&w=40")
+    box = page.locator("#track-scroll")
+    page.evaluate("document.getElementById('lineplot').scrollIntoView({ block: 'start' })")
+    before = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert len(before) >= 3, before
+    assert box.evaluate("n => n.scrollWidth - n.clientWidth") > 1000
+    box.evaluate("n => { n.scrollLeft = n.scrollWidth; }")  # as far right as it goes
+    page.wait_for_function("() => document.getElementById('track-scroll').scrollLeft > 1000")
+    after = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert [t["text"] for t in after] == [t["text"] for t in before]
+    assert all(0 <= t["left"] < 60 for t in after), after  # at the left of the strip
+    # a threshold beyond the values widens the y range: the pinned labels follow the plot's own ticks
+    page.fill("#threshold", "5")
+    page.press("#threshold", "Enter")
+    page.wait_for_function("() => document.getElementById('lineplot')._fullLayout.yaxis.range[1] > 5")
+    plot_ticks = page.evaluate("() => [...document.querySelectorAll('#lineplot .ytick text')].map(t => t.textContent)")
+    wider = page.evaluate(VISIBLE_Y_TICKS_JS)
+    assert [t["text"] for t in wider] == plot_ticks and plot_ticks != [t["text"] for t in before]
+    assert_axe_clean(watched)
+
+
+def test_the_match_minimap_by_keyboard(watched, base_url):
+    """What a click on the minimap does (go to that place in the corpus) by keyboard: Tab to it, the arrows
+    move between the bins where the selected cells are on, Home/End to the first/last, Enter goes there."""
+    page = watched.page
+    a = CAT_SAT[0]
+    open_explorer(page, base_url, f"&w=10&pos=0&brush={a},{a + 2}&match=1")
+    page.wait_for_selector("#word-matrix tr.match-row")
+    page.wait_for_selector("#match-overview .barlayer .trace", state="attached")
+    page.focus("#match")
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "match-overview":
+            break
+    assert page.evaluate("document.activeElement.id") == "match-overview", "Tab never reaches the minimap"
+    status = page.locator("#overview-status")
+    assert status.get_attribute("aria-live") == "polite"
+    on = sorted({p + k for p in CAT_SAT for k in (0, 1)})  # every token of the three "cat sat" runs
+    expect(status).to_contain_text(f"token {on[0]}:")
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text(f"token {on[1]}:")
+    page.keyboard.press("ArrowRight")
+    expect(status).to_contain_text(f"token {on[2]}:")
+    page.keyboard.press("ArrowLeft")
+    expect(status).to_contain_text(f"token {on[1]}:")
+    page.keyboard.press("End")
+    expect(status).to_contain_text(f"token {on[-1]}: 1 step with the selected cell on")
+    page.keyboard.press("Enter")
+    url_has(page, f"pos={on[-1] - 2}")  # the jump a click makes: the place a quarter into the window
+    expect(token(page, on[-1])).to_be_visible()
+    page.go_back()  # a jump: Back undoes it
+    url_has(page, "pos=0")
+    assert_axe_clean(watched)

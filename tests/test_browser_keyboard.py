@@ -1,6 +1,6 @@
 """The images and text-CNN pages in real headless Chromium without a mouse (issue 20): Tab reaches
-every control in document order with a visible focus ring, arrows move inside the digit picker and the
-filter cards, and every workflow runs by Tab, Enter, Space, arrows and typing only. The text-CNN page
+every control in document order with a visible focus ring, arrows move inside the digit picker, the
+t-SNE map and the filter cards, and every workflow runs by Tab, Enter, Space, arrows and typing only. The text-CNN page
 offers only the stores of its model's tokenization. axe-core and 390 px on both pages."""
 from __future__ import annotations
 
@@ -232,3 +232,43 @@ def test_axe_and_390_px_on_both_pages(browser, base_url):
                 assert not wide, (path, width, wide)
         finally:
             context.close()
+
+
+def test_images_tsne_map_by_keyboard_only(watched, base_url):
+    """The t-SNE map is one Tab stop: arrows move a ring to the nearest point that way, Page Down the next
+    misclassified digit, each announced (aria-live); Enter explains the digit, as a click on it does."""
+    page = watched.page
+    page.goto(f"{base_url}/images?index=0")
+    page.wait_for_selector("#overlays .image-card img")
+    page.wait_for_selector("#tsne-plot .scatterlayer .trace", state="attached")
+    tab_to(page, "#tsne-plot")
+    status = page.locator("#tsne-status")
+    assert status.get_attribute("aria-live") == "polite"
+    expect(status).to_contain_text("digit 0:")  # it starts on the digit shown
+
+    def announced() -> int:
+        m = re.search(r"digit (\d+): label (\S+), predicted (\S+)", status.text_content())
+        assert m, status.text_content()
+        return int(m[1])
+
+    seen = {announced()}
+    for key in ("ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown", "ArrowRight"):
+        page.keyboard.press(key)
+        seen.add(announced())
+    assert len(seen) >= 3, seen
+    # the ring on the map sits on the announced point
+    ring = page.evaluate("""() => { const gd = document.getElementById('tsne-plot'), t = gd.data[gd.data.length - 1];
+        return { x: t.x[0], y: t.y[0], name: t.name }; }""")
+    digit = announced()
+    assert page.evaluate(f"""() => {{ const gd = document.getElementById('tsne-plot');
+        return gd.data.some(t => t.customdata && t.customdata.some((c, k) => c[0] === {digit} && t.x[k] === {ring['x']} && t.y[k] === {ring['y']})); }}""")
+    page.keyboard.press("Enter")
+    expect(page.locator("#input-note")).to_contain_text(f"test digit {digit},")
+    assert page.evaluate("document.activeElement.id") == "tsne-plot"
+    assert f"index={digit}" in page.url
+    # Page Down: the next misclassified digit (a cross on the map), Space explains it
+    page.keyboard.press("PageDown")
+    expect(status).to_contain_text("misclassified")
+    wrong = announced()
+    page.keyboard.press("Space")
+    expect(page.locator("#input-note")).to_contain_text(f"test digit {wrong},")

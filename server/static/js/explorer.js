@@ -222,6 +222,20 @@
     // the dashed threshold line is the only shape, so it is the only thing that can be dragged
     const config = { ...LV.plotConfig, responsive: false, edits: { shapePosition: true }, displayModeBar: false };
     Plotly.react("lineplot", traces, layout, config);
+    drawAxisPin(layout.yaxis);
+  }
+
+  /** The plot's y axis once more, in a narrow static plot pinned at the left of the scrolled strip (CSS
+   *  sticky): the same range, height and margins give the same ticks, so the labels stay in view. */
+  function drawAxisPin(yaxis) {
+    const width = PLOT_MARGIN.l + 2;
+    const pin = $("lineplot-axis");
+    pin.style.width = `${width}px`;
+    Plotly.react(pin, [], {
+      width, height: 260, margin: { ...PLOT_MARGIN, r: 0 }, showlegend: false,
+      xaxis: { visible: false, fixedrange: true },
+      yaxis: { ...yaxis, showgrid: false, zeroline: false },
+    }, { staticPlot: true, displayModeBar: false, responsive: false });
   }
 
   /** The colour of a selected cell: its line and its chip. */
@@ -767,10 +781,48 @@
                    xaxis: { title: { text: "token position" } },
                    yaxis: { title: { text: `steps per ${ov.bin_size} tokens` } } }, LV.plotConfig);
     const gd = $("match-overview");
+    overviewCursor = null;
     if (!gd.dataset.wired) {
       gd.dataset.wired = "1";
       gd.on("plotly_click", ev => { if (ev.points.length) jumpTo(Math.round(ev.points[0].x)); });
+      gd.addEventListener("focus", () => { if (overviewCursor === null) moveOverviewCursor(overviewBins()[0]); });
+      gd.addEventListener("keydown", onOverviewKey);
     }
+  }
+
+  // the minimap by keyboard: a cursor on one of the bins where the selected cells are on; Enter jumps there
+  let overviewCursor = null;  // a bin index of lastMatch's overview
+  /** The bins with any step where every selected cell is on, in corpus order. */
+  function overviewBins() {
+    return lastMatch ? lastMatch.r.overview.all_on.flatMap((n, i) => n > 0 ? [i] : []) : [];
+  }
+
+  function onOverviewKey(ev) {
+    const bins = overviewBins();
+    if (!bins.length || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const size = lastMatch.r.overview.bin_size;
+    if ((ev.key === "Enter" || ev.key === " ") && overviewCursor !== null) {
+      ev.preventDefault();
+      jumpTo(overviewCursor * size);
+      return;
+    }
+    const i = Math.max(0, bins.indexOf(overviewCursor));
+    const next = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: bins.length - 1 }[ev.key];
+    if (next === undefined) return;
+    ev.preventDefault();
+    moveOverviewCursor(bins[Math.max(0, Math.min(bins.length - 1, next))]);
+  }
+
+  /** Mark bin ``bin`` on the minimap and announce it (``undefined``: no bin has the cells on). */
+  function moveOverviewCursor(bin) {
+    if (bin === undefined) { $("overview-status").textContent = "The selected cells are never all on together."; return; }
+    overviewCursor = bin;
+    const { bin_size: size, all_on: counts } = lastMatch.r.overview;
+    Plotly.restyle("match-overview", { "marker.color": [counts.map((_, i) => i === bin ? "#7a2e0e" : "#f28e2b")] }, [0]);
+    const start = bin * size, where = size === 1 ? `token ${start}` : `tokens ${start}\u2013${start + size - 1}`;
+    const n = counts[bin];
+    const cellsOn = lastMatch.nCells === 1 ? "the selected cell" : `all ${lastMatch.nCells} selected cells`;
+    $("overview-status").textContent = `${where}: ${n} step${n === 1 ? "" : "s"} with ${cellsOn} on. Enter goes there.`;
   }
 
   // ------------------------------------------------------------------ navigation and search

@@ -152,7 +152,12 @@
       el("img", { src, alt: `input maximizing class ${r.labels[i]}` }), el("figcaption", { class: "caption" }, `class ${r.labels[i]}`))));
   }
 
+  // the t-SNE map by keyboard: a ring on one point (a test-digit index), moved by the arrows
+  let tsne = null, tsneCursor = null;
+
   function showTsne(r) {
+    tsne = r;
+    if (tsneCursor !== null && tsneCursor >= r.x.length) tsneCursor = null;
     const palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#555"];
     const traces = r.labels.map((lab, c) => {
       const idx = r.index.filter((_, i) => r.label[i] === c);
@@ -162,6 +167,10 @@
                          symbol: idx.map(i => r.predicted[i] === r.label[i] ? "circle" : "x") },
                hovertemplate: "digit %{customdata[0]}<br>label %{customdata[1]}, predicted %{customdata[2]}<extra></extra>" };
     });
+    // the keyboard's point: a ring drawn over it, the last trace
+    traces.push({ type: "scatter", mode: "markers", name: "keyboard", showlegend: false, hoverinfo: "skip",
+                  x: tsneCursor === null ? [] : [r.x[tsneCursor]], y: tsneCursor === null ? [] : [r.y[tsneCursor]],
+                  marker: { size: 18, color: "rgba(0,0,0,0)", line: { color: "#101828", width: 2.5 } } });
     const plot = $("tsne-plot");
     // t-SNE axes have no meaning: no ticks, and no zero lines crossing the plot
     Plotly.react(plot, traces, { margin: { l: 30, r: 10, t: 10, b: 30 }, height: 460,
@@ -169,9 +178,74 @@
                                  yaxis: { showticklabels: false, zeroline: false, showgrid: false },
                                  legend: { title: { text: "label" } } }, LV.plotConfig);
     if (!plot.dataset.bound) {
-      plot.on("plotly_click", ev => { const p = ev.points && ev.points[0]; if (p) explainIndex(p.customdata[0]); });
+      plot.on("plotly_click", ev => { const p = ev.points && ev.points[0]; if (p && p.customdata) explainIndex(p.customdata[0]); });
+      plot.addEventListener("focus", () => { if (tsne) moveTsneCursor(tsneCursor ?? startingPoint()); });
+      plot.addEventListener("keydown", onTsneKey);
       plot.dataset.bound = "1";
     }
+  }
+
+  /** Where the keyboard starts: the digit shown, if it is on the map, else the first. */
+  function startingPoint() {
+    return current && current.index !== undefined && current.index < tsne.x.length ? current.index : 0;
+  }
+
+  function onTsneKey(ev) {
+    if (!tsne || tsneCursor === null || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    let next;
+    if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      explainIndex(tsneCursor);
+      return;
+    }
+    if (ev.key.startsWith("Arrow")) next = nearestToward(tsneCursor, ev.key);
+    else if (ev.key === "PageDown" || ev.key === "PageUp") next = nextMisclassified(tsneCursor, ev.key === "PageDown" ? 1 : -1);
+    else return;
+    ev.preventDefault();
+    moveTsneCursor(next);
+  }
+
+  /** The point nearest to point ``i`` in the arrow's direction, measured on the screen (x and y scaled to
+   *  the plot's area): within 45 degrees of the direction if any, else anywhere on that side; ``i`` at the edge. */
+  function nearestToward(i, key) {
+    const [dx, dy] = { ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] }[key];
+    const span = v => (Math.max(...v) - Math.min(...v)) || 1;
+    const plot = $("tsne-plot");
+    const sx = Math.max(1, plot.clientWidth - 40) / span(tsne.x), sy = 420 / span(tsne.y);
+    let best = i, bestCone = Infinity, bestSide = Infinity;
+    for (let j = 0; j < tsne.x.length; j++) {
+      const ex = (tsne.x[j] - tsne.x[i]) * sx, ey = (tsne.y[j] - tsne.y[i]) * sy;
+      const along = ex * dx + ey * dy, across = Math.abs(ex * dy - ey * dx);
+      if (along <= 0) continue;
+      if (across <= along) {
+        const d = Math.hypot(ex, ey);
+        if (d < bestCone) { bestCone = d; best = j; }
+      } else if (bestCone === Infinity && along + 2 * across < bestSide) {
+        bestSide = along + 2 * across;
+        best = j;
+      }
+    }
+    return best;
+  }
+
+  /** The next (``step`` 1) or previous (-1) misclassified digit after ``i``, round the end; ``i`` if none. */
+  function nextMisclassified(i, step) {
+    const n = tsne.x.length;
+    for (let k = 1; k <= n; k++) {
+      const j = ((i + step * k) % n + n) % n;
+      if (tsne.predicted[j] !== tsne.label[j]) return j;
+    }
+    return i;
+  }
+
+  /** Put the ring on point ``i`` and announce it. */
+  function moveTsneCursor(i) {
+    tsneCursor = i;
+    const plot = $("tsne-plot");
+    Plotly.restyle(plot, { x: [[tsne.x[i]]], y: [[tsne.y[i]]] }, [plot.data.length - 1]);
+    const label = tsne.labels[tsne.label[i]], predicted = tsne.labels[tsne.predicted[i]];
+    $("tsne-status").textContent = `digit ${i}: label ${label}, predicted ${predicted}` +
+      `${tsne.label[i] === tsne.predicted[i] ? "" : " (misclassified)"}. Enter explains it.`;
   }
 
   /** Both Spearman correlations per method and randomized layer: of |maps| (solid; what the check
