@@ -17,6 +17,9 @@ Texts of N tokens built from the test sentences (concatenated in order).
 - ``--sample-check K``: for each model and length, the incremental path's scores against the plain
   path on K evenly spaced windows (each masked text run in full by ``MaskedModel(evaluation="plain")``):
   max |difference|, also relative to the largest |score| there; cheap where the full plain run is not.
+- ``--profile MODEL:N``: one incremental occlusion run of MODEL on N tokens under cProfile (CPU time),
+  its top calls, and how many steps the recurrent rows ran (per row and direction: mean, median,
+  90th percentile, max; all row-steps).
 Interleaved repetitions, medians, one thread (the machine is shared). Each run is also logged to
 stderr as it ends, with its difference from the first implementation of its row group.
 """
@@ -60,8 +63,13 @@ def main() -> None:
                         help="IG implementations: gausslegendre, adaptive, captum")
     parser.add_argument("--sample-check", type=int, default=0,
                         help="check the incremental path against the plain one on this many windows per text")
+    parser.add_argument("--profile", default="", help="MODEL:N, e.g. sentiment-lstm:5000: profile one incremental run")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        name, n = args.profile.split(":")
+        _profile(name, int(n))
+        return
     from captum.attr import LayerIntegratedGradients, Occlusion as CaptumOcclusion
 
     import data
@@ -145,6 +153,44 @@ def main() -> None:
     if args.sample_check:
         _sample_check(models, texts, [m for m in args.models.split(",") if m],
                       [int(v) for v in args.occlusion.split(",") if v], args.sample_check)
+
+
+def _profile(name: str, n: int) -> None:
+    """One incremental occlusion run under cProfile on CPU time, and the recurrent rows' steps."""
+    import cProfile
+    import pstats
+
+    import data
+    import textexplain as te
+    import textexplain.incremental as incremental
+
+    model = data.load_model(name)
+    model.max_tokens = 10**6
+    text = _text(model, data.rotten_tomatoes("test")[0], n)
+    te.Occlusion(model).explain(" ".join(text.split()[:400]))  # first-use imports out of the profile
+    steps: list[np.ndarray] = []
+    direction = incremental._direction
+
+    def counted(*args, **kwargs):
+        out = direction(*args, **kwargs)
+        steps.append(out[2].numpy())
+        return out
+
+    incremental._direction = counted
+    try:
+        profiler = cProfile.Profile(time.process_time)
+        start = time.process_time()
+        e = profiler.runcall(te.Occlusion(model).explain, text)
+        seconds = time.process_time() - start
+    finally:
+        incremental._direction = direction
+    print(f"{name}, {n:,} tokens, {e.info['evaluation']}: {seconds:.2f} s CPU (profiled)")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(16)
+    if steps:
+        s = np.concatenate(steps)
+        print(f"recurrent steps per row and direction: mean {s.mean():.1f}, median {np.median(s):.0f}, "
+              f"90th percentile {np.percentile(s, 90):.0f}, max {s.max()}; row-steps {s.sum():,} in {len(steps)} "
+              "direction calls")
 
 
 def _sample_check(models, texts, names, lengths, k) -> None:
