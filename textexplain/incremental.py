@@ -11,7 +11,9 @@ every other call (correct, only slower), so correctness never depends on the set
 Known calls (``SpanRun.fallbacks`` lists the others met):
 - elementwise and per-position calls (activations, arithmetic, comparisons, ``masked_fill`` and
   ``where`` with masks whose rows are all equal, dropout in eval mode, ``F.linear`` on a feature
-  dim, ``F.embedding``), transposes, ``unsqueeze``, indexing one time step;
+  dim, ``F.embedding``), transposes, ``unsqueeze``, indexing one time step; ``masked_fill`` with a mask
+  False everywhere and products with a boolean True everywhere (padding masks on one text) return the
+  span as it is;
 - ``torch.lstm`` / ``torch.gru`` (what ``nn.LSTM``/``nn.GRU`` call: layers, bidirectional,
   batch_first, biases): a row's trajectory differs from the reference only from its window on; it is
   stepped (batched over the rows of a call, from the reference state at the window start) until its
