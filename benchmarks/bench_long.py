@@ -2,6 +2,7 @@
 
     python benchmarks/bench_long.py [--repeats 3] [--occlusion 1000,2000,5000] [--ig 500,2000,5000]
         [--models sentiment-lstm,sentiment-gru,sentiment-cnn] [--implementations plain,incremental,captum]
+        [--ig-models sentiment-lstm] [--ig-implementations gausslegendre,adaptive,captum]
 
 Texts of N tokens built from the test sentences (concatenated in order).
 - occlusion (window 1, pad mask), on each of ``--models``: ours on the plain path
@@ -10,12 +11,15 @@ Texts of N tokens built from the test sentences (concatenated in order).
   what its window changes), and captum's ``Occlusion`` on the embedding output with the pad embedding
   as baseline, ``perturbations_per_eval=8`` (our plain path's row floor per call). Each row reports the
   max |difference| of its scores from ours plain, relative to ours plain's max |score| too.
-- ig (sentiment-lstm): ours with 50 Gauss-Legendre steps and with the default adaptive rule (up to 200
-  gradient rows), against captum's ``LayerIntegratedGradients`` on the embedding layer, pad-id
-  baselines, 50 Gauss-Legendre steps.
+- ig, on each of ``--ig-models``: ours with 50 Gauss-Legendre steps ("gausslegendre") and with the
+  default adaptive rule ("adaptive"), against captum's ``LayerIntegratedGradients`` on the embedding
+  layer, pad-id baselines, 50 Gauss-Legendre steps ("captum"); ``--ig-implementations`` picks.
 - ``--sample-check K``: for each model and length, the incremental path's scores against the plain
   path on K evenly spaced windows (each masked text run in full by ``MaskedModel(evaluation="plain")``):
   max |difference|, also relative to the largest |score| there; cheap where the full plain run is not.
+- ``--profile MODEL:N``: one incremental occlusion run of MODEL on N tokens under cProfile (CPU time),
+  its top calls, and how many steps the recurrent rows ran (per row and direction: mean, median,
+  90th percentile, max; all row-steps).
 Interleaved repetitions, medians, one thread (the machine is shared). Each run is also logged to
 stderr as it ends, with its difference from the first implementation of its row group.
 """
@@ -54,10 +58,18 @@ def main() -> None:
                         help="classifiers for the occlusion runs")
     parser.add_argument("--implementations", default="plain,incremental,captum",
                         help="occlusion implementations: plain, incremental, captum")
+    parser.add_argument("--ig-models", default="sentiment-lstm", help="classifiers for the IG runs")
+    parser.add_argument("--ig-implementations", default="gausslegendre,adaptive,captum",
+                        help="IG implementations: gausslegendre, adaptive, captum")
     parser.add_argument("--sample-check", type=int, default=0,
                         help="check the incremental path against the plain one on this many windows per text")
+    parser.add_argument("--profile", default="", help="MODEL:N, e.g. sentiment-lstm:5000: profile one incremental run")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        name, n = args.profile.split(":")
+        _profile(name, int(n))
+        return
     from captum.attr import LayerIntegratedGradients, Occlusion as CaptumOcclusion
 
     import data
@@ -66,7 +78,8 @@ def main() -> None:
 
     texts, _ = data.rotten_tomatoes("test")
     models = {}
-    for name in dict.fromkeys(["sentiment-lstm", *[m for m in args.models.split(",") if m]]):
+    ig_names = [m for m in args.ig_models.split(",") if m]
+    for name in dict.fromkeys([*[m for m in args.models.split(",") if m], *ig_names]):
         models[name] = data.load_model(name)
         models[name].max_tokens = 10**6
 
@@ -107,15 +120,15 @@ def main() -> None:
             text = _text(models[name], texts, n)
             runs += [("occlusion", name, occlusion[k][0], n, lambda m=models[name], t=text, f=occlusion[k][1]: f(m, t))
                      for k in args.implementations.split(",") if k]
-    lstm = models["sentiment-lstm"]
-    for n in [int(v) for v in args.ig.split(",") if v]:
-        text = _text(lstm, texts, n)
-        runs += [("IG", "sentiment-lstm", "ours, 50 Gauss-Legendre", n,
-                  lambda t=text: te.IntegratedGradients(lstm, n_steps=50, method="gausslegendre").explain(t).scores),
-                 ("IG", "sentiment-lstm", "ours, adaptive (default)", n,
-                  lambda t=text: te.IntegratedGradients(lstm).explain(t).scores),
-                 ("IG", "sentiment-lstm", "captum LayerIntegratedGradients, 50 Gauss-Legendre", n,
-                  lambda t=text: captum_ig(lstm, t))]
+    ig = {"gausslegendre": ("ours, 50 Gauss-Legendre",
+                            lambda m, t: te.IntegratedGradients(m, n_steps=50, method="gausslegendre").explain(t).scores),
+          "adaptive": ("ours, adaptive (default)", lambda m, t: te.IntegratedGradients(m).explain(t).scores),
+          "captum": ("captum LayerIntegratedGradients, 50 Gauss-Legendre", captum_ig)}
+    for name in ig_names:
+        for n in [int(v) for v in args.ig.split(",") if v]:
+            text = _text(models[name], texts, n)
+            runs += [("IG", name, ig[k][0], n, lambda m=models[name], t=text, f=ig[k][1]: f(m, t))
+                     for k in args.ig_implementations.split(",") if k]
     times: dict[tuple, list[float]] = {}
     scores: dict[tuple, np.ndarray] = {}
     for _ in range(args.repeats):
@@ -140,6 +153,44 @@ def main() -> None:
     if args.sample_check:
         _sample_check(models, texts, [m for m in args.models.split(",") if m],
                       [int(v) for v in args.occlusion.split(",") if v], args.sample_check)
+
+
+def _profile(name: str, n: int) -> None:
+    """One incremental occlusion run under cProfile on CPU time, and the recurrent rows' steps."""
+    import cProfile
+    import pstats
+
+    import data
+    import textexplain as te
+    import textexplain.incremental as incremental
+
+    model = data.load_model(name)
+    model.max_tokens = 10**6
+    text = _text(model, data.rotten_tomatoes("test")[0], n)
+    te.Occlusion(model).explain(" ".join(text.split()[:400]))  # first-use imports out of the profile
+    steps: list[np.ndarray] = []
+    direction = incremental._direction
+
+    def counted(*args, **kwargs):
+        out = direction(*args, **kwargs)
+        steps.append(out[2].numpy())
+        return out
+
+    incremental._direction = counted
+    try:
+        profiler = cProfile.Profile(time.process_time)
+        start = time.process_time()
+        e = profiler.runcall(te.Occlusion(model).explain, text)
+        seconds = time.process_time() - start
+    finally:
+        incremental._direction = direction
+    print(f"{name}, {n:,} tokens, {e.info['evaluation']}: {seconds:.2f} s CPU (profiled)")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(16)
+    if steps:
+        s = np.concatenate(steps)
+        print(f"recurrent steps per row and direction: mean {s.mean():.1f}, median {np.median(s):.0f}, "
+              f"90th percentile {np.percentile(s, 90):.0f}, max {s.max()}; row-steps {s.sum():,} in {len(steps)} "
+              "direction calls")
 
 
 def _sample_check(models, texts, names, lengths, k) -> None:

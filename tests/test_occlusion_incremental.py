@@ -178,6 +178,48 @@ def test_convolution_and_pooling_stacks():
         assert e.info["evaluation"] == "incremental" and e.info["densified_calls"] == []
 
 
+class Masked(nn.Module):
+    """An LSTM whose outputs are masked by the ids (a span mask, False where ``mask="unk"`` hides tokens)
+    and by position (a plain mask, partly False), next to masks True or False everywhere (the rules'
+    shortcuts), pooled by several reductions over different tensors (the cached reference scans)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.emb = nn.Embedding(len(WORDS), 8, padding_idx=0)
+        self.rnn = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(36, 3)
+
+    def forward(self, ids):
+        h, _ = self.rnn(self.emb(ids))
+        known = (ids != 1).unsqueeze(-1)
+        late = (torch.arange(ids.shape[1]) >= 3)[None, :, None]
+        every = torch.ones_like(late)
+        a = h.masked_fill(~known, -5.0).amax(1) + (h * late).sum(1)
+        b = (every * h).mean(1) + h.masked_fill(~every, 7.0).amax(1) + torch.masked_fill(h, ~late, 2.0).amin(1)
+        c = (h * known).sum(1) + torch.mul(h, True).amax(1)
+        return self.out(torch.cat([a, b, c], -1))
+
+
+@pytest.mark.parametrize("mask", ["pad", "unk"])
+def test_masks_true_or_false_everywhere_and_partly(mask):
+    e = _compare(_wrap(Masked()), _random_text(80), window=2, mask=mask, scale="output")
+    assert e.info["evaluation"] == "incremental" and e.info["densified_calls"] == []
+
+
+def test_a_mask_false_everywhere_shares_the_block():
+    run = incremental.SpanRun()
+    x = incremental.make_span(torch.randn(1, 9, 4), torch.tensor([0, 5]), torch.randn(2, 3, 4), (0, 1, 2), run)
+    nothing, partly = torch.zeros(1, 9, 1, dtype=torch.bool), torch.zeros(2, 9, 1, dtype=torch.bool)
+    partly[:, 6] = True
+    assert x.masked_fill(nothing, 1.0)._block is x._block and (x * ~nothing)._block is x._block
+    assert torch.equal(x.masked_fill(partly, 1.0).dense(), x.dense().masked_fill(partly, 1.0))
+    assert torch.equal((x * ~partly).dense(), x.dense() * ~partly)
+    assert torch.equal(x.masked_fill(partly.expand(2, 9, 4), 1.0).dense(), x.dense().masked_fill(partly, 1.0))
+    wider = torch.ones(3, 1, 1, 1, dtype=torch.bool)  # all True, but the product broadcasts to more rows
+    assert torch.equal(x * wider, x.dense() * wider)
+
+
 class Unsupported(nn.Module):
     """An LSTM followed by a running sum over time: no span rule for cumsum."""
 

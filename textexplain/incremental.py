@@ -11,7 +11,9 @@ every other call (correct, only slower), so correctness never depends on the set
 Known calls (``SpanRun.fallbacks`` lists the others met):
 - elementwise and per-position calls (activations, arithmetic, comparisons, ``masked_fill`` and
   ``where`` with masks whose rows are all equal, dropout in eval mode, ``F.linear`` on a feature
-  dim, ``F.embedding``), transposes, ``unsqueeze``, indexing one time step;
+  dim, ``F.embedding``), transposes, ``unsqueeze``, indexing one time step; ``masked_fill`` with a mask
+  False everywhere and products with a boolean True everywhere (padding masks on one text) return the
+  span as it is;
 - ``torch.lstm`` / ``torch.gru`` (what ``nn.LSTM``/``nn.GRU`` call: layers, bidirectional,
   batch_first, biases): a row's trajectory differs from the reference only from its window on; it is
   stepped (batched over the rows of a call, from the reference state at the window start) until its
@@ -68,6 +70,8 @@ _POINTWISE = _names((torch, torch.Tensor), "add sub mul div true_divide floor_di
     "__pow__ __rpow__ __neg__ __abs__ __invert__ __and__ __or__ __xor__ __rand__ __ror__ __eq__ __ne__ __lt__ __le__ "
     "__gt__ __ge__")) | _names((F,), "relu gelu silu elu selu celu leaky_relu softplus hardtanh relu6 mish hardswish "
                                      "hardsigmoid logsigmoid tanh sigmoid threshold")
+_MASKED_FILLS = _names((torch, torch.Tensor), "masked_fill")
+_MULTIPLIES = _names((torch, torch.Tensor), "mul multiply __mul__ __rmul__")
 _DROPOUTS = {F.dropout, F.alpha_dropout, F.feature_alpha_dropout}
 _REDUCTIONS = {torch.sum: "sum", torch.Tensor.sum: "sum", torch.mean: "mean", torch.Tensor.mean: "mean",
                torch.amax: "amax", torch.Tensor.amax: "amax", torch.amin: "amin", torch.Tensor.amin: "amin"}
@@ -122,6 +126,13 @@ def make_span(ref: torch.Tensor, starts: torch.Tensor, block: torch.Tensor, perm
 
 def _positions(starts: torch.Tensor, width: int) -> torch.Tensor:
     return starts[:, None] + torch.arange(width)
+
+
+def _windows(values: torch.Tensor, starts: torch.Tensor, width: int) -> torch.Tensor:
+    """``values[starts[b]:starts[b] + width]`` for each row ``b``: ``(B, width, ...)`` in one strided copy."""
+    view = values.as_strided((values.shape[0] - width + 1, width, *values.shape[1:]),
+                             (values.stride(0), *values.stride()), values.storage_offset())
+    return view.index_select(0, starts)
 
 
 def _fit(lo: torch.Tensor, hi: torch.Tensor, length: int) -> tuple[torch.Tensor, int]:
@@ -329,9 +340,42 @@ def _aligned(spans: list[SpanTensor]) -> list[SpanTensor]:
     return [s.rewindow(starts, width) for s in spans]
 
 
+def _all(value, truth: bool) -> bool:
+    """Whether ``value`` (a span, a tensor or a Python bool) is a boolean equal to ``truth`` everywhere."""
+    if isinstance(value, bool):
+        return value is truth
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
+        return False
+    parts = (value._ref, value._block) if isinstance(value, SpanTensor) else (value,)
+    return all(bool(p.all()) if truth else not bool(p.any()) for p in parts)
+
+
+def _unchanged(func, args, kwargs) -> SpanTensor | None:
+    """The span operand as the result where ``func`` leaves it unchanged, exactly: ``masked_fill`` with
+    a mask that is False everywhere, a product with a boolean True everywhere (a padding mask on a text
+    without padding). Saves the passes over the block; the new span shares its tensors, which no rule
+    writes into."""
+    if kwargs:
+        return None
+    if func in _MASKED_FILLS and len(args) == 3:
+        pairs, truth = [(args[0], args[1])], False
+    elif func in _MULTIPLIES and len(args) == 2:
+        pairs, truth = [(args[0], args[1]), (args[1], args[0])], True
+    else:
+        return None
+    for x, other in pairs:
+        if isinstance(x, SpanTensor) and _all(other, truth) and \
+                (not isinstance(other, torch.Tensor) or torch.broadcast_shapes(x.shape, other.shape) == x.shape):
+            return make_span(x._ref, x._starts, x._block, x._perm, x._run)
+    return None
+
+
 def _pointwise(func, args, kwargs, spans):
     if any(isinstance(v, torch.Tensor) for v in _flat((), kwargs)) or any(s._perm != spans[0]._perm for s in spans):
         return NotImplemented
+    same = _unchanged(func, args, kwargs)
+    if same is not None:
+        return same
     aligned = dict(zip(map(id, spans), _aligned(spans)))
     like = aligned[id(spans[0])]
     positions = _positions(like._starts, like._block.shape[1])
@@ -395,16 +439,22 @@ def _reduction(kind: str, func, args, kwargs):
             extreme = info.min if kind == "amax" else info.max
         scan = torch.cummax if kind == "amax" else torch.cummin
         pick = torch.maximum if kind == "amax" else torch.minimum
-        pad = torch.full_like(ref[:, :1], extreme)
-        before = torch.cat([pad, scan(ref, 1).values], 1)[0]            # before[t]: extreme of ref[:t]
-        after = torch.cat([scan(ref.flip(1), 1).values.flip(1), pad], 1)[0]  # after[t]: extreme of ref[t:]
+
+        def scans():
+            pad = torch.full_like(ref[:, :1], extreme)
+            before = torch.cat([pad, scan(ref, 1).values], 1)[0]            # before[t]: extreme of ref[:t]
+            after = torch.cat([scan(ref.flip(1), 1).values.flip(1), pad], 1)[0]  # after[t]: extreme of ref[t:]
+            return before, after
+
+        before, after = x._run.reference(("scan", kind), [ref], scans)  # every call of a run: the same ref
         inner = block.amax(1) if kind == "amax" else block.amin(1)
         out = pick(pick(before[starts], after[stop]), inner)
     else:
         exact = ref.dtype.is_floating_point or ref.dtype.is_complex
         acc = torch.float64 if exact else torch.int64
         out_dtype = func(ref[:, :1], 1, dtype=dtype).dtype if dtype is not None else func(ref[:, :1], 1).dtype
-        sums = torch.cat([torch.zeros_like(ref[:, :1], dtype=acc), ref.to(acc).cumsum(1)], 1)[0]
+        sums = x._run.reference(("cumsum", acc), [ref], lambda: torch.cat(
+            [torch.zeros_like(ref[:, :1], dtype=acc), ref.to(acc).cumsum(1)], 1)[0])
         out = sums[-1] - (sums[stop] - sums[starts]) + block.sum(1).to(acc)  # float32 within the window: fast
         if kind == "mean":
             out = out.double() / x.length
@@ -706,10 +756,11 @@ def _recurrent(kind: str, args):
                 finals[1].append(f_c)
         x_ref = torch.cat(refs, -1)
         starts, out_width = _fit(torch.stack(lo).amin(0), torch.stack(hi).amax(0), length)
-        block = x_ref[_positions(starts, out_width)]
+        block = _windows(x_ref, starts, out_width)
+        flat = block.view(-1, block.shape[-1])
         for d, (rows, positions, values) in enumerate(changes):
             hidden = values.shape[1]
-            block[rows, positions - starts[rows], d * hidden:(d + 1) * hidden] = values
+            flat[:, d * hidden:(d + 1) * hidden].index_copy_(0, rows * out_width + positions - starts[rows], values)
     output = make_span(x_ref[None], starts, block, x._perm, run)
     states = tuple(torch.stack(f) for f in finals)
     return (output, *states)
