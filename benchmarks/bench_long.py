@@ -13,7 +13,8 @@ Texts of N tokens built from the test sentences (concatenated in order).
   max |difference| of its scores from ours plain, relative to ours plain's max |score| too.
 - ig, on each of ``--ig-models``: ours with 50 Gauss-Legendre steps ("gausslegendre") and with the
   default adaptive rule ("adaptive"), against captum's ``LayerIntegratedGradients`` on the embedding
-  layer, pad-id baselines, 50 Gauss-Legendre steps ("captum"); ``--ig-implementations`` picks.
+  layer, pad-id baselines, 50 Gauss-Legendre steps ("captum"); ``--ig-implementations`` picks;
+  ``gausslegendre@B`` runs ours in gradient passes of B rows (``internal_batch_size``: rows per pass).
 - ``--sample-check K``: for each model and length, the incremental path's scores against the plain
   path on K evenly spaced windows (each masked text run in full by ``MaskedModel(evaluation="plain")``):
   max |difference|, also relative to the largest |score| there; cheap where the full plain run is not.
@@ -60,7 +61,7 @@ def main() -> None:
                         help="occlusion implementations: plain, incremental, captum")
     parser.add_argument("--ig-models", default="sentiment-lstm", help="classifiers for the IG runs")
     parser.add_argument("--ig-implementations", default="gausslegendre,adaptive,captum",
-                        help="IG implementations: gausslegendre, adaptive, captum")
+                        help="IG implementations: gausslegendre, adaptive, captum, gausslegendre@B (B rows per pass)")
     parser.add_argument("--sample-check", type=int, default=0,
                         help="check the incremental path against the plain one on this many windows per text")
     parser.add_argument("--profile", default="", help="MODEL:N, e.g. sentiment-lstm:5000: profile one incremental run")
@@ -115,6 +116,16 @@ def main() -> None:
                  "incremental": ("ours, incremental (default)", incremental),
                  "captum": ("captum Occlusion", captum_occlusion)}
     runs = []
+
+    def _ig_run(ig, key):
+        """``gausslegendre@B``: 50 Gauss-Legendre steps in gradient passes of B rows (``internal_batch_size``)."""
+        if "@" not in key:
+            return ig[key]
+        rows = int(key.split("@")[1])
+        return (f"ours, 50 Gauss-Legendre, {rows} rows per pass",
+                lambda m, t: te.IntegratedGradients(m, n_steps=50, method="gausslegendre",
+                                                    internal_batch_size=rows).explain(t).scores)
+
     for name in [m for m in args.models.split(",") if m]:
         for n in [int(v) for v in args.occlusion.split(",") if v]:
             text = _text(models[name], texts, n)
@@ -127,8 +138,9 @@ def main() -> None:
     for name in ig_names:
         for n in [int(v) for v in args.ig.split(",") if v]:
             text = _text(models[name], texts, n)
-            runs += [("IG", name, ig[k][0], n, lambda m=models[name], t=text, f=ig[k][1]: f(m, t))
-                     for k in args.ig_implementations.split(",") if k]
+            for k in [k for k in args.ig_implementations.split(",") if k]:
+                who, f = _ig_run(ig, k)
+                runs.append(("IG", name, who, n, lambda m=models[name], t=text, f=f: f(m, t)))
     times: dict[tuple, list[float]] = {}
     scores: dict[tuple, np.ndarray] = {}
     for _ in range(args.repeats):

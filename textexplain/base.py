@@ -197,6 +197,28 @@ ROW_TOKEN_BUDGET = 2048  # default chunk: path rows x tokens per pass (cache-fri
 MIN_CHUNK_ROWS = 4  # rows per pass however long the text (sentiment-lstm's LSTM at 1,000 tokens: ~25% faster per row than 1; alike at 5,000)
 
 
+STEPWISE_PASS_BYTES = 2**30  # memory a gradient pass may take on a long text through a GRU (rows_per_pass)
+GRU_BYTES_PER_UNIT_STEP = 48  # autograd's saved tensors per GRU unit, direction, row and step (measured: 43 MB a row
+# for sentiment-gru's 2 x 96 units over 5,000 tokens)
+
+
+def rows_per_pass(model: TextModel, n_tokens: int) -> int | None:
+    """Rows per gradient pass on a long text through an ``nn.GRU``, None (``row_chunks``' default) otherwise.
+
+    Autograd records torch's CPU GRU step by step, so a pass costs about the same for 4 rows as for 50:
+    sentiment-gru, 5,000 tokens, 50 Gauss-Legendre steps: 25.0 s at 4 rows per pass, 12.8 s at 12, 7.3 s
+    at 25, 5.9 s at 50 (``benchmarks/bench_long.py``). The LSTM runs fused (oneDNN) and is fastest at the
+    default 4 rows (3.5 s; 5.8 s at 50), so only GRUs get more: as many rows as ``STEPWISE_PASS_BYTES``
+    of saved tensors allow (23 rows for sentiment-gru at 5,000 tokens)."""
+    if n_tokens * MIN_CHUNK_ROWS <= ROW_TOKEN_BUDGET:
+        return None
+    units = sum(m.hidden_size * (2 if m.bidirectional else 1) * m.num_layers
+                for m in model.module.modules() if isinstance(m, torch.nn.GRU))
+    if not units:
+        return None
+    return max(MIN_CHUNK_ROWS, STEPWISE_PASS_BYTES // (GRU_BYTES_PER_UNIT_STEP * units * n_tokens))
+
+
 def row_chunks(n_rows: int, n_tokens: int, internal_batch_size: int | None = None) -> list[slice]:
     """Slices of ``n_rows`` rows per pass: ``internal_batch_size`` rows, or by default equal chunks of
     at most ``ROW_TOKEN_BUDGET`` row-tokens (on sentiment-lstm with 64 tokens, two passes of 25 rows ran

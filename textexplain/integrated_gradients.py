@@ -12,7 +12,7 @@ import torch
 
 from .base import (INTERNAL_BATCH_HELP, OUTPUT_HELP, OUTPUTS, Attribution, Explainer, Prepared, baseline_embeddings,
                    check_choice, check_positive_int, embed, forward_at_embeddings, reduce_dims, resolve_target,
-                   row_chunks, select_output)
+                   row_chunks, rows_per_pass, select_output)
 from .convergence import COMPLETENESS_TOLERANCE, Convergence, IncompleteIntegralWarning, default_max_steps, relative_gap
 from .hyperparameters import Hyper
 from .model import TextModel
@@ -170,8 +170,9 @@ class IntegratedGradients(Explainer, name="integrated_gradients", title="Integra
     def _integrate(self, model: TextModel, ids: torch.Tensor, target) -> Attribution:
         """IG on ``model`` (the explained model or its float64 copy)."""
         output = ClassOutput(model, ids, target, self.output)
+        batch = self.internal_batch_size or rows_per_pass(model, ids.shape[1])
         path = integrate(output, embed(model, ids)[0], baseline_embeddings(model, ids, self.baseline)[0],
-                         self.n_steps, self.method, self.max_steps, self.internal_batch_size)
+                         self.n_steps, self.method, self.max_steps, batch)
         return Attribution(path.scores(), output.input_logits, output.target, delta=path.delta,
                            convergence=path.convergence)
 
