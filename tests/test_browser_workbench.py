@@ -1,15 +1,21 @@
 """The workbench page in real headless Chromium, on a hand-set model and a --corpus CSV: the table
 (sort, filter, paging, keyboard), the datapoint editor with pinning, a counterfactual into the
 generated table, a second model, the projector with a selection that filters the table, the
-metrics with slices and threshold, the global view with the audit, state in the URL, 390 px."""
+metrics with slices and threshold, the global view with the audit, state in the URL, 390 px; the
+projector by keyboard only (a ring moved by the arrows, a selection made with Space and applied with S)
+with axe-core."""
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest_server import CHROMIUM, Watched, live_server
+from test_browser_explorer_parity import assert_axe_clean
+from test_browser_keyboard import tab_to
 from test_workbench import GOLD, TEXTS, bag_model, sentiment_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
@@ -95,6 +101,91 @@ def test_projector_selection_filters_table_and_metrics(page, base_url):
     page.check("#m-use-threshold")
     page.wait_for_function("() => document.querySelector('#m-summary').textContent.includes('threshold')")
     assert "thr=" in page.url
+
+
+def test_projector_by_keyboard_only(watched, base_url):
+    """The projector is one Tab stop: arrows move a ring to the nearest point that way (announced), Space
+    marks the rows under the ring (the corpus repeats each text 3 times: 3 rows at each place) for a
+    selection, S applies it as the lasso does (the table and the metrics hold exactly those rows), Enter
+    opens the row under the ring, Escape clears the selection. The traces stay the colour groups for mouse users."""
+    page = watched.page
+    page.goto(f"{base_url}/workbench?model=bag&corpus=file:toy.csv")  # its projection spreads in 2-D
+    page.wait_for_selector("#wb-table tbody tr")
+    hint = page.locator("#pj-status")
+    assert hint.get_attribute("aria-live") == "polite" and "S applies" in hint.text_content()
+    tab_to(page, "#pj-run")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#pj-plot .scatterlayer .point", state="attached")
+    tab_to(page, "#pj-plot")
+
+    def announced() -> int:
+        m = re.search(r"row (\d+): gold (\S+), predicted (\S+)", hint.text_content())
+        assert m, hint.text_content()
+        return int(m[1])
+
+    seen = {announced()}
+    for key in ("ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown", "ArrowRight"):
+        page.keyboard.press(key)
+        seen.add(announced())
+    assert len(seen) >= 3, seen
+    # the ring sits on the announced point; the traces are only the colour groups (gold label: pos, neg)
+    plot = page.evaluate("""() => { const gd = document.getElementById('pj-plot');
+        const ring = (gd.layout.shapes || []).find(s => s.name === 'keyboard');
+        return { ring: [ring.xanchor, ring.yanchor], traces: gd.data.map(t => t.name),
+                 points: gd.data.flatMap(t => t.customdata.map((id, k) => [id, t.x[k], t.y[k]])) }; }""")
+    assert sorted(plot["traces"]) == ["neg", "pos"]
+    where = {id_: [x, y] for id_, x, y in plot["points"]}
+    assert where[announced()] == plot["ring"]
+    assert "at the same place" in hint.text_content()
+    # Space marks 3 points, each with the rows at its place
+    chosen, marked = [], set()
+    for key in ("ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "ArrowRight", "ArrowDown"):
+        if announced() not in marked:
+            chosen.append(announced())
+            page.keyboard.press("Space")
+            marked |= {i for i, xy in where.items() if xy == where[chosen[-1]]}
+            expect(hint).to_contain_text(f"{len(marked)} selected")
+        if len(chosen) == 3:
+            break
+        page.keyboard.press(key)
+    assert len(chosen) == 3 and len(marked) == 9, (chosen, marked)
+    marks = page.evaluate("""() => document.getElementById('pj-plot').layout.shapes
+        .filter(s => s.name === 'keyboard selection').map(s => [s.xanchor, s.yanchor])""")
+    assert sorted(marks) == sorted(where[i] for i in marked)
+    # Space again takes the place out, and once more puts it back
+    page.keyboard.press("Space")
+    expect(hint).to_contain_text("6 selected")
+    page.keyboard.press("Space")
+    expect(hint).to_contain_text("9 selected")
+    row = announced()  # the ring stays on the last point marked
+    # S applies: the same request as the lasso, the table and the metrics hold exactly those rows
+    with page.expect_request(lambda r: r.url.endswith("/api/workbench/selection") and r.method == "POST") as req:
+        page.keyboard.press("s")
+    assert sorted(json.loads(req.value.post_data)["ids"]) == sorted(marked)
+    page.wait_for_function("() => document.querySelector('#wb-total').textContent.startsWith('9 rows')")
+    expect(rows(page)).to_have_count(9)
+    ids = [int(x) for x in page.locator("#wb-table tbody tr td:nth-child(1)").all_text_contents()]
+    assert sorted(ids) == sorted(marked) and "sel=" in page.url
+    page.wait_for_function("() => document.querySelector('#m-summary').textContent.startsWith('9 rows')")
+    expect(hint).to_contain_text("applied: 9 rows")
+    expect(page.locator("#wb-clear-sel")).to_be_visible()
+    # Enter opens the row under the ring, as a click on its table row does; the focus stays on the plot
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#wb-explanation .wb-tokens span")
+    assert f"row={row}" in page.url
+    text = page.locator(f"#wb-table tbody tr[data-id='{row}'] td.text").text_content()
+    assert page.input_value("#wb-text") == text
+    expect(page.locator(f"#wb-table tbody tr[data-id='{row}']")).to_have_class(re.compile("current"))
+    assert page.evaluate("document.activeElement.id") == "pj-plot"
+    assert_axe_clean(watched)
+    # Escape clears the selection, as the clear-selection button does
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => document.querySelector('#wb-total').textContent.startsWith('30 rows')")
+    assert "sel=" not in page.url
+    expect(page.locator("#wb-clear-sel")).to_be_hidden()
+    expect(hint).to_contain_text("cleared")
+    assert page.evaluate("""() => document.getElementById('pj-plot').layout.shapes
+        .filter(s => s.name === 'keyboard selection').length""") == 0
 
 
 def test_global_view_with_audit_links(page, base_url):

@@ -198,34 +198,11 @@
       explainIndex(tsneCursor);
       return;
     }
-    if (ev.key.startsWith("Arrow")) next = nearestToward(tsneCursor, ev.key);
+    if (ev.key.startsWith("Arrow")) next = LVRoving.nearestToward(tsne.x, tsne.y, tsneCursor, ev.key, $("tsne-plot").clientWidth - 40, 420);
     else if (ev.key === "PageDown" || ev.key === "PageUp") next = nextMisclassified(tsneCursor, ev.key === "PageDown" ? 1 : -1);
     else return;
     ev.preventDefault();
     moveTsneCursor(next);
-  }
-
-  /** The point nearest to point ``i`` in the arrow's direction, measured on the screen (x and y scaled to
-   *  the plot's area): within 45 degrees of the direction if any, else anywhere on that side; ``i`` at the edge. */
-  function nearestToward(i, key) {
-    const [dx, dy] = { ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] }[key];
-    const span = v => (Math.max(...v) - Math.min(...v)) || 1;
-    const plot = $("tsne-plot");
-    const sx = Math.max(1, plot.clientWidth - 40) / span(tsne.x), sy = 420 / span(tsne.y);
-    let best = i, bestCone = Infinity, bestSide = Infinity;
-    for (let j = 0; j < tsne.x.length; j++) {
-      const ex = (tsne.x[j] - tsne.x[i]) * sx, ey = (tsne.y[j] - tsne.y[i]) * sy;
-      const along = ex * dx + ey * dy, across = Math.abs(ex * dy - ey * dx);
-      if (along <= 0) continue;
-      if (across <= along) {
-        const d = Math.hypot(ex, ey);
-        if (d < bestCone) { bestCone = d; best = j; }
-      } else if (bestCone === Infinity && along + 2 * across < bestSide) {
-        bestSide = along + 2 * across;
-        best = j;
-      }
-    }
-    return best;
   }
 
   /** The next (``step`` 1) or previous (-1) misclassified digit after ``i``, round the end; ``i`` if none. */

@@ -2,6 +2,8 @@
 // the arrows move along it (Up/Down by a row of the grid as laid out), Home/End to either end, and
 // Enter or Space activates the item in focus (a <button> does this itself). The item Tab lands on is the
 // current one, else the first (a "roving tabindex").
+// A scatter plot that is one Tab stop (the images page's t-SNE map, the workbench's projector) moves a
+// ring between its points with the arrows: nearestToward picks the point the arrow goes to.
 "use strict";
 
 const LVRoving = (() => {
@@ -53,5 +55,30 @@ const LVRoving = (() => {
     list.forEach(e => { e.tabIndex = e === stop ? 0 : -1; });
   }
 
-  return { wire, refresh };
+  const DIRECTIONS = { ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] };
+
+  /** The point nearest to point ``i`` of ``xs``/``ys`` in the direction of the arrow ``key``, measured on
+   *  the screen (the data's spans scaled to ``width`` x ``height`` pixels of the plot's area): within 45
+   *  degrees of the direction if any, else anywhere on that side; ``i`` itself at the edge. */
+  function nearestToward(xs, ys, i, key, width, height) {
+    const [dx, dy] = DIRECTIONS[key];
+    const span = v => (Math.max(...v) - Math.min(...v)) || 1;
+    const sx = Math.max(1, width) / span(xs), sy = Math.max(1, height) / span(ys);
+    let best = i, bestCone = Infinity, bestSide = Infinity;
+    for (let j = 0; j < xs.length; j++) {
+      const ex = (xs[j] - xs[i]) * sx, ey = (ys[j] - ys[i]) * sy;
+      const along = ex * dx + ey * dy, across = Math.abs(ex * dy - ey * dx);
+      if (along <= 0) continue;
+      if (across <= along) {
+        const d = Math.hypot(ex, ey);
+        if (d < bestCone) { bestCone = d; best = j; }
+      } else if (bestCone === Infinity && along + 2 * across < bestSide) {
+        bestSide = along + 2 * across;
+        best = j;
+      }
+    }
+    return best;
+  }
+
+  return { wire, refresh, nearestToward };
 })();

@@ -63,7 +63,7 @@
     $("wb-form").addEventListener("submit", ev => { ev.preventDefault(); readFilters(); state.offset = 0; refresh(); });
     $("wb-prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - LIMIT); loadTable(); });
     $("wb-next").addEventListener("click", () => { state.offset += LIMIT; loadTable(); });
-    $("wb-clear-sel").addEventListener("click", () => { state.sel = ""; $("wb-clear-sel").hidden = true; state.offset = 0; refresh(); });
+    $("wb-clear-sel").addEventListener("click", clearSelection);
     $("wb-explain").addEventListener("click", () => { state.text = $("wb-text").value; explain(); });
     $("wb-pin").addEventListener("click", () => { state.pin = $("wb-text").value; explain(); });
     $("wb-unpin").addEventListener("click", () => { state.pin = ""; explain(); });
@@ -117,7 +117,7 @@
           el("td", {}, row.predicted, row.correct === false ? " ✗" : ""), el("td", { class: "num" }, fmt(row.confidence)),
           el("td", { class: "num" }, fmt(row.loss)), el("td", { class: "num" }, row.length),
           ...r.meta.map(m => el("td", {}, row.meta[m])));
-        const open = () => { state.row = row.id; state.text = row.text; $("wb-text").value = row.text; loadTable(); explain(); };
+        const open = () => openRow(row.id, row.text);
         tr.addEventListener("click", open);
         tr.addEventListener("keydown", ev => { if (ev.key === "Enter") { ev.preventDefault(); open(); } });
         body.append(tr);
@@ -129,6 +129,12 @@
       $("wb-total").textContent = "";
       LV.showError(err.message);
     }
+  }
+
+  /** Open row ``id`` in the datapoint editor and explain it (marked current in the table). */
+  function openRow(id, text) {
+    state.row = id; state.text = text; $("wb-text").value = text;
+    loadTable(); explain();
   }
 
   function showGenerated() {
@@ -244,6 +250,11 @@
 
   // ---------------------------------------------------------------- projector
   let lastProjection = null;
+  // the projector by keyboard: a ring on one point (pjRow, a row id) moved by the arrows; Space marks
+  // the rows under it (pjMarked, row ids) for a selection that S applies as the lasso does
+  let pjRow = null;
+  const pjMarked = new Set();
+
   async function project() {
     save();
     const plot = $("pj-plot");
@@ -266,34 +277,158 @@
     } catch (err) { lastProjection = null; const P = await LV.plotly(); P.purge(plot); failed(plot, err); }
   }
 
+  /** The colour group of point ``i`` of the projection ``r`` under the "Colour by" choice. */
+  function groupOf(r, i) {
+    return state.colour.startsWith("meta:") ? String((r.meta[state.colour.slice(5)] || [])[i] ?? "–")
+      : state.colour === "predicted" ? r.labels[r.predicted[i]]
+      : state.colour === "correct" ? (r.gold ? (r.gold[i] === r.predicted[i] ? "correct" : "wrong") : "no gold label")
+      : (r.gold ? r.labels[r.gold[i]] : "no gold label");
+  }
+
   async function drawProjection(r) {
     const P = await LV.plotly();
     const plot = $("pj-plot");
     LV.clear(plot);
     const groups = {};
     r.ids.forEach((id, i) => {
-      const key = state.colour.startsWith("meta:") ? String((r.meta[state.colour.slice(5)] || [])[i] ?? "–")
-        : state.colour === "predicted" ? r.labels[r.predicted[i]]
-        : state.colour === "correct" ? (r.gold ? (r.gold[i] === r.predicted[i] ? "correct" : "wrong") : "no gold label")
-        : (r.gold ? r.labels[r.gold[i]] : "no gold label");
+      const key = groupOf(r, i);
       (groups[key] = groups[key] || { x: [], y: [], ids: [] });
       groups[key].x.push(r.x[i]); groups[key].y.push(r.y[i]); groups[key].ids.push(id);
     });
     const traces = Object.entries(groups).map(([name, g]) => ({ type: "scatter", mode: "markers", name: LV.plotText(name),
       x: g.x, y: g.y, customdata: g.ids, marker: { size: 5, opacity: 0.7 }, hovertemplate: "row %{customdata}<extra></extra>" }));
+    const shown = new Set(r.ids);
+    for (const id of pjMarked) if (!shown.has(id)) pjMarked.delete(id);
     await P.newPlot(plot, traces, { margin: { t: 10, r: 10, b: 30, l: 40 }, height: 340, dragmode: "lasso",
-      xaxis: { title: { text: `${r.method} 1` } }, yaxis: { title: { text: `${r.method} 2` } } },
+      xaxis: { title: { text: `${r.method} 1` } }, yaxis: { title: { text: `${r.method} 2` } }, shapes: keyboardShapes(r) },
       { displaylogo: false, responsive: true });
     plot.on("plotly_selected", async ev => {
       if (!ev || !ev.points || !ev.points.length) return;
-      const ids = ev.points.map(p => p.customdata);
-      try {
-        const s = await LV.api("/api/workbench/selection", {}, { body: { model: state.model, corpus: state.corpus, ids } });
-        state.sel = s.selection; state.offset = 0; $("wb-clear-sel").hidden = false;
-        status(`projector selection: ${s.n} rows`);
-        loadTable(); loadMetrics();
-      } catch (err) { LV.showError(err.message); }
+      try { status(`projector selection: ${await applySelection(ev.points.map(p => p.customdata))} rows`); }
+      catch (err) { LV.showError(err.message); }
     });
+    if (!plot.dataset.bound) {
+      plot.addEventListener("focus", () => {
+        if (lastProjection) moveProjectorCursor(cursorIndex(lastProjection));
+        else pjStatus("No projection yet: the Project button above draws it.");
+      });
+      plot.addEventListener("keydown", onProjectorKey);
+      plot.dataset.bound = "1";
+    }
+  }
+
+  /** Keep ``ids`` on the server as the selection (its token goes into the URL) and filter the table and
+   *  the metrics by it, as the lasso does; answers the number of rows. */
+  async function applySelection(ids) {
+    const s = await LV.api("/api/workbench/selection", {}, { body: { model: state.model, corpus: state.corpus, ids } });
+    state.sel = s.selection; state.offset = 0; $("wb-clear-sel").hidden = false;
+    loadTable(); loadMetrics();
+    return s.n;
+  }
+
+  /** Clear the projector's selection: the keyboard's marks, and the applied one (the table and the metrics
+   *  show every row again), as the "Clear projector selection" button does. */
+  function clearSelection() {
+    pjMarked.clear();
+    if (lastProjection) drawKeyboardShapes();
+    if (!state.sel) return;
+    state.sel = ""; $("wb-clear-sel").hidden = true; state.offset = 0;
+    refresh();
+  }
+
+  function pjStatus(msg) { $("pj-status").textContent = msg; }
+
+  /** Where the ring is in the projection ``r``: its row, else the row open in the editor, else the first point. */
+  function cursorIndex(r) {
+    const i = r.ids.indexOf(pjRow);
+    if (i !== -1) return i;
+    return Math.max(0, r.ids.indexOf(state.row));
+  }
+
+  /** The ring (a circle) and the marked points (squares), drawn as shapes at the points in screen pixels,
+   *  so the traces stay the colour groups and the lasso never selects them. */
+  function keyboardShapes(r) {
+    const at = (i, name, type, half, width) => ({ type, name, xref: "x", yref: "y", xsizemode: "pixel", ysizemode: "pixel",
+      xanchor: r.x[i], yanchor: r.y[i], x0: -half, x1: half, y0: -half, y1: half, line: { color: "#101828", width } });
+    const shapes = [];
+    r.ids.forEach((id, i) => { if (pjMarked.has(id)) shapes.push(at(i, "keyboard selection", "rect", 6, 2)); });
+    const ring = r.ids.indexOf(pjRow);
+    if (ring !== -1) shapes.push(at(ring, "keyboard", "circle", 9, 2.5));
+    return shapes;
+  }
+
+  function drawKeyboardShapes() { Plotly.relayout($("pj-plot"), { shapes: keyboardShapes(lastProjection) }); }
+
+  /** The points at the same place as point ``i`` (rows with the same features): the ring covers them all. */
+  function samePlace(r, i) {
+    const out = [];
+    for (let j = 0; j < r.ids.length; j++) if (r.x[j] === r.x[i] && r.y[j] === r.y[i]) out.push(j);
+    return out;
+  }
+
+  /** Point ``i`` of the projection in words: its row, labels (and meta group when coloured by one), whether
+   *  marked, and the other rows at the same place. */
+  function describePoint(i) {
+    const r = lastProjection, id = r.ids[i];
+    const group = state.colour.startsWith("meta:") ? `, ${state.colour.slice(5)} ${groupOf(r, i)}` : "";
+    const others = samePlace(r, i).filter(j => j !== i).map(j => r.ids[j]);
+    const also = others.length ? `; ${others.length === 1 ? "row" : "rows"} ${others.slice(0, 5).join(", ")}` +
+      `${others.length > 5 ? ` and ${others.length - 5} more` : ""} at the same place` : "";
+    return `row ${id}: gold ${r.gold ? r.labels[r.gold[i]] : "none"}, predicted ${r.labels[r.predicted[i]]}${group}` +
+           (pjMarked.has(id) ? ", selected" : "") + also;
+  }
+
+  /** Put the ring on point ``i`` and announce it. */
+  function moveProjectorCursor(i) {
+    pjRow = lastProjection.ids[i];
+    drawKeyboardShapes();
+    pjStatus(`${describePoint(i)}. ${pjMarked.size} selected: Space adds or removes a point, S applies, ` +
+             "Enter opens the row, Escape clears.");
+  }
+
+  function onProjectorKey(ev) {
+    const r = lastProjection;
+    if (!r || ev.target !== ev.currentTarget || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    const i = cursorIndex(r), key = ev.key;
+    if (key.startsWith("Arrow")) {
+      moveProjectorCursor(LVRoving.nearestToward(r.x, r.y, i, key, ev.currentTarget.clientWidth - 50, 300));
+    } else if (key === " ") {  // every row under the ring, as a lasso round it takes them all
+      pjRow = r.ids[i];
+      const added = !pjMarked.has(pjRow);
+      for (const j of samePlace(r, i)) if (added) pjMarked.add(r.ids[j]); else pjMarked.delete(r.ids[j]);
+      drawKeyboardShapes();
+      pjStatus(`${added ? "Added" : "Taken out"}: ${describePoint(i)}. ${pjMarked.size} selected; S applies them to the table and metrics.`);
+    } else if (key === "Enter") {
+      openProjected(r.ids[i]);
+    } else if (key === "s" || key === "S") {
+      applyMarked();
+    } else if (key === "Escape") {
+      const applied = Boolean(state.sel);
+      clearSelection();
+      pjStatus(`Selection cleared${applied ? ": the table and the metrics show every row again" : ""}.`);
+    } else return;
+    ev.preventDefault();
+  }
+
+  /** Open the row of a projected point in the editor, as a click on its table row does (its text fetched by id). */
+  async function openProjected(id) {
+    try {
+      const r = await LV.api("/api/workbench/rows", { model: state.model, corpus: state.corpus, ids: id, limit: 1 });
+      openRow(id, r.rows[0].text);
+      pjStatus(`row ${id} opened in the datapoint editor.`);
+    } catch (err) { LV.showError(err.message); }
+  }
+
+  /** S: the marked points become the selection, as a lasso around them would. */
+  async function applyMarked() {
+    if (!pjMarked.size) { pjStatus("Nothing selected yet: Space adds the point under the ring."); return; }
+    try {
+      const n = await applySelection([...pjMarked]);
+      pjStatus(`Selection applied: ${n} rows in the table and metrics. Escape clears it.`);
+    } catch (err) {
+      pjStatus(`The selection was not applied: ${err.message}`);
+      LV.showError(err.message);
+    }
   }
 
   // ---------------------------------------------------------------- metrics
