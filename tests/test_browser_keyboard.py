@@ -79,6 +79,17 @@ def check_walk(page, root: str) -> list[dict]:
     return stops
 
 
+def arrow_around(page, announced) -> set:
+    """Press the four arrows on a scatter plot that is one Tab stop: the points ``announced()`` names
+    (at least 3 different ones)."""
+    seen = {announced()}
+    for key in ("ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown", "ArrowRight"):
+        page.keyboard.press(key)
+        seen.add(announced())
+    assert len(seen) >= 3, seen
+    return seen
+
+
 def tab_to(page, selector: str, limit: int = 150) -> None:
     """Press Tab until ``selector`` has the focus."""
     for _ in range(limit):
@@ -251,11 +262,7 @@ def test_images_tsne_map_by_keyboard_only(watched, base_url):
         assert m, status.text_content()
         return int(m[1])
 
-    seen = {announced()}
-    for key in ("ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown", "ArrowRight"):
-        page.keyboard.press(key)
-        seen.add(announced())
-    assert len(seen) >= 3, seen
+    arrow_around(page, announced)
     # the ring on the map sits on the announced point
     ring = page.evaluate("""() => { const gd = document.getElementById('tsne-plot'), t = gd.data[gd.data.length - 1];
         return { x: t.x[0], y: t.y[0], name: t.name }; }""")

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from conftest_server import CHROMIUM, Watched, live_server
 from test_browser_explorer_parity import assert_axe_clean
-from test_browser_keyboard import tab_to
+from test_browser_keyboard import arrow_around, tab_to
 from test_workbench import GOLD, TEXTS, bag_model, sentiment_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("single_thread"),
@@ -123,11 +123,7 @@ def test_projector_by_keyboard_only(watched, base_url):
         assert m, hint.text_content()
         return int(m[1])
 
-    seen = {announced()}
-    for key in ("ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown", "ArrowRight"):
-        page.keyboard.press(key)
-        seen.add(announced())
-    assert len(seen) >= 3, seen
+    arrow_around(page, announced)
     # the ring sits on the announced point; the traces are only the colour groups (gold label: pos, neg)
     plot = page.evaluate("""() => { const gd = document.getElementById('pj-plot');
         const ring = (gd.layout.shapes || []).find(s => s.name === 'keyboard');
