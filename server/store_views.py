@@ -59,17 +59,16 @@ def _build_index(store, source: str, warm: bool = False, client=None) -> Callabl
     def work(report) -> None:
         if client is None:
             MatchIndex.load(store, source, progress=False, report=report)
-        else:
-            note = f"indexing {source}: parts done on the cluster"
-            n_parts = cluster.build_part_indexes(store, client, source,
-                                                 progress=lambda done, total: report(done, total, note))
-        if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
-            if client is None:
+            if warm:  # the match kernels' first call in a process loads them (1.4 s under load): here, not in a match
                 report(1, 1, "loading the match kernels")
                 match(store, source, [0], top=1, progress=False)
-            else:
-                report(n_parts, n_parts, "loading the match kernels on the workers")
-                cluster.match(store, client, source, [0], top=1)
+            return
+        note = f"indexing {source}: parts done on the cluster"
+        n_parts = cluster.build_part_indexes(store, client, source,
+                                             progress=lambda done, total: report(done, total, note))
+        if warm:
+            report(n_parts, n_parts, "loading the match kernels on the workers")
+            cluster.match(store, client, source, [0], top=1)
     return work
 
 
